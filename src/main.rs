@@ -1,0 +1,119 @@
+//! The `tokengate` binary: parse the command line, set up logging, load the
+//! configuration, start the gateway, and stop it cleanly on SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokengate::{Config, Gateway, StartOptions};
+
+#[derive(Parser)]
+#[command(name = "tokengate", version, about = "TLS gateway adding DPA-style refresh/access tokens to an HTTP API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (default: config/tokengate.toml, if it exists).
+        #[arg(long, env = "TOKENGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, print the result, and exit.
+    CheckConfig {
+        #[arg(long, env = "TOKENGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print an argon2 hash of a password read from stdin, for admin.password_hash.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                println!("configuration is valid\n{c:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tokengate: configuration error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::HashPassword => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
+                eprintln!("tokengate: type the password on standard input");
+                return ExitCode::from(2);
+            }
+            match tokengate::secrets::hash_password(line.trim_end_matches(['\r', '\n'])) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tokengate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tokengate: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokengate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let opts = StartOptions {
+            admin_password: std::env::var("TOKENGATE_ADMIN_PASSWORD").ok(),
+            ..StartOptions::default()
+        };
+        let gateway = match Gateway::start(config, opts).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("tokengate: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

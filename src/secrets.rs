@@ -1,0 +1,213 @@
+//! Secrets kept on disk: the server secret that keys refresh-token hashes, and
+//! the admin password hash. Both are created at first start, mode 0600, in the
+//! data directory (the directory of `storage.path`).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::Argon2;
+
+use crate::tokens::format::random_bytes;
+
+pub const SECRET_FILE: &str = "secret.key";
+pub const ADMIN_HASH_FILE: &str = "admin.hash";
+const SECRET_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: expected {SECRET_LEN} bytes of secret, found {found} (delete it to start over; every refresh token is lost)")]
+    BadSecret { path: PathBuf, found: usize },
+    #[error("{path}: not an argon2 PHC string ({detail})")]
+    BadHash { path: PathBuf, detail: String },
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(getrandom::Error),
+    #[error("argon2: {0}")]
+    Argon(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
+    move |source| SecretError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `dir` (and parents) as 0700 if missing. An existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Makes an existing file readable by its owner only.
+pub fn restrict_file(path: &Path) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
+
+/// Writes a new file with mode 0600 from the first byte; fails if it exists,
+/// so two processes can never both think they created it.
+pub fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+/// Loads the server secret, creating it on first start.
+pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretError> {
+    let path = data_dir.join(SECRET_FILE);
+    match fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).map_err(io_err(&path))?;
+            if buf.len() != SECRET_LEN {
+                return Err(SecretError::BadSecret {
+                    path,
+                    found: buf.len(),
+                });
+            }
+            restrict_file(&path).map_err(io_err(&path))?;
+            Ok(buf)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_private_dir(data_dir).map_err(io_err(data_dir))?;
+            let mut secret = vec![0u8; SECRET_LEN];
+            random_bytes(&mut secret).map_err(SecretError::Random)?;
+            write_new_private(&path, &secret).map_err(io_err(&path))?;
+            tracing::info!(path = %path.display(), "generated a new server secret");
+            Ok(secret)
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Hashes a password as an argon2id PHC string with a random salt.
+pub fn hash_password(password: &str) -> Result<String, SecretError> {
+    let mut salt = [0u8; 16];
+    random_bytes(&mut salt).map_err(SecretError::Random)?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| SecretError::Argon(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| SecretError::Argon(e.to_string()))
+}
+
+/// A new random admin password: 24 base62 characters (≈143 bits).
+pub fn generate_password() -> Result<String, SecretError> {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = String::with_capacity(24);
+    let mut pool = [0u8; 64];
+    while out.len() < 24 {
+        random_bytes(&mut pool).map_err(SecretError::Random)?;
+        for b in pool.iter().filter(|&&b| b < 248) {
+            if out.len() < 24 {
+                out.push(ALPHABET[(*b % 62) as usize] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where the admin password comes from, decided once at start.
+pub enum AdminPasswordSource {
+    /// `TOKENGATE_ADMIN_PASSWORD`: kept in memory only.
+    Environment(String),
+    /// `admin.password_hash` in the configuration file.
+    ConfigHash(String),
+    /// Neither: the hash file in the data directory, generated on first start.
+    DataDir,
+}
+
+/// The admin password's argon2 hash, or the plain password from the environment.
+pub enum AdminCredential {
+    Plain(String),
+    Hash(String),
+}
+
+/// Resolves the admin credential. On a first start with nothing configured, a
+/// password is generated, printed once (to stderr, not to the log), and only
+/// its hash is kept.
+pub fn resolve_admin(source: AdminPasswordSource, data_dir: &Path) -> Result<AdminCredential, SecretError> {
+    match source {
+        AdminPasswordSource::Environment(p) => Ok(AdminCredential::Plain(p)),
+        AdminPasswordSource::ConfigHash(h) => Ok(AdminCredential::Hash(h)),
+        AdminPasswordSource::DataDir => {
+            let path = data_dir.join(ADMIN_HASH_FILE);
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    let h = text.trim().to_owned();
+                    argon2::PasswordHash::new(&h).map_err(|e| SecretError::BadHash {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                    restrict_file(&path).map_err(io_err(&path))?;
+                    Ok(AdminCredential::Hash(h))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    create_private_dir(data_dir).map_err(io_err(data_dir))?;
+                    let password = generate_password()?;
+                    let hash = hash_password(&password)?;
+                    write_new_private(&path, format!("{hash}\n").as_bytes()).map_err(io_err(&path))?;
+                    eprintln!(
+                        "\n  tokengate: generated admin password (shown once, only its hash is kept in {}):\n\n      {password}\n\n  Log in to the admin listener as user `admin`. To choose your own, set TOKENGATE_ADMIN_PASSWORD\n  or admin.password_hash; to generate a new one, delete {} and restart.\n",
+                        path.display(),
+                        path.display()
+                    );
+                    Ok(AdminCredential::Hash(hash))
+                }
+                Err(e) => Err(io_err(&path)(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn secret_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        let a = load_or_create_secret(&d).unwrap();
+        let b = load_or_create_secret(&d).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        let mode = fs::metadata(d.join(SECRET_FILE)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn truncated_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(SECRET_FILE), b"short").unwrap();
+        assert!(matches!(
+            load_or_create_secret(dir.path()),
+            Err(SecretError::BadSecret { found: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn generated_admin_password_keeps_only_a_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cred = resolve_admin(AdminPasswordSource::DataDir, dir.path()).unwrap();
+        let AdminCredential::Hash(h) = cred else { panic!("expected a hash") };
+        assert!(h.starts_with("$argon2id$"));
+        let on_disk = fs::read_to_string(dir.path().join(ADMIN_HASH_FILE)).unwrap();
+        assert_eq!(on_disk.trim(), h);
+        let mode = fs::metadata(dir.path().join(ADMIN_HASH_FILE)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A second start reuses it rather than generating another.
+        let AdminCredential::Hash(h2) = resolve_admin(AdminPasswordSource::DataDir, dir.path()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(h, h2);
+    }
+}

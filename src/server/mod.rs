@@ -1,0 +1,165 @@
+//! Accept loops for both listeners: TLS handshake with a deadline, the HTTP
+//! protocol chosen from ALPN (so no unbounded version sniffing), explicit
+//! limits, a connection cap, and graceful drain on shutdown.
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::http::Listener;
+use crate::state::State;
+
+/// HTTP/2 streams a client may reset before we ever answer them, per
+/// connection (the "rapid reset" family of attacks).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams our side may reset for protocol errors before the connection is dropped.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+/// Pings an idle HTTP/2 peer so dead connections free their slot.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Serves one listener until `shutdown` turns true, then drains its
+/// connections for at most `public.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    kind: Listener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = &state.config.public;
+    let max = limits.max_connections;
+    // Each connection holds a permit; at the cap, accepting pauses and new
+    // clients wait in the kernel's backlog instead of exhausting memory.
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, listener = kind.name(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            connection(tcp, peer, acceptor, state, kind, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = state.config.public.shutdown_grace;
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+        tracing::warn!(listener = kind.name(), "shutdown grace ran out; closing remaining connections");
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    kind: Listener,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = &state.config.public;
+    let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let svc_state = state.clone();
+    let svc = service_fn(move |req| {
+        let state = svc_state.clone();
+        async move { Ok::<_, Infallible>(crate::http::handle(&state, kind, peer, req).await) }
+    });
+    let max_age = limits.max_connection_age;
+    if h2 {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_timeout(Duration::from_secs(20));
+        drive(b.serve_connection(io, svc), shutdown, max_age, peer).await;
+    } else {
+        let mut b = http1::Builder::new();
+        // hyper requires a read buffer of at least 8 KiB.
+        b.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_header_size(limits.max_header_bytes)
+            .keep_alive(true);
+        drive(b.serve_connection(io, svc), shutdown, max_age, peer).await;
+    }
+}
+
+/// Runs a connection to completion; on shutdown or at `max_age`, asks it to
+/// finish its in-flight requests and close.
+async fn drive<C>(conn: C, mut shutdown: watch::Receiver<bool>, max_age: Duration, peer: SocketAddr)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let mut conn = pin!(conn);
+    let age = tokio::time::sleep(max_age);
+    let mut age = pin!(age);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopped(&mut shutdown), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut age, if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone). Returns `()`
+/// so no watch guard is held across the caller's `.await`s.
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

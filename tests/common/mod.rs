@@ -1,0 +1,346 @@
+//! Test helpers: a gateway on port 0 with real TLS and a real redb file in a
+//! temp dir, a local upstream that echoes what it received, and a TLS client
+//! that trusts the gateway's certificate.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokengate::clock::Clock;
+use tokengate::config::FileConfig;
+use tokengate::{Gateway, StartOptions};
+use tokio::net::TcpListener;
+
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// A gateway plus everything it needs, torn down with the test.
+pub struct TestGateway {
+    pub gateway: Option<Gateway>,
+    pub dir: Arc<tempfile::TempDir>,
+    pub clock: Clock,
+    pub client: TestClient,
+    pub file: FileConfig,
+}
+
+/// The configuration every test starts from: loopback, port 0, temp data dir.
+pub fn test_config(dir: &std::path::Path, upstream: SocketAddr) -> FileConfig {
+    let mut f = FileConfig::default();
+    f.public.listen = "127.0.0.1:0".into();
+    f.admin.listen = "127.0.0.1:0".into();
+    f.public.shutdown_grace = tokengate::config::HumanDuration(Duration::from_secs(5));
+    f.upstream.url = format!("http://{upstream}");
+    f.upstream.response_timeout = tokengate::config::HumanDuration(Duration::from_secs(2));
+    f.upstream.connect_timeout = tokengate::config::HumanDuration(Duration::from_secs(2));
+    f.storage.path = dir.join("data/tokengate.redb");
+    f.tls.cert = Some(dir.join("certs/test.crt"));
+    f.tls.key = Some(dir.join("certs/test.key"));
+    f
+}
+
+impl TestGateway {
+    /// Starts a gateway in front of `upstream` with the default test configuration.
+    pub async fn start(upstream: SocketAddr) -> TestGateway {
+        Self::start_with(upstream, |_| {}).await
+    }
+
+    pub async fn start_with(upstream: SocketAddr, tweak: impl FnOnce(&mut FileConfig)) -> TestGateway {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut file = test_config(dir.path(), upstream);
+        tweak(&mut file);
+        let cert = file.tls.cert.clone().unwrap();
+        let key = file.tls.key.clone().unwrap();
+        if !cert.exists() {
+            tokengate::server::tls::generate_self_signed(&cert, &key).expect("test certificate");
+        }
+        Self::start_in(dir, file, Clock::new()).await
+    }
+
+    async fn start_in(dir: Arc<tempfile::TempDir>, file: FileConfig, clock: Clock) -> TestGateway {
+        let config = file.clone().validate().expect("valid test config");
+        let cert_path = config.tls.cert.clone();
+        let gateway = Gateway::start(
+            config,
+            StartOptions {
+                admin_password: Some(ADMIN_PASSWORD.into()),
+                clock: clock.clone(),
+            },
+        )
+        .await
+        .expect("gateway starts");
+        let client = TestClient::new(&cert_path, gateway.public_addr, gateway.admin_addr);
+        TestGateway {
+            gateway: Some(gateway),
+            dir,
+            clock,
+            client,
+            file,
+        }
+    }
+
+    /// Stops this gateway and starts a new process-equivalent on the same data dir.
+    pub async fn restart(mut self) -> TestGateway {
+        self.stop().await;
+        let mut file = self.file.clone();
+        // The old ports are free again, but port 0 keeps tests independent.
+        file.public.listen = "127.0.0.1:0".into();
+        file.admin.listen = "127.0.0.1:0".into();
+        Self::start_in(self.dir.clone(), file, self.clock.clone()).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Creates a refresh token through the admin API; returns (id, token string).
+    pub async fn create_token(&self, name: &str) -> (u64, String) {
+        let r = self
+            .client
+            .admin_json("POST", "/api/refresh-tokens", &serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let v = r.json();
+        (v["id"].as_u64().unwrap(), v["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Trades a refresh token for an access token at `/token`.
+    pub async fn exchange(&self, refresh: &str) -> String {
+        let r = self.client.token_form(&format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.json()["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        // Best effort: a test that panicked still releases its ports.
+        if let Some(g) = self.gateway.take() {
+            drop(g);
+        }
+    }
+}
+
+/// A collected response.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A TLS client trusting the gateway's certificate (HTTP/1.1, and one for HTTP/2).
+#[derive(Clone)]
+pub struct TestClient {
+    h1: HttpsClient,
+    h2: HttpsClient,
+    pub public: String,
+    pub admin: String,
+}
+
+fn tls_client(cert: &std::path::Path, h2: bool) -> HttpsClient {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(tokengate::server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.http2_only(h2);
+    builder.build(connector)
+}
+
+impl TestClient {
+    pub fn new(cert: &std::path::Path, public: SocketAddr, admin: SocketAddr) -> TestClient {
+        TestClient {
+            h1: tls_client(cert, false),
+            h2: tls_client(cert, true),
+            public: format!("https://localhost:{}", public.port()),
+            admin: format!("https://localhost:{}", admin.port()),
+        }
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Resp {
+        collect(self.h1.request(req).await.expect("request reaches the gateway")).await
+    }
+
+    pub async fn send_h2(&self, req: Request<Full<Bytes>>) -> Resp {
+        collect(self.h2.request(req).await.expect("request reaches the gateway")).await
+    }
+
+    pub fn public_req(&self, method: &str, path: &str) -> http::request::Builder {
+        Request::builder().method(method).uri(format!("{}{}", self.public, path))
+    }
+
+    /// GET `path` on the public listener with `Authorization: <scheme> <token>`.
+    pub async fn get_with(&self, path: &str, authorization: Option<&str>) -> Resp {
+        let mut b = self.public_req("GET", path);
+        if let Some(a) = authorization {
+            b = b.header("authorization", a);
+        }
+        self.send(b.body(Full::default()).unwrap()).await
+    }
+
+    pub async fn api_get(&self, path: &str, access: &str) -> Resp {
+        self.get_with(path, Some(&format!("Bearer {access}"))).await
+    }
+
+    pub async fn token_form(&self, body: &str) -> Resp {
+        let req = self
+            .public_req("POST", "/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        self.send(req).await
+    }
+
+    pub fn admin_req(&self, method: &str, path: &str) -> http::request::Builder {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.admin, path))
+            .header("authorization", format!("Basic {auth}"))
+    }
+
+    pub async fn admin_json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        let req = self
+            .admin_req(method, path)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn admin_call(&self, method: &str, path: &str) -> Resp {
+        self.send(self.admin_req(method, path).body(Full::default()).unwrap()).await
+    }
+}
+
+pub async fn collect(r: http::Response<Incoming>) -> Resp {
+    let (parts, body) = r.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
+}
+
+/// The stand-in for the upstream API: plain HTTP on port 0, echoing what it
+/// received as JSON. `/slow` answers after 10 s (for timeouts).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(echo);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, task }
+}
+
+async fn echo(req: Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    if req.uri().path() == "/pause" {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        let entry = headers.entry(k.as_str().to_owned()).or_insert_with(|| Value::Array(vec![]));
+        if let Value::Array(a) = entry {
+            a.push(Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        }
+    }
+    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let out = serde_json::json!({
+        "method": method,
+        "path": path,
+        "query": query,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let resp = http::Response::builder()
+        .header("content-type", "application/json")
+        .header("connection", "keep-alive, x-upstream-private")
+        .header("x-upstream-private", "hop")
+        .header("keep-alive", "timeout=5")
+        .header("x-upstream", "echo")
+        .body(Full::new(Bytes::from(out.to_string())))
+        .unwrap();
+    Ok(resp)
+}
+
+/// An address where nothing listens (bound, then released).
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+impl TestGateway {
+    pub fn state(&self) -> &tokengate::State {
+        &self.gateway.as_ref().expect("running").state
+    }
+}
