@@ -53,7 +53,10 @@ pub fn rfc3339(unix: u64) -> String {
     let secs = i64::try_from(unix).unwrap_or(i64::MAX);
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "9999-12-31T23:59:59Z".to_owned())
 }
 
@@ -82,7 +85,10 @@ mod tests {
     fn rfc3339_round_trips() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(parse_rfc3339("2027-05-01T00:00:00Z"), Some(1_809_129_600));
-        assert_eq!(parse_rfc3339("2027-05-01T02:00:00+02:00"), Some(1_809_129_600));
+        assert_eq!(
+            parse_rfc3339("2027-05-01T02:00:00+02:00"),
+            Some(1_809_129_600)
+        );
         assert_eq!(parse_rfc3339("2027-05-01"), None);
         assert_eq!(parse_rfc3339(&rfc3339(1_809_129_600)), Some(1_809_129_600));
     }

@@ -67,7 +67,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
         }
         match Raw::deserialize(de)? {
             Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => parse_duration(&t).map(HumanDuration).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse_duration(&t)
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -86,7 +88,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 // File format. `deny_unknown_fields` everywhere: an unknown key is an error.
 // ---------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub public: PublicSection,
@@ -95,19 +97,6 @@ pub struct FileConfig {
     pub storage: StorageSection,
     pub tls: TlsSection,
     pub tokens: TokensSection,
-}
-
-impl Default for FileConfig {
-    fn default() -> Self {
-        FileConfig {
-            public: PublicSection::default(),
-            admin: AdminSection::default(),
-            upstream: UpstreamSection::default(),
-            storage: StorageSection::default(),
-            tls: TlsSection::default(),
-            tokens: TokensSection::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,9 +306,9 @@ impl Config {
                     format!("expected whole days, got {v:?}"),
                 )
             })?;
-            let secs = days.checked_mul(86_400).ok_or_else(|| {
-                ConfigError::invalid("API_REFRESH_TOKEN_EXPIRATION", "too large")
-            })?;
+            let secs = days
+                .checked_mul(86_400)
+                .ok_or_else(|| ConfigError::invalid("API_REFRESH_TOKEN_EXPIRATION", "too large"))?;
             fig = fig.merge(Serialized::default("tokens.refresh_ttl", secs));
         }
         fig = fig.merge(
@@ -332,6 +321,79 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The effective settings, one `key = value` per line, for `check-config`.
+    /// Secret values (extra upstream headers, the password hash) are not shown.
+    pub fn summary(&self) -> String {
+        let secs = |d: Duration| format!("{}s", d.as_secs_f64());
+        let p = &self.public;
+        let u = &self.upstream;
+        let header_names: Vec<&str> = u.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let lines = [
+            format!("public.listen = {}", p.listen),
+            format!("public.max_connections = {}", p.max_connections),
+            format!(
+                "public.tls_handshake_timeout = {}",
+                secs(p.tls_handshake_timeout)
+            ),
+            format!(
+                "public.header_read_timeout = {}",
+                secs(p.header_read_timeout)
+            ),
+            format!("public.max_header_bytes = {}", p.max_header_bytes),
+            format!(
+                "public.h2_max_concurrent_streams = {}",
+                p.h2_max_concurrent_streams
+            ),
+            format!("public.token_body_limit = {}", p.token_body_limit),
+            format!("public.body_read_timeout = {}", secs(p.body_read_timeout)),
+            format!("public.max_connection_age = {}", secs(p.max_connection_age)),
+            format!("public.shutdown_grace = {}", secs(p.shutdown_grace)),
+            format!("admin.listen = {}", self.admin_listen),
+            format!(
+                "admin.password_hash = {}",
+                if self.admin_password_hash.is_some() {
+                    "(set)"
+                } else {
+                    "(unset)"
+                }
+            ),
+            format!("upstream.url = {}", u.url),
+            format!(
+                "upstream.ca_file = {}",
+                u.ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(system roots)".into())
+            ),
+            format!("upstream.insecure_skip_verify = {}", u.insecure_skip_verify),
+            format!("upstream.connect_timeout = {}", secs(u.connect_timeout)),
+            format!("upstream.response_timeout = {}", secs(u.response_timeout)),
+            format!("upstream.pool_idle_timeout = {}", secs(u.pool_idle_timeout)),
+            format!(
+                "upstream.pool_max_idle_per_host = {}",
+                u.pool_max_idle_per_host
+            ),
+            format!(
+                "upstream.headers = [{}] (values hidden)",
+                header_names.join(", ")
+            ),
+            format!("upstream.identity_headers = {}", u.identity_headers),
+            format!("storage.path = {}", self.storage_path.display()),
+            format!(
+                "storage.usage_flush_interval = {}",
+                secs(self.usage_flush_interval)
+            ),
+            format!("tls.cert = {}", self.tls.cert.display()),
+            format!("tls.key = {}", self.tls.key.display()),
+            format!("tokens.access_ttl = {}", secs(self.access_ttl)),
+            format!("tokens.refresh_ttl = {}", secs(self.refresh_ttl)),
+            format!("tokens.sweep_interval = {}", secs(self.sweep_interval)),
+        ];
+        lines.join("\n")
+    }
+}
+
 impl FileConfig {
     /// Turns the file format into the runtime config, naming the key of any bad value.
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -339,7 +401,10 @@ impl FileConfig {
         let public = PublicConfig {
             listen: parse_addr("public.listen", &p.listen)?,
             max_connections: positive("public.max_connections", p.max_connections)?,
-            tls_handshake_timeout: nonzero("public.tls_handshake_timeout", p.tls_handshake_timeout)?,
+            tls_handshake_timeout: nonzero(
+                "public.tls_handshake_timeout",
+                p.tls_handshake_timeout,
+            )?,
             header_read_timeout: nonzero("public.header_read_timeout", p.header_read_timeout)?,
             max_header_bytes: within("public.max_header_bytes", p.max_header_bytes, 1024, 1 << 20)?,
             h2_max_concurrent_streams: within(
@@ -356,7 +421,10 @@ impl FileConfig {
         let admin_listen = parse_addr("admin.listen", &self.admin.listen)?;
         if let Some(h) = &self.admin.password_hash {
             argon2::PasswordHash::new(h).map_err(|e| {
-                ConfigError::invalid("admin.password_hash", format!("not an argon2 PHC string: {e}"))
+                ConfigError::invalid(
+                    "admin.password_hash",
+                    format!("not an argon2 PHC string: {e}"),
+                )
             })?;
         }
 
@@ -367,13 +435,21 @@ impl FileConfig {
             .map_err(|e| ConfigError::invalid("upstream.url", format!("{e}: {:?}", u.url)))?;
         match url.scheme_str() {
             Some("http") | Some("https") => {}
-            _ => return Err(ConfigError::invalid("upstream.url", "scheme must be http or https")),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    "scheme must be http or https",
+                ))
+            }
         }
         if url.authority().is_none() {
             return Err(ConfigError::invalid("upstream.url", "needs a host"));
         }
         if url.query().is_some() {
-            return Err(ConfigError::invalid("upstream.url", "must not have a query"));
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must not have a query",
+            ));
         }
         if let Some(ca) = &u.ca_file {
             if !ca.is_file() {
@@ -389,7 +465,10 @@ impl FileConfig {
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::invalid(&key, "not a valid header name"))?;
             if crate::proxy::headers::is_reserved(&n) {
-                return Err(ConfigError::invalid(&key, "this header is set by the gateway itself"));
+                return Err(ConfigError::invalid(
+                    &key,
+                    "this header is set by the gateway itself",
+                ));
             }
             let v = HeaderValue::from_str(value)
                 .map_err(|_| ConfigError::invalid(&key, "not a valid header value"))?;
@@ -421,16 +500,32 @@ impl FileConfig {
                 key,
                 generate_if_missing: false,
             },
-            (Some(_), None) => return Err(ConfigError::invalid("tls.key", "tls.cert is set, so tls.key must be too")),
-            (None, Some(_)) => return Err(ConfigError::invalid("tls.cert", "tls.key is set, so tls.cert must be too")),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.key",
+                    "tls.cert is set, so tls.key must be too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert",
+                    "tls.key is set, so tls.cert must be too",
+                ))
+            }
         };
         let access_ttl = nonzero("tokens.access_ttl", self.tokens.access_ttl)?;
         if access_ttl > Duration::from_secs(86_400) {
-            return Err(ConfigError::invalid("tokens.access_ttl", "must be at most 24h"));
+            return Err(ConfigError::invalid(
+                "tokens.access_ttl",
+                "must be at most 24h",
+            ));
         }
         let refresh_ttl = nonzero("tokens.refresh_ttl", self.tokens.refresh_ttl)?;
         if refresh_ttl > Duration::from_secs(100 * 365 * 86_400) {
-            return Err(ConfigError::invalid("tokens.refresh_ttl", "must be at most 100 years"));
+            return Err(ConfigError::invalid(
+                "tokens.refresh_ttl",
+                "must be at most 100 years",
+            ));
         }
         Ok(Config {
             public,
@@ -438,7 +533,10 @@ impl FileConfig {
             admin_password_hash: self.admin.password_hash,
             upstream,
             storage_path: self.storage.path,
-            usage_flush_interval: nonzero("storage.usage_flush_interval", self.storage.usage_flush_interval)?,
+            usage_flush_interval: nonzero(
+                "storage.usage_flush_interval",
+                self.storage.usage_flush_interval,
+            )?,
             tls,
             access_ttl,
             refresh_ttl,
@@ -448,8 +546,9 @@ impl FileConfig {
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .map_err(|_| ConfigError::invalid(key, format!("{s:?} is not an address like 127.0.0.1:8443")))
+    s.parse().map_err(|_| {
+        ConfigError::invalid(key, format!("{s:?} is not an address like 127.0.0.1:8443"))
+    })
 }
 
 fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
@@ -470,7 +569,10 @@ fn positive(key: &str, n: usize) -> Result<usize, ConfigError> {
 
 fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
     if n < lo || n > hi {
-        Err(ConfigError::invalid(key, format!("must be between {lo} and {hi}, got {n}")))
+        Err(ConfigError::invalid(
+            key,
+            format!("must be between {lo} and {hi}, got {n}"),
+        ))
     } else {
         Ok(n)
     }
@@ -481,7 +583,8 @@ mod tests {
     use super::*;
 
     fn from_toml(toml: &str) -> Result<Config, ConfigError> {
-        let fig = Figment::from(Serialized::defaults(FileConfig::default())).merge(Toml::string(toml));
+        let fig =
+            Figment::from(Serialized::defaults(FileConfig::default())).merge(Toml::string(toml));
         let file: FileConfig = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
         file.validate()
     }
@@ -502,7 +605,10 @@ mod tests {
     fn durations_accept_seconds_and_human_forms() {
         assert_eq!(parse_duration("900").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86_400));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
         assert!(parse_duration("soon").is_err());
         let c = from_toml("[tokens]\naccess_ttl = \"5m\"\nrefresh_ttl = 86400").unwrap();
         assert_eq!(c.access_ttl, Duration::from_secs(300));
@@ -511,7 +617,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let e = from_toml("[public]\nlistn = \"1.2.3.4:1\"").unwrap_err().to_string();
+        let e = from_toml("[public]\nlistn = \"1.2.3.4:1\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listn"), "{e}");
         let e = from_toml("[nonsense]\na = 1").unwrap_err().to_string();
         assert!(e.contains("nonsense"), "{e}");
@@ -526,12 +634,21 @@ mod tests {
             ("[tokens]\naccess_ttl = \"soon\"", "access_ttl"),
             ("[tls]\ncert = \"a.pem\"", "tls.key"),
             ("[admin]\npassword_hash = \"plain\"", "admin.password_hash"),
-            ("[upstream.headers]\n\"bad name\" = \"x\"", "upstream.headers.bad name"),
-            ("[upstream.headers]\nConnection = \"x\"", "upstream.headers.Connection"),
+            (
+                "[upstream.headers]\n\"bad name\" = \"x\"",
+                "upstream.headers.bad name",
+            ),
+            (
+                "[upstream.headers]\nConnection = \"x\"",
+                "upstream.headers.Connection",
+            ),
         ];
         for (toml, key) in cases {
             let e = from_toml(toml).unwrap_err().to_string();
-            assert!(e.contains(key), "{toml:?} gave {e:?}, expected the key {key}");
+            assert!(
+                e.contains(key),
+                "{toml:?} gave {e:?}, expected the key {key}"
+            );
         }
     }
 

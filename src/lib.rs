@@ -52,13 +52,34 @@ impl Gateway {
     }
 
     /// Serves already-bound listeners with a built state.
-    pub fn run(public: TcpListener, admin: TcpListener, acceptor: TlsAcceptor, state: Arc<State>) -> Gateway {
-        let public_addr = public.local_addr().unwrap_or_else(|_| state.config.public.listen);
-        let admin_addr = admin.local_addr().unwrap_or_else(|_| state.config.admin_listen);
+    pub fn run(
+        public: TcpListener,
+        admin: TcpListener,
+        acceptor: TlsAcceptor,
+        state: Arc<State>,
+    ) -> Gateway {
+        let public_addr = public
+            .local_addr()
+            .unwrap_or_else(|_| state.config.public.listen);
+        let admin_addr = admin
+            .local_addr()
+            .unwrap_or_else(|_| state.config.admin_listen);
         let (tx, rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(server::serve(public, acceptor.clone(), state.clone(), http::Listener::Public, rx.clone())),
-            tokio::spawn(server::serve(admin, acceptor, state.clone(), http::Listener::Admin, rx.clone())),
+            tokio::spawn(server::serve(
+                public,
+                acceptor.clone(),
+                state.clone(),
+                http::Listener::Public,
+                rx.clone(),
+            )),
+            tokio::spawn(server::serve(
+                admin,
+                acceptor,
+                state.clone(),
+                http::Listener::Admin,
+                rx.clone(),
+            )),
             tokio::spawn(housekeeping(state.clone(), rx)),
         ];
         tracing::info!(public = %public_addr, admin = %admin_addr, "tokengate listening");

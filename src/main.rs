@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tokengate::{Config, Gateway, StartOptions};
 
 #[derive(Parser)]
-#[command(name = "tokengate", version, about = "TLS gateway adding DPA-style refresh/access tokens to an HTTP API")]
+#[command(
+    name = "tokengate",
+    version,
+    about = "TLS gateway adding DPA-style refresh/access tokens to an HTTP API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,13 +39,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
-                println!("configuration is valid\n{c:#?}");
+                println!("configuration is valid\n{}", c.summary());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -51,7 +58,9 @@ fn main() -> ExitCode {
         },
         Command::HashPassword => {
             let mut line = String::new();
-            if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
+            if std::io::stdin().read_line(&mut line).is_err()
+                || line.trim_end_matches(['\r', '\n']).is_empty()
+            {
                 eprintln!("tokengate: type the password on standard input");
                 return ExitCode::from(2);
             }
@@ -77,7 +86,10 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tokengate: cannot start the runtime: {e}");

@@ -39,7 +39,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
 
 /// Creates `dir` (and parents) as 0700 if missing. An existing directory is left as it is.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Makes an existing file readable by its owner only.
@@ -133,7 +136,10 @@ pub enum AdminCredential {
 /// Resolves the admin credential. On a first start with nothing configured, a
 /// password is generated, printed once (to stderr, not to the log), and only
 /// its hash is kept.
-pub fn resolve_admin(source: AdminPasswordSource, data_dir: &Path) -> Result<AdminCredential, SecretError> {
+pub fn resolve_admin(
+    source: AdminPasswordSource,
+    data_dir: &Path,
+) -> Result<AdminCredential, SecretError> {
     match source {
         AdminPasswordSource::Environment(p) => Ok(AdminCredential::Plain(p)),
         AdminPasswordSource::ConfigHash(h) => Ok(AdminCredential::Hash(h)),
@@ -153,7 +159,8 @@ pub fn resolve_admin(source: AdminPasswordSource, data_dir: &Path) -> Result<Adm
                     create_private_dir(data_dir).map_err(io_err(data_dir))?;
                     let password = generate_password()?;
                     let hash = hash_password(&password)?;
-                    write_new_private(&path, format!("{hash}\n").as_bytes()).map_err(io_err(&path))?;
+                    write_new_private(&path, format!("{hash}\n").as_bytes())
+                        .map_err(io_err(&path))?;
                     eprintln!(
                         "\n  tokengate: generated admin password (shown once, only its hash is kept in {}):\n\n      {password}\n\n  Log in to the admin listener as user `admin`. To choose your own, set TOKENGATE_ADMIN_PASSWORD\n  or admin.password_hash; to generate a new one, delete {} and restart.\n",
                         path.display(),
@@ -198,14 +205,21 @@ mod tests {
     fn generated_admin_password_keeps_only_a_hash() {
         let dir = tempfile::tempdir().unwrap();
         let cred = resolve_admin(AdminPasswordSource::DataDir, dir.path()).unwrap();
-        let AdminCredential::Hash(h) = cred else { panic!("expected a hash") };
+        let AdminCredential::Hash(h) = cred else {
+            panic!("expected a hash")
+        };
         assert!(h.starts_with("$argon2id$"));
         let on_disk = fs::read_to_string(dir.path().join(ADMIN_HASH_FILE)).unwrap();
         assert_eq!(on_disk.trim(), h);
-        let mode = fs::metadata(dir.path().join(ADMIN_HASH_FILE)).unwrap().mode() & 0o777;
+        let mode = fs::metadata(dir.path().join(ADMIN_HASH_FILE))
+            .unwrap()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         // A second start reuses it rather than generating another.
-        let AdminCredential::Hash(h2) = resolve_admin(AdminPasswordSource::DataDir, dir.path()).unwrap() else {
+        let AdminCredential::Hash(h2) =
+            resolve_admin(AdminPasswordSource::DataDir, dir.path()).unwrap()
+        else {
             panic!()
         };
         assert_eq!(h, h2);

@@ -72,7 +72,10 @@ impl State {
         // 1. The server secret: every refresh-token hash depends on it.
         let secret = crate::secrets::load_or_create_secret(&dir)?;
         // 2. The admin credential (environment, file, or generated once).
-        let source = match (opts.admin_password.filter(|p| !p.is_empty()), &config.admin_password_hash) {
+        let source = match (
+            opts.admin_password.filter(|p| !p.is_empty()),
+            &config.admin_password_hash,
+        ) {
             (Some(p), _) => AdminPasswordSource::Environment(p),
             (None, Some(h)) => AdminPasswordSource::ConfigHash(h.clone()),
             (None, None) => AdminPasswordSource::DataDir,

@@ -9,12 +9,19 @@ use http::StatusCode;
 use http_body_util::Full;
 use std::time::Duration;
 
-async fn post(gw: &TestGateway, path: &str, content_type: Option<&str>, body: impl Into<Bytes>) -> common::Resp {
+async fn post(
+    gw: &TestGateway,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Bytes>,
+) -> common::Resp {
     let mut b = gw.client.public_req("POST", path);
     if let Some(ct) = content_type {
         b = b.header("content-type", ct);
     }
-    gw.client.send(b.body(Full::new(body.into())).unwrap()).await
+    gw.client
+        .send(b.body(Full::new(body.into())).unwrap())
+        .await
 }
 
 const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
@@ -33,16 +40,26 @@ async fn exchange_succeeds_at_both_paths_with_form_and_json() {
     let (_, refresh) = gw.create_token("reporting").await;
 
     for path in ["/token", "/iwc/api/security/oauth/token"] {
-        let r = post(&gw, path, FORM, format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+        let r = post(
+            &gw,
+            path,
+            FORM,
+            format!("grant_type=refresh_token&refresh_token={refresh}"),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
-        assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json")
+        );
         let v = r.json();
         assert!(v["access_token"].as_str().unwrap().starts_with("tga_"));
         assert_eq!(v["token_type"], "bearer");
         assert_eq!(v["expires_in"], 900);
     }
-    let body = serde_json::json!({"grant_type": "refresh_token", "refresh_token": refresh}).to_string();
+    let body =
+        serde_json::json!({"grant_type": "refresh_token", "refresh_token": refresh}).to_string();
     let r = post(&gw, "/token", Some("application/json; charset=utf-8"), body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     // Every exchange mints a distinct token.
@@ -58,29 +75,61 @@ async fn request_errors_follow_rfc_6749() {
     let gw = TestGateway::start(up.addr).await;
     let (_, refresh) = gw.create_token("t").await;
 
-    let r = post(&gw, "/token", FORM, format!("grant_type=password&refresh_token={refresh}")).await;
+    let r = post(
+        &gw,
+        "/token",
+        FORM,
+        format!("grant_type=password&refresh_token={refresh}"),
+    )
+    .await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "unsupported_grant_type");
     let r = post(&gw, "/token", FORM, "grant_type=refresh_token").await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     let r = post(&gw, "/token", FORM, format!("refresh_token={refresh}")).await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
-    let r = post(&gw, "/token", FORM, format!("grant_type=refresh_token&refresh_token={refresh}&refresh_token={refresh}")).await;
+    let r = post(
+        &gw,
+        "/token",
+        FORM,
+        format!("grant_type=refresh_token&refresh_token={refresh}&refresh_token={refresh}"),
+    )
+    .await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
-    assert!(r.json()["error_description"].as_str().unwrap().contains("repeated"));
-    let r = post(&gw, "/token", Some("text/plain"), format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("repeated"));
+    let r = post(
+        &gw,
+        "/token",
+        Some("text/plain"),
+        format!("grant_type=refresh_token&refresh_token={refresh}"),
+    )
+    .await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     let r = post(&gw, "/token", Some("application/json"), "{not json").await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     // Oversized body: refused by its declared length and by counting.
-    let big = format!("grant_type=refresh_token&refresh_token={refresh}&pad={}", "x".repeat(20_000));
+    let big = format!(
+        "grant_type=refresh_token&refresh_token={refresh}&pad={}",
+        "x".repeat(20_000)
+    );
     let r = post(&gw, "/token", FORM, big).await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
-    assert!(r.json()["error_description"].as_str().unwrap().contains("too large"));
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
 
     for method in ["GET", "PUT", "DELETE"] {
         let r = gw
             .client
-            .send(gw.client.public_req(method, "/token").body(Full::default()).unwrap())
+            .send(
+                gw.client
+                    .public_req(method, "/token")
+                    .body(Full::default())
+                    .unwrap(),
+            )
             .await;
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.header("allow").as_deref(), Some("POST"));
@@ -101,18 +150,37 @@ async fn unknown_mistyped_and_deleted_tokens_get_one_answer() {
     };
     // Unknown but well-formed: minted by nobody's gateway.
     let unknown = tokengate::tokens::format::new_refresh_token().unwrap();
-    let a = answer(gw.client.token_form(&format!("grant_type=refresh_token&refresh_token={unknown}")).await);
+    let a = answer(
+        gw.client
+            .token_form(&format!("grant_type=refresh_token&refresh_token={unknown}"))
+            .await,
+    );
     // A typo (checksum fails).
     let mut typo = refresh.clone().into_bytes();
     typo[8] = if typo[8] == b'a' { b'b' } else { b'a' };
     let typo = String::from_utf8(typo).unwrap();
-    let b = answer(gw.client.token_form(&format!("grant_type=refresh_token&refresh_token={typo}")).await);
+    let b = answer(
+        gw.client
+            .token_form(&format!("grant_type=refresh_token&refresh_token={typo}"))
+            .await,
+    );
     // Garbage.
-    let c = answer(gw.client.token_form("grant_type=refresh_token&refresh_token=hello").await);
+    let c = answer(
+        gw.client
+            .token_form("grant_type=refresh_token&refresh_token=hello")
+            .await,
+    );
     // Deleted.
-    let r = gw.client.admin_call("DELETE", &format!("/api/refresh-tokens/{id}")).await;
+    let r = gw
+        .client
+        .admin_call("DELETE", &format!("/api/refresh-tokens/{id}"))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let d = answer(gw.client.token_form(&format!("grant_type=refresh_token&refresh_token={refresh}")).await);
+    let d = answer(
+        gw.client
+            .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+            .await,
+    );
     assert_eq!(a, b);
     assert_eq!(b, c);
     assert_eq!(c, d);
@@ -125,20 +193,33 @@ async fn expired_refresh_token_says_so_and_caps_expires_in() {
     let soon = tokengate::clock::rfc3339(gw.clock.unix() + 600);
     let r = gw
         .client
-        .admin_json("POST", "/api/refresh-tokens", &serde_json::json!({"name": "short", "expires": soon}))
+        .admin_json(
+            "POST",
+            "/api/refresh-tokens",
+            &serde_json::json!({"name": "short", "expires": soon}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let refresh = r.json()["token"].as_str().unwrap().to_owned();
 
     // 600 s left on the refresh token: the 900 s access TTL is capped.
-    let r = gw.client.token_form(&format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+    let r = gw
+        .client
+        .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+        .await;
     let expires_in = r.json()["expires_in"].as_u64().unwrap();
     assert!((590..=600).contains(&expires_in), "expires_in {expires_in}");
 
     gw.clock.advance(Duration::from_secs(601));
-    let r = gw.client.token_form(&format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+    let r = gw
+        .client
+        .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+        .await;
     assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_grant");
-    assert!(r.json()["error_description"].as_str().unwrap().contains("expired"));
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
 }
 
 #[tokio::test]
@@ -149,6 +230,9 @@ async fn configured_access_ttl_is_used() {
     })
     .await;
     let (_, refresh) = gw.create_token("t").await;
-    let r = gw.client.token_form(&format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+    let r = gw
+        .client
+        .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+        .await;
     assert_eq!(r.json()["expires_in"], 60);
 }

@@ -81,7 +81,11 @@ impl AdminAuth {
 fn verify_argon2(phc: &str, password: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(phc)
-        .map(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -109,8 +113,14 @@ mod tests {
 
     #[test]
     fn parses_basic() {
-        assert_eq!(parse_basic(&basic("admin", "p:w")), Some(("admin".into(), "p:w".into())));
-        assert_eq!(parse_basic(b"basic YWRtaW46eA=="), Some(("admin".into(), "x".into())));
+        assert_eq!(
+            parse_basic(&basic("admin", "p:w")),
+            Some(("admin".into(), "p:w".into()))
+        );
+        assert_eq!(
+            parse_basic(b"basic YWRtaW46eA=="),
+            Some(("admin".into(), "x".into()))
+        );
         assert_eq!(parse_basic(b"Bearer x"), None);
         assert_eq!(parse_basic(b"Basic !!!"), None);
         assert_eq!(parse_basic(b"Basic"), None);

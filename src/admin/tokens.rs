@@ -38,7 +38,11 @@ fn listed(r: &RefreshLive, now: u64) -> Listed {
         expires_at: r.expires.map(rfc3339),
         last_used_at: r.last_used().map(rfc3339),
         use_count: r.use_count(),
-        status: if r.is_expired(now) { "expired" } else { "active" },
+        status: if r.is_expired(now) {
+            "expired"
+        } else {
+            "active"
+        },
     }
 }
 
@@ -64,17 +68,28 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Response<Body> {
 /// Reads a JSON body (absent or `application/json` content type).
 async fn json_body(req: Request<Incoming>, state: &State) -> Result<Value, Response<Body>> {
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-        let essence = ct.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
-        if !essence.trim_ascii().eq_ignore_ascii_case(b"application/json") {
+        let essence = ct
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
+        if !essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"application/json")
+        {
             return Err(bad("Content-Type must be application/json"));
         }
     }
     if crate::http::declared_too_large(req.headers(), ADMIN_BODY_LIMIT) {
         return Err(bad("request body is too large"));
     }
-    let body = read_body(req.into_body(), ADMIN_BODY_LIMIT, state.config.public.body_read_timeout)
-        .await
-        .map_err(|e| bad(e.description()))?;
+    let body = read_body(
+        req.into_body(),
+        ADMIN_BODY_LIMIT,
+        state.config.public.body_read_timeout,
+    )
+    .await
+    .map_err(|e| bad(e.description()))?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("body is not valid JSON: {e}")))
 }
 
@@ -95,12 +110,20 @@ pub fn validate_name(raw: &str) -> Result<String, &'static str> {
 
 /// `expires`: absent → default lifetime; `"never"` or null → never; an RFC 3339
 /// time or a `YYYY-MM-DD` date (midnight UTC), which must be in the future.
-pub fn parse_expires(v: Option<&Value>, now: u64, default_secs: u64) -> Result<Option<u64>, String> {
+pub fn parse_expires(
+    v: Option<&Value>,
+    now: u64,
+    default_secs: u64,
+) -> Result<Option<u64>, String> {
     let text = match v {
         None => return Ok(Some(now.saturating_add(default_secs))),
         Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => s.trim(),
-        Some(_) => return Err("expires must be \"never\" or an RFC 3339 time such as 2027-05-01T00:00:00Z".into()),
+        Some(_) => {
+            return Err(
+                "expires must be \"never\" or an RFC 3339 time such as 2027-05-01T00:00:00Z".into(),
+            )
+        }
     };
     if text.eq_ignore_ascii_case("never") {
         return Ok(None);
@@ -158,7 +181,8 @@ pub async fn create(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
     let store = state.store.clone();
     let n = name.clone();
     // redb blocks: commit on the blocking pool; answer only after the commit.
-    let live = match tokio::task::spawn_blocking(move || store.create(hash, &n, now, expires)).await {
+    let live = match tokio::task::spawn_blocking(move || store.create(hash, &n, now, expires)).await
+    {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => return internal("creating a refresh token failed", e),
         Err(e) => return internal("creating a refresh token failed", e),
@@ -201,11 +225,19 @@ fn parse_id(text: &str) -> Option<u64> {
 
 pub async fn delete_one(state: &State, peer: SocketAddr, id: &str) -> Response<Body> {
     let Some(id) = parse_id(id) else {
-        return error(StatusCode::NOT_FOUND, "not_found", "no refresh token with that id");
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no refresh token with that id",
+        );
     };
     match delete_ids(state, vec![id]).await {
         Err(r) => r,
-        Ok(gone) if gone.is_empty() => error(StatusCode::NOT_FOUND, "not_found", "no refresh token with that id"),
+        Ok(gone) if gone.is_empty() => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no refresh token with that id",
+        ),
         Ok(gone) => {
             for r in &gone {
                 tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
@@ -235,7 +267,11 @@ struct DeletedMany {
     not_found: Vec<u64>,
 }
 
-pub async fn delete_many(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn delete_many(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let body = match json_body(req, state).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -307,12 +343,18 @@ mod tests {
         let now = 1_800_000_000;
         assert_eq!(parse_expires(None, now, 10).unwrap(), Some(now + 10));
         assert_eq!(parse_expires(Some(&Value::Null), now, 10).unwrap(), None);
-        assert_eq!(parse_expires(Some(&Value::from("never")), now, 10).unwrap(), None);
+        assert_eq!(
+            parse_expires(Some(&Value::from("never")), now, 10).unwrap(),
+            None
+        );
         assert_eq!(
             parse_expires(Some(&Value::from("2027-05-01T00:00:00Z")), now, 10).unwrap(),
             Some(1_809_129_600)
         );
-        assert_eq!(parse_expires(Some(&Value::from("2027-05-01")), now, 10).unwrap(), Some(1_809_129_600));
+        assert_eq!(
+            parse_expires(Some(&Value::from("2027-05-01")), now, 10).unwrap(),
+            Some(1_809_129_600)
+        );
         assert!(parse_expires(Some(&Value::from("2020-01-01T00:00:00Z")), now, 10).is_err());
         assert!(parse_expires(Some(&Value::from("tomorrow")), now, 10).is_err());
         assert!(parse_expires(Some(&Value::from(5)), now, 10).is_err());

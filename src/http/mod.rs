@@ -54,8 +54,9 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// A JSON answer. Serialising our own plain structs cannot fail; if it ever
 /// did, the client still gets a well-formed JSON error rather than a panic.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let body = serde_json::to_vec(value)
-        .unwrap_or_else(|_| br#"{"error":"server_error","error_description":"internal error"}"#.to_vec());
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| {
+        br#"{"error":"server_error","error_description":"internal error"}"#.to_vec()
+    });
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
@@ -109,12 +110,18 @@ impl BodyError {
 }
 
 /// Reads a whole body, refusing more than `limit` bytes or taking longer than `timeout`.
-pub async fn read_body(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
     let limited = Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(BodyError::Timeout),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(BodyError::TooLarge)
             } else {
                 Err(BodyError::Aborted)

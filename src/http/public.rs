@@ -19,8 +19,12 @@ use crate::tokens::exchange::{body_kind, parse_body, ExchangeError, Exchanger};
 pub const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
 
 pub async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    if let Err(r) = check_host(&req) {
-        return r;
+    if !host_ok(&req) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "an HTTP/1.1 request needs exactly one Host header",
+        );
     }
     let path = req.uri().path();
     match path {
@@ -31,20 +35,12 @@ pub async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
 }
 
 /// HTTP/1.1 requires exactly one `Host` (RFC 9112 §3.2); hyper does not check it.
-fn check_host(req: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn host_ok(req: &Request<Incoming>) -> bool {
     let hosts = req.headers().get_all(HOST).iter().count();
-    let bad = match req.version() {
-        Version::HTTP_11 => hosts != 1,
-        _ => hosts > 1,
-    };
-    if bad {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "an HTTP/1.1 request needs exactly one Host header",
-        ));
+    match req.version() {
+        Version::HTTP_11 => hosts == 1,
+        _ => hosts <= 1,
     }
-    Ok(())
 }
 
 fn health(method: &Method) -> Response<Body> {
@@ -69,11 +65,22 @@ async fn token_endpoint(state: &State, peer: SocketAddr, req: Request<Incoming>)
         Err(e) => return exchange_error(&e, peer),
     };
     if super::declared_too_large(req.headers(), limits.token_body_limit) {
-        return exchange_error(&ExchangeError::InvalidRequest("request body is too large".into()), peer);
+        return exchange_error(
+            &ExchangeError::InvalidRequest("request body is too large".into()),
+            peer,
+        );
     }
-    let body = match read_body(req.into_body(), limits.token_body_limit, limits.body_read_timeout).await {
+    let body = match read_body(
+        req.into_body(),
+        limits.token_body_limit,
+        limits.body_read_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(e) => return exchange_error(&ExchangeError::InvalidRequest(e.description().into()), peer),
+        Err(e) => {
+            return exchange_error(&ExchangeError::InvalidRequest(e.description().into()), peer)
+        }
     };
     let request = match parse_body(kind, &body) {
         Ok(r) => r,
@@ -131,7 +138,10 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
         return Err(BearerError::Repeated);
     }
     let raw = value.as_bytes().trim_ascii();
-    let split = raw.iter().position(|&b| b == b' ').ok_or(BearerError::Scheme)?;
+    let split = raw
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(BearerError::Scheme)?;
     let (scheme, rest) = raw.split_at(split);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Err(BearerError::Scheme);
@@ -146,8 +156,16 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
 /// RFC 6750 §3 answer.
 fn bearer_refusal(e: BearerError, peer: SocketAddr) -> Response<Body> {
     let (status, code, text) = match e {
-        BearerError::Missing => (StatusCode::UNAUTHORIZED, "invalid_token", "a bearer access token is required"),
-        BearerError::Repeated => (StatusCode::BAD_REQUEST, "invalid_request", "more than one Authorization header"),
+        BearerError::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "a bearer access token is required",
+        ),
+        BearerError::Repeated => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "more than one Authorization header",
+        ),
         BearerError::Scheme => (
             StatusCode::UNAUTHORIZED,
             "invalid_token",
@@ -159,7 +177,8 @@ fn bearer_refusal(e: BearerError, peer: SocketAddr) -> Response<Body> {
         }
     };
     let mut r = error(status, code, text);
-    let challenge = format!(r#"Bearer realm="tokengate", error="{code}", error_description="{text}""#);
+    let challenge =
+        format!(r#"Bearer realm="tokengate", error="{code}", error_description="{text}""#);
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         r.headers_mut().insert(WWW_AUTHENTICATE, v);
     }
@@ -174,9 +193,11 @@ async fn proxied(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Res
             Err(e) => return bearer_refusal(e, peer),
         };
         let want_identity = state.upstream.identity_headers();
-        let checked = state.access.validate(token, state.clock.now(), state.clock.unix(), |r| {
-            want_identity.then(|| Identity::of(r))
-        });
+        let checked = state
+            .access
+            .validate(token, state.clock.now(), state.clock.unix(), |r| {
+                want_identity.then(|| Identity::of(r))
+            });
         match checked {
             Ok(id) => id,
             Err(e) => return bearer_refusal(BearerError::Token(e), peer),
@@ -214,10 +235,22 @@ mod tests {
 
     #[test]
     fn bearer_errors() {
-        assert!(matches!(bearer_token(&headers(&[])), Err(BearerError::Missing)));
-        assert!(matches!(bearer_token(&headers(&[b"Basic abc"])), Err(BearerError::Scheme)));
-        assert!(matches!(bearer_token(&headers(&[b"Bearer"])), Err(BearerError::Scheme)));
-        assert!(matches!(bearer_token(&headers(&[b"a", b"b"])), Err(BearerError::Repeated)));
+        assert!(matches!(
+            bearer_token(&headers(&[])),
+            Err(BearerError::Missing)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&[b"Basic abc"])),
+            Err(BearerError::Scheme)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&[b"Bearer"])),
+            Err(BearerError::Scheme)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&[b"a", b"b"])),
+            Err(BearerError::Repeated)
+        ));
         // Bytes that are not UTF-8 are just a bad token, never a panic.
         assert!(bearer_token(&headers(&[b"Bearer \xff\xfe"])).is_ok());
     }

@@ -85,7 +85,10 @@ pub fn rewrite_request(
     if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("https"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    );
     if let Some(h) = original_host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), h);
     }
@@ -148,7 +151,10 @@ mod tests {
         assert!(is_reserved(&header::CONNECTION));
         assert!(is_reserved(&HeaderName::from_static("x-forwarded-for")));
         assert!(is_reserved(&ID_HEADER));
-        assert!(!is_reserved(&header::AUTHORIZATION), "an upstream credential may be configured");
+        assert!(
+            !is_reserved(&header::AUTHORIZATION),
+            "an upstream credential may be configured"
+        );
         assert!(!is_reserved(&HeaderName::from_static("x-api-key")));
     }
 }

@@ -148,8 +148,9 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| UpstreamSetupError::Tls("upstream.url has no host".into()))?;
-        let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| UpstreamSetupError::Tls("upstream.url host is not a valid Host header".into()))?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+            UpstreamSetupError::Tls("upstream.url host is not a valid Host header".into())
+        })?;
         Ok(Upstream {
             client,
             scheme,
@@ -167,17 +168,20 @@ impl Upstream {
     }
 
     fn target(&self, incoming: &Uri) -> Result<Uri, http::Error> {
-        let pq = incoming.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+        let pq = incoming
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
         let pq: PathAndQuery = if self.base_path.is_empty() {
             PathAndQuery::try_from(pq)?
         } else {
             PathAndQuery::try_from(format!("{}{}", self.base_path, pq))?
         };
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(pq)
-            .build()?)
+            .build()
     }
 
     /// Rewrites and forwards an authenticated request; returns the upstream's
@@ -189,11 +193,12 @@ impl Upstream {
         identity: Option<Identity>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        let original_host = parts
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let original_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         parts.uri = self.target(&parts.uri).map_err(ProxyError::Request)?;
         // The upstream leg is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
@@ -206,12 +211,13 @@ impl Upstream {
             identity.map(|i| (i.id, i.name)),
         );
         let req = Request::from_parts(parts, body);
-        let mut resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
-            Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(e)),
-            Ok(Err(e)) => return Err(ProxyError::Failed(e)),
-            Ok(Ok(r)) => r,
-        };
+        let mut resp =
+            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+                Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
+                Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(e)),
+                Ok(Err(e)) => return Err(ProxyError::Failed(e)),
+                Ok(Ok(r)) => r,
+            };
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }

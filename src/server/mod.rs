@@ -72,8 +72,14 @@ pub async fn serve(
     drop(listener);
     let grace = state.config.public.shutdown_grace;
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
-        tracing::warn!(listener = kind.name(), "shutdown grace ran out; closing remaining connections");
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = kind.name(),
+            "shutdown grace ran out; closing remaining connections"
+        );
     }
 }
 

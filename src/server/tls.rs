@@ -33,16 +33,23 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
 /// The key file is created 0600.
 pub fn generate_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     for p in [cert, key] {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| TlsError::Generate(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| TlsError::Generate(format!("{}: {e}", dir.display())))?;
         }
     }
     crate::secrets::write_new_private(key, ck.signing_key.serialize_pem().as_bytes())
         .map_err(|e| TlsError::Generate(format!("{}: {e}", key.display())))?;
-    std::fs::write(cert, ck.cert.pem()).map_err(|e| TlsError::Generate(format!("{}: {e}", cert.display())))?;
+    std::fs::write(cert, ck.cert.pem())
+        .map_err(|e| TlsError::Generate(format!("{}: {e}", cert.display())))?;
     Ok(())
 }
 

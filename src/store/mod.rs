@@ -30,9 +30,16 @@ pub enum StoreError {
     #[error("cannot open token database {path}: {source}")]
     Open { path: PathBuf, source: redb::Error },
     #[error("cannot create data directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("token database {path} holds an unreadable record (id {id}): {detail}")]
-    Corrupt { path: PathBuf, id: String, detail: String },
+    Corrupt {
+        path: PathBuf,
+        id: String,
+        detail: String,
+    },
     #[error("token database error: {0}")]
     Db(#[from] redb::Error),
     #[error("token record encoding: {0}")]
@@ -380,7 +387,10 @@ mod tests {
         let s = RefreshStore::open(&path).unwrap();
         assert_eq!(s.len(), 1);
         let a = s.lookup(&hash(1)).unwrap();
-        assert_eq!((a.name.as_str(), a.expires, a.last_used(), a.use_count()), ("a", Some(200), Some(150), 1));
+        assert_eq!(
+            (a.name.as_str(), a.expires, a.last_used(), a.use_count()),
+            ("a", Some(200), Some(150), 1)
+        );
         assert!(a.is_live(199) && !a.is_live(200));
         let c = s.create(hash(3), "c", 1, None).unwrap();
         assert_eq!(c.id, 3, "a deleted id is never handed out again");

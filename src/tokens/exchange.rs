@@ -75,7 +75,9 @@ fn parse_form(body: &[u8]) -> Result<TokenRequest, ExchangeError> {
             _ => continue,
         };
         if slot.is_some() {
-            return Err(ExchangeError::InvalidRequest(format!("parameter {k} is repeated")));
+            return Err(ExchangeError::InvalidRequest(format!(
+                "parameter {k} is repeated"
+            )));
         }
         *slot = Some(v.into_owned());
     }
@@ -92,7 +94,13 @@ fn parse_json(body: &[u8]) -> Result<TokenRequest, ExchangeError> {
     let j: Json = serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
         let msg = if msg.contains("duplicate field") {
-            format!("parameter {}", msg.split('`').nth(1).map(|f| format!("{f} is repeated")).unwrap_or(msg.clone()))
+            format!(
+                "parameter {}",
+                msg.split('`')
+                    .nth(1)
+                    .map(|f| format!("{f} is repeated"))
+                    .unwrap_or(msg.clone())
+            )
         } else {
             "body is not a JSON object with string fields grant_type and refresh_token".into()
         };
@@ -124,7 +132,10 @@ pub struct Exchanger<'a> {
 impl Exchanger<'_> {
     /// Trades a refresh token for an access token.
     /// On success also returns the refresh token, for logging by id and name.
-    pub fn exchange(&self, req: TokenRequest) -> Result<(TokenResponse, Arc<RefreshLive>), ExchangeError> {
+    pub fn exchange(
+        &self,
+        req: TokenRequest,
+    ) -> Result<(TokenResponse, Arc<RefreshLive>), ExchangeError> {
         let grant = req
             .grant_type
             .ok_or_else(|| ExchangeError::InvalidRequest("grant_type is missing".into()))?;
@@ -136,7 +147,9 @@ impl Exchanger<'_> {
             .ok_or_else(|| ExchangeError::InvalidRequest("refresh_token is missing".into()))?;
         let token = token.trim();
         if token.is_empty() {
-            return Err(ExchangeError::InvalidRequest("refresh_token is empty".into()));
+            return Err(ExchangeError::InvalidRequest(
+                "refresh_token is empty".into(),
+            ));
         }
         // A token that fails the checksum gets the same answer as an unknown one.
         let parsed = parse_refresh(token).map_err(|_| ExchangeError::InvalidGrant(NOT_VALID))?;
@@ -180,29 +193,56 @@ mod tests {
             body_kind(Some(b"application/x-www-form-urlencoded; charset=UTF-8")).unwrap(),
             BodyKind::Form
         );
-        assert_eq!(body_kind(Some(b"Application/JSON")).unwrap(), BodyKind::Json);
+        assert_eq!(
+            body_kind(Some(b"Application/JSON")).unwrap(),
+            BodyKind::Json
+        );
         assert!(body_kind(Some(b"text/plain")).is_err());
         assert!(body_kind(Some(b"\xff\xfe")).is_err());
     }
 
     #[test]
     fn form_bodies() {
-        let r = parse_body(BodyKind::Form, b"grant_type=refresh_token&refresh_token=tgr_a%2Bb&x=1").unwrap();
+        let r = parse_body(
+            BodyKind::Form,
+            b"grant_type=refresh_token&refresh_token=tgr_a%2Bb&x=1",
+        )
+        .unwrap();
         assert_eq!(r.grant_type.as_deref(), Some("refresh_token"));
         assert_eq!(r.refresh_token.as_deref(), Some("tgr_a+b"));
-        let e = parse_body(BodyKind::Form, b"grant_type=refresh_token&grant_type=refresh_token").unwrap_err();
-        assert_eq!(e, ExchangeError::InvalidRequest("parameter grant_type is repeated".into()));
+        let e = parse_body(
+            BodyKind::Form,
+            b"grant_type=refresh_token&grant_type=refresh_token",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ExchangeError::InvalidRequest("parameter grant_type is repeated".into())
+        );
         // Non-UTF-8 bytes are replaced, never a panic.
         assert!(parse_body(BodyKind::Form, b"refresh_token=%ff%fe").is_ok());
     }
 
     #[test]
     fn json_bodies() {
-        let r = parse_body(BodyKind::Json, br#"{"grant_type":"refresh_token","refresh_token":"t"}"#).unwrap();
+        let r = parse_body(
+            BodyKind::Json,
+            br#"{"grant_type":"refresh_token","refresh_token":"t"}"#,
+        )
+        .unwrap();
         assert_eq!(r.refresh_token.as_deref(), Some("t"));
         let e = parse_body(BodyKind::Json, br#"{"grant_type":"a","grant_type":"b"}"#).unwrap_err();
-        assert_eq!(e, ExchangeError::InvalidRequest("parameter grant_type is repeated".into()));
-        assert!(matches!(parse_body(BodyKind::Json, b"[1]"), Err(ExchangeError::InvalidRequest(_))));
-        assert!(matches!(parse_body(BodyKind::Json, b"{\"grant_type\":5}"), Err(ExchangeError::InvalidRequest(_))));
+        assert_eq!(
+            e,
+            ExchangeError::InvalidRequest("parameter grant_type is repeated".into())
+        );
+        assert!(matches!(
+            parse_body(BodyKind::Json, b"[1]"),
+            Err(ExchangeError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            parse_body(BodyKind::Json, b"{\"grant_type\":5}"),
+            Err(ExchangeError::InvalidRequest(_))
+        ));
     }
 }

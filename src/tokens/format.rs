@@ -1,7 +1,7 @@
 //! Token wire formats.
 //!
-//! Refresh token: `tgr_` + 44 base62 characters from the OS CSPRNG (≈262 bits)
-//! + a 6-character base62 CRC32 of everything before it. The checksum lets the
+//! Refresh token: `tgr_`, then 44 base62 characters from the OS CSPRNG (≈262
+//! bits), then a 6-character base62 CRC32 of everything before it. The checksum lets the
 //! gateway reject a mistyped token without touching the map or the disk; the
 //! prefix lets secret scanners find leaked tokens. Only an HMAC-SHA256 of the
 //! whole string, under the server secret, is ever stored.
@@ -107,7 +107,9 @@ pub enum RefreshFormatError {
 }
 
 pub fn parse_refresh(token: &str) -> Result<ParsedRefresh<'_>, RefreshFormatError> {
-    let body = token.strip_prefix(REFRESH_PREFIX).ok_or(RefreshFormatError::Prefix)?;
+    let body = token
+        .strip_prefix(REFRESH_PREFIX)
+        .ok_or(RefreshFormatError::Prefix)?;
     if token.len() != REFRESH_LEN {
         return Err(RefreshFormatError::Length);
     }
@@ -224,11 +226,23 @@ mod tests {
         let mut bytes = t.clone().into_bytes();
         bytes[10] = if bytes[10] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(bytes).unwrap();
-        assert_eq!(parse_refresh(&typo).unwrap_err(), RefreshFormatError::Checksum);
-        assert_eq!(parse_refresh(&t[..t.len() - 1]).unwrap_err(), RefreshFormatError::Length);
-        assert_eq!(parse_refresh("abc").unwrap_err(), RefreshFormatError::Prefix);
+        assert_eq!(
+            parse_refresh(&typo).unwrap_err(),
+            RefreshFormatError::Checksum
+        );
+        assert_eq!(
+            parse_refresh(&t[..t.len() - 1]).unwrap_err(),
+            RefreshFormatError::Length
+        );
+        assert_eq!(
+            parse_refresh("abc").unwrap_err(),
+            RefreshFormatError::Prefix
+        );
         let bad = format!("tgr_{}", "!".repeat(REFRESH_LEN - 4));
-        assert_eq!(parse_refresh(&bad).unwrap_err(), RefreshFormatError::Charset);
+        assert_eq!(
+            parse_refresh(&bad).unwrap_err(),
+            RefreshFormatError::Charset
+        );
     }
 
     #[test]
@@ -248,7 +262,10 @@ mod tests {
         assert_eq!(t.len(), ACCESS_LEN);
         assert_eq!(codec.verify(t.as_bytes()), Ok(id));
         let next_boot = AccessCodec::new().unwrap();
-        assert_eq!(next_boot.verify(t.as_bytes()), Err(AccessFormatError::OtherBoot));
+        assert_eq!(
+            next_boot.verify(t.as_bytes()),
+            Err(AccessFormatError::OtherBoot)
+        );
     }
 
     #[test]
@@ -259,7 +276,10 @@ mod tests {
         let last = b.len() - 3;
         b[last] = if b[last] == b'A' { b'B' } else { b'A' };
         assert_eq!(codec.verify(&b), Err(AccessFormatError::BadMac));
-        assert_eq!(codec.verify(b"tga_short"), Err(AccessFormatError::Malformed));
+        assert_eq!(
+            codec.verify(b"tga_short"),
+            Err(AccessFormatError::Malformed)
+        );
         let junk = vec![b'*'; ACCESS_LEN];
         assert_eq!(codec.verify(&junk), Err(AccessFormatError::Malformed));
     }

@@ -55,7 +55,10 @@ impl TestGateway {
         Self::start_with(upstream, |_| {}).await
     }
 
-    pub async fn start_with(upstream: SocketAddr, tweak: impl FnOnce(&mut FileConfig)) -> TestGateway {
+    pub async fn start_with(
+        upstream: SocketAddr,
+        tweak: impl FnOnce(&mut FileConfig),
+    ) -> TestGateway {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut file = test_config(dir.path(), upstream);
         tweak(&mut file);
@@ -113,16 +116,26 @@ impl TestGateway {
     pub async fn create_token(&self, name: &str) -> (u64, String) {
         let r = self
             .client
-            .admin_json("POST", "/api/refresh-tokens", &serde_json::json!({ "name": name }))
+            .admin_json(
+                "POST",
+                "/api/refresh-tokens",
+                &serde_json::json!({ "name": name }),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
         let v = r.json();
-        (v["id"].as_u64().unwrap(), v["token"].as_str().unwrap().to_owned())
+        (
+            v["id"].as_u64().unwrap(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// Trades a refresh token for an access token at `/token`.
     pub async fn exchange(&self, refresh: &str) -> String {
-        let r = self.client.token_form(&format!("grant_type=refresh_token&refresh_token={refresh}")).await;
+        let r = self
+            .client
+            .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         r.json()["access_token"].as_str().unwrap().to_owned()
     }
@@ -147,13 +160,16 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 }
 
@@ -182,7 +198,11 @@ fn tls_client(cert: &std::path::Path, h2: bool) -> HttpsClient {
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only();
-    let connector = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+    let connector = if h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder.http2_only(h2);
     builder.build(connector)
@@ -199,15 +219,29 @@ impl TestClient {
     }
 
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Resp {
-        collect(self.h1.request(req).await.expect("request reaches the gateway")).await
+        collect(
+            self.h1
+                .request(req)
+                .await
+                .expect("request reaches the gateway"),
+        )
+        .await
     }
 
     pub async fn send_h2(&self, req: Request<Full<Bytes>>) -> Resp {
-        collect(self.h2.request(req).await.expect("request reaches the gateway")).await
+        collect(
+            self.h2
+                .request(req)
+                .await
+                .expect("request reaches the gateway"),
+        )
+        .await
     }
 
     pub fn public_req(&self, method: &str, path: &str) -> http::request::Builder {
-        Request::builder().method(method).uri(format!("{}{}", self.public, path))
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.public, path))
     }
 
     /// GET `path` on the public listener with `Authorization: <scheme> <token>`.
@@ -233,7 +267,8 @@ impl TestClient {
     }
 
     pub fn admin_req(&self, method: &str, path: &str) -> http::request::Builder {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
         Request::builder()
             .method(method)
             .uri(format!("{}{}", self.admin, path))
@@ -250,7 +285,8 @@ impl TestClient {
     }
 
     pub async fn admin_call(&self, method: &str, path: &str) -> Resp {
-        self.send(self.admin_req(method, path).body(Full::default()).unwrap()).await
+        self.send(self.admin_req(method, path).body(Full::default()).unwrap())
+            .await
     }
 }
 
@@ -283,7 +319,9 @@ pub async fn upstream() -> Upstream {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(echo);
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -307,12 +345,21 @@ async fn echo(req: Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Inf
     let query = req.uri().query().map(str::to_owned);
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
-        let entry = headers.entry(k.as_str().to_owned()).or_insert_with(|| Value::Array(vec![]));
+        let entry = headers
+            .entry(k.as_str().to_owned())
+            .or_insert_with(|| Value::Array(vec![]));
         if let Value::Array(a) = entry {
-            a.push(Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+            a.push(Value::String(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
         }
     }
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let out = serde_json::json!({
         "method": method,
         "path": path,

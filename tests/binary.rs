@@ -1,0 +1,194 @@
+//! The `tokengate` binary: configuration from file and environment (names the
+//! bad key), first-start generation of certificate, secret and admin password,
+//! and a clean exit on SIGTERM.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+fn check_config(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut c = Command::new(BIN);
+    c.arg("check-config").current_dir(dir).env_clear();
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn environment_overrides_and_errors_name_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = check_config(
+        dir.path(),
+        &[
+            ("TOKENGATE_PUBLIC__LISTEN", "127.0.0.1:9443"),
+            ("TOKENGATE_UPSTREAM__URL", "http://127.0.0.1:9000/base"),
+            ("TOKENGATE_STORAGE__PATH", "/tmp/x/t.redb"),
+            ("TOKENGATE_ADMIN_PASSWORD", "not a config key"),
+            ("API_ACCESS_TOKEN_EXPIRATION", "300"),
+            ("API_REFRESH_TOKEN_EXPIRATION", "30"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("127.0.0.1:9443"), "{out}");
+    assert!(out.contains("127.0.0.1:9000/base"), "{out}");
+    assert!(
+        !out.contains("not a config key"),
+        "the admin password is never printed: {out}"
+    );
+    assert!(out.contains("tokens.access_ttl = 300s"), "{out}");
+    assert!(out.contains("tokens.refresh_ttl = 2592000s"), "{out}");
+
+    // tokengate's own variable wins over DPA's name.
+    let (ok, out) = check_config(
+        dir.path(),
+        &[
+            ("API_ACCESS_TOKEN_EXPIRATION", "300"),
+            ("TOKENGATE_TOKENS__ACCESS_TTL", "10m"),
+        ],
+    );
+    assert!(ok && out.contains("tokens.access_ttl = 600s"), "{out}");
+
+    let (ok, out) = check_config(dir.path(), &[("TOKENGATE_PUBLIC__LISTN", "x")]);
+    assert!(!ok);
+    assert!(out.contains("listn"), "{out}");
+    let (ok, out) = check_config(dir.path(), &[("TOKENGATE_PUBLIC__LISTEN", "nowhere")]);
+    assert!(!ok);
+    assert!(out.contains("public.listen"), "{out}");
+    let (ok, out) = check_config(dir.path(), &[("API_ACCESS_TOKEN_EXPIRATION", "15 minutes")]);
+    assert!(!ok);
+    assert!(out.contains("API_ACCESS_TOKEN_EXPIRATION"), "{out}");
+}
+
+#[test]
+fn the_config_file_is_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/tokengate.toml"),
+        "[tokens]\naccess_ttl = \"2m\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check_config(dir.path(), &[]);
+    assert!(ok && out.contains("tokens.access_ttl = 120s"), "{out}");
+    std::fs::write(
+        dir.path().join("config/tokengate.toml"),
+        "[tokens]\naccess_tll = \"2m\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check_config(dir.path(), &[]);
+    assert!(!ok && out.contains("access_tll"), "{out}");
+    // The shipped default file is valid and matches the built-in defaults.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&shipped)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = Command::new(BIN)
+        .args(["check-config", "--config", "/nonexistent.toml"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+}
+
+#[tokio::test]
+async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
+    let up = common::upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = common::dead_address().await;
+    let admin = common::dead_address().await;
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("TOKENGATE_PUBLIC__LISTEN", public.to_string())
+        .env("TOKENGATE_ADMIN__LISTEN", admin.to_string())
+        .env("TOKENGATE_UPSTREAM__URL", format!("http://{}", up.addr))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Wait until the generated certificate exists and the listener answers.
+    let cert = dir.path().join("certs/tokengate.crt");
+    let mut client = None;
+    for _ in 0..200 {
+        if cert.exists() && tokio::net::TcpStream::connect(public).await.is_ok() {
+            client = Some(common::TestClient::new(&cert, public, admin));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = client.expect("gateway came up");
+    let r = client.get_with("/healthz", None).await;
+    assert_eq!(r.status, http::StatusCode::OK);
+
+    let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().mode() & 0o777;
+    assert_eq!(mode("certs/tokengate.key"), 0o600);
+    assert_eq!(mode("data/secret.key"), 0o600);
+    assert_eq!(mode("data/admin.hash"), 0o600);
+    assert!(dir.path().join("data/tokengate.redb").exists());
+
+    // SIGTERM: drain and exit 0.
+    let pid = child.id().unwrap() as i32;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    // The generated password was printed once, and works against the hash kept.
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    let password = stderr
+        .lines()
+        .skip_while(|l| !l.contains("generated admin password"))
+        .nth(2)
+        .map(str::trim)
+        .expect("password printed")
+        .to_owned();
+    assert_eq!(password.len(), 24);
+    let hash = std::fs::read_to_string(dir.path().join("data/admin.hash")).unwrap();
+    assert!(!hash.contains(&password), "only a hash is kept");
+    let auth = tokengate::admin::auth::AdminAuth::new(
+        tokengate::secrets::AdminCredential::Hash(hash.trim().to_owned()),
+        b"k",
+    );
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"))
+    );
+    assert!(auth.check(Some(basic.as_bytes())).await);
+    assert!(!stderr.contains("tgr_") && !stderr.contains("tga_"));
+}
