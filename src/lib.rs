@@ -47,7 +47,12 @@ impl Gateway {
         let tls = server::tls::server_config(&config.tls)?;
         let public = bind(config.public.listen, "public.listen").await?;
         let admin = bind(config.admin_listen, "admin.listen").await?;
-        let state = Arc::new(State::build(config, opts)?);
+        // Building the state reads files, opens redb and may hash a password:
+        // blocking work, kept off the async workers.
+        let state = tokio::task::spawn_blocking(move || State::build(config, opts))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
+        let state = Arc::new(state);
         Ok(Gateway::run(public, admin, TlsAcceptor::from(tls), state))
     }
 

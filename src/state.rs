@@ -33,6 +33,8 @@ pub enum StartError {
     },
     #[error("the operating system's random number generator failed: {0}")]
     Random(getrandom::Error),
+    #[error("start-up task failed: {0}")]
+    Task(String),
 }
 
 /// What the process supplies besides the configuration file.

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::Listener;
@@ -43,7 +44,11 @@ pub async fn serve(
     // Each connection holds a permit; at the cap, accepting pauses and new
     // clients wait in the kernel's backlog instead of exhausting memory.
     let permits = Arc::new(Semaphore::new(max));
+    // Tracks connection tasks so shutdown can wait for them, then abort stragglers.
+    let mut conns: JoinSet<()> = JoinSet::new();
     loop {
+        // Reap finished connections so the set stays the size of the live set.
+        while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stopped(&mut shutdown) => break,

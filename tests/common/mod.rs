@@ -391,3 +391,37 @@ impl TestGateway {
         &self.gateway.as_ref().expect("running").state
     }
 }
+
+/// The echo upstream over TLS, with a fresh self-signed certificate written to
+/// `dir` (`upstream.crt`, `upstream.key`).
+pub async fn upstream_tls(dir: &std::path::Path) -> Upstream {
+    let cert = dir.join("upstream.crt");
+    let key = dir.join("upstream.key");
+    tokengate::server::tls::generate_self_signed(&cert, &key).unwrap();
+    let tls = tokengate::server::tls::server_config(&tokengate::config::TlsConfig {
+        cert,
+        key,
+        generate_if_missing: false,
+    })
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(echo))
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, task }
+}
