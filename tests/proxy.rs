@@ -254,3 +254,19 @@ async fn health_needs_no_token_and_host_is_required() {
         .unwrap();
     assert_eq!(gw.client.send(req).await.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn head_answers_have_no_body_on_http2() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    for path in ["/healthz", "/api/needs-a-token"] {
+        let req = gw
+            .client
+            .public_req("HEAD", path)
+            .body(Full::default())
+            .unwrap();
+        let r = gw.client.send_h2(req).await;
+        assert!(r.body.is_empty(), "{path}: {:?}", r.body);
+        assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

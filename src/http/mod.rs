@@ -41,10 +41,17 @@ pub async fn handle(
     peer: SocketAddr,
     req: http::Request<Incoming>,
 ) -> Response<Body> {
-    match listener {
+    let head = req.method() == http::Method::HEAD;
+    let mut resp = match listener {
         Listener::Public => public::handle(state, peer, req).await,
         Listener::Admin => crate::admin::handle(state, peer, req).await,
+    };
+    // A HEAD answer has no body; HTTP/2 clients treat DATA frames on one as a
+    // stream error. Upstream answers to HEAD are already empty.
+    if head && matches!(resp.body(), Either::Left(_)) {
+        *resp.body_mut() = full(Bytes::new());
     }
+    resp
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {

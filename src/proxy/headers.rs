@@ -82,7 +82,7 @@ pub fn rewrite_request(
     headers.remove(NAME_HEADER);
 
     headers.insert(header::HOST, upstream_host.clone());
-    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_canonical().to_string()) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     headers.insert(
