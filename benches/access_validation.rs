@@ -20,6 +20,8 @@ fn refresh() -> Arc<RefreshLive> {
         expires: None,
         last_used: None,
         use_count: 0,
+        last_ip: None,
+        last_user_agent: None,
     }))
 }
 

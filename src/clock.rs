@@ -60,6 +60,16 @@ pub fn rfc3339(unix: u64) -> String {
         .unwrap_or_else(|| "9999-12-31T23:59:59Z".to_owned())
 }
 
+/// The current wall-clock time, RFC 3339 UTC with milliseconds, for log lines.
+pub fn rfc3339_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now
+        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Parses an RFC 3339 time (any offset) into Unix seconds.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)

@@ -97,6 +97,21 @@ pub struct FileConfig {
     pub storage: StorageSection,
     pub tls: TlsSection,
     pub tokens: TokensSection,
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    pub destination: String,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            destination: "stdout".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +151,7 @@ impl Default for PublicSection {
 pub struct AdminSection {
     pub listen: String,
     pub password_hash: Option<String>,
+    pub session_ttl: HumanDuration,
 }
 
 impl Default for AdminSection {
@@ -143,6 +159,7 @@ impl Default for AdminSection {
         AdminSection {
             listen: "127.0.0.1:8444".into(),
             password_hash: None,
+            session_ttl: HumanDuration(Duration::from_secs(8 * 3600)),
         }
     }
 }
@@ -228,6 +245,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// An argon2 PHC string from the file; `None` means: environment or generated.
     pub admin_password_hash: Option<String>,
+    /// Lifetime of a web-page login session.
+    pub admin_session_ttl: Duration,
     pub upstream: UpstreamConfig,
     pub storage_path: PathBuf,
     pub usage_flush_interval: Duration,
@@ -235,6 +254,7 @@ pub struct Config {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub sweep_interval: Duration,
+    pub audit: crate::audit::Destination,
 }
 
 #[derive(Debug, Clone)]
@@ -389,6 +409,8 @@ impl Config {
             format!("tokens.access_ttl = {}", secs(self.access_ttl)),
             format!("tokens.refresh_ttl = {}", secs(self.refresh_ttl)),
             format!("tokens.sweep_interval = {}", secs(self.sweep_interval)),
+            format!("admin.session_ttl = {}", secs(self.admin_session_ttl)),
+            format!("audit.destination = {:?}", self.audit),
         ];
         lines.join("\n")
     }
@@ -531,6 +553,7 @@ impl FileConfig {
             public,
             admin_listen,
             admin_password_hash: self.admin.password_hash,
+            admin_session_ttl: nonzero("admin.session_ttl", self.admin.session_ttl)?,
             upstream,
             storage_path: self.storage.path,
             usage_flush_interval: nonzero(
@@ -541,6 +564,7 @@ impl FileConfig {
             access_ttl,
             refresh_ttl,
             sweep_interval: nonzero("tokens.sweep_interval", self.tokens.sweep_interval)?,
+            audit: crate::audit::Destination::parse(&self.audit.destination),
         })
     }
 }

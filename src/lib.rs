@@ -11,6 +11,7 @@
 //! - `admin`: the admin listener's authentication and token API.
 
 pub mod admin;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod http;
@@ -105,6 +106,11 @@ impl Gateway {
             let _ = t.await;
         }
         flush_usage(&self.state).await;
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            state.audit.flush(std::time::Duration::from_secs(5))
+        })
+        .await;
         tracing::info!("tokengate stopped");
     }
 }
@@ -125,7 +131,10 @@ async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = sweep.tick() => {
-                let removed = state.access.sweep(state.clock.now(), state.clock.unix());
+                let now = state.clock.now();
+                let removed = state.access.sweep(now, state.clock.unix());
+                state.admin.sessions.sweep(now);
+                state.admin.throttle.sweep(now);
                 if removed > 0 {
                     tracing::debug!(removed, live = state.access.len(), "swept access tokens");
                 }

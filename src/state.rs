@@ -33,6 +33,11 @@ pub enum StartError {
     },
     #[error("the operating system's random number generator failed: {0}")]
     Random(getrandom::Error),
+    #[error("audit.destination {dest}: {source}")]
+    Audit {
+        dest: String,
+        source: std::io::Error,
+    },
     #[error("start-up task failed: {0}")]
     Task(String),
 }
@@ -58,6 +63,8 @@ pub struct State {
     pub access: AccessTokens,
     pub admin: AdminAuth,
     pub upstream: Upstream,
+    /// Security events, one JSON line each, written off the request path.
+    pub audit: crate::audit::Audit,
 }
 
 /// The data directory: where `storage.path` lives, with `secret.key` and `admin.hash`.
@@ -82,13 +89,23 @@ impl State {
             (None, Some(h)) => AdminPasswordSource::ConfigHash(h.clone()),
             (None, None) => AdminPasswordSource::DataDir,
         };
-        let admin = AdminAuth::new(crate::secrets::resolve_admin(source, &dir)?, &secret);
+        let admin = AdminAuth::new(
+            crate::secrets::resolve_admin(source, &dir)?,
+            &secret,
+            config.admin_session_ttl,
+        );
         // 3. Refresh tokens: open redb (refusing a second process) and load them all.
         let store = Arc::new(RefreshStore::open(&config.storage_path)?);
         // 4. A fresh boot nonce: access tokens of any earlier process stop verifying.
         let access = AccessTokens::new().map_err(StartError::Random)?;
         // 5. The upstream client and its pool.
         let upstream = Upstream::new(&config.upstream)?;
+        // 6. The audit log.
+        let audit =
+            crate::audit::Audit::open(&config.audit).map_err(|source| StartError::Audit {
+                dest: format!("{:?}", config.audit),
+                source,
+            })?;
         tracing::info!(
             refresh_tokens = store.len(),
             storage = %config.storage_path.display(),
@@ -102,6 +119,7 @@ impl State {
             access,
             admin,
             upstream,
+            audit,
             config,
         })
     }

@@ -183,6 +183,7 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     let auth = tokengate::admin::auth::AdminAuth::new(
         tokengate::secrets::AdminCredential::Hash(hash.trim().to_owned()),
         b"k",
+        Duration::from_secs(60),
     );
     use base64::Engine;
     let basic = format!(

@@ -21,6 +21,10 @@ const ARGON_SLOTS: usize = 2;
 
 pub struct AdminAuth {
     credential: AdminCredential,
+    /// Web-page login sessions.
+    pub sessions: super::session::Sessions,
+    /// Failed-login slow-down, per client IP (page logins and HTTP Basic alike).
+    pub throttle: super::session::Throttle,
     /// Keyed with the server secret; fingerprints passwords in memory only.
     mac: Hmac<Sha256>,
     /// Fingerprint of the last password that passed argon2.
@@ -29,9 +33,15 @@ pub struct AdminAuth {
 }
 
 impl AdminAuth {
-    pub fn new(credential: AdminCredential, secret: &[u8]) -> AdminAuth {
+    pub fn new(
+        credential: AdminCredential,
+        secret: &[u8],
+        session_ttl: std::time::Duration,
+    ) -> AdminAuth {
         AdminAuth {
             credential,
+            sessions: super::session::Sessions::new(session_ttl),
+            throttle: super::session::Throttle::default(),
             mac: Hmac::new_from_slice(secret).unwrap_or_else(|_| unreachable!()),
             verified: RwLock::new(None),
             argon_slots: Semaphore::new(ARGON_SLOTS),
@@ -49,6 +59,11 @@ impl AdminAuth {
         let Some((user, password)) = header.and_then(parse_basic) else {
             return false;
         };
+        self.verify(&user, password).await
+    }
+
+    /// Checks a user name and password.
+    pub async fn verify(&self, user: &str, password: String) -> bool {
         let user_ok: bool = user.as_bytes().ct_eq(ADMIN_USER.as_bytes()).into();
         let fp = self.fingerprint(password.as_bytes());
         let password_ok = match &self.credential {
@@ -128,14 +143,15 @@ mod tests {
 
     #[tokio::test]
     async fn plain_and_hashed_credentials() {
-        let plain = AdminAuth::new(AdminCredential::Plain("s3cret".into()), b"k");
+        let ttl = std::time::Duration::from_secs(60);
+        let plain = AdminAuth::new(AdminCredential::Plain("s3cret".into()), b"k", ttl);
         assert!(plain.check(Some(&basic("admin", "s3cret"))).await);
         assert!(!plain.check(Some(&basic("admin", "wrong"))).await);
         assert!(!plain.check(Some(&basic("root", "s3cret"))).await);
         assert!(!plain.check(None).await);
 
         let phc = crate::secrets::hash_password("hunter2").unwrap();
-        let hashed = AdminAuth::new(AdminCredential::Hash(phc), b"k");
+        let hashed = AdminAuth::new(AdminCredential::Hash(phc), b"k", ttl);
         assert!(!hashed.check(Some(&basic("admin", "hunter3"))).await);
         assert!(hashed.check(Some(&basic("admin", "hunter2"))).await);
         // Second time through the remembered fingerprint.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ADMIN_BODY_LIMIT;
+use crate::audit::Event;
 use crate::clock::{parse_rfc3339, rfc3339};
 use crate::http::{error, json, no_store, read_body, Body};
 use crate::state::State;
@@ -27,11 +28,16 @@ struct Listed {
     expires_at: Option<String>,
     last_used_at: Option<String>,
     use_count: u64,
+    last_client_ip: Option<String>,
+    last_user_agent: Option<String>,
     status: &'static str,
 }
 
 fn listed(r: &RefreshLive, now: u64) -> Listed {
+    let client = r.last_client();
     Listed {
+        last_client_ip: client.ip,
+        last_user_agent: client.user_agent,
         id: r.id,
         name: r.name.clone(),
         created_at: rfc3339(r.created),
@@ -66,7 +72,10 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Response<Body> {
 }
 
 /// Reads a JSON body (absent or `application/json` content type).
-async fn json_body(req: Request<Incoming>, state: &State) -> Result<Value, Response<Body>> {
+pub(super) async fn json_body(
+    req: Request<Incoming>,
+    state: &State,
+) -> Result<Value, Response<Body>> {
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let essence = ct
             .as_bytes()
@@ -188,6 +197,14 @@ pub async fn create(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
         Err(e) => return internal("creating a refresh token failed", e),
     };
     tracing::info!(%peer, token_id = live.id, token_name = %live.name, "refresh token created");
+    state.audit.record(&Event {
+        event: "refresh_token.created",
+        actor: Some("admin"),
+        client_ip: Some(peer.ip().to_canonical()),
+        token_id: Some(live.id),
+        token_name: Some(&live.name),
+        ..Default::default()
+    });
     let mut r = no_store(json(
         StatusCode::CREATED,
         &Created {
@@ -205,7 +222,11 @@ pub async fn create(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
 }
 
 /// Deletes in one transaction, then drops the access tokens they issued.
-async fn delete_ids(state: &State, ids: Vec<u64>) -> Result<Vec<Arc<RefreshLive>>, Response<Body>> {
+async fn delete_ids(
+    state: &State,
+    peer: SocketAddr,
+    ids: Vec<u64>,
+) -> Result<Vec<Arc<RefreshLive>>, Response<Body>> {
     let store = state.store.clone();
     let gone = match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
         Ok(Ok(g)) => g,
@@ -215,6 +236,15 @@ async fn delete_ids(state: &State, ids: Vec<u64>) -> Result<Vec<Arc<RefreshLive>
     // Already refused by the revoked flag; this only frees their memory now.
     for r in &gone {
         state.access.revoke_refresh(r.id);
+        tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
+        state.audit.record(&Event {
+            event: "refresh_token.deleted",
+            actor: Some("admin"),
+            client_ip: Some(peer.ip().to_canonical()),
+            token_id: Some(r.id),
+            token_name: Some(&r.name),
+            ..Default::default()
+        });
     }
     Ok(gone)
 }
@@ -231,17 +261,14 @@ pub async fn delete_one(state: &State, peer: SocketAddr, id: &str) -> Response<B
             "no refresh token with that id",
         );
     };
-    match delete_ids(state, vec![id]).await {
+    match delete_ids(state, peer, vec![id]).await {
         Err(r) => r,
         Ok(gone) if gone.is_empty() => error(
             StatusCode::NOT_FOUND,
             "not_found",
             "no refresh token with that id",
         ),
-        Ok(gone) => {
-            for r in &gone {
-                tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
-            }
+        Ok(_) => {
             let mut r = Response::new(crate::http::full(""));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
@@ -299,13 +326,10 @@ pub async fn delete_many(
             None => return bad(format!("{v} is not a token id")),
         }
     }
-    let gone = match delete_ids(state, wanted.clone()).await {
+    let gone = match delete_ids(state, peer, wanted.clone()).await {
         Ok(g) => g,
         Err(r) => return r,
     };
-    for r in &gone {
-        tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
-    }
     let not_found = wanted
         .into_iter()
         .filter(|id| !gone.iter().any(|g| g.id == *id))

@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::{error, json, no_store, read_body, Body};
+use crate::audit;
 use crate::proxy::Identity;
 use crate::state::State;
 use crate::tokens::access::AccessError;
@@ -59,16 +60,21 @@ async fn token_endpoint(state: &State, peer: SocketAddr, req: Request<Incoming>)
     if req.method() != Method::POST {
         return no_store(super::method_not_allowed("POST"));
     }
+    let user_agent = req
+        .headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let refuse = |e: ExchangeError| exchange_error(state, &e, peer, user_agent.as_deref());
     let limits = &state.config.public;
     let kind = match body_kind(req.headers().get(CONTENT_TYPE).map(|v| v.as_bytes())) {
         Ok(k) => k,
-        Err(e) => return exchange_error(&e, peer),
+        Err(e) => return refuse(e),
     };
     if super::declared_too_large(req.headers(), limits.token_body_limit) {
-        return exchange_error(
-            &ExchangeError::InvalidRequest("request body is too large".into()),
-            peer,
-        );
+        return refuse(ExchangeError::InvalidRequest(
+            "request body is too large".into(),
+        ));
     }
     let body = match read_body(
         req.into_body(),
@@ -78,13 +84,11 @@ async fn token_endpoint(state: &State, peer: SocketAddr, req: Request<Incoming>)
     .await
     {
         Ok(b) => b,
-        Err(e) => {
-            return exchange_error(&ExchangeError::InvalidRequest(e.description().into()), peer)
-        }
+        Err(e) => return refuse(ExchangeError::InvalidRequest(e.description().into())),
     };
     let request = match parse_body(kind, &body) {
         Ok(r) => r,
-        Err(e) => return exchange_error(&e, peer),
+        Err(e) => return refuse(e),
     };
     let exchanger = Exchanger {
         hasher: &state.hasher,
@@ -93,16 +97,30 @@ async fn token_endpoint(state: &State, peer: SocketAddr, req: Request<Incoming>)
         clock: &state.clock,
         access_ttl: state.config.access_ttl,
     };
-    match exchanger.exchange(request) {
+    match exchanger.exchange(request, Some(peer.ip()), user_agent.as_deref()) {
         Ok((answer, refresh)) => {
             tracing::info!(%peer, token_id = refresh.id, token_name = %refresh.name, expires_in = answer.expires_in, "access token issued");
+            state.audit.record(&audit::Event {
+                event: "token.exchanged",
+                actor: Some("client"),
+                client_ip: Some(peer.ip().to_canonical()),
+                token_id: Some(refresh.id),
+                token_name: Some(&refresh.name),
+                user_agent: user_agent.as_deref(),
+                ..Default::default()
+            });
             no_store(json(StatusCode::OK, &answer))
         }
-        Err(e) => exchange_error(&e, peer),
+        Err(e) => refuse(e),
     }
 }
 
-fn exchange_error(e: &ExchangeError, peer: SocketAddr) -> Response<Body> {
+fn exchange_error(
+    state: &State,
+    e: &ExchangeError,
+    peer: SocketAddr,
+    user_agent: Option<&str>,
+) -> Response<Body> {
     let (status, code, text): (StatusCode, &str, &str) = match e {
         ExchangeError::InvalidRequest(t) => (StatusCode::BAD_REQUEST, "invalid_request", t),
         ExchangeError::UnsupportedGrantType => (
@@ -110,15 +128,31 @@ fn exchange_error(e: &ExchangeError, peer: SocketAddr) -> Response<Body> {
             "unsupported_grant_type",
             "only grant_type=refresh_token is supported",
         ),
-        ExchangeError::InvalidGrant(t) => (StatusCode::BAD_REQUEST, "invalid_grant", t),
+        ExchangeError::InvalidGrant { text, .. } => {
+            (StatusCode::BAD_REQUEST, "invalid_grant", text)
+        }
         ExchangeError::Internal => (
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
             "the gateway cannot issue tokens right now; try again",
         ),
     };
+    let known = match e {
+        ExchangeError::InvalidGrant { token: Some(t), .. } => Some(t),
+        _ => None,
+    };
     // A refused exchange is the client's doing: info, not an error.
-    tracing::info!(%peer, error = code, reason = text, "token exchange refused");
+    tracing::info!(%peer, error = code, reason = text, token_id = known.map(|t| t.id), "token exchange refused");
+    let reason = format!("{code}: {text}");
+    state.audit.record(&audit::Event {
+        event: "token.exchange_refused",
+        actor: Some("client"),
+        client_ip: Some(peer.ip().to_canonical()),
+        token_id: known.map(|t| t.id),
+        token_name: known.map(|t| t.name.as_str()),
+        reason: Some(&reason),
+        user_agent,
+    });
     no_store(error(status, code, text))
 }
 

@@ -73,7 +73,23 @@ pub struct RefreshRecord {
     pub last_used: Option<u64>,
     #[serde(default)]
     pub use_count: u64,
+    /// Client IP of the last exchange.
+    #[serde(default)]
+    pub last_ip: Option<String>,
+    /// User-Agent of the last exchange (at most 256 characters).
+    #[serde(default)]
+    pub last_user_agent: Option<String>,
 }
+
+/// Who used a refresh token last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastClient {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Longest User-Agent kept, in characters: enough to identify a client, not a storage sink.
+pub const MAX_USER_AGENT_CHARS: usize = 256;
 
 /// The in-memory view of one refresh token, shared by the maps and by every
 /// access token it issued (so revocation is one atomic store, seen at once).
@@ -88,6 +104,8 @@ pub struct RefreshLive {
     /// Unix seconds of the last exchange, 0 = never. Flushed to disk in batches.
     last_used: AtomicU64,
     use_count: AtomicU64,
+    /// Last client; a short critical section per exchange, never held across `.await`.
+    last_client: Mutex<LastClient>,
     /// Usage changed since the last flush.
     dirty: AtomicBool,
 }
@@ -102,6 +120,10 @@ impl RefreshLive {
             revoked: AtomicBool::new(false),
             last_used: AtomicU64::new(r.last_used.unwrap_or(0)),
             use_count: AtomicU64::new(r.use_count),
+            last_client: Mutex::new(LastClient {
+                ip: r.last_ip.clone(),
+                user_agent: r.last_user_agent.clone(),
+            }),
             dirty: AtomicBool::new(false),
         }
     }
@@ -121,10 +143,28 @@ impl RefreshLive {
     }
 
     /// Records an exchange in memory; written to disk by the next flush.
-    pub fn touch(&self, now: u64) {
+    pub fn touch(&self, now: u64, ip: Option<std::net::IpAddr>, user_agent: Option<&str>) {
         self.last_used.store(now, Ordering::Relaxed);
         self.use_count.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut last = self.last_client.lock().unwrap_or_else(|p| p.into_inner());
+            let ip = ip.map(|i| i.to_canonical().to_string());
+            if last.ip != ip {
+                last.ip = ip;
+            }
+            let ua = user_agent.map(|u| u.chars().take(MAX_USER_AGENT_CHARS).collect::<String>());
+            if last.user_agent != ua {
+                last.user_agent = ua;
+            }
+        }
         self.dirty.store(true, Ordering::Release);
+    }
+
+    pub fn last_client(&self) -> LastClient {
+        self.last_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn last_used(&self) -> Option<u64> {
@@ -139,7 +179,10 @@ impl RefreshLive {
     }
 
     fn record(&self) -> RefreshRecord {
+        let client = self.last_client();
         RefreshRecord {
+            last_ip: client.ip,
+            last_user_agent: client.user_agent,
             id: self.id,
             name: self.name.clone(),
             created: self.created,
@@ -252,6 +295,8 @@ impl RefreshStore {
                 expires,
                 last_used: None,
                 use_count: 0,
+                last_ip: None,
+                last_user_agent: None,
             };
             let bytes = serde_json::to_vec(&rec)?;
             txn.open_table(TOKENS)?.insert(&hash[..], &bytes[..])?;
@@ -377,7 +422,11 @@ mod tests {
             let a = s.create(hash(1), "a", 100, Some(200)).unwrap();
             let b = s.create(hash(2), "b", 100, None).unwrap();
             assert_eq!((a.id, b.id), (1, 2));
-            a.touch(150);
+            a.touch(
+                150,
+                Some("10.0.0.7".parse().unwrap()),
+                Some("python-requests/2.31"),
+            );
             assert_eq!(s.flush_usage().unwrap(), 1);
             let gone = s.delete(&[2, 99]).unwrap();
             assert_eq!(gone.len(), 1);
@@ -392,6 +441,11 @@ mod tests {
             ("a", Some(200), Some(150), 1)
         );
         assert!(a.is_live(199) && !a.is_live(200));
+        assert_eq!(a.last_client().ip.as_deref(), Some("10.0.0.7"));
+        assert_eq!(
+            a.last_client().user_agent.as_deref(),
+            Some("python-requests/2.31")
+        );
         let c = s.create(hash(3), "c", 1, None).unwrap();
         assert_eq!(c.id, 3, "a deleted id is never handed out again");
     }
@@ -413,7 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = RefreshStore::open(&dir.path().join("t.redb")).unwrap();
         let a = s.create(hash(1), "a", 1, None).unwrap();
-        a.touch(5);
+        a.touch(5, None, None);
         s.delete(&[a.id]).unwrap();
         assert_eq!(s.flush_usage().unwrap(), 0);
     }

@@ -12,11 +12,15 @@ use crate::tokens::access::AccessTokens;
 use std::sync::Arc;
 
 /// RFC 6749 §5.2 errors, plus the one internal failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ExchangeError {
     InvalidRequest(String),
     UnsupportedGrantType,
-    InvalidGrant(&'static str),
+    /// `token` is the refresh token when it is known (expired), for the audit log.
+    InvalidGrant {
+        text: &'static str,
+        token: Option<Arc<RefreshLive>>,
+    },
     /// Only when the OS random generator fails.
     Internal,
 }
@@ -135,6 +139,8 @@ impl Exchanger<'_> {
     pub fn exchange(
         &self,
         req: TokenRequest,
+        client_ip: Option<std::net::IpAddr>,
+        user_agent: Option<&str>,
     ) -> Result<(TokenResponse, Arc<RefreshLive>), ExchangeError> {
         let grant = req
             .grant_type
@@ -152,17 +158,23 @@ impl Exchanger<'_> {
             ));
         }
         // A token that fails the checksum gets the same answer as an unknown one.
-        let parsed = parse_refresh(token).map_err(|_| ExchangeError::InvalidGrant(NOT_VALID))?;
+        let not_valid = ExchangeError::InvalidGrant {
+            text: NOT_VALID,
+            token: None,
+        };
+        let parsed = parse_refresh(token).map_err(|_| not_valid.clone())?;
         let hash = self.hasher.hash(&parsed);
-        let refresh = self
-            .store
-            .lookup(&hash)
-            .ok_or(ExchangeError::InvalidGrant(NOT_VALID))?;
+        let refresh = self.store.lookup(&hash).ok_or(not_valid)?;
         let wall = self.clock.unix();
         let remaining = match refresh.expires {
             None => u64::MAX,
             Some(e) if e > wall => e - wall,
-            Some(_) => return Err(ExchangeError::InvalidGrant(EXPIRED)),
+            Some(_) => {
+                return Err(ExchangeError::InvalidGrant {
+                    text: EXPIRED,
+                    token: Some(refresh),
+                })
+            }
         };
         // An access token never outlives the refresh token that issued it.
         let ttl = self.access_ttl.min(Duration::from_secs(remaining));
@@ -170,7 +182,7 @@ impl Exchanger<'_> {
             .access
             .issue(refresh.clone(), ttl, self.clock.now())
             .map_err(|_| ExchangeError::Internal)?;
-        refresh.touch(wall);
+        refresh.touch(wall, client_ip, user_agent);
         Ok((
             TokenResponse {
                 access_token,
@@ -215,9 +227,8 @@ mod tests {
             b"grant_type=refresh_token&grant_type=refresh_token",
         )
         .unwrap_err();
-        assert_eq!(
-            e,
-            ExchangeError::InvalidRequest("parameter grant_type is repeated".into())
+        assert!(
+            matches!(e, ExchangeError::InvalidRequest(t) if t == "parameter grant_type is repeated")
         );
         // Non-UTF-8 bytes are replaced, never a panic.
         assert!(parse_body(BodyKind::Form, b"refresh_token=%ff%fe").is_ok());
@@ -232,9 +243,8 @@ mod tests {
         .unwrap();
         assert_eq!(r.refresh_token.as_deref(), Some("t"));
         let e = parse_body(BodyKind::Json, br#"{"grant_type":"a","grant_type":"b"}"#).unwrap_err();
-        assert_eq!(
-            e,
-            ExchangeError::InvalidRequest("parameter grant_type is repeated".into())
+        assert!(
+            matches!(e, ExchangeError::InvalidRequest(t) if t == "parameter grant_type is repeated")
         );
         assert!(matches!(
             parse_body(BodyKind::Json, b"[1]"),

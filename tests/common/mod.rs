@@ -46,6 +46,7 @@ pub fn test_config(dir: &std::path::Path, upstream: SocketAddr) -> FileConfig {
     f.storage.path = dir.join("data/tokengate.redb");
     f.tls.cert = Some(dir.join("certs/test.crt"));
     f.tls.key = Some(dir.join("certs/test.key"));
+    f.audit.destination = dir.join("audit.jsonl").display().to_string();
     f
 }
 
@@ -106,6 +107,15 @@ impl TestGateway {
         if let Some(g) = self.gateway.take() {
             g.shutdown().await;
         }
+    }
+
+    /// Every audit line written so far (flushed first).
+    pub fn audit_lines(&self) -> Vec<Value> {
+        self.state().audit.flush(Duration::from_secs(5));
+        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -1,0 +1,344 @@
+// tokengate admin page: API Refresh Token Management.
+// Plain JavaScript, no build step, no external resources. User data is only
+// ever inserted with textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { tokens: [], sort: { key: "name", dir: 1 }, csrf: null, defaultDays: 90, selected: new Set() };
+
+// ---- talking to the API -------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function friendly(status, body) {
+  const d = body && body.error_description;
+  if (status === 401) return "Your session has ended. Please log in again.";
+  if (status === 403) return "This page is out of date. Reload it and try again.";
+  if (status === 429) return d || "Too many failed logins. Wait a little and try again.";
+  if (status >= 500) return "tokengate could not complete the request. Nothing was changed; try again.";
+  return d || `The request failed (HTTP ${status}).`;
+}
+
+async function api(method, path, body) {
+  const headers = { "X-Requested-With": "tokengate-ui" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (state.csrf && method !== "GET") headers["X-CSRF-Token"] = state.csrf;
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+                              credentials: "same-origin", cache: "no-store" });
+  } catch (e) {
+    throw new ApiError(0, "Cannot reach tokengate. Check that it is running and try again.");
+  }
+  let data = null;
+  const text = await res.text();
+  if (text) { try { data = JSON.parse(text); } catch (e) { data = null; } }
+  if (!res.ok) throw new ApiError(res.status, friendly(res.status, data));
+  return data;
+}
+
+// ---- messages -----------------------------------------------------------
+
+function showAlert(message, kind) {
+  const el = $("alert");
+  el.textContent = message;
+  el.className = kind === "info" ? "alert info" : "alert";
+  el.hidden = !message;
+}
+
+function announce(message) {
+  $("status").textContent = message;
+}
+
+function handleError(e, where) {
+  if (e.status === 401 && state.csrf !== null) { return showLogin(e.message); }
+  if (where) { where.textContent = e.message; where.hidden = false; where.focus && where.focus(); }
+  else showAlert(e.message);
+}
+
+// ---- views --------------------------------------------------------------
+
+function showLogin(message) {
+  state.csrf = null;
+  $("tokens-view").hidden = true;
+  $("logout").hidden = true;
+  $("login-view").hidden = false;
+  showAlert(message || "");
+  $("password").value = "";
+  $("password").focus();
+}
+
+async function showTokens() {
+  $("login-view").hidden = true;
+  $("tokens-view").hidden = false;
+  $("logout").hidden = false;
+  await refresh();
+}
+
+function fmtTime(iso) {
+  if (!iso) return null;
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+function cell(text, opts = {}) {
+  const td = document.createElement("td");
+  if (opts.className) td.className = opts.className;
+  td.textContent = text;
+  if (opts.title) td.title = opts.title;
+  return td;
+}
+
+function sortedTokens() {
+  const { key, dir } = state.sort;
+  const value = (t) => key === "name" ? t.name.toLocaleLowerCase()
+    : (t.expires_at ? Date.parse(t.expires_at) : Number.POSITIVE_INFINITY);
+  return [...state.tokens].sort((a, b) => {
+    const va = value(a), vb = value(b);
+    return (va < vb ? -1 : va > vb ? 1 : a.id - b.id) * dir;
+  });
+}
+
+function render() {
+  const rows = $("token-rows");
+  rows.replaceChildren();
+  for (const t of sortedTokens()) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = t.id;
+    if (state.selected.has(t.id)) tr.classList.add("selected");
+    const check = document.createElement("td");
+    check.className = "check";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = state.selected.has(t.id);
+    box.setAttribute("aria-label", `Select ${t.name}`);
+    box.addEventListener("change", () => {
+      if (box.checked) state.selected.add(t.id); else state.selected.delete(t.id);
+      tr.classList.toggle("selected", box.checked);
+      updateSelection();
+    });
+    check.append(box);
+    tr.append(check);
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.textContent = t.name;
+    tr.append(name);
+    tr.append(cell(fmtTime(t.created_at), { className: "opt", title: t.created_at }));
+    tr.append(cell(t.expires_at ? fmtTime(t.expires_at) : "Never", { title: t.expires_at || "never expires" }));
+    tr.append(cell(t.last_used_at ? fmtTime(t.last_used_at) : "Never used", { title: t.last_used_at || "" }));
+    tr.append(cell(String(t.use_count ?? 0), { className: "opt" }));
+    const client = cell(t.last_client_ip || "—", { className: "opt" });
+    if (t.last_user_agent) {
+      const ua = document.createElement("span");
+      ua.className = "small";
+      ua.textContent = t.last_user_agent;
+      client.append(ua);
+    }
+    tr.append(client);
+    tr.append(cell(t.status === "expired" ? "Expired" : "Active", { className: `status-${t.status}` }));
+    rows.append(tr);
+  }
+  $("empty").hidden = state.tokens.length !== 0;
+  $("tokens").hidden = state.tokens.length === 0;
+  for (const th of document.querySelectorAll("th[data-key]")) {
+    th.setAttribute("aria-sort", th.dataset.key === state.sort.key ? (state.sort.dir > 0 ? "ascending" : "descending") : "none");
+  }
+  updateSelection();
+}
+
+function updateSelection() {
+  const n = state.selected.size;
+  const del = $("delete-open");
+  del.disabled = n === 0;
+  del.textContent = n > 1 ? `Delete (${n})` : "Delete";
+  const all = $("select-all");
+  all.checked = n > 0 && n === state.tokens.length;
+  all.indeterminate = n > 0 && n < state.tokens.length;
+}
+
+async function refresh() {
+  try {
+    state.tokens = await api("GET", "/api/refresh-tokens");
+    const ids = new Set(state.tokens.map((t) => t.id));
+    for (const id of [...state.selected]) if (!ids.has(id)) state.selected.delete(id);
+    render();
+  } catch (e) { handleError(e); }
+}
+
+// ---- login / logout -----------------------------------------------------
+
+async function login(ev) {
+  ev.preventDefault();
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  if (!password) { showAlert("Enter the admin password."); $("password").focus(); return; }
+  $("login-button").disabled = true;
+  try {
+    const info = await api("POST", "/api/login", { username, password });
+    state.csrf = info.csrf;
+    state.defaultDays = info.default_refresh_ttl_days;
+    showAlert("");
+    await showTokens();
+    $("create-open").focus();
+  } catch (e) {
+    showAlert(e.status === 401 ? "Wrong user name or password." : e.message);
+    $("password").select();
+  } finally {
+    $("login-button").disabled = false;
+  }
+}
+
+async function logout() {
+  try { await api("POST", "/api/logout"); } catch (e) { /* the session is gone either way */ }
+  showLogin("You are logged out.");
+}
+
+// ---- create -------------------------------------------------------------
+
+function isoDate(d) {
+  return d.toISOString().slice(0, 10);
+}
+
+function openCreate() {
+  showAlert("");
+  const today = new Date();
+  const preset = new Date(today.getTime() + state.defaultDays * 86400000);
+  const min = new Date(today.getTime() + 86400000);
+  $("create-form").reset();
+  $("create-form").hidden = false;
+  $("created").hidden = true;
+  $("create-error").hidden = true;
+  $("expires-date").value = isoDate(preset);
+  $("expires-date").min = isoDate(min);
+  $("expires-date").disabled = false;
+  $("never-warning").hidden = true;
+  $("create-dialog").showModal();
+  $("token-name").focus();
+}
+
+function expiryChanged() {
+  const never = $("expiry-never").checked;
+  $("never-warning").hidden = !never;
+  $("expires-date").disabled = never;
+}
+
+async function create(ev) {
+  ev.preventDefault();
+  const err = $("create-error");
+  err.hidden = true;
+  const name = $("token-name").value.trim();
+  if (!name) { err.textContent = "Give the token a name."; err.hidden = false; $("token-name").focus(); return; }
+  let expires = "never";
+  if ($("expiry-date").checked) {
+    expires = $("expires-date").value;
+    if (!expires) { err.textContent = "Choose an expiry date, or “Never expires”."; err.hidden = false; $("expires-date").focus(); return; }
+  }
+  $("create-submit").disabled = true;
+  try {
+    const t = await api("POST", "/api/refresh-tokens", { name, expires });
+    $("created-name").textContent = t.name;
+    $("created-token").value = t.token;
+    $("copy-status").textContent = "";
+    $("create-form").hidden = true;
+    $("created").hidden = false;
+    $("created-token").focus();
+    $("created-token").select();
+    announce(`Token ${t.name} created. Copy it now; it cannot be shown again.`);
+  } catch (e) {
+    if (e.status === 401) { $("create-dialog").close(); return showLogin(e.message); }
+    err.textContent = e.message; err.hidden = false;
+  } finally {
+    $("create-submit").disabled = false;
+  }
+}
+
+async function copyToken() {
+  const field = $("created-token");
+  try {
+    await navigator.clipboard.writeText(field.value);
+  } catch (e) {
+    field.select();
+    document.execCommand && document.execCommand("copy");
+  }
+  $("copy-status").textContent = "Copied.";
+}
+
+function closeCreated() {
+  $("created-token").value = "";   // gone from the page once closed
+  $("create-dialog").close();
+}
+
+// ---- delete -------------------------------------------------------------
+
+function openDelete() {
+  const chosen = state.tokens.filter((t) => state.selected.has(t.id));
+  if (chosen.length === 0) return;
+  const list = $("delete-list");
+  list.replaceChildren(...chosen.map((t) => { const li = document.createElement("li"); li.textContent = t.name; return li; }));
+  $("delete-title").textContent = chosen.length === 1 ? `Delete “${chosen[0].name}”?` : `Delete ${chosen.length} refresh tokens?`;
+  $("delete-confirm").textContent = chosen.length === 1 ? "Delete token" : `Delete ${chosen.length} tokens`;
+  $("delete-dialog").showModal();
+  $("delete-cancel").focus();
+}
+
+async function confirmDelete() {
+  const ids = [...state.selected];
+  $("delete-confirm").disabled = true;
+  try {
+    const res = await api("POST", "/api/refresh-tokens/delete", { ids });
+    $("delete-dialog").close();
+    state.selected.clear();
+    const names = res.deleted.map((d) => d.name).join(", ");
+    showAlert(res.deleted.length === 1 ? `Deleted ${names}.` : `Deleted ${res.deleted.length} tokens: ${names}.`, "info");
+    await refresh();
+    $("create-open").focus();
+  } catch (e) {
+    $("delete-dialog").close();
+    handleError(e);
+  } finally {
+    $("delete-confirm").disabled = false;
+  }
+}
+
+// ---- wiring -------------------------------------------------------------
+
+function sortBy(key) {
+  state.sort = state.sort.key === key ? { key, dir: -state.sort.dir } : { key, dir: 1 };
+  render();
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", logout);
+  $("create-open").addEventListener("click", openCreate);
+  $("create-form").addEventListener("submit", create);
+  $("create-cancel").addEventListener("click", () => $("create-dialog").close());
+  $("expiry-date").addEventListener("change", expiryChanged);
+  $("expiry-never").addEventListener("change", expiryChanged);
+  $("copy").addEventListener("click", copyToken);
+  $("created-close").addEventListener("click", closeCreated);
+  $("create-dialog").addEventListener("close", async () => {
+    $("created-token").value = "";
+    await refresh();
+    $("create-open").focus();
+  });
+  $("delete-open").addEventListener("click", openDelete);
+  $("delete-cancel").addEventListener("click", () => $("delete-dialog").close());
+  $("delete-confirm").addEventListener("click", confirmDelete);
+  $("select-all").addEventListener("change", (ev) => {
+    state.selected = ev.target.checked ? new Set(state.tokens.map((t) => t.id)) : new Set();
+    render();
+  });
+  for (const b of document.querySelectorAll("button.sort")) b.addEventListener("click", () => sortBy(b.dataset.key));
+
+  try {
+    const info = await api("GET", "/api/session");
+    state.csrf = info.csrf;
+    state.defaultDays = info.default_refresh_ttl_days;
+    await showTokens();
+  } catch (e) {
+    showLogin(e.status === 401 ? "" : e.message);
+  }
+});

@@ -1,0 +1,296 @@
+//! The admin page's server side: the embedded page, login sessions (cookie
+//! flags, CSRF, logout), the failed-login slow-down, usage tracking and the
+//! audit log.
+
+mod common;
+
+use bytes::Bytes;
+use common::{upstream, TestGateway, ADMIN_PASSWORD};
+use http::StatusCode;
+use http_body_util::Full;
+use serde_json::json;
+
+async fn login(gw: &TestGateway, password: &str) -> common::Resp {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/api/login", gw.client.admin))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            json!({"username": "admin", "password": password}).to_string(),
+        )))
+        .unwrap();
+    gw.client.send(req).await
+}
+
+fn session_req(gw: &TestGateway, method: &str, path: &str, cookie: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("{}{}", gw.client.admin, path))
+        .header("cookie", format!("tg_session={cookie}"))
+        .header("x-requested-with", "tokengate-ui")
+}
+
+#[tokio::test]
+async fn the_page_is_served_from_the_binary_with_a_strict_policy() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let r = gw
+        .client
+        .send(
+            http::Request::get(format!("{}/", gw.client.admin))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.text().contains("API Refresh Token Management"));
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    // Everything it loads is served by tokengate itself.
+    for asset in ["/assets/app.js", "/assets/app.css"] {
+        assert!(r.text().contains(asset));
+        let a = gw
+            .client
+            .send(
+                http::Request::get(format!("{}{asset}", gw.client.admin))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{asset}");
+    }
+    assert!(
+        !r.text().contains("http://") && !r.text().contains("https://"),
+        "no external resources"
+    );
+}
+
+#[tokio::test]
+async fn sessions_use_strict_cookies_and_csrf() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+
+    let bad = login(&gw, "wrong").await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(bad.header("set-cookie").is_none());
+
+    let ok = login(&gw, ADMIN_PASSWORD).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    let set = ok.header("set-cookie").unwrap();
+    for flag in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Max-Age=28800",
+        "Path=/",
+    ] {
+        assert!(set.contains(flag), "{flag} missing from {set}");
+    }
+    let cookie = set
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("tg_session=")
+        .to_owned();
+    let csrf = ok.json()["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(ok.json()["default_refresh_ttl_days"], 90);
+
+    // Reading needs only the cookie.
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "GET", "/api/refresh-tokens", &cookie)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Changing needs the CSRF token too.
+    let body = || Full::new(Bytes::from(json!({"name": "from page"}).to_string()));
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "POST", "/api/refresh-tokens", &cookie)
+                .body(body())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "POST", "/api/refresh-tokens", &cookie)
+                .header("x-csrf-token", "not-the-token")
+                .body(body())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "POST", "/api/refresh-tokens", &cookie)
+                .header("x-csrf-token", &csrf)
+                .body(body())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    // The page's own 401s do not trigger the browser's Basic pop-up.
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "GET", "/api/session", "forged")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").is_none());
+
+    // Logout ends the session for good.
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "POST", "/api/logout", &cookie)
+                .header("x-csrf-token", &csrf)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "GET", "/api/refresh-tokens", &cookie)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sessions_expire() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let ok = login(&gw, ADMIN_PASSWORD).await;
+    let cookie = ok
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("tg_session=")
+        .to_owned();
+    gw.clock
+        .advance(std::time::Duration::from_secs(8 * 3600 + 1));
+    let r = gw
+        .client
+        .send(
+            session_req(&gw, "GET", "/api/session", &cookie)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_slowed_down() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    for _ in 0..5 {
+        assert_eq!(login(&gw, "guess").await.status, StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right password must wait, on the page and over HTTP Basic.
+    let r = login(&gw, ADMIN_PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        gw.client
+            .admin_call("GET", "/api/refresh-tokens")
+            .await
+            .status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The wait passes.
+    gw.clock.advance(std::time::Duration::from_secs(2));
+    assert_eq!(login(&gw, ADMIN_PASSWORD).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn usage_and_audit_record_a_scripted_session() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    assert_eq!(login(&gw, "nope").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(login(&gw, ADMIN_PASSWORD).await.status, StatusCode::OK);
+    let (id, refresh) = gw.create_token("audited").await;
+    let req = gw
+        .client
+        .public_req("POST", "/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("user-agent", "python-requests/2.31.0")
+        .body(Full::new(Bytes::from(format!(
+            "grant_type=refresh_token&refresh_token={refresh}"
+        ))))
+        .unwrap();
+    assert_eq!(gw.client.send(req).await.status, StatusCode::OK);
+    let r = gw
+        .client
+        .token_form("grant_type=refresh_token&refresh_token=tgr_wrong")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let list = gw
+        .client
+        .admin_call("GET", "/api/refresh-tokens")
+        .await
+        .json();
+    assert_eq!(list[0]["use_count"], 1);
+    assert_eq!(list[0]["last_client_ip"], "127.0.0.1");
+    assert_eq!(list[0]["last_user_agent"], "python-requests/2.31.0");
+
+    assert_eq!(
+        gw.client
+            .admin_call("DELETE", &format!("/api/refresh-tokens/{id}"))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+
+    let lines = gw.audit_lines();
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "admin.login_failed",
+            "admin.login",
+            "refresh_token.created",
+            "token.exchanged",
+            "token.exchange_refused",
+            "refresh_token.deleted"
+        ]
+    );
+    for l in &lines {
+        assert!(l["time"].is_string());
+        assert_eq!(l["client_ip"], "127.0.0.1");
+    }
+    assert_eq!(lines[2]["token_id"], id);
+    assert_eq!(lines[2]["token_name"], "audited");
+    assert_eq!(lines[2]["actor"], "admin");
+    assert_eq!(lines[3]["user_agent"], "python-requests/2.31.0");
+    assert!(lines[4]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("invalid_grant"));
+    let raw = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!raw.contains(&refresh) && !raw.contains("tgr_") && !raw.contains("tga_"));
+    assert!(!raw.contains(ADMIN_PASSWORD) && !raw.contains("nope"));
+}
