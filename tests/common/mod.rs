@@ -435,3 +435,5 @@ pub async fn upstream_tls(dir: &std::path::Path) -> Upstream {
     });
     Upstream { addr, task }
 }
+
+pub mod webdriver;

@@ -127,7 +127,7 @@ function render() {
     tr.append(name);
     tr.append(cell(fmtTime(t.created_at), { className: "opt", title: t.created_at }));
     tr.append(cell(t.expires_at ? fmtTime(t.expires_at) : "Never", { title: t.expires_at || "never expires" }));
-    tr.append(cell(t.last_used_at ? fmtTime(t.last_used_at) : "Never used", { title: t.last_used_at || "" }));
+    tr.append(cell(t.last_used_at ? fmtTime(t.last_used_at) : "Never used", { className: "opt2", title: t.last_used_at || "" }));
     tr.append(cell(String(t.use_count ?? 0), { className: "opt" }));
     const client = cell(t.last_client_ip || "—", { className: "opt" });
     if (t.last_user_agent) {

@@ -1,0 +1,217 @@
+//! The Refresh Token Management page in a real headless Chromium (Debian's
+//! chromium + chromium-driver over WebDriver), used as an administrator would:
+//! log in, create a token through the dialog (by keyboard), read it from the
+//! page, use it, delete it through the page, and see it refused.
+//!
+//! Screenshots land in `target/test-artifacts/`.
+
+mod common;
+
+use common::webdriver::{Browser, ENTER, ESCAPE};
+use common::{upstream, TestGateway, ADMIN_PASSWORD};
+use http::StatusCode;
+
+fn artifact(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-artifacts")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_manages_tokens_in_the_browser() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    // One token made over the API, so the table has a neighbour row to keep.
+    let (_, kept) = gw.create_token("billing export").await;
+    let browser = Browser::start().await;
+    let admin = gw.client.admin.replace("localhost", "127.0.0.1");
+    browser.goto(&format!("{admin}/")).await;
+
+    // Log in: a wrong password first, shown in words.
+    let password = browser.wait_visible("#password").await;
+    browser.type_into(&password, "not it").await;
+    browser.type_into(&password, ENTER).await;
+    browser
+        .wait_until("login error", "return document.getElementById('alert').textContent.includes('Wrong user name or password')")
+        .await;
+    browser
+        .eval("document.getElementById('password').value = ''; return true")
+        .await;
+    browser.type_into(&password, ADMIN_PASSWORD).await;
+    browser.type_into(&password, ENTER).await;
+    browser.wait_visible("#tokens-view").await;
+    browser
+        .wait_until(
+            "table rows",
+            "return document.querySelectorAll('#token-rows tr').length === 1",
+        )
+        .await;
+
+    // Open "Create token" with the keyboard; Escape closes it again.
+    let open = browser.wait_visible("#create-open").await;
+    browser.type_into(&open, ENTER).await;
+    let name = browser.wait_visible("#token-name").await;
+    assert_eq!(
+        browser.eval("return document.activeElement.id").await,
+        "token-name",
+        "focus moves into the dialog"
+    );
+    let preset = browser
+        .value(&browser.wait_visible("#expires-date").await)
+        .await;
+    assert_eq!(preset.len(), 10, "expiry preset to a date: {preset:?}");
+    browser.keys(ESCAPE).await;
+    browser
+        .wait_until(
+            "dialog closed",
+            "return !document.getElementById('create-dialog').open",
+        )
+        .await;
+
+    // Now for real: the "never" choice shows its warning; pick a date instead.
+    browser.type_into(&open, ENTER).await;
+    let name = {
+        let _ = name;
+        browser.wait_visible("#token-name").await
+    };
+    browser
+        .click(&browser.wait_visible("#expiry-never").await)
+        .await;
+    browser.wait_visible("#never-warning").await;
+    browser
+        .click(&browser.wait_visible("#expiry-date").await)
+        .await;
+    browser
+        .wait_until(
+            "warning hidden",
+            "return document.getElementById('never-warning').hidden",
+        )
+        .await;
+    browser.type_into(&name, "ci pipeline").await;
+    let hidden = browser
+        .eval("return document.getElementById('created').getClientRects().length === 0")
+        .await;
+    assert_eq!(
+        hidden, true,
+        "the token part of the dialog is not shown before creating"
+    );
+    browser
+        .screenshot(&artifact("admin-create-dialog.png"))
+        .await;
+    browser.type_into(&name, ENTER).await;
+
+    // The token appears once, with the copy button and the reminder.
+    let field = browser.wait_visible("#created-token").await;
+    let token = browser.value(&field).await;
+    assert!(
+        token.starts_with("tgr_"),
+        "token read from the page: {token:?}"
+    );
+    let created = browser.text(&browser.wait_visible("#created").await).await;
+    assert!(created.contains("cannot be shown again"), "{created}");
+    browser.click(&browser.wait_visible("#copy").await).await;
+    browser
+        .wait_until(
+            "copy confirmation",
+            "return document.getElementById('copy-status').textContent === 'Copied.'",
+        )
+        .await;
+    browser
+        .screenshot(&artifact("admin-token-created.png"))
+        .await;
+    browser
+        .click(&browser.wait_visible("#created-close").await)
+        .await;
+    browser
+        .wait_until(
+            "two rows",
+            "return document.querySelectorAll('#token-rows tr').length === 2",
+        )
+        .await;
+    let page = browser.eval("return document.body.innerText").await;
+    assert!(
+        !page.as_str().unwrap().contains(&token),
+        "the string is gone from the page after Close"
+    );
+
+    // The token works at the public endpoint and for API calls.
+    let access = gw.exchange(&token).await;
+    assert_eq!(
+        gw.client.api_get("/iwc/api/x", &access).await.status,
+        StatusCode::OK
+    );
+
+    // Sorting by name puts "billing export" first, then descending.
+    browser
+        .click(&browser.wait_visible("button.sort[data-key=name]").await)
+        .await;
+    browser
+        .wait_until(
+            "descending sort",
+            "return document.querySelector('#token-rows tr th').textContent === 'ci pipeline'",
+        )
+        .await;
+    browser.screenshot(&artifact("admin-table.png")).await;
+
+    // Select the new token's row and delete it after the confirmation naming it.
+    browser
+        .click(
+            &browser
+                .wait_visible("input[aria-label='Select ci pipeline']")
+                .await,
+        )
+        .await;
+    browser
+        .click(&browser.wait_visible("#delete-open").await)
+        .await;
+    let list = browser
+        .text(&browser.wait_visible("#delete-list").await)
+        .await;
+    assert_eq!(list.trim(), "ci pipeline");
+    browser
+        .screenshot(&artifact("admin-delete-dialog.png"))
+        .await;
+    browser
+        .click(&browser.wait_visible("#delete-confirm").await)
+        .await;
+    browser
+        .wait_until(
+            "one row",
+            "return document.querySelectorAll('#token-rows tr').length === 1",
+        )
+        .await;
+    let alert = browser.text(&browser.wait_visible("#alert").await).await;
+    assert!(alert.contains("Deleted ci pipeline"), "{alert}");
+
+    // Both the exchange and the access token are refused now; the other token lives.
+    let r = gw
+        .client
+        .token_form(&format!("grant_type=refresh_token&refresh_token={token}"))
+        .await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+    assert_eq!(
+        gw.client.api_get("/iwc/api/x", &access).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    gw.exchange(&kept).await;
+
+    // Phone width: the layout still fits.
+    browser.set_size(390, 844).await;
+    let fits = browser
+        .eval(
+            "const w = document.querySelector('.table-wrap'); \
+             return document.documentElement.scrollWidth <= window.innerWidth + 1 && w.scrollWidth <= w.clientWidth + 1",
+        )
+        .await;
+    assert_eq!(
+        fits, true,
+        "no horizontal scrolling at phone width, in the page or the table"
+    );
+    browser.screenshot(&artifact("admin-phone.png")).await;
+
+    // Log out: back to the login form, and the session no longer works.
+    browser.set_size(1280, 900).await;
+    browser.click(&browser.wait_visible("#logout").await).await;
+    browser.wait_visible("#login-form").await;
+    browser.quit().await;
+}
