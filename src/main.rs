@@ -33,6 +33,13 @@ enum Command {
     },
     /// Print an argon2 hash of a password read from stdin, for admin.password_hash.
     HashPassword,
+    /// Manage refresh tokens through a running gateway's admin API.
+    Token {
+        #[command(flatten)]
+        conn: tokengate::cli::Connection,
+        #[command(subcommand)]
+        command: tokengate::cli::TokenCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +52,7 @@ fn main() -> ExitCode {
         .init();
 
     match cli.command {
+        Command::Token { conn, command } => tokengate::cli::run(conn, command),
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {

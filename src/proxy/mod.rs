@@ -4,6 +4,8 @@
 pub mod headers;
 mod insecure;
 
+pub use insecure::client_config as insecure_client_config;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
