@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dev;
 pub mod http;
 pub mod proxy;
 pub mod secrets;

@@ -25,6 +25,10 @@ enum Command {
         /// Configuration file (default: config/tokengate.toml, if it exists).
         #[arg(long, env = "TOKENGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Try the whole flow with nothing set up: temporary data, a built-in
+        /// sample upstream, a ready refresh token, and copy-paste commands.
+        #[arg(long)]
+        dev: bool,
     },
     /// Load and validate the configuration, print the result, and exit.
     CheckConfig {
@@ -46,14 +50,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal; log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 
     match cli.command {
         Command::Token { conn, command } => tokengate::cli::run(conn, command),
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, dev } => serve(config, dev),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 println!("configuration is valid\n{}", c.summary());
@@ -86,7 +93,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>) -> ExitCode {
+fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
     let config = match Config::load(config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -104,23 +111,89 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let opts = StartOptions {
-            admin_password: std::env::var("TOKENGATE_ADMIN_PASSWORD").ok(),
-            ..StartOptions::default()
-        };
-        let gateway = match Gateway::start(config, opts).await {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("tokengate: cannot start: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight requests");
-        gateway.shutdown().await;
-        ExitCode::SUCCESS
-    })
+    let password = std::env::var("TOKENGATE_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if dev {
+        runtime.block_on(serve_dev(config, password))
+    } else {
+        runtime.block_on(async move {
+            let opts = StartOptions {
+                admin_password: password,
+                ..StartOptions::default()
+            };
+            let gateway = match Gateway::start(config, opts).await {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("tokengate: cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            wait_for_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            gateway.shutdown().await;
+            ExitCode::SUCCESS
+        })
+    }
+}
+
+async fn serve_dev(mut config: Config, password: Option<String>) -> ExitCode {
+    use tokengate::dev;
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("tokengate: dev mode: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    let dir = match dev::DevDir::create() {
+        Ok(d) => d,
+        Err(e) => return fail("cannot create a temporary directory", &e),
+    };
+    let upstream = match dev::sample_upstream().await {
+        Ok(a) => a,
+        Err(e) => return fail("cannot start the sample upstream", &e),
+    };
+    dev::adapt(&mut config, &dir.0, upstream);
+    let password = match password
+        .map(Ok)
+        .unwrap_or_else(tokengate::secrets::generate_password)
+    {
+        Ok(p) => p,
+        Err(e) => return fail("cannot generate a password", &e),
+    };
+    let cert = config.tls.cert.clone();
+    let opts = StartOptions {
+        admin_password: Some(password.clone()),
+        ..StartOptions::default()
+    };
+    let gateway = match Gateway::start(config, opts).await {
+        Ok(g) => g,
+        Err(e) => return fail("cannot start", &e),
+    };
+    let now = gateway.state.clock.unix();
+    let expires = Some(now + gateway.state.config.refresh_ttl.as_secs());
+    let refresh = match gateway
+        .state
+        .create_refresh_token("dev", now, expires)
+        .await
+    {
+        Ok((_, token)) => token,
+        Err(e) => return fail("cannot create the sample refresh token", &e),
+    };
+    println!(
+        "{}",
+        dev::banner(
+            gateway.public_addr,
+            gateway.admin_addr,
+            &cert,
+            &password,
+            &refresh,
+            &dir.0
+        )
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+    drop(dir);
+    ExitCode::SUCCESS
 }
 
 async fn wait_for_signal() {

@@ -124,3 +124,36 @@ impl State {
         })
     }
 }
+
+/// Why a refresh token could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTokenError {
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(getrandom::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("token store task failed: {0}")]
+    Task(String),
+}
+
+impl State {
+    /// Mints a refresh token, commits its hash to redb (on the blocking pool),
+    /// and only then returns it with its string, which is never stored.
+    pub async fn create_refresh_token(
+        &self,
+        name: &str,
+        created: u64,
+        expires: Option<u64>,
+    ) -> Result<(Arc<crate::store::RefreshLive>, String), CreateTokenError> {
+        let token = crate::tokens::format::new_refresh_token().map_err(CreateTokenError::Random)?;
+        let parsed = crate::tokens::format::parse_refresh(&token)
+            .map_err(|e| CreateTokenError::Task(format!("minted a malformed token: {e}")))?;
+        let hash = self.hasher.hash(&parsed);
+        let store = self.store.clone();
+        let name = name.to_owned();
+        let live = tokio::task::spawn_blocking(move || store.create(hash, &name, created, expires))
+            .await
+            .map_err(|e| CreateTokenError::Task(e.to_string()))??;
+        Ok((live, token))
+    }
+}

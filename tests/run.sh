@@ -4,15 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
-    echo "tests/run.sh: installing chromium and chromium-driver for the browser test"
-    if [ "$(id -u)" -eq 0 ]; then
-        apt-get update
-        DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
-    else
-        sudo apt-get update
-        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
-    fi
+# chromium + chromium-driver drive the admin page in tests/browser.rs;
+# curl runs the commands `serve --dev` prints, in tests/dev_mode.rs.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
+    || ! command -v curl >/dev/null 2>&1; then
+    echo "tests/run.sh: installing chromium, chromium-driver and curl for the browser and dev-mode tests"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver curl
 fi
 
 cargo test "$@"

@@ -15,7 +15,6 @@ use crate::clock::{parse_rfc3339, rfc3339};
 use crate::http::{error, json, no_store, read_body, Body};
 use crate::state::State;
 use crate::store::RefreshLive;
-use crate::tokens::format::{new_refresh_token, parse_refresh};
 
 /// Longest accepted token name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
@@ -179,21 +178,9 @@ pub async fn create(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
         Ok(e) => e,
         Err(e) => return bad(e),
     };
-    let token = match new_refresh_token() {
-        Ok(t) => t,
-        Err(e) => return internal("random generator failed", e),
-    };
-    let Ok(parsed) = parse_refresh(&token) else {
-        return internal("minted a malformed token", "checksum");
-    };
-    let hash = state.hasher.hash(&parsed);
-    let store = state.store.clone();
-    let n = name.clone();
     // redb blocks: commit on the blocking pool; answer only after the commit.
-    let live = match tokio::task::spawn_blocking(move || store.create(hash, &n, now, expires)).await
-    {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return internal("creating a refresh token failed", e),
+    let (live, token) = match state.create_refresh_token(&name, now, expires).await {
+        Ok(x) => x,
         Err(e) => return internal("creating a refresh token failed", e),
     };
     tracing::info!(%peer, token_id = live.id, token_name = %live.name, "refresh token created");
