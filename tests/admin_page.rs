@@ -30,6 +30,35 @@ fn session_req(gw: &TestGateway, method: &str, path: &str, cookie: &str) -> http
         .header("x-requested-with", "tokengate-ui")
 }
 
+/// A page-session call: cookie, optional CSRF token, optional JSON body.
+async fn session_call(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> common::Resp {
+    let mut b = session_req(gw, method, path, cookie);
+    if let Some(c) = csrf {
+        b = b.header("x-csrf-token", c);
+    }
+    let body = body
+        .map(|v| Full::new(Bytes::from(v.to_string())))
+        .unwrap_or_default();
+    gw.client.send(b.body(body).unwrap()).await
+}
+
+/// The session cookie's value from a login answer.
+fn cookie_of(r: &common::Resp) -> String {
+    let set = r.header("set-cookie").expect("Set-Cookie");
+    set.split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("tg_session=")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn the_page_is_served_from_the_binary_with_a_strict_policy() {
     let up = upstream().await;
@@ -90,89 +119,48 @@ async fn sessions_use_strict_cookies_and_csrf() {
     ] {
         assert!(set.contains(flag), "{flag} missing from {set}");
     }
-    let cookie = set
-        .split(';')
-        .next()
-        .unwrap()
-        .trim_start_matches("tg_session=")
-        .to_owned();
+    let cookie = cookie_of(&ok);
     let csrf = ok.json()["csrf"].as_str().unwrap().to_owned();
     assert_eq!(ok.json()["default_refresh_ttl_days"], 90);
 
     // Reading needs only the cookie.
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "GET", "/api/refresh-tokens", &cookie)
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+    let r = session_call(&gw, "GET", "/api/refresh-tokens", &cookie, None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     // Changing needs the CSRF token too.
-    let body = || Full::new(Bytes::from(json!({"name": "from page"}).to_string()));
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "POST", "/api/refresh-tokens", &cookie)
-                .body(body())
-                .unwrap(),
-        )
-        .await;
+    let body = || Some(json!({"name": "from page"}));
+    let r = session_call(&gw, "POST", "/api/refresh-tokens", &cookie, None, body()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "POST", "/api/refresh-tokens", &cookie)
-                .header("x-csrf-token", "not-the-token")
-                .body(body())
-                .unwrap(),
-        )
-        .await;
+    let r = session_call(
+        &gw,
+        "POST",
+        "/api/refresh-tokens",
+        &cookie,
+        Some("not-the-token"),
+        body(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "POST", "/api/refresh-tokens", &cookie)
-                .header("x-csrf-token", &csrf)
-                .body(body())
-                .unwrap(),
-        )
-        .await;
+    let r = session_call(
+        &gw,
+        "POST",
+        "/api/refresh-tokens",
+        &cookie,
+        Some(&csrf),
+        body(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 
     // The page's own 401s do not trigger the browser's Basic pop-up.
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "GET", "/api/session", "forged")
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+    let r = session_call(&gw, "GET", "/api/session", "forged", None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.header("www-authenticate").is_none());
 
     // Logout ends the session for good.
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "POST", "/api/logout", &cookie)
-                .header("x-csrf-token", &csrf)
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+    let r = session_call(&gw, "POST", "/api/logout", &cookie, Some(&csrf), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "GET", "/api/refresh-tokens", &cookie)
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+    let r = session_call(&gw, "GET", "/api/refresh-tokens", &cookie, None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -180,25 +168,16 @@ async fn sessions_use_strict_cookies_and_csrf() {
 async fn sessions_expire() {
     let up = upstream().await;
     let gw = TestGateway::start(up.addr).await;
-    let ok = login(&gw, ADMIN_PASSWORD).await;
-    let cookie = ok
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .trim_start_matches("tg_session=")
-        .to_owned();
+    let cookie = cookie_of(&login(&gw, ADMIN_PASSWORD).await);
+    assert_eq!(
+        session_call(&gw, "GET", "/api/session", &cookie, None, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
     gw.clock
         .advance(std::time::Duration::from_secs(8 * 3600 + 1));
-    let r = gw
-        .client
-        .send(
-            session_req(&gw, "GET", "/api/session", &cookie)
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+    let r = session_call(&gw, "GET", "/api/session", &cookie, None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 

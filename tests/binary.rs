@@ -149,15 +149,7 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     assert!(dir.path().join("data/tokengate.redb").exists());
 
     // SIGTERM: drain and exit 0.
-    let pid = child.id().unwrap() as i32;
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = common::signal_and_wait(&mut child, "-TERM").await;
     assert!(status.success(), "exit status {status:?}");
 
     // The generated password was printed once, and works against the hash kept.

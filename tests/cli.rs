@@ -13,24 +13,35 @@ struct Out {
     stderr: String,
 }
 
-async fn cli(gw: &TestGateway, password: &str, args: &[&str]) -> Out {
-    let ca = gw.file.tls.cert.clone().unwrap();
-    let out = tokio::process::Command::new(BIN)
-        .arg("token")
-        .args(args)
-        .arg("--ca-file")
-        .arg(&ca)
-        .env_clear()
-        .env("TOKENGATE_ADMIN_URL", &gw.client.admin)
-        .env("TOKENGATE_ADMIN_PASSWORD", password)
-        .output()
-        .await
-        .unwrap();
+/// Runs the binary with a clean environment plus `env`.
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut c = tokio::process::Command::new(BIN);
+    c.args(args).env_clear().current_dir(std::env::temp_dir());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().await.unwrap();
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `tokengate token ARGS` against `gw`, trusting its certificate.
+async fn cli(gw: &TestGateway, password: &str, args: &[&str]) -> Out {
+    let ca = gw.file.tls.cert.clone().unwrap().display().to_string();
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--ca-file", &ca]);
+    run(
+        &all,
+        &[
+            ("TOKENGATE_ADMIN_URL", &gw.client.admin),
+            ("TOKENGATE_ADMIN_PASSWORD", password),
+        ],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -138,55 +149,26 @@ async fn exit_codes_say_what_went_wrong() {
     assert!(o.stderr.contains("not in the future"), "{}", o.stderr);
 
     // Nothing listening there.
-    let dead = common::dead_address().await;
-    let out = tokio::process::Command::new(BIN)
-        .args(["token", "list", "--url", &format!("https://{dead}")])
-        .env_clear()
-        .env("TOKENGATE_ADMIN_PASSWORD", "x")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+    let dead = format!("https://{}", common::dead_address().await);
+    let o = run(
+        &["token", "list", "--url", &dead],
+        &[("TOKENGATE_ADMIN_PASSWORD", "x")],
+    )
+    .await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("cannot reach the admin API"));
 
-    // The gateway's certificate not trusted: exit 1 with a hint.
-    let out = tokio::process::Command::new(BIN)
-        .args(["token", "list"])
-        .current_dir(std::env::temp_dir())
-        .env_clear()
-        .env("TOKENGATE_ADMIN_URL", &gw.client.admin)
-        .env("TOKENGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--ca-file"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // …and --insecure gets through.
-    let out = tokio::process::Command::new(BIN)
-        .args(["token", "list", "--insecure"])
-        .env_clear()
-        .env("TOKENGATE_ADMIN_URL", &gw.client.admin)
-        .env("TOKENGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The gateway's certificate not trusted: exit 1 with a hint; --insecure gets through.
+    let env = [
+        ("TOKENGATE_ADMIN_URL", gw.client.admin.as_str()),
+        ("TOKENGATE_ADMIN_PASSWORD", ADMIN_PASSWORD),
+    ];
+    let o = run(&["token", "list"], &env).await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("--ca-file"), "{}", o.stderr);
+    let o = run(&["token", "list", "--insecure"], &env).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
 
     // No password at all.
-    let out = tokio::process::Command::new(BIN)
-        .args(["token", "list"])
-        .env_clear()
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(run(&["token", "list"], &[]).await.code, 3);
 }

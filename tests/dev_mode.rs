@@ -86,15 +86,7 @@ async fn the_printed_commands_work_as_pasted() {
     );
 
     // Ctrl-C (SIGINT): exits 0 and removes its temporary data.
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = common::signal_and_wait(&mut child, "-INT").await;
     assert!(status.success());
     assert!(
         !std::path::Path::new(&dir).exists(),

@@ -325,6 +325,11 @@ impl Drop for Upstream {
 }
 
 pub async fn upstream() -> Upstream {
+    spawn_echo(None).await
+}
+
+/// Serves `echo` on a fresh loopback port, over TLS when an acceptor is given.
+async fn spawn_echo(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -332,11 +337,17 @@ pub async fn upstream() -> Upstream {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(echo);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    None => http.serve_connection(TokioIo::new(tcp), svc).await,
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(stream) => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     });
@@ -414,26 +425,23 @@ pub async fn upstream_tls(dir: &std::path::Path) -> Upstream {
         generate_if_missing: false,
     })
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(echo))
-                    .await;
-            });
-        }
-    });
-    Upstream { addr, task }
+    spawn_echo(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+}
+
+/// Sends `signal` (e.g. "-TERM") to a child and waits (bounded) for its exit.
+pub async fn signal_and_wait(
+    child: &mut tokio::process::Child,
+    signal: &str,
+) -> std::process::ExitStatus {
+    let pid = child.id().expect("child running").to_string();
+    std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within 30 s")
+        .unwrap()
 }
 
 pub mod webdriver;
