@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison: tokengate vs nginx and HAProxy as TLS reverse
+# proxies in front of the same static JSON upstream, on this machine, in one
+# run. Every request carries `Authorization: Bearer <access token>`; only
+# tokengate checks it.
+#
+#   bash benches/load/compare.sh          # quick: 3 rounds x 4 s per run (< 3 min)
+#   bash benches/load/compare.sh full     # full:  5 rounds x 10 s per run (< 10 min)
+#
+# Scenarios (each round runs every proxy once per scenario, interleaved):
+#   h1      HTTP/1.1 over TLS, 50 keep-alive connections            (wrk)
+#   h2      HTTP/2 over TLS, 10 connections x 10 streams            (h2load)
+#   newconn one request per new TLS connection, 50 concurrent      (ab, no keep-alive)
+# plus tokengate's token exchange over TLS keep-alive (wrk, 50 connections),
+# and its memory: RSS idle, and per live access token after the exchanges.
+#
+# Everything listens on 127.0.0.1 only; every load run is bounded in time;
+# the script stops exactly the processes it started (by pid).
+set -euo pipefail
+
+MODE=${1:-quick}
+case "$MODE" in
+    quick) ROUNDS=3; DUR=4 ;;
+    full) ROUNDS=5; DUR=10 ;;
+    *) echo "usage: $0 [quick|full]" >&2; exit 2 ;;
+esac
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT="$HERE/out"
+UPSTREAM_PORT=18080 NGINX_PORT=18443 HAPROXY_PORT=18444 TG_PORT=18445 TG_ADMIN_PORT=18446
+export UPSTREAM_PORT NGINX_PORT HAPROXY_PORT
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# ---- tools ------------------------------------------------------------------
+need=()
+for t in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client ab:apache2-utils curl:curl openssl:openssl python3:python3; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+    # Debian starts the packaged services; this comparison runs its own.
+    $sudo service nginx stop >/dev/null 2>&1 || true
+    $sudo service haproxy stop >/dev/null 2>&1 || true
+fi
+export PATH="$PATH:/usr/sbin"
+
+log "building tokengate (release)"
+(cd "$ROOT" && cargo build --release -q)
+
+# ---- set-up -----------------------------------------------------------------
+rm -rf "$OUT"
+mkdir -p "$OUT/data"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
+cat "$OUT/cert.pem" "$OUT/key.pem" > "$OUT/combined.pem"
+for f in nginx-upstream.conf nginx-proxy.conf haproxy.cfg; do
+    sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
+        -e "s#@HAPROXY_PORT@#$HAPROXY_PORT#g" "$HERE/$f" > "$OUT/$f"
+done
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+nginx -c "$OUT/nginx-upstream.conf" -g 'daemon off;' & PIDS+=($!)
+nginx -c "$OUT/nginx-proxy.conf" -g 'daemon off;' & PIDS+=($!)
+haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & PIDS+=($!)
+TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$TG_PORT \
+TOKENGATE_ADMIN__LISTEN=127.0.0.1:$TG_ADMIN_PORT \
+TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
+TOKENGATE_STORAGE__PATH="$OUT/data/tokengate.redb" \
+TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
+TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
+TOKENGATE_ADMIN_PASSWORD=bench \
+    "$ROOT/target/release/tokengate" serve >"$OUT/tokengate.log" 2>&1 & TG_PID=$!
+PIDS+=("$TG_PID")
+
+CURL=(curl -sS --max-time 5 --cacert "$OUT/cert.pem")
+for i in $(seq 1 100); do
+    if "${CURL[@]}" -o /dev/null "https://127.0.0.1:$TG_PORT/healthz" 2>/dev/null \
+        && "${CURL[@]}" -o /dev/null "https://127.0.0.1:$NGINX_PORT/" 2>/dev/null \
+        && "${CURL[@]}" -o /dev/null "https://127.0.0.1:$HAPROXY_PORT/" 2>/dev/null; then break; fi
+    [ "$i" -eq 100 ] && { log "servers did not come up"; exit 1; }
+    sleep 0.1
+done
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+RSS_IDLE=$(rss_kb "$TG_PID")
+
+REFRESH=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"bench"}' \
+    "https://127.0.0.1:$TG_ADMIN_PORT/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+ACCESS=$("${CURL[@]}" "https://127.0.0.1:$TG_PORT/token" -d grant_type=refresh_token -d "refresh_token=$REFRESH" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+AUTH="Authorization: Bearer $ACCESS"
+
+# Every proxy must answer the upstream's JSON; tokengate must refuse without the token.
+for port in $NGINX_PORT $HAPROXY_PORT $TG_PORT; do
+    "${CURL[@]}" -H "$AUTH" "https://127.0.0.1:$port/iwc/api/databases" | grep -q PRODSQL01 \
+        || { log "proxy on $port does not answer"; exit 1; }
+done
+code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "https://127.0.0.1:$TG_PORT/iwc/api/databases")
+[ "$code" = 401 ] || { log "tokengate answered $code without a token"; exit 1; }
+
+# ---- load -------------------------------------------------------------------
+RESULTS="$OUT/results.tsv"
+: > "$RESULTS"
+run_h1() {  # proxy port round
+    wrk -t2 -c50 -d"${DUR}s" --latency -H "$AUTH" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h1-$1-$3.txt"
+    python3 "$HERE/report.py" parse-wrk h1 "$1" "$3" < "$OUT/h1-$1-$3.txt" >> "$RESULTS"
+}
+run_h2() {
+    h2load -c10 -m10 -t2 -D "$DUR" --warm-up-time=1 -H "$AUTH" --log-file="$OUT/h2-$1-$3.log" \
+        "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h2-$1-$3.txt"
+    python3 "$HERE/report.py" parse-h2load h2 "$1" "$3" "$OUT/h2-$1-$3.log" < "$OUT/h2-$1-$3.txt" >> "$RESULTS"
+}
+run_newconn() {
+    ab -q -r -t "$DUR" -n 10000000 -c 50 -H "$AUTH" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/newconn-$1-$3.txt" 2>&1 || true
+    python3 "$HERE/report.py" parse-ab newconn "$1" "$3" < "$OUT/newconn-$1-$3.txt" >> "$RESULTS"
+}
+run_exchange() {
+    REFRESH_TOKEN=$REFRESH wrk -t2 -c50 -d"${DUR}s" --latency -s "$HERE/exchange.lua" "https://127.0.0.1:$TG_PORT" > "$OUT/exchange-$1.txt"
+    python3 "$HERE/report.py" parse-wrk exchange tokengate "$1" < "$OUT/exchange-$1.txt" >> "$RESULTS"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    for scenario in h1 h2 newconn; do
+        for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT tokengate:$TG_PORT; do
+            log "round $round/$ROUNDS: $scenario ${proxy%%:*}"
+            "run_$scenario" "${proxy%%:*}" "${proxy##*:}" "$round"
+        done
+    done
+done
+# Exchanges last: they fill the access-token map that the memory figure reads.
+for round in $(seq 1 "$ROUNDS"); do
+    log "round $round/$ROUNDS: token exchange"
+    run_exchange "$round"
+done
+RSS_LOADED=$(rss_kb "$TG_PID")
+EXCHANGES=$(awk -F'\t' '$1 == "exchange" {n += $7} END {print n + 0}' "$RESULTS")
+
+python3 "$HERE/report.py" table "$RESULTS" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" | tee "$OUT/report.md"

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Parses wrk / h2load / ab output into TSV rows and prints the comparison table.
+
+Row: scenario, proxy, round, req/s, p50 ms, p99 ms, requests, errors.
+"""
+import re
+import statistics
+import sys
+
+
+def ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def row(scenario, proxy, rnd, rps, p50, p99, requests, errors):
+    print(f"{scenario}\t{proxy}\t{rnd}\t{rps:.1f}\t{p50:.3f}\t{p99:.3f}\t{requests}\t{errors}")
+
+
+def parse_wrk(scenario, proxy, rnd):
+    text = sys.stdin.read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    lat = dict((p, ms(v, u)) for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M))
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    row(scenario, proxy, rnd, rps, lat["50"], lat["99"], requests, errors)
+
+
+def percentile(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, int(round(q / 100.0 * (len(values) - 1)))))
+    return values[k]
+
+
+def parse_h2load(scenario, proxy, rnd, logfile):
+    text = sys.stdin.read()
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    done, failed, errored = int(m.group(3)), int(m.group(5)), int(m.group(6))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    bad = int(m.group(3)) + int(m.group(4)) if m else 0
+    durations = []
+    with open(logfile) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                durations.append(int(parts[2]) / 1000.0)
+    row(scenario, proxy, rnd, rps, percentile(durations, 50), percentile(durations, 99), done, failed + errored + bad)
+
+
+def parse_ab(scenario, proxy, rnd):
+    text = sys.stdin.read()
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", text).group(1))
+    requests = int(re.search(r"Complete requests:\s+(\d+)", text).group(1))
+    errors = int(re.search(r"Failed requests:\s+(\d+)", text).group(1))
+    m = re.search(r"Non-2xx responses:\s+(\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    pct = dict(re.findall(r"^\s+(\d+)%\s+(\d+)", text, re.M))
+    row(scenario, proxy, rnd, rps, float(pct["50"]), float(pct["99"]), requests, errors)
+
+
+NAMES = {
+    "h1": "HTTP/1.1 over TLS, 50 keep-alive connections (wrk)",
+    "h2": "HTTP/2 over TLS, 10 connections x 10 streams (h2load)",
+    "newconn": "one request per new TLS connection, 50 concurrent (ab)",
+    "exchange": "token exchange over TLS keep-alive, 50 connections (wrk)",
+}
+
+
+def table(path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges):
+    rows = {}
+    for line in open(path):
+        s, p, _r, rps, p50, p99, n, err = line.rstrip("\n").split("\t")
+        rows.setdefault((s, p), []).append((float(rps), float(p50), float(p99), int(n), int(err)))
+
+    def med(s, p, i):
+        return statistics.median(x[i] for x in rows[(s, p)])
+
+    out = []
+    out.append(f"tokengate vs nginx and HAProxy, {mode} mode: {rounds} interleaved rounds x {dur} s per run; medians.\n")
+    out.append("| scenario | proxy | req/s | p50 ms | p99 ms | errors |")
+    out.append("|---|---|---:|---:|---:|---:|")
+    verdicts = []
+    for s in ("h1", "h2", "newconn"):
+        for p in ("nginx", "haproxy", "tokengate"):
+            if (s, p) in rows:
+                errs = sum(x[4] for x in rows[(s, p)])
+                out.append(f"| {NAMES[s]} | {p} | {med(s, p, 0):,.0f} | {med(s, p, 1):.2f} | {med(s, p, 2):.2f} | {errs} |")
+        best = max(("nginx", "haproxy"), key=lambda p: med(s, p, 0))
+        ratio = med(s, "tokengate", 0) / med(s, best, 0)
+        target = 1.0 if s == "newconn" else 1.25
+        p99_ok = s == "newconn" or med(s, "tokengate", 2) <= med(s, best, 2)
+        ok = ratio >= target and p99_ok
+        verdicts.append(
+            f"- {NAMES[s]}: tokengate / best ({best}) = **{ratio:.2f}x** req/s "
+            f"(target {target:.2f}x), p99 {med(s, 'tokengate', 2):.2f} ms vs {med(s, best, 2):.2f} ms "
+            f"-> {'met' if ok else 'NOT met'}"
+        )
+    if ("exchange", "tokengate") in rows:
+        rps = med("exchange", "tokengate", 0)
+        errs = sum(x[4] for x in rows[("exchange", "tokengate")])
+        out.append(f"| {NAMES['exchange']} | tokengate | {rps:,.0f} | {med('exchange', 'tokengate', 1):.2f} | {med('exchange', 'tokengate', 2):.2f} | {errs} |")
+        verdicts.append(f"- token exchanges: **{rps:,.0f}/s** (target 20,000/s) -> {'met' if rps >= 20000 else 'NOT met'}")
+    idle_mb = int(rss_idle_kb) / 1024.0
+    verdicts.append(f"- RSS idle: **{idle_mb:.1f} MB** (target < 30 MB) -> {'met' if idle_mb < 30 else 'NOT met'}")
+    n = int(exchanges)
+    if n > 0:
+        per = (int(rss_loaded_kb) - int(rss_idle_kb)) * 1024.0 / n
+        verdicts.append(
+            f"- RSS after {n:,} exchanges (as many live access tokens): {int(rss_loaded_kb) / 1024.0:.1f} MB, "
+            f"**{per:.0f} bytes per live token** over idle (target < 200; includes connection buffers and allocator slack)"
+        )
+    out.append("")
+    out.extend(verdicts)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"parse-wrk": parse_wrk, "parse-h2load": parse_h2load, "parse-ab": parse_ab, "table": table}[cmd](*args)
