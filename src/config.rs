@@ -118,6 +118,7 @@ impl Default for AuditSection {
 #[serde(deny_unknown_fields, default)]
 pub struct PublicSection {
     pub listen: String,
+    pub workers: usize,
     pub max_connections: usize,
     pub tls_handshake_timeout: HumanDuration,
     pub header_read_timeout: HumanDuration,
@@ -133,6 +134,7 @@ impl Default for PublicSection {
     fn default() -> Self {
         PublicSection {
             listen: "0.0.0.0:8443".into(),
+            workers: 0,
             max_connections: 10_000,
             tls_handshake_timeout: HumanDuration(Duration::from_secs(10)),
             header_read_timeout: HumanDuration(Duration::from_secs(30)),
@@ -260,6 +262,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct PublicConfig {
     pub listen: SocketAddr,
+    /// Accept loops, each on its own thread with its own upstream pool.
+    pub workers: usize,
     pub max_connections: usize,
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -351,6 +355,7 @@ impl Config {
         let header_names: Vec<&str> = u.headers.iter().map(|(n, _)| n.as_str()).collect();
         let lines = [
             format!("public.listen = {}", p.listen),
+            format!("public.workers = {}", p.workers),
             format!("public.max_connections = {}", p.max_connections),
             format!(
                 "public.tls_handshake_timeout = {}",
@@ -422,6 +427,10 @@ impl FileConfig {
         let p = self.public;
         let public = PublicConfig {
             listen: parse_addr("public.listen", &p.listen)?,
+            workers: match p.workers {
+                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                n => within("public.workers", n, 1, 256)?,
+            },
             max_connections: positive("public.max_connections", p.max_connections)?,
             tls_handshake_timeout: nonzero(
                 "public.tls_handshake_timeout",

@@ -27,8 +27,8 @@ pub mod tokens;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -42,13 +42,22 @@ pub struct Gateway {
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// One per public worker thread; each fires when its worker has drained.
+    workers: Vec<oneshot::Receiver<()>>,
 }
 
 impl Gateway {
     /// Builds the state, binds both listeners (port 0 allowed), and starts serving.
+    ///
+    /// The public listener runs `public.workers` accept loops, each on its own
+    /// thread with a single-threaded runtime and its own upstream pool, all
+    /// sharing the port through `SO_REUSEPORT`: a request's TLS, token check
+    /// and upstream call stay on one core, with no cross-thread wake-ups (the
+    /// way nginx's worker processes run). The admin listener and housekeeping
+    /// run on the caller's runtime.
     pub async fn start(config: Config, opts: StartOptions) -> Result<Gateway, StartError> {
         let tls = server::tls::server_config(&config.tls)?;
-        let public = bind(config.public.listen, "public.listen").await?;
+        let public = bind_reuseport(config.public.listen, config.public.workers)?;
         let admin = bind(config.admin_listen, "admin.listen").await?;
         // Building the state reads files, opens redb and may hash a password:
         // blocking work, kept off the async workers.
@@ -56,65 +65,143 @@ impl Gateway {
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
         let state = Arc::new(state);
-        Ok(Gateway::run(public, admin, TlsAcceptor::from(tls), state))
-    }
-
-    /// Serves already-bound listeners with a built state.
-    pub fn run(
-        public: TcpListener,
-        admin: TcpListener,
-        acceptor: TlsAcceptor,
-        state: Arc<State>,
-    ) -> Gateway {
-        let public_addr = public
+        let acceptor = TlsAcceptor::from(tls);
+        let public_addr = public[0]
             .local_addr()
-            .unwrap_or_else(|_| state.config.public.listen);
-        let admin_addr = admin
-            .local_addr()
-            .unwrap_or_else(|_| state.config.admin_listen);
+            .map_err(|source| StartError::Bind { key: "public.listen", addr: state.config.public.listen, source })?;
+        let admin_addr = admin.local_addr().unwrap_or(state.config.admin_listen);
         let (tx, rx) = watch::channel(false);
+
+        let permits = Arc::new(Semaphore::new(state.config.public.max_connections));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut workers = Vec::with_capacity(public.len());
+        for (i, socket) in public.into_iter().enumerate() {
+            let (done_tx, done_rx) = oneshot::channel();
+            workers.push(done_rx);
+            let (state, acceptor, rx, permits, ready) =
+                (state.clone(), acceptor.clone(), rx.clone(), permits.clone(), ready_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("tokengate-worker-{i}"))
+                .spawn(move || {
+                    public_worker(socket, acceptor, state, permits, rx, ready);
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| StartError::Task(format!("cannot start a worker thread: {e}")))?;
+        }
+        drop(ready_tx);
+        let expected = workers.len();
+        let ready = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            for _ in 0..expected {
+                ready_rx.recv().map_err(|_| "a worker thread stopped during start-up".to_owned())??;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))?;
+        if let Err(e) = ready {
+            let _ = tx.send(true);
+            return Err(StartError::Task(e));
+        }
+
+        let admin_ctx = Arc::new(server::Listening {
+            state: state.clone(),
+            kind: http::Listener::Admin,
+            upstream: state.upstream.clone(),
+            permits: Arc::new(Semaphore::new(state.config.public.max_connections)),
+        });
         let tasks = vec![
-            tokio::spawn(server::serve(
-                public,
-                acceptor.clone(),
-                state.clone(),
-                http::Listener::Public,
-                rx.clone(),
-            )),
-            tokio::spawn(server::serve(
-                admin,
-                acceptor,
-                state.clone(),
-                http::Listener::Admin,
-                rx.clone(),
-            )),
+            tokio::spawn(server::serve(admin, acceptor, admin_ctx, rx.clone())),
             tokio::spawn(housekeeping(state.clone(), rx)),
         ];
-        tracing::info!(public = %public_addr, admin = %admin_addr, "tokengate listening");
-        Gateway {
+        tracing::info!(public = %public_addr, admin = %admin_addr, workers = expected, "tokengate listening");
+        Ok(Gateway {
             public_addr,
             admin_addr,
             state,
             shutdown: tx,
             tasks,
-        }
+            workers,
+        })
     }
 
     /// Stops accepting, drains in-flight requests (bounded by
     /// `public.shutdown_grace`), and flushes usage data to disk.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }
         flush_usage(&self.state).await;
         let state = self.state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            state.audit.flush(std::time::Duration::from_secs(5))
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || state.audit.flush(std::time::Duration::from_secs(5))).await;
         tracing::info!("tokengate stopped");
     }
+}
+
+/// One public worker: a single-threaded runtime serving one `SO_REUSEPORT`
+/// listener with its own upstream pool, until shutdown has drained it.
+fn public_worker(
+    socket: TcpSocket,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot start a worker runtime: {e}")));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match socket.listen(LISTEN_BACKLOG) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on public.listen: {e}")));
+                return;
+            }
+        };
+        let upstream = match proxy::Upstream::new(&state.config.upstream) {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let ctx = Arc::new(server::Listening {
+            state,
+            kind: http::Listener::Public,
+            upstream,
+            permits,
+        });
+        let _ = ready.send(Ok(()));
+        server::serve(listener, acceptor, ctx, shutdown).await;
+    });
+}
+
+/// Pending connections the kernel queues per public worker.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `n` sockets to one address with `SO_REUSEPORT` (the first picks the
+/// port when it is 0); the kernel spreads new connections across them.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<TcpSocket>, StartError> {
+    let err = |source| StartError::Bind { key: "public.listen", addr, source };
+    let mut sockets = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let s = if at.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+        s.set_reuseaddr(true).map_err(err)?;
+        s.set_reuseport(true).map_err(err)?;
+        s.bind(at).map_err(err)?;
+        at = s.local_addr().map_err(err)?;
+        sockets.push(s);
+    }
+    Ok(sockets)
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {

@@ -62,7 +62,9 @@ pub struct State {
     /// Live access tokens; the boot nonce inside makes a restart invalidate them all.
     pub access: AccessTokens,
     pub admin: AdminAuth,
-    pub upstream: Upstream,
+    /// Built once at start to validate the upstream settings; public workers
+    /// each build their own from the same configuration.
+    pub upstream: Arc<Upstream>,
     /// Security events, one JSON line each, written off the request path.
     pub audit: crate::audit::Audit,
 }
@@ -99,7 +101,7 @@ impl State {
         // 4. A fresh boot nonce: access tokens of any earlier process stop verifying.
         let access = AccessTokens::new().map_err(StartError::Random)?;
         // 5. The upstream client and its pool.
-        let upstream = Upstream::new(&config.upstream)?;
+        let upstream = Arc::new(Upstream::new(&config.upstream)?);
         // 6. The audit log.
         let audit =
             crate::audit::Audit::open(&config.audit).map_err(|source| StartError::Audit {

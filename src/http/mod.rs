@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::state::State;
+use crate::server::Listening;
 
 /// Either a body we built or one streamed from the upstream, with no boxing.
 pub type Body = Either<Full<Bytes>, Incoming>;
@@ -35,16 +35,11 @@ impl Listener {
 }
 
 /// Entry point for every request on either listener.
-pub async fn handle(
-    state: &State,
-    listener: Listener,
-    peer: SocketAddr,
-    req: http::Request<Incoming>,
-) -> Response<Body> {
+pub async fn handle(ctx: &Listening, peer: SocketAddr, req: http::Request<Incoming>) -> Response<Body> {
     let head = req.method() == http::Method::HEAD;
-    let mut resp = match listener {
-        Listener::Public => public::handle(state, peer, req).await,
-        Listener::Admin => crate::admin::handle(state, peer, req).await,
+    let mut resp = match ctx.kind {
+        Listener::Public => public::handle(&ctx.state, &ctx.upstream, peer, req).await,
+        Listener::Admin => crate::admin::handle(&ctx.state, peer, req).await,
     };
     // A HEAD answer has no body; HTTP/2 clients treat DATA frames on one as a
     // stream error. Upstream answers to HEAD are already empty.

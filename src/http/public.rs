@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{error, json, no_store, read_body, Body};
 use crate::audit;
-use crate::proxy::Identity;
+use crate::proxy::{Identity, Upstream};
 use crate::state::State;
 use crate::tokens::access::AccessError;
 use crate::tokens::exchange::{body_kind, parse_body, ExchangeError, Exchanger};
@@ -19,7 +19,7 @@ use crate::tokens::exchange::{body_kind, parse_body, ExchangeError, Exchanger};
 /// DPA's token path, and the short one.
 pub const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
 
-pub async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &State, upstream: &Upstream, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     if !host_ok(&req) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -31,7 +31,7 @@ pub async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
     match path {
         "/healthz" | "/readyz" => health(req.method()),
         p if TOKEN_PATHS.contains(&p) => token_endpoint(state, peer, req).await,
-        _ => proxied(state, peer, req).await,
+        _ => proxied(state, upstream, peer, req).await,
     }
 }
 
@@ -219,14 +219,14 @@ fn bearer_refusal(e: BearerError, peer: SocketAddr) -> Response<Body> {
     r
 }
 
-async fn proxied(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn proxied(state: &State, upstream: &Upstream, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     // Stage 1: authenticate.
     let identity = {
         let token = match bearer_token(req.headers()) {
             Ok(t) => t,
             Err(e) => return bearer_refusal(e, peer),
         };
-        let want_identity = state.upstream.identity_headers();
+        let want_identity = upstream.identity_headers();
         let checked = state
             .access
             .validate(token, state.clock.now(), state.clock.unix(), |r| {
@@ -238,7 +238,7 @@ async fn proxied(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Res
         }
     };
     // Stages 2–4: rewrite, forward, filter (in the proxy module).
-    match state.upstream.forward(req, peer, identity).await {
+    match upstream.forward(req, peer, identity).await {
         Ok(resp) => resp.map(Either::Right),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "upstream request failed");

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::Listener;
+use crate::proxy::Upstream;
 use crate::state::State;
 
 /// HTTP/2 streams a client may reset before we ever answer them, per
@@ -30,20 +31,30 @@ const H2_MAX_LOCAL_RESETS: usize = 256;
 /// Pings an idle HTTP/2 peer so dead connections free their slot.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// What one accept loop serves with. Each public worker has its own (its own
+/// upstream pool, so a request never crosses threads); the connection cap is
+/// shared by all workers of a listener.
+pub struct Listening {
+    pub state: Arc<State>,
+    pub kind: Listener,
+    /// The upstream client this loop forwards with (unused on the admin listener).
+    pub upstream: Arc<Upstream>,
+    /// Each connection holds a permit; at the cap, accepting pauses and new
+    /// clients wait in the kernel's backlog instead of exhausting memory.
+    pub permits: Arc<Semaphore>,
+}
+
 /// Serves one listener until `shutdown` turns true, then drains its
 /// connections for at most `public.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    state: Arc<State>,
-    kind: Listener,
+    ctx: Arc<Listening>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limits = &state.config.public;
-    let max = limits.max_connections;
-    // Each connection holds a permit; at the cap, accepting pauses and new
-    // clients wait in the kernel's backlog instead of exhausting memory.
-    let permits = Arc::new(Semaphore::new(max));
+    let state = &ctx.state;
+    let kind = ctx.kind;
+    let permits = ctx.permits.clone();
     // Tracks connection tasks so shutdown can wait for them, then abort stragglers.
     let mut conns: JoinSet<()> = JoinSet::new();
     loop {
@@ -67,24 +78,24 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let state = state.clone();
+        let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            connection(tcp, peer, acceptor, state, kind, shutdown).await;
+        conns.spawn(async move {
+            connection(tcp, peer, acceptor, ctx, shutdown).await;
             drop(permit);
         });
     }
     drop(listener);
+    // Every connection was told to finish (see `drive`); give them the grace period.
     let grace = state.config.public.shutdown_grace;
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all))
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
         tracing::warn!(
             listener = kind.name(),
-            "shutdown grace ran out; closing remaining connections"
+            open = conns.len(),
+            "shutdown grace ran out; closing the remaining connections"
         );
+        conns.shutdown().await;
     }
 }
 
@@ -92,11 +103,10 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    state: Arc<State>,
-    kind: Listener,
+    ctx: Arc<Listening>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limits = &state.config.public;
+    let limits = &ctx.state.config.public;
     let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -110,10 +120,10 @@ async fn connection(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
-    let svc_state = state.clone();
+    let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
-        let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(crate::http::handle(&state, kind, peer, req).await) }
+        let ctx = svc_ctx.clone();
+        async move { Ok::<_, Infallible>(crate::http::handle(&ctx, peer, req).await) }
     });
     let max_age = limits.max_connection_age;
     if h2 {
