@@ -428,7 +428,9 @@ impl FileConfig {
         let public = PublicConfig {
             listen: parse_addr("public.listen", &p.listen)?,
             workers: match p.workers {
-                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                0 => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
                 n => within("public.workers", n, 1, 256)?,
             },
             max_connections: positive("public.max_connections", p.max_connections)?,

@@ -66,9 +66,11 @@ impl Gateway {
             .map_err(|e| StartError::Task(e.to_string()))??;
         let state = Arc::new(state);
         let acceptor = TlsAcceptor::from(tls);
-        let public_addr = public[0]
-            .local_addr()
-            .map_err(|source| StartError::Bind { key: "public.listen", addr: state.config.public.listen, source })?;
+        let public_addr = public[0].local_addr().map_err(|source| StartError::Bind {
+            key: "public.listen",
+            addr: state.config.public.listen,
+            source,
+        })?;
         let admin_addr = admin.local_addr().unwrap_or(state.config.admin_listen);
         let (tx, rx) = watch::channel(false);
 
@@ -78,8 +80,13 @@ impl Gateway {
         for (i, socket) in public.into_iter().enumerate() {
             let (done_tx, done_rx) = oneshot::channel();
             workers.push(done_rx);
-            let (state, acceptor, rx, permits, ready) =
-                (state.clone(), acceptor.clone(), rx.clone(), permits.clone(), ready_tx.clone());
+            let (state, acceptor, rx, permits, ready) = (
+                state.clone(),
+                acceptor.clone(),
+                rx.clone(),
+                permits.clone(),
+                ready_tx.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("tokengate-worker-{i}"))
                 .spawn(move || {
@@ -92,7 +99,9 @@ impl Gateway {
         let expected = workers.len();
         let ready = tokio::task::spawn_blocking(move || -> Result<(), String> {
             for _ in 0..expected {
-                ready_rx.recv().map_err(|_| "a worker thread stopped during start-up".to_owned())??;
+                ready_rx
+                    .recv()
+                    .map_err(|_| "a worker thread stopped during start-up".to_owned())??;
             }
             Ok(())
         })
@@ -136,7 +145,10 @@ impl Gateway {
         }
         flush_usage(&self.state).await;
         let state = self.state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.audit.flush(std::time::Duration::from_secs(5))).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            state.audit.flush(std::time::Duration::from_secs(5))
+        })
+        .await;
         tracing::info!("tokengate stopped");
     }
 }
@@ -151,7 +163,10 @@ fn public_worker(
     shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             let _ = ready.send(Err(format!("cannot start a worker runtime: {e}")));
@@ -190,11 +205,20 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// Binds `n` sockets to one address with `SO_REUSEPORT` (the first picks the
 /// port when it is 0); the kernel spreads new connections across them.
 fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<TcpSocket>, StartError> {
-    let err = |source| StartError::Bind { key: "public.listen", addr, source };
+    let err = |source| StartError::Bind {
+        key: "public.listen",
+        addr,
+        source,
+    };
     let mut sockets = Vec::with_capacity(n);
     let mut at = addr;
     for _ in 0..n.max(1) {
-        let s = if at.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+        let s = if at.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(err)?;
         s.set_reuseaddr(true).map_err(err)?;
         s.set_reuseport(true).map_err(err)?;
         s.bind(at).map_err(err)?;

@@ -35,7 +35,11 @@ impl Listener {
 }
 
 /// Entry point for every request on either listener.
-pub async fn handle(ctx: &Listening, peer: SocketAddr, req: http::Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    ctx: &Listening,
+    peer: SocketAddr,
+    req: http::Request<Incoming>,
+) -> Response<Body> {
     let head = req.method() == http::Method::HEAD;
     let mut resp = match ctx.kind {
         Listener::Public => public::handle(&ctx.state, &ctx.upstream, peer, req).await,

@@ -19,7 +19,12 @@ use crate::tokens::exchange::{body_kind, parse_body, ExchangeError, Exchanger};
 /// DPA's token path, and the short one.
 pub const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
 
-pub async fn handle(state: &State, upstream: &Upstream, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    state: &State,
+    upstream: &Upstream,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if !host_ok(&req) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -27,11 +32,28 @@ pub async fn handle(state: &State, upstream: &Upstream, peer: SocketAddr, req: R
             "an HTTP/1.1 request needs exactly one Host header",
         );
     }
-    let path = req.uri().path();
+    match route(req.uri().path()) {
+        Route::Health => health(req.method()),
+        Route::Token => token_endpoint(state, peer, req).await,
+        Route::Proxy => proxied(state, upstream, peer, req).await,
+    }
+}
+
+/// Where a public request goes. Exact paths only: hyper does not normalise,
+/// so `/token/` or `//token` are proxied (and need a bearer token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Token,
+    Proxy,
+}
+
+#[inline]
+pub fn route(path: &str) -> Route {
     match path {
-        "/healthz" | "/readyz" => health(req.method()),
-        p if TOKEN_PATHS.contains(&p) => token_endpoint(state, peer, req).await,
-        _ => proxied(state, upstream, peer, req).await,
+        "/healthz" | "/readyz" => Route::Health,
+        p if TOKEN_PATHS.contains(&p) => Route::Token,
+        _ => Route::Proxy,
     }
 }
 
@@ -157,7 +179,8 @@ fn exchange_error(
 }
 
 /// Why the `Authorization` header was refused.
-enum BearerError {
+#[derive(Debug)]
+pub enum BearerError {
     Missing,
     Repeated,
     Scheme,
@@ -165,7 +188,7 @@ enum BearerError {
 }
 
 /// Extracts the token from `Authorization: Bearer <token>` (scheme in any case).
-fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
     let mut all = headers.get_all(AUTHORIZATION).iter();
     let value = all.next().ok_or(BearerError::Missing)?;
     if all.next().is_some() {
@@ -219,7 +242,12 @@ fn bearer_refusal(e: BearerError, peer: SocketAddr) -> Response<Body> {
     r
 }
 
-async fn proxied(state: &State, upstream: &Upstream, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn proxied(
+    state: &State,
+    upstream: &Upstream,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     // Stage 1: authenticate.
     let identity = {
         let token = match bearer_token(req.headers()) {

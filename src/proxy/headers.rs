@@ -8,61 +8,77 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// RFC 9110 §7.6.1 hop-by-hop headers, plus the legacy ones proxies also drop.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Client claims that only the gateway may make to the upstream.
-const CLIENT_CLAIMS: [HeaderName; 6] = [
-    header::AUTHORIZATION,
-    header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-real-ip"),
-];
-
 pub const ID_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-id");
 pub const NAME_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-name");
 
 /// Headers an operator may not configure as extra upstream headers, because
-/// the gateway sets or strips them itself.
+/// the gateway sets or strips them itself. (`Authorization` may be set: an
+/// upstream credential is what `[upstream.headers]` is for.)
 pub fn is_reserved(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || *name == header::UPGRADE
-        || *name == header::HOST
-        || *name == header::CONTENT_LENGTH
-        || (CLIENT_CLAIMS.contains(name) && *name != header::AUTHORIZATION)
-        || name.as_str().starts_with("x-tokengate-")
+    let n = name.as_str();
+    is_hop_by_hop(n)
+        || n == "host"
+        || n == "content-length"
+        || (is_client_claim(n) && n != "authorization")
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus `Upgrade`, by lower-case name.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Headers only the gateway may set toward the upstream.
+fn is_client_claim(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-real-ip"
+    ) || name.starts_with("x-tokengate-")
+}
+
+/// Removes every header `doomed` picks, plus every header `Connection` lists.
+///
+/// One pass over the (few) headers present instead of a lookup per name that
+/// might be there: most requests carry none of them but `Authorization`.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let mut gone: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if doomed(name.as_str()) {
+            gone.push(name.clone());
+        }
+    }
+    // Names listed in Connection must go too (RFC 9110 §7.6.1).
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for n in v.split(',') {
+            if let Ok(n) = HeaderName::from_bytes(n.trim().as_bytes()) {
+                gone.push(n);
+            }
+        }
+    }
+    for n in gone {
+        headers.remove(n);
+    }
 }
 
 /// Removes hop-by-hop headers, including every header listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection must go too (RFC 9110 §7.6.1).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-    headers.remove(header::UPGRADE);
+    remove_where(headers, is_hop_by_hop);
 }
 
 /// Rewrites a client request's headers for the upstream.
@@ -74,16 +90,18 @@ pub fn rewrite_request(
     extra: &[(HeaderName, HeaderValue)],
     identity: Option<(HeaderValue, HeaderValue)>,
 ) {
-    strip_hop_by_hop(headers);
-    for h in &CLIENT_CLAIMS {
-        headers.remove(h);
-    }
-    headers.remove(ID_HEADER);
-    headers.remove(NAME_HEADER);
+    remove_where(headers, |n| is_hop_by_hop(n) || is_client_claim(n));
 
     headers.insert(header::HOST, upstream_host.clone());
-    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_canonical().to_string()) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    // Format the address on the stack: one allocation (the header's own), not two.
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if std::io::Write::write_fmt(&mut cursor, format_args!("{}", peer.ip().to_canonical())).is_ok()
+    {
+        let len = cursor.position() as usize;
+        if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),

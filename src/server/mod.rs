@@ -88,7 +88,8 @@ pub async fn serve(
     drop(listener);
     // Every connection was told to finish (see `drive`); give them the grace period.
     let grace = state.config.public.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             listener = kind.name(),
