@@ -210,8 +210,3 @@ async fn wait_for_signal() {
         }
     }
 }
-
-/// mimalloc: fewer cycles per request than glibc's allocator under the
-/// gateway's many small, short-lived allocations (measured in benches/load).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
