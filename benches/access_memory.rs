@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokengate::store::{RefreshLive, RefreshRecord};
+use tokengate::store::RefreshLive;
 use tokengate::tokens::access::AccessTokens;
 
 fn rss_bytes() -> u64 {
@@ -22,16 +22,7 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     const N: usize = 1_000_000;
-    let refresh = Arc::new(RefreshLive::from_record(&RefreshRecord {
-        id: 1,
-        name: "memory".into(),
-        created: 0,
-        expires: None,
-        last_used: None,
-        use_count: 0,
-        last_ip: None,
-        last_user_agent: None,
-    }));
+    let refresh = Arc::new(RefreshLive::detached(1, "memory", None));
     let tokens = AccessTokens::new().unwrap();
     let before = rss_bytes();
     let now = Instant::now();

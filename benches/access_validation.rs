@@ -9,20 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use tokengate::store::{RefreshLive, RefreshRecord};
+use tokengate::store::RefreshLive;
 use tokengate::tokens::access::AccessTokens;
 
 fn refresh() -> Arc<RefreshLive> {
-    Arc::new(RefreshLive::from_record(&RefreshRecord {
-        id: 1,
-        name: "bench".into(),
-        created: 0,
-        expires: None,
-        last_used: None,
-        use_count: 0,
-        last_ip: None,
-        last_user_agent: None,
-    }))
+    Arc::new(RefreshLive::detached(1, "bench", None))
 }
 
 fn validation(c: &mut Criterion) {

@@ -63,14 +63,7 @@ fn cookie_of(r: &common::Resp) -> String {
 async fn the_page_is_served_from_the_binary_with_a_strict_policy() {
     let up = upstream().await;
     let gw = TestGateway::start(up.addr).await;
-    let r = gw
-        .client
-        .send(
-            http::Request::get(format!("{}/", gw.client.admin))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+    let r = gw.client.admin_get_anonymous("/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
     assert!(r.text().contains("API Refresh Token Management"));
@@ -82,14 +75,7 @@ async fn the_page_is_served_from_the_binary_with_a_strict_policy() {
     // Everything it loads is served by tokengate itself.
     for asset in ["/assets/app.js", "/assets/app.css"] {
         assert!(r.text().contains(asset));
-        let a = gw
-            .client
-            .send(
-                http::Request::get(format!("{}{asset}", gw.client.admin))
-                    .body(Full::default())
-                    .unwrap(),
-            )
-            .await;
+        let a = gw.client.admin_get_anonymous(asset).await;
         assert_eq!(a.status, StatusCode::OK, "{asset}");
     }
     assert!(

@@ -128,6 +128,20 @@ impl RefreshLive {
         }
     }
 
+    /// A fresh, never-used token that is not in any store (benchmarks, tools).
+    pub fn detached(id: u64, name: &str, expires: Option<u64>) -> RefreshLive {
+        RefreshLive::from_record(&RefreshRecord {
+            id,
+            name: name.to_owned(),
+            created: 0,
+            expires,
+            last_used: None,
+            use_count: 0,
+            last_ip: None,
+            last_user_agent: None,
+        })
+    }
+
     /// Live = not deleted and not past its expiry at `now` (Unix seconds).
     #[inline]
     pub fn is_live(&self, now: u64) -> bool {

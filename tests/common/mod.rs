@@ -294,6 +294,14 @@ impl TestClient {
         self.send(req).await
     }
 
+    /// GET on the admin listener with no credentials at all.
+    pub async fn admin_get_anonymous(&self, path: &str) -> Resp {
+        let req = Request::get(format!("{}{}", self.admin, path))
+            .body(Full::default())
+            .unwrap();
+        self.send(req).await
+    }
+
     pub async fn admin_call(&self, method: &str, path: &str) -> Resp {
         self.send(self.admin_req(method, path).body(Full::default()).unwrap())
             .await
