@@ -4,7 +4,7 @@
 # run. Every request carries `Authorization: Bearer <access token>`; only
 # tokengate checks it.
 #
-#   bash benches/load/compare.sh          # quick: 3 rounds x 4 s per run (< 3 min)
+#   bash benches/load/compare.sh          # quick: 3 rounds x 3 s per run (< 3 min)
 #   bash benches/load/compare.sh full     # full:  5 rounds x 10 s per run (< 10 min)
 #
 # Scenarios (each round runs every proxy once per scenario, interleaved):
@@ -20,7 +20,7 @@ set -euo pipefail
 
 MODE=${1:-quick}
 case "$MODE" in
-    quick) ROUNDS=3; DUR=4 ;;
+    quick) ROUNDS=3; DUR=3 ;;
     full) ROUNDS=5; DUR=10 ;;
     *) echo "usage: $0 [quick|full]" >&2; exit 2 ;;
 esac
@@ -71,9 +71,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+declare -A PROXY_PID
 nginx -c "$OUT/nginx-upstream.conf" -g 'daemon off;' & PIDS+=($!)
-nginx -c "$OUT/nginx-proxy.conf" -g 'daemon off;' & PIDS+=($!)
-haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & PIDS+=($!)
+nginx -c "$OUT/nginx-proxy.conf" -g 'daemon off;' & PIDS+=($!); PROXY_PID[nginx]=$!
+haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & PIDS+=($!); PROXY_PID[haproxy]=$!
 TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$TG_PORT \
 TOKENGATE_ADMIN__LISTEN=127.0.0.1:$TG_ADMIN_PORT \
 TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
@@ -82,7 +83,7 @@ TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
 TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
 TOKENGATE_ADMIN_PASSWORD=bench \
     "$ROOT/target/release/tokengate" serve >"$OUT/tokengate.log" 2>&1 & TG_PID=$!
-PIDS+=("$TG_PID")
+PIDS+=("$TG_PID"); PROXY_PID[tokengate]=$TG_PID
 
 CURL=(curl -sS --max-time 5 --cacert "$OUT/cert.pem")
 for i in $(seq 1 100); do
@@ -93,6 +94,15 @@ for i in $(seq 1 100); do
     sleep 0.1
 done
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU time (user + system, clock ticks) of a proxy: its process and its children (nginx workers).
+cpu_ticks() {
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+HZ=$(getconf CLK_TCK)
 RSS_IDLE=$(rss_kb "$TG_PID")
 
 REFRESH=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"bench"}' \
@@ -112,6 +122,7 @@ code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "https://127.0.0.1:$TG_PORT/i
 # ---- load -------------------------------------------------------------------
 RESULTS="$OUT/results.tsv"
 : > "$RESULTS"
+: > "$OUT/cpu.tsv"
 run_h1() {  # proxy port round
     wrk -t2 -c50 -d"${DUR}s" --latency -H "$AUTH" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h1-$1-$3.txt"
     python3 "$HERE/report.py" parse-wrk h1 "$1" "$3" < "$OUT/h1-$1-$3.txt" >> "$RESULTS"
@@ -133,8 +144,12 @@ run_exchange() {
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in h1 h2 newconn; do
         for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT tokengate:$TG_PORT; do
-            log "round $round/$ROUNDS: $scenario ${proxy%%:*}"
-            "run_$scenario" "${proxy%%:*}" "${proxy##*:}" "$round"
+            name=${proxy%%:*}
+            log "round $round/$ROUNDS: $scenario $name"
+            before=$(cpu_ticks "${PROXY_PID[$name]}")
+            "run_$scenario" "$name" "${proxy##*:}" "$round"
+            after=$(cpu_ticks "${PROXY_PID[$name]}")
+            printf '%s\t%s\t%s\t%s\n' "$scenario" "$name" "$round" "$(( (after - before) * 1000000 / HZ ))" >> "$OUT/cpu.tsv"
         done
     done
 done
@@ -146,4 +161,4 @@ done
 RSS_LOADED=$(rss_kb "$TG_PID")
 EXCHANGES=$(awk -F'\t' '$1 == "exchange" {n += $7} END {print n + 0}' "$RESULTS")
 
-python3 "$HERE/report.py" table "$RESULTS" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" | tee "$OUT/report.md"
+python3 "$HERE/report.py" table "$RESULTS" "$OUT/cpu.tsv" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" | tee "$OUT/report.md"

@@ -75,25 +75,42 @@ NAMES = {
 }
 
 
-def table(path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges):
+def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges):
     rows = {}
     for line in open(path):
         s, p, _r, rps, p50, p99, n, err = line.rstrip("\n").split("\t")
         rows.setdefault((s, p), []).append((float(rps), float(p50), float(p99), int(n), int(err)))
+    # CPU microseconds the proxy itself spent per request (user + system), per run.
+    cpu = {}
+    requests = {}
+    for line in open(path):
+        s, p, r, _rps, _p50, _p99, n, _err = line.rstrip("\n").split("\t")
+        requests[(s, p, r)] = int(n)
+    for line in open(cpu_path):
+        s, p, r, us = line.rstrip("\n").split("\t")
+        n = requests.get((s, p, r), 0)
+        if n > 0:
+            cpu.setdefault((s, p), []).append(int(us) / n)
+
+    def cpu_med(s, p):
+        v = cpu.get((s, p))
+        return f"{statistics.median(v):.1f}" if v else "-"
 
     def med(s, p, i):
         return statistics.median(x[i] for x in rows[(s, p)])
 
     out = []
     out.append(f"tokengate vs nginx and HAProxy, {mode} mode: {rounds} interleaved rounds x {dur} s per run; medians.\n")
-    out.append("| scenario | proxy | req/s | p50 ms | p99 ms | errors |")
-    out.append("|---|---|---:|---:|---:|---:|")
+    out.append("| scenario | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |")
+    out.append("|---|---|---:|---:|---:|---:|---:|")
     verdicts = []
     for s in ("h1", "h2", "newconn"):
         for p in ("nginx", "haproxy", "tokengate"):
             if (s, p) in rows:
                 errs = sum(x[4] for x in rows[(s, p)])
-                out.append(f"| {NAMES[s]} | {p} | {med(s, p, 0):,.0f} | {med(s, p, 1):.2f} | {med(s, p, 2):.2f} | {errs} |")
+                out.append(
+                    f"| {NAMES[s]} | {p} | {med(s, p, 0):,.0f} | {med(s, p, 1):.2f} | {med(s, p, 2):.2f} | {cpu_med(s, p)} | {errs} |"
+                )
         best = max(("nginx", "haproxy"), key=lambda p: med(s, p, 0))
         ratio = med(s, "tokengate", 0) / med(s, best, 0)
         target = 1.0 if s == "newconn" else 1.25
@@ -107,7 +124,10 @@ def table(path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges):
     if ("exchange", "tokengate") in rows:
         rps = med("exchange", "tokengate", 0)
         errs = sum(x[4] for x in rows[("exchange", "tokengate")])
-        out.append(f"| {NAMES['exchange']} | tokengate | {rps:,.0f} | {med('exchange', 'tokengate', 1):.2f} | {med('exchange', 'tokengate', 2):.2f} | {errs} |")
+        out.append(
+            f"| {NAMES['exchange']} | tokengate | {rps:,.0f} | {med('exchange', 'tokengate', 1):.2f} | "
+            f"{med('exchange', 'tokengate', 2):.2f} | - | {errs} |"
+        )
         verdicts.append(f"- token exchanges: **{rps:,.0f}/s** (target 20,000/s) -> {'met' if rps >= 20000 else 'NOT met'}")
     idle_mb = int(rss_idle_kb) / 1024.0
     verdicts.append(f"- RSS idle: **{idle_mb:.1f} MB** (target < 30 MB) -> {'met' if idle_mb < 30 else 'NOT met'}")
