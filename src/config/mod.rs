@@ -4,7 +4,10 @@
 //! runtime `Config`: everything that can be wrong with a value is found here,
 //! at start-up, and every error names the key (or environment variable) at fault.
 
-use std::collections::BTreeMap;
+mod file;
+
+pub use file::*;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +15,6 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use http::header::{HeaderName, HeaderValue};
-use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the configuration file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";
@@ -47,196 +49,6 @@ impl ConfigError {
 }
 
 /// A duration written as whole seconds (`900`) or in human form (`15m`, `90d`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub struct HumanDuration(pub Duration);
-
-impl From<HumanDuration> for String {
-    fn from(d: HumanDuration) -> String {
-        humantime::format_duration(d.0).to_string()
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(de)? {
-            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => parse_duration(&t)
-                .map(HumanDuration)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// Parses `900`, `900s`, `15m`, `2h`, `90d`, `1h 30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {t:?} ({e}); use seconds or a form like 15m, 90d"))
-}
-
-// ---------------------------------------------------------------------------
-// File format. `deny_unknown_fields` everywhere: an unknown key is an error.
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FileConfig {
-    pub public: PublicSection,
-    pub admin: AdminSection,
-    pub upstream: UpstreamSection,
-    pub storage: StorageSection,
-    pub tls: TlsSection,
-    pub tokens: TokensSection,
-    pub audit: AuditSection,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditSection {
-    pub destination: String,
-}
-
-impl Default for AuditSection {
-    fn default() -> Self {
-        AuditSection {
-            destination: "stdout".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PublicSection {
-    pub listen: String,
-    pub workers: usize,
-    pub max_connections: usize,
-    pub tls_handshake_timeout: HumanDuration,
-    pub header_read_timeout: HumanDuration,
-    pub max_header_bytes: usize,
-    pub h2_max_concurrent_streams: u32,
-    pub token_body_limit: usize,
-    pub body_read_timeout: HumanDuration,
-    pub max_connection_age: HumanDuration,
-    pub shutdown_grace: HumanDuration,
-}
-
-impl Default for PublicSection {
-    fn default() -> Self {
-        PublicSection {
-            listen: "0.0.0.0:8443".into(),
-            workers: 0,
-            max_connections: 10_000,
-            tls_handshake_timeout: HumanDuration(Duration::from_secs(10)),
-            header_read_timeout: HumanDuration(Duration::from_secs(30)),
-            max_header_bytes: 16 * 1024,
-            h2_max_concurrent_streams: 128,
-            token_body_limit: 8 * 1024,
-            body_read_timeout: HumanDuration(Duration::from_secs(15)),
-            max_connection_age: HumanDuration(Duration::from_secs(3600)),
-            shutdown_grace: HumanDuration(Duration::from_secs(20)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminSection {
-    pub listen: String,
-    pub password_hash: Option<String>,
-    pub session_ttl: HumanDuration,
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        AdminSection {
-            listen: "127.0.0.1:8444".into(),
-            password_hash: None,
-            session_ttl: HumanDuration(Duration::from_secs(8 * 3600)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamSection {
-    pub url: String,
-    pub ca_file: Option<PathBuf>,
-    pub insecure_skip_verify: bool,
-    pub connect_timeout: HumanDuration,
-    pub response_timeout: HumanDuration,
-    pub pool_idle_timeout: HumanDuration,
-    pub pool_max_idle_per_host: usize,
-    pub headers: BTreeMap<String, String>,
-    pub identity_headers: bool,
-}
-
-impl Default for UpstreamSection {
-    fn default() -> Self {
-        UpstreamSection {
-            url: "https://127.0.0.1:8124".into(),
-            ca_file: None,
-            insecure_skip_verify: false,
-            connect_timeout: HumanDuration(Duration::from_secs(5)),
-            response_timeout: HumanDuration(Duration::from_secs(60)),
-            pool_idle_timeout: HumanDuration(Duration::from_secs(60)),
-            pool_max_idle_per_host: 256,
-            headers: BTreeMap::new(),
-            identity_headers: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageSection {
-    pub path: PathBuf,
-    pub usage_flush_interval: HumanDuration,
-}
-
-impl Default for StorageSection {
-    fn default() -> Self {
-        StorageSection {
-            path: PathBuf::from("data/tokengate.redb"),
-            usage_flush_interval: HumanDuration(Duration::from_secs(30)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSection {
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokensSection {
-    pub access_ttl: HumanDuration,
-    pub refresh_ttl: HumanDuration,
-    pub sweep_interval: HumanDuration,
-}
-
-impl Default for TokensSection {
-    fn default() -> Self {
-        TokensSection {
-            access_ttl: HumanDuration(Duration::from_secs(900)),
-            refresh_ttl: HumanDuration(Duration::from_secs(90 * 86_400)),
-            sweep_interval: HumanDuration(Duration::from_secs(30)),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Validated runtime configuration.
 // ---------------------------------------------------------------------------
