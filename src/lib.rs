@@ -8,7 +8,12 @@
 //! - `tokens`: token formats, the live access-token map, the exchange.
 //! - `store`: refresh tokens in redb and their in-memory mirror.
 //! - `proxy`: the upstream client and header rewriting.
-//! - `admin`: the admin listener's authentication and token API.
+//! - `admin`: the admin listener's authentication, sessions, token API and page.
+//! - `audit`: the audit log writer.
+//! - `secrets`: the server secret and the admin password on disk.
+//! - `clock`: the one time source (movable in tests).
+//! - `cli`: `tokengate token …`, a client of the admin API.
+//! - `dev`: `serve --dev`.
 
 pub mod admin;
 pub mod audit;
@@ -244,11 +249,17 @@ async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = sweep.tick() => {
-                let now = state.clock.now();
-                let removed = state.access.sweep(now, state.clock.unix());
-                state.admin.sessions.sweep(now);
-                state.admin.throttle.sweep(now);
-                if removed > 0 {
+                // A sweep walks every live token (millions, at scale): keep it
+                // off the runtime that serves the admin listener.
+                let st = state.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    let now = st.clock.now();
+                    st.admin.sessions.sweep(now);
+                    st.admin.throttle.sweep(now);
+                    st.access.sweep(now, st.clock.unix())
+                })
+                .await;
+                if let Ok(removed @ 1..) = swept {
                     tracing::debug!(removed, live = state.access.len(), "swept access tokens");
                 }
             }

@@ -220,9 +220,9 @@ async fn delete_ids(
         Ok(Err(e)) => return Err(internal("deleting refresh tokens failed", e)),
         Err(e) => return Err(internal("deleting refresh tokens failed", e)),
     };
-    // Already refused by the revoked flag; this only frees their memory now.
+    let ids: Vec<u64> = gone.iter().map(|r| r.id).collect();
+    state.access.revoke_refresh(&ids);
     for r in &gone {
-        state.access.revoke_refresh(r.id);
         tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
         state.audit.record(&Event {
             event: "refresh_token.deleted",
