@@ -215,6 +215,12 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<Vec<TcpSocket>, StartErr
         addr,
         source,
     };
+    // SO_REUSEPORT would let a second gateway (same user) silently share the
+    // port and split the traffic between two token universes. A plain bind
+    // first turns that into the usual "address in use".
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(err)?);
+    }
     let mut sockets = Vec::with_capacity(n);
     let mut at = addr;
     for _ in 0..n.max(1) {

@@ -402,3 +402,30 @@ async fn shutdown_drains_in_flight_requests() {
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "the in-flight request completed");
 }
+
+#[tokio::test]
+async fn a_second_gateway_cannot_share_the_public_port() {
+    let up = upstream().await;
+    let port = common::dead_address().await.port();
+    let first =
+        TestGateway::start_with(up.addr, |f| f.public.listen = format!("127.0.0.1:{port}")).await;
+    assert_eq!(
+        first.client.get_with("/healthz", None).await.status,
+        StatusCode::OK
+    );
+    // Another data directory, same public port: refused, not load-shared.
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = common::test_config(dir.path(), up.addr);
+    file.public.listen = format!("127.0.0.1:{port}");
+    tokengate::server::tls::generate_self_signed(
+        file.tls.cert.as_ref().unwrap(),
+        file.tls.key.as_ref().unwrap(),
+    )
+    .unwrap();
+    let err =
+        tokengate::Gateway::start(file.validate().unwrap(), tokengate::StartOptions::default())
+            .await
+            .err()
+            .expect("second gateway on the same port must fail");
+    assert!(err.to_string().contains("public.listen"), "{err}");
+}
