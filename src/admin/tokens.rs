@@ -184,14 +184,7 @@ pub async fn create(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
         Err(e) => return internal("creating a refresh token failed", e),
     };
     tracing::info!(%peer, token_id = live.id, token_name = %live.name, "refresh token created");
-    state.audit.record(&Event {
-        event: "refresh_token.created",
-        actor: Some("admin"),
-        client_ip: Some(peer.ip().to_canonical()),
-        token_id: Some(live.id),
-        token_name: Some(&live.name),
-        ..Default::default()
-    });
+    audit_admin(state, peer, "refresh_token.created", &live);
     let mut r = no_store(json(
         StatusCode::CREATED,
         &Created {
@@ -206,6 +199,18 @@ pub async fn create(state: &State, peer: SocketAddr, req: Request<Incoming>) -> 
         r.headers_mut().insert(LOCATION, loc);
     }
     r
+}
+
+/// One audit line for an administrator's action on a refresh token.
+fn audit_admin(state: &State, peer: SocketAddr, event: &'static str, token: &RefreshLive) {
+    state.audit.record(&Event {
+        event,
+        actor: Some("admin"),
+        client_ip: Some(peer.ip().to_canonical()),
+        token_id: Some(token.id),
+        token_name: Some(&token.name),
+        ..Default::default()
+    });
 }
 
 /// Deletes in one transaction, then drops the access tokens they issued.
@@ -224,14 +229,7 @@ async fn delete_ids(
     state.access.revoke_refresh(&ids);
     for r in &gone {
         tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
-        state.audit.record(&Event {
-            event: "refresh_token.deleted",
-            actor: Some("admin"),
-            client_ip: Some(peer.ip().to_canonical()),
-            token_id: Some(r.id),
-            token_name: Some(&r.name),
-            ..Default::default()
-        });
+        audit_admin(state, peer, "refresh_token.deleted", r);
     }
     Ok(gone)
 }
