@@ -187,7 +187,11 @@ fn public_worker(
             }
         };
         let upstream = match proxy::Upstream::new(&state.config.upstream) {
-            Ok(u) => Arc::new(u),
+            Ok(u) => {
+                let u = Arc::new(u);
+                u.spawn_sweeper();
+                u
+            }
             Err(e) => {
                 let _ = ready.send(Err(e.to_string()));
                 return;

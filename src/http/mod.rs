@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::server::Listening;
 
 /// Either a body we built or one streamed from the upstream, with no boxing.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, crate::proxy::UpstreamBody>;
 
 /// Which listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,10 @@ pub async fn handle(
     let head = req.method() == http::Method::HEAD;
     let mut resp = match ctx.kind {
         Listener::Public => public::handle(&ctx.state, &ctx.upstream, peer, req).await,
-        Listener::Admin => crate::admin::handle(&ctx.state, peer, req).await,
+        // Boxed: the admin handlers' state is several KiB, and an unboxed
+        // future is as large as its largest branch. Every public request would
+        // carry (and copy) that size; admin requests are rare.
+        Listener::Admin => Box::pin(crate::admin::handle(&ctx.state, peer, req)).await,
     };
     // A HEAD answer has no body; HTTP/2 clients treat DATA frames on one as a
     // stream error. Upstream answers to HEAD are already empty.

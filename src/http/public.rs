@@ -34,7 +34,8 @@ pub async fn handle(
     }
     match route(req.uri().path()) {
         Route::Health => health(req.method()),
-        Route::Token => token_endpoint(state, peer, req).await,
+        // Boxed so proxied requests do not carry the token endpoint's state.
+        Route::Token => Box::pin(token_endpoint(state, peer, req)).await,
         Route::Proxy => proxied(state, upstream, peer, req).await,
     }
 }

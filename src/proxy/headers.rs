@@ -4,11 +4,14 @@
 //! removed first, then the client's credentials and forwarding claims, and only
 //! then are the gateway's own headers added, so a client cannot name them away.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub const ID_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const NAME_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-name");
 
 /// Headers an operator may not configure as extra upstream headers, because
@@ -51,12 +54,40 @@ fn is_client_claim(name: &str) -> bool {
     ) || name.starts_with("x-tokengate-")
 }
 
+/// Names to remove: the usual handful on the stack, more on the heap.
+#[derive(Default)]
+struct Doomed {
+    few: [Option<HeaderName>; 6],
+    len: usize,
+    more: Vec<HeaderName>,
+}
+
+impl Doomed {
+    fn push(&mut self, name: HeaderName) {
+        match self.few.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(name);
+                self.len += 1;
+            }
+            None => self.more.push(name),
+        }
+    }
+
+    fn remove_from(self, headers: &mut HeaderMap) {
+        for name in self.few.into_iter().flatten().chain(self.more) {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Removes every header `doomed` picks, plus every header `Connection` lists.
 ///
 /// One pass over the (few) headers present instead of a lookup per name that
-/// might be there: most requests carry none of them but `Authorization`.
+/// might be there: most requests carry none of them but `Authorization`, and
+/// most responses none but `Connection: keep-alive`. No allocation unless
+/// something unusual is present.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
-    let mut gone: Vec<HeaderName> = Vec::new();
+    let mut gone = Doomed::default();
     for name in headers.keys() {
         if doomed(name.as_str()) {
             gone.push(name.clone());
@@ -64,16 +95,21 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
     }
     // Names listed in Connection must go too (RFC 9110 §7.6.1).
     for v in headers.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for n in v.split(',') {
-            if let Ok(n) = HeaderName::from_bytes(n.trim().as_bytes()) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            // The usual options name no header (`close`) or one already gone.
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token) {
                 gone.push(n);
             }
         }
     }
-    for n in gone {
-        headers.remove(n);
-    }
+    gone.remove_from(headers);
 }
 
 /// Removes hop-by-hop headers, including every header listed in `Connection`.
@@ -93,22 +129,12 @@ pub fn rewrite_request(
     remove_where(headers, |n| is_hop_by_hop(n) || is_client_claim(n));
 
     headers.insert(header::HOST, upstream_host.clone());
-    // Format the address on the stack: one allocation (the header's own), not two.
-    let mut buf = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    if std::io::Write::write_fmt(&mut cursor, format_args!("{}", peer.ip().to_canonical())).is_ok()
-    {
-        let len = cursor.position() as usize;
-        if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
+    if let Some(v) = ip_value(peer.ip().to_canonical()) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("https"),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(h) = original_host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+        headers.insert(X_FORWARDED_HOST, h);
     }
     for (n, v) in extra {
         headers.insert(n.clone(), v.clone());
@@ -117,6 +143,42 @@ pub fn rewrite_request(
         headers.insert(ID_HEADER, id);
         headers.insert(NAME_HEADER, name);
     }
+}
+
+/// The client address as a header value, formatted on the stack (IPv4, the
+/// usual case, without the formatting machinery): one allocation, the header's own.
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    let mut buf = [0u8; 48];
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            len
+        }
+        IpAddr::V6(v6) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            std::io::Write::write_fmt(&mut cursor, format_args!("{v6}")).ok()?;
+            usize::try_from(cursor.position()).ok()?
+        }
+    };
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 #[cfg(test)]
@@ -162,6 +224,43 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "gw.example:8443");
         assert_eq!(h[header::HOST], "127.0.0.1:8124");
         assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn client_addresses_format_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::ff00:42:8329",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn connection_tokens_and_many_removals() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, hv("Keep-Alive, close, X-One,x-two , ,"));
+        for n in [
+            "x-one",
+            "x-two",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+            "transfer-encoding",
+        ] {
+            h.insert(HeaderName::from_static(n), hv("v"));
+        }
+        h.insert("x-kept", hv("v"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "v");
     }
 
     #[test]

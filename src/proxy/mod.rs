@@ -1,8 +1,11 @@
-//! Forwarding to the upstream API: a keep-alive pool (hyper-util's client over
-//! rustls), explicit connect and response timeouts, streamed bodies both ways.
+//! Forwarding to the upstream API: a per-worker keep-alive pool (see
+//! `pool`), explicit connect and response timeouts, streamed bodies both ways.
 
 pub mod headers;
 mod insecure;
+mod pool;
+
+pub use pool::{ConnectError, UpstreamBody};
 
 pub use insecure::client_config as insecure_client_config;
 
@@ -14,13 +17,12 @@ use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+use pool::{Pool, SendError, Target};
 
 use crate::config::UpstreamConfig;
 use crate::store::RefreshLive;
@@ -56,9 +58,9 @@ pub enum UpstreamSetupError {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("upstream unreachable: {0}")]
-    Connect(hyper_util::client::legacy::Error),
+    Connect(ConnectError),
     #[error("upstream failed: {0}")]
-    Failed(hyper_util::client::legacy::Error),
+    Failed(hyper::Error),
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot build upstream request: {0}")]
@@ -87,9 +89,7 @@ impl ProxyError {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
-    scheme: Scheme,
-    authority: http::uri::Authority,
+    pool: Arc<Pool>,
     /// Prefix prepended to every path (`upstream.url`'s path, without a trailing slash).
     base_path: String,
     host_header: HeaderValue,
@@ -100,51 +100,6 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
-        let provider = crate::server::tls::provider();
-        let builder = HttpsConnectorBuilder::new();
-        let builder = if cfg.insecure_skip_verify {
-            tracing::warn!(
-                url = %cfg.url,
-                "upstream.insecure_skip_verify is on: the upstream's certificate is NOT verified; use upstream.ca_file instead"
-            );
-            builder.with_tls_config(insecure::client_config(provider)?)
-        } else if let Some(path) = &cfg.ca_file {
-            let err = |detail: String| UpstreamSetupError::CaFile {
-                path: path.display().to_string(),
-                detail,
-            };
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
-                roots
-                    .add(cert.map_err(|e| err(e.to_string()))?)
-                    .map_err(|e| err(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(err("no PEM certificate found".into()));
-            }
-            let tls = ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| UpstreamSetupError::Tls(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            builder.with_tls_config(tls)
-        } else {
-            builder
-                .with_provider_and_native_roots(provider)
-                .map_err(|e| UpstreamSetupError::Tls(e.to_string()))?
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .build(connector);
-
-        let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let authority = cfg
             .url
             .authority()
@@ -153,11 +108,34 @@ impl Upstream {
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| {
             UpstreamSetupError::Tls("upstream.url host is not a valid Host header".into())
         })?;
+        // `Authority::host` keeps an IPv6 literal's brackets; DNS and SNI want it bare.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let https = cfg.url.scheme() != Some(&Scheme::HTTP);
+        let tls = if https {
+            let name = ServerName::try_from(host.clone()).map_err(|e| {
+                UpstreamSetupError::Tls(format!("upstream.url host is not a TLS server name: {e}"))
+            })?;
+            Some((TlsConnector::from(Arc::new(tls_config(cfg)?)), name))
+        } else {
+            None
+        };
+        let target = Target {
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            host,
+            tls,
+            connect_timeout: cfg.connect_timeout,
+        };
         Ok(Upstream {
-            client,
-            scheme,
+            pool: Arc::new(Pool::new(
+                target,
+                cfg.pool_max_idle_per_host,
+                cfg.pool_idle_timeout,
+            )),
             base_path: cfg.url.path().trim_end_matches('/').to_owned(),
-            authority,
             host_header,
             extra_headers: cfg.headers.clone(),
             identity_headers: cfg.identity_headers,
@@ -165,25 +143,51 @@ impl Upstream {
         })
     }
 
+    /// Closes idle upstream connections that aged out or were closed by the
+    /// upstream, every half idle timeout, for as long as this upstream lives.
+    /// Runs on the calling runtime (the worker whose connections they are).
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let every =
+            (self.pool.idle_timeout() / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(up) => up.pool.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Idle keep-alive connections held right now (for tests and diagnostics).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
     pub fn identity_headers(&self) -> bool {
         self.identity_headers
     }
 
+    /// The origin-form target (`/path?query`) on the upstream: the pool
+    /// already knows where to connect.
     fn target(&self, incoming: &Uri) -> Result<Uri, http::Error> {
-        let pq = incoming
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        let pq: PathAndQuery = if self.base_path.is_empty() {
-            PathAndQuery::try_from(pq)?
-        } else {
-            PathAndQuery::try_from(format!("{}{}", self.base_path, pq))?
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        let pq = incoming.path_and_query();
+        if self.base_path.is_empty() {
+            // The common case reuses the parsed bytes; no copy.
+            return Ok(match pq {
+                Some(pq) => Uri::from(pq.clone()),
+                None => Uri::from_static("/"),
+            });
+        }
+        let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
+        Ok(Uri::from(PathAndQuery::try_from(format!(
+            "{}{}",
+            self.base_path, pq
+        ))?))
     }
 
     /// Rewrites and forwards an authenticated request; returns the upstream's
@@ -193,7 +197,7 @@ impl Upstream {
         req: Request<Incoming>,
         peer: SocketAddr,
         identity: Option<Identity>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
             parts
@@ -213,16 +217,81 @@ impl Upstream {
             identity.map(|i| (i.id, i.name)),
         );
         let req = Request::from_parts(parts, body);
-        let mut resp =
-            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-                Err(_) => return Err(ProxyError::Timeout(self.response_timeout)),
-                Ok(Err(e)) if e.is_connect() => return Err(ProxyError::Connect(e)),
-                Ok(Err(e)) => return Err(ProxyError::Failed(e)),
-                Ok(Ok(r)) => r,
-            };
+        let mut resp = tokio::time::timeout(self.response_timeout, self.send(req))
+            .await
+            .map_err(|_| ProxyError::Timeout(self.response_timeout))??;
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
+
+    /// Sends on a pooled connection. A reused connection the upstream closed
+    /// before our request went out hands the request back; it is then sent on
+    /// the next connection (the request was never seen, so this is safe for
+    /// any method).
+    async fn send(&self, mut req: Request<Incoming>) -> Result<Response<UpstreamBody>, ProxyError> {
+        loop {
+            let (mut conn, reused) = self.pool.checkout().await.map_err(ProxyError::Connect)?;
+            match conn.send(req).await {
+                Ok(resp) => {
+                    let pool = self.pool.clone();
+                    return Ok(resp.map(|body| UpstreamBody::new(body, conn, pool)));
+                }
+                Err(SendError::NotSent(back, e)) if reused => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on another");
+                    req = *back;
+                }
+                Err(SendError::NotSent(_, e) | SendError::Failed(e)) => {
+                    return Err(ProxyError::Failed(e))
+                }
+            }
+        }
+    }
+}
+
+/// The rustls client set-up for an `https` upstream: the configured CA file,
+/// the system roots, or (explicitly, loudly) no verification.
+fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, UpstreamSetupError> {
+    let provider = crate::server::tls::provider();
+    let tls_err = |e: rustls::Error| UpstreamSetupError::Tls(e.to_string());
+    let mut tls = if cfg.insecure_skip_verify {
+        tracing::warn!(
+            url = %cfg.url,
+            "upstream.insecure_skip_verify is on: the upstream's certificate is NOT verified; use upstream.ca_file instead"
+        );
+        insecure::client_config(provider)?
+    } else {
+        let mut roots = RootCertStore::empty();
+        if let Some(path) = &cfg.ca_file {
+            let err = |detail: String| UpstreamSetupError::CaFile {
+                path: path.display().to_string(),
+                detail,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| err(e.to_string()))?)
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(err("no PEM certificate found".into()));
+            }
+        } else {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(UpstreamSetupError::Tls(
+                    "no usable system root certificates; set upstream.ca_file".into(),
+                ));
+            }
+        }
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    };
+    // The upstream leg speaks HTTP/1.1 only.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 /// Shared so tests and benches can build the same client set-up.

@@ -2,13 +2,18 @@
 //! protocol chosen from ALPN (so no unbounded version sniffing), explicit
 //! limits, a connection cap, and graceful drain on shutdown.
 
+mod coalesce;
 pub mod tls;
 
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -120,12 +125,6 @@ async fn connection(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(tls);
-    let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| {
-        let ctx = svc_ctx.clone();
-        async move { Ok::<_, Infallible>(crate::http::handle(&ctx, peer, req).await) }
-    });
     let max_age = limits.max_connection_age;
     if h2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
@@ -136,6 +135,13 @@ async fn connection(
             .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
             .keep_alive_interval(H2_KEEPALIVE)
             .keep_alive_timeout(Duration::from_secs(20));
+        // Each stream's future is moved into a task of its own: boxed, that
+        // move copies a pointer instead of the request's few KiB of state.
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            Box::pin(async move { Ok::<_, Infallible>(crate::http::handle(&ctx, peer, req).await) })
+        });
+        let io = TokioIo::new(coalesce::Coalesce::new(tls));
         drive(b.serve_connection(io, svc), shutdown, max_age, peer).await;
     } else {
         let mut b = http1::Builder::new();
@@ -145,8 +151,31 @@ async fn connection(
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_header_size(limits.max_header_bytes)
             .keep_alive(true);
-        drive(b.serve_connection(io, svc), shutdown, max_age, peer).await;
+        // One request at a time, polled in place by the connection: unboxed
+        // measured fewer instructions per request than boxed.
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(crate::http::handle(&ctx, peer, req).await) }
+        });
+        drive(
+            b.serve_connection(TokioIo::new(tls), svc),
+            shutdown,
+            max_age,
+            peer,
+        )
+        .await;
     }
+}
+
+/// Tells a connection to finish its in-flight requests and close: set by the
+/// connection's watcher when shutdown begins or the connection reaches
+/// `max_connection_age`. A connection task is polled several times per
+/// request; checking a flag costs one atomic load, where polling a watch
+/// channel and a timer every time showed up in the profile.
+#[derive(Default)]
+struct Finish {
+    flag: AtomicBool,
+    waker: AtomicWaker,
 }
 
 /// Runs a connection to completion; on shutdown or at `max_age`, asks it to
@@ -156,27 +185,34 @@ where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
+    let finish = Arc::new(Finish::default());
+    let watcher = tokio::spawn({
+        let finish = finish.clone();
+        async move {
+            tokio::select! {
+                _ = stopped(&mut shutdown) => {}
+                _ = tokio::time::sleep(max_age) => {}
+            }
+            finish.flag.store(true, Ordering::Release);
+            finish.waker.wake();
+        }
+    });
     let mut conn = pin!(conn);
-    let age = tokio::time::sleep(max_age);
-    let mut age = pin!(age);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = stopped(&mut shutdown), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = &mut age, if !closing => {
+    let ended = poll_fn(|cx| {
+        if !closing {
+            finish.waker.register(cx.waker());
+            if finish.flag.load(Ordering::Acquire) {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    watcher.abort();
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -1,0 +1,198 @@
+//! Write coalescing for HTTP/2 connections.
+//!
+//! On an HTTP/2 connection many responses are in flight at once, and each
+//! completes on its own when its upstream answer arrives. h2 flushes whenever
+//! it has written what is pending, so under load almost every response became
+//! its own TLS record and its own `writev` (measured: 0.98 client writes per
+//! request, against HAProxy's 0.16). This wrapper holds written bytes until a
+//! flush, and answers the first flush of a batch by yielding once: the
+//! worker's other ready tasks (typically more responses for this connection)
+//! run first and join the batch, then the next flush writes it all.
+//! The added delay is one pass of the worker's run queue.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Beyond this many buffered bytes a write goes out at once (large bodies
+/// stream instead of piling up).
+const HIGH_WATER: usize = 64 * 1024;
+/// A buffer that grew past this is given back after it drains, so an idle
+/// connection does not keep a large allocation.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
+pub struct Coalesce<T> {
+    inner: T,
+    buf: Vec<u8>,
+    /// How much of `buf` the inner writer has taken.
+    written: usize,
+    /// The current batch has already yielded once.
+    yielded: bool,
+}
+
+impl<T> Coalesce<T> {
+    pub fn new(inner: T) -> Coalesce<T> {
+        Coalesce {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+            yielded: false,
+        }
+    }
+
+    #[cfg(test)]
+    fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Coalesce<T> {
+    /// Hands everything buffered to the inner writer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.buf.clear();
+        self.written = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() >= HIGH_WATER {
+            ready!(this.poll_drain(cx))?;
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() >= HIGH_WATER {
+            ready!(this.poll_drain(cx))?;
+        }
+        let mut n = 0;
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.buf.is_empty() {
+            return Pin::new(&mut this.inner).poll_flush(cx);
+        }
+        if !this.yielded {
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ready!(this.poll_drain(cx))?;
+        this.yielded = false;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Records each write the wrapper makes.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            d: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().writes.push(d.to_vec());
+            Poll::Ready(Ok(d.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_between_flushes_go_out_as_one() {
+        let mut c = Coalesce::new(Recorder::default());
+        c.write_all(b"frame one;").await.unwrap();
+        c.write_all(b"frame two;").await.unwrap();
+        assert!(
+            c.get_ref().writes.is_empty(),
+            "nothing written before a flush"
+        );
+        // The first flush yields once, then writes everything in one go.
+        c.flush().await.unwrap();
+        assert_eq!(c.get_ref().writes, vec![b"frame one;frame two;".to_vec()]);
+        assert_eq!(c.get_ref().flushes, 1);
+        // An empty flush passes straight through.
+        c.flush().await.unwrap();
+        assert_eq!(c.get_ref().writes.len(), 1);
+        assert_eq!(c.get_ref().flushes, 2);
+    }
+
+    #[tokio::test]
+    async fn large_bodies_stream_past_the_high_water_mark() {
+        let mut c = Coalesce::new(Recorder::default());
+        let chunk = vec![7u8; 40 * 1024];
+        for _ in 0..4 {
+            c.write_all(&chunk).await.unwrap();
+        }
+        assert!(!c.get_ref().writes.is_empty(), "written before any flush");
+        c.shutdown().await.unwrap();
+        let total: usize = c.get_ref().writes.iter().map(Vec::len).sum();
+        assert_eq!(total, 4 * chunk.len(), "every byte written by shutdown");
+    }
+}
