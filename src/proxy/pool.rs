@@ -116,35 +116,41 @@ impl Pool {
     }
 
     /// The most recently used idle connection that can take a request right
-    /// now, else the most recent one still finishing its previous exchange.
+    /// now. Closed ones met on the way are dropped.
     ///
-    /// Why "right now": a connection goes back to the pool as soon as its
-    /// response body has been read, before its driver task has run to mark
-    /// it ready again; waiting on that one would queue the request behind
-    /// every other runnable task on the worker (it showed as a worse p99).
-    fn take_idle(&self) -> Option<Conn> {
+    /// Why only "right now": a connection goes back to the pool as soon as
+    /// its response body has been read, before its driver task has run to
+    /// mark it ready again. Waiting on such a one queues the request behind
+    /// every other runnable task on the worker, which showed as a doubled p99
+    /// under load; a new connection instead lets the pool grow to the
+    /// concurrency it actually sees (and it is not waited on twice).
+    fn take_ready(&self) -> Option<Conn> {
         let mut idle = self.lock();
         // Pushed in time order, so the aged-out ones are at the bottom.
         let now = Instant::now();
         let expired =
             idle.partition_point(|(_, since)| now.duration_since(*since) >= self.idle_timeout);
         idle.drain(..expired);
-        match idle.iter().rposition(|(conn, _)| conn.sender.is_ready()) {
-            Some(i) => Some(idle.remove(i).0),
-            None => idle.pop().map(|(conn, _)| conn),
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let sender = &idle[i].0.sender;
+            if sender.is_ready() {
+                return Some(idle.remove(i).0);
+            }
+            if sender.is_closed() {
+                idle.remove(i);
+            }
         }
+        None
     }
 
-    /// A connection ready for a request: an idle one if any still works, else a
-    /// new one. The flag says whether it was reused (and so may have been closed
-    /// by the upstream in the meantime).
+    /// A connection ready for a request: an idle one that is ready now, else
+    /// a new one. The flag says whether it was reused (and so may have been
+    /// closed by the upstream after it was checked).
     pub(super) async fn checkout(&self) -> Result<(Conn, bool), ConnectError> {
-        while let Some(mut conn) = self.take_idle() {
-            // Ready at once, or once its driver has finished the previous
-            // exchange; an error means the upstream closed it meanwhile.
-            if conn.sender.ready().await.is_ok() {
-                return Ok((conn, true));
-            }
+        if let Some(conn) = self.take_ready() {
+            return Ok((conn, true));
         }
         // Boxed: connecting (TCP, TLS, HTTP handshake) is a large future that
         // keep-alive requests rarely need; unboxed, every request would carry it.
