@@ -296,3 +296,56 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, UpstreamSetupError> 
 
 /// Shared so tests and benches can build the same client set-up.
 pub type SharedUpstream = Arc<Upstream>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            url: url.parse().unwrap(),
+            ca_file: None,
+            insecure_skip_verify: true,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+            headers: Vec::new(),
+            identity_headers: false,
+        }
+    }
+
+    #[test]
+    fn targets_come_from_the_url() {
+        let up = Upstream::new(&config("http://[::1]:8080/api/")).unwrap();
+        let t = &up.pool.target;
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls.is_some()),
+            ("::1", 8080, false)
+        );
+        assert_eq!(up.host_header, "[::1]:8080");
+        let up = Upstream::new(&config("https://api.example")).unwrap();
+        let t = &up.pool.target;
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls.is_some()),
+            ("api.example", 443, true)
+        );
+        let up = Upstream::new(&config("http://10.0.0.5")).unwrap();
+        assert_eq!(up.pool.target.port, 80);
+    }
+
+    #[test]
+    fn request_targets_are_origin_form_under_the_base_path() {
+        let plain = Upstream::new(&config("http://127.0.0.1:1")).unwrap();
+        let based = Upstream::new(&config("http://127.0.0.1:1/base/")).unwrap();
+        for (incoming, want_plain, want_based) in [
+            ("https://gw.example/a/b?x=1", "/a/b?x=1", "/base/a/b?x=1"),
+            ("/a", "/a", "/base/a"),
+            ("https://gw.example", "/", "/base/"),
+        ] {
+            let uri: Uri = incoming.parse().unwrap();
+            assert_eq!(plain.target(&uri).unwrap(), want_plain, "{incoming}");
+            assert_eq!(based.target(&uri).unwrap(), want_based, "{incoming}");
+        }
+    }
+}

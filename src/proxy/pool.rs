@@ -46,7 +46,7 @@ pub(super) struct Pool {
     idle: Mutex<Vec<(Conn, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
-    target: Target,
+    pub(super) target: Target,
 }
 
 /// Why no connection to the upstream could be had.
