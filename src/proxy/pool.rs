@@ -119,11 +119,10 @@ impl Pool {
     /// now. Closed ones met on the way are dropped.
     ///
     /// Why only "right now": a connection goes back to the pool as soon as
-    /// its response body has been read, before its driver task has run to
-    /// mark it ready again. Waiting on such a one queues the request behind
-    /// every other runnable task on the worker, which showed as a doubled p99
-    /// under load; a new connection instead lets the pool grow to the
-    /// concurrency it actually sees (and it is not waited on twice).
+    /// its response body has been read, possibly before its driver task has
+    /// run to mark it ready again. Waiting on such a one would queue the
+    /// request behind every other runnable task on the worker; a new
+    /// connection instead lets the pool grow to the concurrency it sees.
     fn take_ready(&self) -> Option<Conn> {
         let mut idle = self.lock();
         // Pushed in time order, so the aged-out ones are at the bottom.
