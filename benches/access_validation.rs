@@ -1,6 +1,7 @@
 //! Access-token validation, the check every proxied request pays:
-//! valid, expired, minted by an earlier process (restart), forged (bad MAC)
-//! and malformed tokens, at 1 thousand, 100 thousand and 1 million live tokens.
+//! valid, expired, unknown (a genuine token no longer live: its refresh token
+//! was deleted), minted by an earlier process (restart), forged (bad MAC) and
+//! malformed tokens, at 1 thousand, 100 thousand and 1 million live tokens.
 //!
 //! Run: `cargo bench --bench access_validation`
 
@@ -31,6 +32,16 @@ fn validation(c: &mut Criterion) {
         let expired = tokens
             .issue(r.clone(), Duration::from_secs(1), now)
             .unwrap();
+        // Genuine (right nonce, valid MAC) but gone from the map: its refresh
+        // token was deleted. The dearest refusal: MAC check plus a lookup miss.
+        let unknown = tokens
+            .issue(
+                Arc::new(RefreshLive::detached(2, "deleted", None)),
+                Duration::from_secs(900),
+                now,
+            )
+            .unwrap();
+        assert_eq!(tokens.revoke_refresh(&[2]), 1);
         // Minted by another process (another boot nonce).
         let other = AccessTokens::new().unwrap();
         let earlier_boot = other
@@ -44,9 +55,10 @@ fn validation(c: &mut Criterion) {
         let later = now + Duration::from_secs(10);
         let wall = 1_800_000_000;
 
-        let cases: [(&str, &[u8]); 5] = [
+        let cases: [(&str, &[u8]); 6] = [
             ("valid", valid.as_bytes()),
             ("expired", expired.as_bytes()),
+            ("unknown", unknown.as_bytes()),
             ("earlier_boot", earlier_boot.as_bytes()),
             ("forged", forged.as_bytes()),
             ("malformed", b"tga_this-is-not-a-token"),
@@ -65,6 +77,9 @@ fn validation(c: &mut Criterion) {
             .is_err());
         assert!(tokens
             .validate(forged.as_bytes(), later, wall, |_| ())
+            .is_err());
+        assert!(tokens
+            .validate(unknown.as_bytes(), later, wall, |_| ())
             .is_err());
         assert!(tokens
             .validate(earlier_boot.as_bytes(), later, wall, |_| ())
