@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const HIGH_WATER: usize = 64 * 1024;
 /// A buffer that grew past this is given back after it drains, so an idle
 /// connection does not keep a large allocation.
-const KEEP_CAPACITY: usize = 16 * 1024;
+const KEEP_CAPACITY: usize = 4 * 1024;
 
 pub struct Coalesce<T> {
     inner: T,
