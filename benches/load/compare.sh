@@ -5,7 +5,7 @@
 # tokengate checks it.
 #
 #   bash benches/load/compare.sh          # quick: 3 rounds x 3 s per run (< 3 min)
-#   bash benches/load/compare.sh full     # full:  5 rounds x 10 s per run (< 10 min)
+#   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 8 min, < 10 with a fresh build)
 #
 # Scenarios (each round runs every proxy once per scenario, interleaved):
 #   h1      HTTP/1.1 over TLS, 50 keep-alive connections            (wrk)
@@ -21,7 +21,7 @@ set -euo pipefail
 MODE=${1:-quick}
 case "$MODE" in
     quick) ROUNDS=3; DUR=3 ;;
-    full) ROUNDS=5; DUR=10 ;;
+    full) ROUNDS=5; DUR=8 ;;
     *) echo "usage: $0 [quick|full]" >&2; exit 2 ;;
 esac
 
