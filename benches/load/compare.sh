@@ -31,45 +31,20 @@ OUT="$HERE/out"
 UPSTREAM_PORT=18080 NGINX_PORT=18443 HAPROXY_PORT=18444 TG_PORT=18445 TG_ADMIN_PORT=18446
 export UPSTREAM_PORT NGINX_PORT HAPROXY_PORT
 
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=benches/load/common.sh
+. "$HERE/common.sh"
 
-# ---- tools ------------------------------------------------------------------
-need=()
-for t in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client ab:apache2-utils curl:curl openssl:openssl python3:python3; do
-    command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -q
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
-    # Debian starts the packaged services; this comparison runs its own.
-    $sudo service nginx stop >/dev/null 2>&1 || true
-    $sudo service haproxy stop >/dev/null 2>&1 || true
-fi
-export PATH="$PATH:/usr/sbin"
-
-log "building tokengate (release)"
-(cd "$ROOT" && cargo build --release -q)
+need_tools nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client ab:apache2-utils \
+    curl:curl openssl:openssl python3:python3
+build_tokengate
 
 # ---- set-up -----------------------------------------------------------------
-rm -rf "$OUT"
+fresh_out_dir "$OUT"
 mkdir -p "$OUT/data"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
-    -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
-cat "$OUT/cert.pem" "$OUT/key.pem" > "$OUT/combined.pem"
 for f in nginx-upstream.conf nginx-proxy.conf haproxy.cfg; do
     sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
         -e "s#@HAPROXY_PORT@#$HAPROXY_PORT#g" "$HERE/$f" > "$OUT/$f"
 done
-
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
 
 declare -A PROXY_PID
 nginx -c "$OUT/nginx-upstream.conf" -g 'daemon off;' & PIDS+=($!)

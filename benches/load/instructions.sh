@@ -28,31 +28,13 @@ ROOT=$(cd "$HERE/../.." && pwd)
 OUT="$HERE/out/instructions"
 UPSTREAM_PORT=18090 PROXY_PORT=18453 ADMIN_PORT=18454
 
-log() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=benches/load/common.sh
+. "$HERE/common.sh"
 
-need=()
-for t in nginx:nginx-light haproxy:haproxy h2load:nghttp2-client valgrind:valgrind curl:curl openssl:openssl python3:python3; do
-    command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -q
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
-    $sudo service nginx stop >/dev/null 2>&1 || true
-    $sudo service haproxy stop >/dev/null 2>&1 || true
-fi
-export PATH="$PATH:/usr/sbin"
-
-log "building tokengate (release)"
-(cd "$ROOT" && cargo build --release -q)
-
-rm -rf "$OUT"
-mkdir -p "$OUT"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
-    -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
-cat "$OUT/cert.pem" "$OUT/key.pem" > "$OUT/combined.pem"
+need_tools nginx:nginx-light haproxy:haproxy h2load:nghttp2-client valgrind:valgrind \
+    curl:curl openssl:openssl python3:python3
+build_tokengate
+fresh_out_dir "$OUT"
 # The comparison's own configs, pointed at this script's ports, with one worker each.
 sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" \
     "$HERE/nginx-upstream.conf" > "$OUT/upstream.conf"
@@ -60,13 +42,6 @@ sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@NGINX_POR
     -e 's#worker_processes auto;#worker_processes 1;#' "$HERE/nginx-proxy.conf" > "$OUT/nginx.conf"
 sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@HAPROXY_PORT@#$PROXY_PORT#g" \
     -e 's#nbthread 2#nbthread 1#' "$HERE/haproxy.cfg" > "$OUT/haproxy.cfg"
-
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
 
 nginx -c "$OUT/upstream.conf" -g 'daemon off;' & PIDS+=($!)
 
