@@ -163,11 +163,6 @@ impl Upstream {
         });
     }
 
-    /// Idle keep-alive connections held right now (for tests and diagnostics).
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count()
-    }
-
     pub fn identity_headers(&self) -> bool {
         self.identity_headers
     }

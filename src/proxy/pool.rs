@@ -133,11 +133,11 @@ impl Pool {
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            let sender = &idle[i].0.sender;
-            if sender.is_ready() {
+            let conn = &idle[i].0;
+            if conn.sender.is_ready() {
                 return Some(idle.remove(i).0);
             }
-            if sender.is_closed() {
+            if !conn.reusable() {
                 idle.remove(i);
             }
         }
@@ -181,10 +181,6 @@ impl Pool {
         let timeout = self.idle_timeout;
         self.lock()
             .retain(|(conn, since)| conn.reusable() && since.elapsed() < timeout);
-    }
-
-    pub(super) fn idle_count(&self) -> usize {
-        self.lock().len()
     }
 
     async fn connect(&self) -> Result<Conn, ConnectError> {
