@@ -49,6 +49,7 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
     /// One per public worker thread; each fires when its worker has drained.
     workers: Vec<oneshot::Receiver<()>>,
+    load: server::Load,
 }
 
 impl Gateway {
@@ -58,8 +59,10 @@ impl Gateway {
     /// thread with a single-threaded runtime and its own upstream pool, all
     /// sharing the port through `SO_REUSEPORT`: a request's TLS, token check
     /// and upstream call stay on one core, with no cross-thread wake-ups (the
-    /// way nginx's worker processes run). The admin listener and housekeeping
-    /// run on the caller's runtime.
+    /// way nginx's worker processes run). A worker serving more connections
+    /// than another hands its new ones over (`server::balance`), since the
+    /// kernel's hash can split a few long-lived connections very unevenly.
+    /// The admin listener and housekeeping run on the caller's runtime.
     pub async fn start(config: Config, opts: StartOptions) -> Result<Gateway, StartError> {
         let tls = server::tls::server_config(&config.tls)?;
         let public = bind_reuseport(config.public.listen, config.public.workers)?;
@@ -82,7 +85,8 @@ impl Gateway {
         let permits = Arc::new(Semaphore::new(state.config.public.max_connections));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut workers = Vec::with_capacity(public.len());
-        for (i, socket) in public.into_iter().enumerate() {
+        let (balancers, load) = server::Balancer::set(public.len());
+        for ((i, socket), balance) in public.into_iter().enumerate().zip(balancers) {
             let (done_tx, done_rx) = oneshot::channel();
             workers.push(done_rx);
             let (state, acceptor, rx, permits, ready) = (
@@ -95,7 +99,7 @@ impl Gateway {
             std::thread::Builder::new()
                 .name(format!("tokengate-worker-{i}"))
                 .spawn(move || {
-                    public_worker(socket, acceptor, state, permits, rx, ready);
+                    public_worker(socket, acceptor, state, permits, rx, ready, balance);
                     let _ = done_tx.send(());
                 })
                 .map_err(|e| StartError::Task(format!("cannot start a worker thread: {e}")))?;
@@ -124,7 +128,7 @@ impl Gateway {
             permits: Arc::new(Semaphore::new(state.config.public.max_connections)),
         });
         let tasks = vec![
-            tokio::spawn(server::serve(admin, acceptor, admin_ctx, rx.clone())),
+            tokio::spawn(server::serve(admin, acceptor, admin_ctx, rx.clone(), None)),
             tokio::spawn(housekeeping(state.clone(), rx)),
         ];
         tracing::info!(public = %public_addr, admin = %admin_addr, workers = expected, "tokengate listening");
@@ -135,7 +139,14 @@ impl Gateway {
             shutdown: tx,
             tasks,
             workers,
+            load,
         })
+    }
+
+    /// Open public connections on each worker, index = worker number (the
+    /// balancing in `server::balance` keeps them within one of each other).
+    pub fn connections_per_worker(&self) -> Vec<usize> {
+        self.load.per_worker()
     }
 
     /// Stops accepting, drains in-flight requests (bounded by
@@ -167,6 +178,7 @@ fn public_worker(
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
+    balance: server::Balancer,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -204,7 +216,7 @@ fn public_worker(
             permits,
         });
         let _ = ready.send(Ok(()));
-        server::serve(listener, acceptor, ctx, shutdown).await;
+        server::serve(listener, acceptor, ctx, shutdown, Some(balance)).await;
     });
 }
 

@@ -4,39 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{upstream, TestGateway};
-use rustls::pki_types::pem::PemObject;
 use tokengate::config::HumanDuration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A raw TLS connection to the gateway, for sending exactly the bytes a test wants.
-async fn tls_connect(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(gw.file.tls.cert.as_ref().unwrap())
-        .unwrap()
-    {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(tokengate::server::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(gw.gateway.as_ref().unwrap().public_addr)
-        .await
-        .unwrap();
-    connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .expect("TLS handshake")
-}
 
 /// Reads until the peer closes; returns what arrived. Panics if it stays open past `bound`.
 async fn read_until_closed<R: AsyncReadExt + Unpin>(r: &mut R, bound: Duration) -> Vec<u8> {
@@ -76,7 +49,7 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
 async fn a_slow_client_is_cut_off_by_the_header_read_timeout() {
     let up = upstream().await;
     let gw = TestGateway::start_with(up.addr, short_timeouts).await;
-    let mut tls = tls_connect(&gw).await;
+    let mut tls = gw.tls_connect(b"http/1.1").await;
     tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .await
         .unwrap();
@@ -92,7 +65,7 @@ async fn a_slow_client_is_cut_off_by_the_header_read_timeout() {
 async fn oversized_headers_are_refused() {
     let up = upstream().await;
     let gw = TestGateway::start(up.addr).await;
-    let mut tls = tls_connect(&gw).await;
+    let mut tls = gw.tls_connect(b"http/1.1").await;
     let big = "a".repeat(20_000);
     let req = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n");
     let _ = tls.write_all(req.as_bytes()).await;
@@ -109,8 +82,8 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         f.public.workers = 1;
     })
     .await;
-    let a = tls_connect(&gw).await;
-    let _b = tls_connect(&gw).await;
+    let a = gw.tls_connect(b"http/1.1").await;
+    let _b = gw.tls_connect(b"http/1.1").await;
     // The third is accepted by the kernel but not served while two are open.
     let third = tokio::spawn({
         let gw_addr = gw.gateway.as_ref().unwrap().public_addr;

@@ -2,6 +2,7 @@
 //! protocol chosen from ALPN (so no unbounded version sniffing), explicit
 //! limits, a connection cap, and graceful drain on shutdown.
 
+mod balance;
 mod coalesce;
 pub mod tls;
 
@@ -20,13 +21,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::Listener;
 use crate::proxy::Upstream;
 use crate::state::State;
+pub use balance::{Balancer, Load};
+use balance::{Handoff, Placed};
 
 /// HTTP/2 streams a client may reset before we ever answer them, per
 /// connection (the "rapid reset" family of attacks).
@@ -50,12 +53,15 @@ pub struct Listening {
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
-/// connections for at most `public.shutdown_grace`.
+/// connections for at most `public.shutdown_grace`. With a `balance`, this
+/// loop is one of several public workers: it also serves connections the
+/// others hand over, and hands over its own when it is the busier one.
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     ctx: Arc<Listening>,
     mut shutdown: watch::Receiver<bool>,
+    mut balance: Option<Balancer>,
 ) {
     let state = &ctx.state;
     let kind = ctx.kind;
@@ -65,31 +71,50 @@ pub async fn serve(
     loop {
         // Reap finished connections so the set stays the size of the live set.
         while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        let next = tokio::select! {
+            biased;
             _ = stopped(&mut shutdown) => break,
+            Some(h) = handed_over(&mut balance) => Next::HandedOver(h),
+            r = accept(&listener, &permits) => match r {
+                Some(r) => Next::Accepted(r),
+                None => break,
+            },
         };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
+        let (tcp, peer, permit, live) = match next {
+            Next::HandedOver(h) => match h.into_stream() {
+                Ok((tcp, peer, permit, live)) => (tcp, peer, permit, Some(live)),
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, listener = kind.name(), "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::warn!(error = %e, "cannot take over a connection from another worker");
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
+            Next::Accepted((Ok((tcp, peer)), permit)) => {
+                let _ = tcp.set_nodelay(true);
+                match &balance {
+                    None => (tcp, peer, permit, None),
+                    Some(b) => match b.place(tcp, peer, permit) {
+                        Placed::Here(tcp, permit, live) => (tcp, peer, permit, Some(live)),
+                        Placed::Gone => continue,
+                    },
+                }
+            }
+            Next::Accepted((Err(e), _)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, listener = kind.name(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
             connection(tcp, peer, acceptor, ctx, shutdown).await;
-            drop(permit);
+            drop((permit, live));
         });
     }
+    // Connections handed over but not yet taken close with the inbox.
+    drop(balance);
     drop(listener);
     // Every connection was told to finish (see `drive`); give them the grace period.
     let grace = state.config.public.shutdown_grace;
@@ -102,6 +127,38 @@ pub async fn serve(
             "shutdown grace ran out; closing the remaining connections"
         );
         conns.shutdown().await;
+    }
+}
+
+enum Next {
+    HandedOver(Handoff),
+    Accepted(
+        (
+            std::io::Result<(TcpStream, SocketAddr)>,
+            OwnedSemaphorePermit,
+        ),
+    ),
+}
+
+/// Waits for a connection-cap permit, then for a connection. `None` once the
+/// semaphore is closed. Cancel-safe: a permit taken without a connection is
+/// simply returned.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<(
+    std::io::Result<(TcpStream, SocketAddr)>,
+    OwnedSemaphorePermit,
+)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    Some((listener.accept().await, permit))
+}
+
+/// The next connection another worker handed over; never, without a balancer.
+async fn handed_over(balance: &mut Option<Balancer>) -> Option<Handoff> {
+    match balance {
+        Some(b) => b.next().await,
+        None => std::future::pending().await,
     }
 }
 

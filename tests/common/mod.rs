@@ -17,11 +17,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokengate::clock::Clock;
 use tokengate::config::FileConfig;
 use tokengate::{Gateway, StartOptions};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
@@ -418,6 +419,31 @@ pub async fn dead_address() -> SocketAddr {
 impl TestGateway {
     pub fn state(&self) -> &tokengate::State {
         &self.gateway.as_ref().expect("running").state
+    }
+
+    /// A raw TLS connection to the public listener offering one ALPN
+    /// protocol, for tests that need their own connections.
+    pub async fn tls_connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        let cert = self.file.tls.cert.as_ref().expect("test certificate");
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).expect("certificate file") {
+            roots.add(c.expect("certificate")).expect("root");
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(tokengate::server::tls::provider())
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(self.gateway.as_ref().expect("running").public_addr)
+            .await
+            .expect("connect");
+        connector
+            .connect("localhost".try_into().expect("server name"), tcp)
+            .await
+            .expect("TLS handshake")
     }
 }
 
