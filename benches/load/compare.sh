@@ -4,7 +4,7 @@
 # run. Every request carries `Authorization: Bearer <access token>`; only
 # tokengate checks it.
 #
-#   bash benches/load/compare.sh          # quick: 3 rounds x 3 s per run (< 3 min)
+#   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (< 3 min, fresh release build included)
 #   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 8 min, < 10 with a fresh build)
 #
 # Scenarios (each round runs every proxy once per scenario, interleaved):
@@ -20,7 +20,7 @@ set -euo pipefail
 
 MODE=${1:-quick}
 case "$MODE" in
-    quick) ROUNDS=3; DUR=3 ;;
+    quick) ROUNDS=3; DUR=2 ;;
     full) ROUNDS=5; DUR=8 ;;
     *) echo "usage: $0 [quick|full]" >&2; exit 2 ;;
 esac
