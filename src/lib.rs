@@ -182,6 +182,7 @@ fn public_worker(
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .event_interval(WORKER_EVENT_INTERVAL)
         .build()
     {
         Ok(r) => r,
@@ -219,6 +220,17 @@ fn public_worker(
         server::serve(listener, acceptor, ctx, shutdown, Some(balance)).await;
     });
 }
+
+/// Tasks a worker runs before it checks for new I/O events while tasks are
+/// still queued (tokio's default is 61). Each check is an `epoll_wait`, and
+/// newly ready tasks join the back of the queue either way, so checking
+/// less often only saves work: on HTTP/2, where every stream's upstream
+/// answer wakes a task, 256 measured 0.12 → 0.08 `epoll_wait`s and 1–3 %
+/// less CPU per request, +3 % req/s (interleaved A/B); HTTP/1.1 and new
+/// connections were unchanged. Timers are checked at the same point, so
+/// under full load they fire up to 256 task polls late (under a millisecond
+/// here, tokio's timer resolution).
+const WORKER_EVENT_INTERVAL: u32 = 256;
 
 /// Pending connections the kernel queues per public worker.
 const LISTEN_BACKLOG: u32 = 4096;
