@@ -12,7 +12,7 @@
 //! least-loaded one hands the new connection over, before the TLS handshake,
 //! through that worker's inbox. Counts then never differ by more than one
 //! (give or take a race between two accepts), and a connection that stays
-//! put, the common case, costs two atomic loads.
+//! put, the common case, costs one atomic load per worker and an increment.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
