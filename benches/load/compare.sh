@@ -4,7 +4,7 @@
 # run. Every request carries `Authorization: Bearer <access token>`; only
 # tokengate checks it.
 #
-#   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (< 3 min, fresh release build included)
+#   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (~1.25 min; a fresh release build adds ~1.5)
 #   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 8 min, < 10 with a fresh build)
 #
 # Scenarios (each round runs every proxy once per scenario, interleaved):
