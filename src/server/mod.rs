@@ -132,24 +132,19 @@ pub async fn serve(
 
 enum Next {
     HandedOver(Handoff),
-    Accepted(
-        (
-            std::io::Result<(TcpStream, SocketAddr)>,
-            OwnedSemaphorePermit,
-        ),
-    ),
+    Accepted(Accepted),
 }
+
+/// What `accept` yields: the accept result, and the permit taken for it.
+type Accepted = (
+    std::io::Result<(TcpStream, SocketAddr)>,
+    OwnedSemaphorePermit,
+);
 
 /// Waits for a connection-cap permit, then for a connection. `None` once the
 /// semaphore is closed. Cancel-safe: a permit taken without a connection is
 /// simply returned.
-async fn accept(
-    listener: &TcpListener,
-    permits: &Arc<Semaphore>,
-) -> Option<(
-    std::io::Result<(TcpStream, SocketAddr)>,
-    OwnedSemaphorePermit,
-)> {
+async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<Accepted> {
     let permit = permits.clone().acquire_owned().await.ok()?;
     Some((listener.accept().await, permit))
 }
