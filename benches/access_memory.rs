@@ -2,12 +2,18 @@
 //! live map, minus RSS before. Prints one line; no timing.
 //!
 //! Run: `cargo bench --bench access_memory`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    reason = "benchmark set-up: a panic is a failed run; results go to stdout"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokengate::store::RefreshLive;
-use tokengate::tokens::access::AccessTokens;
+use tokengate::AccessTokens;
+use tokengate::RefreshToken;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -22,7 +28,7 @@ fn rss_bytes() -> u64 {
 
 fn main() {
     const N: usize = 1_000_000;
-    let refresh = Arc::new(RefreshLive::detached(1, "memory", None));
+    let refresh = Arc::new(RefreshToken::detached(1, "memory", None));
     let tokens = AccessTokens::new().unwrap();
     let before = rss_bytes();
     let now = Instant::now();

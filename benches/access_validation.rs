@@ -4,17 +4,22 @@
 //! malformed tokens, at 1 thousand, 100 thousand and 1 million live tokens.
 //!
 //! Run: `cargo bench --bench access_validation`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark set-up: a panic is a failed run"
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use tokengate::store::RefreshLive;
-use tokengate::tokens::access::AccessTokens;
+use tokengate::AccessTokens;
+use tokengate::RefreshToken;
 
-fn refresh() -> Arc<RefreshLive> {
-    Arc::new(RefreshLive::detached(1, "bench", None))
+fn refresh() -> Arc<RefreshToken> {
+    Arc::new(RefreshToken::detached(1, "bench", None))
 }
 
 fn validation(c: &mut Criterion) {
@@ -36,7 +41,7 @@ fn validation(c: &mut Criterion) {
         // token was deleted. The dearest refusal: MAC check plus a lookup miss.
         let unknown = tokens
             .issue(
-                Arc::new(RefreshLive::detached(2, "deleted", None)),
+                Arc::new(RefreshToken::detached(2, "deleted", None)),
                 Duration::from_secs(900),
                 now,
             )

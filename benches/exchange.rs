@@ -2,16 +2,21 @@
 //! refresh token (format, HMAC, map), mint an access token and insert it.
 //!
 //! Run: `cargo bench --bench exchange`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark set-up: a panic is a failed run"
+)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokengate::clock::Clock;
-use tokengate::store::RefreshStore;
-use tokengate::tokens::access::AccessTokens;
-use tokengate::tokens::exchange::{parse_body, BodyKind, Exchanger};
-use tokengate::tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};
+use tokengate::AccessTokens;
+use tokengate::RefreshStore;
+use tokengate::{new_refresh_token, parse_refresh, RefreshHasher};
+use tokengate::{parse_body, BodyKind, Client, Exchanger, RefreshGrant};
 
 fn exchange(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -44,13 +49,17 @@ fn exchange(c: &mut Criterion) {
             let start = Instant::now();
             for _ in 0..iters {
                 let req = parse_body(BodyKind::Form, black_box(body.as_bytes())).unwrap();
-                let answer = ex
-                    .exchange(req, ip, Some("python-requests/2.31.0"))
-                    .unwrap();
-                black_box(answer);
+                let grant = RefreshGrant {
+                    refresh_token: req.refresh_token.as_deref().unwrap(),
+                };
+                let client = Client {
+                    ip,
+                    user_agent: Some("python-requests/2.31.0"),
+                };
+                black_box(ex.exchange(grant, client).unwrap());
             }
             start.elapsed()
-        })
+        });
     });
 }
 

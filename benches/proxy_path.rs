@@ -2,14 +2,19 @@
 //! bearer token, and rewriting the headers for the upstream.
 //!
 //! Run: `cargo bench --bench proxy_path`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark set-up: a panic is a failed run"
+)]
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use tokengate::http::public::{bearer_token, route};
-use tokengate::proxy::headers::rewrite_request;
+use tokengate::rewrite_request;
+use tokengate::{bearer_token, route};
 
 /// What python-requests sends to DPA's API, plus the bearer token.
 fn client_headers() -> HeaderMap {

@@ -11,35 +11,17 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::AuditDestination;
+
 /// Events queued for the writer before new ones are dropped (and counted):
 /// a stalled disk must never stall token exchanges.
 const QUEUE: usize = 65_536;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    Off,
-    Stdout,
-    Stderr,
-    File(PathBuf),
-}
-
-impl Destination {
-    pub fn parse(s: &str) -> Destination {
-        match s.trim() {
-            "" | "off" | "none" => Destination::Off,
-            "stdout" | "-" => Destination::Stdout,
-            "stderr" => Destination::Stderr,
-            path => Destination::File(PathBuf::from(path)),
-        }
-    }
-}
 
 #[derive(Debug, Serialize, Default)]
 pub struct Event<'a> {
@@ -84,12 +66,12 @@ impl Audit {
     }
 
     /// Opens the destination (a file is created 0600 and appended to) and starts the writer.
-    pub fn open(dest: &Destination) -> io::Result<Audit> {
+    pub fn open(dest: &AuditDestination) -> io::Result<Audit> {
         let out: Box<dyn Write + Send> = match dest {
-            Destination::Off => return Ok(Audit::off()),
-            Destination::Stdout => Box::new(io::stdout()),
-            Destination::Stderr => Box::new(io::stderr()),
-            Destination::File(p) => {
+            AuditDestination::Off => return Ok(Audit::off()),
+            AuditDestination::Stdout => Box::new(io::stdout()),
+            AuditDestination::Stderr => Box::new(io::stderr()),
+            AuditDestination::File(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
                 }
@@ -191,7 +173,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/audit.jsonl");
-        let audit = Audit::open(&Destination::File(path.clone())).unwrap();
+        let audit = Audit::open(&AuditDestination::File(path.clone())).unwrap();
         audit.record(&Event {
             event: "refresh_token.created",
             actor: Some("admin"),
@@ -209,15 +191,5 @@ mod tests {
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         assert!(v.get("reason").is_none());
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-    }
-
-    #[test]
-    fn destinations() {
-        assert_eq!(Destination::parse("off"), Destination::Off);
-        assert_eq!(Destination::parse("stdout"), Destination::Stdout);
-        assert_eq!(
-            Destination::parse("/var/log/a"),
-            Destination::File("/var/log/a".into())
-        );
     }
 }

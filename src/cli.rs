@@ -3,6 +3,11 @@
 //! Exit codes: 0 success; 1 the admin API could not be reached or failed;
 //! 2 bad command line or a request the API refused as invalid; 3 wrong or
 //! missing admin password (or too many failed attempts); 4 no such token.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the CLI's answers go to stdout and its messages to stderr"
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,11 +19,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::clock::rfc3339;
+use crate::admin::api::{
+    expiry_text, parse_expiry, ApiError, CreateToken, CreatedToken, DeleteTokens, DeletedTokens,
+    TokenInfo,
+};
+use crate::tls::{client_config, Trust};
 
 pub const EXIT_UNREACHABLE: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
@@ -87,57 +95,38 @@ impl Failure {
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 fn client(conn: &Connection) -> Result<HttpsClient, Failure> {
-    let provider = crate::server::tls::provider();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = if conn.insecure {
-        builder.with_tls_config(
-            crate::proxy::insecure_client_config(provider)
-                .map_err(|e| Failure::unreachable(e.to_string()))?,
-        )
+    let local = PathBuf::from(crate::config::DEFAULT_CERT_PATH);
+    let trust = if conn.insecure {
+        Trust::Insecure
+    } else if let Some(f) = &conn.ca_file {
+        Trust::CaFile(f)
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        let local = PathBuf::from(crate::config::DEFAULT_CERT_PATH);
-        let files: Vec<PathBuf> = match &conn.ca_file {
-            Some(f) => vec![f.clone()],
-            None => local.exists().then_some(local).into_iter().collect(),
-        };
-        for f in &files {
-            let certs = CertificateDer::pem_file_iter(f)
-                .map_err(|e| Failure(EXIT_INVALID, format!("--ca-file {}: {e}", f.display())))?;
-            for c in certs {
-                let c = c.map_err(|e| {
-                    Failure(EXIT_INVALID, format!("--ca-file {}: {e}", f.display()))
-                })?;
-                let _ = roots.add(c);
-            }
+        Trust::System {
+            also: local.exists().then_some(local.as_path()),
         }
-        if conn.ca_file.is_none() {
-            let native = rustls_native_certs_or_empty();
-            roots.add_parsable_certificates(native);
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Failure::unreachable(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        builder.with_tls_config(tls)
     };
-    let connector = builder.https_or_http().enable_http1().build();
+    let tls = client_config(trust, &[]).map_err(|e| match &conn.ca_file {
+        Some(_) => Failure(EXIT_INVALID, format!("--ca-file {e}")),
+        None => Failure::unreachable(format!(
+            "{e}\n  hint: pass --ca-file with the gateway's certificate (certs/tokengate.crt), or --insecure"
+        )),
+    })?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
-/// The system's trust store; certificates it cannot read are skipped.
-fn rustls_native_certs_or_empty() -> Vec<CertificateDer<'static>> {
-    let found = rustls_native_certs::load_native_certs();
-    found.certs
-}
-
+/// Calls the admin API; on a 2xx answer returns its body, otherwise the
+/// failure the status means.
 async fn call(
     conn: &Connection,
     method: &str,
     path: &str,
-    body: Option<Value>,
-) -> Result<(u16, Value), Failure> {
+    body: Option<Vec<u8>>,
+) -> Result<Bytes, Failure> {
     let password = conn
         .password
         .clone()
@@ -160,9 +149,7 @@ async fn call(
             "user-agent",
             concat!("tokengate-cli/", env!("CARGO_PKG_VERSION")),
         )
-        .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| Failure(EXIT_INVALID, format!("--url {url}: {e}")))?;
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
@@ -188,57 +175,48 @@ async fn call(
         .await
         .map_err(|e| Failure::unreachable(format!("reading the answer: {e}")))?
         .to_bytes();
-    let v: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    let describe = |fallback: &str| {
+        serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error_description)
+            .unwrap_or_else(|_| fallback.to_owned())
     };
     match status {
-        200..=299 => Ok((status, v)),
+        200..=299 => Ok(bytes),
         401 => Err(Failure(
             EXIT_AUTH,
             "the admin password was not accepted".into(),
         )),
         429 => Err(Failure(
             EXIT_AUTH,
-            describe(&v, "too many failed attempts; wait and retry"),
+            describe("too many failed attempts; wait and retry"),
         )),
-        404 => Err(Failure(EXIT_NOT_FOUND, describe(&v, "not found"))),
-        400 => Err(Failure(
-            EXIT_INVALID,
-            describe(&v, "the request was refused"),
-        )),
+        404 => Err(Failure(EXIT_NOT_FOUND, describe("not found"))),
+        400 => Err(Failure(EXIT_INVALID, describe("the request was refused"))),
         _ => Err(Failure::unreachable(format!(
             "the admin API answered {status}: {}",
-            describe(&v, "")
+            describe("")
         ))),
     }
 }
 
-fn describe(v: &Value, fallback: &str) -> String {
-    v["error_description"]
-        .as_str()
-        .unwrap_or(fallback)
-        .to_owned()
+/// Reads an answer into its API type.
+fn answer<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Failure::unreachable(format!(
+            "the admin API's answer is not what this CLI expects: {e}"
+        ))
+    })
 }
 
-/// `90d`, `12h` → now + that; dates and RFC 3339 times and `never` pass through.
-pub fn expires_arg(text: &str, now_unix: u64) -> Result<String, String> {
-    let t = text.trim();
-    if t.eq_ignore_ascii_case("never") {
-        return Ok("never".into());
-    }
-    if let Ok(d) = humantime::parse_duration(t) {
-        return Ok(rfc3339(now_unix.saturating_add(d.as_secs())));
-    }
-    if crate::clock::parse_rfc3339(t).is_some()
-        || crate::clock::parse_rfc3339(&format!("{t}T00:00:00Z")).is_some()
-    {
-        return Ok(t.to_owned());
-    }
-    Err(format!(
-        "--expires {t:?}: use a lifetime like 90d, a date like 2027-05-01, an RFC 3339 time, or never"
-    ))
+fn request_body<T: Serialize>(body: &T) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(body).map_err(|e| Failure(EXIT_INVALID, e.to_string()))
+}
+
+/// `--expires` as the user wrote it, in the API's canonical form.
+fn expires_arg(text: &str, now_unix: u64) -> Result<String, String> {
+    parse_expiry(text, now_unix)
+        .map(expiry_text)
+        .map_err(|e| format!("--expires: {e}"))
 }
 
 pub fn run(conn: Connection, cmd: TokenCommand) -> ExitCode {
@@ -264,58 +242,52 @@ pub fn run(conn: Connection, cmd: TokenCommand) -> ExitCode {
 async fn execute(conn: &Connection, cmd: TokenCommand) -> Result<(), Failure> {
     match cmd {
         TokenCommand::Create { name, expires } => {
-            let mut body = json!({ "name": name });
-            if let Some(e) = expires {
-                let now = crate::clock::Clock::new().unix();
-                body["expires"] =
-                    Value::String(expires_arg(&e, now).map_err(|m| Failure(EXIT_INVALID, m))?);
-            }
-            let (_, v) = call(conn, "POST", "/api/refresh-tokens", Some(body)).await?;
+            let now = crate::clock::Clock::new().unix();
+            let expires = expires
+                .map(|e| expires_arg(&e, now))
+                .transpose()
+                .map_err(|m| Failure(EXIT_INVALID, m))?;
+            let body = request_body(&CreateToken { name, expires })?;
+            let bytes = call(conn, "POST", "/api/refresh-tokens", Some(body)).await?;
+            let created: CreatedToken = answer(&bytes)?;
             if conn.json {
-                println!("{v}");
+                println!("{}", String::from_utf8_lossy(&bytes));
             } else {
-                let expiry = v["expires_at"]
-                    .as_str()
+                let expiry = created
+                    .expires_at
                     .map(|e| format!("expires {e}"))
                     .unwrap_or("never expires".into());
-                eprintln!("Created refresh token {} \"{}\" ({expiry}). Copy it now: it cannot be shown again.", v["id"], v["name"].as_str().unwrap_or(""));
-                println!("{}", v["token"].as_str().unwrap_or(""));
+                eprintln!(
+                    "Created refresh token {} \"{}\" ({expiry}). Copy it now: it cannot be shown again.",
+                    created.id, created.name
+                );
+                println!("{}", created.token);
             }
         }
         TokenCommand::List => {
-            let (_, v) = call(conn, "GET", "/api/refresh-tokens", None).await?;
+            let bytes = call(conn, "GET", "/api/refresh-tokens", None).await?;
+            let tokens: Vec<TokenInfo> = answer(&bytes)?;
             if conn.json {
-                println!("{v}");
+                println!("{}", String::from_utf8_lossy(&bytes));
             } else {
-                print!("{}", table(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+                print!("{}", table(&tokens));
             }
         }
         TokenCommand::Delete { ids } => {
-            let (_, v) = call(
-                conn,
-                "POST",
-                "/api/refresh-tokens/delete",
-                Some(json!({ "ids": ids })),
-            )
-            .await?;
+            let body = request_body(&DeleteTokens {
+                ids: ids.into_iter().map(serde_json::Value::from).collect(),
+            })?;
+            let bytes = call(conn, "POST", "/api/refresh-tokens/delete", Some(body)).await?;
+            let done: DeletedTokens = answer(&bytes)?;
             if conn.json {
-                println!("{v}");
+                println!("{}", String::from_utf8_lossy(&bytes));
             } else {
-                for d in v["deleted"].as_array().into_iter().flatten() {
-                    println!(
-                        "deleted {} \"{}\"",
-                        d["id"],
-                        d["name"].as_str().unwrap_or("")
-                    );
+                for d in &done.deleted {
+                    println!("deleted {} \"{}\"", d.id, d.name);
                 }
             }
-            let missing: Vec<String> = v["not_found"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|i| i.to_string())
-                .collect();
-            if !missing.is_empty() {
+            if !done.not_found.is_empty() {
+                let missing: Vec<String> = done.not_found.iter().map(u64::to_string).collect();
                 return Err(Failure(
                     EXIT_NOT_FOUND,
                     format!("no refresh token with id {}", missing.join(", ")),
@@ -327,7 +299,7 @@ async fn execute(conn: &Connection, cmd: TokenCommand) -> Result<(), Failure> {
 }
 
 /// A plain-text table of tokens for people.
-pub fn table(rows: &[Value]) -> String {
+fn table(rows: &[TokenInfo]) -> String {
     if rows.is_empty() {
         return "No refresh tokens. Create one with: tokengate token create --name NAME\n".into();
     }
@@ -341,19 +313,19 @@ pub fn table(rows: &[Value]) -> String {
         "USES",
         "LAST CLIENT",
     ];
-    let s = |v: &Value| v.as_str().map(str::to_owned);
+    let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
     let body: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             [
-                r["id"].to_string(),
-                s(&r["name"]).unwrap_or_default(),
-                s(&r["status"]).unwrap_or_default(),
-                s(&r["created_at"]).unwrap_or_default(),
-                s(&r["expires_at"]).unwrap_or_else(|| "never".into()),
-                s(&r["last_used_at"]).unwrap_or_else(|| "never".into()),
-                r["use_count"].to_string(),
-                s(&r["last_client_ip"]).unwrap_or_else(|| "-".into()),
+                r.id.to_string(),
+                r.name.clone(),
+                r.status.clone(),
+                r.created_at.clone(),
+                or(&r.expires_at, "never"),
+                or(&r.last_used_at, "never"),
+                r.use_count.to_string(),
+                or(&r.last_client_ip, "-"),
             ]
         })
         .collect();
@@ -384,26 +356,38 @@ pub fn table(rows: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::rfc3339;
 
     #[test]
     fn expires_forms() {
         let now = 1_800_000_000;
         assert_eq!(expires_arg("never", now).unwrap(), "never");
         assert_eq!(expires_arg("90d", now).unwrap(), rfc3339(now + 90 * 86_400));
-        assert_eq!(expires_arg("2027-05-01", now).unwrap(), "2027-05-01");
+        assert_eq!(
+            expires_arg("2027-05-01", now).unwrap(),
+            "2027-05-01T00:00:00Z"
+        );
         assert_eq!(
             expires_arg("2027-05-01T00:00:00Z", now).unwrap(),
             "2027-05-01T00:00:00Z"
         );
         assert!(expires_arg("someday", now).is_err());
+        assert!(expires_arg("2020-01-01", now).is_err());
     }
 
     #[test]
     fn table_aligns_columns() {
-        let rows = vec![
-            json!({"id": 1, "name": "a", "status": "active", "created_at": "2026-01-01T00:00:00Z",
-            "expires_at": null, "last_used_at": null, "use_count": 0, "last_client_ip": null}),
-        ];
+        let rows = vec![TokenInfo {
+            id: 1,
+            name: "a".into(),
+            status: "active".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+            last_used_at: None,
+            use_count: 0,
+            last_client_ip: None,
+            last_user_agent: None,
+        }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ID  NAME  STATUS"));

@@ -2,10 +2,16 @@
 //! configured. A temporary data directory and self-signed certificate, a
 //! built-in sample upstream answering DPA-like JSON, a ready refresh token,
 //! and a banner with copy-paste commands. Everything is removed at exit.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the banner with copy-paste commands goes to stdout, failures to stderr"
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -15,15 +21,77 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{AuditDestination, Config};
+use crate::gateway::{Gateway, StartOptions};
+
+/// Runs the gateway in dev mode until `stop` resolves, then stops it and
+/// removes everything it made.
+pub async fn run(
+    mut config: Config,
+    password: Option<String>,
+    stop: impl std::future::Future<Output = ()>,
+) -> ExitCode {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("tokengate: dev mode: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    let dir = match DevDir::create() {
+        Ok(d) => d,
+        Err(e) => return fail("cannot create a temporary directory", &e),
+    };
+    let upstream = match sample_upstream().await {
+        Ok(a) => a,
+        Err(e) => return fail("cannot start the sample upstream", &e),
+    };
+    adapt(&mut config, &dir.0, upstream);
+    let password = match password
+        .map(Ok)
+        .unwrap_or_else(crate::secrets::generate_password)
+    {
+        Ok(p) => p,
+        Err(e) => return fail("cannot generate a password", &e),
+    };
+    let cert = config.tls.cert.clone();
+    let opts = StartOptions {
+        admin_password: Some(password.clone()),
+        ..StartOptions::default()
+    };
+    let gateway = match Gateway::start(config, opts).await {
+        Ok(g) => g,
+        Err(e) => return fail("cannot start", &e),
+    };
+    let state = &gateway.state;
+    let now = state.clock.unix();
+    let expires = Some(now + state.config.tokens.refresh_ttl.as_secs());
+    let refresh = match state.create_refresh_token("dev", now, expires).await {
+        Ok((_, token)) => token,
+        Err(e) => return fail("cannot create the sample refresh token", &e),
+    };
+    println!(
+        "{}",
+        banner(
+            gateway.public_addr,
+            gateway.admin_addr,
+            &cert,
+            &password,
+            &refresh,
+            &dir.0
+        )
+    );
+    stop.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+    drop(dir);
+    ExitCode::SUCCESS
+}
 
 /// A private temporary directory, removed when dropped.
-pub struct DevDir(pub PathBuf);
+struct DevDir(PathBuf);
 
 impl DevDir {
-    pub fn create() -> std::io::Result<DevDir> {
+    fn create() -> std::io::Result<DevDir> {
         let mut suffix = [0u8; 6];
-        crate::tokens::format::random_bytes(&mut suffix)
+        crate::secrets::random_bytes(&mut suffix)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("tokengate-dev-{hex}"));
@@ -41,8 +109,8 @@ impl Drop for DevDir {
 /// Points the configuration at the dev directory and the sample upstream.
 /// Listeners on the default wildcard address are narrowed to loopback: a dev
 /// gateway has a printed password and a ready token, and is nobody else's.
-pub fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
-    config.storage_path = dir.join("data/tokengate.redb");
+fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
+    config.storage.path = dir.join("data/tokengate.redb");
     config.tls = crate::config::TlsConfig {
         cert: dir.join("certs/tokengate.crt"),
         key: dir.join("certs/tokengate.key"),
@@ -54,9 +122,9 @@ pub fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
             .listen
             .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    if config.audit == crate::audit::Destination::Stdout {
+    if config.audit == AuditDestination::Stdout {
         // Keep stdout for the banner.
-        config.audit = crate::audit::Destination::Stderr;
+        config.audit = AuditDestination::Stderr;
     }
     config.upstream.url = format!("http://{upstream}")
         .parse()
@@ -66,7 +134,7 @@ pub fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
 }
 
 /// Starts the sample upstream on an ephemeral loopback port.
-pub async fn sample_upstream() -> std::io::Result<SocketAddr> {
+async fn sample_upstream() -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -126,7 +194,7 @@ fn q(p: &Path) -> String {
 }
 
 /// The banner: where everything is, and commands to paste as they are.
-pub fn banner(
+fn banner(
     public: SocketAddr,
     admin: SocketAddr,
     cert: &Path,

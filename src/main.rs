@@ -1,5 +1,10 @@
 //! The `tokengate` binary: parse the command line, set up logging, load the
 //! configuration, start the gateway, and stop it cleanly on SIGINT/SIGTERM.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line program: results to stdout, failures to stderr"
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,7 +84,7 @@ fn main() -> ExitCode {
                 eprintln!("tokengate: type the password on standard input");
                 return ExitCode::from(2);
             }
-            match tokengate::secrets::hash_password(line.trim_end_matches(['\r', '\n'])) {
+            match tokengate::hash_password(line.trim_end_matches(['\r', '\n'])) {
                 Ok(h) => {
                     println!("{h}");
                     ExitCode::SUCCESS
@@ -115,7 +120,7 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
         .ok()
         .filter(|p| !p.is_empty());
     if dev {
-        runtime.block_on(serve_dev(config, password))
+        runtime.block_on(tokengate::serve_dev(config, password, wait_for_signal()))
     } else {
         runtime.block_on(async move {
             let opts = StartOptions {
@@ -135,65 +140,6 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
             ExitCode::SUCCESS
         })
     }
-}
-
-async fn serve_dev(mut config: Config, password: Option<String>) -> ExitCode {
-    use tokengate::dev;
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        eprintln!("tokengate: dev mode: {what}: {e}");
-        ExitCode::FAILURE
-    };
-    let dir = match dev::DevDir::create() {
-        Ok(d) => d,
-        Err(e) => return fail("cannot create a temporary directory", &e),
-    };
-    let upstream = match dev::sample_upstream().await {
-        Ok(a) => a,
-        Err(e) => return fail("cannot start the sample upstream", &e),
-    };
-    dev::adapt(&mut config, &dir.0, upstream);
-    let password = match password
-        .map(Ok)
-        .unwrap_or_else(tokengate::secrets::generate_password)
-    {
-        Ok(p) => p,
-        Err(e) => return fail("cannot generate a password", &e),
-    };
-    let cert = config.tls.cert.clone();
-    let opts = StartOptions {
-        admin_password: Some(password.clone()),
-        ..StartOptions::default()
-    };
-    let gateway = match Gateway::start(config, opts).await {
-        Ok(g) => g,
-        Err(e) => return fail("cannot start", &e),
-    };
-    let now = gateway.state.clock.unix();
-    let expires = Some(now + gateway.state.config.refresh_ttl.as_secs());
-    let refresh = match gateway
-        .state
-        .create_refresh_token("dev", now, expires)
-        .await
-    {
-        Ok((_, token)) => token,
-        Err(e) => return fail("cannot create the sample refresh token", &e),
-    };
-    println!(
-        "{}",
-        dev::banner(
-            gateway.public_addr,
-            gateway.admin_addr,
-            &cert,
-            &password,
-            &refresh,
-            &dir.0
-        )
-    );
-    wait_for_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    gateway.shutdown().await;
-    drop(dir);
-    ExitCode::SUCCESS
 }
 
 async fn wait_for_signal() {

@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
 
-use crate::tokens::format::random_bytes;
-
-pub const SECRET_FILE: &str = "secret.key";
-pub const ADMIN_HASH_FILE: &str = "admin.hash";
+pub(crate) const SECRET_FILE: &str = "secret.key";
+pub(crate) const ADMIN_HASH_FILE: &str = "admin.hash";
 const SECRET_LEN: usize = 32;
+
+/// Fills `buf` from the operating system's CSPRNG.
+///
+/// A failing OS RNG leaves no safe way to mint secrets; it is reported, never papered over.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    getrandom::fill(buf)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -38,7 +43,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
 }
 
 /// Creates `dir` (and parents) as 0700 if missing. An existing directory is left as it is.
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -46,13 +51,13 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Makes an existing file readable by its owner only.
-pub fn restrict_file(path: &Path) -> io::Result<()> {
+pub(crate) fn restrict_file(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
 }
 
 /// Writes a new file with mode 0600 from the first byte; fails if it exists,
 /// so two processes can never both think they created it.
-pub fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -63,7 +68,7 @@ pub fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 }
 
 /// Loads the server secret, creating it on first start.
-pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretError> {
+pub(crate) fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretError> {
     let path = data_dir.join(SECRET_FILE);
     match fs::File::open(&path) {
         Ok(mut f) => {
@@ -102,7 +107,7 @@ pub fn hash_password(password: &str) -> Result<String, SecretError> {
 }
 
 /// A new random admin password: 24 base62 characters (≈143 bits).
-pub fn generate_password() -> Result<String, SecretError> {
+pub(crate) fn generate_password() -> Result<String, SecretError> {
     const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut out = String::with_capacity(24);
     let mut pool = [0u8; 64];
@@ -118,7 +123,7 @@ pub fn generate_password() -> Result<String, SecretError> {
 }
 
 /// Where the admin password comes from, decided once at start.
-pub enum AdminPasswordSource {
+pub(crate) enum AdminPasswordSource {
     /// `TOKENGATE_ADMIN_PASSWORD`: kept in memory only.
     Environment(String),
     /// `admin.password_hash` in the configuration file.
@@ -136,7 +141,11 @@ pub enum AdminCredential {
 /// Resolves the admin credential. On a first start with nothing configured, a
 /// password is generated, printed once (to stderr, not to the log), and only
 /// its hash is kept.
-pub fn resolve_admin(
+#[allow(
+    clippy::print_stderr,
+    reason = "a generated password is shown once, on stderr, never in the log"
+)]
+pub(crate) fn resolve_admin(
     source: AdminPasswordSource,
     data_dir: &Path,
 ) -> Result<AdminCredential, SecretError> {

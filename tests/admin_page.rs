@@ -1,6 +1,12 @@
 //! The admin page's server side: the embedded page, login sessions (cookie
 //! flags, CSRF, logout), the failed-login slow-down, usage tracking and the
 //! audit log.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 

@@ -1,6 +1,12 @@
 //! The `tokengate` binary: configuration from file and environment (names the
 //! bad key), first-start generation of certificate, secret and admin password,
 //! and a clean exit on SIGTERM.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 
@@ -172,8 +178,8 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     assert_eq!(password.len(), 24);
     let hash = std::fs::read_to_string(dir.path().join("data/admin.hash")).unwrap();
     assert!(!hash.contains(&password), "only a hash is kept");
-    let auth = tokengate::admin::auth::AdminAuth::new(
-        tokengate::secrets::AdminCredential::Hash(hash.trim().to_owned()),
+    let auth = tokengate::AdminAuth::new(
+        tokengate::AdminCredential::Hash(hash.trim().to_owned()),
         b"k",
         Duration::from_secs(60),
     );

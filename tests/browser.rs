@@ -4,6 +4,12 @@
 //! page, use it, delete it through the page, and see it refused.
 //!
 //! Screenshots land in `target/test-artifacts/`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 

@@ -1,5 +1,11 @@
 //! `tokengate token …` against a running gateway: create, list, delete, the
 //! JSON output, and the documented exit codes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 

@@ -1,6 +1,12 @@
 //! The public listener's explicit limits: TLS handshake timeout, header read
 //! timeout (slow clients), maximum header size, and the connection cap.
 //! Waits here are upper bounds for something to happen, never measurements.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 

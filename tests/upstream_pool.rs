@@ -1,6 +1,12 @@
 //! The upstream keep-alive pool, seen from a test upstream that numbers its
 //! connections: reuse, streaming large bodies, an upstream that closes idle
 //! or `Connection: close` connections, and idle connections aging out.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 
@@ -42,7 +48,9 @@ impl Body for Chunked {
             return Poll::Ready(None);
         }
         let start = self.sent * CHUNK;
-        let data: Vec<u8> = (start..start + CHUNK).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (start..start + CHUNK)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         self.sent += 1;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
     }
@@ -56,7 +64,7 @@ fn assert_whole_chunked_body(r: &common::Resp) {
         .body
         .iter()
         .enumerate()
-        .all(|(i, &b)| b == (i % 251) as u8);
+        .all(|(i, &b)| b == u8::try_from(i % 251).unwrap());
     assert!(in_order, "the body arrived out of order or changed");
 }
 

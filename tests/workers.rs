@@ -2,6 +2,12 @@
 //! kernel's hash picks, connections end up spread evenly across the workers,
 //! and a connection handed from one worker to another serves HTTP/1.1 and
 //! HTTP/2 like any other.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 

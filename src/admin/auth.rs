@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::secrets::AdminCredential;
 
-pub const ADMIN_USER: &str = "admin";
+pub(crate) const ADMIN_USER: &str = "admin";
 /// Concurrent argon2 verifications.
 const ARGON_SLOTS: usize = 2;
 
@@ -105,7 +105,7 @@ fn verify_argon2(phc: &str, password: &str) -> bool {
 }
 
 /// `Basic base64(user:password)` → (user, password). Scheme in any case.
-pub fn parse_basic(value: &[u8]) -> Option<(String, String)> {
+pub(crate) fn parse_basic(value: &[u8]) -> Option<(String, String)> {
     let v = value.trim_ascii();
     let space = v.iter().position(|&b| b == b' ')?;
     let (scheme, rest) = v.split_at(space);

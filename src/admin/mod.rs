@@ -12,21 +12,38 @@
 //! | DELETE | /api/refresh-tokens/{id} | 204, or 404 for an unknown id |
 //! | POST | /api/refresh-tokens/delete | 200 `{"deleted": [...], "not_found": [...]}` |
 
-pub mod auth;
-pub mod session;
+//!
+//! - `api`: the request and answer types (shared with the CLI and the tests).
+//! - `auth`, `session`: HTTP Basic, page sessions with CSRF tokens, the
+//!   failed-login throttle.
+//! - `tokens`: the refresh-token handlers. `ui`: the page's embedded files.
+
+pub mod api;
+pub(crate) mod auth;
+mod session;
 mod tokens;
 mod ui;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::audit::Event;
-use crate::http::{error, json, method_not_allowed, no_store, Body};
+use crate::http::{
+    empty, error, json, media_type, method_not_allowed, no_store, read_body, strip_body_for_head,
+    Reply,
+};
+use crate::server::Handler;
 use crate::state::State;
+use api::{Login, SessionInfo};
+use auth::AdminAuth;
 
 /// Admin request bodies are small JSON documents.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -43,65 +60,99 @@ enum Principal {
     },
 }
 
-pub async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    if method == Method::GET || method == Method::HEAD {
-        if let Some(r) = ui::asset(&path) {
-            return r;
-        }
-    }
-    match path.as_str() {
-        "/healthz" => return json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/api/login" if method == Method::POST => return login(state, peer, req).await,
-        "/api/login" => return method_not_allowed("POST"),
-        _ => {}
-    }
-    let principal = match authenticate(state, peer, &req).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    if let Principal::Session { csrf } = &principal {
-        let safe = method == Method::GET || method == Method::HEAD;
-        let presented = req
-            .headers()
-            .get(session::CSRF_HEADER)
-            .map(|v| v.as_bytes());
-        if !safe && !session::csrf_matches(csrf, presented) {
-            return error(
-                StatusCode::FORBIDDEN,
-                "csrf",
-                "the request lacks the page's X-CSRF-Token; reload the page and try again",
-            );
-        }
-    }
-    match (path.as_str(), path.strip_prefix("/api/refresh-tokens/")) {
-        ("/api/session", _) => match method {
-            Method::GET => session_info(state, &principal),
-            _ => method_not_allowed("GET"),
-        },
-        ("/api/logout", _) => match method {
-            Method::POST => logout(state, peer, &req),
-            _ => method_not_allowed("POST"),
-        },
-        ("/api/refresh-tokens", _) => match method {
-            Method::GET => tokens::list(state),
-            Method::POST => tokens::create(state, peer, req).await,
-            _ => method_not_allowed("GET, POST"),
-        },
-        (_, Some("delete")) => match method {
-            Method::POST => tokens::delete_many(state, peer, req).await,
-            _ => method_not_allowed("POST"),
-        },
-        (_, Some(id)) => match method {
-            Method::DELETE => tokens::delete_one(state, peer, id).await,
-            _ => method_not_allowed("DELETE"),
-        },
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+/// The admin listener's handler: the shared state, and the administrator's
+/// credential, sessions and login throttle (which only this listener uses).
+pub(crate) struct AdminHandler {
+    pub(crate) state: Arc<State>,
+    pub(crate) auth: Arc<AdminAuth>,
+}
+
+impl Handler for AdminHandler {
+    type Body = Full<Bytes>;
+
+    fn handle(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send {
+        // Boxed: the admin handlers' state is several KiB and admin requests
+        // are rare; a small future keeps each connection task small.
+        Box::pin(async move {
+            let head = req.method() == Method::HEAD;
+            let mut r = self.dispatch(peer, req).await;
+            if head {
+                strip_body_for_head(&mut r);
+            }
+            r
+        })
     }
 }
 
-fn unauthorized(req: &Request<Incoming>, text: &str) -> Response<Body> {
+impl AdminHandler {
+    fn body_read_timeout(&self) -> Duration {
+        self.state.config.admin.limits.body_read_timeout
+    }
+
+    async fn dispatch(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        if method == Method::GET || method == Method::HEAD {
+            if let Some(r) = ui::asset(&path) {
+                return r;
+            }
+        }
+        match path.as_str() {
+            "/healthz" => return json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            "/api/login" if method == Method::POST => return self.login(peer, req).await,
+            "/api/login" => return method_not_allowed("POST"),
+            _ => {}
+        }
+        let principal = match self.authenticate(peer, &req).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        if let Principal::Session { csrf } = &principal {
+            let safe = method == Method::GET || method == Method::HEAD;
+            let presented = req
+                .headers()
+                .get(session::CSRF_HEADER)
+                .map(|v| v.as_bytes());
+            if !safe && !session::csrf_matches(csrf, presented) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "the request lacks the page's X-CSRF-Token; reload the page and try again",
+                );
+            }
+        }
+        match (path.as_str(), path.strip_prefix("/api/refresh-tokens/")) {
+            ("/api/session", _) => match method {
+                Method::GET => self.session_info(&principal),
+                _ => method_not_allowed("GET"),
+            },
+            ("/api/logout", _) => match method {
+                Method::POST => self.logout(peer, &req),
+                _ => method_not_allowed("POST"),
+            },
+            ("/api/refresh-tokens", _) => match method {
+                Method::GET => self.list(),
+                Method::POST => self.create(peer, req).await,
+                _ => method_not_allowed("GET, POST"),
+            },
+            (_, Some("delete")) => match method {
+                Method::POST => self.delete_many(peer, req).await,
+                _ => method_not_allowed("POST"),
+            },
+            (_, Some(id)) => match method {
+                Method::DELETE => self.delete_one(peer, id).await,
+                _ => method_not_allowed("DELETE"),
+            },
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+}
+
+fn unauthorized(req: &Request<Incoming>, text: &str) -> Reply {
     let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", text);
     if !req.headers().contains_key(UI_HEADER) {
         r.headers_mut().insert(
@@ -112,7 +163,7 @@ fn unauthorized(req: &Request<Incoming>, text: &str) -> Response<Body> {
     r
 }
 
-fn too_many(wait: std::time::Duration) -> Response<Body> {
+fn too_many(wait: Duration) -> Reply {
     let secs = wait.as_secs().max(1);
     let mut r = error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -123,151 +174,146 @@ fn too_many(wait: std::time::Duration) -> Response<Body> {
     r
 }
 
-fn audit_login(state: &State, peer: SocketAddr, ok: bool, how: &str) {
-    state.audit.record(&Event {
-        event: if ok {
-            "admin.login"
-        } else {
-            "admin.login_failed"
-        },
-        actor: Some("admin"),
-        client_ip: Some(peer.ip().to_canonical()),
-        reason: Some(how),
-        ..Default::default()
-    });
+fn bad(text: impl AsRef<str>) -> Reply {
+    error(StatusCode::BAD_REQUEST, "invalid_request", text.as_ref())
 }
 
-/// A live page session, else HTTP Basic (throttled per IP).
-async fn authenticate(
-    state: &State,
-    peer: SocketAddr,
-    req: &Request<Incoming>,
-) -> Result<Principal, Response<Body>> {
-    let now = state.clock.now();
-    if let Some(cookie) = session::cookie_value(req.headers()) {
-        if let Some(csrf) = state.admin.sessions.lookup(&cookie, now) {
-            return Ok(Principal::Session { csrf });
+/// Reads a JSON body (absent or `application/json` content type), at most
+/// `ADMIN_BODY_LIMIT` bytes within `timeout`.
+async fn json_body(req: Request<Incoming>, timeout: Duration) -> Result<Value, Reply> {
+    if media_type(req.headers()).is_some_and(|t| !t.is("application/json")) {
+        return Err(bad("Content-Type must be application/json"));
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, ADMIN_BODY_LIMIT, timeout)
+        .await
+        .map_err(|e| bad(e.description()))?;
+    serde_json::from_slice(&body).map_err(|e| bad(format!("body is not valid JSON: {e}")))
+}
+
+impl AdminHandler {
+    fn audit_login(&self, peer: SocketAddr, ok: bool, how: &str) {
+        self.state.audit.record(&Event {
+            event: if ok {
+                "admin.login"
+            } else {
+                "admin.login_failed"
+            },
+            actor: Some("admin"),
+            client_ip: Some(peer.ip().to_canonical()),
+            reason: Some(how),
+            ..Default::default()
+        });
+    }
+
+    /// A live page session, else HTTP Basic (throttled per IP).
+    async fn authenticate(
+        &self,
+        peer: SocketAddr,
+        req: &Request<Incoming>,
+    ) -> Result<Principal, Reply> {
+        let auth = &self.auth;
+        let now = self.state.clock.now();
+        if let Some(cookie) = session::cookie_value(req.headers()) {
+            if let Some(csrf) = auth.sessions.lookup(&cookie, now) {
+                return Ok(Principal::Session { csrf });
+            }
+        }
+        let Some(header) = req.headers().get(AUTHORIZATION) else {
+            return Err(unauthorized(
+                req,
+                "log in as user admin with the admin password (HTTP Basic or the page's login)",
+            ));
+        };
+        let ip = peer.ip().to_canonical();
+        if let Err(wait) = auth.throttle.check(ip, now) {
+            return Err(too_many(wait));
+        }
+        if auth.check(Some(header.as_bytes())).await {
+            auth.throttle.succeeded(ip);
+            Ok(Principal::Basic)
+        } else {
+            auth.throttle.failed(ip, now);
+            tracing::info!(%peer, "admin authentication failed");
+            self.audit_login(peer, false, "http basic");
+            Err(unauthorized(req, "wrong user name or password"))
         }
     }
-    let Some(header) = req.headers().get(AUTHORIZATION) else {
-        return Err(unauthorized(
-            req,
-            "log in as user admin with the admin password (HTTP Basic or the page's login)",
-        ));
-    };
-    let ip = peer.ip().to_canonical();
-    if let Err(wait) = state.admin.throttle.check(ip, now) {
-        return Err(too_many(wait));
-    }
-    if state.admin.check(Some(header.as_bytes())).await {
-        state.admin.throttle.succeeded(ip);
-        Ok(Principal::Basic)
-    } else {
-        state.admin.throttle.failed(ip, now);
-        tracing::info!(%peer, "admin authentication failed");
-        audit_login(state, peer, false, "http basic");
-        Err(unauthorized(req, "wrong user name or password"))
-    }
-}
 
-#[derive(Deserialize)]
-struct LoginForm {
-    #[serde(default = "admin_user")]
-    username: String,
-    password: String,
-}
-
-fn admin_user() -> String {
-    auth::ADMIN_USER.to_owned()
-}
-
-#[derive(Serialize)]
-struct SessionInfo {
-    user: &'static str,
-    /// Present for page sessions: send it as `X-CSRF-Token` on changes.
-    csrf: Option<String>,
-    default_refresh_ttl_days: u64,
-    session_ttl_seconds: u64,
-}
-
-fn session_info(state: &State, p: &Principal) -> Response<Body> {
-    no_store(json(
-        StatusCode::OK,
-        &SessionInfo {
-            user: auth::ADMIN_USER,
-            csrf: match p {
-                Principal::Session { csrf } => Some(csrf.clone()),
-                Principal::Basic => None,
+    fn session_info(&self, p: &Principal) -> Reply {
+        no_store(json(
+            StatusCode::OK,
+            &SessionInfo {
+                user: auth::ADMIN_USER.into(),
+                csrf: match p {
+                    Principal::Session { csrf } => Some(csrf.clone()),
+                    Principal::Basic => None,
+                },
+                default_refresh_ttl_days: self.state.config.tokens.refresh_ttl.as_secs() / 86_400,
+                session_ttl_seconds: self.auth.sessions.ttl().as_secs(),
             },
-            default_refresh_ttl_days: state.config.refresh_ttl.as_secs() / 86_400,
-            session_ttl_seconds: state.admin.sessions.ttl().as_secs(),
-        },
-    ))
-}
+        ))
+    }
 
-async fn login(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let now = state.clock.now();
-    let ip = peer.ip().to_canonical();
-    if let Err(wait) = state.admin.throttle.check(ip, now) {
-        return too_many(wait);
-    }
-    let body = match tokens::json_body(req, state).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let Ok(form) = serde_json::from_value::<LoginForm>(body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "send {\"username\": \"admin\", \"password\": \"…\"}",
-        );
-    };
-    if !state.admin.verify(&form.username, form.password).await {
-        state.admin.throttle.failed(ip, now);
-        tracing::info!(%peer, "admin login failed");
-        audit_login(state, peer, false, "page");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong user name or password",
-        );
-    }
-    state.admin.throttle.succeeded(ip);
-    let (cookie, csrf) = match state.admin.sessions.create(now) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!(error = %e, "random generator failed");
+    async fn login(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+        let auth = &self.auth;
+        let now = self.state.clock.now();
+        let ip = peer.ip().to_canonical();
+        if let Err(wait) = auth.throttle.check(ip, now) {
+            return too_many(wait);
+        }
+        let body = match json_body(req, self.body_read_timeout()).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Ok(form) = serde_json::from_value::<Login>(body) else {
+            return bad("send {\"username\": \"admin\", \"password\": \"…\"}");
+        };
+        if !auth.verify(&form.username, form.password).await {
+            auth.throttle.failed(ip, now);
+            tracing::info!(%peer, "admin login failed");
+            self.audit_login(peer, false, "page");
             return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "try again",
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "wrong user name or password",
             );
         }
-    };
-    audit_login(state, peer, true, "page");
-    tracing::info!(%peer, "admin logged in");
-    let mut r = session_info(state, &Principal::Session { csrf });
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&cookie, state.admin.sessions.ttl()))
-    {
-        r.headers_mut().insert(SET_COOKIE, v);
+        auth.throttle.succeeded(ip);
+        let (cookie, csrf) = match auth.sessions.create(now) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "random generator failed");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "try again",
+                );
+            }
+        };
+        self.audit_login(peer, true, "page");
+        tracing::info!(%peer, "admin logged in");
+        let mut r = self.session_info(&Principal::Session { csrf });
+        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&cookie, auth.sessions.ttl())) {
+            r.headers_mut().insert(SET_COOKIE, v);
+        }
+        r
     }
-    r
-}
 
-fn logout(state: &State, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
-    if let Some(cookie) = session::cookie_value(req.headers()) {
-        state.admin.sessions.remove(&cookie);
+    fn logout(&self, peer: SocketAddr, req: &Request<Incoming>) -> Reply {
+        if let Some(cookie) = session::cookie_value(req.headers()) {
+            self.auth.sessions.remove(&cookie);
+        }
+        self.state.audit.record(&Event {
+            event: "admin.logout",
+            actor: Some("admin"),
+            client_ip: Some(peer.ip().to_canonical()),
+            ..Default::default()
+        });
+        let mut r = empty(StatusCode::NO_CONTENT);
+        if let Ok(v) = HeaderValue::from_str(&session::clear_cookie()) {
+            r.headers_mut().insert(SET_COOKIE, v);
+        }
+        r
     }
-    state.audit.record(&Event {
-        event: "admin.logout",
-        actor: Some("admin"),
-        client_ip: Some(peer.ip().to_canonical()),
-        ..Default::default()
-    });
-    let mut r = Response::new(crate::http::full(""));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie()) {
-        r.headers_mut().insert(SET_COOKIE, v);
-    }
-    r
 }

@@ -17,10 +17,10 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::tokens::format::random_bytes;
+use crate::secrets::random_bytes;
 
-pub const COOKIE: &str = "tg_session";
-pub const CSRF_HEADER: &str = "x-csrf-token";
+pub(crate) const COOKIE: &str = "tg_session";
+pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Failures from one IP before logins are slowed down.
 const FREE_FAILURES: u32 = 5;
@@ -92,12 +92,12 @@ impl Sessions {
 }
 
 /// Constant-time comparison of a presented CSRF token with the session's.
-pub fn csrf_matches(expected: &str, presented: Option<&[u8]>) -> bool {
+pub(crate) fn csrf_matches(expected: &str, presented: Option<&[u8]>) -> bool {
     presented.is_some_and(|p| bool::from(expected.as_bytes().ct_eq(p)))
 }
 
 /// Finds the session cookie among `Cookie` headers.
-pub fn cookie_value(headers: &http::HeaderMap) -> Option<String> {
+pub(crate) fn cookie_value(headers: &http::HeaderMap) -> Option<String> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -108,14 +108,14 @@ pub fn cookie_value(headers: &http::HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-pub fn set_cookie(value: &str, ttl: Duration) -> String {
+pub(crate) fn set_cookie(value: &str, ttl: Duration) -> String {
     format!(
         "{COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
         ttl.as_secs()
     )
 }
 
-pub fn clear_cookie() -> String {
+pub(crate) fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")
 }
 

@@ -3,7 +3,7 @@
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
-use crate::http::{full, Body};
+use crate::http::{full, Reply};
 
 const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -15,7 +15,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The page or one of its assets, if `path` names one.
-pub fn asset(path: &str) -> Option<Response<Body>> {
+pub(super) fn asset(path: &str) -> Option<Reply> {
     let (body, content_type) = match path {
         "/" | "/index.html" => (INDEX, "text/html; charset=utf-8"),
         "/assets/app.js" => (APP_JS, "text/javascript; charset=utf-8"),

@@ -8,13 +8,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// A duration written as whole seconds (`900`) or in human form (`15m`, `90d`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
 pub struct HumanDuration(pub Duration);
 
+/// Written back in one unit, whole seconds where it can (`300s`), so
+/// `check-config` shows every duration in the same form.
 impl From<HumanDuration> for String {
     fn from(d: HumanDuration) -> String {
-        humantime::format_duration(d.0).to_string()
+        let d = d.0;
+        if d.subsec_nanos() == 0 {
+            format!("{}s", d.as_secs())
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+            format!("{}ms", d.as_millis())
+        } else {
+            humantime::format_duration(d).to_string()
+        }
     }
 }
 
@@ -36,7 +46,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 /// Parses `900`, `900s`, `15m`, `2h`, `90d`, `1h 30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -111,6 +121,13 @@ pub struct AdminSection {
     pub listen: String,
     pub password_hash: Option<String>,
     pub session_ttl: HumanDuration,
+    pub max_connections: usize,
+    pub tls_handshake_timeout: HumanDuration,
+    pub header_read_timeout: HumanDuration,
+    pub max_header_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub body_read_timeout: HumanDuration,
+    pub max_connection_age: HumanDuration,
 }
 
 impl Default for AdminSection {
@@ -119,6 +136,16 @@ impl Default for AdminSection {
             listen: "127.0.0.1:8444".into(),
             password_hash: None,
             session_ttl: HumanDuration(Duration::from_secs(8 * 3600)),
+            // A handful of administrators and scripts: far fewer slots than
+            // the public listener, so a flood there leaves these alone and
+            // a flood here cannot take much memory.
+            max_connections: 256,
+            tls_handshake_timeout: HumanDuration(Duration::from_secs(10)),
+            header_read_timeout: HumanDuration(Duration::from_secs(30)),
+            max_header_bytes: 16 * 1024,
+            h2_max_concurrent_streams: 32,
+            body_read_timeout: HumanDuration(Duration::from_secs(15)),
+            max_connection_age: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }

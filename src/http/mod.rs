@@ -1,68 +1,35 @@
-//! HTTP plumbing shared by both listeners: the body type, JSON answers, the
-//! one error → response mapping, and bounded body reading.
+//! The response toolkit shared by both listeners: JSON answers, the one error
+//! shape, bounded body reading, `Content-Type` checks, and which header names
+//! belong to the gateway. It imports nothing else from the crate, so every
+//! other module may use it.
 
-pub mod public;
+pub(crate) mod names;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use serde::Serialize;
 
-use crate::server::Listening;
+/// An answer the gateway built itself (not streamed from the upstream).
+pub(crate) type Reply = Response<Full<Bytes>>;
 
-/// Either a body we built or one streamed from the upstream, with no boxing.
-pub type Body = Either<Full<Bytes>, crate::proxy::UpstreamBody>;
-
-/// Which listener a request arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    Public,
-    Admin,
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Full<Bytes> {
+    Full::new(bytes.into())
 }
 
-impl Listener {
-    pub fn name(self) -> &'static str {
-        match self {
-            Listener::Public => "public",
-            Listener::Admin => "admin",
-        }
-    }
-}
-
-/// Entry point for every request on either listener.
-pub async fn handle(
-    ctx: &Listening,
-    peer: SocketAddr,
-    req: http::Request<Incoming>,
-) -> Response<Body> {
-    let head = req.method() == http::Method::HEAD;
-    let mut resp = match ctx.kind {
-        Listener::Public => public::handle(&ctx.state, &ctx.upstream, peer, req).await,
-        // Boxed: the admin handlers' state is several KiB, and an unboxed
-        // future is as large as its largest branch. Every public request would
-        // carry (and copy) that size; admin requests are rare.
-        Listener::Admin => Box::pin(crate::admin::handle(&ctx.state, peer, req)).await,
-    };
-    // A HEAD answer has no body; HTTP/2 clients treat DATA frames on one as a
-    // stream error. Upstream answers to HEAD are already empty.
-    if head && matches!(resp.body(), Either::Left(_)) {
-        *resp.body_mut() = full(Bytes::new());
-    }
-    resp
-}
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Either::Left(Full::new(bytes.into()))
+/// An answer with no body and the given status (204, or a HEAD answer).
+pub(crate) fn empty(status: StatusCode) -> Reply {
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = status;
+    r
 }
 
 /// A JSON answer. Serialising our own plain structs cannot fail; if it ever
 /// did, the client still gets a well-formed JSON error rather than a panic.
-pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| {
         br#"{"error":"server_error","error_description":"internal error"}"#.to_vec()
     });
@@ -74,7 +41,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 }
 
 /// Marks an answer as holding a secret: no cache may keep it.
-pub fn no_store(mut r: Response<Body>) -> Response<Body> {
+pub(crate) fn no_store(mut r: Reply) -> Reply {
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r.headers_mut()
@@ -89,7 +56,7 @@ struct ErrorBody<'a> {
 }
 
 /// The one error shape of every listener: `{"error", "error_description"}`.
-pub fn error(status: StatusCode, code: &str, description: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Reply {
     json(
         status,
         &ErrorBody {
@@ -99,9 +66,26 @@ pub fn error(status: StatusCode, code: &str, description: &str) -> Response<Body
     )
 }
 
+pub(crate) fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        "method not allowed on this path",
+    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// A HEAD answer has no body; HTTP/2 clients treat DATA frames on one as a
+/// stream error.
+pub(crate) fn strip_body_for_head(r: &mut Reply) {
+    *r.body_mut() = Full::default();
+}
+
 /// Why a request body could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     TooLarge,
     Timeout,
     /// The client broke off or sent a malformed body.
@@ -109,7 +93,7 @@ pub enum BodyError {
 }
 
 impl BodyError {
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             BodyError::TooLarge => "request body is too large",
             BodyError::Timeout => "request body was not received in time",
@@ -118,12 +102,26 @@ impl BodyError {
     }
 }
 
-/// Reads a whole body, refusing more than `limit` bytes or taking longer than `timeout`.
-pub async fn read_body(
-    body: Incoming,
+/// Reads a whole body, refusing a declared `Content-Length` over `limit`
+/// before reading a byte, more than `limit` bytes as they arrive, or a body
+/// that takes longer than `timeout`.
+pub(crate) async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
     let limited = Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(BodyError::Timeout),
@@ -140,22 +138,65 @@ pub async fn read_body(
     }
 }
 
-/// Declared `Content-Length` over `limit`: refuse before reading a byte.
-pub fn declared_too_large(headers: &http::HeaderMap, limit: usize) -> bool {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit as u64)
+/// The media type of `Content-Type` without its parameters, or `None` when
+/// the header is absent. A value that is not text matches no type.
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<MediaType<'_>> {
+    let raw = headers.get(CONTENT_TYPE)?.as_bytes();
+    let essence = raw.split(|&b| b == b';').next().unwrap_or_default();
+    Some(MediaType(essence.trim_ascii()))
 }
 
-pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request",
-        "method not allowed on this path",
-    );
-    r.headers_mut()
-        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
-    r
+/// A `Content-Type` essence such as `application/json`, compared without case.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MediaType<'a>(&'a [u8]);
+
+impl MediaType<'_> {
+    pub(crate) fn is(self, want: &str) -> bool {
+        self.0.eq_ignore_ascii_case(want.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_type(v: &'static [u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_bytes(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn media_types_ignore_parameters_and_case() {
+        assert!(media_type(&HeaderMap::new()).is_none());
+        let h = with_type(b"Application/JSON; charset=utf-8");
+        assert!(media_type(&h).unwrap().is("application/json"));
+        let h = with_type(b"application/x-www-form-urlencoded;charset=UTF-8");
+        assert!(media_type(&h)
+            .unwrap()
+            .is("application/x-www-form-urlencoded"));
+        let h = with_type(b"\xff\xfe");
+        assert!(!media_type(&h).unwrap().is("application/json"));
+    }
+
+    #[tokio::test]
+    async fn bodies_are_bounded() {
+        let t = Duration::from_secs(1);
+        let small = full("abc");
+        assert_eq!(
+            read_body(&HeaderMap::new(), small, 3, t).await.unwrap(),
+            "abc"
+        );
+        let big = full("abcd");
+        assert_eq!(
+            read_body(&HeaderMap::new(), big, 3, t).await,
+            Err(BodyError::TooLarge)
+        );
+        let mut declared = HeaderMap::new();
+        declared.insert(CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert_eq!(
+            read_body(&declared, full(""), 3, t).await,
+            Err(BodyError::TooLarge)
+        );
+    }
 }

@@ -8,51 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-pub const ID_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-id");
+use crate::http::names::{is_client_claim, is_hop_by_hop};
+
+pub(crate) const ID_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const NAME_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-name");
-
-/// Headers an operator may not configure as extra upstream headers, because
-/// the gateway sets or strips them itself. (`Authorization` may be set: an
-/// upstream credential is what `[upstream.headers]` is for.)
-pub fn is_reserved(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    is_hop_by_hop(n)
-        || n == "host"
-        || n == "content-length"
-        || (is_client_claim(n) && n != "authorization")
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus `Upgrade`, by lower-case name.
-fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Headers only the gateway may set toward the upstream.
-fn is_client_claim(name: &str) -> bool {
-    matches!(
-        name,
-        "authorization"
-            | "forwarded"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-real-ip"
-    ) || name.starts_with("x-tokengate-")
-}
+pub(crate) const NAME_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-name");
 
 /// Names to remove: the usual handful on the stack, more on the heap.
 #[derive(Default)]
@@ -113,7 +75,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
 }
 
 /// Removes hop-by-hop headers, including every header listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, is_hop_by_hop);
 }
 
@@ -184,6 +146,7 @@ fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::names::is_reserved;
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()

@@ -1,13 +1,10 @@
 //! Forwarding to the upstream API: a per-worker keep-alive pool (see
 //! `pool`), explicit connect and response timeouts, streamed bodies both ways.
 
-pub mod headers;
-mod insecure;
+pub(crate) mod headers;
 mod pool;
 
-pub use pool::{ConnectError, UpstreamBody};
-
-pub use insecure::client_config as insecure_client_config;
+pub(crate) use pool::{ConnectError, UpstreamBody};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,24 +14,24 @@ use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
 use pool::{Pool, SendError, Target};
 
 use crate::config::UpstreamConfig;
-use crate::store::RefreshLive;
+use crate::store::RefreshToken;
+use crate::tls::{client_config, ClientTlsError, Trust};
 
 /// Who made a request, for the optional identity headers.
-pub struct Identity {
+pub(crate) struct Identity {
     id: HeaderValue,
     name: HeaderValue,
 }
 
 impl Identity {
-    pub fn of(r: &RefreshLive) -> Identity {
+    pub(crate) fn of(r: &RefreshToken) -> Identity {
         // Names may hold bytes a header cannot carry; those are percent-encoded.
         let name = HeaderValue::from_str(&r.name).unwrap_or_else(|_| {
             let enc: String = form_urlencoded::byte_serialize(r.name.as_bytes()).collect();
@@ -56,7 +53,7 @@ pub enum UpstreamSetupError {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("upstream unreachable: {0}")]
     Connect(ConnectError),
     #[error("upstream failed: {0}")]
@@ -69,7 +66,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Who caused it decides the status: the upstream → 502/504.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ProxyError::Request(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -78,7 +75,7 @@ impl ProxyError {
     }
 
     /// What the client is told; the detail stays in the log.
-    pub fn client_text(&self) -> &'static str {
+    pub(crate) fn client_text(&self) -> &'static str {
         match self {
             ProxyError::Connect(_) => "the upstream API cannot be reached",
             ProxyError::Failed(_) => "the upstream API failed to answer",
@@ -88,7 +85,7 @@ impl ProxyError {
     }
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pool: Arc<Pool>,
     /// Prefix prepended to every path (`upstream.url`'s path, without a trailing slash).
     base_path: String,
@@ -99,7 +96,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
+    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
         let authority = cfg
             .url
             .authority()
@@ -146,7 +143,7 @@ impl Upstream {
     /// Closes idle upstream connections that aged out or were closed by the
     /// upstream, every half idle timeout, for as long as this upstream lives.
     /// Runs on the calling runtime (the worker whose connections they are).
-    pub fn spawn_sweeper(self: &Arc<Self>) {
+    pub(crate) fn spawn_sweeper(self: &Arc<Self>) {
         let every =
             (self.pool.idle_timeout() / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let weak = Arc::downgrade(self);
@@ -163,7 +160,7 @@ impl Upstream {
         });
     }
 
-    pub fn identity_headers(&self) -> bool {
+    pub(crate) fn identity_headers(&self) -> bool {
         self.identity_headers
     }
 
@@ -187,7 +184,7 @@ impl Upstream {
 
     /// Rewrites and forwards an authenticated request; returns the upstream's
     /// response with hop-by-hop headers removed. Bodies stream both ways.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
@@ -244,53 +241,31 @@ impl Upstream {
 }
 
 /// The rustls client set-up for an `https` upstream: the configured CA file,
-/// the system roots, or (explicitly, loudly) no verification.
+/// the system roots, or (explicitly, loudly) no verification. The upstream
+/// leg speaks HTTP/1.1 only.
 fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, UpstreamSetupError> {
-    let provider = crate::server::tls::provider();
-    let tls_err = |e: rustls::Error| UpstreamSetupError::Tls(e.to_string());
-    let mut tls = if cfg.insecure_skip_verify {
+    let trust = if cfg.insecure_skip_verify {
         tracing::warn!(
             url = %cfg.url,
             "upstream.insecure_skip_verify is on: the upstream's certificate is NOT verified; use upstream.ca_file instead"
         );
-        insecure::client_config(provider)?
+        Trust::Insecure
+    } else if let Some(path) = &cfg.ca_file {
+        Trust::CaFile(path)
     } else {
-        let mut roots = RootCertStore::empty();
-        if let Some(path) = &cfg.ca_file {
-            let err = |detail: String| UpstreamSetupError::CaFile {
-                path: path.display().to_string(),
-                detail,
-            };
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
-                roots
-                    .add(cert.map_err(|e| err(e.to_string()))?)
-                    .map_err(|e| err(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(err("no PEM certificate found".into()));
-            }
-        } else {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(UpstreamSetupError::Tls(
-                    "no usable system root certificates; set upstream.ca_file".into(),
-                ));
-            }
-        }
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(tls_err)?
-            .with_root_certificates(roots)
-            .with_no_client_auth()
+        Trust::System { also: None }
     };
-    // The upstream leg speaks HTTP/1.1 only.
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tls)
+    client_config(trust, &[b"http/1.1"]).map_err(|e| match e {
+        ClientTlsError::CaFile { path, detail } => UpstreamSetupError::CaFile {
+            path: path.display().to_string(),
+            detail,
+        },
+        ClientTlsError::NoRoots => UpstreamSetupError::Tls(
+            "no usable system root certificates; set upstream.ca_file".into(),
+        ),
+        other => UpstreamSetupError::Tls(other.to_string()),
+    })
 }
-
-/// Shared so tests and benches can build the same client set-up.
-pub type SharedUpstream = Arc<Upstream>;
 
 #[cfg(test)]
 mod tests {

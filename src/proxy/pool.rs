@@ -51,7 +51,7 @@ pub(super) struct Pool {
 
 /// Why no connection to the upstream could be had.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("connect and handshake took longer than {0:?}")]
@@ -226,7 +226,7 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
 
 /// A response body from the upstream that gives its connection back to the
 /// pool once read to the end.
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     inner: Incoming,
     lease: Option<(Conn, Arc<Pool>)>,
 }

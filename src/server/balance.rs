@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// One balancer per public worker; all of a listener's share one `Shared`.
-pub struct Balancer {
+pub(crate) struct Balancer {
     shared: Arc<Shared>,
     me: usize,
     inbox: mpsc::UnboundedReceiver<Handoff>,
@@ -36,7 +36,7 @@ struct Shared {
 /// A connection moving to another worker: the socket leaves the sending
 /// worker's reactor as a std socket and joins the receiving one's. It keeps
 /// the connection-cap permit taken when it was accepted.
-pub struct Handoff {
+pub(crate) struct Handoff {
     tcp: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
@@ -45,7 +45,7 @@ pub struct Handoff {
 
 impl Handoff {
     /// Registers the socket with the calling worker's reactor.
-    pub fn into_stream(
+    pub(crate) fn into_stream(
         self,
     ) -> std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit, Live)> {
         let tcp = TcpStream::from_std(self.tcp)?;
@@ -55,7 +55,7 @@ impl Handoff {
 
 /// One live connection counted against a worker; dropping it (when the
 /// connection ends) uncounts it.
-pub struct Live {
+pub(crate) struct Live {
     shared: Arc<Shared>,
     worker: usize,
 }
@@ -78,11 +78,11 @@ impl Drop for Live {
 
 /// A read-only view of how many connections each worker serves.
 #[derive(Clone)]
-pub struct Load(Arc<Shared>);
+pub(crate) struct Load(Arc<Shared>);
 
 impl Load {
     /// Open connections per worker, index = worker number.
-    pub fn per_worker(&self) -> Vec<usize> {
+    pub(crate) fn per_worker(&self) -> Vec<usize> {
         self.0
             .live
             .iter()
@@ -92,7 +92,7 @@ impl Load {
 }
 
 /// Where a connection just accepted should run.
-pub enum Placed {
+pub(crate) enum Placed {
     /// On this worker.
     Here(TcpStream, OwnedSemaphorePermit, Live),
     /// Handed to another worker (or lost: see [`Balancer::place`]).
@@ -102,7 +102,7 @@ pub enum Placed {
 impl Balancer {
     /// Balancers for `n` workers, one each, index = worker number, and a
     /// view of their connection counts.
-    pub fn set(n: usize) -> (Vec<Balancer>, Load) {
+    pub(crate) fn set(n: usize) -> (Vec<Balancer>, Load) {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..n).map(|_| mpsc::unbounded_channel()).unzip();
         let shared = Arc::new(Shared {
@@ -125,7 +125,12 @@ impl Balancer {
     /// another worker has fewer connections, which then receives it. The
     /// inbox is unbounded, but each entry holds a connection-cap permit, so
     /// it holds at most `public.max_connections` entries.
-    pub fn place(&self, tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) -> Placed {
+    pub(crate) fn place(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> Placed {
         let mine = self.shared.live[self.me].load(Ordering::Relaxed);
         let least = (0..self.shared.live.len())
             .filter(|&w| w != self.me)
@@ -165,7 +170,7 @@ impl Balancer {
     }
 
     /// The next connection another worker handed to this one.
-    pub async fn next(&mut self) -> Option<Handoff> {
+    pub(crate) async fn next(&mut self) -> Option<Handoff> {
         self.inbox.recv().await
     }
 }

@@ -23,7 +23,7 @@ const HIGH_WATER: usize = 64 * 1024;
 /// connection does not keep a large allocation.
 const KEEP_CAPACITY: usize = 4 * 1024;
 
-pub struct Coalesce<T> {
+pub(crate) struct Coalesce<T> {
     inner: T,
     buf: Vec<u8>,
     /// How much of `buf` the inner writer has taken.
@@ -33,7 +33,7 @@ pub struct Coalesce<T> {
 }
 
 impl<T> Coalesce<T> {
-    pub fn new(inner: T) -> Coalesce<T> {
+    pub(crate) fn new(inner: T) -> Coalesce<T> {
         Coalesce {
             inner,
             buf: Vec::new(),

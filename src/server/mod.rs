@@ -1,10 +1,15 @@
-//! Accept loops for both listeners: TLS handshake with a deadline, the HTTP
+//! The connection driver for both listeners, generic over what answers the
+//! requests (`Handler`): accept loops, TLS handshake with a deadline, the HTTP
 //! protocol chosen from ALPN (so no unbounded version sniffing), explicit
 //! limits, a connection cap, and graceful drain on shutdown.
+//!
+//! - `workers`: the public listener's per-core workers on `SO_REUSEPORT`.
+//! - `balance`: keeps the workers' connection counts even.
+//! - `coalesce`: batches an HTTP/2 connection's small writes.
 
 mod balance;
 mod coalesce;
-pub mod tls;
+mod workers;
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -25,11 +30,14 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::Listener;
-use crate::proxy::Upstream;
-use crate::state::State;
-pub use balance::{Balancer, Load};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::config::ListenerLimits;
+pub(crate) use balance::{Balancer, Load};
 use balance::{Handoff, Placed};
+pub(crate) use workers::{bind_reuseport, start_workers};
 
 /// HTTP/2 streams a client may reset before we ever answer them, per
 /// connection (the "rapid reset" family of attacks).
@@ -39,32 +47,45 @@ const H2_MAX_LOCAL_RESETS: usize = 256;
 /// Pings an idle HTTP/2 peer so dead connections free their slot.
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// What one accept loop serves with. Each public worker has its own (its own
-/// upstream pool, so a request never crosses threads); the connection cap is
-/// shared by all workers of a listener.
-pub struct Listening {
-    pub state: Arc<State>,
-    pub kind: Listener,
-    /// The upstream client this loop forwards with (unused on the admin listener).
-    pub upstream: Arc<Upstream>,
+/// What answers a listener's requests. Each listener has its own: the public
+/// one (token endpoint and proxy) and the admin one (API and page).
+pub(crate) trait Handler: Send + Sync + 'static {
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+
+    fn handle(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
+}
+
+/// What one accept loop serves with. Each public worker has its own handler
+/// (its own upstream pool, so a request never crosses threads); the
+/// connection cap is shared by all workers of a listener.
+pub(crate) struct Listening<H> {
+    pub(crate) handler: Arc<H>,
+    /// For log lines: which listener.
+    pub(crate) name: &'static str,
+    pub(crate) limits: ListenerLimits,
     /// Each connection holds a permit; at the cap, accepting pauses and new
     /// clients wait in the kernel's backlog instead of exhausting memory.
-    pub permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
 /// connections for at most `public.shutdown_grace`. With a `balance`, this
 /// loop is one of several public workers: it also serves connections the
 /// others hand over, and hands over its own when it is the busier one.
-pub async fn serve(
+pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    ctx: Arc<Listening>,
+    ctx: Arc<Listening<H>>,
     mut shutdown: watch::Receiver<bool>,
     mut balance: Option<Balancer>,
 ) {
-    let state = &ctx.state;
-    let kind = ctx.kind;
+    let name = ctx.name;
     let permits = ctx.permits.clone();
     // Tracks connection tasks so shutdown can wait for them, then abort stragglers.
     let mut conns: JoinSet<()> = JoinSet::new();
@@ -100,7 +121,7 @@ pub async fn serve(
             }
             Next::Accepted((Err(e), _)) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, listener = kind.name(), "accept failed");
+                tracing::warn!(error = %e, listener = name, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -117,12 +138,12 @@ pub async fn serve(
     drop(balance);
     drop(listener);
     // Every connection was told to finish (see `drive`); give them the grace period.
-    let grace = state.config.public.shutdown_grace;
+    let grace = ctx.limits.shutdown_grace;
     let drained =
         tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
-            listener = kind.name(),
+            listener = name,
             open = conns.len(),
             "shutdown grace ran out; closing the remaining connections"
         );
@@ -157,14 +178,14 @@ async fn handed_over(balance: &mut Option<Balancer>) -> Option<Handoff> {
     }
 }
 
-async fn connection(
+async fn connection<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    ctx: Arc<Listening>,
+    ctx: Arc<Listening<H>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limits = &ctx.state.config.public;
+    let limits = &ctx.limits;
     let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -189,9 +210,10 @@ async fn connection(
             .keep_alive_timeout(Duration::from_secs(20));
         // Each stream's future is moved into a task of its own: boxed, that
         // move copies a pointer instead of the request's few KiB of state.
+        let handler = ctx.handler.clone();
         let svc = service_fn(move |req| {
-            let ctx = ctx.clone();
-            Box::pin(async move { Ok::<_, Infallible>(crate::http::handle(&ctx, peer, req).await) })
+            let handler = handler.clone();
+            Box::pin(async move { Ok::<_, Infallible>(handler.handle(peer, req).await) })
         });
         let io = TokioIo::new(coalesce::Coalesce::new(tls));
         drive(b.serve_connection(io, svc), shutdown, max_age, peer).await;
@@ -205,9 +227,10 @@ async fn connection(
             .keep_alive(true);
         // One request at a time, polled in place by the connection: unboxed
         // measured fewer instructions per request than boxed.
+        let handler = ctx.handler.clone();
         let svc = service_fn(move |req| {
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(crate::http::handle(&ctx, peer, req).await) }
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
         });
         drive(
             b.serve_connection(TokioIo::new(tls), svc),
@@ -270,6 +293,6 @@ where
 
 /// Resolves once shutdown is signalled (or its sender is gone). Returns `()`
 /// so no watch guard is held across the caller's `.await`s.
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }

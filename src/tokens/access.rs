@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::format::{AccessCodec, AccessFormatError, AccessId};
-use crate::store::RefreshLive;
+use crate::store::RefreshToken;
 
 /// One live access token.
 struct AccessEntry {
     /// Shared with the refresh map: deleting the refresh token flips a flag this sees at once.
-    refresh: Arc<RefreshLive>,
+    refresh: Arc<RefreshToken>,
     /// Monotonic, so wall-clock jumps neither extend nor cut a token's life.
     expires: Instant,
 }
@@ -55,7 +55,7 @@ impl AccessError {
 /// cannot choose them: their low 64 bits are already a uniform hash and SipHash
 /// would only add cost to every request.
 #[derive(Clone, Copy, Default)]
-pub struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -68,12 +68,15 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+        // The low 64 bits, on purpose: see above.
+        #[allow(clippy::cast_possible_truncation)]
+        let low = n as u64;
+        self.0 = low;
     }
 }
 
 #[derive(Clone, Copy, Default)]
-pub struct IdHasherBuilder;
+pub(crate) struct IdHasherBuilder;
 
 impl BuildHasher for IdHasherBuilder {
     type Hasher = IdHasher;
@@ -99,7 +102,7 @@ impl AccessTokens {
     /// Mints a token for `refresh`, valid for `ttl` from `now`.
     pub fn issue(
         &self,
-        refresh: Arc<RefreshLive>,
+        refresh: Arc<RefreshToken>,
         ttl: Duration,
         now: Instant,
     ) -> Result<String, getrandom::Error> {
@@ -122,7 +125,7 @@ impl AccessTokens {
         token: &[u8],
         now: Instant,
         wall_unix: u64,
-        f: impl FnOnce(&RefreshLive) -> R,
+        f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
         let id = self.codec.verify(token).map_err(|e| match e {
             AccessFormatError::Malformed => AccessError::Malformed,
@@ -132,7 +135,7 @@ impl AccessTokens {
         if now >= entry.expires {
             return Err(AccessError::Expired);
         }
-        if !entry.refresh.is_live(wall_unix) {
+        if !entry.refresh.is_usable(wall_unix) {
             return Err(AccessError::RefreshGone);
         }
         Ok(f(&entry.refresh))
@@ -142,7 +145,7 @@ impl AccessTokens {
     pub fn sweep(&self, now: Instant, wall_unix: u64) -> usize {
         let before = self.map.len();
         self.map
-            .retain(|_, e| now < e.expires && e.refresh.is_live(wall_unix));
+            .retain(|_, e| now < e.expires && e.refresh.is_usable(wall_unix));
         before.saturating_sub(self.map.len())
     }
 

@@ -1,127 +1,50 @@
-//! The token endpoint's logic (RFC 6749 §6 refresh grant), free of HTTP:
-//! parse the request body, check the refresh token, mint an access token.
+//! The refresh → access exchange (RFC 6749 §6), free of HTTP: it receives a
+//! decoded grant, checks the refresh token, and mints an access token. The
+//! public listener decodes the request and turns the result into RFC 6749's
+//! answer.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use super::access::AccessTokens;
 use super::format::{parse_refresh, RefreshHasher};
 use crate::clock::Clock;
-use crate::store::{RefreshLive, RefreshStore};
-use crate::tokens::access::AccessTokens;
-use std::sync::Arc;
+use crate::store::{RefreshStore, RefreshToken};
 
-/// RFC 6749 §5.2 errors, plus the one internal failure.
+/// A `grant_type=refresh_token` request, decoded and with its token present.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshGrant<'a> {
+    pub refresh_token: &'a str,
+}
+
+/// Who made the exchange, for the refresh token's usage record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client<'a> {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// Why no access token was issued.
 #[derive(Debug, Clone)]
 pub enum ExchangeError {
-    InvalidRequest(String),
-    UnsupportedGrantType,
-    /// `token` is the refresh token when it is known (expired), for the audit log.
-    InvalidGrant {
-        text: &'static str,
-        token: Option<Arc<RefreshLive>>,
-    },
+    /// Unknown, deleted or mistyped: one answer for all, so a caller cannot
+    /// probe which tokens once existed.
+    NotValid,
+    /// Known but past its expiry (its owner should ask for a new one).
+    Expired(Arc<RefreshToken>),
     /// Only when the OS random generator fails.
-    Internal,
+    Unavailable,
 }
 
-/// Answer for any unknown, deleted or mistyped refresh token: one text for all,
-/// so a caller cannot probe which tokens once existed.
-pub const NOT_VALID: &str = "refresh token is not valid";
-pub const EXPIRED: &str = "refresh token expired; ask an administrator for a new one";
-
-#[derive(Debug, Default)]
-pub struct TokenRequest {
-    pub grant_type: Option<String>,
-    pub refresh_token: Option<String>,
-}
-
-/// Body format of the token request, from `Content-Type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    Form,
-    Json,
-}
-
-/// Decides the body format. A missing type is read as a form, as curl's `-d`
-/// and most OAuth clients send one; anything else is refused.
-pub fn body_kind(content_type: Option<&[u8]>) -> Result<BodyKind, ExchangeError> {
-    let Some(raw) = content_type else {
-        return Ok(BodyKind::Form);
-    };
-    let essence = raw.split(|&b| b == b';').next().unwrap_or_default();
-    let essence = essence.trim_ascii();
-    if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
-        Ok(BodyKind::Form)
-    } else if essence.eq_ignore_ascii_case(b"application/json") {
-        Ok(BodyKind::Json)
-    } else {
-        Err(ExchangeError::InvalidRequest(
-            "Content-Type must be application/x-www-form-urlencoded or application/json".into(),
-        ))
-    }
-}
-
-pub fn parse_body(kind: BodyKind, body: &[u8]) -> Result<TokenRequest, ExchangeError> {
-    match kind {
-        BodyKind::Form => parse_form(body),
-        BodyKind::Json => parse_json(body),
-    }
-}
-
-fn parse_form(body: &[u8]) -> Result<TokenRequest, ExchangeError> {
-    let mut req = TokenRequest::default();
-    for (k, v) in form_urlencoded::parse(body) {
-        let slot = match k.as_ref() {
-            "grant_type" => &mut req.grant_type,
-            "refresh_token" => &mut req.refresh_token,
-            // RFC 6749 §3.2: unrecognised parameters are ignored.
-            _ => continue,
-        };
-        if slot.is_some() {
-            return Err(ExchangeError::InvalidRequest(format!(
-                "parameter {k} is repeated"
-            )));
-        }
-        *slot = Some(v.into_owned());
-    }
-    Ok(req)
-}
-
-fn parse_json(body: &[u8]) -> Result<TokenRequest, ExchangeError> {
-    #[derive(Deserialize)]
-    struct Json {
-        grant_type: Option<String>,
-        refresh_token: Option<String>,
-    }
-    // serde's derive refuses duplicate fields, which is what RFC 6749 asks of repeats.
-    let j: Json = serde_json::from_slice(body).map_err(|e| {
-        let msg = e.to_string();
-        let msg = if msg.contains("duplicate field") {
-            format!(
-                "parameter {}",
-                msg.split('`')
-                    .nth(1)
-                    .map(|f| format!("{f} is repeated"))
-                    .unwrap_or(msg.clone())
-            )
-        } else {
-            "body is not a JSON object with string fields grant_type and refresh_token".into()
-        };
-        ExchangeError::InvalidRequest(msg)
-    })?;
-    Ok(TokenRequest {
-        grant_type: j.grant_type,
-        refresh_token: j.refresh_token,
-    })
-}
-
-/// RFC 6749 §5.1 success body.
-#[derive(Debug, Serialize)]
-pub struct TokenResponse {
+/// A new access token.
+#[derive(Debug)]
+pub struct Issued {
     pub access_token: String,
-    pub token_type: &'static str,
+    /// Whole seconds: min(access TTL, time left on the refresh token).
     pub expires_in: u64,
+    /// The refresh token that issued it, for logging by id and name.
+    pub refresh: Arc<RefreshToken>,
 }
 
 /// Everything the exchange needs, borrowed from the gateway state.
@@ -135,124 +58,85 @@ pub struct Exchanger<'a> {
 
 impl Exchanger<'_> {
     /// Trades a refresh token for an access token.
-    /// On success also returns the refresh token, for logging by id and name.
     pub fn exchange(
         &self,
-        req: TokenRequest,
-        client_ip: Option<std::net::IpAddr>,
-        user_agent: Option<&str>,
-    ) -> Result<(TokenResponse, Arc<RefreshLive>), ExchangeError> {
-        let grant = req
-            .grant_type
-            .ok_or_else(|| ExchangeError::InvalidRequest("grant_type is missing".into()))?;
-        if grant != "refresh_token" {
-            return Err(ExchangeError::UnsupportedGrantType);
-        }
-        let token = req
-            .refresh_token
-            .ok_or_else(|| ExchangeError::InvalidRequest("refresh_token is missing".into()))?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(ExchangeError::InvalidRequest(
-                "refresh_token is empty".into(),
-            ));
-        }
+        grant: RefreshGrant<'_>,
+        client: Client<'_>,
+    ) -> Result<Issued, ExchangeError> {
         // A token that fails the checksum gets the same answer as an unknown one.
-        let not_valid = ExchangeError::InvalidGrant {
-            text: NOT_VALID,
-            token: None,
-        };
-        let parsed = parse_refresh(token).map_err(|_| not_valid.clone())?;
+        let parsed = parse_refresh(grant.refresh_token).map_err(|_| ExchangeError::NotValid)?;
         let hash = self.hasher.hash(&parsed);
-        let refresh = self.store.lookup(&hash).ok_or(not_valid)?;
+        let refresh = self.store.lookup(&hash).ok_or(ExchangeError::NotValid)?;
         let wall = self.clock.unix();
         let remaining = match refresh.expires {
             None => u64::MAX,
             Some(e) if e > wall => e - wall,
-            Some(_) => {
-                return Err(ExchangeError::InvalidGrant {
-                    text: EXPIRED,
-                    token: Some(refresh),
-                })
-            }
+            Some(_) => return Err(ExchangeError::Expired(refresh)),
         };
         // An access token never outlives the refresh token that issued it.
         let ttl = self.access_ttl.min(Duration::from_secs(remaining));
         let access_token = self
             .access
             .issue(refresh.clone(), ttl, self.clock.now())
-            .map_err(|_| ExchangeError::Internal)?;
-        refresh.touch(wall, client_ip, user_agent);
-        Ok((
-            TokenResponse {
-                access_token,
-                token_type: "bearer",
-                expires_in: ttl.as_secs(),
-            },
+            .map_err(|_| ExchangeError::Unavailable)?;
+        refresh.touch(wall, client.ip, client.user_agent);
+        Ok(Issued {
+            access_token,
+            expires_in: ttl.as_secs(),
             refresh,
-        ))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::format::new_refresh_token;
 
     #[test]
-    fn content_types() {
-        assert_eq!(body_kind(None).unwrap(), BodyKind::Form);
+    fn exchanges_follow_the_refresh_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RefreshStore::open(&dir.path().join("t.redb")).unwrap();
+        let hasher = RefreshHasher::new(b"test secret");
+        let clock = Clock::new();
+        let access = AccessTokens::new().unwrap();
+        let ex = Exchanger {
+            hasher: &hasher,
+            store: &store,
+            access: &access,
+            clock: &clock,
+            access_ttl: Duration::from_secs(900),
+        };
+        let token = new_refresh_token().unwrap();
+        let now = clock.unix();
+        let hash = hasher.hash(&parse_refresh(&token).unwrap());
+        let t = store.create(hash, "t", now, Some(now + 60)).unwrap();
+        let grant = RefreshGrant {
+            refresh_token: &token,
+        };
+        let issued = ex.exchange(grant, Client::default()).unwrap();
         assert_eq!(
-            body_kind(Some(b"application/x-www-form-urlencoded; charset=UTF-8")).unwrap(),
-            BodyKind::Form
+            issued.expires_in, 60,
+            "capped by the refresh token's expiry"
         );
-        assert_eq!(
-            body_kind(Some(b"Application/JSON")).unwrap(),
-            BodyKind::Json
-        );
-        assert!(body_kind(Some(b"text/plain")).is_err());
-        assert!(body_kind(Some(b"\xff\xfe")).is_err());
-    }
-
-    #[test]
-    fn form_bodies() {
-        let r = parse_body(
-            BodyKind::Form,
-            b"grant_type=refresh_token&refresh_token=tgr_a%2Bb&x=1",
-        )
-        .unwrap();
-        assert_eq!(r.grant_type.as_deref(), Some("refresh_token"));
-        assert_eq!(r.refresh_token.as_deref(), Some("tgr_a+b"));
-        let e = parse_body(
-            BodyKind::Form,
-            b"grant_type=refresh_token&grant_type=refresh_token",
-        )
-        .unwrap_err();
-        assert!(
-            matches!(e, ExchangeError::InvalidRequest(t) if t == "parameter grant_type is repeated")
-        );
-        // Non-UTF-8 bytes are replaced, never a panic.
-        assert!(parse_body(BodyKind::Form, b"refresh_token=%ff%fe").is_ok());
-    }
-
-    #[test]
-    fn json_bodies() {
-        let r = parse_body(
-            BodyKind::Json,
-            br#"{"grant_type":"refresh_token","refresh_token":"t"}"#,
-        )
-        .unwrap();
-        assert_eq!(r.refresh_token.as_deref(), Some("t"));
-        let e = parse_body(BodyKind::Json, br#"{"grant_type":"a","grant_type":"b"}"#).unwrap_err();
-        assert!(
-            matches!(e, ExchangeError::InvalidRequest(t) if t == "parameter grant_type is repeated")
-        );
+        assert_eq!(t.use_count(), 1);
+        let typo = format!("{}x", &token[..token.len() - 1]);
+        let bad = RefreshGrant {
+            refresh_token: &typo,
+        };
         assert!(matches!(
-            parse_body(BodyKind::Json, b"[1]"),
-            Err(ExchangeError::InvalidRequest(_))
+            ex.exchange(bad, Client::default()),
+            Err(ExchangeError::NotValid)
         ));
+        clock.advance(Duration::from_secs(61));
         assert!(matches!(
-            parse_body(BodyKind::Json, b"{\"grant_type\":5}"),
-            Err(ExchangeError::InvalidRequest(_))
+            ex.exchange(grant, Client::default()),
+            Err(ExchangeError::Expired(_))
+        ));
+        store.delete(&[t.id]).unwrap();
+        assert!(matches!(
+            ex.exchange(grant, Client::default()),
+            Err(ExchangeError::NotValid)
         ));
     }
 }

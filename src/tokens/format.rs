@@ -16,13 +16,16 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::secrets::random_bytes;
+use crate::store::RefreshHash;
+
 type HmacSha256 = Hmac<Sha256>;
 
-pub const REFRESH_PREFIX: &str = "tgr_";
-pub const ACCESS_PREFIX: &str = "tga_";
+pub(crate) const REFRESH_PREFIX: &str = "tgr_";
+pub(crate) const ACCESS_PREFIX: &str = "tga_";
 const REFRESH_BODY_LEN: usize = 44;
 const CHECKSUM_LEN: usize = 6;
-pub const REFRESH_LEN: usize = REFRESH_PREFIX.len() + REFRESH_BODY_LEN + CHECKSUM_LEN;
+pub(crate) const REFRESH_LEN: usize = REFRESH_PREFIX.len() + REFRESH_BODY_LEN + CHECKSUM_LEN;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 const NONCE_ID_LEN: usize = 8;
@@ -30,17 +33,7 @@ const ID_LEN: usize = 16;
 const TAG_LEN: usize = 16;
 const ACCESS_RAW_LEN: usize = NONCE_ID_LEN + ID_LEN + TAG_LEN;
 /// 40 bytes in unpadded base64url.
-pub const ACCESS_LEN: usize = ACCESS_PREFIX.len() + 54;
-
-/// Fills `buf` from the operating system's CSPRNG.
-///
-/// A failing OS RNG leaves no safe way to mint secrets; it is reported, never papered over.
-pub fn random_bytes(buf: &mut [u8]) -> Result<(), getrandom::Error> {
-    getrandom::fill(buf)
-}
-
-/// The HMAC-SHA256 of a refresh token under the server secret: the only form ever stored.
-pub type RefreshHash = [u8; 32];
+pub(crate) const ACCESS_LEN: usize = ACCESS_PREFIX.len() + 54;
 
 /// Keyed hasher for refresh tokens. The key is the server secret (`secret.key`).
 #[derive(Clone)]
@@ -126,18 +119,18 @@ pub fn parse_refresh(token: &str) -> Result<ParsedRefresh<'_>, RefreshFormatErro
 }
 
 /// Mints and checks access tokens for one process lifetime.
-pub struct AccessCodec {
+pub(crate) struct AccessCodec {
     nonce_id: [u8; NONCE_ID_LEN],
     /// Keyed with the boot nonce; cloned per use so the key schedule is computed once.
     mac: HmacSha256,
 }
 
 /// The map key of an access token: its 128-bit random id.
-pub type AccessId = u128;
+pub(crate) type AccessId = u128;
 
 impl AccessCodec {
     /// Draws a fresh boot nonce: every token of an earlier process stops verifying.
-    pub fn new() -> Result<AccessCodec, getrandom::Error> {
+    pub(crate) fn new() -> Result<AccessCodec, getrandom::Error> {
         let mut nonce = [0u8; 32];
         random_bytes(&mut nonce)?;
         let mut nonce_id = [0u8; NONCE_ID_LEN];
@@ -155,7 +148,7 @@ impl AccessCodec {
     }
 
     /// Mints a new token: returns its map id and the string handed to the client.
-    pub fn mint(&self) -> Result<(AccessId, String), getrandom::Error> {
+    pub(crate) fn mint(&self) -> Result<(AccessId, String), getrandom::Error> {
         let mut id = [0u8; ID_LEN];
         random_bytes(&mut id)?;
         let tag = self.tag(&self.nonce_id, &id);
@@ -170,7 +163,7 @@ impl AccessCodec {
     }
 
     /// Checks shape, boot nonce and MAC; returns the map id. No allocation.
-    pub fn verify(&self, token: &[u8]) -> Result<AccessId, AccessFormatError> {
+    pub(crate) fn verify(&self, token: &[u8]) -> Result<AccessId, AccessFormatError> {
         if token.len() != ACCESS_LEN {
             return Err(AccessFormatError::Malformed);
         }
@@ -201,7 +194,7 @@ impl AccessCodec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessFormatError {
+pub(crate) enum AccessFormatError {
     Malformed,
     OtherBoot,
     BadMac,

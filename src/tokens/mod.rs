@@ -1,5 +1,5 @@
 //! Tokens: wire formats, the live access-token map, and the refresh → access exchange.
 
-pub mod access;
-pub mod exchange;
-pub mod format;
+pub(crate) mod access;
+pub(crate) mod exchange;
+pub(crate) mod format;

@@ -1,6 +1,13 @@
 //! Test helpers: a gateway on port 0 with real TLS and a real redb file in a
 //! temp dir, a local upstream that echoes what it received, and a TLS client
 //! that trusts the gateway's certificate.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "helpers shared by the test crates (each uses a different part); a panic is a failed test"
+)]
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -67,7 +74,7 @@ impl TestGateway {
         let cert = file.tls.cert.clone().unwrap();
         let key = file.tls.key.clone().unwrap();
         if !cert.exists() {
-            tokengate::server::tls::generate_self_signed(&cert, &key).expect("test certificate");
+            tokengate::tls::generate_self_signed(&cert, &key).expect("test certificate");
         }
         Self::start_in(dir, file, Clock::new()).await
     }
@@ -201,7 +208,7 @@ fn tls_client(cert: &std::path::Path, h2: bool) -> HttpsClient {
     for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(tokengate::server::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(tokengate::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
@@ -429,12 +436,11 @@ impl TestGateway {
         for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).expect("certificate file") {
             roots.add(c.expect("certificate")).expect("root");
         }
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(tokengate::server::tls::provider())
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut config = rustls::ClientConfig::builder_with_provider(tokengate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         config.alpn_protocols = vec![alpn.to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(self.gateway.as_ref().expect("running").public_addr)
@@ -452,8 +458,8 @@ impl TestGateway {
 pub async fn upstream_tls(dir: &std::path::Path) -> Upstream {
     let cert = dir.join("upstream.crt");
     let key = dir.join("upstream.key");
-    tokengate::server::tls::generate_self_signed(&cert, &key).unwrap();
-    let tls = tokengate::server::tls::server_config(&tokengate::config::TlsConfig {
+    tokengate::tls::generate_self_signed(&cert, &key).unwrap();
+    let tls = tokengate::tls::server_config(&tokengate::config::TlsConfig {
         cert,
         key,
         generate_if_missing: false,

@@ -1,5 +1,12 @@
 //! A minimal W3C WebDriver client for Debian's chromium + chromedriver:
 //! just the calls the browser tests use, over plain HTTP to a local driver.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "helpers shared by the test crates (each uses a different part); a panic is a failed test"
+)]
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

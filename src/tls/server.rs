@@ -1,6 +1,6 @@
 //! rustls server configuration: TLS 1.2 and 1.3 only (rustls has nothing older),
 //! ALPN `h2` and `http/1.1`, session tickets and a session cache for clients
-//! that reconnect often, ring as the one crypto provider.
+//! that reconnect often.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,11 +23,6 @@ pub enum TlsError {
     Generate(String),
     #[error("TLS set-up: {0}")]
     Rustls(#[from] rustls::Error),
-}
-
-/// The one crypto provider; passed explicitly so no process-wide default is needed.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
@@ -84,7 +79,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         path: cfg.key.clone(),
         detail: e.to_string(),
     })?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key)

@@ -1,4 +1,4 @@
-//! `upstream.insecure_skip_verify`: a verifier that accepts any upstream
+//! `upstream.insecure_skip_verify` and the CLI's `--insecure`: a verifier that accepts any upstream
 //! certificate (signatures are still checked, so the handshake is real).
 //! Only for an explicit setting, which logs a warning at every start.
 
@@ -8,8 +8,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-
-use super::UpstreamSetupError;
 
 #[derive(Debug)]
 struct AcceptAnyCert(Arc<CryptoProvider>);
@@ -59,10 +57,9 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
 }
 
-pub fn client_config(provider: Arc<CryptoProvider>) -> Result<ClientConfig, UpstreamSetupError> {
+pub(super) fn client_config(provider: Arc<CryptoProvider>) -> Result<ClientConfig, rustls::Error> {
     Ok(ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamSetupError::Tls(e.to_string()))?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
         .with_no_client_auth())

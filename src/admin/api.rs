@@ -1,0 +1,177 @@
+//! The admin API's wire contract: every request and answer body, serialised
+//! on one side and deserialised on the other by the same types (the server,
+//! the CLI and the tests), so a renamed field breaks the build, not a user.
+//! Also the one parser of token expiry dates.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{parse_rfc3339, rfc3339};
+
+/// Longest accepted token name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// `POST /api/refresh-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub name: String,
+    /// Absent: the gateway's default lifetime. `"never"` (or `null`): never
+    /// expires. Otherwise a time (see `parse_expiry`), in the future.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// The answer to a create: the token string, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub id: u64,
+    pub name: String,
+    pub token: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
+/// One row of `GET /api/refresh-tokens` (never a token string).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: u64,
+    pub name: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub use_count: u64,
+    pub last_client_ip: Option<String>,
+    pub last_user_agent: Option<String>,
+    /// `active` or `expired`.
+    pub status: String,
+}
+
+/// `POST /api/refresh-tokens/delete`. Ids are numbers; numeric strings are
+/// accepted too, for clients that quote them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTokens {
+    pub ids: Vec<serde_json::Value>,
+}
+
+/// The answer to a delete of many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedTokens {
+    pub deleted: Vec<DeletedToken>,
+    pub not_found: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedToken {
+    pub id: u64,
+    pub name: String,
+}
+
+/// `POST /api/login` (the page's login form).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Login {
+    #[serde(default = "admin_user")]
+    pub username: String,
+    pub password: String,
+}
+
+fn admin_user() -> String {
+    super::auth::ADMIN_USER.to_owned()
+}
+
+/// `GET /api/session`, and the answer to a login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub user: String,
+    /// Present for page sessions: send it as `X-CSRF-Token` on changes.
+    pub csrf: Option<String>,
+    pub default_refresh_ttl_days: u64,
+    pub session_ttl_seconds: u64,
+}
+
+/// Every error answer: `{"error", "error_description"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub error_description: String,
+}
+
+/// Reads an expiry as a person or a script writes it, at `now` (Unix
+/// seconds): `never`; a lifetime from now (`90d`, `12h`); a date
+/// (`2027-05-01`, midnight UTC); or an RFC 3339 time. `None` = never. A
+/// moment that is not in the future is refused.
+pub fn parse_expiry(text: &str, now: u64) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    let at = if let Ok(d) = humantime::parse_duration(t) {
+        i64::try_from(now.saturating_add(d.as_secs())).unwrap_or(i64::MAX)
+    } else {
+        parse_rfc3339(t)
+            .or_else(|| parse_rfc3339(&format!("{t}T00:00:00Z")))
+            .ok_or_else(|| {
+                format!(
+                    "expires {t:?} is not \"never\", a lifetime like 90d, a date like 2027-05-01 or an RFC 3339 time"
+                )
+            })?
+    };
+    match u64::try_from(at) {
+        Ok(at) if at > now => Ok(Some(at)),
+        _ => Err(format!("expires {t:?} is not in the future")),
+    }
+}
+
+/// The canonical form of an expiry for the wire: `never` or RFC 3339.
+pub fn expiry_text(expires: Option<u64>) -> String {
+    expires.map(rfc3339).unwrap_or_else(|| "never".into())
+}
+
+/// Checks a name: trimmed, 1..=100 characters, no control characters.
+pub fn validate_name(raw: &str) -> Result<String, &'static str> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err("name must not be empty");
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err("name must be at most 100 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters");
+    }
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(validate_name("  ci bot ").unwrap(), "ci bot");
+        assert!(validate_name("   ").is_err());
+        assert!(validate_name(&"x".repeat(101)).is_err());
+        assert!(validate_name(&"é".repeat(100)).is_ok());
+        assert!(validate_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn expiry_forms() {
+        let now = 1_800_000_000;
+        assert_eq!(parse_expiry("never", now).unwrap(), None);
+        assert_eq!(parse_expiry(" Never ", now).unwrap(), None);
+        assert_eq!(parse_expiry("90d", now).unwrap(), Some(now + 90 * 86_400));
+        assert_eq!(
+            parse_expiry("2027-05-01T00:00:00Z", now).unwrap(),
+            Some(1_809_129_600)
+        );
+        assert_eq!(
+            parse_expiry("2027-05-01", now).unwrap(),
+            Some(1_809_129_600)
+        );
+        assert!(parse_expiry("2020-01-01T00:00:00Z", now).is_err());
+        assert!(parse_expiry("tomorrow", now).is_err());
+        assert!(parse_expiry("someday", now).is_err());
+        assert_eq!(expiry_text(None), "never");
+        assert_eq!(expiry_text(Some(1_809_129_600)), "2027-05-01T00:00:00Z");
+    }
+}

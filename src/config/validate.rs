@@ -1,0 +1,359 @@
+//! From the file format to the runtime `Config`: every check of a value, each
+//! error naming the key at fault.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+
+use super::*;
+
+impl FileConfig {
+    /// Turns the file format into the runtime config, naming the key of any bad value.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let source = self.clone();
+        let p = self.public;
+        let shutdown_grace = p.shutdown_grace.0;
+        let public = PublicConfig {
+            listen: parse_addr("public.listen", &p.listen)?,
+            workers: match p.workers {
+                0 => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+                n => within("public.workers", n, 1, 256)?,
+            },
+            limits: limits(
+                "public",
+                RawLimits {
+                    max_connections: p.max_connections,
+                    tls_handshake_timeout: p.tls_handshake_timeout,
+                    header_read_timeout: p.header_read_timeout,
+                    max_header_bytes: p.max_header_bytes,
+                    h2_max_concurrent_streams: p.h2_max_concurrent_streams,
+                    body_read_timeout: p.body_read_timeout,
+                    max_connection_age: p.max_connection_age,
+                },
+                shutdown_grace,
+            )?,
+            token_body_limit: within("public.token_body_limit", p.token_body_limit, 256, 1 << 20)?,
+        };
+        let a = self.admin;
+        if let Some(h) = &a.password_hash {
+            argon2::PasswordHash::new(h).map_err(|e| {
+                ConfigError::invalid(
+                    "admin.password_hash",
+                    format!("not an argon2 PHC string: {e}"),
+                )
+            })?;
+        }
+        let admin = AdminConfig {
+            listen: parse_addr("admin.listen", &a.listen)?,
+            session_ttl: nonzero("admin.session_ttl", a.session_ttl)?,
+            limits: limits(
+                "admin",
+                RawLimits {
+                    max_connections: a.max_connections,
+                    tls_handshake_timeout: a.tls_handshake_timeout,
+                    header_read_timeout: a.header_read_timeout,
+                    max_header_bytes: a.max_header_bytes,
+                    h2_max_concurrent_streams: a.h2_max_concurrent_streams,
+                    body_read_timeout: a.body_read_timeout,
+                    max_connection_age: a.max_connection_age,
+                },
+                shutdown_grace,
+            )?,
+            password_hash: a.password_hash,
+        };
+
+        let u = self.upstream;
+        let url: http::Uri = u
+            .url
+            .parse()
+            .map_err(|e| ConfigError::invalid("upstream.url", format!("{e}: {:?}", u.url)))?;
+        match url.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    "scheme must be http or https",
+                ))
+            }
+        }
+        if url.authority().is_none() {
+            return Err(ConfigError::invalid("upstream.url", "needs a host"));
+        }
+        if url.query().is_some() {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must not have a query",
+            ));
+        }
+        if let Some(ca) = &u.ca_file {
+            if !ca.is_file() {
+                return Err(ConfigError::invalid(
+                    "upstream.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+        let mut headers = Vec::with_capacity(u.headers.len());
+        for (name, value) in &u.headers {
+            let key = format!("upstream.headers.{name}");
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::invalid(&key, "not a valid header name"))?;
+            if crate::http::names::is_reserved(&n) {
+                return Err(ConfigError::invalid(
+                    &key,
+                    "this header is set by the gateway itself",
+                ));
+            }
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| ConfigError::invalid(&key, "not a valid header value"))?;
+            headers.push((n, v));
+        }
+        let upstream = UpstreamConfig {
+            url,
+            ca_file: u.ca_file,
+            insecure_skip_verify: u.insecure_skip_verify,
+            connect_timeout: nonzero("upstream.connect_timeout", u.connect_timeout)?,
+            response_timeout: nonzero("upstream.response_timeout", u.response_timeout)?,
+            pool_idle_timeout: nonzero("upstream.pool_idle_timeout", u.pool_idle_timeout)?,
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+            headers,
+            identity_headers: u.identity_headers,
+        };
+
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("storage.path", "must not be empty"));
+        }
+        let tls = match (self.tls.cert, self.tls.key) {
+            (None, None) => TlsConfig {
+                cert: DEFAULT_CERT_PATH.into(),
+                key: DEFAULT_KEY_PATH.into(),
+                generate_if_missing: true,
+            },
+            (Some(cert), Some(key)) => TlsConfig {
+                cert,
+                key,
+                generate_if_missing: false,
+            },
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.key",
+                    "tls.cert is set, so tls.key must be too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert",
+                    "tls.key is set, so tls.cert must be too",
+                ))
+            }
+        };
+        let access_ttl = nonzero("tokens.access_ttl", self.tokens.access_ttl)?;
+        if access_ttl > Duration::from_secs(86_400) {
+            return Err(ConfigError::invalid(
+                "tokens.access_ttl",
+                "must be at most 24h",
+            ));
+        }
+        let refresh_ttl = nonzero("tokens.refresh_ttl", self.tokens.refresh_ttl)?;
+        if refresh_ttl > Duration::from_secs(100 * 365 * 86_400) {
+            return Err(ConfigError::invalid(
+                "tokens.refresh_ttl",
+                "must be at most 100 years",
+            ));
+        }
+        Ok(Config {
+            public,
+            admin,
+            upstream,
+            storage: StorageConfig {
+                path: self.storage.path,
+                usage_flush_interval: nonzero(
+                    "storage.usage_flush_interval",
+                    self.storage.usage_flush_interval,
+                )?,
+            },
+            tls,
+            tokens: TokensConfig {
+                access_ttl,
+                refresh_ttl,
+                sweep_interval: nonzero("tokens.sweep_interval", self.tokens.sweep_interval)?,
+            },
+            audit: AuditDestination::parse(&self.audit.destination),
+            source,
+        })
+    }
+}
+
+/// One listener's connection limits as the file has them.
+struct RawLimits {
+    max_connections: usize,
+    tls_handshake_timeout: HumanDuration,
+    header_read_timeout: HumanDuration,
+    max_header_bytes: usize,
+    h2_max_concurrent_streams: u32,
+    body_read_timeout: HumanDuration,
+    max_connection_age: HumanDuration,
+}
+
+/// Checks a listener section's limits; `section` prefixes every key named in an error.
+fn limits(
+    section: &str,
+    r: RawLimits,
+    shutdown_grace: Duration,
+) -> Result<ListenerLimits, ConfigError> {
+    let key = |k: &str| format!("{section}.{k}");
+    Ok(ListenerLimits {
+        max_connections: positive(&key("max_connections"), r.max_connections)?,
+        tls_handshake_timeout: nonzero(&key("tls_handshake_timeout"), r.tls_handshake_timeout)?,
+        header_read_timeout: nonzero(&key("header_read_timeout"), r.header_read_timeout)?,
+        max_header_bytes: within(&key("max_header_bytes"), r.max_header_bytes, 1024, 1 << 20)?,
+        h2_max_concurrent_streams: {
+            let n = r.h2_max_concurrent_streams;
+            if !(1..=10_000).contains(&n) {
+                return Err(ConfigError::invalid(
+                    &key("h2_max_concurrent_streams"),
+                    format!("must be between 1 and 10000, got {n}"),
+                ));
+            }
+            n
+        },
+        body_read_timeout: nonzero(&key("body_read_timeout"), r.body_read_timeout)?,
+        max_connection_age: nonzero(&key("max_connection_age"), r.max_connection_age)?,
+        shutdown_grace,
+    })
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::invalid(key, format!("{s:?} is not an address like 127.0.0.1:8443"))
+    })
+}
+
+fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
+    if d.0.is_zero() {
+        Err(ConfigError::invalid(key, "must be greater than zero"))
+    } else {
+        Ok(d.0)
+    }
+}
+
+fn positive(key: &str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        Err(ConfigError::invalid(key, "must be at least 1"))
+    } else {
+        Ok(n)
+    }
+}
+
+fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
+    if n < lo || n > hi {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be between {lo} and {hi}, got {n}"),
+        ))
+    } else {
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use figment::providers::{Format, Serialized, Toml};
+    use figment::Figment;
+
+    use super::*;
+
+    fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        let fig =
+            Figment::from(Serialized::defaults(FileConfig::default())).merge(Toml::string(toml));
+        let file: FileConfig = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        file.validate()
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = FileConfig::default().validate().unwrap();
+        assert_eq!(c.public.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(c.admin.listen, "127.0.0.1:8444".parse().unwrap());
+        assert_eq!(c.upstream.url, "https://127.0.0.1:8124");
+        assert_eq!(c.storage.path, PathBuf::from("data/tokengate.redb"));
+        assert_eq!(c.tokens.access_ttl, Duration::from_secs(900));
+        assert_eq!(c.tokens.refresh_ttl, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.admin.limits.max_connections, 256);
+        assert!(c.tls.generate_if_missing);
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_human_forms() {
+        assert_eq!(parse_duration("900").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
+        assert!(parse_duration("soon").is_err());
+        let c = from_toml("[tokens]\naccess_ttl = \"5m\"\nrefresh_ttl = 86400").unwrap();
+        assert_eq!(c.tokens.access_ttl, Duration::from_secs(300));
+        assert_eq!(c.tokens.refresh_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = from_toml("[public]\nlistn = \"1.2.3.4:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listn"), "{e}");
+        let e = from_toml("[nonsense]\na = 1").unwrap_err().to_string();
+        assert!(e.contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("[public]\nlisten = \"nowhere\"", "public.listen"),
+            ("[admin]\nmax_connections = 0", "admin.max_connections"),
+            ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+            ("[tokens]\naccess_ttl = \"0s\"", "tokens.access_ttl"),
+            ("[tokens]\naccess_ttl = \"soon\"", "access_ttl"),
+            ("[tls]\ncert = \"a.pem\"", "tls.key"),
+            ("[admin]\npassword_hash = \"plain\"", "admin.password_hash"),
+            (
+                "[upstream.headers]\n\"bad name\" = \"x\"",
+                "upstream.headers.bad name",
+            ),
+            (
+                "[upstream.headers]\nConnection = \"x\"",
+                "upstream.headers.Connection",
+            ),
+        ];
+        for (toml, key) in cases {
+            let e = from_toml(toml).unwrap_err().to_string();
+            assert!(
+                e.contains(key),
+                "{toml:?} gave {e:?}, expected the key {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_headers_are_parsed() {
+        let c = from_toml("[upstream.headers]\nX-Api-Key = \"s3cret\"").unwrap();
+        assert_eq!(c.upstream.headers.len(), 1);
+        assert_eq!(c.upstream.headers[0].0, "x-api-key");
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(AuditDestination::parse("off"), AuditDestination::Off);
+        assert_eq!(AuditDestination::parse("stdout"), AuditDestination::Stdout);
+        assert_eq!(
+            AuditDestination::parse("/var/log/a"),
+            AuditDestination::File("/var/log/a".into())
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! A running gateway: the start-up steps, both listeners, periodic work, and
+//! an orderly shutdown. This is where the parts meet; everything below it is
+//! wired here and nowhere else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::auth::AdminAuth;
+use crate::admin::AdminHandler;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::proxy::{Upstream, UpstreamSetupError};
+use crate::public::PublicHandler;
+use crate::secrets::{AdminPasswordSource, SecretError};
+use crate::server::{bind_reuseport, serve, start_workers, Listening, Load};
+use crate::state::{data_dir, State, StateError};
+use crate::tls::TlsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+/// What the process supplies besides the configuration file.
+#[derive(Default)]
+pub struct StartOptions {
+    /// `TOKENGATE_ADMIN_PASSWORD`, read by the binary (tests pass it directly).
+    pub admin_password: Option<String>,
+    /// The time source; tests keep a clone to move time forward.
+    pub clock: Clock,
+}
+
+/// A running gateway: both listeners plus the background tasks.
+pub struct Gateway {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// One per public worker thread; each fires when its worker has drained.
+    workers: Vec<oneshot::Receiver<()>>,
+    load: Load,
+}
+
+impl Gateway {
+    /// Builds the state, binds both listeners (port 0 allowed), and starts serving.
+    ///
+    /// The public listener runs `public.workers` workers (`server::workers`),
+    /// each with its own upstream pool; the admin listener and periodic work
+    /// run on the caller's runtime.
+    pub async fn start(config: Config, opts: StartOptions) -> Result<Gateway, StartError> {
+        // 1. TLS and the sockets: fail before touching any data if either is wrong.
+        let tls = crate::tls::server_config(&config.tls)?;
+        let public_listen = config.public.listen;
+        let public = bind_reuseport(public_listen, config.public.workers).map_err(|source| {
+            StartError::Bind {
+                key: "public.listen",
+                addr: public_listen,
+                source,
+            }
+        })?;
+        let admin_listen = config.admin.listen;
+        let admin = TcpListener::bind(admin_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "admin.listen",
+                addr: admin_listen,
+                source,
+            })?;
+        // 2. The upstream settings, checked once here with a typed error
+        //    (each worker then builds its own pool from them).
+        Upstream::new(&config.upstream)?;
+        // 3. Secret, admin credential, store and audit log: blocking work
+        //    (files, redb, maybe an argon2 hash), kept off the async workers.
+        let (state, auth) = tokio::task::spawn_blocking(move || build(config, opts))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
+        let (state, auth) = (Arc::new(state), Arc::new(auth));
+        let acceptor = TlsAcceptor::from(tls);
+        let public_addr = public[0].local_addr().map_err(|source| StartError::Bind {
+            key: "public.listen",
+            addr: public_listen,
+            source,
+        })?;
+        let admin_addr = admin.local_addr().unwrap_or(admin_listen);
+        let (tx, rx) = watch::channel(false);
+
+        // 4. The public workers, each building its handler on its own thread.
+        let workers = {
+            let state = state.clone();
+            start_workers(
+                public,
+                acceptor.clone(),
+                state.config.public.limits.clone(),
+                move || {
+                    let upstream = Arc::new(Upstream::new(&state.config.upstream)?);
+                    upstream.spawn_sweeper();
+                    Ok::<_, UpstreamSetupError>(PublicHandler {
+                        state: state.clone(),
+                        upstream,
+                    })
+                },
+                rx.clone(),
+                &tx,
+            )
+            .await
+            .map_err(StartError::Task)?
+        };
+
+        // 5. The admin listener and periodic work.
+        let admin_limits = state.config.admin.limits.clone();
+        let admin_ctx = Arc::new(Listening {
+            handler: Arc::new(AdminHandler {
+                state: state.clone(),
+                auth: auth.clone(),
+            }),
+            name: "admin",
+            permits: Arc::new(Semaphore::new(admin_limits.max_connections)),
+            limits: admin_limits,
+        });
+        let tasks = vec![
+            tokio::spawn(serve(admin, acceptor, admin_ctx, rx.clone(), None)),
+            tokio::spawn(crate::periodic::run(state.clone(), auth, rx)),
+        ];
+        tracing::info!(public = %public_addr, admin = %admin_addr, workers = workers.done.len(), "tokengate listening");
+        Ok(Gateway {
+            public_addr,
+            admin_addr,
+            state,
+            shutdown: tx,
+            tasks,
+            workers: workers.done,
+            load: workers.load,
+        })
+    }
+
+    /// Open public connections on each worker, index = worker number (the
+    /// balancing in `server::balance` keeps them within one of each other).
+    pub fn connections_per_worker(&self) -> Vec<usize> {
+        self.load.per_worker()
+    }
+
+    /// Stops accepting, drains in-flight requests (bounded by
+    /// `public.shutdown_grace`), and flushes usage data to disk.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        crate::periodic::flush_usage(&self.state).await;
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            state.audit.flush(std::time::Duration::from_secs(5));
+        })
+        .await;
+        tracing::info!("tokengate stopped");
+    }
+}
+
+/// The blocking start-up steps, in order.
+fn build(config: Config, opts: StartOptions) -> Result<(State, AdminAuth), StartError> {
+    let dir = data_dir(&config.storage.path);
+    // a. The server secret: every refresh-token hash depends on it.
+    let secret = crate::secrets::load_or_create_secret(&dir)?;
+    // b. The admin credential (environment, file, or generated once).
+    let source = match (
+        opts.admin_password.filter(|p| !p.is_empty()),
+        &config.admin.password_hash,
+    ) {
+        (Some(p), _) => AdminPasswordSource::Environment(p),
+        (None, Some(h)) => AdminPasswordSource::ConfigHash(h.clone()),
+        (None, None) => AdminPasswordSource::DataDir,
+    };
+    let auth = AdminAuth::new(
+        crate::secrets::resolve_admin(source, &dir)?,
+        &secret,
+        config.admin.session_ttl,
+    );
+    // c. Refresh tokens, the boot nonce, the audit log.
+    let state = State::build(config, opts.clock, &secret)?;
+    Ok((state, auth))
+}

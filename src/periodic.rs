@@ -1,0 +1,55 @@
+//! Work on a timer, off the request path: sweeping dead access tokens,
+//! admin sessions and login-throttle entries, and flushing refresh-token
+//! usage to the store.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::admin::auth::AdminAuth;
+use crate::server::stopped;
+use crate::state::State;
+
+/// Sweeps and flushes, each on its own interval, until shutdown.
+pub(crate) async fn run(
+    state: Arc<State>,
+    admin: Arc<AdminAuth>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(state.config.tokens.sweep_interval);
+    let mut flush = tokio::time::interval(state.config.storage.usage_flush_interval);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => {
+                // A sweep walks every live token (millions, at scale): keep it
+                // off the runtime that serves the admin listener.
+                let (st, admin) = (state.clone(), admin.clone());
+                let swept = tokio::task::spawn_blocking(move || {
+                    let now = st.clock.now();
+                    admin.sessions.sweep(now);
+                    admin.throttle.sweep(now);
+                    st.access.sweep(now, st.clock.unix())
+                })
+                .await;
+                if let Ok(removed @ 1..) = swept {
+                    tracing::debug!(removed, live = state.access.len(), "swept access tokens");
+                }
+            }
+            _ = flush.tick() => flush_usage(&state).await,
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Writes changed refresh-token usage to the store; a failure is retried at the next tick.
+pub(crate) async fn flush_usage(state: &Arc<State>) {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.flush_usage()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::debug!(tokens = n, "flushed refresh-token usage"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "flushing refresh-token usage failed; will retry"),
+        Err(e) => tracing::warn!(error = %e, "usage flush task failed"),
+    }
+}

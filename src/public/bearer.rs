@@ -1,0 +1,116 @@
+//! The bearer check (RFC 6750): the `Authorization` header's token, and the
+//! refusal with its `WWW-Authenticate` challenge.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use http::StatusCode;
+
+use crate::http::{error, Reply};
+use crate::tokens::access::AccessError;
+
+/// Why the `Authorization` header was refused.
+#[derive(Debug)]
+pub enum BearerError {
+    Missing,
+    Repeated,
+    Scheme,
+    Token(AccessError),
+}
+
+/// Extracts the token from `Authorization: Bearer <token>` (scheme in any case).
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let value = all.next().ok_or(BearerError::Missing)?;
+    if all.next().is_some() {
+        return Err(BearerError::Repeated);
+    }
+    let raw = value.as_bytes().trim_ascii();
+    let split = raw
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(BearerError::Scheme)?;
+    let (scheme, rest) = raw.split_at(split);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(BearerError::Scheme);
+    }
+    let token = rest.trim_ascii();
+    if token.is_empty() {
+        return Err(BearerError::Missing);
+    }
+    Ok(token)
+}
+
+/// RFC 6750 §3 answer.
+pub(super) fn refusal(e: BearerError, peer: SocketAddr) -> Reply {
+    let (status, code, text) = match e {
+        BearerError::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "a bearer access token is required",
+        ),
+        BearerError::Repeated => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "more than one Authorization header",
+        ),
+        BearerError::Scheme => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "use Authorization: Bearer <access token>",
+        ),
+        BearerError::Token(a) => {
+            tracing::debug!(%peer, reason = a.reason(), "access token refused");
+            (StatusCode::UNAUTHORIZED, "invalid_token", a.description())
+        }
+    };
+    let mut r = error(status, code, text);
+    let challenge =
+        format!(r#"Bearer realm="tokengate", error="{code}", error_description="{text}""#);
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&[u8]]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [&b"Bearer abc"[..], b"bearer abc", b"BEARER   abc  "] {
+            assert_eq!(bearer_token(&headers(&[v])).ok(), Some(&b"abc"[..]));
+        }
+    }
+
+    #[test]
+    fn bearer_errors() {
+        assert!(matches!(
+            bearer_token(&headers(&[])),
+            Err(BearerError::Missing)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&[b"Basic abc"])),
+            Err(BearerError::Scheme)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&[b"Bearer"])),
+            Err(BearerError::Scheme)
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&[b"a", b"b"])),
+            Err(BearerError::Repeated)
+        ));
+        // Bytes that are not UTF-8 are just a bad token, never a panic.
+        assert!(bearer_token(&headers(&[b"Bearer \xff\xfe"])).is_ok());
+    }
+}

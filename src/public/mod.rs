@@ -1,0 +1,154 @@
+//! The public listener: health, the token endpoint, and the authenticated
+//! proxy path (authenticate → rewrite → forward → filter the response).
+//!
+//! - `token`: the token endpoint (decode → exchange → RFC 6749 answer).
+//! - `bearer`: the `Authorization: Bearer` check and its RFC 6750 refusals.
+
+mod bearer;
+mod token;
+
+pub use bearer::bearer_token;
+use bearer::BearerError;
+pub use token::{parse_body, BodyKind, TokenRequest};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::http::{error, json, method_not_allowed, strip_body_for_head, Reply};
+use crate::proxy::{Identity, Upstream, UpstreamBody};
+use crate::server::Handler;
+use crate::state::State;
+
+/// DPA's token path, and the short one.
+pub(crate) const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
+
+/// A body we built, or one streamed from the upstream, with no boxing.
+pub(crate) type PublicBody = Either<Full<Bytes>, UpstreamBody>;
+
+/// What one public worker serves with: the shared state and this worker's
+/// own upstream pool (so a request's upstream call never crosses threads).
+pub(crate) struct PublicHandler {
+    pub(crate) state: Arc<State>,
+    pub(crate) upstream: Arc<Upstream>,
+}
+
+impl Handler for PublicHandler {
+    type Body = PublicBody;
+
+    async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<PublicBody> {
+        let head = req.method() == Method::HEAD;
+        let mut reply = match self.route(peer, req).await {
+            Either::Left(upstream) => return upstream.map(Either::Right),
+            // Upstream answers to HEAD are already empty.
+            Either::Right(ours) => ours,
+        };
+        if head {
+            strip_body_for_head(&mut reply);
+        }
+        reply.map(Either::Left)
+    }
+}
+
+impl PublicHandler {
+    async fn route(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Either<Response<UpstreamBody>, Reply> {
+        if !host_ok(&req) {
+            return Either::Right(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "an HTTP/1.1 request needs exactly one Host header",
+            ));
+        }
+        match route(req.uri().path()) {
+            Route::Health => Either::Right(health(req.method())),
+            // Boxed so proxied requests do not carry the token endpoint's state.
+            Route::Token => Either::Right(Box::pin(token::endpoint(&self.state, peer, req)).await),
+            Route::Proxy => self.proxied(peer, req).await,
+        }
+    }
+
+    /// Authenticates, then forwards (the proxy module rewrites, forwards and
+    /// filters the response).
+    async fn proxied(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Either<Response<UpstreamBody>, Reply> {
+        let state = &self.state;
+        // Stage 1: authenticate.
+        let identity = {
+            let token = match bearer_token(req.headers()) {
+                Ok(t) => t,
+                Err(e) => return Either::Right(bearer::refusal(e, peer)),
+            };
+            let want_identity = self.upstream.identity_headers();
+            let checked =
+                state
+                    .access
+                    .validate(token, state.clock.now(), state.clock.unix(), |r| {
+                        want_identity.then(|| Identity::of(r))
+                    });
+            match checked {
+                Ok(id) => id,
+                Err(e) => return Either::Right(bearer::refusal(BearerError::Token(e), peer)),
+            }
+        };
+        // Stages 2–4: rewrite, forward, filter (in the proxy module).
+        match self.upstream.forward(req, peer, identity).await {
+            Ok(resp) => Either::Left(resp),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "upstream request failed");
+                let (status, code) = e.status_and_code();
+                Either::Right(error(status, code, e.client_text()))
+            }
+        }
+    }
+}
+
+/// Where a public request goes. Exact paths only: hyper does not normalise,
+/// so `/token/` or `//token` are proxied (and need a bearer token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Token,
+    Proxy,
+}
+
+#[inline]
+pub fn route(path: &str) -> Route {
+    match path {
+        "/healthz" | "/readyz" => Route::Health,
+        p if TOKEN_PATHS.contains(&p) => Route::Token,
+        _ => Route::Proxy,
+    }
+}
+
+/// HTTP/1.1 requires exactly one `Host` (RFC 9112 §3.2); hyper does not check it.
+fn host_ok(req: &Request<Incoming>) -> bool {
+    let hosts = req.headers().get_all(HOST).iter().count();
+    match req.version() {
+        Version::HTTP_11 => hosts == 1,
+        _ => hosts <= 1,
+    }
+}
+
+fn health(method: &Method) -> Reply {
+    if method != Method::GET && method != Method::HEAD {
+        return method_not_allowed("GET, HEAD");
+    }
+    #[derive(Serialize)]
+    struct Health {
+        status: &'static str,
+    }
+    json(StatusCode::OK, &Health { status: "ok" })
+}

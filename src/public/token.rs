@@ -1,0 +1,340 @@
+//! `POST /token` and DPA's path: the HTTP side of the RFC 6749 §6 refresh
+//! grant. This module decodes the request (content type, bounded body, form
+//! or JSON), hands `tokens::exchange` a decoded grant, and turns its result
+//! into RFC 6749's answer (§5.1 success, §5.2 errors), always `no-store`.
+
+use std::net::SocketAddr;
+
+use http::header::USER_AGENT;
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use crate::audit;
+use crate::http::{error, json, media_type, method_not_allowed, no_store, read_body, Reply};
+use crate::state::State;
+use crate::tokens::exchange::{Client, ExchangeError, Exchanger, RefreshGrant};
+
+/// Answer for any unknown, deleted or mistyped refresh token: one text for all,
+/// so a caller cannot probe which tokens once existed.
+const NOT_VALID: &str = "refresh token is not valid";
+const EXPIRED: &str = "refresh token expired; ask an administrator for a new one";
+
+/// The request's parameters, as decoded; each may be missing.
+#[derive(Debug, Default)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub refresh_token: Option<String>,
+}
+
+/// Body format of the token request, from `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Form,
+    Json,
+}
+
+/// RFC 6749 §5.1 success body.
+#[derive(Debug, Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+/// Why a request was refused, before or by the exchange.
+enum Refusal {
+    /// RFC 6749 `invalid_request`.
+    InvalidRequest(String),
+    UnsupportedGrantType,
+    Exchange(ExchangeError),
+}
+
+pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+    if req.method() != Method::POST {
+        return no_store(method_not_allowed("POST"));
+    }
+    let user_agent = req
+        .headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let user_agent = user_agent.as_deref();
+    let request = match decode(state, req).await {
+        Ok(r) => r,
+        Err(r) => return refuse(state, r, peer, user_agent),
+    };
+    let grant = match grant(&request) {
+        Ok(g) => g,
+        Err(r) => return refuse(state, r, peer, user_agent),
+    };
+    let exchanger = Exchanger {
+        hasher: &state.hasher,
+        store: &state.store,
+        access: &state.access,
+        clock: &state.clock,
+        access_ttl: state.config.tokens.access_ttl,
+    };
+    let client = Client {
+        ip: Some(peer.ip()),
+        user_agent,
+    };
+    match exchanger.exchange(grant, client) {
+        Ok(issued) => {
+            let refresh = &issued.refresh;
+            tracing::info!(%peer, token_id = refresh.id, token_name = %refresh.name, expires_in = issued.expires_in, "access token issued");
+            state.audit.record(&audit::Event {
+                event: "token.exchanged",
+                actor: Some("client"),
+                client_ip: Some(peer.ip().to_canonical()),
+                token_id: Some(refresh.id),
+                token_name: Some(&refresh.name),
+                user_agent,
+                ..Default::default()
+            });
+            no_store(json(
+                StatusCode::OK,
+                &TokenResponse {
+                    access_token: &issued.access_token,
+                    token_type: "bearer",
+                    expires_in: issued.expires_in,
+                },
+            ))
+        }
+        Err(e) => refuse(state, Refusal::Exchange(e), peer, user_agent),
+    }
+}
+
+/// Reads and parses the body under `public.token_body_limit` and `public.body_read_timeout`.
+async fn decode(state: &State, req: Request<Incoming>) -> Result<TokenRequest, Refusal> {
+    let kind = body_kind(req.headers())?;
+    let limits = &state.config.public;
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        limits.token_body_limit,
+        limits.limits.body_read_timeout,
+    )
+    .await
+    .map_err(|e| Refusal::InvalidRequest(e.description().into()))?;
+    parse_body(kind, &body).map_err(Refusal::InvalidRequest)
+}
+
+/// Decides the body format. A missing type is read as a form, as curl's `-d`
+/// and most OAuth clients send one; anything else is refused.
+fn body_kind(headers: &http::HeaderMap) -> Result<BodyKind, Refusal> {
+    match media_type(headers) {
+        None => Ok(BodyKind::Form),
+        Some(t) if t.is("application/x-www-form-urlencoded") => Ok(BodyKind::Form),
+        Some(t) if t.is("application/json") => Ok(BodyKind::Json),
+        Some(_) => Err(Refusal::InvalidRequest(
+            "Content-Type must be application/x-www-form-urlencoded or application/json".into(),
+        )),
+    }
+}
+
+/// Parses a token request body; the error is the `error_description`.
+pub fn parse_body(kind: BodyKind, body: &[u8]) -> Result<TokenRequest, String> {
+    match kind {
+        BodyKind::Form => parse_form(body),
+        BodyKind::Json => parse_json(body),
+    }
+}
+
+fn parse_form(body: &[u8]) -> Result<TokenRequest, String> {
+    let mut req = TokenRequest::default();
+    for (k, v) in form_urlencoded::parse(body) {
+        let slot = match k.as_ref() {
+            "grant_type" => &mut req.grant_type,
+            "refresh_token" => &mut req.refresh_token,
+            // RFC 6749 §3.2: unrecognised parameters are ignored.
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(format!("parameter {k} is repeated"));
+        }
+        *slot = Some(v.into_owned());
+    }
+    Ok(req)
+}
+
+fn parse_json(body: &[u8]) -> Result<TokenRequest, String> {
+    #[derive(Deserialize)]
+    struct Json {
+        grant_type: Option<String>,
+        refresh_token: Option<String>,
+    }
+    // serde's derive refuses duplicate fields, which is what RFC 6749 asks of repeats.
+    let j: Json = serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("duplicate field") {
+            format!(
+                "parameter {}",
+                msg.split('`')
+                    .nth(1)
+                    .map(|f| format!("{f} is repeated"))
+                    .unwrap_or(msg.clone())
+            )
+        } else {
+            "body is not a JSON object with string fields grant_type and refresh_token".into()
+        }
+    })?;
+    Ok(TokenRequest {
+        grant_type: j.grant_type,
+        refresh_token: j.refresh_token,
+    })
+}
+
+/// The grant inside a decoded request, or why there is none.
+fn grant(req: &TokenRequest) -> Result<RefreshGrant<'_>, Refusal> {
+    let invalid = |t: &str| Refusal::InvalidRequest(t.into());
+    let grant_type = req
+        .grant_type
+        .as_deref()
+        .ok_or_else(|| invalid("grant_type is missing"))?;
+    if grant_type != "refresh_token" {
+        return Err(Refusal::UnsupportedGrantType);
+    }
+    let token = req
+        .refresh_token
+        .as_deref()
+        .ok_or_else(|| invalid("refresh_token is missing"))?
+        .trim();
+    if token.is_empty() {
+        return Err(invalid("refresh_token is empty"));
+    }
+    Ok(RefreshGrant {
+        refresh_token: token,
+    })
+}
+
+/// RFC 6749 §5.2 answer, a log line and an audit line.
+fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>) -> Reply {
+    let (status, code, text): (StatusCode, &str, &str) = match &r {
+        Refusal::InvalidRequest(t) => (StatusCode::BAD_REQUEST, "invalid_request", t),
+        Refusal::UnsupportedGrantType => (
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=refresh_token is supported",
+        ),
+        Refusal::Exchange(ExchangeError::NotValid) => {
+            (StatusCode::BAD_REQUEST, "invalid_grant", NOT_VALID)
+        }
+        Refusal::Exchange(ExchangeError::Expired(_)) => {
+            (StatusCode::BAD_REQUEST, "invalid_grant", EXPIRED)
+        }
+        Refusal::Exchange(ExchangeError::Unavailable) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the gateway cannot issue tokens right now; try again",
+        ),
+    };
+    let known = match &r {
+        Refusal::Exchange(ExchangeError::Expired(t)) => Some(t),
+        _ => None,
+    };
+    // A refused exchange is the client's doing: info, not an error.
+    tracing::info!(%peer, error = code, reason = text, token_id = known.map(|t| t.id), "token exchange refused");
+    let reason = format!("{code}: {text}");
+    state.audit.record(&audit::Event {
+        event: "token.exchange_refused",
+        actor: Some("client"),
+        client_ip: Some(peer.ip().to_canonical()),
+        token_id: known.map(|t| t.id),
+        token_name: known.map(|t| t.name.as_str()),
+        reason: Some(&reason),
+        user_agent,
+    });
+    no_store(error(status, code, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_type(v: &'static [u8]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_bytes(v).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            body_kind(&http::HeaderMap::new()).ok(),
+            Some(BodyKind::Form)
+        );
+        assert_eq!(
+            body_kind(&with_type(
+                b"application/x-www-form-urlencoded; charset=UTF-8"
+            ))
+            .ok(),
+            Some(BodyKind::Form)
+        );
+        assert_eq!(
+            body_kind(&with_type(b"Application/JSON")).ok(),
+            Some(BodyKind::Json)
+        );
+        assert!(body_kind(&with_type(b"text/plain")).is_err());
+        assert!(body_kind(&with_type(b"\xff\xfe")).is_err());
+    }
+
+    #[test]
+    fn form_bodies() {
+        let r = parse_body(
+            BodyKind::Form,
+            b"grant_type=refresh_token&refresh_token=tgr_a%2Bb&x=1",
+        )
+        .unwrap();
+        assert_eq!(r.grant_type.as_deref(), Some("refresh_token"));
+        assert_eq!(r.refresh_token.as_deref(), Some("tgr_a+b"));
+        let e = parse_body(
+            BodyKind::Form,
+            b"grant_type=refresh_token&grant_type=refresh_token",
+        )
+        .unwrap_err();
+        assert_eq!(e, "parameter grant_type is repeated");
+        // Non-UTF-8 bytes are replaced, never a panic.
+        assert!(parse_body(BodyKind::Form, b"refresh_token=%ff%fe").is_ok());
+    }
+
+    #[test]
+    fn json_bodies() {
+        let r = parse_body(
+            BodyKind::Json,
+            br#"{"grant_type":"refresh_token","refresh_token":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.refresh_token.as_deref(), Some("t"));
+        let e = parse_body(BodyKind::Json, br#"{"grant_type":"a","grant_type":"b"}"#).unwrap_err();
+        assert_eq!(e, "parameter grant_type is repeated");
+        assert!(parse_body(BodyKind::Json, b"[1]").is_err());
+        assert!(parse_body(BodyKind::Json, b"{\"grant_type\":5}").is_err());
+    }
+
+    #[test]
+    fn grants_need_the_refresh_grant_type_and_a_token() {
+        let req = |g: Option<&str>, t: Option<&str>| TokenRequest {
+            grant_type: g.map(str::to_owned),
+            refresh_token: t.map(str::to_owned),
+        };
+        assert!(matches!(
+            grant(&req(None, Some("t"))),
+            Err(Refusal::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            grant(&req(Some("password"), Some("t"))),
+            Err(Refusal::UnsupportedGrantType)
+        ));
+        assert!(matches!(
+            grant(&req(Some("refresh_token"), Some("  "))),
+            Err(Refusal::InvalidRequest(_))
+        ));
+        let r = req(Some("refresh_token"), Some(" tgr_x "));
+        assert_eq!(grant(&r).ok().map(|g| g.refresh_token), Some("tgr_x"));
+    }
+}

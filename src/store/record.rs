@@ -1,0 +1,182 @@
+//! What a refresh token is, apart from where it is kept: the persisted
+//! record, and the in-memory token shared by the maps and every access token
+//! it issued.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The HMAC-SHA256 of a refresh token under the server secret: the only form ever stored.
+pub(crate) type RefreshHash = [u8; 32];
+
+/// The persisted form of a refresh token. Never holds the token string.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RefreshRecord {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    /// Unix seconds.
+    pub(crate) created: u64,
+    /// Unix seconds; `None` = never expires.
+    pub(crate) expires: Option<u64>,
+    #[serde(default)]
+    pub(crate) last_used: Option<u64>,
+    #[serde(default)]
+    pub(crate) use_count: u64,
+    /// Client IP of the last exchange.
+    #[serde(default)]
+    pub(crate) last_ip: Option<String>,
+    /// User-Agent of the last exchange (at most 256 characters).
+    #[serde(default)]
+    pub(crate) last_user_agent: Option<String>,
+}
+
+impl RefreshRecord {
+    /// A token as it is created: never used.
+    pub(crate) fn new(id: u64, name: &str, created: u64, expires: Option<u64>) -> RefreshRecord {
+        RefreshRecord {
+            id,
+            name: name.to_owned(),
+            created,
+            expires,
+            last_used: None,
+            use_count: 0,
+            last_ip: None,
+            last_user_agent: None,
+        }
+    }
+}
+
+/// Who used a refresh token last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LastClient {
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+}
+
+/// Longest User-Agent kept, in characters: enough to identify a client, not a storage sink.
+pub(crate) const MAX_USER_AGENT_CHARS: usize = 256;
+
+/// One refresh token in memory, shared by the store's maps and by every
+/// access token it issued (so revocation is one atomic store, seen at once).
+#[derive(Debug)]
+pub struct RefreshToken {
+    pub id: u64,
+    pub name: String,
+    pub created: u64,
+    pub expires: Option<u64>,
+    /// Set when the token is deleted; every access token it issued checks this.
+    revoked: AtomicBool,
+    /// Unix seconds of the last exchange, 0 = never. Flushed to disk in batches.
+    last_used: AtomicU64,
+    use_count: AtomicU64,
+    /// Last client; a short critical section per exchange, never held across `.await`.
+    last_client: Mutex<LastClient>,
+    /// Usage changed since the last flush.
+    dirty: AtomicBool,
+}
+
+impl RefreshToken {
+    pub(crate) fn from_record(r: &RefreshRecord) -> RefreshToken {
+        RefreshToken {
+            id: r.id,
+            name: r.name.clone(),
+            created: r.created,
+            expires: r.expires,
+            revoked: AtomicBool::new(false),
+            last_used: AtomicU64::new(r.last_used.unwrap_or(0)),
+            use_count: AtomicU64::new(r.use_count),
+            last_client: Mutex::new(LastClient {
+                ip: r.last_ip.clone(),
+                user_agent: r.last_user_agent.clone(),
+            }),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// A fresh, never-used token that is not in any store (benchmarks, tools).
+    pub fn detached(id: u64, name: &str, expires: Option<u64>) -> RefreshToken {
+        RefreshToken::from_record(&RefreshRecord::new(id, name, 0, expires))
+    }
+
+    /// Usable = not deleted and not past its expiry at `now` (Unix seconds).
+    #[inline]
+    pub fn is_usable(&self, now: u64) -> bool {
+        !self.revoked.load(Ordering::Acquire) && self.expires.is_none_or(|e| now < e)
+    }
+
+    pub(crate) fn is_expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|e| now >= e)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Marks the token deleted; every access token it issued is refused from now on.
+    pub(super) fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    /// Records an exchange in memory; written to disk by the next flush.
+    pub(crate) fn touch(&self, now: u64, ip: Option<std::net::IpAddr>, user_agent: Option<&str>) {
+        self.last_used.store(now, Ordering::Relaxed);
+        self.use_count.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut last = self.last_client.lock().unwrap_or_else(|p| p.into_inner());
+            let ip = ip.map(|i| i.to_canonical().to_string());
+            if last.ip != ip {
+                last.ip = ip;
+            }
+            let ua = user_agent.map(|u| u.chars().take(MAX_USER_AGENT_CHARS).collect::<String>());
+            if last.user_agent != ua {
+                last.user_agent = ua;
+            }
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn last_client(&self) -> LastClient {
+        self.last_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn last_used(&self) -> Option<u64> {
+        match self.last_used.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub(crate) fn use_count(&self) -> u64 {
+        self.use_count.load(Ordering::Relaxed)
+    }
+
+    /// Takes the "usage changed" mark: true if usage changed since the last take.
+    pub(super) fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Puts the mark back after a failed flush, so nothing is lost.
+    pub(super) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// The persisted form, with the usage as it is now.
+    pub(crate) fn record(&self) -> RefreshRecord {
+        let client = self.last_client();
+        RefreshRecord {
+            last_ip: client.ip,
+            last_user_agent: client.user_agent,
+            id: self.id,
+            name: self.name.clone(),
+            created: self.created,
+            expires: self.expires,
+            last_used: self.last_used(),
+            use_count: self.use_count(),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The embedded backend: one redb file. Every call blocks (redb writes wait
+//! for other writers and for the disk): the store's async callers run them
+//! on the blocking pool.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::record::{RefreshHash, RefreshRecord};
+use super::{Backend, StoreError};
+
+/// hash (HMAC-SHA256 of the token) → JSON record.
+const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_tokens");
+/// id → hash, so deletion by id needs no scan.
+const IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("refresh_ids");
+/// Counters. `next_id` only grows: an id is never reused, so an access token
+/// bound to a deleted id can never be revived by a new token.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+macro_rules! db_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+db_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub(super) struct RedbBackend {
+    path: PathBuf,
+    db: Database,
+}
+
+impl RedbBackend {
+    /// Opens (creating if needed) the file, refusing one another process holds.
+    pub(super) fn open(path: &Path) -> Result<RedbBackend, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::secrets::create_private_dir(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
+                path: path.to_owned(),
+            },
+            other => StoreError::Open {
+                path: path.to_owned(),
+                source: other.into(),
+            },
+        })?;
+        crate::secrets::restrict_file(path).map_err(|source| StoreError::Dir {
+            path: path.to_owned(),
+            source,
+        })?;
+        let backend = RedbBackend {
+            path: path.to_owned(),
+            db,
+        };
+        let txn = backend.db.begin_write()?;
+        {
+            // Opening a table in a write transaction creates it.
+            txn.open_table(TOKENS)?;
+            txn.open_table(IDS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        Ok(backend)
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            id: "?".into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Backend for RedbBackend {
+    fn load(&self) -> Result<Vec<(RefreshHash, RefreshRecord)>, StoreError> {
+        let read = self.db.begin_read()?;
+        let tokens = read.open_table(TOKENS)?;
+        let mut all = Vec::new();
+        for row in tokens.iter()? {
+            let (k, v) = row?;
+            let hash: RefreshHash = k
+                .value()
+                .try_into()
+                .map_err(|_| self.corrupt("hash key is not 32 bytes"))?;
+            let rec: RefreshRecord =
+                serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e.to_string()))?;
+            all.push((hash, rec));
+        }
+        Ok(all)
+    }
+
+    fn create(
+        &self,
+        hash: &RefreshHash,
+        name: &str,
+        created: u64,
+        expires: Option<u64>,
+    ) -> Result<RefreshRecord, StoreError> {
+        let txn = self.db.begin_write()?;
+        let rec = {
+            let mut meta = txn.open_table(META)?;
+            let id = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1);
+            meta.insert("next_id", id + 1)?;
+            let rec = RefreshRecord::new(id, name, created, expires);
+            let bytes = serde_json::to_vec(&rec)?;
+            txn.open_table(TOKENS)?.insert(&hash[..], &bytes[..])?;
+            txn.open_table(IDS)?.insert(id, &hash[..])?;
+            rec
+        };
+        txn.commit()?;
+        Ok(rec)
+    }
+
+    fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut gone = Vec::new();
+        {
+            let mut id_table = txn.open_table(IDS)?;
+            let mut tokens = txn.open_table(TOKENS)?;
+            for &id in ids {
+                let hash = match id_table.remove(id)? {
+                    Some(h) => h.value().to_vec(),
+                    None => continue,
+                };
+                tokens.remove(&hash[..])?;
+                gone.push(id);
+            }
+        }
+        txn.commit()?;
+        Ok(gone)
+    }
+
+    fn write_usage(&self, rows: &[(RefreshHash, RefreshRecord)]) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut tokens = txn.open_table(TOKENS)?;
+            for (hash, rec) in rows {
+                // Skip tokens deleted since: never write a removed record back.
+                if tokens.get(&hash[..])?.is_none() {
+                    continue;
+                }
+                let bytes = serde_json::to_vec(rec)?;
+                tokens.insert(&hash[..], &bytes[..])?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(n)
+    }
+}
