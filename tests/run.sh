@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: makes sure what the browser test drives is installed
-# (Debian's chromium and chromium-driver), then runs the whole suite.
+# (Debian's chromium and chromium-driver) and the Python packages of the attack
+# tests, then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,27 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver curl
+fi
+
+# Python packages for the HTTP/2 attack client and the TLS scan (tests/attacks/,
+# run by tests/hostile_h2.rs and tests/tls_scan.rs), at the pinned versions.
+requirements=tests/attacks/requirements.txt
+if ! python3 - "$requirements" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if line:
+        name, _, pinned = line.partition("==")
+        if version(name) != pinned:
+            sys.exit(1)
+PY
+then
+    echo "tests/run.sh: installing the Python packages of $requirements"
+    if ! python3 -m pip install --quiet --disable-pip-version-check -r "$requirements"; then
+        echo "tests/run.sh: ERROR: could not install $requirements with python3 -m pip" >&2
+        exit 1
+    fi
 fi
 
 cargo test "$@"
