@@ -10,6 +10,13 @@
 //!
 //! Needs `python3` with the packages of `tests/attacks/requirements.txt`
 //! (`tests/run.sh` installs them).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    reason = "test code: a panic is a failed test; the attack figures are printed"
+)]
 
 mod common;
 

@@ -5,6 +5,12 @@
 //!
 //! Needs `python3` with the packages of `tests/attacks/requirements.txt`
 //! (`tests/run.sh` installs them).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
 
 mod common;
 
