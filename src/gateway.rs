@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::proxy::{Upstream, UpstreamSetupError};
 use crate::public::PublicHandler;
 use crate::secrets::{AdminPasswordSource, SecretError};
-use crate::server::{bind_reuseport, serve, start_workers, Listening, Load};
+use crate::server::{bind_reuseport, serve, start_workers, ClientSlots, Front, Listening, Load};
 use crate::state::{data_dir, State, StateError};
 use crate::tls::TlsError;
 
@@ -112,6 +112,10 @@ impl Gateway {
                 public,
                 acceptor.clone(),
                 state.config.public.limits.clone(),
+                Front {
+                    trusted_proxies: state.config.public.trusted_proxies.clone().into(),
+                    proxy_protocol: state.config.public.proxy_protocol,
+                },
                 move || {
                     let upstream = Arc::new(Upstream::new(&state.config.upstream)?);
                     upstream.spawn_sweeper();
@@ -136,6 +140,10 @@ impl Gateway {
             }),
             name: "admin",
             permits: Arc::new(Semaphore::new(admin_limits.max_connections)),
+            clients: ClientSlots::new(admin_limits.max_connections_per_client),
+            // Administrators connect directly.
+            trusted_proxies: Arc::from([]),
+            proxy_protocol: false,
             limits: admin_limits,
         });
         let tasks = vec![

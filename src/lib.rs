@@ -20,7 +20,8 @@
 //! - `audit`: the audit log writer.
 //! - `tls`: rustls server and client configurations.
 //! - `http`: the response toolkit (JSON answers, errors, bounded bodies).
-//! - `config`, `secrets`, `clock`: settings, secrets on disk, the time source.
+//! - `config`, `secrets`, `clock`, `net`: settings, secrets on disk, the
+//!   time source, client addresses and networks.
 
 mod admin;
 mod audit;
@@ -30,6 +31,7 @@ pub mod config;
 mod dev;
 mod gateway;
 mod http;
+mod net;
 mod periodic;
 mod proxy;
 mod public;
@@ -44,6 +46,7 @@ pub use admin::api;
 pub use config::Config;
 pub use dev::run as serve_dev;
 pub use gateway::{Gateway, StartError, StartOptions};
+pub use net::Cidr;
 pub use state::State;
 
 /// Building blocks that the integration tests and benchmarks drive directly.

@@ -95,6 +95,11 @@ pub struct PublicSection {
     pub body_read_timeout: HumanDuration,
     pub max_connection_age: HumanDuration,
     pub shutdown_grace: HumanDuration,
+    pub max_connections_per_client: usize,
+    pub idle_timeout: HumanDuration,
+    pub send_timeout: HumanDuration,
+    pub trusted_proxies: Vec<String>,
+    pub proxy_protocol: bool,
 }
 
 impl Default for PublicSection {
@@ -111,6 +116,13 @@ impl Default for PublicSection {
             body_read_timeout: HumanDuration(Duration::from_secs(15)),
             max_connection_age: HumanDuration(Duration::from_secs(3600)),
             shutdown_grace: HumanDuration(Duration::from_secs(20)),
+            // Hundreds: a NAT or an office shares one address; thousands
+            // would let one address hold the whole connection cap.
+            max_connections_per_client: 256,
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            send_timeout: HumanDuration(Duration::from_secs(60)),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -128,6 +140,9 @@ pub struct AdminSection {
     pub h2_max_concurrent_streams: u32,
     pub body_read_timeout: HumanDuration,
     pub max_connection_age: HumanDuration,
+    pub max_connections_per_client: usize,
+    pub idle_timeout: HumanDuration,
+    pub send_timeout: HumanDuration,
 }
 
 impl Default for AdminSection {
@@ -146,6 +161,9 @@ impl Default for AdminSection {
             h2_max_concurrent_streams: 32,
             body_read_timeout: HumanDuration(Duration::from_secs(15)),
             max_connection_age: HumanDuration(Duration::from_secs(3600)),
+            max_connections_per_client: 64,
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            send_timeout: HumanDuration(Duration::from_secs(60)),
         }
     }
 }

@@ -21,6 +21,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use http::header::{HeaderName, HeaderValue};
 
+use crate::net::Cidr;
+
 /// Where the configuration file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/tokengate.toml";
 /// Default certificate and key, generated self-signed at first start when absent.
@@ -81,6 +83,12 @@ pub struct ListenerLimits {
     pub h2_max_concurrent_streams: u32,
     pub body_read_timeout: Duration,
     pub max_connection_age: Duration,
+    /// Open connections one client (an address; IPv6: a /64) may hold.
+    pub max_connections_per_client: usize,
+    /// A connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// A response the client takes no data of for this long is dropped.
+    pub send_timeout: Duration,
     /// How long shutdown waits for in-flight requests (`public.shutdown_grace`, both listeners).
     pub shutdown_grace: Duration,
 }
@@ -92,6 +100,10 @@ pub struct PublicConfig {
     pub workers: usize,
     pub limits: ListenerLimits,
     pub token_body_limit: usize,
+    /// Load balancers whose `X-Forwarded-For` (and PROXY header) is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -32,10 +32,22 @@ impl FileConfig {
                     h2_max_concurrent_streams: p.h2_max_concurrent_streams,
                     body_read_timeout: p.body_read_timeout,
                     max_connection_age: p.max_connection_age,
+                    max_connections_per_client: p.max_connections_per_client,
+                    idle_timeout: p.idle_timeout,
+                    send_timeout: p.send_timeout,
                 },
                 shutdown_grace,
             )?,
             token_body_limit: within("public.token_body_limit", p.token_body_limit, 256, 1 << 20)?,
+            trusted_proxies: p
+                .trusted_proxies
+                .iter()
+                .map(|s| {
+                    s.parse::<Cidr>()
+                        .map_err(|e| ConfigError::invalid("public.trusted_proxies", e))
+                })
+                .collect::<Result<_, _>>()?,
+            proxy_protocol: p.proxy_protocol,
         };
         let a = self.admin;
         if let Some(h) = &a.password_hash {
@@ -59,6 +71,9 @@ impl FileConfig {
                     h2_max_concurrent_streams: a.h2_max_concurrent_streams,
                     body_read_timeout: a.body_read_timeout,
                     max_connection_age: a.max_connection_age,
+                    max_connections_per_client: a.max_connections_per_client,
+                    idle_timeout: a.idle_timeout,
+                    send_timeout: a.send_timeout,
                 },
                 shutdown_grace,
             )?,
@@ -196,6 +211,9 @@ struct RawLimits {
     h2_max_concurrent_streams: u32,
     body_read_timeout: HumanDuration,
     max_connection_age: HumanDuration,
+    max_connections_per_client: usize,
+    idle_timeout: HumanDuration,
+    send_timeout: HumanDuration,
 }
 
 /// Checks a listener section's limits; `section` prefixes every key named in an error.
@@ -222,6 +240,12 @@ fn limits(
         },
         body_read_timeout: nonzero(&key("body_read_timeout"), r.body_read_timeout)?,
         max_connection_age: nonzero(&key("max_connection_age"), r.max_connection_age)?,
+        max_connections_per_client: positive(
+            &key("max_connections_per_client"),
+            r.max_connections_per_client,
+        )?,
+        idle_timeout: nonzero(&key("idle_timeout"), r.idle_timeout)?,
+        send_timeout: nonzero(&key("send_timeout"), r.send_timeout)?,
         shutdown_grace,
     })
 }
@@ -317,6 +341,15 @@ mod tests {
         let cases = [
             ("[public]\nlisten = \"nowhere\"", "public.listen"),
             ("[admin]\nmax_connections = 0", "admin.max_connections"),
+            (
+                "[public]\ntrusted_proxies = [\"10.0.0.1/8\"]",
+                "public.trusted_proxies",
+            ),
+            (
+                "[public]\nmax_connections_per_client = 0",
+                "public.max_connections_per_client",
+            ),
+            ("[public]\nsend_timeout = \"0s\"", "public.send_timeout"),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             ("[tokens]\naccess_ttl = \"0s\"", "tokens.access_ttl"),
             ("[tokens]\naccess_ttl = \"soon\"", "access_ttl"),

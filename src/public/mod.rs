@@ -3,8 +3,10 @@
 //!
 //! - `token`: the token endpoint (decode → exchange → RFC 6749 answer).
 //! - `bearer`: the `Authorization: Bearer` check and its RFC 6750 refusals.
+//! - `client`: the client's address behind trusted load balancers.
 
 mod bearer;
+mod client;
 mod token;
 
 pub use bearer::bearer_token;
@@ -62,6 +64,12 @@ impl PublicHandler {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Either<Response<UpstreamBody>, Reply> {
+        // From here on `peer` is the client, also behind a trusted balancer.
+        let peer = client::client_addr(
+            peer,
+            req.headers(),
+            &self.state.config.public.trusted_proxies,
+        );
         if !host_ok(&req) {
             return Either::Right(error(
                 StatusCode::BAD_REQUEST,

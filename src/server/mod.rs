@@ -6,9 +6,15 @@
 //! - `workers`: the public listener's per-core workers on `SO_REUSEPORT`.
 //! - `balance`: keeps the workers' connection counts even.
 //! - `coalesce`: batches an HTTP/2 connection's small writes.
+//! - `clients`: the per-client connection limit.
+//! - `conn`: first-request, idle and send deadlines per connection.
+//! - `proxy_header`: the PROXY protocol header from a load balancer.
 
 mod balance;
+mod clients;
 mod coalesce;
+mod conn;
+mod proxy_header;
 mod workers;
 
 use std::convert::Infallible;
@@ -35,9 +41,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::ListenerLimits;
+use crate::net::{any_contains, Cidr};
 pub(crate) use balance::{Balancer, Load};
 use balance::{Handoff, Placed};
-pub(crate) use workers::{bind_reuseport, start_workers};
+pub(crate) use clients::ClientSlots;
+use conn::{Activity, Counted, Deadlines, Verdict, Watch};
+pub(crate) use workers::{bind_reuseport, start_workers, Front};
 
 /// HTTP/2 streams a client may reset before we ever answer them, per
 /// connection (the "rapid reset" family of attacks).
@@ -52,8 +61,11 @@ const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 pub(crate) trait Handler: Send + Sync + 'static {
     type Body: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
         + Send
+        + Unpin
         + 'static;
 
+    /// Answers one request. `peer` is the client's address: the TCP peer,
+    /// or the address a trusted load balancer's PROXY header gave.
     fn handle(
         &self,
         peer: SocketAddr,
@@ -72,6 +84,14 @@ pub(crate) struct Listening<H> {
     /// Each connection holds a permit; at the cap, accepting pauses and new
     /// clients wait in the kernel's backlog instead of exhausting memory.
     pub(crate) permits: Arc<Semaphore>,
+    /// Open connections per client, shared by the listener's workers.
+    pub(crate) clients: Arc<ClientSlots>,
+    /// Load balancers: exempt from the per-client limit (they carry many
+    /// clients), and the only peers allowed to send a PROXY header when
+    /// the list is not empty.
+    pub(crate) trusted_proxies: Arc<[Cidr]>,
+    /// Read a PROXY protocol header before the TLS handshake.
+    pub(crate) proxy_protocol: bool,
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
@@ -179,26 +199,75 @@ async fn handed_over(balance: &mut Option<Balancer>) -> Option<Handoff> {
 }
 
 async fn connection<H: Handler>(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     ctx: Arc<Listening<H>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let limits = &ctx.limits;
+    let trusted_peer = any_contains(&ctx.trusted_proxies, peer.ip());
+    // The client: the TCP peer, or whom the load balancer's PROXY header names.
+    let client = if ctx.proxy_protocol {
+        if !ctx.trusted_proxies.is_empty() && !trusted_peer {
+            tracing::debug!(%peer, "refused: PROXY headers are only taken from public.trusted_proxies");
+            return;
+        }
+        let header = proxy_header::read(&mut tcp);
+        match tokio::time::timeout(limits.tls_handshake_timeout, header).await {
+            Ok(Ok(Some(addr))) => addr,
+            Ok(Ok(None)) => peer,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "PROXY header refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no PROXY header in time");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    // A balancer without PROXY headers carries many clients under one
+    // address: it is exempt. Everyone else gets a fair share of the cap.
+    let _slot = if trusted_peer && !ctx.proxy_protocol {
+        None
+    } else {
+        match ctx.clients.take(client.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::debug!(%client, listener = ctx.name, "refused: this client holds max_connections_per_client already");
+                return;
+            }
+        }
+    };
     let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            tracing::debug!(%client, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
+            tracing::debug!(%client, "TLS handshake timed out");
             return;
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let max_age = limits.max_connection_age;
+    let activity = Arc::new(Activity::default());
+    let deadlines = Deadlines {
+        first_request: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        send: limits.send_timeout,
+    };
+    let guard = Guard {
+        activity: activity.clone(),
+        deadlines,
+        max_age: limits.max_connection_age,
+        shutdown,
+        client,
+    };
+    let io = Counted::new(tls, activity.clone());
     if h2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -213,10 +282,14 @@ async fn connection<H: Handler>(
         let handler = ctx.handler.clone();
         let svc = service_fn(move |req| {
             let handler = handler.clone();
-            Box::pin(async move { Ok::<_, Infallible>(handler.handle(peer, req).await) })
+            let in_flight = activity.start();
+            Box::pin(async move {
+                let resp = handler.handle(client, req).await;
+                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+            })
         });
-        let io = TokioIo::new(coalesce::Coalesce::new(tls));
-        drive(b.serve_connection(io, svc), shutdown, max_age, peer).await;
+        let io = TokioIo::new(coalesce::Coalesce::new(io));
+        drive(b.serve_connection(io, svc), guard).await;
     } else {
         let mut b = http1::Builder::new();
         // hyper requires a read buffer of at least 8 KiB.
@@ -230,64 +303,110 @@ async fn connection<H: Handler>(
         let handler = ctx.handler.clone();
         let svc = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(peer, req).await) }
+            let in_flight = activity.start();
+            async move {
+                let resp = handler.handle(client, req).await;
+                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+            }
         });
-        drive(
-            b.serve_connection(TokioIo::new(tls), svc),
-            shutdown,
-            max_age,
-            peer,
-        )
-        .await;
+        drive(b.serve_connection(TokioIo::new(io), svc), guard).await;
     }
 }
 
-/// Tells a connection to finish its in-flight requests and close: set by the
-/// connection's watcher when shutdown begins or the connection reaches
-/// `max_connection_age`. A connection task is polled several times per
-/// request; checking a flag costs one atomic load, where polling a watch
-/// channel and a timer every time showed up in the profile.
+/// What the watcher of one connection needs.
+struct Guard {
+    activity: Arc<Activity>,
+    deadlines: Deadlines,
+    max_age: Duration,
+    shutdown: watch::Receiver<bool>,
+    client: SocketAddr,
+}
+
+/// Tells a connection to finish its in-flight requests and close (`flag`),
+/// or to stop at once (`kill`): set by the connection's watcher at shutdown,
+/// at `max_connection_age`, or when a deadline in `conn` passes. A
+/// connection task is polled several times per request; checking a flag
+/// costs one atomic load, where polling a watch channel and a timer every
+/// time showed up in the profile.
 #[derive(Default)]
 struct Finish {
     flag: AtomicBool,
+    kill: AtomicBool,
     waker: AtomicWaker,
 }
 
-/// Runs a connection to completion; on shutdown or at `max_age`, asks it to
-/// finish its in-flight requests and close.
-async fn drive<C>(conn: C, mut shutdown: watch::Receiver<bool>, max_age: Duration, peer: SocketAddr)
+/// Runs a connection to completion. Its watcher asks it to finish its
+/// in-flight requests and close on shutdown, at `max_age` or when idle, and
+/// drops it when a deadline in `conn` passes.
+async fn drive<C>(conn: C, guard: Guard)
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let finish = Arc::new(Finish::default());
-    let watcher = tokio::spawn({
-        let finish = finish.clone();
-        async move {
-            tokio::select! {
-                _ = stopped(&mut shutdown) => {}
-                _ = tokio::time::sleep(max_age) => {}
-            }
-            finish.flag.store(true, Ordering::Release);
-            finish.waker.wake();
-        }
-    });
+    let client = guard.client;
+    let watcher = tokio::spawn(watch_connection(guard, finish.clone()));
     let mut conn = pin!(conn);
     let mut closing = false;
     let ended = poll_fn(|cx| {
-        if !closing {
-            finish.waker.register(cx.waker());
-            if finish.flag.load(Ordering::Acquire) {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
+        finish.waker.register(cx.waker());
+        if finish.kill.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        if !closing && finish.flag.load(Ordering::Acquire) {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
         }
         conn.as_mut().poll(cx)
     })
     .await;
     watcher.abort();
     if let Err(e) = ended {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tracing::debug!(%client, error = %e, "connection ended with an error");
+    }
+}
+
+/// The watcher: looks at the connection's activity every few seconds.
+async fn watch_connection(mut g: Guard, finish: Arc<Finish>) {
+    let start = tokio::time::Instant::now();
+    let age_limit = start + g.max_age;
+    let mut tick = tokio::time::interval_at(start + g.deadlines.period(), g.deadlines.period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = Watch::new(start.into_std());
+    let mut asked = false;
+    let ask = |finish: &Finish| {
+        finish.flag.store(true, Ordering::Release);
+        finish.waker.wake();
+    };
+    loop {
+        tokio::select! {
+            _ = stopped(&mut g.shutdown), if !asked => {
+                asked = true;
+                ask(&finish);
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        if !asked && now >= age_limit {
+            asked = true;
+            ask(&finish);
+        }
+        match watch.look(&g.activity, now.into_std(), &g.deadlines) {
+            Verdict::Fine => {}
+            Verdict::Idle if !asked => {
+                tracing::debug!(client = %g.client, "closing an idle connection");
+                asked = true;
+                ask(&finish);
+            }
+            Verdict::Idle => {}
+            Verdict::Drop(why) => {
+                tracing::debug!(client = %g.client, reason = why, "dropping a connection");
+                finish.kill.store(true, Ordering::Release);
+                finish.waker.wake();
+                return;
+            }
+        }
     }
 }
 

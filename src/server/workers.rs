@@ -13,8 +13,16 @@ use tokio::net::TcpSocket;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::{serve, Balancer, Handler, Listening, Load};
+use super::{serve, Balancer, ClientSlots, Handler, Listening, Load};
 use crate::config::ListenerLimits;
+use crate::net::Cidr;
+
+/// Who stands in front of the public listener.
+#[derive(Clone)]
+pub(crate) struct Front {
+    pub(crate) trusted_proxies: Arc<[Cidr]>,
+    pub(crate) proxy_protocol: bool,
+}
 
 /// Tasks a worker runs before it checks for new I/O events while tasks are
 /// still queued (tokio's default is 61). Each check is an `epoll_wait`, and
@@ -45,6 +53,7 @@ pub(crate) async fn start_workers<H, F, E>(
     sockets: Vec<TcpSocket>,
     acceptor: TlsAcceptor,
     limits: ListenerLimits,
+    front: Front,
     make: F,
     shutdown: watch::Receiver<bool>,
     stop: &watch::Sender<bool>,
@@ -57,6 +66,7 @@ where
     let make = Arc::new(make);
     // The cap is shared: it bounds the listener, not each worker.
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = ClientSlots::new(limits.max_connections_per_client);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut done = Vec::with_capacity(sockets.len());
     let (balancers, load) = Balancer::set(sockets.len());
@@ -67,6 +77,8 @@ where
             acceptor: acceptor.clone(),
             limits: limits.clone(),
             permits: permits.clone(),
+            clients: clients.clone(),
+            front: front.clone(),
             shutdown: shutdown.clone(),
             ready: ready_tx.clone(),
             balance,
@@ -105,6 +117,8 @@ struct WorkerCtx {
     acceptor: TlsAcceptor,
     limits: ListenerLimits,
     permits: Arc<Semaphore>,
+    clients: Arc<ClientSlots>,
+    front: Front,
     shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     balance: Balancer,
@@ -152,6 +166,9 @@ fn run_worker<H: Handler>(
             name: "public",
             limits: ctx.limits,
             permits: ctx.permits,
+            clients: ctx.clients,
+            trusted_proxies: ctx.front.trusted_proxies,
+            proxy_protocol: ctx.front.proxy_protocol,
         });
         let _ = ctx.ready.send(Ok(()));
         serve(

@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokengate::clock::Clock;
 use tokengate::config::FileConfig;
@@ -203,16 +202,8 @@ pub struct TestClient {
 }
 
 fn tls_client(cert: &std::path::Path, h2: bool) -> HttpsClient {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(tokengate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    // The gateway's own client-config builder (the one the CLI uses).
+    let config = tokengate::tls::client_config(tokengate::tls::Trust::CaFile(cert), &[]).unwrap();
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only();
@@ -431,25 +422,41 @@ impl TestGateway {
     /// A raw TLS connection to the public listener offering one ALPN
     /// protocol, for tests that need their own connections.
     pub async fn tls_connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let mut roots = rustls::RootCertStore::empty();
-        let cert = self.file.tls.cert.as_ref().expect("test certificate");
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).expect("certificate file") {
-            roots.add(c.expect("certificate")).expect("root");
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(tokengate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![alpn.to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(self.gateway.as_ref().expect("running").public_addr)
+        let tcp = TcpStream::connect(self.public_addr())
             .await
             .expect("connect");
+        self.tls_over(tcp, alpn).await
+    }
+
+    /// TLS to the public listener over a TCP connection the test made itself
+    /// (from another source address, or after a PROXY header).
+    pub async fn tls_over(
+        &self,
+        tcp: TcpStream,
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let cert = self.file.tls.cert.as_ref().expect("test certificate");
+        let config = tokengate::tls::client_config(tokengate::tls::Trust::CaFile(cert), &[alpn])
+            .expect("client TLS config");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         connector
             .connect("localhost".try_into().expect("server name"), tcp)
             .await
             .expect("TLS handshake")
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.gateway.as_ref().expect("running").public_addr
+    }
+
+    /// Open connections on the public listener, all workers together.
+    pub fn open_connections(&self) -> usize {
+        self.gateway
+            .as_ref()
+            .expect("running")
+            .connections_per_worker()
+            .iter()
+            .sum()
     }
 }
 

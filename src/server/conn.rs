@@ -1,0 +1,402 @@
+//! What keeps one client from holding a connection for nothing: each
+//! connection reports its activity (requests started, responses in progress,
+//! progress toward the client) through a few counters, and a watcher task
+//! per connection closes it when
+//!
+//! - no first request arrives within `header_read_timeout` (an HTTP/2
+//!   client that never sends its preface or a request: dropped);
+//! - it has been idle, no request in progress, for `idle_timeout` (closed
+//!   gracefully: HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`);
+//! - a response has been waiting on the client for `send_timeout` with no
+//!   progress: the client stopped reading, or keeps an HTTP/2 flow-control
+//!   window at zero (dropped, which also frees the upstream connection the
+//!   response was streaming from).
+//!
+//! The counters cost a handful of uncontended atomic operations per request;
+//! the watcher wakes a few times per timeout, not per request.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A connection's activity, written by the connection and read by its watcher.
+#[derive(Default)]
+pub(crate) struct Activity {
+    /// Requests (HTTP/2: streams) whose handler was called.
+    requests: AtomicU64,
+    /// Requests whose handler or response body is not finished.
+    in_flight: AtomicUsize,
+    /// Response bodies whose last poll produced a frame that the connection
+    /// has not come back past: they wait for the client, not the upstream.
+    waiting_on_client: AtomicUsize,
+    /// Counts body polls and socket writes that went through after a full
+    /// socket: any change means data is moving toward the client.
+    progress: AtomicU64,
+    /// The last socket write found the send buffer full.
+    write_blocked: AtomicBool,
+}
+
+impl Activity {
+    /// Marks a request as started; the guard ends it when dropped (with its
+    /// response body, or with the handler if the client went away first).
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn snapshot(&self) -> Counters {
+        Counters {
+            requests: self.requests.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            waiting_on_client: self.waiting_on_client.load(Relaxed) > 0
+                || self.write_blocked.load(Relaxed),
+            progress: self.progress.load(Relaxed),
+        }
+    }
+}
+
+/// One request in progress.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// Wraps the response body so it reports its progress; the request
+    /// stays in flight until that body is dropped.
+    pub(crate) fn track<B>(self, body: B) -> Tracked<B> {
+        Tracked {
+            inner: body,
+            guard: self,
+            holding: false,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that reports whether it waits on the client.
+pub(crate) struct Tracked<B> {
+    inner: B,
+    guard: InFlight,
+    /// Our last poll produced a frame (counted in `waiting_on_client`).
+    holding: bool,
+}
+
+impl<B> Tracked<B> {
+    fn release(&mut self) {
+        if self.holding {
+            self.holding = false;
+            self.guard.0.waiting_on_client.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        // Polled again: the connection took the last frame further.
+        this.release();
+        this.guard.0.progress.fetch_add(1, Relaxed);
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = r {
+            this.holding = true;
+            this.guard.0.waiting_on_client.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The connection's socket, noting when the client stops taking data.
+pub(crate) struct Counted<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Counted<T> {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Counted<T> {
+        Counted { inner, activity }
+    }
+
+    fn note<R>(&self, r: &Poll<io::Result<R>>) {
+        let blocked = &self.activity.write_blocked;
+        match r {
+            Poll::Pending => {
+                if !blocked.load(Relaxed) {
+                    blocked.store(true, Relaxed);
+                }
+            }
+            Poll::Ready(_) => {
+                if blocked.load(Relaxed) {
+                    blocked.store(false, Relaxed);
+                    self.activity.progress.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.note(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.note(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.note(&r);
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The deadlines the watcher enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    pub(crate) first_request: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) send: Duration,
+}
+
+impl Deadlines {
+    /// How often the watcher looks: often enough that each deadline is kept
+    /// within a quarter of itself, rarely enough to cost nothing per request.
+    pub(crate) fn period(&self) -> Duration {
+        (self.first_request.min(self.idle).min(self.send) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(15))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    requests: u64,
+    in_flight: usize,
+    waiting_on_client: bool,
+    progress: u64,
+}
+
+/// What the watcher decides at a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Fine,
+    /// Idle too long: close gracefully.
+    Idle,
+    /// Drop the connection now, for this reason.
+    Drop(&'static str),
+}
+
+/// The watcher's memory between looks.
+pub(crate) struct Watch {
+    started: Instant,
+    last: Counters,
+    /// Since when nothing changed that would reset the idle clock.
+    quiet_since: Instant,
+    /// Since when a response has waited on the client without progress.
+    stalled_since: Option<Instant>,
+}
+
+impl Watch {
+    pub(crate) fn new(now: Instant) -> Watch {
+        Watch {
+            started: now,
+            last: Counters {
+                requests: 0,
+                in_flight: 0,
+                waiting_on_client: false,
+                progress: 0,
+            },
+            quiet_since: now,
+            stalled_since: None,
+        }
+    }
+
+    pub(crate) fn look(&mut self, activity: &Activity, now: Instant, d: &Deadlines) -> Verdict {
+        self.judge(activity.snapshot(), now, d)
+    }
+
+    fn judge(&mut self, c: Counters, now: Instant, d: &Deadlines) -> Verdict {
+        let prev = std::mem::replace(&mut self.last, c);
+        if c.requests == 0 && now.duration_since(self.started) >= d.first_request {
+            return Verdict::Drop("no request within the first-request deadline");
+        }
+        if c.waiting_on_client && c.progress == prev.progress {
+            let since = *self.stalled_since.get_or_insert(now);
+            if now.duration_since(since) >= d.send {
+                return Verdict::Drop("the client stopped taking the response");
+            }
+        } else {
+            self.stalled_since = None;
+        }
+        if c.in_flight > 0 || c.requests != prev.requests {
+            self.quiet_since = now;
+        } else if c.requests > 0 && now.duration_since(self.quiet_since) >= d.idle {
+            return Verdict::Idle;
+        }
+        Verdict::Fine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Deadlines = Deadlines {
+        first_request: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        send: Duration::from_secs(30),
+    };
+
+    fn c(requests: u64, in_flight: usize, waiting: bool, progress: u64) -> Counters {
+        Counters {
+            requests,
+            in_flight,
+            waiting_on_client: waiting,
+            progress,
+        }
+    }
+
+    #[test]
+    fn a_silent_connection_is_dropped_at_the_first_request_deadline() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(t0);
+        let s = Duration::from_secs;
+        assert_eq!(w.judge(c(0, 0, false, 0), t0 + s(5), &D), Verdict::Fine);
+        assert!(matches!(
+            w.judge(c(0, 0, false, 0), t0 + s(10), &D),
+            Verdict::Drop(_)
+        ));
+        let mut w = Watch::new(t0);
+        assert_eq!(w.judge(c(1, 0, false, 0), t0 + s(11), &D), Verdict::Fine);
+    }
+
+    #[test]
+    fn idle_is_counted_from_the_last_request() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = Watch::new(t0);
+        assert_eq!(w.judge(c(1, 1, false, 3), t0 + s(1), &D), Verdict::Fine);
+        // A long request is not idleness.
+        assert_eq!(w.judge(c(1, 1, false, 3), t0 + s(100), &D), Verdict::Fine);
+        assert_eq!(w.judge(c(1, 0, false, 3), t0 + s(101), &D), Verdict::Fine);
+        assert_eq!(w.judge(c(1, 0, false, 3), t0 + s(159), &D), Verdict::Fine);
+        assert_eq!(w.judge(c(1, 0, false, 3), t0 + s(160), &D), Verdict::Idle);
+    }
+
+    #[test]
+    fn a_response_the_client_does_not_take_is_dropped_at_the_send_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = Watch::new(t0);
+        assert_eq!(w.judge(c(1, 1, true, 5), t0 + s(1), &D), Verdict::Fine);
+        assert_eq!(w.judge(c(1, 1, true, 5), t0 + s(2), &D), Verdict::Fine);
+        // Progress resets the clock: a slow reader is not a stalled one.
+        assert_eq!(w.judge(c(1, 1, true, 6), t0 + s(31), &D), Verdict::Fine);
+        assert_eq!(w.judge(c(1, 1, true, 6), t0 + s(40), &D), Verdict::Fine);
+        assert!(matches!(
+            w.judge(c(1, 1, true, 6), t0 + s(70), &D),
+            Verdict::Drop(_)
+        ));
+        // Waiting on the upstream (nothing held for the client) never counts.
+        let mut w = Watch::new(t0);
+        assert_eq!(w.judge(c(1, 1, false, 5), t0 + s(1), &D), Verdict::Fine);
+        assert_eq!(w.judge(c(1, 1, false, 5), t0 + s(500), &D), Verdict::Fine);
+    }
+
+    #[test]
+    fn tracked_bodies_report_frames_held_for_the_client() {
+        use http_body_util::{BodyExt, Full};
+        let a = Arc::new(Activity::default());
+        let guard = a.start();
+        assert_eq!(a.snapshot().in_flight, 1);
+        let mut body = guard.track(Full::new(Bytes::from_static(b"x")));
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let r = Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(matches!(r, Poll::Ready(Some(Ok(_)))));
+        assert!(a.snapshot().waiting_on_client);
+        let r = Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(matches!(r, Poll::Ready(None)));
+        assert!(!a.snapshot().waiting_on_client);
+        drop(body);
+        assert_eq!(a.snapshot().in_flight, 0);
+        // Collecting a body end to end leaves nothing counted.
+        let body = a.start().track(Full::new(Bytes::from_static(b"y")));
+        let _ = futures_block_on(body.collect());
+        assert_eq!(a.snapshot(), c(2, 0, false, a.snapshot().progress));
+    }
+
+    fn futures_noop_waker() -> std::task::Waker {
+        std::task::Waker::noop().clone()
+    }
+
+    fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+}

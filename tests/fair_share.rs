@@ -1,0 +1,389 @@
+//! No single client can starve the others: a per-client connection limit
+//! (with load balancers exempt, or counted by the address their PROXY
+//! header gives), first-request and idle deadlines on HTTP/2, and a send
+//! deadline for clients that stop taking a response.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::TestGateway;
+use http::StatusCode;
+use tokengate::config::HumanDuration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Polls `check` until it holds (bounded), so no test guesses a sleep.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut wait = Duration::from_millis(5);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// True once the peer closed (EOF or reset); false while it is open.
+fn closed_by_peer(s: &std::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+fn secs(s: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(s))
+}
+
+#[tokio::test]
+async fn five_thousand_idle_connections_from_one_address_do_not_starve_anyone() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        // Without the per-client share, the flood below would hold every
+        // one of these slots and the normal client would wait in the backlog.
+        f.public.max_connections = 600;
+        f.public.max_connections_per_client = 50;
+        f.public.tls_handshake_timeout = secs(120);
+        f.public.workers = 2;
+    })
+    .await;
+    let mut flood = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let s = connect_from("127.0.0.2", gw.public_addr()).await;
+        flood.push(s.into_std().unwrap());
+    }
+    // Another client is served at once.
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        gw.client.get_with("/healthz", None),
+    )
+    .await
+    .expect("a normal client is served while the flood holds its share");
+    assert_eq!(r.status, StatusCode::OK);
+    // The flood keeps its share and no more: the rest were closed.
+    eventually(Duration::from_secs(30), "excess connections closed", || {
+        let open = flood.iter().filter(|s| !closed_by_peer(s)).count();
+        async move { open <= 50 }
+    })
+    .await;
+    let still_open = flood.iter().filter(|s| !closed_by_peer(s)).count();
+    assert_eq!(still_open, 50, "the client's share stays open");
+}
+
+#[tokio::test]
+async fn a_trusted_load_balancer_with_thousands_of_connections_is_exempt() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.max_connections_per_client = 20;
+        f.public.trusted_proxies = vec!["127.0.0.3/32".into()];
+        f.public.tls_handshake_timeout = secs(120);
+    })
+    .await;
+    // 2,000 client connections through the balancer, without PROXY
+    // headers: all kept, though one address holds them.
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        held.push(
+            connect_from("127.0.0.3", gw.public_addr())
+                .await
+                .into_std()
+                .unwrap(),
+        );
+    }
+    eventually(Duration::from_secs(20), "all 2,000 accepted", || {
+        let n = gw.open_connections();
+        async move { n >= 2000 }
+    })
+    .await;
+    assert!(
+        held.iter().all(|s| !closed_by_peer(s)),
+        "none of the balancer's connections was refused"
+    );
+    let r = gw.client.get_with("/healthz", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// A PROXY protocol v2 header naming `client` (IPv4, TCP).
+fn proxy_v2(client: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(c) = client else {
+        panic!("IPv4 only here")
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&c.ip().octets());
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&c.port().to_be_bytes());
+    h.extend_from_slice(&443u16.to_be_bytes());
+    h
+}
+
+#[tokio::test]
+async fn proxy_protocol_gives_the_client_address_to_limits_and_the_upstream() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.proxy_protocol = true;
+        f.public.trusted_proxies = vec!["127.0.0.4/32".into()];
+        f.public.max_connections_per_client = 3;
+        f.public.tls_handshake_timeout = secs(120);
+    })
+    .await;
+    let (_, refresh) = gw.create_token("behind-haproxy").await;
+
+    // The balancer carries many clients: each is counted on its own.
+    let mut conns = Vec::new();
+    for i in 0..30u8 {
+        let mut tcp = connect_from("127.0.0.4", gw.public_addr()).await;
+        let client: SocketAddr = format!("203.0.113.{}:5000", i + 1).parse().unwrap();
+        tcp.write_all(&proxy_v2(client)).await.unwrap();
+        conns.push(gw.tls_over(tcp, b"http/1.1").await);
+    }
+    // One client beyond its share of 3 is refused (closed before TLS).
+    let mut same = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = connect_from("127.0.0.4", gw.public_addr()).await;
+        tcp.write_all(&proxy_v2("198.51.100.7:1".parse().unwrap()))
+            .await
+            .unwrap();
+        same.push(tcp.into_std().unwrap());
+    }
+    eventually(Duration::from_secs(10), "one of the four refused", || {
+        let n = same.iter().filter(|s| closed_by_peer(s)).count();
+        async move { n >= 1 }
+    })
+    .await;
+    let refused = same.iter().filter(|s| closed_by_peer(s)).count();
+    assert_eq!(
+        refused, 1,
+        "exactly the fourth connection of one client is refused"
+    );
+
+    // The client address reaches the upstream as X-Forwarded-For.
+    let access = {
+        let mut tcp = connect_from("127.0.0.4", gw.public_addr()).await;
+        tcp.write_all(&proxy_v2("192.0.2.44:7000".parse().unwrap()))
+            .await
+            .unwrap();
+        let mut tls = gw.tls_over(tcp, b"http/1.1").await;
+        let body = format!("grant_type=refresh_token&refresh_token={refresh}");
+        let req = format!(
+            "POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tls.read_to_string(&mut out).await.unwrap();
+        let json = &out[out.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
+    };
+    let mut tcp = connect_from("127.0.0.4", gw.public_addr()).await;
+    tcp.write_all(&proxy_v2("192.0.2.44:7001".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut tls = gw.tls_over(tcp, b"http/1.1").await;
+    let req = format!(
+        "GET /whoami HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {access}\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.unwrap();
+    let json = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["headers"]["x-forwarded-for"][0], "192.0.2.44", "{out}");
+    // The usage record names the client too.
+    let tokens = gw
+        .client
+        .admin_call("GET", "/api/refresh-tokens")
+        .await
+        .json();
+    assert_eq!(tokens[0]["last_client_ip"], "192.0.2.44");
+
+    // A connection without a PROXY header is refused when they are required.
+    let mut plain = connect_from("127.0.0.4", gw.public_addr()).await;
+    plain.write_all(b"\x16\x03\x01\x00\x05hello").await.unwrap();
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "closed without a PROXY header"
+    );
+    // And PROXY headers from a peer that is not a trusted proxy are refused.
+    let mut stranger = connect_from("127.0.0.5", gw.public_addr()).await;
+    stranger
+        .write_all(&proxy_v2("192.0.2.1:1".parse().unwrap()))
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), stranger.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a stranger's PROXY header is refused"
+    );
+    drop(conns);
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_from_trusted_proxies_only() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.trusted_proxies = vec!["127.0.0.6/32".into()];
+    })
+    .await;
+    let (_, refresh) = gw.create_token("xff").await;
+    let access = gw.exchange(&refresh).await;
+    let get = |from: &'static str| {
+        let gw = &gw;
+        let access = access.clone();
+        async move {
+            let tcp = connect_from(from, gw.public_addr()).await;
+            let mut tls = gw.tls_over(tcp, b"http/1.1").await;
+            let req = format!(
+                "GET /x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {access}\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.9\r\nConnection: close\r\n\r\n"
+            );
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tls.read_to_string(&mut out).await.unwrap();
+            let json = out[out.find("\r\n\r\n").unwrap() + 4..].to_owned();
+            serde_json::from_str::<serde_json::Value>(&json).unwrap()
+        }
+    };
+    let v = get("127.0.0.6").await;
+    assert_eq!(
+        v["headers"]["x-forwarded-for"][0], "203.0.113.9",
+        "the balancer's word"
+    );
+    let v = get("127.0.0.7").await;
+    assert_eq!(
+        v["headers"]["x-forwarded-for"][0], "127.0.0.7",
+        "a client's own claim is not believed"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_http2_connection_is_dropped_at_the_first_request_deadline() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.header_read_timeout = secs(1);
+    })
+    .await;
+    // TLS with ALPN h2, then nothing: no preface, no request.
+    let silent = gw.tls_connect(b"h2").await;
+    // The preface and SETTINGS, then nothing.
+    let mut preface_only = gw.tls_connect(b"h2").await;
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "both connections were dropped",
+        || {
+            let n = gw.open_connections();
+            async move { n == 0 }
+        },
+    )
+    .await;
+    drop((silent, preface_only));
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.idle_timeout = secs(1);
+    })
+    .await;
+    let tls = gw.tls_connect(b"h2").await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/healthz")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Then idle: the gateway says goodbye and the connection ends.
+    // (Whether hyper's client reports the GOAWAY as an error does not matter.)
+    let _ = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the idle connection was closed by the gateway")
+        .unwrap();
+    eventually(Duration::from_secs(5), "the gateway let go of it", || {
+        let n = gw.open_connections();
+        async move { n == 0 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_at_the_send_deadline() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.send_timeout = secs(1);
+    })
+    .await;
+    let (_, refresh) = gw.create_token("reader").await;
+    let access = gw.exchange(&refresh).await;
+    // The test client keeps its own connection alive; count only ours.
+    let before = gw.open_connections();
+    // The echo upstream answers with the request body: 8 MiB to send back,
+    // far more than the socket buffers hold.
+    let body = vec![b'a'; 8 << 20];
+    let mut tls = gw.tls_connect(b"http/1.1").await;
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {access}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body).await.unwrap();
+    tls.flush().await.unwrap();
+    // Never read: the gateway gives up on this client and frees the slot.
+    eventually(
+        Duration::from_secs(5),
+        "the stalled connection is open",
+        || {
+            let n = gw.open_connections();
+            async move { n == before + 1 }
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the stalled connection was dropped",
+        || {
+            let n = gw.open_connections();
+            async move { n == before }
+        },
+    )
+    .await;
+    drop(tls);
+}
