@@ -33,17 +33,26 @@ pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_AUTH: u8 = 3;
 pub const EXIT_NOT_FOUND: u8 = 4;
 
+/// The admin listener's address when nothing says otherwise.
+const DEFAULT_ADMIN_URL: &str = "https://127.0.0.1:8444";
+
 /// Where the admin API is and how to trust it.
 #[derive(clap::Args, Debug)]
 pub struct Connection {
-    /// Admin listener URL.
+    /// Admin listener URL. Default: the admin socket if ./data/admin.sock
+    /// exists, else https://127.0.0.1:8444.
     #[arg(
         long,
         env = "TOKENGATE_ADMIN_URL",
-        default_value = "https://127.0.0.1:8444",
-        global = true
+        global = true,
+        conflicts_with = "socket"
     )]
-    pub url: String,
+    pub url: Option<String>,
+    /// The gateway's admin Unix socket (`admin.socket`; default
+    /// <data dir>/admin.sock). Needs no password: only the gateway's own
+    /// user (or root) may use it, and no failed login elsewhere locks it.
+    #[arg(long, env = "TOKENGATE_ADMIN_SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
     /// Admin password (prefer the environment variable: flags show up in `ps`).
     #[arg(
         long,
@@ -127,6 +136,86 @@ async fn call(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Bytes, Failure> {
+    let resp = match target(conn) {
+        Target::Socket(socket) => call_local(&socket, method, path, body).await?,
+        Target::Url(url) => call_tls(conn, &url, method, path, body).await?,
+    };
+    answer_bytes(resp).await
+}
+
+/// Where the CLI sends its requests.
+enum Target {
+    Socket(PathBuf),
+    Url(String),
+}
+
+fn target(conn: &Connection) -> Target {
+    if let Some(s) = &conn.socket {
+        return Target::Socket(s.clone());
+    }
+    if let Some(u) = &conn.url {
+        return Target::Url(u.clone());
+    }
+    let local = std::path::Path::new("data").join(crate::config::ADMIN_SOCKET_FILE);
+    if local.exists() {
+        Target::Socket(local)
+    } else {
+        Target::Url(DEFAULT_ADMIN_URL.into())
+    }
+}
+
+fn request(method: &str, uri: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("tokengate-cli/", env!("CARGO_PKG_VERSION")),
+        )
+}
+
+/// One request over the admin Unix socket (plain HTTP/1.1, no password).
+async fn call_local(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Failure::unreachable(format!(
+            "cannot reach the admin socket {}: {e}\n  hint: is tokengate running, and are you its user (or root)? Or use --url",
+            socket.display()
+        ))
+    };
+    let req = request(method, path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| Failure(EXIT_INVALID, e.to_string()))?;
+    let exchange = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(&e))?;
+        tokio::spawn(connection);
+        sender.send_request(req).await.map_err(|e| unreachable(&e))
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| Failure::unreachable(format!("{}: no answer within 30 s", socket.display())))?
+}
+
+/// One request to the admin listener over TLS, with the admin password.
+async fn call_tls(
+    conn: &Connection,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<http::Response<hyper::body::Incoming>, Failure> {
     let password = conn
         .password
         .clone()
@@ -138,24 +227,17 @@ async fn call(
             )
         })?;
     let client = client(conn)?;
-    let url = format!("{}{}", conn.url.trim_end_matches('/'), path);
+    let url = format!("{}{}", base.trim_end_matches('/'), path);
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"));
-    let req = http::Request::builder()
-        .method(method)
-        .uri(&url)
+    let req = request(method, &url)
         .header("authorization", format!("Basic {auth}"))
-        .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            concat!("tokengate-cli/", env!("CARGO_PKG_VERSION")),
-        )
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| Failure(EXIT_INVALID, format!("--url {url}: {e}")))?;
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .map_err(|_| Failure::unreachable(format!("{url}: no answer within 30 s")))?
         .map_err(|e| {
-            let mut text = format!("cannot reach the admin API at {}: {e}", conn.url);
+            let mut text = format!("cannot reach the admin API at {base}: {e}");
             let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
             while let Some(s) = src {
                 text.push_str(&format!(": {s}"));
@@ -168,6 +250,11 @@ async fn call(
             }
             Failure::unreachable(text)
         })?;
+    Ok(resp)
+}
+
+/// The body of a 2xx answer, or the failure its status means.
+async fn answer_bytes(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes, Failure> {
     let status = resp.status().as_u16();
     let bytes = resp
         .into_body()

@@ -111,6 +111,9 @@ impl Drop for DevDir {
 /// gateway has a printed password and a ready token, and is nobody else's.
 fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
     config.storage.path = dir.join("data/tokengate.redb");
+    if config.admin.socket.is_some() {
+        config.admin.socket = Some(dir.join("data").join(crate::config::ADMIN_SOCKET_FILE));
+    }
     config.tls = crate::config::TlsConfig {
         cert: dir.join("certs/tokengate.crt"),
         key: dir.join("certs/tokengate.key"),

@@ -17,7 +17,10 @@ use crate::config::Config;
 use crate::proxy::{Upstream, UpstreamSetupError};
 use crate::public::PublicHandler;
 use crate::secrets::{AdminPasswordSource, SecretError};
-use crate::server::{bind_reuseport, serve, start_workers, ClientSlots, Front, Listening, Load};
+use crate::server::{
+    bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Front, Listening,
+    Load,
+};
 use crate::state::{data_dir, State, StateError};
 use crate::tls::TlsError;
 
@@ -35,6 +38,11 @@ pub enum StartError {
     Bind {
         key: &'static str,
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve the admin socket {} (admin.socket): {source}", path.display())]
+    Socket {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("start-up task failed: {0}")]
@@ -131,12 +139,35 @@ impl Gateway {
             .map_err(StartError::Task)?
         };
 
-        // 5. The admin listener and periodic work.
+        // 5. The admin listener, its local socket, and periodic work.
         let admin_limits = state.config.admin.limits.clone();
+        let mut tasks = Vec::with_capacity(3);
+        if let Some(path) = state.config.admin.socket.clone() {
+            let local = match bind_local(&path).await {
+                Ok(l) => l,
+                Err(source) => {
+                    let _ = tx.send(true);
+                    return Err(StartError::Socket { path, source });
+                }
+            };
+            let handler = Arc::new(AdminHandler {
+                state: state.clone(),
+                auth: auth.clone(),
+                local: true,
+            });
+            tasks.push(tokio::spawn(serve_local(
+                local,
+                path,
+                handler,
+                admin_limits.clone(),
+                rx.clone(),
+            )));
+        }
         let admin_ctx = Arc::new(Listening {
             handler: Arc::new(AdminHandler {
                 state: state.clone(),
                 auth: auth.clone(),
+                local: false,
             }),
             name: "admin",
             permits: Arc::new(Semaphore::new(admin_limits.max_connections)),
@@ -146,10 +177,14 @@ impl Gateway {
             proxy_protocol: false,
             limits: admin_limits,
         });
-        let tasks = vec![
-            tokio::spawn(serve(admin, acceptor, admin_ctx, rx.clone(), None)),
-            tokio::spawn(crate::periodic::run(state.clone(), auth, rx)),
-        ];
+        tasks.push(tokio::spawn(serve(
+            admin,
+            acceptor,
+            admin_ctx,
+            rx.clone(),
+            None,
+        )));
+        tasks.push(tokio::spawn(crate::periodic::run(state.clone(), auth, rx)));
         tracing::info!(public = %public_addr, admin = %admin_addr, workers = workers.done.len(), "tokengate listening");
         Ok(Gateway {
             public_addr,

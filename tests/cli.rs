@@ -178,3 +178,66 @@ async fn exit_codes_say_what_went_wrong() {
     // No password at all.
     assert_eq!(run(&["token", "list"], &[]).await.code, 3);
 }
+
+#[tokio::test]
+async fn the_admin_socket_works_without_a_password_and_cannot_be_locked_from_the_network() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let socket = gw.data_dir().join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "owner only");
+    // A network client guesses wrong until it is throttled ...
+    let mut throttled = false;
+    for _ in 0..30 {
+        let o = cli(&gw, "wrong", &["list"]).await;
+        if o.stderr.contains("too many") {
+            throttled = true;
+            break;
+        }
+    }
+    assert!(throttled, "the TCP listener throttles wrong guesses");
+    let o = cli(&gw, ADMIN_PASSWORD, &["list"]).await;
+    assert_eq!(
+        o.code, 3,
+        "the administrator is locked out over TCP: {}",
+        o.stderr
+    );
+    // ... and the administrator on the host still manages tokens, no password needed.
+    let sock = socket.display().to_string();
+    let o = run(
+        &["token", "create", "--name", "via socket", "--socket", &sock],
+        &[],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.trim().starts_with("tgr_"));
+    let o = run(&["token", "list", "--json", "--socket", &sock], &[]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let listed: Vec<tokengate::api::TokenInfo> = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "via socket");
+    // Another user cannot use it (as root here: run the CLI as `nobody`).
+    let runuser = ["/usr/sbin/runuser", "/sbin/runuser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let root = std::fs::metadata(&socket)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if let (Some(runuser), true) = (runuser, root) {
+        let out = tokio::process::Command::new(runuser)
+            .args([
+                "-u", "nobody", "--", BIN, "token", "list", "--socket", &sock,
+            ])
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

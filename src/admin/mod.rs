@@ -54,6 +54,9 @@ const UI_HEADER: &str = "x-requested-with";
 /// How a request was authenticated.
 enum Principal {
     Basic,
+    /// The local Unix socket: its file permissions and the peer's user id
+    /// are the authentication.
+    Local,
     /// A page session; its CSRF token guards every state-changing call.
     Session {
         csrf: String,
@@ -65,6 +68,8 @@ enum Principal {
 pub(crate) struct AdminHandler {
     pub(crate) state: Arc<State>,
     pub(crate) auth: Arc<AdminAuth>,
+    /// Serving the local Unix socket (`admin.socket`), not the TCP listener.
+    pub(crate) local: bool,
 }
 
 impl Handler for AdminHandler {
@@ -212,6 +217,9 @@ impl AdminHandler {
         peer: SocketAddr,
         req: &Request<Incoming>,
     ) -> Result<Principal, Reply> {
+        if self.local {
+            return Ok(Principal::Local);
+        }
         let auth = &self.auth;
         let now = self.state.clock.now();
         if let Some(cookie) = session::cookie_value(req.headers()) {
@@ -247,7 +255,7 @@ impl AdminHandler {
                 user: auth::ADMIN_USER.into(),
                 csrf: match p {
                     Principal::Session { csrf } => Some(csrf.clone()),
-                    Principal::Basic => None,
+                    Principal::Basic | Principal::Local => None,
                 },
                 default_refresh_ttl_days: self.state.config.tokens.refresh_ttl.as_secs() / 86_400,
                 session_ttl_seconds: self.auth.sessions.ttl().as_secs(),

@@ -143,6 +143,8 @@ pub struct AdminSection {
     pub max_connections_per_client: usize,
     pub idle_timeout: HumanDuration,
     pub send_timeout: HumanDuration,
+    /// `""`: `<data dir>/admin.sock`; `"off"`: none; otherwise a path.
+    pub socket: String,
 }
 
 impl Default for AdminSection {
@@ -164,6 +166,7 @@ impl Default for AdminSection {
             max_connections_per_client: 64,
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
+            socket: String::new(),
         }
     }
 }

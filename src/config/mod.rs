@@ -31,7 +31,16 @@ pub const DEFAULT_KEY_PATH: &str = "certs/tokengate.key";
 
 /// Environment variables with the `TOKENGATE_` prefix that are not configuration
 /// keys. Every other `TOKENGATE_…` variable must name a key, so a typo fails loudly.
-const NON_CONFIG_ENV: &[&str] = &["ADMIN_PASSWORD", "ADMIN_URL", "CONFIG", "LOG"];
+const NON_CONFIG_ENV: &[&str] = &[
+    "ADMIN_PASSWORD",
+    "ADMIN_URL",
+    "ADMIN_SOCKET",
+    "CONFIG",
+    "LOG",
+];
+
+/// The admin socket's file name in the data directory, by default.
+pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -114,6 +123,8 @@ pub struct AdminConfig {
     /// Lifetime of a web-page login session.
     pub session_ttl: Duration,
     pub limits: ListenerLimits,
+    /// The admin API's Unix socket, if any.
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -77,6 +77,17 @@ impl FileConfig {
                 },
                 shutdown_grace,
             )?,
+            socket: match a.socket.trim() {
+                "off" => None,
+                "" => Some(
+                    match self.storage.path.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                        _ => std::path::PathBuf::from("."),
+                    }
+                    .join(ADMIN_SOCKET_FILE),
+                ),
+                p => Some(std::path::PathBuf::from(p)),
+            },
             password_hash: a.password_hash,
         };
 

@@ -9,11 +9,13 @@
 //! - `clients`: the per-client connection limit.
 //! - `conn`: first-request, idle and send deadlines per connection.
 //! - `proxy_header`: the PROXY protocol header from a load balancer.
+//! - `local`: the admin API on a Unix socket.
 
 mod balance;
 mod clients;
 mod coalesce;
 mod conn;
+mod local;
 mod proxy_header;
 mod workers;
 
@@ -46,6 +48,7 @@ pub(crate) use balance::{Balancer, Load};
 use balance::{Handoff, Placed};
 pub(crate) use clients::ClientSlots;
 use conn::{Activity, Counted, Deadlines, Verdict, Watch};
+pub(crate) use local::{bind_local, serve_local};
 pub(crate) use workers::{bind_reuseport, start_workers, Front};
 
 /// HTTP/2 streams a client may reset before we ever answer them, per

@@ -1,0 +1,131 @@
+//! The admin API on a Unix socket (`admin.socket`): a door for the
+//! administrator on the host that no remote client can reach or lock (the
+//! TCP listener's login throttle does not apply here). The socket file is
+//! mode 0600 in the 0700 data directory, and a connection is served only if
+//! its peer runs as the gateway's own user or as root, so the file system
+//! is the authentication. Plain HTTP/1.1: nothing crosses a network.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::conn::{Activity, Counted, Deadlines};
+use super::{drive, stopped, Guard, Handler};
+use crate::config::ListenerLimits;
+
+/// Binds the socket, replacing a stale file left by a process that died,
+/// and refusing one that another gateway still serves.
+pub(crate) async fn bind_local(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process serves this socket (is another tokengate running on this data directory?)",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    crate::secrets::restrict_file(path)?;
+    Ok(listener)
+}
+
+/// Serves `handler` on the socket until shutdown, then drains like the TCP
+/// listeners. Removes the socket file at the end.
+pub(crate) async fn serve_local<H: Handler>(
+    listener: UnixListener,
+    path: PathBuf,
+    handler: Arc<H>,
+    limits: ListenerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // The gateway's own user: the owner of the socket file it just created
+    // (reading it needs no `unsafe` call to geteuid).
+    let owner = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let mut conns: JoinSet<()> = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        let stream = tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let allowed = match (stream.peer_cred(), &owner) {
+            (Ok(cred), Ok(uid)) => cred.uid() == *uid || cred.uid() == 0,
+            _ => false,
+        };
+        if !allowed {
+            tracing::info!("admin socket: refused a connection from another user");
+            continue;
+        }
+        if conns.len() >= limits.max_connections {
+            continue;
+        }
+        let handler = handler.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        conns.spawn(async move { connection(stream, handler, &limits, shutdown).await });
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.shutdown().await;
+    }
+}
+
+/// The address handlers and audit lines see for the socket's clients.
+pub(crate) const LOCAL_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+async fn connection<H: Handler>(
+    stream: UnixStream,
+    handler: Arc<H>,
+    limits: &ListenerLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::default());
+    let guard = Guard {
+        activity: activity.clone(),
+        deadlines: Deadlines {
+            first_request: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+            send: limits.send_timeout,
+        },
+        max_age: limits.max_connection_age,
+        shutdown,
+        client: LOCAL_PEER,
+    };
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes);
+    let svc = service_fn(move |req| {
+        let handler = handler.clone();
+        let in_flight = activity.start();
+        async move {
+            let resp = handler.handle(LOCAL_PEER, req).await;
+            Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+        }
+    });
+    let io = TokioIo::new(Counted::new(stream, guard.activity.clone()));
+    drive(b.serve_connection(io, svc), guard).await;
+}
