@@ -183,10 +183,13 @@ async fn refresh_expiry_kills_access_tokens_and_lists_as_expired() {
 }
 
 #[tokio::test]
-async fn access_tokens_expire_after_their_ttl_and_are_swept() {
+async fn access_tokens_expire_after_their_ttl() {
     let up = upstream().await;
     let gw = TestGateway::start_with(up.addr, |f| {
-        f.tokens.sweep_interval = tokengate::config::HumanDuration(Duration::from_millis(50));
+        // No sweep during the test (the first one runs at start, with nothing
+        // to do): a sweep between the expiry and the request would answer
+        // "not valid" instead of "expired". Sweeping has its own test below.
+        f.tokens.sweep_interval = tokengate::config::HumanDuration(Duration::from_secs(3600));
     })
     .await;
     let (_, refresh) = gw.create_token("t").await;
@@ -200,6 +203,18 @@ async fn access_tokens_expire_after_their_ttl_and_are_swept() {
     let r = gw.client.api_get("/api/x", &access).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.json()["error_description"], "the access token expired");
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_swept() {
+    let up = upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.tokens.sweep_interval = tokengate::config::HumanDuration(Duration::from_millis(50));
+    })
+    .await;
+    let (_, refresh) = gw.create_token("t").await;
+    let access = gw.exchange(&refresh).await;
+    gw.clock.advance(Duration::from_secs(901));
     // The sweeper (every 50 ms here) drops it from memory.
     let state = gw.state();
     common::eventually_ok(
@@ -215,6 +230,7 @@ async fn access_tokens_expire_after_their_ttl_and_are_swept() {
     )
     .await;
     let r = gw.client.api_get("/api/x", &access).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.json()["error_description"],
         "the access token is not valid"
