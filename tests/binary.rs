@@ -136,15 +136,22 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
 
     // Wait until the generated certificate exists and the listener answers.
     let cert = dir.path().join("certs/tokengate.crt");
-    let mut client = None;
-    for _ in 0..200 {
-        if cert.exists() && tokio::net::TcpStream::connect(public).await.is_ok() {
-            client = Some(common::TestClient::new(&cert, public, admin));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = client.expect("gateway came up");
+    let cert_path = &cert;
+    common::eventually_ok(
+        Duration::from_secs(30),
+        "the gateway to write its certificate and listen",
+        move || async move {
+            if !cert_path.exists() {
+                return Err("no certificate yet".to_owned());
+            }
+            tokio::net::TcpStream::connect(public)
+                .await
+                .map(drop)
+                .map_err(|e| format!("public listener: {e}"))
+        },
+    )
+    .await;
+    let client = common::TestClient::new(&cert, public, admin);
     let r = client.get_with("/healthz", None).await;
     assert_eq!(r.status, http::StatusCode::OK);
 

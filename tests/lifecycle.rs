@@ -16,6 +16,7 @@ use common::{upstream, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn restart_invalidates_access_tokens_but_not_refresh_tokens() {
@@ -188,10 +189,13 @@ async fn refresh_expiry_kills_access_tokens_and_lists_as_expired() {
 }
 
 #[tokio::test]
-async fn access_tokens_expire_after_their_ttl_and_are_swept() {
+async fn access_tokens_expire_after_their_ttl() {
     let up = upstream().await;
     let gw = TestGateway::start_with(up.addr, |f| {
-        f.tokens.sweep_interval = tokengate::config::HumanDuration(Duration::from_millis(50));
+        // No sweep during the test (the first one runs at start, with nothing
+        // to do): a sweep between the expiry and the request would answer
+        // "not valid" instead of "expired". Sweeping has its own test below.
+        f.tokens.sweep_interval = tokengate::config::HumanDuration(Duration::from_secs(3600));
     })
     .await;
     let (_, refresh) = gw.create_token("t").await;
@@ -205,19 +209,34 @@ async fn access_tokens_expire_after_their_ttl_and_are_swept() {
     let r = gw.client.api_get("/api/x", &access).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.json()["error_description"], "the access token expired");
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_swept() {
+    let up = upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.tokens.sweep_interval = tokengate::config::HumanDuration(Duration::from_millis(50));
+    })
+    .await;
+    let (_, refresh) = gw.create_token("t").await;
+    let access = gw.exchange(&refresh).await;
+    gw.clock.advance(Duration::from_secs(901));
     // The sweeper (every 50 ms here) drops it from memory.
-    for _ in 0..100 {
-        if gw.state().access.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        gw.state().access.is_empty(),
-        "sweeper left {} tokens",
-        gw.state().access.len()
-    );
+    let state = gw.state();
+    common::eventually_ok(
+        Duration::from_secs(10),
+        "the sweeper to drop the expired access token",
+        move || async move {
+            if state.access.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("sweeper left {} tokens", state.access.len()))
+            }
+        },
+    )
+    .await;
     let r = gw.client.api_get("/api/x", &access).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.json()["error_description"],
         "the access token is not valid"
@@ -403,10 +422,28 @@ async fn shutdown_drains_in_flight_requests() {
     let (_, refresh) = gw.create_token("t").await;
     let access = gw.exchange(&refresh).await;
     let client = gw.client.clone();
-    // /pause answers after 700 ms; shutdown starts while it is in flight.
+    // The upstream holds /pause until released, so the request is in flight
+    // from the moment it arrives there until after shutdown has begun.
     let in_flight = tokio::spawn(async move { client.api_get("/pause", &access).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    gw.stop().await;
+    let up = &up;
+    common::eventually(
+        Duration::from_secs(10),
+        "the request to reach the upstream",
+        move || async move { (up.paused() == 1).then_some(()) },
+    )
+    .await;
+    let public = gw.gateway.as_ref().expect("running").public_addr;
+    let release_once_stopping = async move {
+        // Shutdown has begun once the public listener refuses connections.
+        common::eventually(
+            Duration::from_secs(10),
+            "shutdown to close the public listener",
+            move || async move { TcpStream::connect(public).await.is_err().then_some(()) },
+        )
+        .await;
+        up.release_paused();
+    };
+    tokio::join!(gw.stop(), release_once_stopping);
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "the in-flight request completed");
 }

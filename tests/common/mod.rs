@@ -11,8 +11,11 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +34,97 @@ use tokengate::{Gateway, StartOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// The first pause between two checks in [`eventually`]; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+/// The longest pause between two checks in [`eventually`].
+const MAX_PAUSE: Duration = Duration::from_millis(100);
+
+/// Waits until `check` yields `Some`, and returns what it yielded; panics
+/// naming `what` if that has not happened within `timeout`.
+///
+/// Every test that waits for something to happen waits through this, on the
+/// condition it needs, instead of sleeping a guessed amount: the tests run on
+/// shared, noisy machines, where a guess is either too short (a flaky
+/// failure) or needlessly long. `timeout` is only a generous upper bound for
+/// reporting a hang; no test asserts how long anything took.
+///
+/// `check` runs at once, then after pauses of 5 ms doubling to 100 ms, and
+/// once more at the deadline. A check still running at the deadline (after at
+/// least one full pause) counts as "not yet".
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll(timeout, || {
+        let c = check();
+        async move { c.await.ok_or(()) }
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// [`eventually`] for checks that say why they are not satisfied yet: waits
+/// until `check` yields `Ok`; on timeout, the panic names `what` and shows the
+/// last `Err`.
+pub async fn eventually_ok<T, E, F, Fut>(timeout: Duration, what: &str, check: F) -> T
+where
+    E: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    match poll(timeout, check).await {
+        Ok(v) => v,
+        Err(Some(last)) => panic!("timed out after {timeout:?} waiting for {what}; last: {last:?}"),
+        Err(None) => {
+            panic!("timed out after {timeout:?} waiting for {what}; the last check never finished")
+        }
+    }
+}
+
+/// [`eventually`] without the panic, for callers that gather their own
+/// report on failure: `None` once `timeout` has passed.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(timeout, || {
+        let c = check();
+        async move { c.await.ok_or(()) }
+    })
+    .await
+    .ok()
+}
+
+/// The loop behind the `eventually` family: `Ok` as soon as a check passes,
+/// else the last check's error (`None` if it was still running at the deadline).
+async fn poll<T, E, F, Fut>(timeout: Duration, mut check: F) -> Result<T, Option<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let last = match tokio::time::timeout(left.max(MAX_PAUSE), check()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => Some(e),
+            Err(_) => None,
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(last);
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
 
 /// A gateway plus everything it needs, torn down with the test.
 pub struct TestGateway {
@@ -319,10 +413,32 @@ pub async fn collect(r: http::Response<Incoming>) -> Resp {
 }
 
 /// The stand-in for the upstream API: plain HTTP on port 0, echoing what it
-/// received as JSON. `/slow` answers after 10 s (for timeouts).
+/// received as JSON. `/slow` answers after 10 s (for timeouts); `/pause`
+/// answers only once the test calls [`Upstream::release_paused`] (for
+/// requests that must still be in flight at a moment the test chooses).
 pub struct Upstream {
     pub addr: SocketAddr,
+    pause: Arc<PauseGate>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Where `/pause` requests wait until the test releases them.
+struct PauseGate {
+    /// `/pause` requests received and not answered yet.
+    waiting: AtomicUsize,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl Upstream {
+    /// How many `/pause` requests have arrived and are being held.
+    pub fn paused(&self) -> usize {
+        self.pause.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Answers every `/pause` request, held now or arriving later.
+    pub fn release_paused(&self) {
+        self.pause.released.send_replace(true);
+    }
 }
 
 impl Drop for Upstream {
@@ -339,14 +455,22 @@ pub async fn upstream() -> Upstream {
 async fn spawn_echo(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let pause = Arc::new(PauseGate {
+        waiting: AtomicUsize::new(0),
+        released: tokio::sync::watch::channel(false).0,
+    });
+    let gate = pause.clone();
+    // The accept loop of this test double (not a polling loop): it blocks in
+    // `accept` until the test connects.
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let tls = tls.clone();
+            let gate = gate.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(echo);
+                let svc = hyper::service::service_fn(move |req| echo(req, gate.clone()));
                 let http = hyper::server::conn::http1::Builder::new();
                 let _ = match tls {
                     None => http.serve_connection(TokioIo::new(tcp), svc).await,
@@ -358,15 +482,23 @@ async fn spawn_echo(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
             });
         }
     });
-    Upstream { addr, task }
+    Upstream { addr, pause, task }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    req: Request<Incoming>,
+    pause: Arc<PauseGate>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/slow" {
+        // A deliberately slow upstream: this double simulates one that answers
+        // long after any response timeout a test configures.
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
     if req.uri().path() == "/pause" {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        let mut released = pause.released.subscribe();
+        pause.waiting.fetch_add(1, Ordering::SeqCst);
+        let _ = released.wait_for(|r| *r).await;
+        pause.waiting.fetch_sub(1, Ordering::SeqCst);
     }
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();

@@ -9,7 +9,7 @@
 )]
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -73,19 +73,20 @@ impl Browser {
             base: format!("http://127.0.0.1:{port}"),
             _profile: profile,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(v) = b.try_call("GET", "/status", None).await {
+        let driver = &b;
+        super::eventually_ok(
+            Duration::from_secs(20),
+            "chromedriver to become ready",
+            move || async move {
+                let v = driver.try_call("GET", "/status", None).await?;
                 if v["value"]["ready"] == true {
-                    break;
+                    Ok(())
+                } else {
+                    Err(format!("not ready: {v}"))
                 }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            },
+        )
+        .await;
         let args = [
             "--headless=new",
             "--no-sandbox",
@@ -178,42 +179,35 @@ impl Browser {
 
     /// Waits (bounded) until `css` matches a displayed element.
     pub async fn wait_visible(&self, css: &str) -> Element {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(e) = self.find(css).await {
-                if self
-                    .call("GET", &format!("/element/{}/displayed", e.0), None)
-                    .await["value"]
-                    == true
-                {
-                    return e;
-                }
-            }
-            if Instant::now() >= deadline {
-                let url = self
-                    .try_call("GET", "/url", None)
-                    .await
-                    .map(|v| v["value"].clone());
-                let src = self
-                    .try_call("GET", "/source", None)
-                    .await
-                    .map(|v| v["value"].clone());
-                panic!("{css} never became visible; at {url:?}; page: {src:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let visible = super::poll_until(Duration::from_secs(15), move || async move {
+            let e = self.find(css).await?;
+            let displayed = self
+                .call("GET", &format!("/element/{}/displayed", e.0), None)
+                .await["value"]
+                == true;
+            displayed.then_some(e)
+        })
+        .await;
+        if let Some(e) = visible {
+            return e;
         }
+        let url = self
+            .try_call("GET", "/url", None)
+            .await
+            .map(|v| v["value"].clone());
+        let src = self
+            .try_call("GET", "/source", None)
+            .await
+            .map(|v| v["value"].clone());
+        panic!("{css} never became visible; at {url:?}; page: {src:?}");
     }
 
     /// Waits (bounded) until a script returns true.
     pub async fn wait_until(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.eval(script).await == true {
-                return;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::eventually(Duration::from_secs(15), what, move || async move {
+            (self.eval(script).await == true).then_some(())
+        })
+        .await;
     }
 
     pub async fn click(&self, e: &Element) {
