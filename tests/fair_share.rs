@@ -11,33 +11,14 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::TestGateway;
+use common::{eventually, TestGateway};
 use http::StatusCode;
 use tokengate::config::HumanDuration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// Polls `check` until it holds (bounded), so no test guesses a sleep.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut wait = Duration::from_millis(5);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {limit:?}"
-        );
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(100));
-    }
-}
 
 /// A TCP connection to `to` from the loopback address `from`.
 async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
@@ -89,7 +70,7 @@ async fn five_thousand_idle_connections_from_one_address_do_not_starve_anyone() 
     // The flood keeps its share and no more: the rest were closed.
     eventually(Duration::from_secs(30), "excess connections closed", || {
         let open = flood.iter().filter(|s| !closed_by_peer(s)).count();
-        async move { open <= 50 }
+        async move { (open <= 50).then_some(()) }
     })
     .await;
     let still_open = flood.iter().filter(|s| !closed_by_peer(s)).count();
@@ -118,7 +99,7 @@ async fn a_trusted_load_balancer_with_thousands_of_connections_is_exempt() {
     }
     eventually(Duration::from_secs(20), "all 2,000 accepted", || {
         let n = gw.open_connections();
-        async move { n >= 2000 }
+        async move { (n >= 2000).then_some(()) }
     })
     .await;
     assert!(
@@ -174,7 +155,7 @@ async fn proxy_protocol_gives_the_client_address_to_limits_and_the_upstream() {
     }
     eventually(Duration::from_secs(10), "one of the four refused", || {
         let n = same.iter().filter(|s| closed_by_peer(s)).count();
-        async move { n >= 1 }
+        async move { (n >= 1).then_some(()) }
     })
     .await;
     let refused = same.iter().filter(|s| closed_by_peer(s)).count();
@@ -304,7 +285,7 @@ async fn a_silent_http2_connection_is_dropped_at_the_first_request_deadline() {
         "both connections were dropped",
         || {
             let n = gw.open_connections();
-            async move { n == 0 }
+            async move { (n == 0).then_some(()) }
         },
     )
     .await;
@@ -339,7 +320,7 @@ async fn an_idle_http2_connection_is_closed() {
         .unwrap();
     eventually(Duration::from_secs(5), "the gateway let go of it", || {
         let n = gw.open_connections();
-        async move { n == 0 }
+        async move { (n == 0).then_some(()) }
     })
     .await;
 }
@@ -372,7 +353,7 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_deadline() {
         "the stalled connection is open",
         || {
             let n = gw.open_connections();
-            async move { n == before + 1 }
+            async move { (n == before + 1).then_some(()) }
         },
     )
     .await;
@@ -381,7 +362,7 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_deadline() {
         "the stalled connection was dropped",
         || {
             let n = gw.open_connections();
-            async move { n == before }
+            async move { (n == before).then_some(()) }
         },
     )
     .await;
