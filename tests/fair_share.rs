@@ -330,15 +330,19 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_deadline() {
     let up = common::upstream().await;
     let gw = TestGateway::start_with(up.addr, |f| {
         f.public.send_timeout = secs(1);
+        // The echo upstream takes a while to read and answer 24 MiB on a
+        // loaded machine; a 504 in between would be a small answer that fits
+        // the socket buffers and never stalls.
+        f.upstream.response_timeout = secs(120);
     })
     .await;
     let (_, refresh) = gw.create_token("reader").await;
     let access = gw.exchange(&refresh).await;
     // The test client keeps its own connection alive; count only ours.
     let before = gw.open_connections();
-    // The echo upstream answers with the request body: 8 MiB to send back,
-    // far more than the socket buffers hold.
-    let body = vec![b'a'; 8 << 20];
+    // The echo upstream answers with the request body: 24 MiB to send back,
+    // far more than the loopback socket buffers hold.
+    let body = vec![b'a'; 24 << 20];
     let mut tls = gw.tls_connect(b"http/1.1").await;
     let head = format!(
         "POST /echo HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {access}\r\nContent-Length: {}\r\n\r\n",
