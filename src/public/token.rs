@@ -245,6 +245,7 @@ fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>)
         token_name: known.map(|t| t.name.as_str()),
         reason: Some(&reason),
         user_agent,
+        count: None,
     });
     no_store(error(status, code, text))
 }
