@@ -95,6 +95,7 @@ pub struct PublicSection {
     pub body_read_timeout: HumanDuration,
     pub max_connection_age: HumanDuration,
     pub shutdown_grace: HumanDuration,
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for PublicSection {
@@ -111,6 +112,9 @@ impl Default for PublicSection {
             body_read_timeout: HumanDuration(Duration::from_secs(15)),
             max_connection_age: HumanDuration(Duration::from_secs(3600)),
             shutdown_grace: HumanDuration(Duration::from_secs(20)),
+            // Far above what a script that mistyped its token needs to
+            // notice, far below what guessing needs.
+            auth_failures_per_minute: 100,
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct PublicConfig {
     pub workers: usize,
     pub limits: ListenerLimits,
     pub token_body_limit: usize,
+    /// Failed authentications (guesses only) per client address and minute
+    /// before its requests answer 429; 0 turns the throttle off.
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]

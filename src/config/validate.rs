@@ -36,6 +36,16 @@ impl FileConfig {
                 shutdown_grace,
             )?,
             token_body_limit: within("public.token_body_limit", p.token_body_limit, 256, 1 << 20)?,
+            auth_failures_per_minute: {
+                let n = p.auth_failures_per_minute;
+                if n > 1_000_000 {
+                    return Err(ConfigError::invalid(
+                        "public.auth_failures_per_minute",
+                        format!("must be between 0 (off) and 1000000, got {n}"),
+                    ));
+                }
+                n
+            },
         };
         let a = self.admin;
         if let Some(h) = &a.password_hash {
@@ -285,6 +295,7 @@ mod tests {
         assert_eq!(c.tokens.access_ttl, Duration::from_secs(900));
         assert_eq!(c.tokens.refresh_ttl, Duration::from_secs(90 * 86_400));
         assert_eq!(c.admin.limits.max_connections, 256);
+        assert_eq!(c.public.auth_failures_per_minute, 100);
         assert!(c.tls.generate_if_missing);
     }
 
@@ -317,6 +328,10 @@ mod tests {
         let cases = [
             ("[public]\nlisten = \"nowhere\"", "public.listen"),
             ("[admin]\nmax_connections = 0", "admin.max_connections"),
+            (
+                "[public]\nauth_failures_per_minute = 2000000",
+                "public.auth_failures_per_minute",
+            ),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             ("[tokens]\naccess_ttl = \"0s\"", "tokens.access_ttl"),
             ("[tokens]\naccess_ttl = \"soon\"", "access_ttl"),
