@@ -17,6 +17,7 @@
 //! - `state`: what both listeners share, built at start-up.
 //! - `tokens`: token formats, the live access-token map, the exchange.
 //! - `store`: refresh tokens, durable in a backend and mirrored in memory.
+//! - `throttle`: per-client limits on failed authentication (bounded tables).
 //! - `audit`: the audit log writer.
 //! - `tls`: rustls server and client configurations.
 //! - `http`: the response toolkit (JSON answers, errors, bounded bodies).
@@ -39,6 +40,7 @@ mod secrets;
 mod server;
 mod state;
 mod store;
+mod throttle;
 pub mod tls;
 mod tokens;
 
@@ -55,6 +57,7 @@ pub use proxy::headers::rewrite_request;
 pub use public::{bearer_token, parse_body, route, BodyKind, Route, TokenRequest};
 pub use secrets::{hash_password, AdminCredential};
 pub use store::{RefreshStore, RefreshToken};
+pub use throttle::{AuthThrottle, Throttled};
 pub use tokens::access::AccessTokens;
 pub use tokens::exchange::{Client, Exchanger, Issued, RefreshGrant};
 pub use tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};

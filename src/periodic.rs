@@ -1,6 +1,7 @@
 //! Work on a timer, off the request path: sweeping dead access tokens,
-//! admin sessions and login-throttle entries, and flushing refresh-token
-//! usage to the store.
+//! admin sessions and login-throttle entries, writing the failed-
+//! authentication throttle's `auth.throttled` lines, and flushing
+//! refresh-token usage to the store.
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub(crate) async fn run(
                     let now = st.clock.now();
                     admin.sessions.sweep(now);
                     admin.throttle.sweep(now);
+                    st.throttle.sweep(now, &st.audit);
                     st.access.sweep(now, st.clock.unix())
                 })
                 .await;
@@ -38,7 +40,12 @@ pub(crate) async fn run(
                 }
             }
             _ = flush.tick() => flush_usage(&state).await,
-            _ = stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => {
+                // Windows still running have refusals to report too.
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || st.throttle.report_all(&st.audit)).await;
+                return;
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::{RefreshStore, RefreshToken, StoreError};
+use crate::throttle::AuthThrottle;
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};
 
@@ -37,6 +38,9 @@ pub struct State {
     pub access: AccessTokens,
     /// Security events, one JSON line each, written off the request path.
     pub audit: Audit,
+    /// Failed token checks and exchanges per client address: consulted
+    /// before any MAC work on the public listener.
+    pub throttle: AuthThrottle,
 }
 
 /// The data directory: where `storage.path` lives, with `secret.key` and `admin.hash`.
@@ -60,6 +64,8 @@ impl State {
             dest: format!("{:?}", config.audit),
             source,
         })?;
+        // 4. The failed-authentication throttle, its minutes counted from now.
+        let throttle = AuthThrottle::new(config.public.auth_failures_per_minute, clock.now());
         tracing::info!(
             refresh_tokens = store.len(),
             storage = %config.storage.path.display(),
@@ -72,6 +78,7 @@ impl State {
             store,
             access,
             audit,
+            throttle,
             config,
         })
     }

@@ -233,15 +233,16 @@ impl AdminHandler {
                 "log in as user admin with the admin password (HTTP Basic or the page's login)",
             ));
         };
-        let ip = peer.ip().to_canonical();
-        if let Err(wait) = auth.throttle.check(ip, now) {
-            return Err(too_many(wait));
-        }
+        // Counted before the password is hashed (see `session::Throttle`).
+        let attempt = match auth.throttle.begin(peer.ip(), now) {
+            Ok(a) => a,
+            Err(wait) => return Err(too_many(wait)),
+        };
         if auth.check(Some(header.as_bytes())).await {
-            auth.throttle.succeeded(ip);
+            attempt.succeeded();
             Ok(Principal::Basic)
         } else {
-            auth.throttle.failed(ip, now);
+            drop(attempt);
             tracing::info!(%peer, "admin authentication failed");
             self.audit_login(peer, false, "http basic");
             Err(unauthorized(req, "wrong user name or password"))
@@ -266,7 +267,9 @@ impl AdminHandler {
     async fn login(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
         let auth = &self.auth;
         let now = self.state.clock.now();
-        let ip = peer.ip().to_canonical();
+        let ip = peer.ip();
+        // Refused early, before the body is read; counted only once the
+        // body holds a guess.
         if let Err(wait) = auth.throttle.check(ip, now) {
             return too_many(wait);
         }
@@ -277,8 +280,13 @@ impl AdminHandler {
         let Ok(form) = serde_json::from_value::<Login>(body) else {
             return bad("send {\"username\": \"admin\", \"password\": \"…\"}");
         };
+        // Counted before the password is hashed (see `session::Throttle`).
+        let attempt = match auth.throttle.begin(ip, self.state.clock.now()) {
+            Ok(a) => a,
+            Err(wait) => return too_many(wait),
+        };
         if !auth.verify(&form.username, form.password).await {
-            auth.throttle.failed(ip, now);
+            drop(attempt);
             tracing::info!(%peer, "admin login failed");
             self.audit_login(peer, false, "page");
             return error(
@@ -287,7 +295,7 @@ impl AdminHandler {
                 "wrong user name or password",
             );
         }
-        auth.throttle.succeeded(ip);
+        attempt.succeeded();
         let (cookie, csrf) = match auth.sessions.create(now) {
             Ok(x) => x,
             Err(e) => {

@@ -100,6 +100,7 @@ pub struct PublicSection {
     pub send_timeout: HumanDuration,
     pub trusted_proxies: Vec<String>,
     pub proxy_protocol: bool,
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for PublicSection {
@@ -123,6 +124,9 @@ impl Default for PublicSection {
             send_timeout: HumanDuration(Duration::from_secs(60)),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            // Far above what a script that mistyped its token needs to
+            // notice, far below what guessing needs.
+            auth_failures_per_minute: 100,
         }
     }
 }

@@ -113,6 +113,9 @@ pub struct PublicConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// Failed authentications (guesses only) per client address and minute
+    /// before its requests answer 429; 0 turns the throttle off.
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -48,6 +48,16 @@ impl FileConfig {
                 })
                 .collect::<Result<_, _>>()?,
             proxy_protocol: p.proxy_protocol,
+            auth_failures_per_minute: {
+                let n = p.auth_failures_per_minute;
+                if n > 1_000_000 {
+                    return Err(ConfigError::invalid(
+                        "public.auth_failures_per_minute",
+                        format!("must be between 0 (off) and 1000000, got {n}"),
+                    ));
+                }
+                n
+            },
         };
         let a = self.admin;
         if let Some(h) = &a.password_hash {
@@ -320,6 +330,7 @@ mod tests {
         assert_eq!(c.tokens.access_ttl, Duration::from_secs(900));
         assert_eq!(c.tokens.refresh_ttl, Duration::from_secs(90 * 86_400));
         assert_eq!(c.admin.limits.max_connections, 256);
+        assert_eq!(c.public.auth_failures_per_minute, 100);
         assert!(c.tls.generate_if_missing);
     }
 
@@ -361,6 +372,10 @@ mod tests {
                 "public.max_connections_per_client",
             ),
             ("[public]\nsend_timeout = \"0s\"", "public.send_timeout"),
+            (
+                "[public]\nauth_failures_per_minute = 2000000",
+                "public.auth_failures_per_minute",
+            ),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             ("[tokens]\naccess_ttl = \"0s\"", "tokens.access_ttl"),
             ("[tokens]\naccess_ttl = \"soon\"", "access_ttl"),

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{HeaderValue, HOST, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -27,6 +27,7 @@ use crate::http::{error, json, method_not_allowed, strip_body_for_head, Reply};
 use crate::proxy::{Identity, Upstream, UpstreamBody};
 use crate::server::Handler;
 use crate::state::State;
+use crate::throttle::Throttled;
 
 /// DPA's token path, and the short one.
 pub(crate) const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
@@ -93,22 +94,29 @@ impl PublicHandler {
         req: Request<Incoming>,
     ) -> Either<Response<UpstreamBody>, Reply> {
         let state = &self.state;
-        // Stage 1: authenticate.
+        // Stage 1: authenticate. A client over its failure budget is
+        // refused before any MAC work or map lookup.
         let identity = {
+            let (ip, now) = (peer.ip(), state.clock.now());
+            if let Err(t) = state.throttle.check(ip, now) {
+                return Either::Right(too_many_failures(t));
+            }
             let token = match bearer_token(req.headers()) {
                 Ok(t) => t,
                 Err(e) => return Either::Right(bearer::refusal(e, peer)),
             };
             let want_identity = self.upstream.identity_headers();
-            let checked =
-                state
-                    .access
-                    .validate(token, state.clock.now(), state.clock.unix(), |r| {
-                        want_identity.then(|| Identity::of(r))
-                    });
+            let checked = state.access.validate(token, now, state.clock.unix(), |r| {
+                want_identity.then(|| Identity::of(r))
+            });
             match checked {
                 Ok(id) => id,
-                Err(e) => return Either::Right(bearer::refusal(BearerError::Token(e), peer)),
+                Err(e) => {
+                    if e.counts_as_guess() {
+                        state.throttle.failed(ip, now, &state.audit);
+                    }
+                    return Either::Right(bearer::refusal(BearerError::Token(e), peer));
+                }
             }
         };
         // Stages 2–4: rewrite, forward, filter (in the proxy module).
@@ -139,6 +147,25 @@ pub fn route(path: &str) -> Route {
         p if TOKEN_PATHS.contains(&p) => Route::Token,
         _ => Route::Proxy,
     }
+}
+
+/// The answer to a client over its failed-authentication budget, on the
+/// proxy path and the token endpoint alike: 429 with `Retry-After`. Its
+/// `error` is `too_many_requests` even at the token endpoint: RFC 6749 has
+/// no code for it, and `invalid_request` would tell a client its request
+/// was malformed, when waiting is all it needs to do.
+fn too_many_failures(t: Throttled) -> Reply {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        &format!(
+            "too many failed authentications from this address; try again in {} s",
+            t.retry_after
+        ),
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(t.retry_after));
+    r
 }
 
 /// HTTP/1.1 requires exactly one `Host` (RFC 9112 §3.2); hyper does not check it.

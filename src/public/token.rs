@@ -54,6 +54,12 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
     if req.method() != Method::POST {
         return no_store(method_not_allowed("POST"));
     }
+    // Before the body is even read: a client over its failure budget costs
+    // no HMAC, no lookup and no audit line (the throttle counts it).
+    let (ip, now) = (peer.ip(), state.clock.now());
+    if let Err(t) = state.throttle.check(ip, now) {
+        return no_store(super::too_many_failures(t));
+    }
     let user_agent = req
         .headers()
         .get(USER_AGENT)
@@ -101,7 +107,13 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
                 },
             ))
         }
-        Err(e) => refuse(state, Refusal::Exchange(e), peer, user_agent),
+        Err(e) => {
+            // Unknown, deleted or mistyped could be a guess; expired could not.
+            if matches!(e, ExchangeError::NotValid) {
+                state.throttle.failed(ip, now, &state.audit);
+            }
+            refuse(state, Refusal::Exchange(e), peer, user_agent)
+        }
     }
 }
 
@@ -245,6 +257,7 @@ fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>)
         token_name: known.map(|t| t.name.as_str()),
         reason: Some(&reason),
         user_agent,
+        count: None,
     });
     no_store(error(status, code, text))
 }

@@ -3,6 +3,7 @@
 //! token still live. A sweeper drops dead entries so memory follows the live set.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,12 @@ struct AccessEntry {
 pub enum AccessError {
     /// Not a tokengate access token at all.
     Malformed,
-    /// Well-formed but not valid now: forged, minted before a restart, swept, or unknown.
+    /// Minted by an earlier process: a restart invalidated it.
+    EarlierBoot,
+    /// This process's boot nonce, but a MAC that does not match: forged or damaged.
+    Forged,
+    /// Genuine (its MAC checks out) but no longer live: expired and swept,
+    /// or its refresh token was deleted.
     Unknown,
     Expired,
     /// The refresh token that issued it was deleted or has expired.
@@ -36,7 +42,10 @@ impl AccessError {
     pub fn description(self) -> &'static str {
         match self {
             AccessError::Malformed => "the bearer token is not a valid access token",
-            AccessError::Unknown | AccessError::RefreshGone => "the access token is not valid",
+            AccessError::EarlierBoot
+            | AccessError::Forged
+            | AccessError::Unknown
+            | AccessError::RefreshGone => "the access token is not valid",
             AccessError::Expired => "the access token expired",
         }
     }
@@ -44,12 +53,35 @@ impl AccessError {
     pub fn reason(self) -> &'static str {
         match self {
             AccessError::Malformed => "malformed",
+            AccessError::EarlierBoot => "minted before a restart",
+            AccessError::Forged => "forged (bad MAC)",
             AccessError::Unknown => "unknown",
             AccessError::Expired => "expired",
             AccessError::RefreshGone => "refresh token deleted or expired",
         }
     }
+
+    /// Whether the refusal could be a guess, and so counts against the
+    /// client's failed-authentication budget. A token with a valid MAC was
+    /// minted here, so it is no guess, whatever became of it; and after a
+    /// restart every script's first call fails with an earlier boot's token,
+    /// which must not throttle a whole NAT.
+    pub fn counts_as_guess(self) -> bool {
+        match self {
+            AccessError::Malformed | AccessError::Forged => true,
+            AccessError::EarlierBoot
+            | AccessError::Unknown
+            | AccessError::Expired
+            | AccessError::RefreshGone => false,
+        }
+    }
 }
+
+/// A counter on a cache line of its own: written only by failed checks, so
+/// that a flood of them does not slow the valid tokens' reads of the map.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
 
 /// Ids are 128 random bits, verified by MAC before any lookup, so an attacker
 /// cannot choose them: their low 64 bits are already a uniform hash and SipHash
@@ -88,6 +120,9 @@ impl BuildHasher for IdHasherBuilder {
 pub struct AccessTokens {
     codec: AccessCodec,
     map: DashMap<AccessId, AccessEntry, IdHasherBuilder>,
+    /// Checks that failed, whatever the reason. Shows that the throttle
+    /// refuses before any check (tests), and what a flood cost.
+    refused: Padded,
 }
 
 impl AccessTokens {
@@ -96,6 +131,7 @@ impl AccessTokens {
         Ok(AccessTokens {
             codec: AccessCodec::new()?,
             map: DashMap::with_hasher(IdHasherBuilder),
+            refused: Padded::default(),
         })
     }
 
@@ -127,9 +163,25 @@ impl AccessTokens {
         wall_unix: u64,
         f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
+        let checked = self.check(token, now, wall_unix, f);
+        if checked.is_err() {
+            self.refused.0.fetch_add(1, Ordering::Relaxed);
+        }
+        checked
+    }
+
+    #[inline]
+    fn check<R>(
+        &self,
+        token: &[u8],
+        now: Instant,
+        wall_unix: u64,
+        f: impl FnOnce(&RefreshToken) -> R,
+    ) -> Result<R, AccessError> {
         let id = self.codec.verify(token).map_err(|e| match e {
             AccessFormatError::Malformed => AccessError::Malformed,
-            AccessFormatError::OtherBoot | AccessFormatError::BadMac => AccessError::Unknown,
+            AccessFormatError::OtherBoot => AccessError::EarlierBoot,
+            AccessFormatError::BadMac => AccessError::Forged,
         })?;
         let entry = self.map.get(&id).ok_or(AccessError::Unknown)?;
         if now >= entry.expires {
@@ -139,6 +191,11 @@ impl AccessTokens {
             return Err(AccessError::RefreshGone);
         }
         Ok(f(&entry.refresh))
+    }
+
+    /// Token checks that failed since start.
+    pub fn refused_checks(&self) -> u64 {
+        self.refused.0.load(Ordering::Relaxed)
     }
 
     /// Drops every entry that can never validate again. Returns how many.
@@ -167,5 +224,53 @@ impl AccessTokens {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_could_be_a_guess_counts() {
+        let tokens = AccessTokens::new().unwrap();
+        let refresh = Arc::new(RefreshToken::detached(1, "t", None));
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let valid = tokens.issue(refresh.clone(), ttl, now).unwrap();
+        let earlier = AccessTokens::new()
+            .unwrap()
+            .issue(refresh.clone(), ttl, now)
+            .unwrap();
+        let mut forged = valid.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let check = |t: &[u8], at: Instant| tokens.validate(t, at, 0, |_| ()).err();
+
+        assert_eq!(check(valid.as_bytes(), now), None);
+        let cases = [
+            (check(b"tga_garbage", now), AccessError::Malformed, true),
+            (check(&forged, now), AccessError::Forged, true),
+            (
+                check(earlier.as_bytes(), now),
+                AccessError::EarlierBoot,
+                false,
+            ),
+            (
+                check(valid.as_bytes(), now + ttl),
+                AccessError::Expired,
+                false,
+            ),
+        ];
+        for (got, want, guess) in cases {
+            assert_eq!(got, Some(want));
+            assert_eq!(want.counts_as_guess(), guess, "{want:?}");
+        }
+        assert_eq!(tokens.refused_checks(), 4);
+        // Swept, then presented again: genuine, so no guess either.
+        tokens.sweep(now + ttl, 0);
+        assert_eq!(check(valid.as_bytes(), now), Some(AccessError::Unknown));
+        assert!(!AccessError::Unknown.counts_as_guess());
+        assert!(!AccessError::RefreshGone.counts_as_guess());
     }
 }

@@ -13,7 +13,7 @@
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -178,7 +178,12 @@ impl TestGateway {
         let gateway = Gateway::start(
             config,
             StartOptions {
-                admin_password: Some(ADMIN_PASSWORD.into()),
+                // A test that sets admin.password_hash gets it (argon2), not the plain password.
+                admin_password: file
+                    .admin
+                    .password_hash
+                    .is_none()
+                    .then(|| ADMIN_PASSWORD.into()),
                 clock: clock.clone(),
             },
         )
@@ -217,6 +222,17 @@ impl TestGateway {
         text.lines()
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
+    }
+
+    /// A client of this gateway whose connections come from `source`.
+    pub fn client_from(&self, source: &str) -> TestClient {
+        let g = self.gateway.as_ref().expect("running");
+        TestClient::with_source(
+            self.file.tls.cert.as_ref().expect("test certificate"),
+            g.public_addr,
+            g.admin_addr,
+            Some(source.parse().expect("an IP address")),
+        )
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -295,16 +311,19 @@ pub struct TestClient {
     pub admin: String,
 }
 
-fn tls_client(cert: &std::path::Path, h2: bool) -> HttpsClient {
+fn tls_client(cert: &std::path::Path, h2: bool, source: Option<IpAddr>) -> HttpsClient {
     // The gateway's own client-config builder (the one the CLI uses).
     let config = tokengate::tls::client_config(tokengate::tls::Trust::CaFile(cert), &[]).unwrap();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_local_address(source);
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only();
     let connector = if h2 {
-        b.enable_http2().build()
+        b.enable_http2().wrap_connector(http)
     } else {
-        b.enable_http1().build()
+        b.enable_http1().wrap_connector(http)
     };
     let mut builder = Client::builder(TokioExecutor::new());
     builder.http2_only(h2);
@@ -313,9 +332,20 @@ fn tls_client(cert: &std::path::Path, h2: bool) -> HttpsClient {
 
 impl TestClient {
     pub fn new(cert: &std::path::Path, public: SocketAddr, admin: SocketAddr) -> TestClient {
+        Self::with_source(cert, public, admin, None)
+    }
+
+    /// A client whose connections come from `source` (any of 127.0.0.0/8
+    /// works on Linux), so a test can be several clients at once.
+    pub fn with_source(
+        cert: &std::path::Path,
+        public: SocketAddr,
+        admin: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> TestClient {
         TestClient {
-            h1: tls_client(cert, false),
-            h2: tls_client(cert, true),
+            h1: tls_client(cert, false, source),
+            h2: tls_client(cert, true, source),
             public: format!("https://localhost:{}", public.port()),
             admin: format!("https://localhost:{}", admin.port()),
         }

@@ -1,0 +1,19 @@
+//! Per-client limits on failed authentication.
+//!
+//! - `key`: who is counted — an IPv4 address, or an IPv6 /64.
+//! - `table`: a fixed-capacity, set-associative table of per-client entries:
+//!   bounded memory whatever the number of addresses, one small lock per set
+//!   (never a global one), the coldest entry of a full set reused.
+//! - `auth`: the public listener's throttle on failed token checks and
+//!   exchanges (429 with `Retry-After`, one `auth.throttled` audit line per
+//!   address and window).
+//!
+//! The admin listener's login throttle (`admin::session::Throttle`) uses
+//! `key` and `table` too.
+
+mod auth;
+mod table;
+
+pub(crate) use crate::net::ClientKey;
+pub use auth::{AuthThrottle, Throttled};
+pub(crate) use table::Table;
