@@ -133,6 +133,7 @@ impl Gateway {
             handler: Arc::new(AdminHandler {
                 state: state.clone(),
                 auth: auth.clone(),
+                public: workers.load.clone(),
             }),
             name: "admin",
             permits: Arc::new(Semaphore::new(admin_limits.max_connections)),
