@@ -154,6 +154,7 @@ impl Gateway {
                 state: state.clone(),
                 auth: auth.clone(),
                 local: true,
+                public: workers.load.clone(),
             });
             tasks.push(tokio::spawn(serve_local(
                 local,
@@ -168,6 +169,7 @@ impl Gateway {
                 state: state.clone(),
                 auth: auth.clone(),
                 local: false,
+                public: workers.load.clone(),
             }),
             name: "admin",
             permits: Arc::new(Semaphore::new(admin_limits.max_connections)),

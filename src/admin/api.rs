@@ -88,6 +88,20 @@ pub struct SessionInfo {
     pub session_ttl_seconds: u64,
 }
 
+/// `GET /api/stats`: what the gateway holds right now (read-only; for
+/// monitoring and the soak run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Access tokens in memory: live ones, plus expired ones until the next
+    /// sweep (`tokens.sweep_interval`). A deleted refresh token's leave at once.
+    pub live_access_tokens: u64,
+    /// Refresh tokens in the store, expired ones included.
+    pub refresh_tokens: u64,
+    /// Open connections on the public listener (all workers), TLS handshakes
+    /// in progress included.
+    pub public_connections: u64,
+}
+
 /// Every error answer: `{"error", "error_description"}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {

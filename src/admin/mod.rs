@@ -7,6 +7,7 @@
 //! | POST | /api/login | 200 + session cookie, or 401 / 429 |
 //! | POST | /api/logout | 204, session ended |
 //! | GET | /api/session | 200 who is logged in, the CSRF token, defaults |
+//! | GET | /api/stats | 200 live access tokens, refresh tokens, public connections |
 //! | POST | /api/refresh-tokens | 201 the new token, its string shown this once |
 //! | GET | /api/refresh-tokens | 200 every token (never a token string) |
 //! | DELETE | /api/refresh-tokens/{id} | 204, or 404 for an unknown id |
@@ -40,9 +41,9 @@ use crate::http::{
     empty, error, json, media_type, method_not_allowed, no_store, read_body, strip_body_for_head,
     Reply,
 };
-use crate::server::Handler;
+use crate::server::{Handler, Load};
 use crate::state::State;
-use api::{Login, SessionInfo};
+use api::{Login, SessionInfo, Stats};
 use auth::AdminAuth;
 
 /// Admin request bodies are small JSON documents.
@@ -70,6 +71,8 @@ pub(crate) struct AdminHandler {
     pub(crate) auth: Arc<AdminAuth>,
     /// Serving the local Unix socket (`admin.socket`), not the TCP listener.
     pub(crate) local: bool,
+    /// The public workers' connection counts, for `GET /api/stats`.
+    pub(crate) public: Load,
 }
 
 impl Handler for AdminHandler {
@@ -133,6 +136,10 @@ impl AdminHandler {
         match (path.as_str(), path.strip_prefix("/api/refresh-tokens/")) {
             ("/api/session", _) => match method {
                 Method::GET => self.session_info(&principal),
+                _ => method_not_allowed("GET"),
+            },
+            ("/api/stats", _) => match method {
+                Method::GET => self.stats(),
                 _ => method_not_allowed("GET"),
             },
             ("/api/logout", _) => match method {
@@ -260,6 +267,19 @@ impl AdminHandler {
                 },
                 default_refresh_ttl_days: self.state.config.tokens.refresh_ttl.as_secs() / 86_400,
                 session_ttl_seconds: self.auth.sessions.ttl().as_secs(),
+            },
+        ))
+    }
+
+    /// Counts read from memory: no lock held beyond the maps' own shard locks.
+    fn stats(&self) -> Reply {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        no_store(json(
+            StatusCode::OK,
+            &Stats {
+                live_access_tokens: count(self.state.access.len()),
+                refresh_tokens: count(self.state.store.len()),
+                public_connections: count(self.public.per_worker().iter().sum()),
             },
         ))
     }
