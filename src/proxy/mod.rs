@@ -233,7 +233,9 @@ pub fn base_path(url: &Uri) -> String {
 /// knows where to connect.
 pub fn join_target(base_path: &str, incoming: &Uri) -> Result<Uri, http::Error> {
     let pq = incoming.path_and_query();
-    if base_path.is_empty() {
+    // asterisk-form (`OPTIONS *`) addresses the upstream server as a whole:
+    // it goes through as it came, never as `{base_path}*`.
+    if base_path.is_empty() || pq.is_some_and(|pq| pq.as_str() == "*") {
         // The common case reuses the parsed bytes; no copy.
         return Ok(match pq {
             Some(pq) => Uri::from(pq.clone()),
@@ -318,6 +320,8 @@ mod tests {
             ("https://gw.example/a/b?x=1", "/a/b?x=1", "/base/a/b?x=1"),
             ("/a", "/a", "/base/a"),
             ("https://gw.example", "/", "/base/"),
+            // Found by the upstream_target fuzz target: was `/base*`.
+            ("*", "*", "*"),
         ] {
             let uri: Uri = incoming.parse().unwrap();
             assert_eq!(
