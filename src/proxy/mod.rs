@@ -235,17 +235,30 @@ pub fn join_target(base_path: &str, incoming: &Uri) -> Result<Uri, http::Error> 
     let pq = incoming.path_and_query();
     // asterisk-form (`OPTIONS *`) addresses the upstream server as a whole:
     // it goes through as it came, never as `{base_path}*`.
-    if base_path.is_empty() || pq.is_some_and(|pq| pq.as_str() == "*") {
-        // The common case reuses the parsed bytes; no copy.
-        return Ok(match pq {
-            Some(pq) => Uri::from(pq.clone()),
-            None => Uri::from_static("/"),
-        });
+    if pq.is_some_and(|pq| pq.as_str() == "*") {
+        return Ok(Uri::from_static("*"));
     }
-    let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
-    Ok(Uri::from(PathAndQuery::try_from(format!(
-        "{base_path}{pq}"
-    ))?))
+    if base_path.is_empty() {
+        // The common case reuses the parsed bytes; no copy. Not for an empty
+        // path (`http://gw#f` parses to nothing at all): that is joined below.
+        if let Some(uri) = pq
+            .map(|pq| Uri::from(pq.clone()))
+            .filter(|u| u.path().starts_with('/'))
+        {
+            return Ok(uri);
+        }
+    }
+    // `path()` is `/` for an empty path (`http://gw?q`, RFC 9110 §4.2.3), so
+    // that joins as `{base_path}/?q`, like `http://gw/?q`.
+    let path = match incoming.path() {
+        "" => "/",
+        p => p,
+    };
+    let joined = match incoming.query() {
+        Some(q) => format!("{base_path}{path}?{q}"),
+        None => format!("{base_path}{path}"),
+    };
+    Ok(Uri::from(PathAndQuery::try_from(joined)?))
 }
 
 /// The rustls client set-up for an `https` upstream: the configured CA file,
@@ -322,15 +335,23 @@ mod tests {
             ("https://gw.example", "/", "/base/"),
             // Found by the upstream_target fuzz target: was `/base*`.
             ("*", "*", "*"),
+            // Found by the upstream_target fuzz target: an empty path with a
+            // query was joined as `/base?x=1`.
+            ("https://gw.example?x=1", "/?x=1", "/base/?x=1"),
+            ("gw.example:443", "/", "/base/"),
+            // Found by the upstream_target fuzz target: an empty path with a
+            // fragment became an empty request target (`GET  HTTP/1.1`).
+            ("https://gw.example#frag", "/", "/base/"),
+            ("https://gw.example?x=1#frag", "/?x=1", "/base/?x=1"),
         ] {
             let uri: Uri = incoming.parse().unwrap();
             assert_eq!(
-                join_target(&plain.base_path, &uri).unwrap(),
+                join_target(&plain.base_path, &uri).unwrap().to_string(),
                 want_plain,
                 "{incoming}"
             );
             assert_eq!(
-                join_target(&based.base_path, &uri).unwrap(),
+                join_target(&based.base_path, &uri).unwrap().to_string(),
                 want_based,
                 "{incoming}"
             );
