@@ -61,3 +61,11 @@ pub use throttle::{AuthThrottle, Throttled};
 pub use tokens::access::AccessTokens;
 pub use tokens::exchange::{Client, Exchanger, Issued, RefreshGrant};
 pub use tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};
+
+/// For the cargo-fuzz targets in `fuzz/` only: internals they drive directly.
+/// Not an API; may change at any time.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::names::is_reserved;
+    pub use crate::proxy::{base_path, join_target};
+}

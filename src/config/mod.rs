@@ -233,6 +233,16 @@ impl Config {
         file.validate()
     }
 
+    /// Defaults → the TOML text → `validate()`, without the environment or any
+    /// file: the configuration fuzz target and the unit tests.
+    #[doc(hidden)]
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let fig =
+            Figment::from(Serialized::defaults(FileConfig::default())).merge(Toml::string(toml));
+        let file: FileConfig = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        file.validate()
+    }
+
     /// The effective settings, one `key = value` per line, for `check-config`.
     /// Secret values (extra upstream headers, the password hash) are masked.
     pub fn summary(&self) -> String {

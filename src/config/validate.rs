@@ -308,16 +308,10 @@ fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize, ConfigErro
 mod tests {
     use std::path::PathBuf;
 
-    use figment::providers::{Format, Serialized, Toml};
-    use figment::Figment;
-
     use super::*;
 
     fn from_toml(toml: &str) -> Result<Config, ConfigError> {
-        let fig =
-            Figment::from(Serialized::defaults(FileConfig::default())).merge(Toml::string(toml));
-        let file: FileConfig = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
-        file.validate()
+        Config::from_toml_str(toml)
     }
 
     #[test]

@@ -7,7 +7,7 @@ use http::HeaderName;
 /// Headers an operator may not configure as extra upstream headers, because
 /// the gateway sets or strips them itself. (`Authorization` may be set: an
 /// upstream credential is what `[upstream.headers]` is for.)
-pub(crate) fn is_reserved(name: &HeaderName) -> bool {
+pub fn is_reserved(name: &HeaderName) -> bool {
     let n = name.as_str();
     is_hop_by_hop(n)
         || n == "host"

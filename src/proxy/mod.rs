@@ -132,7 +132,7 @@ impl Upstream {
                 cfg.pool_max_idle_per_host,
                 cfg.pool_idle_timeout,
             )),
-            base_path: cfg.url.path().trim_end_matches('/').to_owned(),
+            base_path: base_path(&cfg.url),
             host_header,
             extra_headers: cfg.headers.clone(),
             identity_headers: cfg.identity_headers,
@@ -164,24 +164,6 @@ impl Upstream {
         self.identity_headers
     }
 
-    /// The origin-form target (`/path?query`) on the upstream: the pool
-    /// already knows where to connect.
-    fn target(&self, incoming: &Uri) -> Result<Uri, http::Error> {
-        let pq = incoming.path_and_query();
-        if self.base_path.is_empty() {
-            // The common case reuses the parsed bytes; no copy.
-            return Ok(match pq {
-                Some(pq) => Uri::from(pq.clone()),
-                None => Uri::from_static("/"),
-            });
-        }
-        let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
-        Ok(Uri::from(PathAndQuery::try_from(format!(
-            "{}{}",
-            self.base_path, pq
-        ))?))
-    }
-
     /// Rewrites and forwards an authenticated request; returns the upstream's
     /// response with hop-by-hop headers removed. Bodies stream both ways.
     pub(crate) async fn forward(
@@ -197,7 +179,7 @@ impl Upstream {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = self.target(&parts.uri).map_err(ProxyError::Request)?;
+        parts.uri = join_target(&self.base_path, &parts.uri).map_err(ProxyError::Request)?;
         // The upstream leg is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
         headers::rewrite_request(
@@ -238,6 +220,45 @@ impl Upstream {
             }
         }
     }
+}
+
+/// The path every upstream call is prefixed with: `upstream.url`'s path
+/// without its trailing slashes (empty for `https://host` and `https://host/`).
+pub fn base_path(url: &Uri) -> String {
+    url.path().trim_end_matches('/').to_owned()
+}
+
+/// The origin-form target (`/path?query`) on the upstream for an incoming
+/// request target, under `base_path` (from [`base_path`]): the pool already
+/// knows where to connect.
+pub fn join_target(base_path: &str, incoming: &Uri) -> Result<Uri, http::Error> {
+    let pq = incoming.path_and_query();
+    // asterisk-form (`OPTIONS *`) addresses the upstream server as a whole:
+    // it goes through as it came, never as `{base_path}*`.
+    if pq.is_some_and(|pq| pq.as_str() == "*") {
+        return Ok(Uri::from_static("*"));
+    }
+    if base_path.is_empty() {
+        // The common case reuses the parsed bytes; no copy. Not for an empty
+        // path (`http://gw#f` parses to nothing at all): that is joined below.
+        if let Some(uri) = pq
+            .map(|pq| Uri::from(pq.clone()))
+            .filter(|u| u.path().starts_with('/'))
+        {
+            return Ok(uri);
+        }
+    }
+    // `path()` is `/` for an empty path (`http://gw?q`, RFC 9110 §4.2.3), so
+    // that joins as `{base_path}/?q`, like `http://gw/?q`.
+    let path = match incoming.path() {
+        "" => "/",
+        p => p,
+    };
+    let joined = match incoming.query() {
+        Some(q) => format!("{base_path}{path}?{q}"),
+        None => format!("{base_path}{path}"),
+    };
+    Ok(Uri::from(PathAndQuery::try_from(joined)?))
 }
 
 /// The rustls client set-up for an `https` upstream: the configured CA file,
@@ -312,10 +333,28 @@ mod tests {
             ("https://gw.example/a/b?x=1", "/a/b?x=1", "/base/a/b?x=1"),
             ("/a", "/a", "/base/a"),
             ("https://gw.example", "/", "/base/"),
+            // Found by the upstream_target fuzz target: was `/base*`.
+            ("*", "*", "*"),
+            // Found by the upstream_target fuzz target: an empty path with a
+            // query was joined as `/base?x=1`.
+            ("https://gw.example?x=1", "/?x=1", "/base/?x=1"),
+            ("gw.example:443", "/", "/base/"),
+            // Found by the upstream_target fuzz target: an empty path with a
+            // fragment became an empty request target (`GET  HTTP/1.1`).
+            ("https://gw.example#frag", "/", "/base/"),
+            ("https://gw.example?x=1#frag", "/?x=1", "/base/?x=1"),
         ] {
             let uri: Uri = incoming.parse().unwrap();
-            assert_eq!(plain.target(&uri).unwrap(), want_plain, "{incoming}");
-            assert_eq!(based.target(&uri).unwrap(), want_based, "{incoming}");
+            assert_eq!(
+                join_target(&plain.base_path, &uri).unwrap().to_string(),
+                want_plain,
+                "{incoming}"
+            );
+            assert_eq!(
+                join_target(&based.base_path, &uri).unwrap().to_string(),
+                want_based,
+                "{incoming}"
+            );
         }
     }
 }
