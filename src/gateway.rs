@@ -173,7 +173,10 @@ impl Gateway {
             }),
             name: "admin",
             permits: Arc::new(Semaphore::new(admin_limits.max_connections)),
-            clients: ClientSlots::new(admin_limits.max_connections_per_client),
+            clients: ClientSlots::new(
+                admin_limits.max_connections_per_client,
+                admin_limits.max_streams_per_client,
+            ),
             // Administrators connect directly.
             trusted_proxies: Arc::from([]),
             proxy_protocol: false,

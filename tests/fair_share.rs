@@ -372,3 +372,63 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_deadline() {
     .await;
     drop(tls);
 }
+
+/// HTTP/2 requests in progress are capped per client across all its
+/// connections (each holds an upstream connection); beyond the cap a request
+/// answers 429 at once without reaching the upstream, other clients and
+/// HTTP/1.1 (bounded by the connection limit) are unaffected, and a finished
+/// request frees its place.
+#[tokio::test]
+async fn http2_requests_in_progress_are_capped_per_client() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.max_streams_per_client = 4;
+    })
+    .await;
+    let (_, refresh) = gw.create_token("streams").await;
+    let access = gw.exchange(&refresh).await;
+    let bearer = format!("Bearer {access}");
+    let get = |c: &common::TestClient, path: &str| {
+        c.public_req("GET", path)
+            .header("authorization", &bearer)
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    // Two connections from one address, two held requests on each.
+    let (a, b) = (gw.client_from("127.0.0.4"), gw.client_from("127.0.0.4"));
+    let mut held = Vec::new();
+    for c in [&a, &a, &b, &b] {
+        let (c, req) = (c.clone(), get(c, "/pause"));
+        held.push(tokio::spawn(async move { c.send_h2(req).await }));
+    }
+    eventually(Duration::from_secs(10), "four requests held upstream", || {
+        let n = up.paused();
+        async move { (n == 4).then_some(()) }
+    })
+    .await;
+
+    for c in [&a, &b] {
+        let r = tokio::time::timeout(Duration::from_secs(10), c.send_h2(get(c, "/pause")))
+            .await
+            .expect("a fifth request is answered at once, not held upstream");
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+        assert_eq!(r.headers["retry-after"], "1");
+        assert_eq!(r.json()["error"], "too_many_requests");
+        assert!(r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("4 requests in progress"));
+    }
+    assert_eq!(up.paused(), 4, "refused requests never reached the upstream");
+    // Another address has its own share; HTTP/1.1 is not counted here.
+    let other = gw.client_from("127.0.0.5");
+    assert_eq!(other.send_h2(get(&other, "/x")).await.status, StatusCode::OK);
+    assert_eq!(a.send(get(&a, "/x")).await.status, StatusCode::OK);
+
+    up.release_paused();
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    let r = a.send_h2(get(&a, "/x")).await;
+    assert_eq!(r.status, StatusCode::OK, "finished requests free their places");
+}

@@ -220,10 +220,12 @@ async fn ping_flood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window() {
-    // Before the send deadline existed, 32 connections x 128 streams held at
-    // window 0 grew RSS by ~147 MiB (~37 KiB and one upstream connection per
-    // stalled stream), never released while the client stayed. A short
-    // public.send_timeout shows the deadline at work within the attack.
+    // 32 connections x 128 streams held at window 0, each stream holding an
+    // upstream connection and ~26 KiB. With the send deadline alone, RSS grew
+    // by 100-130 MiB (it used to fail the bound now and then); the
+    // per-client stream share (public.max_streams_per_client, 256) answers
+    // the rest 429 at once: growth ~19 MiB. A short public.send_timeout
+    // shows the deadline at work within the attack.
     attack_with("zero_window", 15, |f| {
         f.public.send_timeout = tokengate::config::HumanDuration(Duration::from_secs(2));
     })

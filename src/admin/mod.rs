@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, AUTHORIZATION, SET_COOKIE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -39,7 +39,7 @@ use serde_json::Value;
 use crate::audit::Event;
 use crate::http::{
     empty, error, json, media_type, method_not_allowed, no_store, read_body, strip_body_for_head,
-    Reply,
+    too_many_requests, Reply,
 };
 use crate::server::{Handler, Load};
 use crate::state::State;
@@ -77,6 +77,10 @@ pub(crate) struct AdminHandler {
 
 impl Handler for AdminHandler {
     type Body = Full<Bytes>;
+
+    fn wrap(reply: Reply) -> Reply {
+        reply
+    }
 
     fn handle(
         &self,
@@ -177,13 +181,11 @@ fn unauthorized(req: &Request<Incoming>, text: &str) -> Reply {
 
 fn too_many(wait: Duration) -> Reply {
     let secs = wait.as_secs().max(1);
-    let mut r = error(
-        StatusCode::TOO_MANY_REQUESTS,
+    too_many_requests(
         "too_many_attempts",
         &format!("too many failed logins from this address; try again in {secs} s"),
-    );
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-    r
+        secs,
+    )
 }
 
 fn bad(text: impl AsRef<str>) -> Reply {

@@ -96,6 +96,7 @@ pub struct PublicSection {
     pub max_connection_age: HumanDuration,
     pub shutdown_grace: HumanDuration,
     pub max_connections_per_client: usize,
+    pub max_streams_per_client: usize,
     pub idle_timeout: HumanDuration,
     pub send_timeout: HumanDuration,
     pub trusted_proxies: Vec<String>,
@@ -120,6 +121,11 @@ impl Default for PublicSection {
             // Hundreds: a NAT or an office shares one address; thousands
             // would let one address hold the whole connection cap.
             max_connections_per_client: 256,
+            // HTTP/2 multiplies a connection into 128 requests, each holding
+            // an upstream connection and its buffers: without a cap across
+            // connections, one address could keep 256 x 128 upstream
+            // requests open. As many as HTTP/1.1 gets from its connections.
+            max_streams_per_client: 256,
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
             trusted_proxies: Vec::new(),
@@ -145,6 +151,7 @@ pub struct AdminSection {
     pub body_read_timeout: HumanDuration,
     pub max_connection_age: HumanDuration,
     pub max_connections_per_client: usize,
+    pub max_streams_per_client: usize,
     pub idle_timeout: HumanDuration,
     pub send_timeout: HumanDuration,
     /// `""`: `<data dir>/admin.sock`; `"off"`: none; otherwise a path.
@@ -168,6 +175,7 @@ impl Default for AdminSection {
             body_read_timeout: HumanDuration(Duration::from_secs(15)),
             max_connection_age: HumanDuration(Duration::from_secs(3600)),
             max_connections_per_client: 64,
+            max_streams_per_client: 64,
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
             socket: String::new(),

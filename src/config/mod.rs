@@ -94,6 +94,10 @@ pub struct ListenerLimits {
     pub max_connection_age: Duration,
     /// Open connections one client (an address; IPv6: a /64) may hold.
     pub max_connections_per_client: usize,
+    /// HTTP/2 requests in progress at once per client, across all its
+    /// connections (HTTP/1.1 carries one per connection, so
+    /// `max_connections_per_client` bounds those).
+    pub max_streams_per_client: usize,
     /// A connection with no request in progress is closed after this long.
     pub idle_timeout: Duration,
     /// A response the client takes no data of for this long is dropped.

@@ -66,6 +66,17 @@ pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Reply 
     )
 }
 
+/// 429 with `Retry-After` (whole seconds, at least 1): the client need
+/// only wait, so this is never an `invalid_request`.
+pub(crate) fn too_many_requests(code: &str, description: &str, retry_after_secs: u64) -> Reply {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, code, description);
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs.max(1)),
+    );
+    r
+}
+
 pub(crate) fn method_not_allowed(allow: &'static str) -> Reply {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -17,13 +17,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, RETRY_AFTER};
+use http::header::HOST;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::http::{error, json, method_not_allowed, strip_body_for_head, Reply};
+use crate::http::{error, json, method_not_allowed, strip_body_for_head, too_many_requests, Reply};
 use crate::proxy::{Identity, Upstream, UpstreamBody};
 use crate::server::Handler;
 use crate::state::State;
@@ -44,6 +44,10 @@ pub(crate) struct PublicHandler {
 
 impl Handler for PublicHandler {
     type Body = PublicBody;
+
+    fn wrap(reply: Reply) -> Response<PublicBody> {
+        reply.map(Either::Left)
+    }
 
     async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<PublicBody> {
         let head = req.method() == Method::HEAD;
@@ -155,17 +159,14 @@ pub fn route(path: &str) -> Route {
 /// no code for it, and `invalid_request` would tell a client its request
 /// was malformed, when waiting is all it needs to do.
 fn too_many_failures(t: Throttled) -> Reply {
-    let mut r = error(
-        StatusCode::TOO_MANY_REQUESTS,
+    too_many_requests(
         "too_many_requests",
         &format!(
             "too many failed authentications from this address; try again in {} s",
             t.retry_after
         ),
-    );
-    r.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(t.retry_after));
-    r
+        t.retry_after,
+    )
 }
 
 /// HTTP/1.1 requires exactly one `Host` (RFC 9112 §3.2); hyper does not check it.

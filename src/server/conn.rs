@@ -26,6 +26,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::clients::StreamSlot;
+
 /// A connection's activity, written by the connection and read by its watcher.
 #[derive(Default)]
 pub(crate) struct Activity {
@@ -49,7 +51,7 @@ impl Activity {
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self.clone())
+        InFlight(self.clone(), None)
     }
 
     fn snapshot(&self) -> Counters {
@@ -63,10 +65,17 @@ impl Activity {
     }
 }
 
-/// One request in progress.
-pub(crate) struct InFlight(Arc<Activity>);
+/// One request in progress; over HTTP/2 it also holds its place in the
+/// client's stream share.
+pub(crate) struct InFlight(Arc<Activity>, Option<StreamSlot>);
 
 impl InFlight {
+    /// Holds `stream` for as long as this request is in progress.
+    pub(crate) fn holding(mut self, stream: StreamSlot) -> InFlight {
+        self.1 = Some(stream);
+        self
+    }
+
     /// Wraps the response body so it reports its progress; the request
     /// stays in flight until that body is dropped.
     pub(crate) fn track<B>(self, body: B) -> Tracked<B> {

@@ -43,6 +43,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::ListenerLimits;
+use crate::http::{too_many_requests, Reply};
 use crate::net::{any_contains, Cidr};
 pub(crate) use balance::{Balancer, Load};
 use balance::{Handoff, Placed};
@@ -74,6 +75,9 @@ pub(crate) trait Handler: Send + Sync + 'static {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
+
+    /// A reply built by the driver itself (a refusal), in this handler's body type.
+    fn wrap(reply: Reply) -> Response<Self::Body>;
 }
 
 /// What one accept loop serves with. Each public worker has its own handler
@@ -234,7 +238,7 @@ async fn connection<H: Handler>(
     };
     // A balancer without PROXY headers carries many clients under one
     // address: it is exempt. Everyone else gets a fair share of the cap.
-    let _slot = if trusted_peer && !ctx.proxy_protocol {
+    let slot = if trusted_peer && !ctx.proxy_protocol {
         None
     } else {
         match ctx.clients.take(client.ip()) {
@@ -283,11 +287,33 @@ async fn connection<H: Handler>(
         // Each stream's future is moved into a task of its own: boxed, that
         // move copies a pointer instead of the request's few KiB of state.
         let handler = ctx.handler.clone();
+        // Exempt peers (trusted balancers without PROXY headers) have no share.
+        let streams = slot.as_ref().map(|s| s.streams());
         let svc = service_fn(move |req| {
             let handler = handler.clone();
-            let in_flight = activity.start();
+            let mut in_flight = activity.start();
+            let over = match &streams {
+                None => None,
+                Some(s) => match s.take() {
+                    Some(stream) => {
+                        in_flight = in_flight.holding(stream);
+                        None
+                    }
+                    None => Some(s.max()),
+                },
+            };
             Box::pin(async move {
-                let resp = handler.handle(client, req).await;
+                let resp = match over {
+                    None => handler.handle(client, req).await,
+                    Some(max) => {
+                        tracing::debug!(%client, max, "refused: this client holds max_streams_per_client already");
+                        H::wrap(too_many_requests(
+                            "too_many_requests",
+                            &format!("this client has {max} requests in progress already; try again when one has finished"),
+                            1,
+                        ))
+                    }
+                };
                 Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
             })
         });

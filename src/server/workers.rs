@@ -66,7 +66,10 @@ where
     let make = Arc::new(make);
     // The cap is shared: it bounds the listener, not each worker.
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let clients = ClientSlots::new(limits.max_connections_per_client);
+    let clients = ClientSlots::new(
+        limits.max_connections_per_client,
+        limits.max_streams_per_client,
+    );
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut done = Vec::with_capacity(sockets.len());
     let (balancers, load) = Balancer::set(sockets.len());

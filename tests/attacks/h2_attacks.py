@@ -4,7 +4,8 @@
 Each attack speaks raw HTTP/2 (hyperframe frames, hpack blocks, from the
 `h2` package) over TLS with ALPN h2, against 127.0.0.1 only. While it runs, a
 normal client keeps asking GET /healthz (a fresh HTTPS connection each time,
-alternating HTTP/1.1 and HTTP/2); the attack passes when
+alternating HTTP/1.1 and HTTP/2, from 127.0.0.2: another client than the
+attacker, as the gateway's per-client limits see it); the attack passes when
 
   * every one of those requests succeeds, during the attack and after it, and
   * the gateway's resident memory (VmRSS of --pid, sampled every 50 ms) grows
@@ -58,6 +59,7 @@ from hyperframe.frame import (
 )
 
 HOST = "127.0.0.1"  # never anything else
+NORMAL_SOURCE = "127.0.0.2"  # the normal client's own address (Linux answers all of 127/8)
 SNI = "localhost"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_DURATION = 15.0  # plus at most a few seconds of closing: under 20 s in all
@@ -619,8 +621,14 @@ def varint_tail(value: int) -> bytes:
 # The normal client and the memory sampler, both in threads beside the attack.
 
 
+def probe_connect(args) -> socket.socket:
+    return socket.create_connection(
+        (HOST, args.port), timeout=args.probe_timeout, source_address=(NORMAL_SOURCE, 0)
+    )
+
+
 def probe_h1(args, ctx) -> None:
-    with socket.create_connection((HOST, args.port), timeout=args.probe_timeout) as tcp:
+    with probe_connect(args) as tcp:
         with ctx.wrap_socket(tcp, server_hostname=SNI) as s:
             s.settimeout(args.probe_timeout)
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -635,7 +643,7 @@ def probe_h1(args, ctx) -> None:
 
 
 def probe_h2(args, ctx) -> None:
-    with socket.create_connection((HOST, args.port), timeout=args.probe_timeout) as tcp:
+    with probe_connect(args) as tcp:
         with ctx.wrap_socket(tcp, server_hostname=SNI) as s:
             s.settimeout(args.probe_timeout)
             conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
