@@ -100,6 +100,9 @@ pub struct Stats {
     /// Open connections on the public listener (all workers), TLS handshakes
     /// in progress included.
     pub public_connections: u64,
+    /// Access tokens dropped since start because their refresh token minted
+    /// more than `tokens.max_access_per_refresh` live ones (oldest first).
+    pub access_tokens_evicted: u64,
 }
 
 /// Every error answer: `{"error", "error_description"}`.

@@ -282,6 +282,7 @@ impl AdminHandler {
                 live_access_tokens: count(self.state.access.len()),
                 refresh_tokens: count(self.state.store.len()),
                 public_connections: count(self.public.per_worker().iter().sum()),
+                access_tokens_evicted: self.state.access.evicted(),
             },
         ))
     }

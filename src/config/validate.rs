@@ -218,6 +218,12 @@ impl FileConfig {
                 access_ttl,
                 refresh_ttl,
                 sweep_interval: nonzero("tokens.sweep_interval", self.tokens.sweep_interval)?,
+                max_access_per_refresh: within(
+                    "tokens.max_access_per_refresh",
+                    self.tokens.max_access_per_refresh,
+                    1,
+                    1_000_000,
+                )?,
             },
             audit: AuditDestination::parse(&self.audit.destination),
             source,
