@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: makes sure what the browser test drives is installed
-# (Debian's chromium and chromium-driver) and the Python packages of the attack
-# tests, then runs the whole suite.
+# (Debian's chromium and chromium-driver), PostgreSQL's server binaries for the
+# postgres backend's tests, and the Python packages of the attack tests, then
+# runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,23 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver curl
+fi
+
+# PostgreSQL (server binaries only; nothing is started as a service): the
+# postgres backend's tests start a throwaway server from them (tests/common/pg.rs)
+# unless TOKENGATE_TEST_POSTGRES_URL names one.
+if [ -z "${TOKENGATE_TEST_POSTGRES_URL:-}" ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    echo "tests/run.sh: installing postgresql for the postgres backend's tests"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
+    # Debian's package creates and starts a "main" cluster; the tests do not use it.
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        pg_lsclusters --no-header 2>/dev/null | while read -r version name _; do
+            $sudo pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
+        done
+    fi
 fi
 
 # Python packages for the HTTP/2 attack client and the TLS scan (tests/attacks/,

@@ -653,4 +653,5 @@ pub async fn signal_and_wait(
         .unwrap()
 }
 
+pub mod pg;
 pub mod webdriver;
