@@ -111,6 +111,10 @@ impl Drop for DevDir {
 /// gateway has a printed password and a ready token, and is nobody else's.
 fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
     config.storage.path = dir.join("data/tokengate.redb");
+    // Temporary data means all of it: a dev gateway never touches a
+    // configured database or secret.
+    config.storage.backend = crate::config::StorageBackend::Redb;
+    config.storage.secret_file = dir.join("data").join(crate::secrets::SECRET_FILE);
     if config.admin.socket.is_some() {
         config.admin.socket = Some(dir.join("data").join(crate::config::ADMIN_SOCKET_FILE));
     }

@@ -232,7 +232,7 @@ impl Gateway {
 fn build(config: Config, opts: StartOptions) -> Result<(State, AdminAuth), StartError> {
     let dir = data_dir(&config.storage.path);
     // a. The server secret: every refresh-token hash depends on it.
-    let secret = crate::secrets::load_or_create_secret(&dir)?;
+    let secret = crate::secrets::load_or_create_secret(&config.storage.secret_file)?;
     // b. The admin credential (environment, file, or generated once).
     let source = match (
         opts.admin_password.filter(|p| !p.is_empty()),

@@ -1,6 +1,7 @@
-//! Secrets kept on disk: the server secret that keys refresh-token hashes, and
-//! the admin password hash. Both are created at first start, mode 0600, in the
-//! data directory (the directory of `storage.path`).
+//! Secrets kept on disk: the server secret that keys refresh-token hashes
+//! (`storage.secret_file`, by default in the data directory), and the admin
+//! password hash (in the data directory, the directory of `storage.path`).
+//! Both are created at first start, mode 0600.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -67,9 +68,14 @@ pub(crate) fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> 
     f.sync_all()
 }
 
-/// Loads the server secret, creating it on first start.
-pub(crate) fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretError> {
-    let path = data_dir.join(SECRET_FILE);
+/// Loads the server secret from `path` (`storage.secret_file`), creating it
+/// (and its directory, 0700) on first start.
+///
+/// Replicas of a cluster must share one secret: a replica that generates its
+/// own is refused by the database's fingerprint check, so generating here is
+/// safe for the first replica and loudly wrong for any other.
+pub(crate) fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let path = path.to_owned();
     match fs::File::open(&path) {
         Ok(mut f) => {
             let mut buf = Vec::new();
@@ -84,7 +90,9 @@ pub(crate) fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretEr
             Ok(buf)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_private_dir(data_dir).map_err(io_err(data_dir))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir).map_err(io_err(dir))?;
+            }
             let mut secret = vec![0u8; SECRET_LEN];
             random_bytes(&mut secret).map_err(SecretError::Random)?;
             write_new_private(&path, &secret).map_err(io_err(&path))?;
@@ -192,8 +200,8 @@ mod tests {
     fn secret_is_created_once_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("data");
-        let a = load_or_create_secret(&d).unwrap();
-        let b = load_or_create_secret(&d).unwrap();
+        let a = load_or_create_secret(&d.join(SECRET_FILE)).unwrap();
+        let b = load_or_create_secret(&d.join(SECRET_FILE)).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 32);
         let mode = fs::metadata(d.join(SECRET_FILE)).unwrap().mode() & 0o777;
@@ -205,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(SECRET_FILE), b"short").unwrap();
         assert!(matches!(
-            load_or_create_secret(dir.path()),
+            load_or_create_secret(&dir.path().join(SECRET_FILE)),
             Err(SecretError::BadSecret { found: 5, .. })
         ));
     }

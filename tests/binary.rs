@@ -115,6 +115,47 @@ fn the_config_file_is_read_and_checked() {
     assert!(!missing.status.success());
 }
 
+#[test]
+fn postgres_settings_from_the_environment_never_show_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = check_config(
+        dir.path(),
+        &[
+            ("TOKENGATE_STORAGE__BACKEND", "postgres"),
+            (
+                "TOKENGATE_STORAGE__POSTGRES__URL",
+                "postgres://tg:s3cret-pw@db.example:5432/tokens",
+            ),
+            ("TOKENGATE_STORAGE__POSTGRES__SSLMODE", "require"),
+            ("TOKENGATE_STORAGE__SECRET_FILE", "/etc/tg/secret.key"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("storage.backend = postgres"), "{out}");
+    assert!(
+        out.contains("storage.postgres.url = postgres://tg:(hidden)@db.example:5432/tokens"),
+        "{out}"
+    );
+    assert!(
+        out.contains("storage.secret_file = /etc/tg/secret.key"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret-pw"), "{out}");
+    // A bad value names the variable's key, still without the password.
+    let (ok, out) = check_config(
+        dir.path(),
+        &[
+            ("TOKENGATE_STORAGE__BACKEND", "postgres"),
+            (
+                "TOKENGATE_STORAGE__POSTGRES__URL",
+                "postgres://tg:s3cret-pw@db.example:nope/tokens",
+            ),
+        ],
+    );
+    assert!(!ok && out.contains("storage.postgres.url"), "{out}");
+    assert!(!out.contains("s3cret-pw"), "{out}");
+}
+
 #[tokio::test]
 async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     let up = common::upstream().await;

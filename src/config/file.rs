@@ -216,16 +216,71 @@ impl Default for UpstreamSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
+    /// `redb` (the embedded file, single node) or `postgres` (cluster mode).
+    pub backend: String,
     pub path: PathBuf,
     pub usage_flush_interval: HumanDuration,
+    /// Unset: `secret.key` in the data directory, generated at first start.
+    pub secret_file: Option<PathBuf>,
+    pub postgres: PostgresSection,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
+            backend: "redb".into(),
             path: PathBuf::from("data/tokengate.redb"),
             usage_flush_interval: HumanDuration(Duration::from_secs(30)),
+            secret_file: None,
+            postgres: PostgresSection::default(),
         }
+    }
+}
+
+/// `[storage.postgres]`: used when `storage.backend = "postgres"`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSection {
+    /// `postgres://user:password@host:port/database`; may hold a password,
+    /// so it is masked wherever it is shown (`Debug` included).
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout: HumanDuration,
+    pub statement_timeout: HumanDuration,
+    /// `disable`, `require` (encrypted, server not verified) or `verify-full`.
+    pub sslmode: String,
+    /// CA certificates (PEM) for `verify-full`; unset: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        PostgresSection {
+            url: String::new(),
+            // Writes are serialised per replica and reads are served from
+            // memory: a few connections suffice, and N replicas times this
+            // must stay well inside the server's max_connections (100).
+            pool_size: 4,
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            // A hung database becomes an error within this, never a stuck writer.
+            statement_timeout: HumanDuration(Duration::from_secs(5)),
+            // Secure unless told otherwise: the database holds token hashes.
+            sslmode: "verify-full".into(),
+            ca_file: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSection")
+            .field("url", &super::mask_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("sslmode", &self.sslmode)
+            .field("ca_file", &self.ca_file)
+            .finish()
     }
 }
 

@@ -5,13 +5,16 @@
 //! - `validate`: turns it into the runtime `Config`; everything that can be
 //!   wrong with a value is found there, at start-up, and every error names
 //!   the key (or environment variable) at fault.
+//! - `storage`: the `[storage]` section (backend, server secret, PostgreSQL).
 //! - `summary`: the effective settings for `check-config`, secrets masked.
 
 mod file;
+mod storage;
 mod summary;
 mod validate;
 
 pub use file::*;
+pub use storage::{mask_url, PostgresConfig, SslMode, StorageBackend, StorageConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -145,13 +148,6 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub identity_headers: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    /// The redb file; its directory is the data directory.
-    pub path: PathBuf,
-    pub usage_flush_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -9,6 +9,8 @@ use super::FileConfig;
 /// Keys whose values are secrets, or whose sub-keys' values are: the password
 /// hash, and extra upstream headers (which usually carry an API credential).
 const MASKED: &[&str] = &["admin.password_hash", "upstream.headers"];
+/// URLs that may carry a password: listed with it masked.
+const URLS: &[&str] = &["storage.postgres.url"];
 
 pub(super) fn lines(file: &FileConfig) -> String {
     let mut out = Vec::new();
@@ -35,6 +37,10 @@ fn walk(key: &str, v: &Value, masked: bool, out: &mut Vec<String>) {
         Value::Object(_) => out.push(format!("{key} = (none)")),
         Value::Null => out.push(format!("{key} = (unset)")),
         _ if masked => out.push(format!("{key} = (set, hidden)")),
+        // Shown (where the database is matters), but never its password.
+        Value::String(s) if URLS.contains(&key) => {
+            out.push(format!("{key} = {}", super::mask_url(s)))
+        }
         Value::String(s) => out.push(format!("{key} = {s}")),
         other => out.push(format!("{key} = {other}")),
     }

@@ -161,9 +161,6 @@ impl FileConfig {
             identity_headers: u.identity_headers,
         };
 
-        if self.storage.path.as_os_str().is_empty() {
-            return Err(ConfigError::invalid("storage.path", "must not be empty"));
-        }
         let tls = match (self.tls.cert, self.tls.key) {
             (None, None) => TlsConfig {
                 cert: DEFAULT_CERT_PATH.into(),
@@ -206,13 +203,7 @@ impl FileConfig {
             public,
             admin,
             upstream,
-            storage: StorageConfig {
-                path: self.storage.path,
-                usage_flush_interval: nonzero(
-                    "storage.usage_flush_interval",
-                    self.storage.usage_flush_interval,
-                )?,
-            },
+            storage: super::storage::validate(self.storage)?,
             tls,
             tokens: TokensConfig {
                 access_ttl,
@@ -287,7 +278,7 @@ fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
+pub(super) fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
     if d.0.is_zero() {
         Err(ConfigError::invalid(key, "must be greater than zero"))
     } else {
@@ -303,7 +294,7 @@ fn positive(key: &str, n: usize) -> Result<usize, ConfigError> {
     }
 }
 
-fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
+pub(super) fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
     if n < lo || n > hi {
         Err(ConfigError::invalid(
             key,

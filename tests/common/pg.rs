@@ -101,6 +101,10 @@ impl TestDb {
 }
 
 impl Drop for TestDb {
+    #[allow(
+        clippy::print_stderr,
+        reason = "a leftover database is worth a line in the test output, not a panic in Drop"
+    )]
     fn drop(&mut self) {
         // FORCE ends the connections a failed test may have left open.
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);

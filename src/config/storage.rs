@@ -1,0 +1,352 @@
+//! `[storage]`: which backend keeps the refresh tokens, where the server
+//! secret is, and how to reach PostgreSQL. The URL may carry a password: it
+//! is parsed here once, kept only in the parsed (password-redacting) form,
+//! and shown only through [`mask_url`].
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::validate::{nonzero, within};
+use super::{ConfigError, StorageSection};
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// The redb file. Its directory is the data directory (admin hash,
+    /// admin socket and, by default, the server secret) for either backend.
+    pub path: PathBuf,
+    pub usage_flush_interval: Duration,
+    /// The server secret that keys refresh-token hashes: shared by every
+    /// replica in cluster mode.
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    Redb,
+    Postgres(Box<PostgresConfig>),
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// From `storage.postgres.url`; its `Debug` redacts the password.
+    pub connect: tokio_postgres::Config,
+    /// The URL with any password masked: the only form logs and errors show.
+    pub display_url: String,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub sslmode: SslMode,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// TLS to PostgreSQL, always through rustls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP (or a Unix socket, where PostgreSQL offers no TLS).
+    Disable,
+    /// Encrypted, but any server certificate is accepted (as libpq's `require`).
+    Require,
+    /// Encrypted, the chain checked against `ca_file` (or the system's roots)
+    /// and the certificate against the host name.
+    VerifyFull,
+}
+
+/// `url` with the password (of the user part, and a `password=` parameter)
+/// replaced by `(hidden)`. Everything past the last `@` before the query is
+/// taken as the host part, so an unencoded `@` in a password hides more, never less.
+pub fn mask_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => {
+                let user = &rest[..at];
+                let user = match user.split_once(':') {
+                    Some((name, _)) => format!("{name}:(hidden)"),
+                    None => user.to_owned(),
+                };
+                format!("{scheme}://{user}@{}", &rest[at + 1..])
+            }
+            None => head.to_owned(),
+        },
+        // Not a URL at all: it could be anything, password included.
+        None if !head.is_empty() => "(set, not a URL)".to_owned(),
+        None => String::new(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=(hidden)"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// The `[storage]` section, checked. `data_dir` is where the default secret lives.
+pub(super) fn validate(s: StorageSection) -> Result<StorageConfig, ConfigError> {
+    if s.path.as_os_str().is_empty() {
+        return Err(ConfigError::invalid("storage.path", "must not be empty"));
+    }
+    let secret_file = match s.secret_file {
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(ConfigError::invalid(
+                "storage.secret_file",
+                "must not be empty (leave it unset for <data dir>/secret.key)",
+            ))
+        }
+        Some(p) => p,
+        None => crate::state::data_dir(&s.path).join(crate::secrets::SECRET_FILE),
+    };
+    let backend = match s.backend.trim() {
+        "redb" => StorageBackend::Redb,
+        "postgres" | "postgresql" => StorageBackend::Postgres(Box::new(postgres(&s.postgres)?)),
+        other => {
+            return Err(ConfigError::invalid(
+                "storage.backend",
+                format!("must be \"redb\" or \"postgres\", got {other:?}"),
+            ))
+        }
+    };
+    Ok(StorageConfig {
+        backend,
+        usage_flush_interval: nonzero("storage.usage_flush_interval", s.usage_flush_interval)?,
+        path: s.path,
+        secret_file,
+    })
+}
+
+fn postgres(p: &super::PostgresSection) -> Result<PostgresConfig, ConfigError> {
+    const URL: &str = "storage.postgres.url";
+    let url = p.url.trim();
+    if url.is_empty() {
+        return Err(ConfigError::invalid(
+            URL,
+            "must be set when storage.backend = \"postgres\" (postgres://user:password@host:5432/database)",
+        ));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // Not echoed: a key=value string may hold a password anywhere.
+        return Err(ConfigError::invalid(
+            URL,
+            "must be a postgres:// URL (postgres://user:password@host:5432/database)",
+        ));
+    }
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query
+        .split('&')
+        .any(|kv| kv.split('=').next().is_some_and(|k| k == "sslmode"))
+    {
+        return Err(ConfigError::invalid(
+            URL,
+            "has an sslmode parameter: set storage.postgres.sslmode instead (disable, require, verify-full)",
+        ));
+    }
+    // tokio-postgres names the option at fault, never its value.
+    let mut connect = tokio_postgres::Config::from_str(url)
+        .map_err(|e| ConfigError::invalid(URL, format!("{e} (in {})", mask_url(url))))?;
+    if connect.get_hosts().is_empty() {
+        return Err(ConfigError::invalid(
+            URL,
+            format!("names no host ({})", mask_url(url)),
+        ));
+    }
+    let sslmode = match p.sslmode.trim() {
+        "disable" => SslMode::Disable,
+        "require" => SslMode::Require,
+        "verify-full" => SslMode::VerifyFull,
+        other => {
+            return Err(ConfigError::invalid(
+                "storage.postgres.sslmode",
+                format!("must be disable, require or verify-full, got {other:?}"),
+            ))
+        }
+    };
+    let unix = connect
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    if unix && sslmode != SslMode::Disable {
+        return Err(ConfigError::invalid(
+            "storage.postgres.sslmode",
+            "the URL names a Unix socket, where PostgreSQL offers no TLS: set disable",
+        ));
+    }
+    if let Some(ca) = &p.ca_file {
+        if sslmode != SslMode::VerifyFull {
+            return Err(ConfigError::invalid(
+                "storage.postgres.ca_file",
+                "is only used with storage.postgres.sslmode = \"verify-full\"",
+            ));
+        }
+        if !ca.is_file() {
+            return Err(ConfigError::invalid(
+                "storage.postgres.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+    }
+    let connect_timeout = nonzero("storage.postgres.connect_timeout", p.connect_timeout)?;
+    let statement_timeout = nonzero("storage.postgres.statement_timeout", p.statement_timeout)?;
+    if statement_timeout > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            "storage.postgres.statement_timeout",
+            "must be at most 1h",
+        ));
+    }
+    // TLS is ours (rustls), never tokio-postgres's "prefer" default.
+    connect.ssl_mode(match sslmode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+    });
+    connect.connect_timeout(connect_timeout);
+    if connect.get_application_name().is_none() {
+        // Who holds a connection, in pg_stat_activity.
+        connect.application_name("tokengate");
+    }
+    Ok(PostgresConfig {
+        display_url: mask_url(url),
+        connect,
+        pool_size: within("storage.postgres.pool_size", p.pool_size, 1, 256)?,
+        connect_timeout,
+        statement_timeout,
+        sslmode,
+        ca_file: p.ca_file.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn passwords_are_masked() {
+        let cases = [
+            (
+                "postgres://tg:s3cret@db:5432/tokens",
+                "postgres://tg:(hidden)@db:5432/tokens",
+            ),
+            (
+                "postgres://tg:p@ss@db/t?password=s3cret&application_name=x",
+                "postgres://tg:(hidden)@db/t?password=(hidden)&application_name=x",
+            ),
+            ("postgres://tg@db/t", "postgres://tg@db/t"),
+            ("postgres://db/t", "postgres://db/t"),
+            ("user=x password=s3cret", "(set, not a URL)"),
+            ("", ""),
+        ];
+        for (url, masked) in cases {
+            assert_eq!(mask_url(url), masked);
+        }
+    }
+
+    #[test]
+    fn the_default_is_redb_with_the_secret_in_the_data_dir() {
+        let c = Config::from_toml_str("").unwrap();
+        assert!(matches!(c.storage.backend, StorageBackend::Redb));
+        assert_eq!(c.storage.secret_file, PathBuf::from("data/secret.key"));
+        let c = Config::from_toml_str("[storage]\npath = \"/var/lib/tg/t.redb\"").unwrap();
+        assert_eq!(
+            c.storage.secret_file,
+            PathBuf::from("/var/lib/tg/secret.key")
+        );
+    }
+
+    #[test]
+    fn postgres_settings_are_parsed() {
+        let c = Config::from_toml_str(
+            "[storage]\nbackend = \"postgres\"\nsecret_file = \"/etc/tg/secret.key\"\n\
+             [storage.postgres]\nurl = \"postgres://tg:s3cret@db.example:6432/tokens\"\n\
+             pool_size = 2\nstatement_timeout = \"2s\"\nsslmode = \"require\"",
+        )
+        .unwrap();
+        let StorageBackend::Postgres(pg) = &c.storage.backend else {
+            panic!("expected postgres")
+        };
+        assert_eq!(c.storage.secret_file, PathBuf::from("/etc/tg/secret.key"));
+        assert_eq!(pg.pool_size, 2);
+        assert_eq!(pg.statement_timeout, Duration::from_secs(2));
+        assert_eq!(pg.sslmode, SslMode::Require);
+        assert_eq!(pg.connect.get_dbname(), Some("tokens"));
+        assert_eq!(
+            pg.display_url,
+            "postgres://tg:(hidden)@db.example:6432/tokens"
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let summary = c.summary();
+        assert!(!summary.contains("s3cret"), "{summary}");
+        assert!(
+            summary
+                .contains("storage.postgres.url = postgres://tg:(hidden)@db.example:6432/tokens"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn bad_postgres_settings_name_the_key_and_hide_the_password() {
+        let pg =
+            |extra: &str| format!("[storage]\nbackend = \"postgres\"\n[storage.postgres]\n{extra}");
+        let cases = [
+            ("[storage]\nbackend = \"mysql\"".to_owned(), "storage.backend"),
+            (pg(""), "storage.postgres.url"),
+            (pg("url = \"mysql://u:s3cret@h/d\""), "storage.postgres.url"),
+            (
+                pg("url = \"postgres://u:s3cret@h/d?sslmode=verify-full\""),
+                "storage.postgres.url",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h:notaport/d\""),
+                "storage.postgres.url",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d\"\nsslmode = \"prefer\""),
+                "storage.postgres.sslmode",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@%2Frun%2Fpostgresql/d\""),
+                "storage.postgres.sslmode",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d\"\nsslmode = \"disable\"\nca_file = \"/etc/hostname\""),
+                "storage.postgres.ca_file",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d\"\nca_file = \"/nonexistent.pem\""),
+                "storage.postgres.ca_file",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d\"\npool_size = 0"),
+                "storage.postgres.pool_size",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d\"\nstatement_timeout = \"0s\""),
+                "storage.postgres.statement_timeout",
+            ),
+            (
+                "[storage]\nsecret_file = \"\"".to_owned(),
+                "storage.secret_file",
+            ),
+        ];
+        for (toml, key) in cases {
+            let e = Config::from_toml_str(&toml).unwrap_err().to_string();
+            assert!(
+                e.contains(key),
+                "{toml:?} gave {e:?}, expected the key {key}"
+            );
+            assert!(
+                !e.contains("s3cret"),
+                "{toml:?} gave {e:?}, showing the password"
+            );
+        }
+    }
+}
