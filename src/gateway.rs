@@ -231,7 +231,13 @@ impl Gateway {
 /// The blocking start-up steps, in order.
 fn build(config: Config, opts: StartOptions) -> Result<(State, AdminAuth), StartError> {
     let dir = data_dir(&config.storage.path);
-    // a. The server secret: every refresh-token hash depends on it.
+    // a. The data directory (admin hash and socket live there, whichever
+    //    backend and wherever storage.secret_file points), then the server
+    //    secret: every refresh-token hash depends on it.
+    crate::secrets::create_private_dir(&dir).map_err(|source| SecretError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let secret = crate::secrets::load_or_create_secret(&config.storage.secret_file)?;
     // b. The admin credential (environment, file, or generated once).
     let source = match (

@@ -56,7 +56,9 @@ pub use admin::auth::AdminAuth;
 pub use proxy::headers::rewrite_request;
 pub use public::{bearer_token, parse_body, route, BodyKind, Route, TokenRequest};
 pub use secrets::{hash_password, AdminCredential};
-pub use store::{RefreshStore, RefreshToken};
+pub use store::{
+    migrate as migrate_postgres, Migrated, RefreshStore, RefreshToken, StoreError, SCHEMA_VERSION,
+};
 pub use throttle::{AuthThrottle, Throttled};
 pub use tokens::access::AccessTokens;
 pub use tokens::exchange::{Client, Exchanger, Issued, RefreshGrant};

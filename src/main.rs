@@ -42,12 +42,27 @@ enum Command {
     },
     /// Print an argon2 hash of a password read from stdin, for admin.password_hash.
     HashPassword,
+    /// The PostgreSQL database (storage.backend = "postgres").
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Manage refresh tokens through a running gateway's admin API.
     Token {
         #[command(flatten)]
         conn: tokengate::cli::Connection,
         #[command(subcommand)]
         command: tokengate::cli::TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply pending schema migrations and exit (every start does this too,
+    /// under the same lock; this shows it done before a rollout).
+    Migrate {
+        #[arg(long, env = "TOKENGATE_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -66,6 +81,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Token { conn, command } => tokengate::cli::run(conn, command),
         Command::Serve { config, dev } => serve(config, dev),
+        Command::Db {
+            command: DbCommand::Migrate { config },
+        } => db_migrate(config),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 println!("configuration is valid\n{}", c.summary());
@@ -139,6 +157,42 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
             gateway.shutdown().await;
             ExitCode::SUCCESS
         })
+    }
+}
+
+fn db_migrate(config: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tokengate: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tokengate::config::StorageBackend::Postgres(pg) = &config.storage.backend else {
+        eprintln!(
+            "tokengate: storage.backend is \"redb\": there is no database schema to migrate (set storage.backend = \"postgres\")"
+        );
+        return ExitCode::from(2);
+    };
+    match tokengate::migrate_postgres(pg) {
+        Ok(m) if m.from == m.to => {
+            println!(
+                "schema is up to date (version {}) at {}",
+                m.to, pg.display_url
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(m) => {
+            println!(
+                "migrated the schema from version {} to {} at {}",
+                m.from, m.to, pg.display_url
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokengate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

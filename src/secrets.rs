@@ -103,6 +103,17 @@ pub(crate) fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, SecretError>
     }
 }
 
+/// A keyed fingerprint of the server secret: HMAC-SHA256 under the secret
+/// of a fixed label. A database stores it to recognise the secret replicas
+/// must share; it reveals nothing that helps recover or use the secret.
+pub(crate) fn fingerprint(secret: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length; this cannot fail.
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    mac.update(b"tokengate server secret fingerprint v1");
+    mac.finalize().into_bytes().into()
+}
+
 /// Hashes a password as an argon2id PHC string with a random salt.
 pub fn hash_password(password: &str) -> Result<String, SecretError> {
     let mut salt = [0u8; 16];

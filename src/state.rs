@@ -43,6 +43,14 @@ pub struct State {
     pub throttle: AuthThrottle,
 }
 
+/// Where the refresh tokens are, for the log: the redb file or the masked URL.
+fn storage_name(storage: &crate::config::StorageConfig) -> String {
+    match &storage.backend {
+        crate::config::StorageBackend::Redb => storage.path.display().to_string(),
+        crate::config::StorageBackend::Postgres(pg) => pg.display_url.clone(),
+    }
+}
+
 /// The data directory: where `storage.path` lives, with `secret.key` and `admin.hash`.
 pub(crate) fn data_dir(storage_path: &Path) -> PathBuf {
     match storage_path.parent() {
@@ -55,8 +63,9 @@ impl State {
     /// Builds the state (blocking: opens the store and the audit file).
     /// `secret` is the server secret that keys refresh-token hashes.
     pub(crate) fn build(config: Config, clock: Clock, secret: &[u8]) -> Result<State, StateError> {
-        // 1. Refresh tokens: open the store (refusing a second process) and load them all.
-        let store = Arc::new(RefreshStore::open(&config.storage.path)?);
+        // 1. Refresh tokens: open the store (redb: refusing a second process;
+        //    PostgreSQL: migrating, and refusing another secret) and load them all.
+        let store = Arc::new(RefreshStore::open_config(&config.storage, secret)?);
         // 2. A fresh boot nonce: access tokens of any earlier process stop verifying.
         let access = AccessTokens::with_limit(config.tokens.max_access_per_refresh)
             .map_err(StateError::Random)?;
@@ -69,7 +78,7 @@ impl State {
         let throttle = AuthThrottle::new(config.public.auth_failures_per_minute, clock.now());
         tracing::info!(
             refresh_tokens = store.len(),
-            storage = %config.storage.path.display(),
+            storage = %storage_name(&config.storage),
             upstream = %config.upstream.url,
             "state ready"
         );

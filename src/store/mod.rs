@@ -1,14 +1,18 @@
 //! Refresh tokens: a durable backend is the source of truth; in-memory maps
-//! mirror every record so an exchange never waits on disk.
+//! mirror every record so an exchange never waits on disk or the network.
 //!
 //! The rest of the crate talks to `RefreshStore` only. Every write commits to
 //! the backend first and updates the maps only after the commit, so an answer
 //! of "created" or "deleted" is always durable. Backend calls block: the async
 //! callers run them in `spawn_blocking`.
 //!
-//! - `record`: the persisted record and the in-memory token.
-//! - `redb`: the embedded backend (the default).
+//! - `record`: the persisted record, the in-memory token, a usage delta.
+//! - `redb`: the embedded backend (the default, one node).
+//! - `postgres`: a shared PostgreSQL (the ground for cluster mode): its own
+//!   small runtime behind the same blocking interface, versioned migrations,
+//!   and the server secret's fingerprint.
 
+mod postgres;
 mod record;
 mod redb;
 
@@ -17,9 +21,14 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
+use crate::config::{PostgresConfig, StorageBackend, StorageConfig};
+
 pub(crate) use record::RefreshHash;
 pub(crate) use record::RefreshRecord;
 pub use record::RefreshToken;
+use record::UsageDelta;
+
+pub use postgres::{migrate, Migrated, SCHEMA_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,9 +44,10 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("token database {path} holds an unreadable record (id {id}): {detail}")]
+    /// `at`: the redb file, or the masked PostgreSQL URL.
+    #[error("token database {at} holds an unreadable record (id {id}): {detail}")]
     Corrupt {
-        path: PathBuf,
+        at: String,
         id: String,
         detail: String,
     },
@@ -45,6 +55,15 @@ pub enum StoreError {
     Db(#[from] ::redb::Error),
     #[error("token record encoding: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// `url` is masked; `detail` is PostgreSQL's own message (never a password).
+    #[error("PostgreSQL ({url}): {detail}")]
+    Postgres { url: String, detail: String },
+    #[error("PostgreSQL ({url}): the database schema is at version {found}, but this tokengate knows versions up to {known}: a newer tokengate has migrated it. Upgrade this replica (or point storage.postgres.url at another database); refusing to start")]
+    NewerSchema { url: String, found: i32, known: i32 },
+    #[error("PostgreSQL ({url}): the server secret in {} is not the one this database was set up with. Every replica sharing the database must use the same secret: copy storage.secret_file from a running replica; refusing to start", secret_file.display())]
+    SecretMismatch { url: String, secret_file: PathBuf },
+    #[error("storage.postgres: {0}")]
+    Setup(String),
 }
 
 /// What a durable backend does. Implementations block; each call is one
@@ -62,8 +81,9 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<RefreshRecord, StoreError>;
     /// Deletes those of `ids` that exist; returns the ids it deleted.
     fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError>;
-    /// Writes the usage of tokens that still exist; returns how many it wrote.
-    fn write_usage(&self, rows: &[(RefreshHash, RefreshRecord)]) -> Result<usize, StoreError>;
+    /// Adds the usage of tokens that still exist (counts add up, the later
+    /// use wins); returns how many tokens it wrote.
+    fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError>;
 }
 
 pub struct RefreshStore {
@@ -80,6 +100,32 @@ impl RefreshStore {
     /// Opens (creating if needed) the redb file and loads every record into memory.
     pub fn open(path: &Path) -> Result<RefreshStore, StoreError> {
         RefreshStore::with_backend(Box::new(redb::RedbBackend::open(path)?))
+    }
+
+    /// Opens the configured backend (blocking) and loads every record. For
+    /// PostgreSQL this applies pending migrations and checks that `secret`
+    /// is the one the database was set up with.
+    pub fn open_config(storage: &StorageConfig, secret: &[u8]) -> Result<RefreshStore, StoreError> {
+        match &storage.backend {
+            StorageBackend::Redb => RefreshStore::open(&storage.path),
+            StorageBackend::Postgres(pg) => {
+                RefreshStore::open_postgres(pg, secret, &storage.secret_file)
+            }
+        }
+    }
+
+    /// Opens a PostgreSQL store; `secret_file` only names the secret in errors.
+    pub fn open_postgres(
+        pg: &PostgresConfig,
+        secret: &[u8],
+        secret_file: &Path,
+    ) -> Result<RefreshStore, StoreError> {
+        let fingerprint = crate::secrets::fingerprint(secret);
+        RefreshStore::with_backend(Box::new(postgres::PostgresBackend::open(
+            pg,
+            &fingerprint,
+            secret_file,
+        )?))
     }
 
     fn with_backend(backend: Box<dyn Backend>) -> Result<RefreshStore, StoreError> {
@@ -135,25 +181,30 @@ impl RefreshStore {
         Ok(deleted)
     }
 
-    /// Writes changed usage counters in one transaction (blocking). Returns how many.
+    /// Writes changed usage in one transaction (blocking). Returns how many tokens.
     pub fn flush_usage(&self) -> Result<usize, StoreError> {
-        let dirty: Vec<(RefreshHash, Arc<RefreshToken>)> = self
+        // Held from the first read of a delta to its acknowledgement, so two
+        // flushes (the timer's and shutdown's) never send the same uses twice.
+        let _w = self.lock();
+        let dirty: Vec<(Arc<RefreshToken>, UsageDelta)> = self
             .by_id
             .iter()
             .filter(|e| e.value().1.take_dirty())
-            .map(|e| e.value().clone())
+            .map(|e| {
+                let (hash, token) = e.value();
+                (token.clone(), token.usage_delta(*hash))
+            })
             .collect();
         if dirty.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<(RefreshHash, RefreshRecord)> =
-            dirty.iter().map(|(h, t)| (*h, t.record())).collect();
-        let _w = self.lock();
+        let rows: Vec<UsageDelta> = dirty.iter().map(|(_, d)| d.clone()).collect();
         let result = self.backend.write_usage(&rows);
-        if result.is_err() {
-            // Nothing lost: mark them dirty again for the next flush.
-            for (_, token) in &dirty {
-                token.mark_dirty();
+        for (token, delta) in &dirty {
+            match &result {
+                Ok(_) => token.flushed(delta),
+                // Nothing lost: the uses stay pending for the next flush.
+                Err(_) => token.mark_dirty(),
             }
         }
         result

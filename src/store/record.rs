@@ -47,6 +47,34 @@ impl RefreshRecord {
     }
 }
 
+/// What one flush writes for one token: the uses since the last flush (so
+/// replicas sharing a database add up their counts instead of overwriting
+/// each other's) and the latest use (the later one wins).
+#[derive(Debug, Clone)]
+pub(crate) struct UsageDelta {
+    pub(crate) id: u64,
+    pub(crate) hash: RefreshHash,
+    /// Exchanges since the last successful flush.
+    pub(crate) uses: u64,
+    /// Unix seconds of the latest of them.
+    pub(crate) last_used: u64,
+    pub(crate) last_ip: Option<String>,
+    pub(crate) last_user_agent: Option<String>,
+}
+
+impl UsageDelta {
+    /// Applies this delta to a stored record: counts add up, the later use
+    /// wins (with its client); an earlier one only adds its count.
+    pub(crate) fn apply(&self, rec: &mut RefreshRecord) {
+        rec.use_count = rec.use_count.saturating_add(self.uses);
+        if rec.last_used.is_none_or(|t| self.last_used >= t) {
+            rec.last_used = Some(self.last_used);
+            rec.last_ip = self.last_ip.clone();
+            rec.last_user_agent = self.last_user_agent.clone();
+        }
+    }
+}
+
 /// Who used a refresh token last.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LastClient {
@@ -74,6 +102,9 @@ pub struct RefreshToken {
     last_client: Mutex<LastClient>,
     /// Usage changed since the last flush.
     dirty: AtomicBool,
+    /// How much of `use_count` the backend already holds; only the flusher
+    /// (under the store's write lock) moves it.
+    flushed_count: AtomicU64,
 }
 
 impl RefreshToken {
@@ -91,6 +122,7 @@ impl RefreshToken {
                 user_agent: r.last_user_agent.clone(),
             }),
             dirty: AtomicBool::new(false),
+            flushed_count: AtomicU64::new(r.use_count),
         }
     }
 
@@ -160,23 +192,28 @@ impl RefreshToken {
         self.dirty.swap(false, Ordering::AcqRel)
     }
 
+    /// The usage not yet in the backend, as of now.
+    pub(super) fn usage_delta(&self, hash: RefreshHash) -> UsageDelta {
+        let client = self.last_client();
+        UsageDelta {
+            id: self.id,
+            hash,
+            uses: self
+                .use_count()
+                .saturating_sub(self.flushed_count.load(Ordering::Relaxed)),
+            last_used: self.last_used.load(Ordering::Relaxed),
+            last_ip: client.ip,
+            last_user_agent: client.user_agent,
+        }
+    }
+
+    /// The backend committed `delta`: those uses are no longer pending.
+    pub(super) fn flushed(&self, delta: &UsageDelta) {
+        self.flushed_count.fetch_add(delta.uses, Ordering::Relaxed);
+    }
+
     /// Puts the mark back after a failed flush, so nothing is lost.
     pub(super) fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::Release);
-    }
-
-    /// The persisted form, with the usage as it is now.
-    pub(crate) fn record(&self) -> RefreshRecord {
-        let client = self.last_client();
-        RefreshRecord {
-            last_ip: client.ip,
-            last_user_agent: client.user_agent,
-            id: self.id,
-            name: self.name.clone(),
-            created: self.created,
-            expires: self.expires,
-            last_used: self.last_used(),
-            use_count: self.use_count(),
-        }
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::record::{RefreshHash, RefreshRecord};
+use super::record::{RefreshHash, RefreshRecord, UsageDelta};
 use super::{Backend, StoreError};
 
 /// hash (HMAC-SHA256 of the token) → JSON record.
@@ -75,7 +75,7 @@ impl RedbBackend {
 
     fn corrupt(&self, detail: impl Into<String>) -> StoreError {
         StoreError::Corrupt {
-            path: self.path.clone(),
+            at: self.path.display().to_string(),
             id: "?".into(),
             detail: detail.into(),
         }
@@ -141,18 +141,21 @@ impl Backend for RedbBackend {
         Ok(gone)
     }
 
-    fn write_usage(&self, rows: &[(RefreshHash, RefreshRecord)]) -> Result<usize, StoreError> {
+    fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError> {
         let txn = self.db.begin_write()?;
         let mut n = 0;
         {
             let mut tokens = txn.open_table(TOKENS)?;
-            for (hash, rec) in rows {
+            for delta in rows {
                 // Skip tokens deleted since: never write a removed record back.
-                if tokens.get(&hash[..])?.is_none() {
-                    continue;
-                }
-                let bytes = serde_json::to_vec(rec)?;
-                tokens.insert(&hash[..], &bytes[..])?;
+                let mut rec: RefreshRecord = match tokens.get(&delta.hash[..])? {
+                    Some(v) => serde_json::from_slice(v.value())
+                        .map_err(|e| self.corrupt(e.to_string()))?,
+                    None => continue,
+                };
+                delta.apply(&mut rec);
+                let bytes = serde_json::to_vec(&rec)?;
+                tokens.insert(&delta.hash[..], &bytes[..])?;
                 n += 1;
             }
         }

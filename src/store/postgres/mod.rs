@@ -1,0 +1,400 @@
+//! The PostgreSQL backend: refresh tokens in a database that several
+//! replicas share (cluster mode's ground; `docs/cluster-plan.md` says what
+//! is built on it next).
+//!
+//! **How an async client fits a blocking interface.** The store's `Backend`
+//! trait blocks, and its callers already run it on the blocking pool
+//! (`spawn_blocking`), as redb needs. This backend keeps that contract by
+//! owning a small runtime of its own (one worker thread, `tokengate-db`):
+//! the pooled connections (deadpool-postgres over tokio-postgres) live and
+//! are driven there, and each call `block_on`s its future on it. Why not
+//! `Handle::block_on` on the caller's runtime: the gateway's runtimes are
+//! per-core single-threaded workers plus the admin runtime, and a
+//! current-thread runtime cannot drive I/O for `Handle::block_on`, so the
+//! database would depend on which runtime opened it; a runtime of its own
+//! works the same from the gateway, from `tokengate db migrate` (no runtime
+//! at all) and from tests. Why not an async trait: the in-memory maps are
+//! the hot path and stay synchronous; only writes and start-up reach the
+//! backend, and a dyn-compatible async trait costs a boxed future per call
+//! and a second way of calling redb. The next phases' listener (LISTEN /
+//! NOTIFY on a connection it drives itself) will run on this same runtime.
+//!
+//! Every call is bounded: a connection within `connect_timeout`, every
+//! statement within `statement_timeout` (set as the session's
+//! `statement_timeout`), and the call as a whole by their sum.
+//!
+//! At open: migrations (`schema`), then the server secret's fingerprint is
+//! stored if the database has none and compared if it has, so a replica
+//! with another secret (whose hashes would match no token) refuses to start.
+
+mod schema;
+mod tls;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use subtle::ConstantTimeEq;
+use tokio_postgres::NoTls;
+
+use super::record::{RefreshHash, RefreshRecord, UsageDelta};
+use super::{Backend, StoreError};
+use crate::config::{PostgresConfig, SslMode};
+
+pub use schema::{Migrated, SCHEMA_VERSION};
+
+/// A database failure as text that is safe to log and show: PostgreSQL's
+/// own message and code, or the client's description. Never the URL.
+pub(super) struct PgError(String);
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            return PgError(format!(
+                "{} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            ));
+        }
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        PgError(text)
+    }
+}
+
+impl From<PoolError> for PgError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Backend(e) => PgError::from(e),
+            PoolError::Timeout(kind) => PgError(format!(
+                "no database connection in time ({kind:?}; storage.postgres.connect_timeout)"
+            )),
+            other => PgError(other.to_string()),
+        }
+    }
+}
+
+/// The key of the secret's fingerprint in `tokengate_meta`.
+const FINGERPRINT_KEY: &str = "secret_fingerprint";
+
+pub(crate) struct PostgresBackend {
+    pool: Pool,
+    /// The runtime the pool's connections live on; `Option` only so that
+    /// `Drop` can shut it down without blocking (a store may be dropped on
+    /// an async thread, where a blocking runtime shutdown would panic).
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The masked URL: what errors and logs name.
+    url: String,
+    /// Bound on one call: a connection plus a statement.
+    call_timeout: Duration,
+    /// Bound on migrating: a connection plus the migration transaction.
+    migrate_timeout: Duration,
+}
+
+impl PostgresBackend {
+    /// Connects, migrates and checks the secret (blocking; not from an async thread).
+    pub(crate) fn open(
+        pg: &PostgresConfig,
+        fingerprint: &[u8; 32],
+        secret_file: &Path,
+    ) -> Result<PostgresBackend, StoreError> {
+        let backend = PostgresBackend::connect(pg)?;
+        backend.migrate()?;
+        let fp = fingerprint.to_vec();
+        let stored: Vec<u8> = backend.run("checking the server secret", |pool| async move {
+            let client = pool.get().await?;
+            client
+                .execute(
+                    "INSERT INTO tokengate_meta (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&FINGERPRINT_KEY, &fp],
+                )
+                .await?;
+            let row = client
+                .query_one(
+                    "SELECT value FROM tokengate_meta WHERE key = $1",
+                    &[&FINGERPRINT_KEY],
+                )
+                .await?;
+            Ok(row.try_get::<_, Vec<u8>>(0)?)
+        })?;
+        if !bool::from(stored.ct_eq(&fingerprint[..])) {
+            return Err(StoreError::SecretMismatch {
+                url: backend.url.clone(),
+                secret_file: PathBuf::from(secret_file),
+            });
+        }
+        tracing::info!(url = %backend.url, schema = SCHEMA_VERSION, "PostgreSQL token store ready");
+        Ok(backend)
+    }
+
+    /// The runtime and the pool; no connection is made yet.
+    fn connect(pg: &PostgresConfig) -> Result<PostgresBackend, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            // Database I/O is a handful of sockets; one thread drives them all.
+            .worker_threads(1)
+            .thread_name("tokengate-db")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Setup(format!("cannot start the database runtime: {e}")))?;
+        let mut connect = pg.connect.clone();
+        // Every statement of every session is bounded by the server itself.
+        let options = format!(
+            "{} -c statement_timeout={}",
+            connect.get_options().unwrap_or(""),
+            pg.statement_timeout.as_millis()
+        );
+        connect.options(options.trim());
+        let manager_config = ManagerConfig {
+            // A closed connection is noticed and replaced; a live one is not
+            // probed with a round trip per checkout.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        if pg.sslmode == SslMode::Require {
+            tracing::warn!(
+                url = %pg.display_url,
+                "storage.postgres.sslmode = \"require\": the connection is encrypted but the server is not verified; use verify-full"
+            );
+        }
+        let manager = match tls::RustlsMakeTls::new(pg).map_err(StoreError::Setup)? {
+            Some(tls) => Manager::from_config(connect, tls, manager_config),
+            None => Manager::from_config(connect, NoTls, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(pg.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            // Waiting for a free connection, making one, and checking one
+            // out are each bounded like a connection.
+            .wait_timeout(Some(pg.connect_timeout))
+            .create_timeout(Some(pg.connect_timeout))
+            .recycle_timeout(Some(pg.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::Setup(format!("connection pool: {e}")))?;
+        Ok(PostgresBackend {
+            pool,
+            runtime: Some(runtime),
+            url: pg.display_url.clone(),
+            call_timeout: pg.connect_timeout + pg.statement_timeout,
+            migrate_timeout: pg.connect_timeout
+                + Duration::from_secs(schema::MIGRATION_TIMEOUT_SECS),
+        })
+    }
+
+    fn migrate(&self) -> Result<Migrated, StoreError> {
+        let pool = self.pool.clone();
+        let outcome = self.block_on("migrating the schema", self.migrate_timeout, async move {
+            let mut client = pool.get().await.map_err(PgError::from)?;
+            let client: &mut tokio_postgres::Client = &mut client;
+            Ok(schema::migrate(client).await)
+        })?;
+        match outcome {
+            Ok(m) => Ok(m),
+            Err(schema::MigrateError::Newer { found }) => Err(StoreError::NewerSchema {
+                url: self.url.clone(),
+                found,
+                known: SCHEMA_VERSION,
+            }),
+            Err(schema::MigrateError::Db(e)) => Err(self.error("migrating the schema", e)),
+        }
+    }
+
+    /// Runs one call's future on the database runtime, bounded by `call_timeout`.
+    fn run<T, F>(&self, what: &str, call: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, PgError>>,
+    {
+        self.block_on(what, self.call_timeout, call(self.pool.clone()))
+    }
+
+    fn block_on<T, F>(&self, what: &str, limit: Duration, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, PgError>>,
+    {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| self.error(what, PgError("the store is closed".into())))?;
+        match runtime.block_on(async { tokio::time::timeout(limit, fut).await }) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(what, e)),
+            Err(_) => Err(self.error(what, PgError(format!("no answer within {limit:?}")))),
+        }
+    }
+
+    fn error(&self, what: &str, e: PgError) -> StoreError {
+        StoreError::Postgres {
+            url: self.url.clone(),
+            detail: format!("{what}: {}", e.0),
+        }
+    }
+
+    fn corrupt(&self, id: i64, detail: &str) -> StoreError {
+        StoreError::Corrupt {
+            at: self.url.clone(),
+            id: id.to_string(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.pool.close();
+        if let Some(runtime) = self.runtime.take() {
+            // Connections end with their tasks; nothing is waited for.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Applies pending migrations and reports the versions (`tokengate db
+/// migrate`). Blocking; not from an async thread. Opening a store migrates
+/// too: this is for operators who want it done, and seen, before a rollout.
+pub fn migrate(pg: &PostgresConfig) -> Result<Migrated, StoreError> {
+    PostgresBackend::connect(pg)?.migrate()
+}
+
+/// Unix seconds as PostgreSQL's bigint; times past year 292 billion are refused.
+fn to_db(v: u64) -> Result<i64, PgError> {
+    i64::try_from(v).map_err(|_| PgError(format!("time {v} out of range")))
+}
+
+impl Backend for PostgresBackend {
+    fn load(&self) -> Result<Vec<(RefreshHash, RefreshRecord)>, StoreError> {
+        let rows = self.run("loading refresh tokens", |pool| async move {
+            let client = pool.get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id, hash, name, created, expires, last_used, use_count, \
+                     last_ip, last_user_agent FROM refresh_tokens",
+                )
+                .await?;
+            Ok(client.query(&stmt, &[]).await?)
+        })?;
+        let mut all = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row
+                .try_get(0)
+                .map_err(|e| self.error("loading refresh tokens", e.into()))?;
+            let bad = |what: &str| self.corrupt(id, what);
+            let unsigned = |v: i64, what: &str| u64::try_from(v).map_err(|_| bad(what));
+            let hash: Vec<u8> = row.try_get(1).map_err(|_| bad("hash"))?;
+            let hash: RefreshHash = hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("hash is not 32 bytes"))?;
+            let opt = |i: usize, what: &str| -> Result<Option<u64>, StoreError> {
+                let v: Option<i64> = row.try_get(i).map_err(|_| bad(what))?;
+                v.map(|v| unsigned(v, what)).transpose()
+            };
+            let rec = RefreshRecord {
+                id: unsigned(id, "negative id")?,
+                name: row.try_get(2).map_err(|_| bad("name"))?,
+                created: unsigned(row.try_get(3).map_err(|_| bad("created"))?, "created")?,
+                expires: opt(4, "expires")?,
+                last_used: opt(5, "last_used")?,
+                use_count: unsigned(row.try_get(6).map_err(|_| bad("use_count"))?, "use_count")?,
+                last_ip: row.try_get(7).map_err(|_| bad("last_ip"))?,
+                last_user_agent: row.try_get(8).map_err(|_| bad("last_user_agent"))?,
+            };
+            all.push((hash, rec));
+        }
+        Ok(all)
+    }
+
+    fn create(
+        &self,
+        hash: &RefreshHash,
+        name: &str,
+        created: u64,
+        expires: Option<u64>,
+    ) -> Result<RefreshRecord, StoreError> {
+        let (h, n) = (hash.to_vec(), name.to_owned());
+        let id: i64 = self.run("creating a refresh token", |pool| async move {
+            let (created, expires) = (to_db(created)?, expires.map(to_db).transpose()?);
+            let client = pool.get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "INSERT INTO refresh_tokens (hash, name, created, expires) \
+                     VALUES ($1, $2, $3, $4) RETURNING id",
+                )
+                .await?;
+            let row = client
+                .query_one(&stmt, &[&h, &n, &created, &expires])
+                .await?;
+            Ok(row.try_get(0)?)
+        })?;
+        let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
+        Ok(RefreshRecord::new(id, name, created, expires))
+    }
+
+    fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError> {
+        // An id beyond bigint was never handed out: nothing to delete.
+        let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
+        let rows = self.run("deleting refresh tokens", |pool| async move {
+            let client = pool.get().await?;
+            let stmt = client
+                .prepare_cached("DELETE FROM refresh_tokens WHERE id = ANY($1) RETURNING id")
+                .await?;
+            Ok(client.query(&stmt, &[&ids]).await?)
+        })?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r
+                    .try_get(0)
+                    .map_err(|e| self.error("deleting refresh tokens", e.into()))?;
+                u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))
+            })
+            .collect()
+    }
+
+    fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError> {
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut uses = Vec::with_capacity(rows.len());
+        let mut last = Vec::with_capacity(rows.len());
+        let mut ips = Vec::with_capacity(rows.len());
+        let mut agents = Vec::with_capacity(rows.len());
+        for d in rows {
+            let Ok(id) = i64::try_from(d.id) else {
+                continue;
+            };
+            ids.push(id);
+            // Saturate rather than fail: a count past 2^63 is not a real case.
+            uses.push(i64::try_from(d.uses).unwrap_or(i64::MAX));
+            last.push(i64::try_from(d.last_used).unwrap_or(i64::MAX));
+            ips.push(d.last_ip.clone());
+            agents.push(d.last_user_agent.clone());
+        }
+        let n = self.run("writing token usage", |pool| async move {
+            let client = pool.get().await?;
+            // One statement for the whole batch. Counts add up across
+            // replicas; the later use wins, with its client. Deleted tokens
+            // have no row to update, so they are never written back.
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE refresh_tokens AS t SET \
+                       use_count = t.use_count + u.uses, \
+                       last_used = GREATEST(t.last_used, u.last_used), \
+                       last_ip = CASE WHEN t.last_used IS NULL OR u.last_used >= t.last_used \
+                                 THEN u.last_ip ELSE t.last_ip END, \
+                       last_user_agent = CASE WHEN t.last_used IS NULL OR u.last_used >= t.last_used \
+                                 THEN u.last_user_agent ELSE t.last_user_agent END \
+                     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) \
+                       AS u(id, uses, last_used, last_ip, last_user_agent) \
+                     WHERE t.id = u.id",
+                )
+                .await?;
+            Ok(client
+                .execute(&stmt, &[&ids, &uses, &last, &ips, &agents])
+                .await?)
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}

@@ -1,0 +1,162 @@
+//! The schema tokengate owns in PostgreSQL, as numbered migrations.
+//!
+//! Every start (and `tokengate db migrate`) runs [`migrate`]: one transaction
+//! that first takes a transaction-scoped advisory lock, so replicas starting
+//! together on an empty database apply each migration exactly once (the
+//! others wait on the lock, then find nothing left to do); the lock goes
+//! with the transaction, whatever ends it. A database whose schema is newer
+//! than this binary's is refused, not written to.
+//!
+//! Never edit a migration that has shipped: add the next one.
+
+use tokio_postgres::GenericClient;
+
+use super::PgError;
+
+/// One schema change.
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// In order; each `version` is its position, counted from 1.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "refresh tokens and the secret fingerprint",
+    // Times are Unix seconds (bigint), as in the redb records. Ids come from
+    // an identity sequence, which never hands a value out twice (not even
+    // after a rollback): an access token bound to a deleted id can never be
+    // revived by a new token.
+    sql: "
+        CREATE TABLE tokengate_meta (
+            key   text PRIMARY KEY,
+            value bytea NOT NULL
+        );
+        CREATE TABLE refresh_tokens (
+            id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            hash            bytea NOT NULL UNIQUE CHECK (octet_length(hash) = 32),
+            name            text NOT NULL,
+            created         bigint NOT NULL,
+            expires         bigint,
+            last_used       bigint,
+            use_count       bigint NOT NULL DEFAULT 0 CHECK (use_count >= 0),
+            last_ip         text,
+            last_user_agent text
+        );
+    ",
+}];
+
+/// The newest schema version this binary knows.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "a handful of migrations"
+)]
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// The advisory-lock key of migrations ("tokengat" in ASCII): one fixed
+/// number, per database (PostgreSQL scopes advisory locks to a database).
+const LOCK_KEY: i64 = 0x746f_6b65_6e67_6174;
+
+/// Migrations may rewrite tables and may wait for another replica's
+/// migration: far longer than an ordinary statement, still bounded.
+pub(super) const MIGRATION_TIMEOUT_SECS: u64 = 60;
+
+/// What [`migrate`] found and left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// The schema version before (0: an empty database).
+    pub from: i32,
+    /// The schema version now: [`SCHEMA_VERSION`].
+    pub to: i32,
+}
+
+/// Why migrating failed, apart from the database's own errors.
+pub(super) enum MigrateError {
+    Db(PgError),
+    Newer { found: i32 },
+}
+
+impl From<PgError> for MigrateError {
+    fn from(e: PgError) -> Self {
+        MigrateError::Db(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Db(PgError::from(e))
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] under the advisory lock, in one transaction.
+pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<Migrated, MigrateError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = '{MIGRATION_TIMEOUT_SECS}s'; \
+         SET LOCAL lock_timeout = '{MIGRATION_TIMEOUT_SECS}s'"
+    ))
+    .await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS tokengate_schema (
+            version    integer PRIMARY KEY,
+            name       text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let from = current(&tx).await?;
+    if from > SCHEMA_VERSION {
+        // Dropping the transaction rolls it back and releases the lock.
+        return Err(MigrateError::Newer { found: from });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > from) {
+        tx.batch_execute(m.sql).await?;
+        tx.execute(
+            "INSERT INTO tokengate_schema (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied schema migration"
+        );
+    }
+    tx.commit().await?;
+    Ok(Migrated {
+        from,
+        to: SCHEMA_VERSION,
+    })
+}
+
+async fn current(client: &impl GenericClient) -> Result<i32, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tokengate_schema",
+            &[],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_count_up_from_one() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                usize::try_from(m.version).ok(),
+                Some(i + 1),
+                "migration {:?}",
+                m.name
+            );
+        }
+        assert_eq!(usize::try_from(SCHEMA_VERSION).ok(), Some(MIGRATIONS.len()));
+    }
+}
