@@ -1,4 +1,12 @@
-//! One behaviour suite for both refresh-token backends (redb and PostgreSQL).
+//! One behaviour suite for both refresh-token backends: every test in
+//! `behaviour` runs twice, as `redb::<name>` and `postgres::<name>`, through
+//! a real gateway (admin API, token endpoint, a proxied call, restarts), so
+//! the backends cannot drift apart. Then what only PostgreSQL has:
+//! migrations under concurrency, a newer schema, the shared secret, and
+//! `tokengate db migrate`.
+//!
+//! PostgreSQL comes from tests/common/pg.rs: `TOKENGATE_TEST_POSTGRES_URL`,
+//! or a throwaway server for this test binary, a database per test.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,7 +16,498 @@
 
 mod common;
 
+use std::path::Path;
+use std::time::Duration;
+
 use common::pg::TestDb;
+use common::{upstream, TestGateway};
+use http::StatusCode;
+use serde_json::{json, Value};
+use tokengate::config::{FileConfig, PostgresConfig, StorageBackend};
+use tokengate::{RefreshStore, StoreError, SCHEMA_VERSION};
+
+/// Which backend a behaviour test runs against.
+#[derive(Clone, Copy)]
+enum Kind {
+    Redb,
+    Postgres,
+}
+
+/// The backend's resources, alive as long as the test: declare it before the
+/// gateway, so the database outlives it.
+struct Backend {
+    db: Option<TestDb>,
+}
+
+impl Backend {
+    fn new(kind: Kind) -> Backend {
+        Backend {
+            db: match kind {
+                Kind::Redb => None,
+                Kind::Postgres => Some(TestDb::new()),
+            },
+        }
+    }
+
+    /// Points a gateway's configuration at this backend.
+    fn configure(&self, f: &mut FileConfig) {
+        if let Some(db) = &self.db {
+            use_postgres(f, &db.url);
+        }
+    }
+
+    async fn gateway(&self, upstream: std::net::SocketAddr) -> TestGateway {
+        TestGateway::start_with(upstream, |f| self.configure(f)).await
+    }
+}
+
+fn use_postgres(f: &mut FileConfig, url: &str) {
+    f.storage.backend = "postgres".into();
+    f.storage.postgres.url = url.to_owned();
+    // The test server listens on loopback without TLS.
+    f.storage.postgres.sslmode = "disable".into();
+}
+
+/// Each behaviour test once per backend: `redb::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod redb {
+            $( #[tokio::test] async fn $name() { super::behaviour::$name(super::Kind::Redb).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { super::behaviour::$name(super::Kind::Postgres).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    create_list_exchange_and_delete_one,
+    delete_many_in_one_call,
+    expired_tokens_are_refused_and_listed_as_expired,
+    usage_adds_up_and_survives_restarts,
+    restart_keeps_refresh_tokens_and_never_reuses_ids,
+);
+
+async fn list(gw: &TestGateway) -> Vec<Value> {
+    let r = gw.client.admin_call("GET", "/api/refresh-tokens").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json().as_array().unwrap().clone()
+}
+
+async fn exchange_status(gw: &TestGateway, refresh: &str) -> (StatusCode, Value) {
+    let r = gw
+        .client
+        .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+        .await;
+    (r.status, r.json())
+}
+
+mod behaviour {
+    use super::*;
+
+    pub(super) async fn create_list_exchange_and_delete_one(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let (a_id, a) = gw.create_token("alpha").await;
+        let (b_id, b) = gw.create_token("beta").await;
+        let names: Vec<_> = list(&gw).await.iter().map(|t| t["name"].clone()).collect();
+        assert_eq!(names, vec![json!("alpha"), json!("beta")]);
+        assert!(list(&gw).await.iter().all(|t| t["status"] == "active"));
+
+        let access_a = gw.exchange(&a).await;
+        let access_b = gw.exchange(&b).await;
+        assert_eq!(
+            gw.client.api_get("/api/x", &access_a).await.status,
+            StatusCode::OK
+        );
+
+        let r = gw
+            .client
+            .admin_call("DELETE", &format!("/api/refresh-tokens/{a_id}"))
+            .await;
+        assert!(r.status.is_success(), "{} {}", r.status, r.text());
+        assert_eq!(
+            gw.client.api_get("/api/x", &access_a).await.status,
+            StatusCode::UNAUTHORIZED,
+            "a deleted token's access tokens die at once"
+        );
+        let (status, body) = exchange_status(&gw, &a).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+        assert_eq!(
+            gw.client.api_get("/api/x", &access_b).await.status,
+            StatusCode::OK
+        );
+        let ids: Vec<_> = list(&gw).await.iter().map(|t| t["id"].as_u64()).collect();
+        assert_eq!(ids, vec![Some(b_id)]);
+    }
+
+    pub(super) async fn delete_many_in_one_call(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let (a_id, a) = gw.create_token("a").await;
+        let (b_id, _) = gw.create_token("b").await;
+        let (c_id, c) = gw.create_token("c").await;
+        let access_a = gw.exchange(&a).await;
+        let r = gw
+            .client
+            .admin_json(
+                "POST",
+                "/api/refresh-tokens/delete",
+                &json!({"ids": [a_id, b_id, 4242]}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let v = r.json();
+        let deleted: Vec<_> = v["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_u64())
+            .collect();
+        assert_eq!(deleted, vec![Some(a_id), Some(b_id)]);
+        assert_eq!(v["not_found"], json!([4242]));
+        assert_eq!(
+            gw.client.api_get("/api/x", &access_a).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        let ids: Vec<_> = list(&gw).await.iter().map(|t| t["id"].as_u64()).collect();
+        assert_eq!(ids, vec![Some(c_id)]);
+        gw.exchange(&c).await;
+    }
+
+    pub(super) async fn expired_tokens_are_refused_and_listed_as_expired(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let at = tokengate::clock::rfc3339(gw.clock.unix() + 3600);
+        let r = gw
+            .client
+            .admin_json(
+                "POST",
+                "/api/refresh-tokens",
+                &json!({"name": "hour", "expires": at}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let hour = r.json()["token"].as_str().unwrap().to_owned();
+        let r = gw
+            .client
+            .admin_json(
+                "POST",
+                "/api/refresh-tokens",
+                &json!({"name": "never", "expires": "never"}),
+            )
+            .await;
+        let never = r.json()["token"].as_str().unwrap().to_owned();
+        let access = gw.exchange(&hour).await;
+
+        gw.clock.advance(Duration::from_secs(3601));
+        assert_eq!(
+            gw.client.api_get("/api/x", &access).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        let (status, body) = exchange_status(&gw, &hour).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+        gw.exchange(&never).await;
+        let statuses: Vec<_> = list(&gw)
+            .await
+            .iter()
+            .map(|t| t["status"].clone())
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![json!("expired"), json!("active")],
+            "expired tokens stay listed"
+        );
+        // Expiry is stored, not just remembered: a new process agrees.
+        let gw = gw.restart().await;
+        let statuses: Vec<_> = list(&gw)
+            .await
+            .iter()
+            .map(|t| t["status"].clone())
+            .collect();
+        assert_eq!(statuses, vec![json!("expired"), json!("active")]);
+        assert_eq!(exchange_status(&gw, &hour).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    pub(super) async fn usage_adds_up_and_survives_restarts(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let (_, refresh) = gw.create_token("t").await;
+        assert_eq!(list(&gw).await[0]["last_used_at"], Value::Null);
+        assert_eq!(list(&gw).await[0]["use_count"], 0);
+        gw.exchange(&refresh).await;
+        gw.exchange(&refresh).await;
+        let t = &list(&gw).await[0];
+        assert_eq!(t["use_count"], 2);
+        assert_eq!(t["last_client_ip"], "127.0.0.1");
+        let used = t["last_used_at"]
+            .as_str()
+            .expect("last used is set")
+            .to_owned();
+        // Shutdown flushes; the next process reads it back.
+        let gw = gw.restart().await;
+        let t = &list(&gw).await[0];
+        assert_eq!(
+            (t["use_count"].clone(), t["last_used_at"].as_str()),
+            (json!(2), Some(used.as_str()))
+        );
+        // Later uses add to what is stored (never counted twice, never lost).
+        gw.clock.advance(Duration::from_secs(60));
+        gw.exchange(&refresh).await;
+        // Flushed twice, then at shutdown: each use is written once.
+        for _ in 0..2 {
+            let store = gw.state().store.clone();
+            tokio::task::spawn_blocking(move || store.flush_usage().unwrap())
+                .await
+                .unwrap();
+        }
+        let gw = gw.restart().await;
+        let t = &list(&gw).await[0];
+        assert_eq!(t["use_count"], 3, "{t}");
+        assert_ne!(
+            t["last_used_at"].as_str(),
+            Some(used.as_str()),
+            "the later use wins"
+        );
+    }
+
+    pub(super) async fn restart_keeps_refresh_tokens_and_never_reuses_ids(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let (a_id, a) = gw.create_token("a").await;
+        let (b_id, _) = gw.create_token("b").await;
+        let access = gw.exchange(&a).await;
+        let r = gw
+            .client
+            .admin_call("DELETE", &format!("/api/refresh-tokens/{b_id}"))
+            .await;
+        assert!(r.status.is_success(), "{}", r.text());
+        let gw = gw.restart().await;
+        // DPA: access tokens die with the process; refresh tokens do not.
+        assert_eq!(
+            gw.client.api_get("/api/x", &access).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        let ids: Vec<_> = list(&gw).await.iter().map(|t| t["id"].as_u64()).collect();
+        assert_eq!(ids, vec![Some(a_id)]);
+        let access = gw.exchange(&a).await;
+        assert_eq!(
+            gw.client.api_get("/api/x", &access).await.status,
+            StatusCode::OK
+        );
+        let (c_id, _) = gw.create_token("c").await;
+        assert!(
+            c_id > b_id,
+            "a deleted id is never handed out again ({c_id} after {b_id})"
+        );
+    }
+}
+
+// ---- PostgreSQL only -------------------------------------------------------
+
+/// The validated PostgreSQL settings for `url` (no TLS: loopback test server).
+fn pg_config(url: &str) -> PostgresConfig {
+    let mut f = FileConfig::default();
+    use_postgres(&mut f, url);
+    match f.validate().unwrap().storage.backend {
+        StorageBackend::Postgres(pg) => *pg,
+        StorageBackend::Redb => unreachable!(),
+    }
+}
+
+fn open(pg: &PostgresConfig, secret: &[u8]) -> Result<RefreshStore, StoreError> {
+    RefreshStore::open_postgres(pg, secret, Path::new("/etc/tokengate/secret.key"))
+}
+
+#[test]
+fn three_replicas_migrate_an_empty_database_at_once() {
+    let db = TestDb::new();
+    let pg = pg_config(&db.url);
+    let barrier = std::sync::Barrier::new(3);
+    let results: Vec<Result<RefreshStore, StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    open(&pg, &[7; 32])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert!(r.is_ok(), "{:?}", r.as_ref().err().map(ToString::to_string));
+    }
+    assert_eq!(
+        db.query_text("SELECT count(*) || ':' || max(version) FROM tokengate_schema"),
+        Some(format!("{SCHEMA_VERSION}:{SCHEMA_VERSION}")),
+        "each migration applied exactly once"
+    );
+    // They share one database: a token one creates, another finds after a reopen.
+    let a = results.into_iter().next().unwrap().unwrap();
+    a.create([1; 32], "shared", 1, None).unwrap();
+    assert_eq!(open(&pg, &[7; 32]).unwrap().len(), 1);
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_message() {
+    let db = TestDb::new();
+    let pg = pg_config(&db.url);
+    drop(open(&pg, &[7; 32]).unwrap());
+    let newer = SCHEMA_VERSION + 1;
+    db.execute(&format!(
+        "INSERT INTO tokengate_schema (version, name) VALUES ({newer}, 'from the future')"
+    ));
+    let err = open(&pg, &[7; 32])
+        .err()
+        .expect("a newer schema must be refused");
+    assert!(
+        matches!(err, StoreError::NewerSchema { found, known, .. } if found == newer && known == SCHEMA_VERSION)
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("version {newer}")) && text.contains("refusing to start"),
+        "{text}"
+    );
+    // Nothing was written: the future's schema is as it was.
+    assert_eq!(
+        db.query_text("SELECT max(version) FROM tokengate_schema"),
+        Some(newer.to_string())
+    );
+}
+
+#[test]
+fn a_replica_with_another_secret_is_refused() {
+    let db = TestDb::new();
+    let pg = pg_config(&db.url);
+    let first = open(&pg, &[1; 32]).unwrap();
+    first.create([9; 32], "t", 1, None).unwrap();
+    let err = open(&pg, &[2; 32])
+        .err()
+        .expect("another secret must be refused");
+    assert!(matches!(err, StoreError::SecretMismatch { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("/etc/tokengate/secret.key") && text.contains("same secret"),
+        "{text}"
+    );
+    // The database holds a fingerprint, not the secret itself.
+    let stored = db
+        .query_text(
+            "SELECT encode(value, 'hex') FROM tokengate_meta WHERE key = 'secret_fingerprint'",
+        )
+        .unwrap();
+    assert_eq!(stored.len(), 64);
+    assert!(!stored.contains(&"01".repeat(32)));
+    // The right secret still opens it.
+    assert_eq!(open(&pg, &[1; 32]).unwrap().len(), 1);
+}
+
+/// Two gateways (replicas) on one database: sharing `storage.secret_file`
+/// they share the tokens; a replica with a secret of its own is refused.
+#[tokio::test]
+async fn replicas_share_tokens_through_the_secret_file_and_another_secret_is_refused() {
+    let db = TestDb::new();
+    let up = upstream().await;
+    let a = TestGateway::start_with(up.addr, |f| use_postgres(f, &db.url)).await;
+    let (_, refresh) = a.create_token("shared").await;
+    let secret_file = a.data_dir().join("secret.key");
+    let b = TestGateway::start_with(up.addr, |f| {
+        use_postgres(f, &db.url);
+        f.storage.secret_file = Some(secret_file.clone());
+    })
+    .await;
+    let access = b.exchange(&refresh).await;
+    assert_eq!(
+        b.client.api_get("/api/x", &access).await.status,
+        StatusCode::OK
+    );
+
+    // Its own data dir, so its own freshly generated secret.
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = common::test_config(dir.path(), up.addr);
+    file.tls = a.file.tls.clone();
+    use_postgres(&mut file, &db.url);
+    let opts = tokengate::StartOptions {
+        admin_password: Some(common::ADMIN_PASSWORD.into()),
+        ..tokengate::StartOptions::default()
+    };
+    let err = tokengate::Gateway::start(file.validate().unwrap(), opts)
+        .await
+        .err()
+        .expect("a replica with another secret must not start");
+    let text = err.to_string();
+    assert!(
+        text.contains("secret") && text.contains("refusing to start"),
+        "{text}"
+    );
+}
+
+#[test]
+fn errors_never_show_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut pg = pg_config(&format!("postgres://tg:s3cret-pw@127.0.0.1:{port}/nothing"));
+    pg.connect_timeout = Duration::from_secs(2);
+    let err = open(&pg, &[1; 32]).err().expect("nothing listens there");
+    let text = err.to_string();
+    assert!(text.contains("tg:(hidden)@127.0.0.1"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+}
+
+#[test]
+fn db_migrate_applies_the_schema_once_and_refuses_redb() {
+    let db = TestDb::new();
+    let run = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+        c.args(["db", "migrate"])
+            .env_clear()
+            .current_dir(std::env::temp_dir());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let env = [
+        ("TOKENGATE_STORAGE__BACKEND", "postgres"),
+        ("TOKENGATE_STORAGE__POSTGRES__URL", db.url.as_str()),
+        ("TOKENGATE_STORAGE__POSTGRES__SSLMODE", "disable"),
+    ];
+    let (code, out) = run(&env);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("from version 0 to {SCHEMA_VERSION}")),
+        "{out}"
+    );
+    let (code, out) = run(&env);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("up to date"), "{out}");
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("redb"), "{out}");
+}
 
 #[test]
 fn each_test_gets_its_own_empty_database() {
