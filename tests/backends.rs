@@ -455,6 +455,47 @@ async fn replicas_share_tokens_through_the_secret_file_and_another_secret_is_ref
 }
 
 #[test]
+fn tls_to_postgres_through_rustls() {
+    let db = TestDb::new();
+    let Some(server_cert) = TestDb::tls_cert() else {
+        // A given server's TLS set-up is unknown: nothing to check against.
+        return;
+    };
+    let mut f = FileConfig::default();
+    use_postgres(&mut f, &db.url);
+    let with = |sslmode: &str, ca: Option<&Path>| {
+        let mut f = f.clone();
+        f.storage.postgres.sslmode = sslmode.into();
+        f.storage.postgres.ca_file = ca.map(Path::to_owned);
+        match f.validate().unwrap().storage.backend {
+            StorageBackend::Postgres(pg) => *pg,
+            StorageBackend::Redb => unreachable!(),
+        }
+    };
+    let encrypted = || {
+        db.query_text(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)              WHERE a.datname = current_database() AND a.application_name = 'tokengate' AND s.ssl",
+        )
+        .unwrap()
+    };
+    // verify-full against the server's own certificate: connected, and encrypted.
+    let store = open(&with("verify-full", Some(&server_cert)), &[1; 32]).unwrap();
+    assert_ne!(encrypted(), "0", "the pooled connection uses TLS");
+    drop(store);
+    // require: encrypted, the certificate not checked.
+    open(&with("require", None), &[1; 32]).unwrap();
+    // verify-full against another CA: refused, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let (other, key) = (dir.path().join("other.crt"), dir.path().join("other.key"));
+    tokengate::tls::generate_self_signed(&other, &key).unwrap();
+    let err = open(&with("verify-full", Some(&other)), &[1; 32])
+        .err()
+        .expect("an untrusted server certificate must be refused")
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[test]
 fn errors_never_show_the_password() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -40,6 +40,9 @@ struct Server {
     base: String,
     /// The database the admin connection uses to create and drop others.
     admin_db: String,
+    /// The throwaway server's self-signed certificate (for 127.0.0.1 and
+    /// localhost), to test TLS against; `None` for a given server.
+    tls_cert: Option<PathBuf>,
     /// Held, never written: closing it (at process exit) makes the guardian
     /// stop the server and remove its directory.
     _guardian: Option<Child>,
@@ -76,6 +79,15 @@ impl TestDb {
             url: with_db(&server.base, &name),
             name,
             admin_url,
+        }
+    }
+
+    /// The server's certificate when it is a throwaway one with TLS (the
+    /// tests of `sslmode` need it); `None` for `TOKENGATE_TEST_POSTGRES_URL`.
+    pub fn tls_cert() -> Option<PathBuf> {
+        match SERVER.get_or_init(start_or_connect) {
+            Ok(s) => s.tls_cert.clone(),
+            Err(e) => panic!("no PostgreSQL for the tests: {e}"),
         }
     }
 
@@ -144,6 +156,7 @@ fn external(url: &str) -> Result<Server, String> {
     Ok(Server {
         base,
         admin_db: db.to_owned(),
+        tls_cert: None,
         _guardian: None,
     })
 }
@@ -261,6 +274,17 @@ fn throwaway() -> Result<Server, String> {
         // A throwaway cluster: durability only costs time here.
         .arg("--no-sync");
     run(initdb, "initdb")?;
+    // TLS too, so that sslmode = require / verify-full can be tested.
+    let (cert, key) = (dir.join("tls/server.crt"), dir.join("tls/server.key"));
+    tokengate::tls::generate_self_signed(&cert, &key).map_err(|e| format!("certificate: {e}"))?;
+    if root {
+        // The server reads its key only if it owns it (0600, as generated).
+        let (uid, gid) = (id_of("-u")?, id_of("-g")?);
+        for p in [&cert, &key] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", p.display()))?;
+        }
+    }
     let mut last = String::new();
     // A free port can be taken between our probe and the server's bind: retry a little.
     for _ in 0..3 {
@@ -277,8 +301,11 @@ fn throwaway() -> Result<Server, String> {
             .args(["-w", "-t", &START_TIMEOUT_SECS.to_string(), "-o"])
             .arg(format!(
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-                dir.display()
+                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+                 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                dir.display(),
+                cert.display(),
+                key.display()
             ))
             .arg("start");
         match run(start, "pg_ctl start") {
@@ -286,6 +313,7 @@ fn throwaway() -> Result<Server, String> {
                 return Ok(Server {
                     base: format!("postgres://postgres@127.0.0.1:{port}"),
                     admin_db: "postgres".into(),
+                    tls_cert: Some(cert.clone()),
                     _guardian: Some(guardian),
                 })
             }
