@@ -132,6 +132,11 @@ impl PostgresBackend {
             });
         }
         tracing::info!(url = %backend.url, schema = SCHEMA_VERSION, "PostgreSQL token store ready");
+        // Until the change feed lands (docs/cluster-plan.md), other
+        // replicas' creates and deletes reach this one only at its start.
+        tracing::warn!(
+            "storage.backend = \"postgres\" runs one replica at a time for now: changes made by another replica are seen only at the next start"
+        );
         Ok(backend)
     }
 
