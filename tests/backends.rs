@@ -495,6 +495,44 @@ fn tls_to_postgres_through_rustls() {
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
 
+/// A database that stops answering (here: a table another session holds
+/// locked) is an error within `statement_timeout`, never a stuck writer, and
+/// the store works again once it answers, with no restart.
+#[tokio::test]
+async fn a_hung_database_is_an_error_within_the_statement_timeout() {
+    let db = TestDb::new();
+    let mut pg = pg_config(&db.url);
+    pg.statement_timeout = Duration::from_secs(1);
+    let store = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || open(&pg, &[1; 32]))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; LOCK TABLE refresh_tokens IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let s = store.clone();
+    let err = tokio::task::spawn_blocking(move || s.create([1; 32], "t", 1, None))
+        .await
+        .unwrap()
+        .expect_err("a locked table cannot take the insert");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert_eq!(store.len(), 0, "nothing unacknowledged is in memory");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.create([1; 32], "t", 1, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.len(), 1);
+}
+
 #[test]
 fn errors_never_show_the_password() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -7,7 +7,8 @@
 //! (`spawn_blocking`), as redb needs. This backend keeps that contract by
 //! owning a small runtime of its own (one worker thread, `tokengate-db`):
 //! the pooled connections (deadpool-postgres over tokio-postgres) live and
-//! are driven there, and each call `block_on`s its future on it. Why not
+//! are driven there, and each call runs its future there while the calling
+//! thread waits for the answer. Why not
 //! `Handle::block_on` on the caller's runtime: the gateway's runtimes are
 //! per-core single-threaded workers plus the admin runtime, and a
 //! current-thread runtime cannot drive I/O for `Handle::block_on`, so the
@@ -213,23 +214,34 @@ impl PostgresBackend {
     /// Runs one call's future on the database runtime, bounded by `call_timeout`.
     fn run<T, F>(&self, what: &str, call: impl FnOnce(Pool) -> F) -> Result<T, StoreError>
     where
-        F: Future<Output = Result<T, PgError>>,
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+        T: Send + 'static,
     {
         self.block_on(what, self.call_timeout, call(self.pool.clone()))
     }
 
+    /// Spawns `fut` on the database runtime and blocks this thread until it
+    /// ends or `limit` passes. A spawned task and a channel rather than
+    /// `Runtime::block_on`, which panics when called on an async thread:
+    /// a misplaced call here blocks (as a redb call would), it never aborts.
     fn block_on<T, F>(&self, what: &str, limit: Duration, fut: F) -> Result<T, StoreError>
     where
-        F: Future<Output = Result<T, PgError>>,
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+        T: Send + 'static,
     {
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| self.error(what, PgError("the store is closed".into())))?;
-        match runtime.block_on(async { tokio::time::timeout(limit, fut).await }) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.error(what, e)),
-            Err(_) => Err(self.error(what, PgError(format!("no answer within {limit:?}")))),
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(tokio::time::timeout(limit, fut).await);
+        });
+        match rx.recv() {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(self.error(what, e)),
+            Ok(Err(_)) => Err(self.error(what, PgError(format!("no answer within {limit:?}")))),
+            Err(_) => Err(self.error(what, PgError("the database runtime stopped".into()))),
         }
     }
 
