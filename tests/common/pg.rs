@@ -1,5 +1,6 @@
 //! A PostgreSQL for the tests: `TOKENGATE_TEST_POSTGRES_URL` when it is set
-//! (its user needs CREATEDB), otherwise a throwaway server started from
+//! (its user needs CREATEDB; the tests connect with `sslmode = disable`, and
+//! the URL must carry no `sslmode`), otherwise a throwaway server started from
 //! Debian's packages (`/usr/lib/postgresql/<version>/bin`; tests/run.sh
 //! installs them when missing).
 //!
