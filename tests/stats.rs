@@ -169,5 +169,9 @@ async fn a_refresh_token_keeps_at_most_its_share_of_access_tokens() {
         assert_eq!(gw.client.api_get("/x", a).await.status, StatusCode::OK);
     }
     let s = stats(&gw).await;
-    assert_eq!((s.live_access_tokens, s.access_tokens_evicted), (3, 1), "{s:?}");
+    assert_eq!(
+        (s.live_access_tokens, s.access_tokens_evicted),
+        (3, 1),
+        "{s:?}"
+    );
 }
