@@ -33,6 +33,24 @@ pub enum SecretError {
     Random(getrandom::Error),
     #[error("argon2: {0}")]
     Argon(String),
+    #[error(transparent)]
+    Dir(#[from] DirError),
+}
+
+/// Why the data directory cannot hold secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("data directory {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// Whoever can write the directory can replace `secret.key`, `admin.hash`
+    /// or the database with their own, so it must be the owner's alone.
+    #[error(
+        "data directory {} can be written by group or others (mode {mode:04o}); it holds the \
+         server secret and the token database: run `chmod 700 {}`",
+        path.display(),
+        path.display()
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
@@ -48,6 +66,26 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// The data directory, created 0700 if missing; an existing one that group
+/// or others may write is refused (the sticky bit does not help: it stops
+/// deleting others' files, not creating a file before we do).
+pub(crate) fn private_data_dir(dir: &Path) -> Result<(), DirError> {
+    let io = |source| DirError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    create_private_dir(dir).map_err(io)?;
+    // Follows a symlink: what matters is the directory the files land in.
+    let mode = fs::metadata(dir).map_err(io)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(DirError::TooOpen {
+            path: dir.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// Makes an existing file readable by its owner only.
@@ -69,6 +107,7 @@ pub(crate) fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> 
 
 /// Loads the server secret, creating it on first start.
 pub(crate) fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretError> {
+    private_data_dir(data_dir)?;
     let path = data_dir.join(SECRET_FILE);
     match fs::File::open(&path) {
         Ok(mut f) => {
@@ -80,11 +119,14 @@ pub(crate) fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretEr
                     found: buf.len(),
                 });
             }
+            let mode = f.metadata().map_err(io_err(&path))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:04o}", mode & 0o7777), "the server secret was open to group or others; tightened to 0600");
+            }
             restrict_file(&path).map_err(io_err(&path))?;
             Ok(buf)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_private_dir(data_dir).map_err(io_err(data_dir))?;
             let mut secret = vec![0u8; SECRET_LEN];
             random_bytes(&mut secret).map_err(SecretError::Random)?;
             write_new_private(&path, &secret).map_err(io_err(&path))?;
@@ -165,7 +207,7 @@ pub(crate) fn resolve_admin(
                     Ok(AdminCredential::Hash(h))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    create_private_dir(data_dir).map_err(io_err(data_dir))?;
+                    private_data_dir(data_dir)?;
                     let password = generate_password()?;
                     let hash = hash_password(&password)?;
                     write_new_private(&path, format!("{hash}\n").as_bytes())
@@ -198,6 +240,30 @@ mod tests {
         assert_eq!(a.len(), 32);
         let mode = fs::metadata(d.join(SECRET_FILE)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_data_dir_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o777, 0o770, 0o1777, 0o720] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).unwrap();
+            let e = load_or_create_secret(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(&dir.path().display().to_string()), "{e}");
+            assert!(e.contains("chmod 700"), "{e}");
+            assert!(!dir.path().join(SECRET_FILE).exists());
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(load_or_create_secret(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn too_open_secret_files_are_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = load_or_create_secret(dir.path()).unwrap();
+        let path = dir.path().join(SECRET_FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create_secret(dir.path()).unwrap(), secret);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -58,7 +58,8 @@ impl State {
         // 1. Refresh tokens: open the store (refusing a second process) and load them all.
         let store = Arc::new(RefreshStore::open(&config.storage.path)?);
         // 2. A fresh boot nonce: access tokens of any earlier process stop verifying.
-        let access = AccessTokens::new().map_err(StateError::Random)?;
+        let access = AccessTokens::with_limit(config.tokens.max_access_per_refresh)
+            .map_err(StateError::Random)?;
         // 3. The audit log.
         let audit = Audit::open(&config.audit).map_err(|source| StateError::Audit {
             dest: format!("{:?}", config.audit),

@@ -401,10 +401,14 @@ async fn http2_requests_in_progress_are_capped_per_client() {
         let (c, req) = (c.clone(), get(c, "/pause"));
         held.push(tokio::spawn(async move { c.send_h2(req).await }));
     }
-    eventually(Duration::from_secs(10), "four requests held upstream", || {
-        let n = up.paused();
-        async move { (n == 4).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "four requests held upstream",
+        || {
+            let n = up.paused();
+            async move { (n == 4).then_some(()) }
+        },
+    )
     .await;
 
     for c in [&a, &b] {
@@ -419,10 +423,17 @@ async fn http2_requests_in_progress_are_capped_per_client() {
             .unwrap()
             .contains("4 requests in progress"));
     }
-    assert_eq!(up.paused(), 4, "refused requests never reached the upstream");
+    assert_eq!(
+        up.paused(),
+        4,
+        "refused requests never reached the upstream"
+    );
     // Another address has its own share; HTTP/1.1 is not counted here.
     let other = gw.client_from("127.0.0.5");
-    assert_eq!(other.send_h2(get(&other, "/x")).await.status, StatusCode::OK);
+    assert_eq!(
+        other.send_h2(get(&other, "/x")).await.status,
+        StatusCode::OK
+    );
     assert_eq!(a.send(get(&a, "/x")).await.status, StatusCode::OK);
 
     up.release_paused();
@@ -430,5 +441,9 @@ async fn http2_requests_in_progress_are_capped_per_client() {
         assert_eq!(h.await.unwrap().status, StatusCode::OK);
     }
     let r = a.send_h2(get(&a, "/x")).await;
-    assert_eq!(r.status, StatusCode::OK, "finished requests free their places");
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "finished requests free their places"
+    );
 }

@@ -29,7 +29,12 @@ async fn stats(gw: &TestGateway) -> Stats {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["live_access_tokens", "public_connections", "refresh_tokens"]
+        [
+            "access_tokens_evicted",
+            "live_access_tokens",
+            "public_connections",
+            "refresh_tokens"
+        ]
     );
     serde_json::from_value(v).unwrap()
 }
@@ -111,7 +116,7 @@ async fn stats_need_the_admin_and_are_read_only() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.header("www-authenticate").is_some());
 
-    let r = gw.client.admin_call("POST", "/api/stats").await;
+    let r = gw.client.admin_json("POST", "/api/stats", &json!({})).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.header("allow").as_deref(), Some("GET"));
 
@@ -142,4 +147,31 @@ async fn stats_need_the_admin_and_are_read_only() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let s: Stats = serde_json::from_slice(&r.body).unwrap();
     assert_eq!((s.live_access_tokens, s.refresh_tokens), (0, 0));
+}
+
+/// One refresh token has at most `tokens.max_access_per_refresh` live access
+/// tokens: a further exchange drops its oldest (refused from then on), the
+/// newer ones and other refresh tokens' keep working, and the stats count it.
+#[tokio::test]
+async fn a_refresh_token_keeps_at_most_its_share_of_access_tokens() {
+    let up = upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| f.tokens.max_access_per_refresh = 2).await;
+    let (_, t1) = gw.create_token("busy script").await;
+    let (_, t2) = gw.create_token("other").await;
+    let other = gw.exchange(&t2).await;
+    let mut minted = Vec::new();
+    for _ in 0..3 {
+        minted.push(gw.exchange(&t1).await);
+    }
+    let r = gw.client.api_get("/x", &minted[0]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the oldest was dropped");
+    for a in [&minted[1], &minted[2], &other] {
+        assert_eq!(gw.client.api_get("/x", a).await.status, StatusCode::OK);
+    }
+    let s = stats(&gw).await;
+    assert_eq!(
+        (s.live_access_tokens, s.access_tokens_evicted),
+        (3, 1),
+        "{s:?}"
+    );
 }

@@ -242,6 +242,7 @@ pub struct TokensSection {
     pub access_ttl: HumanDuration,
     pub refresh_ttl: HumanDuration,
     pub sweep_interval: HumanDuration,
+    pub max_access_per_refresh: usize,
 }
 
 impl Default for TokensSection {
@@ -250,6 +251,9 @@ impl Default for TokensSection {
             access_ttl: HumanDuration(Duration::from_secs(900)),
             refresh_ttl: HumanDuration(Duration::from_secs(90 * 86_400)),
             sweep_interval: HumanDuration(Duration::from_secs(30)),
+            // Ample for a fleet of workers sharing one refresh token, or a
+            // script exchanging every second; the oldest go beyond it.
+            max_access_per_refresh: 1000,
         }
     }
 }

@@ -167,6 +167,8 @@ pub struct TokensConfig {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub sweep_interval: Duration,
+    /// Live access tokens per refresh token; minting one more drops the oldest.
+    pub max_access_per_refresh: usize,
 }
 
 /// Where audit lines go (`audit.destination`).

@@ -8,6 +8,10 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::*;
 
+/// Longest page session: a stolen session cookie should not outlive a month
+/// (and the cap keeps every expiry far inside what an `Instant` can hold).
+const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
+
 impl FileConfig {
     /// Turns the file format into the runtime config, naming the key of any bad value.
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -71,7 +75,16 @@ impl FileConfig {
         }
         let admin = AdminConfig {
             listen: parse_addr("admin.listen", &a.listen)?,
-            session_ttl: nonzero("admin.session_ttl", a.session_ttl)?,
+            session_ttl: {
+                let ttl = nonzero("admin.session_ttl", a.session_ttl)?;
+                if ttl > MAX_SESSION_TTL {
+                    return Err(ConfigError::invalid(
+                        "admin.session_ttl",
+                        "must be at most 30d",
+                    ));
+                }
+                ttl
+            },
             limits: limits(
                 "admin",
                 RawLimits {
@@ -104,6 +117,15 @@ impl FileConfig {
         };
 
         let u = self.upstream;
+        // Before parsing, so not even a parse error can echo a password.
+        if has_userinfo(&u.url) {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must not carry credentials (nothing before an `@` in the host part): the URL is shown \
+                 in logs and check-config; send them as a header instead, for example \
+                 [upstream.headers] Authorization = \"Basic …\"",
+            ));
+        }
         let url: http::Uri = u
             .url
             .parse()
@@ -139,6 +161,13 @@ impl FileConfig {
             let key = format!("upstream.headers.{name}");
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::invalid(&key, "not a valid header name"))?;
+            if n.as_str().contains('_') {
+                return Err(ConfigError::invalid(
+                    &key,
+                    "header names with `_` are dropped toward the upstream (CGI, WSGI and PHP \
+                     read `_` and `-` alike, so a client could send the `-` twin); use `-`",
+                ));
+            }
             if crate::http::names::is_reserved(&n) {
                 return Err(ConfigError::invalid(
                     &key,
@@ -218,6 +247,12 @@ impl FileConfig {
                 access_ttl,
                 refresh_ttl,
                 sweep_interval: nonzero("tokens.sweep_interval", self.tokens.sweep_interval)?,
+                max_access_per_refresh: within(
+                    "tokens.max_access_per_refresh",
+                    self.tokens.max_access_per_refresh,
+                    1,
+                    1_000_000,
+                )?,
             },
             audit: AuditDestination::parse(&self.audit.destination),
             source,
@@ -279,6 +314,15 @@ fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse().map_err(|_| {
         ConfigError::invalid(key, format!("{s:?} is not an address like 127.0.0.1:8443"))
     })
+}
+
+/// Whether a URL's authority holds userinfo (`user:password@`, `token@`).
+/// The authority runs from `://` to the first `/`, `?` or `#`.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
 }
 
 fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
@@ -394,6 +438,32 @@ mod tests {
                 e.contains(key),
                 "{toml:?} gave {e:?}, expected the key {key}"
             );
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_upstream_url_are_refused() {
+        for url in [
+            "http://user:pw@127.0.0.1:8124",
+            "https://token@api.example/base",
+        ] {
+            let e = from_toml(&format!("[upstream]\nurl = \"{url}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("upstream.url"), "{e}");
+            assert!(e.contains("[upstream.headers] Authorization"), "{e}");
+            assert!(!e.contains("pw@") && !e.contains("token@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn session_ttl_is_capped() {
+        assert!(from_toml("[admin]\nsession_ttl = \"30d\"").is_ok());
+        for ttl in ["31d", "100000000d"] {
+            let e = from_toml(&format!("[admin]\nsession_ttl = \"{ttl}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("admin.session_ttl"), "{ttl}: {e}");
         }
     }
 

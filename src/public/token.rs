@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
-use crate::http::{error, json, media_type, method_not_allowed, no_store, read_body, Reply};
+use crate::http::{
+    error, json, media_type, method_not_allowed, no_store, read_body, BodyError, Reply,
+};
 use crate::state::State;
 use crate::tokens::exchange::{Client, ExchangeError, Exchanger, RefreshGrant};
 
@@ -46,6 +48,9 @@ struct TokenResponse<'a> {
 enum Refusal {
     /// RFC 6749 `invalid_request`.
     InvalidRequest(String),
+    /// The body could not be read (also `invalid_request`, but a body over
+    /// the limit is a 413, with `Connection: close` if it was left unread).
+    Body(BodyError),
     UnsupportedGrantType,
     Exchange(ExchangeError),
 }
@@ -129,7 +134,7 @@ async fn decode(state: &State, req: Request<Incoming>) -> Result<TokenRequest, R
         limits.limits.body_read_timeout,
     )
     .await
-    .map_err(|e| Refusal::InvalidRequest(e.description().into()))?;
+    .map_err(Refusal::Body)?;
     parse_body(kind, &body).map_err(Refusal::InvalidRequest)
 }
 
@@ -225,6 +230,7 @@ fn grant(req: &TokenRequest) -> Result<RefreshGrant<'_>, Refusal> {
 fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>) -> Reply {
     let (status, code, text): (StatusCode, &str, &str) = match &r {
         Refusal::InvalidRequest(t) => (StatusCode::BAD_REQUEST, "invalid_request", t),
+        Refusal::Body(e) => (e.status(), "invalid_request", e.description()),
         Refusal::UnsupportedGrantType => (
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -259,7 +265,10 @@ fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>)
         user_agent,
         count: None,
     });
-    no_store(error(status, code, text))
+    match r {
+        Refusal::Body(e) => no_store(e.reply()),
+        _ => no_store(error(status, code, text)),
+    }
 }
 
 #[cfg(test)]

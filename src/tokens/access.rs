@@ -2,6 +2,7 @@
 //! to disk. Validation = parse → MAC → map lookup → expiry → issuing refresh
 //! token still live. A sweeper drops dead entries so memory follows the live set.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,9 +118,25 @@ impl BuildHasher for IdHasherBuilder {
     }
 }
 
+/// Live access tokens each refresh token issued, oldest first (with their
+/// expiry, so expired ones can be dropped without a map lookup).
+type Issued = VecDeque<(AccessId, Instant)>;
+
+/// Access tokens one refresh token may have live at once, for `new` (the
+/// gateway uses `tokens.max_access_per_refresh`, by default the same).
+const DEFAULT_MAX_PER_REFRESH: usize = 1000;
+
 pub struct AccessTokens {
     codec: AccessCodec,
     map: DashMap<AccessId, AccessEntry, IdHasherBuilder>,
+    /// Refresh token id → the access tokens it issued. Written only by
+    /// exchanges, deletes and the sweeper, never by validation: it bounds
+    /// what one refresh token can mint, and lets a delete remove exactly
+    /// its own tokens instead of scanning the whole map under its locks.
+    by_refresh: DashMap<u64, Issued>,
+    max_per_refresh: usize,
+    /// Tokens dropped because their refresh token issued a newer one at the cap.
+    evicted: AtomicU64,
     /// Checks that failed, whatever the reason. Shows that the throttle
     /// refuses before any check (tests), and what a flood cost.
     refused: Padded,
@@ -128,14 +145,26 @@ pub struct AccessTokens {
 impl AccessTokens {
     /// Draws this process's boot nonce.
     pub fn new() -> Result<AccessTokens, getrandom::Error> {
+        Self::with_limit(DEFAULT_MAX_PER_REFRESH)
+    }
+
+    /// As `new`, with at most `max_per_refresh` (at least 1) live access
+    /// tokens per refresh token.
+    pub fn with_limit(max_per_refresh: usize) -> Result<AccessTokens, getrandom::Error> {
         Ok(AccessTokens {
             codec: AccessCodec::new()?,
             map: DashMap::with_hasher(IdHasherBuilder),
+            by_refresh: DashMap::new(),
+            max_per_refresh: max_per_refresh.max(1),
+            evicted: AtomicU64::new(0),
             refused: Padded::default(),
         })
     }
 
-    /// Mints a token for `refresh`, valid for `ttl` from `now`.
+    /// Mints a token for `refresh`, valid for `ttl` from `now`. At
+    /// `max_per_refresh` live tokens, the refresh token's oldest one is
+    /// dropped: a script that exchanges on every call keeps working with its
+    /// newest token, and a leaked refresh token cannot fill memory.
     pub fn issue(
         &self,
         refresh: Arc<RefreshToken>,
@@ -143,13 +172,24 @@ impl AccessTokens {
         now: Instant,
     ) -> Result<String, getrandom::Error> {
         let (id, token) = self.codec.mint()?;
-        self.map.insert(
-            id,
-            AccessEntry {
-                refresh,
-                expires: now + ttl,
-            },
-        );
+        let expires = now + ttl;
+        let refresh_id = refresh.id;
+        // The index entry is held across the insert, so a concurrent delete
+        // of this refresh token (which takes the entry first) either sees the
+        // new token or runs after it is indexed: nothing escapes revocation.
+        let mut issued = self.by_refresh.entry(refresh_id).or_default();
+        while issued.front().is_some_and(|&(_, e)| now >= e) {
+            issued.pop_front();
+        }
+        while issued.len() >= self.max_per_refresh {
+            if let Some((old, _)) = issued.pop_front() {
+                if self.map.remove(&old).is_some() {
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.map.insert(id, AccessEntry { refresh, expires });
+        issued.push_back((id, expires));
         Ok(token)
     }
 
@@ -203,19 +243,42 @@ impl AccessTokens {
         let before = self.map.len();
         self.map
             .retain(|_, e| now < e.expires && e.refresh.is_usable(wall_unix));
+        // The index follows: expired ids go, and so do ids the map no longer
+        // holds (their refresh token expired). Both run between requests,
+        // every `tokens.sweep_interval`.
+        self.by_refresh.retain(|_, issued| {
+            issued.retain(|(id, e)| now < *e && self.map.contains_key(id));
+            !issued.is_empty()
+        });
         before.saturating_sub(self.map.len())
     }
 
-    /// Removes every token issued by the given (deleted) refresh tokens, in
-    /// one pass over the map. They are already refused through the revoked
-    /// flag; this frees their memory now instead of at the next sweep.
+    /// Removes every token issued by the given (deleted) refresh tokens,
+    /// found through the index: the cost follows their own token count, and
+    /// validation elsewhere in the map is never blocked. They are already
+    /// refused through the revoked flag; this frees their memory now.
     pub fn revoke_refresh(&self, ids: &[u64]) -> usize {
-        if ids.is_empty() {
-            return 0;
+        let mut removed = 0;
+        for refresh in ids {
+            if let Some((_, issued)) = self.by_refresh.remove(refresh) {
+                for (id, _) in issued {
+                    removed += usize::from(self.map.remove(&id).is_some());
+                }
+            }
         }
-        let before = self.map.len();
-        self.map.retain(|_, e| !ids.contains(&e.refresh.id));
-        before.saturating_sub(self.map.len())
+        removed
+    }
+
+    /// Live access tokens `refresh_id` issued (expired ones the sweeper has
+    /// not dropped yet included).
+    pub fn issued_by(&self, refresh_id: u64) -> usize {
+        self.by_refresh.get(&refresh_id).map_or(0, |i| i.len())
+    }
+
+    /// Tokens dropped since start because their refresh token reached
+    /// `tokens.max_access_per_refresh`.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
@@ -272,5 +335,89 @@ mod tests {
         assert_eq!(check(valid.as_bytes(), now), Some(AccessError::Unknown));
         assert!(!AccessError::Unknown.counts_as_guess());
         assert!(!AccessError::RefreshGone.counts_as_guess());
+    }
+
+    fn refresh(id: u64) -> Arc<RefreshToken> {
+        Arc::new(RefreshToken::detached(id, "t", None))
+    }
+
+    #[test]
+    fn a_refresh_token_keeps_only_its_newest_tokens_at_the_cap() {
+        let tokens = AccessTokens::with_limit(3).unwrap();
+        let (a, b) = (refresh(1), refresh(2));
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let minted: Vec<String> = (0..5)
+            .map(|_| tokens.issue(a.clone(), ttl, now).unwrap())
+            .collect();
+        let other = tokens.issue(b.clone(), ttl, now).unwrap();
+        let check = |t: &str| tokens.validate(t.as_bytes(), now, 0, |_| ()).err();
+        assert_eq!(check(&minted[0]), Some(AccessError::Unknown));
+        assert_eq!(check(&minted[1]), Some(AccessError::Unknown));
+        for t in &minted[2..] {
+            assert_eq!(check(t), None);
+        }
+        assert_eq!(check(&other), None, "another refresh token is not touched");
+        assert_eq!(
+            (tokens.evicted(), tokens.issued_by(1), tokens.len()),
+            (2, 3, 4)
+        );
+        // Expired ones make room without evicting anyone.
+        let later = now + ttl;
+        let fresh = tokens.issue(a, ttl, later).unwrap();
+        assert_eq!(tokens.issued_by(1), 1);
+        assert_eq!(tokens.evicted(), 2);
+        assert_eq!(
+            tokens.validate(fresh.as_bytes(), later, 0, |_| ()).err(),
+            None
+        );
+    }
+
+    #[test]
+    fn revoking_removes_exactly_the_refresh_tokens_own() {
+        let tokens = AccessTokens::new().unwrap();
+        let (a, b) = (refresh(1), refresh(2));
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        for _ in 0..3 {
+            tokens.issue(a.clone(), ttl, now).unwrap();
+        }
+        let kept: Vec<String> = (0..2)
+            .map(|_| tokens.issue(b.clone(), ttl, now).unwrap())
+            .collect();
+        assert_eq!(tokens.revoke_refresh(&[1, 99]), 3);
+        assert_eq!(
+            (tokens.len(), tokens.issued_by(1), tokens.issued_by(2)),
+            (2, 0, 2)
+        );
+        for t in &kept {
+            assert_eq!(tokens.validate(t.as_bytes(), now, 0, |_| ()).err(), None);
+        }
+        assert_eq!(tokens.revoke_refresh(&[1]), 0, "twice is harmless");
+    }
+
+    #[test]
+    fn the_sweep_keeps_the_index_to_the_live_set() {
+        let tokens = AccessTokens::new().unwrap();
+        let (a, b) = (refresh(1), refresh(2));
+        let now = Instant::now();
+        tokens
+            .issue(a.clone(), Duration::from_secs(10), now)
+            .unwrap();
+        tokens
+            .issue(b.clone(), Duration::from_secs(60), now)
+            .unwrap();
+        let gone = Arc::new(RefreshToken::detached(3, "t", Some(5)));
+        tokens.issue(gone, Duration::from_secs(60), now).unwrap();
+        // At 10 s a's token expired; the refresh token 3 expired at Unix 5.
+        assert_eq!(tokens.sweep(now + Duration::from_secs(10), 6), 2);
+        assert_eq!(
+            (
+                tokens.issued_by(1),
+                tokens.issued_by(2),
+                tokens.issued_by(3)
+            ),
+            (0, 1, 0)
+        );
     }
 }
