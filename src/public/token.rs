@@ -177,6 +177,17 @@ fn parse_form(body: &[u8]) -> Result<TokenRequest, String> {
 }
 
 fn parse_json(body: &[u8]) -> Result<TokenRequest, String> {
+    const NOT_OBJECT: &str =
+        "body is not a JSON object with string fields grant_type and refresh_token";
+    // serde's derived struct also takes a JSON array, field by field
+    // (`["refresh_token", "tgr_…"]`): found by the token_json fuzz target.
+    // Only an object is the documented request.
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(NOT_OBJECT.into());
+    }
     #[derive(Deserialize)]
     struct Json {
         grant_type: Option<String>,
@@ -194,7 +205,7 @@ fn parse_json(body: &[u8]) -> Result<TokenRequest, String> {
                     .unwrap_or(msg.clone())
             )
         } else {
-            "body is not a JSON object with string fields grant_type and refresh_token".into()
+            NOT_OBJECT.into()
         }
     })?;
     Ok(TokenRequest {
@@ -335,6 +346,12 @@ mod tests {
         let e = parse_body(BodyKind::Json, br#"{"grant_type":"a","grant_type":"b"}"#).unwrap_err();
         assert_eq!(e, "parameter grant_type is repeated");
         assert!(parse_body(BodyKind::Json, b"[1]").is_err());
+        // A struct from an array, as serde would take it: refused.
+        for body in [&br#"["refresh_token","tgr_x"]"#[..], b" \r\n[\"\",\"\"\r]"] {
+            let e = parse_body(BodyKind::Json, body).unwrap_err();
+            assert!(e.starts_with("body is not a JSON object"), "{e}");
+        }
+        assert!(parse_body(BodyKind::Json, b" \n{}").is_ok());
         assert!(parse_body(BodyKind::Json, b"{\"grant_type\":5}").is_err());
     }
 
