@@ -7,10 +7,13 @@
 //!   line 4: identity headers `<id> <name>` (empty: off)
 //!   then:   `name: value` client headers; `+name: value` configured upstream headers
 //!
-//! Checked: hop-by-hop headers, every header `Connection` names, and the
-//! client's credentials and forwarding claims never reach the upstream; the
-//! gateway's own headers have exactly its values; every other client header
-//! goes through unchanged.
+//! Checked: hop-by-hop headers, every header `Connection` names, names with
+//! `_` (CGI folds them into their `-` twins), and the client's credentials,
+//! forwarding, client-address, URL-rewrite and method-override claims never
+//! reach the upstream; `X-Forwarded-Host` carries the client's `Host` only
+//! when it is `host[:port]` (checked by a reference here); the gateway's own
+//! headers have exactly its values; every other client header goes through
+//! unchanged.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -32,14 +35,75 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
+/// SECURITY.md's list of claims a client may not make (`x-forwarded-*` and
+/// `x-tokengate-*` are prefixes, checked below).
 const CLAIMS: &[&str] = &[
     "authorization",
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
     "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
+
+/// The reference for a forwardable `Host`: a name of unreserved characters,
+/// an IPv4 address or a bracketed IPv6 literal, then an optional port
+/// (1-5 digits, at most 65535); 255 bytes at most.
+fn host_ok(v: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(v) else {
+        return false;
+    };
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((lit, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if lit.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            a => match a.strip_prefix(':') {
+                Some(p) => ("[v6]", Some(p)),
+                None => return false,
+            },
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let name_ok = host == "[v6]"
+        || (!host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c)));
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.chars().all(|c| c.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65_535)
+    });
+    name_ok && port_ok
+}
 
 fn header(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
     let colon = line.iter().position(|&b| b == b':')?;
@@ -99,7 +163,7 @@ fuzz_target!(|data: &[u8]| {
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("https"),
     );
-    if let Some(h) = &original_host {
+    if let Some(h) = original_host.as_ref().filter(|h| host_ok(h.as_bytes())) {
         set.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
     }
     if let Some((id, name)) = &identity {
@@ -127,6 +191,8 @@ fuzz_target!(|data: &[u8]| {
         let s = n.as_str();
         HOP_BY_HOP.contains(&s)
             || CLAIMS.contains(&s)
+            || s.contains('_')
+            || s.starts_with("x-forwarded-")
             || s.starts_with("x-tokengate-")
             || named.contains(n)
     };
