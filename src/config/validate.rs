@@ -193,6 +193,16 @@ impl FileConfig {
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::invalid("storage.path", "must not be empty"));
         }
+        // An empty path (`cert = ""`, or an empty environment variable) is a
+        // mistake, not "unset": found by the config_toml fuzz target.
+        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must not be empty (leave tls.cert and tls.key unset for a generated certificate)",
+                ));
+            }
+        }
         let tls = match (self.tls.cert, self.tls.key) {
             (None, None) => TlsConfig {
                 cert: DEFAULT_CERT_PATH.into(),
@@ -422,6 +432,8 @@ mod tests {
             ("[tokens]\naccess_ttl = \"0s\"", "tokens.access_ttl"),
             ("[tokens]\naccess_ttl = \"soon\"", "access_ttl"),
             ("[tls]\ncert = \"a.pem\"", "tls.key"),
+            ("[tls]\ncert = \"\"\nkey = \"b.pem\"", "tls.cert"),
+            ("[tls]\ncert = \"a.pem\"\nkey = \"\"", "tls.key"),
             ("[admin]\npassword_hash = \"plain\"", "admin.password_hash"),
             (
                 "[upstream.headers]\n\"bad name\" = \"x\"",
