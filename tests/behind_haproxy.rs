@@ -77,6 +77,21 @@ async fn haproxy(backend: SocketAddr, send_proxy: bool) -> Haproxy {
     }
 }
 
+/// Waits until the gateway is back to `before` open connections: the
+/// connection HAProxy opened for our "is it listening" probe is gone, so
+/// counts from here on are ours alone.
+async fn settle(gw: &TestGateway, before: usize) {
+    eventually(
+        Duration::from_secs(10),
+        "the probe's connection closed",
+        || {
+            let n = gw.open_connections();
+            async move { (n == before).then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// A TCP connection to `to` from the loopback address `from`.
 async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let s = TcpSocket::new_v4().unwrap();
@@ -113,8 +128,9 @@ async fn with_proxy_headers_each_client_behind_haproxy_has_its_own_share() {
         f.public.tls_handshake_timeout = secs(120);
     })
     .await;
-    let lb = haproxy(gw.public_addr(), true).await;
     let before = gw.open_connections();
+    let lb = haproxy(gw.public_addr(), true).await;
+    settle(&gw, before).await;
     let mut held = Vec::new();
     for client in 1..=40 {
         for _ in 0..20 {
@@ -172,8 +188,9 @@ async fn without_proxy_headers_a_trusted_haproxy_is_exempt() {
         f.public.tls_handshake_timeout = secs(120);
     })
     .await;
-    let lb = haproxy(gw.public_addr(), false).await;
     let before = gw.open_connections();
+    let lb = haproxy(gw.public_addr(), false).await;
+    settle(&gw, before).await;
     let mut held = Vec::new();
     for i in 0..1000 {
         let s = connect_from(&format!("127.0.3.{}", 1 + i % 50), lb.addr).await;
