@@ -122,7 +122,8 @@ fn client(conn: &Connection) -> Result<HttpsClient, Failure> {
     })?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
+        // `check_url` refused anything else already; this holds regardless.
+        .https_only()
         .enable_http1()
         .build();
     Ok(Client::builder(TokioExecutor::new()).build(connector))
@@ -173,6 +174,26 @@ fn request(method: &str, uri: &str) -> http::request::Builder {
             "user-agent",
             concat!("tokengate-cli/", env!("CARGO_PKG_VERSION")),
         )
+}
+
+/// The admin password goes with every request, so only `https://` will do
+/// (scheme in any case). The URL itself is not repeated: it may hold
+/// credentials of its own.
+fn check_url(url: &str) -> Result<(), Failure> {
+    let https = url
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    if https {
+        Ok(())
+    } else {
+        Err(Failure(
+            EXIT_INVALID,
+            "the admin URL (--url or TOKENGATE_ADMIN_URL) must start with https://: the admin \
+             password is sent with every request. On the gateway's host, --socket data/admin.sock \
+             needs no password"
+                .into(),
+        ))
+    }
 }
 
 /// One request over the admin Unix socket (plain HTTP/1.1, no password).
@@ -327,6 +348,10 @@ pub fn run(conn: Connection, cmd: TokenCommand) -> ExitCode {
 }
 
 async fn execute(conn: &Connection, cmd: TokenCommand) -> Result<(), Failure> {
+    // Before anything connects: the admin password would go with the request.
+    if let Target::Url(url) = target(conn) {
+        check_url(&url)?;
+    }
     match cmd {
         TokenCommand::Create { name, expires } => {
             let now = crate::clock::Clock::new().unix();
@@ -460,6 +485,23 @@ mod tests {
         );
         assert!(expires_arg("someday", now).is_err());
         assert!(expires_arg("2020-01-01", now).is_err());
+    }
+
+    #[test]
+    fn only_https_admin_urls() {
+        for ok in ["https://127.0.0.1:8444", "HTTPS://gw.example/"] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:8444",
+            "127.0.0.1:8444",
+            "ftp://x",
+            "https:/x",
+            "",
+            "é",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -232,12 +232,11 @@ impl Gateway {
 fn build(config: Config, opts: StartOptions) -> Result<(State, AdminAuth), StartError> {
     let dir = data_dir(&config.storage.path);
     // a. The data directory (admin hash and socket live there, whichever
-    //    backend and wherever storage.secret_file points), then the server
-    //    secret: every refresh-token hash depends on it.
-    crate::secrets::create_private_dir(&dir).map_err(|source| SecretError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    //    backend and wherever storage.secret_file points): created 0700 if
+    //    missing, refused if group or others can write it. Then the server
+    //    secret (its directory checked the same way): every refresh-token
+    //    hash depends on it.
+    crate::secrets::private_data_dir(&dir).map_err(SecretError::from)?;
     let secret = crate::secrets::load_or_create_secret(&config.storage.secret_file)?;
     // b. The admin credential (environment, file, or generated once).
     let source = match (

@@ -69,5 +69,5 @@ pub use tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::http::names::is_reserved;
-    pub use crate::proxy::{base_path, join_target};
+    pub use crate::proxy::{base_path, join_target, TargetError};
 }

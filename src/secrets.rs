@@ -34,6 +34,59 @@ pub enum SecretError {
     Random(getrandom::Error),
     #[error("argon2: {0}")]
     Argon(String),
+    #[error(transparent)]
+    Dir(#[from] DirError),
+}
+
+/// Which private directory a [`DirError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirRole {
+    /// The directory of `storage.path`: admin hash, admin socket, the redb
+    /// file and, by default, the server secret.
+    Data,
+    /// The directory of `storage.secret_file`.
+    Secret,
+}
+
+impl DirRole {
+    fn name(self) -> &'static str {
+        match self {
+            DirRole::Data => "data directory",
+            DirRole::Secret => "server secret directory",
+        }
+    }
+
+    fn holds(self) -> &'static str {
+        match self {
+            DirRole::Data => "the server secret and the token database",
+            DirRole::Secret => "the server secret (storage.secret_file)",
+        }
+    }
+}
+
+/// Why a directory cannot hold secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("{} {}: {source}", role.name(), path.display())]
+    Io {
+        role: DirRole,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Whoever can write the directory can replace `secret.key`, `admin.hash`
+    /// or the database with their own, so it must be the owner's alone.
+    #[error(
+        "{} {} can be written by group or others (mode {mode:04o}); it holds {}: run `chmod 700 {}`",
+        role.name(),
+        path.display(),
+        role.holds(),
+        path.display()
+    )]
+    TooOpen {
+        role: DirRole,
+        path: PathBuf,
+        mode: u32,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
@@ -49,6 +102,33 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// The data directory, created 0700 if missing; an existing one that group
+/// or others may write is refused (the sticky bit does not help: it stops
+/// deleting others' files, not creating a file before we do).
+pub(crate) fn private_data_dir(dir: &Path) -> Result<(), DirError> {
+    private_dir(dir, DirRole::Data)
+}
+
+/// `dir`, created 0700 if missing; refused if group or others may write it.
+fn private_dir(dir: &Path, role: DirRole) -> Result<(), DirError> {
+    let io = |source| DirError::Io {
+        role,
+        path: dir.to_owned(),
+        source,
+    };
+    create_private_dir(dir).map_err(io)?;
+    // Follows a symlink: what matters is the directory the files land in.
+    let mode = fs::metadata(dir).map_err(io)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(DirError::TooOpen {
+            role,
+            path: dir.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// Makes an existing file readable by its owner only.
@@ -69,12 +149,19 @@ pub(crate) fn write_new_private(path: &Path, contents: &[u8]) -> io::Result<()> 
 }
 
 /// Loads the server secret from `path` (`storage.secret_file`), creating it
-/// (and its directory, 0700) on first start.
+/// on first start. Its directory is created 0700 if missing; an existing one
+/// that group or others may write is refused, as for the data directory
+/// (whoever can write it can put their own secret there).
 ///
 /// Replicas of a cluster must share one secret: a replica that generates its
 /// own is refused by the database's fingerprint check, so generating here is
 /// safe for the first replica and loudly wrong for any other.
 pub(crate) fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    private_dir(dir, DirRole::Secret)?;
     let path = path.to_owned();
     match fs::File::open(&path) {
         Ok(mut f) => {
@@ -86,13 +173,14 @@ pub(crate) fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, SecretError>
                     found: buf.len(),
                 });
             }
+            let mode = f.metadata().map_err(io_err(&path))?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:04o}", mode & 0o7777), "the server secret was open to group or others; tightened to 0600");
+            }
             restrict_file(&path).map_err(io_err(&path))?;
             Ok(buf)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                create_private_dir(dir).map_err(io_err(dir))?;
-            }
             let mut secret = vec![0u8; SECRET_LEN];
             random_bytes(&mut secret).map_err(SecretError::Random)?;
             write_new_private(&path, &secret).map_err(io_err(&path))?;
@@ -184,7 +272,7 @@ pub(crate) fn resolve_admin(
                     Ok(AdminCredential::Hash(h))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    create_private_dir(data_dir).map_err(io_err(data_dir))?;
+                    private_data_dir(data_dir)?;
                     let password = generate_password()?;
                     let hash = hash_password(&password)?;
                     write_new_private(&path, format!("{hash}\n").as_bytes())
@@ -217,6 +305,34 @@ mod tests {
         assert_eq!(a.len(), 32);
         let mode = fs::metadata(d.join(SECRET_FILE)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // The missing directory was created for it, the owner's alone.
+        assert_eq!(fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_data_dir_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o777, 0o770, 0o1777, 0o720] {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).unwrap();
+            let e = load_or_create_secret(&dir.path().join(SECRET_FILE))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&dir.path().display().to_string()), "{e}");
+            assert!(e.contains("chmod 700"), "{e}");
+            assert!(!dir.path().join(SECRET_FILE).exists());
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(load_or_create_secret(&dir.path().join(SECRET_FILE)).is_ok());
+    }
+
+    #[test]
+    fn too_open_secret_files_are_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SECRET_FILE);
+        let secret = load_or_create_secret(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create_secret(&path).unwrap(), secret);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -11,10 +11,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::{upstream, TestGateway, ADMIN_PASSWORD};
+use common::{read_raw_response, upstream, TestGateway, ADMIN_PASSWORD};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 async fn login(gw: &TestGateway, password: &str) -> common::Resp {
     let req = http::Request::builder()
@@ -46,6 +47,10 @@ async fn session_call(
     body: Option<serde_json::Value>,
 ) -> common::Resp {
     let mut b = session_req(gw, method, path, cookie);
+    // As the page does: every POST is JSON.
+    if method == "POST" {
+        b = b.header("content-type", "application/json");
+    }
     if let Some(c) = csrf {
         b = b.header("x-csrf-token", c);
     }
@@ -264,4 +269,133 @@ async fn usage_and_audit_record_a_scripted_session() {
     let raw = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
     assert!(!raw.contains(&refresh) && !raw.contains("tgr_") && !raw.contains("tga_"));
     assert!(!raw.contains(ADMIN_PASSWORD) && !raw.contains("nope"));
+}
+
+/// The admin API's JSON body limit answers 413 the client can read, and a
+/// drained connection carries the next request.
+#[tokio::test]
+async fn an_oversized_admin_body_gets_a_readable_413() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let mut tls = gw.tls_connect_admin().await;
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("admin:{ADMIN_PASSWORD}"),
+    );
+    let body = format!("{{\"name\": \"{}\"}}", "x".repeat(100_000));
+    let req = format!(
+        "POST /api/refresh-tokens HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let r = read_raw_response(&mut tls).await;
+    assert_eq!(r.status, 413, "{}", r.head);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"], "invalid_request");
+    assert_eq!(v["error_description"], "request body is too large");
+    let next = format!(
+        "GET /api/refresh-tokens HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\n\r\n"
+    );
+    tls.write_all(next.as_bytes()).await.unwrap();
+    assert_eq!(read_raw_response(&mut tls).await.status, 200);
+}
+
+/// With HTTP Basic credentials cached in a browser, another site could make
+/// it send "simple" cross-site requests (no preflight). Every POST must be
+/// `application/json` (which a cross-site page cannot send without a CORS
+/// preflight), and requests the browser marks cross-site, or whose `Origin`
+/// is not the admin listener's own, are refused with 403.
+#[tokio::test]
+async fn cross_site_requests_are_refused() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let (id, _) = gw.create_token("keep me").await;
+    let ids = json!({ "ids": [id] }).to_string();
+    let post = |content_type: Option<&str>| {
+        let mut b = gw.client.admin_req("POST", "/api/refresh-tokens/delete");
+        if let Some(t) = content_type {
+            b = b.header("content-type", t);
+        }
+        b
+    };
+    let refused = |r: &common::Resp, what: &str| {
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.text());
+        assert!(r.json()["error_description"].is_string(), "{what}");
+    };
+
+    for t in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let r = gw
+            .client
+            .send(post(t).body(Full::new(Bytes::from(ids.clone()))).unwrap())
+            .await;
+        refused(&r, &format!("Content-Type {t:?}"));
+        assert!(
+            r.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("application/json"),
+            "{}",
+            r.text()
+        );
+    }
+    let r = gw
+        .client
+        .send(
+            post(Some("application/json"))
+                .header("sec-fetch-site", "cross-site")
+                .body(Full::new(Bytes::from(ids.clone())))
+                .unwrap(),
+        )
+        .await;
+    refused(&r, "Sec-Fetch-Site: cross-site");
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://localhost",
+        "https://localhost:1",
+    ] {
+        let r = gw
+            .client
+            .send(
+                post(Some("application/json"))
+                    .header("origin", origin)
+                    .body(Full::new(Bytes::from(ids.clone())))
+                    .unwrap(),
+            )
+            .await;
+        refused(&r, origin);
+    }
+    // Reads the browser marks cross-site are refused too.
+    let r = gw
+        .client
+        .send(
+            gw.client
+                .admin_req("GET", "/api/refresh-tokens")
+                .header("sec-fetch-site", "cross-site")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    refused(&r, "cross-site GET");
+    // Nothing was deleted.
+    let list = gw.client.admin_call("GET", "/api/refresh-tokens").await;
+    assert_eq!(list.json().as_array().unwrap().len(), 1);
+
+    // The page itself: same origin, JSON.
+    let r = gw
+        .client
+        .send(
+            post(Some("application/json"))
+                .header("origin", gw.client.admin.as_str())
+                .header("sec-fetch-site", "same-origin")
+                .body(Full::new(Bytes::from(ids)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["deleted"][0]["id"], id);
 }

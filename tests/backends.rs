@@ -454,6 +454,68 @@ async fn replicas_share_tokens_through_the_secret_file_and_another_secret_is_ref
     );
 }
 
+/// With PostgreSQL the redb file is never opened, yet the data directory
+/// (admin hash, admin socket) must still be the owner's alone, and so must
+/// the directory `storage.secret_file` points into: either one that group
+/// or others can write stops start-up, naming it and `chmod 700`.
+#[tokio::test]
+async fn with_postgres_the_data_and_secret_directories_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new();
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secrets = dir.path().join("secrets");
+    let mut file = common::test_config(dir.path(), up.addr);
+    use_postgres(&mut file, &db.url);
+    file.storage.secret_file = Some(secrets.join("secret.key"));
+    tokengate::tls::generate_self_signed(
+        file.tls.cert.as_ref().unwrap(),
+        file.tls.key.as_ref().unwrap(),
+    )
+    .unwrap();
+    let start = || {
+        let config = file.clone().validate().unwrap();
+        async move {
+            let opts = tokengate::StartOptions {
+                admin_password: Some(common::ADMIN_PASSWORD.into()),
+                ..tokengate::StartOptions::default()
+            };
+            tokengate::Gateway::start(config, opts).await
+        }
+    };
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    // Both missing: created 0700, and the gateway starts.
+    let g = start().await.expect("starts with fresh directories");
+    g.shutdown().await;
+    for d in [&data, &secrets] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+
+    for open in [&data, &secrets] {
+        chmod(open, 0o777);
+        let text = start()
+            .await
+            .err()
+            .expect("an others-writable directory is refused")
+            .to_string();
+        assert!(
+            text.contains(&open.display().to_string()) && text.contains("chmod 700"),
+            "{text}"
+        );
+        chmod(open, 0o700);
+    }
+    start()
+        .await
+        .expect("starts again once both are private")
+        .shutdown()
+        .await;
+}
+
 #[test]
 fn tls_to_postgres_through_rustls() {
     let db = TestDb::new();

@@ -219,5 +219,16 @@ async fn an_administrator_manages_tokens_in_the_browser() {
     browser.set_size(1280, 900).await;
     browser.click(&browser.wait_visible("#logout").await).await;
     browser.wait_visible("#login-form").await;
+    // The page shows its login form whatever the logout answered; the
+    // session's cookie must really be dead (the logout POST went through
+    // the admin API's cross-site checks).
+    browser
+        .eval(
+            "window.__session = null; fetch('/api/session', {headers: {'X-Requested-With': 'tokengate-ui'}}).then(r => { window.__session = r.status; }); return true",
+        )
+        .await;
+    browser
+        .wait_until("the session ended", "return window.__session === 401")
+        .await;
     browser.quit().await;
 }

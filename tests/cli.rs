@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{upstream, TestGateway, ADMIN_PASSWORD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
@@ -240,4 +242,47 @@ async fn the_admin_socket_works_without_a_password_and_cannot_be_locked_from_the
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The CLI sends the admin password with every request, so it refuses any
+/// admin URL that is not `https://` before it connects anywhere.
+#[tokio::test]
+async fn plain_http_admin_urls_are_refused_before_connecting() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    for url in [
+        format!("http://{addr}"),
+        format!("HTTP://{addr}/"),
+        format!("{addr}"),
+        format!("ftp://{addr}"),
+    ] {
+        for how in ["flag", "env"] {
+            let o = match how {
+                "flag" => {
+                    run(
+                        &["token", "list", "--url", &url],
+                        &[("TOKENGATE_ADMIN_PASSWORD", "s3cret")],
+                    )
+                    .await
+                }
+                _ => {
+                    run(
+                        &["token", "delete", "1"],
+                        &[
+                            ("TOKENGATE_ADMIN_URL", url.as_str()),
+                            ("TOKENGATE_ADMIN_PASSWORD", "s3cret"),
+                        ],
+                    )
+                    .await
+                }
+            };
+            assert_eq!(o.code, 2, "{url} ({how}): {}", o.stderr);
+            assert!(o.stderr.contains("https://"), "{url}: {}", o.stderr);
+            assert!(!o.stderr.contains("s3cret"), "{}", o.stderr);
+        }
+    }
+    // Nothing ever connected: the listener has no connection waiting (the
+    // CLI has exited, so one it made would be queued by now).
+    let waiting = tokio::time::timeout(Duration::ZERO, listener.accept()).await;
+    assert!(waiting.is_err(), "the CLI connected to a plain-HTTP URL");
 }

@@ -10,10 +10,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::{upstream, TestGateway};
+use common::{read_raw_response, upstream, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 async fn post(
     gw: &TestGateway,
@@ -121,7 +122,7 @@ async fn request_errors_follow_rfc_6749() {
         "x".repeat(20_000)
     );
     let r = post(&gw, "/token", FORM, big).await;
-    assert_oauth_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request");
     assert!(r.json()["error_description"]
         .as_str()
         .unwrap()
@@ -241,4 +242,71 @@ async fn configured_access_ttl_is_used() {
         .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
         .await;
     assert_eq!(r.json()["expires_in"], 60);
+}
+
+/// A body over `public.token_body_limit` answers 413, and the client gets to
+/// read it: a moderately oversized body (declared or counted) is drained, so
+/// the connection even carries the next request.
+#[tokio::test]
+async fn an_oversized_body_gets_a_413_the_client_can_read() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let mut tls = gw.tls_connect(b"http/1.1").await;
+    let body = format!("grant_type=refresh_token&pad={}", "x".repeat(20_000));
+    let declared = format!(
+        "POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(declared.as_bytes()).await.unwrap();
+    let r = read_raw_response(&mut tls).await;
+    assert_eq!(r.status, 413, "{}", r.head);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"error": "invalid_request", "error_description": "request body is too large"})
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        r.header("connection"),
+        None,
+        "drained: the connection stays"
+    );
+
+    // Chunked, so only counting finds it too large; same connection.
+    let half = "x".repeat(10_000);
+    let chunked = format!(
+        "POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{len:x}\r\n{half}\r\n{len:x}\r\n{half}\r\n0\r\n\r\n",
+        len = half.len()
+    );
+    tls.write_all(chunked.as_bytes()).await.unwrap();
+    let r = read_raw_response(&mut tls).await;
+    assert_eq!(r.status, 413, "{}", r.head);
+
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut tls).await.status, 200);
+}
+
+/// A body too large to drain still gets its 413, marked `Connection: close`.
+#[tokio::test]
+async fn a_body_too_large_to_drain_gets_a_413_and_connection_close() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let tls = gw.tls_connect(b"http/1.1").await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let len = 4 << 20;
+    let writer = tokio::spawn(async move {
+        let head =
+            format!("POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        wr.write_all(&vec![b'x'; len]).await
+    });
+    let r = read_raw_response(&mut rd).await;
+    assert_eq!(r.status, 413, "{}", r.head);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // The gateway hung up rather than read 4 MiB; the writer may have failed.
+    let _ = writer.await;
 }

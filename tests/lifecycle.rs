@@ -319,6 +319,7 @@ async fn admin_api_creates_lists_and_validates() {
         .send(
             gw.client
                 .admin_req("POST", "/api/refresh-tokens")
+                .header("content-type", "application/json")
                 .body(Full::new(Bytes::from_static(b"{oops")))
                 .unwrap(),
         )

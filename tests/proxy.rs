@@ -276,3 +276,177 @@ async fn head_answers_have_no_body_on_http2() {
         assert_ne!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
+
+/// Names with underscores (folded into the same CGI/WSGI/PHP variables as
+/// their hyphenated twins) and the other forwarding, rewrite and method
+/// override claims never reach the upstream.
+#[tokio::test]
+async fn spoofed_identity_and_forwarding_headers_are_dropped() {
+    let up = upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| f.upstream.identity_headers = true).await;
+    let (id, refresh) = gw.create_token("t").await;
+    let access = gw.exchange(&refresh).await;
+    let spoofed = [
+        "X_Tokengate_Token_Id",
+        "X_Tokengate_Token_Name",
+        "X_Forwarded_For",
+        "X_Forwarded_Host",
+        "X_Real_IP",
+        "Accept_Language",
+        "True-Client-IP",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Forwarded-Port",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Server",
+        "X-Forwarded-Scheme",
+        "X-Client-IP",
+        "X-Cluster-Client-IP",
+        "CF-Connecting-IP",
+        "Fastly-Client-IP",
+        "X-Original-Host",
+        "X-Host",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ];
+    let mut b = gw
+        .client
+        .public_req("GET", "/api/x")
+        .header("authorization", format!("Bearer {access}"))
+        .header("x-kept", "yes");
+    for name in spoofed {
+        b = b.header(name, "6.6.6.6");
+    }
+    let r = gw.client.send(b.body(Full::default()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let h = &r.json()["headers"];
+    for name in spoofed {
+        assert!(
+            h.get(name.to_ascii_lowercase()).is_none(),
+            "{name} reached the upstream: {h}"
+        );
+    }
+    assert!(!h.to_string().contains("6.6.6.6"), "{h}");
+    assert_eq!(h["x-kept"], serde_json::json!(["yes"]));
+    assert_eq!(
+        h["x-tokengate-token-id"],
+        serde_json::json!([id.to_string()])
+    );
+}
+
+/// The client's Host becomes X-Forwarded-Host only when it is a valid
+/// authority; an HTTP/1.1 request with an invalid one is refused.
+#[tokio::test]
+async fn an_invalid_host_is_refused_and_never_forwarded() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let (_, refresh) = gw.create_token("t").await;
+    let access = gw.exchange(&refresh).await;
+    let with_host = |host: &'static [u8]| {
+        gw.client
+            .public_req("GET", "/api/x")
+            .header("authorization", format!("Bearer {access}"))
+            .header("host", HeaderValue::from_bytes(host).unwrap())
+            .body(Full::default())
+            .unwrap()
+    };
+    for bad in [
+        &b"evil.example/path"[..],
+        b"user:pw@gw.example",
+        b"gw.example evil",
+        b"gw.example:80x",
+        b"gw.example:99999",
+        b"[::1",
+        b"[not-ipv6]:443",
+        b"",
+        b"gw\xff.example",
+    ] {
+        let r = gw.client.send(with_host(bad)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{}: {}",
+            String::from_utf8_lossy(bad),
+            r.text()
+        );
+        assert_eq!(r.json()["error"], "invalid_request");
+    }
+    let long = format!("{}.example", "a".repeat(250));
+    let r = gw
+        .client
+        .send(
+            gw.client
+                .public_req("GET", "/api/x")
+                .header("authorization", format!("Bearer {access}"))
+                .header("host", long)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a Host over 255 bytes");
+    for good in [
+        &b"gw.example"[..],
+        b"gw.example:8443",
+        b"10.0.0.1:443",
+        b"[::1]:8443",
+        b"GW-1.Example_x~",
+    ] {
+        let r = gw.client.send(with_host(good)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(
+            r.json()["headers"]["x-forwarded-host"],
+            serde_json::json!([String::from_utf8_lossy(good)])
+        );
+    }
+}
+
+/// Dot segments (also percent-encoded, also hidden behind `;params`) are
+/// resolved before the path joins `upstream.url`'s base path; a path that
+/// climbs above `/` is refused and never reaches the upstream.
+#[tokio::test]
+async fn dot_segments_cannot_escape_the_upstream_base_path() {
+    let up = upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.upstream.url = format!("http://{}/base", up.addr);
+    })
+    .await;
+    let (_, refresh) = gw.create_token("t").await;
+    let access = gw.exchange(&refresh).await;
+    for escape in [
+        "/../x",
+        "/a/../../x",
+        "/%2e%2e/x",
+        "/%2E%2e/x",
+        "/.%2e/x",
+        "/..;jsessionid=1/x",
+        "/a/%2e%2e;x/%2e%2e/etc",
+        "/..",
+    ] {
+        let r = gw.client.api_get(escape, &access).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{escape}: {}", r.text());
+        assert_eq!(r.json()["error"], "invalid_request", "{escape}");
+    }
+    for (sent, seen) in [
+        ("/a/b/../c", "/base/a/c"),
+        ("/a/./b", "/base/a/b"),
+        ("/a/%2e/b", "/base/a/b"),
+        ("/a/%2E%2E/b", "/base/b"),
+        ("/a/..;x/b", "/base/b"),
+        ("/a/.;x/b", "/base/a/b"),
+        ("/a/b/..", "/base/a/"),
+        ("/a/.", "/base/a/"),
+        ("/a/b.json", "/base/a/b.json"),
+        ("/a/..b/c.", "/base/a/..b/c."),
+        ("/a/%2e%2f../b", "/base/a/%2e%2f../b"),
+        ("/a//b", "/base/a//b"),
+    ] {
+        let r = gw.client.api_get(sent, &access).await;
+        assert_eq!(r.status, StatusCode::OK, "{sent}: {}", r.text());
+        assert_eq!(r.json()["path"], seen, "{sent}");
+    }
+    // The query is kept as it is, dots and all.
+    let r = gw.client.api_get("/a/../b?path=../../x", &access).await;
+    assert_eq!(r.json()["path"], "/base/b");
+    assert_eq!(r.json()["query"], "path=../../x");
+}

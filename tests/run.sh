@@ -7,14 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium + chromium-driver drive the admin page in tests/browser.rs;
-# curl runs the commands `serve --dev` prints, in tests/dev_mode.rs.
+# curl runs the commands `serve --dev` prints, in tests/dev_mode.rs;
+# haproxy stands in front of the gateway in tests/behind_haproxy.rs.
 if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
-    || ! command -v curl >/dev/null 2>&1; then
-    echo "tests/run.sh: installing chromium, chromium-driver and curl for the browser and dev-mode tests"
+    || ! command -v curl >/dev/null 2>&1 \
+    || ! { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }; then
+    echo "tests/run.sh: installing chromium, chromium-driver, curl and haproxy for the browser, dev-mode and load-balancer tests"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver curl
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver curl haproxy
 fi
 
 # PostgreSQL (server binaries only; nothing is started as a service): the

@@ -116,7 +116,7 @@ async fn stats_need_the_admin_and_are_read_only() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.header("www-authenticate").is_some());
 
-    let r = gw.client.admin_call("POST", "/api/stats").await;
+    let r = gw.client.admin_json("POST", "/api/stats", &json!({})).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.header("allow").as_deref(), Some("GET"));
 

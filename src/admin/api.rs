@@ -155,7 +155,55 @@ pub fn validate_name(raw: &str) -> Result<String, &'static str> {
     if name.chars().any(char::is_control) {
         return Err("name must not contain control characters");
     }
+    if name.chars().any(is_invisible_format) {
+        return Err(
+            "name must not contain invisible formatting characters (bidi controls, zero-width, soft hyphen, tags)",
+        );
+    }
     Ok(name.to_owned())
+}
+
+/// Characters that change how a name displays without showing themselves:
+/// Unicode general category Cf (format) as of Unicode 16, plus the line and
+/// paragraph separators (Zl, Zp). A name is shown to administrators in the
+/// page, the CLI and the audit log; with these, `report\u{202E}exe.doc`
+/// reads as `reportcod.exe`, and two names that look alike can differ.
+/// Letters, marks, digits, symbols and ordinary spaces of every script pass.
+///
+/// Inclusive ranges, sorted. Kept here rather than pulling in a Unicode
+/// tables crate: the set is small and changes rarely.
+const INVISIBLE_FORMAT: [(u32, u32); 22] = [
+    (0x00AD, 0x00AD),   // soft hyphen
+    (0x0600, 0x0605),   // Arabic number signs
+    (0x061C, 0x061C),   // Arabic letter mark (bidi)
+    (0x06DD, 0x06DD),   // Arabic end of ayah
+    (0x070F, 0x070F),   // Syriac abbreviation mark
+    (0x0890, 0x0891),   // Arabic pound and piastre marks above
+    (0x08E2, 0x08E2),   // Arabic disputed end of ayah
+    (0x180E, 0x180E),   // Mongolian vowel separator
+    (0x200B, 0x200F),   // zero-width space, (non-)joiner, LRM, RLM
+    (0x2028, 0x2029),   // line and paragraph separators (Zl, Zp)
+    (0x202A, 0x202E),   // bidi embeddings and overrides
+    (0x2060, 0x2064),   // word joiner, invisible operators
+    (0x2066, 0x206F),   // bidi isolates, deprecated format controls
+    (0xFEFF, 0xFEFF),   // zero-width no-break space (BOM)
+    (0xFFF9, 0xFFFB),   // interlinear annotation controls
+    (0x110BD, 0x110BD), // Kaithi number sign
+    (0x110CD, 0x110CD), // Kaithi number sign above
+    (0x13430, 0x1343F), // Egyptian hieroglyph format controls
+    (0x1BCA0, 0x1BCA3), // shorthand format controls
+    (0x1D173, 0x1D17A), // musical symbol beam and slur controls
+    (0xE0001, 0xE0001), // language tag
+    (0xE0020, 0xE007F), // tag characters
+];
+
+fn is_invisible_format(c: char) -> bool {
+    let c = u32::from(c);
+    // Everything below the soft hyphen (ASCII and Latin-1 letters) passes at once.
+    c >= 0x00AD
+        && INVISIBLE_FORMAT
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&c))
 }
 
 #[cfg(test)]
@@ -169,6 +217,47 @@ mod tests {
         assert!(validate_name(&"x".repeat(101)).is_err());
         assert!(validate_name(&"é".repeat(100)).is_ok());
         assert!(validate_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn names_refuse_invisible_format_characters() {
+        for c in [
+            '\u{202A}',
+            '\u{202B}',
+            '\u{202C}',
+            '\u{202D}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{061C}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{2060}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{180E}',
+            '\u{E0041}',
+            '\u{2028}',
+        ] {
+            let e = validate_name(&format!("report{c}cod.exe")).unwrap_err();
+            assert!(e.contains("name"), "{:04X}: {e}", c as u32);
+        }
+        // Letters of every script still pass.
+        for ok in [
+            "nightly report",
+            "Отчёт",
+            "報告",
+            "تقرير",
+            "रिपोर्ट",
+            "emoji 🚀",
+        ] {
+            assert_eq!(validate_name(ok).unwrap(), ok);
+        }
     }
 
     #[test]

@@ -18,6 +18,11 @@ use crate::secrets::AdminCredential;
 pub(crate) const ADMIN_USER: &str = "admin";
 /// Concurrent argon2 verifications.
 const ARGON_SLOTS: usize = 2;
+/// The fingerprint key is HMAC(server secret, this label), never the raw
+/// secret: the secret also keys the refresh-token hashes, and one key should
+/// serve one purpose, so a fingerprint can never be confused with (or help
+/// compute) a stored token hash. Versioned so the derivation can change.
+const FINGERPRINT_LABEL: &[u8] = b"tokengate/admin-password-fingerprint/v1";
 
 pub struct AdminAuth {
     credential: AdminCredential,
@@ -25,7 +30,8 @@ pub struct AdminAuth {
     pub sessions: super::session::Sessions,
     /// Failed-login slow-down, per client IP (page logins and HTTP Basic alike).
     pub throttle: super::session::Throttle,
-    /// Keyed with the server secret; fingerprints passwords in memory only.
+    /// Keyed with a key derived from the server secret (see
+    /// [`FINGERPRINT_LABEL`]); fingerprints passwords in memory only.
     mac: Hmac<Sha256>,
     /// Fingerprint of the last password that passed argon2.
     verified: RwLock<Option<[u8; 32]>>,
@@ -42,7 +48,7 @@ impl AdminAuth {
             credential,
             sessions: super::session::Sessions::new(session_ttl),
             throttle: super::session::Throttle::default(),
-            mac: Hmac::new_from_slice(secret).unwrap_or_else(|_| unreachable!()),
+            mac: Hmac::new_from_slice(&fingerprint_key(secret)).unwrap_or_else(|_| unreachable!()),
             verified: RwLock::new(None),
             argon_slots: Semaphore::new(ARGON_SLOTS),
         }
@@ -93,6 +99,14 @@ impl AdminAuth {
     }
 }
 
+/// HMAC(secret, [`FINGERPRINT_LABEL`]). HMAC takes a key of any length, so
+/// neither `new_from_slice` can fail.
+fn fingerprint_key(secret: &[u8]) -> [u8; 32] {
+    let mut m = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    m.update(FINGERPRINT_LABEL);
+    m.finalize().into_bytes().into()
+}
+
 fn verify_argon2(phc: &str, password: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(phc)
@@ -139,6 +153,24 @@ mod tests {
         assert_eq!(parse_basic(b"Bearer x"), None);
         assert_eq!(parse_basic(b"Basic !!!"), None);
         assert_eq!(parse_basic(b"Basic"), None);
+    }
+
+    #[test]
+    fn the_fingerprint_key_is_derived_not_the_raw_secret() {
+        let secret = [7u8; 32];
+        let auth = AdminAuth::new(
+            AdminCredential::Plain("pw".into()),
+            &secret,
+            std::time::Duration::from_secs(60),
+        );
+        let mac = |key: &[u8], msg: &[u8]| -> [u8; 32] {
+            let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+            m.update(msg);
+            m.finalize().into_bytes().into()
+        };
+        let derived = mac(&secret, b"tokengate/admin-password-fingerprint/v1");
+        assert_eq!(auth.fingerprint(b"pw"), mac(&derived, b"pw"));
+        assert_ne!(auth.fingerprint(b"pw"), mac(&secret, b"pw"));
     }
 
     #[tokio::test]

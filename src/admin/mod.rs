@@ -16,11 +16,12 @@
 //!
 //! - `api`: the request and answer types (shared with the CLI and the tests).
 //! - `auth`, `session`: HTTP Basic, page sessions with CSRF tokens, the
-//!   failed-login throttle.
+//!   failed-login throttle. `origin`: cross-site requests refused.
 //! - `tokens`: the refresh-token handlers. `ui`: the page's embedded files.
 
 pub mod api;
 pub(crate) mod auth;
+mod origin;
 mod session;
 mod tokens;
 mod ui;
@@ -113,6 +114,14 @@ impl AdminHandler {
                 return r;
             }
         }
+        // Before the login and any credential check: a request another
+        // site's page made costs no password hash and no throttle count.
+        if path.starts_with("/api/") {
+            if let Some(why) = origin::cross_site_refusal(&method, req.uri(), req.headers()) {
+                tracing::info!(%peer, %path, reason = why, "cross-site admin request refused");
+                return error(StatusCode::FORBIDDEN, "cross_site", why);
+            }
+        }
         match path.as_str() {
             "/healthz" => return json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             "/api/login" if method == Method::POST => return self.login(peer, req).await,
@@ -201,7 +210,7 @@ async fn json_body(req: Request<Incoming>, timeout: Duration) -> Result<Value, R
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body, ADMIN_BODY_LIMIT, timeout)
         .await
-        .map_err(|e| bad(e.description()))?;
+        .map_err(|e| e.reply())?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("body is not valid JSON: {e}")))
 }
 

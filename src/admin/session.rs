@@ -31,7 +31,16 @@ const THROTTLE_SETS: usize = 512;
 
 struct Session {
     csrf: String,
-    expires: Instant,
+    /// `None`: `admin.session_ttl` reaches past any `Instant` this platform
+    /// can hold (validation caps it at 30 days; `Sessions` is public, so it
+    /// does not rely on that), so the session ends only when removed.
+    expires: Option<Instant>,
+}
+
+impl Session {
+    fn live_at(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
 }
 
 pub struct Sessions {
@@ -70,7 +79,8 @@ impl Sessions {
             fingerprint(&cookie),
             Session {
                 csrf: csrf.clone(),
-                expires: now + self.ttl,
+                // Checked: `Instant + Duration` panics on overflow.
+                expires: now.checked_add(self.ttl),
             },
         );
         Ok((cookie, csrf))
@@ -79,7 +89,7 @@ impl Sessions {
     /// The CSRF token of a live session.
     pub fn lookup(&self, cookie: &str, now: Instant) -> Option<String> {
         let s = self.live.get(&fingerprint(cookie))?;
-        (now < s.expires).then(|| s.csrf.clone())
+        s.live_at(now).then(|| s.csrf.clone())
     }
 
     pub fn remove(&self, cookie: &str) {
@@ -87,7 +97,7 @@ impl Sessions {
     }
 
     pub fn sweep(&self, now: Instant) {
-        self.live.retain(|_, s| now < s.expires);
+        self.live.retain(|_, s| s.live_at(now));
     }
 }
 
@@ -266,6 +276,16 @@ mod tests {
 
     fn fail(t: &Throttle, ip: IpAddr, now: Instant) {
         drop(t.begin(ip, now).unwrap());
+    }
+
+    #[test]
+    fn no_lifetime_can_overflow_the_expiry() {
+        let t0 = Instant::now();
+        for ttl in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+            let s = Sessions::new(ttl);
+            let (cookie, _) = s.create(t0).unwrap();
+            assert!(s.lookup(&cookie, t0).is_some());
+        }
     }
 
     #[test]

@@ -8,6 +8,10 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::*;
 
+/// Longest page session: a stolen session cookie should not outlive a month
+/// (and the cap keeps every expiry far inside what an `Instant` can hold).
+const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
+
 impl FileConfig {
     /// Turns the file format into the runtime config, naming the key of any bad value.
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -71,7 +75,16 @@ impl FileConfig {
         }
         let admin = AdminConfig {
             listen: parse_addr("admin.listen", &a.listen)?,
-            session_ttl: nonzero("admin.session_ttl", a.session_ttl)?,
+            session_ttl: {
+                let ttl = nonzero("admin.session_ttl", a.session_ttl)?;
+                if ttl > MAX_SESSION_TTL {
+                    return Err(ConfigError::invalid(
+                        "admin.session_ttl",
+                        "must be at most 30d",
+                    ));
+                }
+                ttl
+            },
             limits: limits(
                 "admin",
                 RawLimits {
@@ -104,6 +117,15 @@ impl FileConfig {
         };
 
         let u = self.upstream;
+        // Before parsing, so not even a parse error can echo a password.
+        if has_userinfo(&u.url) {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must not carry credentials (nothing before an `@` in the host part): the URL is shown \
+                 in logs and check-config; send them as a header instead, for example \
+                 [upstream.headers] Authorization = \"Basic …\"",
+            ));
+        }
         let url: http::Uri = u
             .url
             .parse()
@@ -139,6 +161,13 @@ impl FileConfig {
             let key = format!("upstream.headers.{name}");
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::invalid(&key, "not a valid header name"))?;
+            if n.as_str().contains('_') {
+                return Err(ConfigError::invalid(
+                    &key,
+                    "header names with `_` are dropped toward the upstream (CGI, WSGI and PHP \
+                     read `_` and `-` alike, so a client could send the `-` twin); use `-`",
+                ));
+            }
             if crate::http::names::is_reserved(&n) {
                 return Err(ConfigError::invalid(
                     &key,
@@ -161,6 +190,17 @@ impl FileConfig {
             identity_headers: u.identity_headers,
         };
 
+        // ([storage], storage.path included, is checked in storage::validate.)
+        // An empty path (`cert = ""`, or an empty environment variable) is a
+        // mistake, not "unset": found by the config_toml fuzz target.
+        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must not be empty (leave tls.cert and tls.key unset for a generated certificate)",
+                ));
+            }
+        }
         let tls = match (self.tls.cert, self.tls.key) {
             (None, None) => TlsConfig {
                 cert: DEFAULT_CERT_PATH.into(),
@@ -278,6 +318,15 @@ fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// Whether a URL's authority holds userinfo (`user:password@`, `token@`).
+/// The authority runs from `://` to the first `/`, `?` or `#`.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+}
+
 pub(super) fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
     if d.0.is_zero() {
         Err(ConfigError::invalid(key, "must be greater than zero"))
@@ -375,6 +424,8 @@ mod tests {
             ("[tokens]\naccess_ttl = \"0s\"", "tokens.access_ttl"),
             ("[tokens]\naccess_ttl = \"soon\"", "access_ttl"),
             ("[tls]\ncert = \"a.pem\"", "tls.key"),
+            ("[tls]\ncert = \"\"\nkey = \"b.pem\"", "tls.cert"),
+            ("[tls]\ncert = \"a.pem\"\nkey = \"\"", "tls.key"),
             ("[admin]\npassword_hash = \"plain\"", "admin.password_hash"),
             (
                 "[upstream.headers]\n\"bad name\" = \"x\"",
@@ -391,6 +442,32 @@ mod tests {
                 e.contains(key),
                 "{toml:?} gave {e:?}, expected the key {key}"
             );
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_upstream_url_are_refused() {
+        for url in [
+            "http://user:pw@127.0.0.1:8124",
+            "https://token@api.example/base",
+        ] {
+            let e = from_toml(&format!("[upstream]\nurl = \"{url}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("upstream.url"), "{e}");
+            assert!(e.contains("[upstream.headers] Authorization"), "{e}");
+            assert!(!e.contains("pw@") && !e.contains("token@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn session_ttl_is_capped() {
+        assert!(from_toml("[admin]\nsession_ttl = \"30d\"").is_ok());
+        for ttl in ["31d", "100000000d"] {
+            let e = from_toml(&format!("[admin]\nsession_ttl = \"{ttl}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("admin.session_ttl"), "{ttl}: {e}");
         }
     }
 

@@ -3,14 +3,16 @@
 //! belong to the gateway. It imports nothing else from the crate, so every
 //! other module may use it.
 
+mod body;
+pub(crate) mod host;
 pub(crate) mod names;
 
-use std::time::Duration;
+pub(crate) use body::{read_body, BodyError};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde::Serialize;
 
 /// An answer the gateway built itself (not streamed from the upstream).
@@ -35,8 +37,11 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
     });
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Error bodies echo bits of the request (a name, a parameter); a browser
+    // must never sniff them into HTML.
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
 }
 
@@ -94,61 +99,6 @@ pub(crate) fn strip_body_for_head(r: &mut Reply) {
     *r.body_mut() = Full::default();
 }
 
-/// Why a request body could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyError {
-    TooLarge,
-    Timeout,
-    /// The client broke off or sent a malformed body.
-    Aborted,
-}
-
-impl BodyError {
-    pub(crate) fn description(self) -> &'static str {
-        match self {
-            BodyError::TooLarge => "request body is too large",
-            BodyError::Timeout => "request body was not received in time",
-            BodyError::Aborted => "request body could not be read",
-        }
-    }
-}
-
-/// Reads a whole body, refusing a declared `Content-Length` over `limit`
-/// before reading a byte, more than `limit` bytes as they arrive, or a body
-/// that takes longer than `timeout`.
-pub(crate) async fn read_body<B>(
-    headers: &HeaderMap,
-    body: B,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, BodyError>
-where
-    B: hyper::body::Body,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge);
-    }
-    let limited = Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(BodyError::Timeout),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(BodyError::TooLarge)
-            } else {
-                Err(BodyError::Aborted)
-            }
-        }
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-    }
-}
-
 /// The media type of `Content-Type` without its parameters, or `None` when
 /// the header is absent. A value that is not text matches no type.
 pub(crate) fn media_type(headers: &HeaderMap) -> Option<MediaType<'_>> {
@@ -190,24 +140,15 @@ mod tests {
         assert!(!media_type(&h).unwrap().is("application/json"));
     }
 
-    #[tokio::test]
-    async fn bodies_are_bounded() {
-        let t = Duration::from_secs(1);
-        let small = full("abc");
-        assert_eq!(
-            read_body(&HeaderMap::new(), small, 3, t).await.unwrap(),
-            "abc"
-        );
-        let big = full("abcd");
-        assert_eq!(
-            read_body(&HeaderMap::new(), big, 3, t).await,
-            Err(BodyError::TooLarge)
-        );
-        let mut declared = HeaderMap::new();
-        declared.insert(CONTENT_LENGTH, HeaderValue::from_static("10"));
-        assert_eq!(
-            read_body(&declared, full(""), 3, t).await,
-            Err(BodyError::TooLarge)
-        );
+    #[test]
+    fn json_answers_are_never_sniffed() {
+        for r in [
+            json(StatusCode::OK, &serde_json::json!({"a": 1})),
+            error(StatusCode::BAD_REQUEST, "invalid_request", "x"),
+            method_not_allowed("GET"),
+        ] {
+            assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! Header rewriting between client and upstream.
 //!
-//! Order matters: hop-by-hop headers (and every header `Connection` names) are
-//! removed first, then the client's credentials and forwarding claims, and only
-//! then are the gateway's own headers added, so a client cannot name them away.
+//! Order matters: hop-by-hop headers (and every header `Connection` names),
+//! the client's credentials and forwarding claims (see
+//! `http::names::is_client_claim`, underscore twins included) are removed in
+//! one pass first, and only then are the gateway's own headers added, so a
+//! client cannot name them away.
 
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http::host::is_valid_host;
 use crate::http::names::{is_client_claim, is_hop_by_hop};
 
 pub(crate) const ID_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-id");
@@ -95,7 +98,10 @@ pub fn rewrite_request(
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    if let Some(h) = original_host {
+    // Only a valid `host[:port]`: the upstream may build links or choose a
+    // tenant from it. (The public listener already refuses a request whose
+    // Host is invalid; this holds whoever calls.)
+    if let Some(h) = original_host.filter(|h| is_valid_host(h.as_bytes())) {
         headers.insert(X_FORWARDED_HOST, h);
     }
     for (n, v) in extra {
@@ -187,6 +193,37 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "gw.example:8443");
         assert_eq!(h[header::HOST], "127.0.0.1:8124");
         assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn underscore_twins_and_forwarding_claims_are_dropped_and_bad_hosts_not_forwarded() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x_tokengate_token_id",
+            "x_forwarded_for",
+            "x_real_ip",
+            "true-client-ip",
+            "x-forwarded-port",
+            "x-original-url",
+            "x-http-method-override",
+        ] {
+            h.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), hv("6.6.6.6"));
+        }
+        h.insert("x-kept", hv("v"));
+        rewrite_request(
+            &mut h,
+            Some(hv("evil.example/x")),
+            "10.1.2.3:5555".parse().unwrap(),
+            &hv("127.0.0.1:8124"),
+            &[],
+            None,
+        );
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            ["x-kept", "host", "x-forwarded-for", "x-forwarded-proto"],
+            "{h:?}"
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::http::host::is_valid_host;
 use crate::http::{error, json, method_not_allowed, strip_body_for_head, too_many_requests, Reply};
 use crate::proxy::{Identity, Upstream, UpstreamBody};
 use crate::server::Handler;
@@ -79,7 +80,7 @@ impl PublicHandler {
             return Either::Right(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                "an HTTP/1.1 request needs exactly one Host header",
+                "the request needs exactly one valid Host header (host or host:port)",
             ));
         }
         match route(req.uri().path()) {
@@ -127,8 +128,13 @@ impl PublicHandler {
         match self.upstream.forward(req, peer, identity).await {
             Ok(resp) => Either::Left(resp),
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "upstream request failed");
                 let (status, code) = e.status_and_code();
+                // A request the client got wrong is not the gateway's problem.
+                if status.is_client_error() {
+                    tracing::debug!(%peer, error = %e, "request not forwarded");
+                } else {
+                    tracing::warn!(%peer, error = %e, "upstream request failed");
+                }
                 Either::Right(error(status, code, e.client_text()))
             }
         }
@@ -169,13 +175,23 @@ fn too_many_failures(t: Throttled) -> Reply {
     )
 }
 
-/// HTTP/1.1 requires exactly one `Host` (RFC 9112 §3.2); hyper does not check it.
+/// HTTP/1.1 requires exactly one `Host`, and a server must refuse an invalid
+/// one (RFC 9112 §3.2); hyper checks neither. An HTTP/2 request's authority
+/// arrives in the URI and is held to the same form.
 fn host_ok(req: &Request<Incoming>) -> bool {
-    let hosts = req.headers().get_all(HOST).iter().count();
-    match req.version() {
-        Version::HTTP_11 => hosts == 1,
-        _ => hosts <= 1,
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return false;
     }
+    if req.version() == Version::HTTP_11 && host.is_none() {
+        return false;
+    }
+    host.is_none_or(|h| is_valid_host(h.as_bytes()))
+        && req
+            .uri()
+            .authority()
+            .is_none_or(|a| is_valid_host(a.as_str().as_bytes()))
 }
 
 fn health(method: &Method) -> Reply {

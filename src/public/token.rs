@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
-use crate::http::{error, json, media_type, method_not_allowed, no_store, read_body, Reply};
+use crate::http::{
+    error, json, media_type, method_not_allowed, no_store, read_body, BodyError, Reply,
+};
 use crate::state::State;
 use crate::tokens::exchange::{Client, ExchangeError, Exchanger, RefreshGrant};
 
@@ -46,6 +48,9 @@ struct TokenResponse<'a> {
 enum Refusal {
     /// RFC 6749 `invalid_request`.
     InvalidRequest(String),
+    /// The body could not be read (also `invalid_request`, but a body over
+    /// the limit is a 413, with `Connection: close` if it was left unread).
+    Body(BodyError),
     UnsupportedGrantType,
     Exchange(ExchangeError),
 }
@@ -129,7 +134,7 @@ async fn decode(state: &State, req: Request<Incoming>) -> Result<TokenRequest, R
         limits.limits.body_read_timeout,
     )
     .await
-    .map_err(|e| Refusal::InvalidRequest(e.description().into()))?;
+    .map_err(Refusal::Body)?;
     parse_body(kind, &body).map_err(Refusal::InvalidRequest)
 }
 
@@ -172,6 +177,17 @@ fn parse_form(body: &[u8]) -> Result<TokenRequest, String> {
 }
 
 fn parse_json(body: &[u8]) -> Result<TokenRequest, String> {
+    const NOT_OBJECT: &str =
+        "body is not a JSON object with string fields grant_type and refresh_token";
+    // serde's derived struct also takes a JSON array, field by field
+    // (`["refresh_token", "tgr_…"]`): found by the token_json fuzz target.
+    // Only an object is the documented request.
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(NOT_OBJECT.into());
+    }
     #[derive(Deserialize)]
     struct Json {
         grant_type: Option<String>,
@@ -189,7 +205,7 @@ fn parse_json(body: &[u8]) -> Result<TokenRequest, String> {
                     .unwrap_or(msg.clone())
             )
         } else {
-            "body is not a JSON object with string fields grant_type and refresh_token".into()
+            NOT_OBJECT.into()
         }
     })?;
     Ok(TokenRequest {
@@ -225,6 +241,7 @@ fn grant(req: &TokenRequest) -> Result<RefreshGrant<'_>, Refusal> {
 fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>) -> Reply {
     let (status, code, text): (StatusCode, &str, &str) = match &r {
         Refusal::InvalidRequest(t) => (StatusCode::BAD_REQUEST, "invalid_request", t),
+        Refusal::Body(e) => (e.status(), "invalid_request", e.description()),
         Refusal::UnsupportedGrantType => (
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -259,7 +276,10 @@ fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>)
         user_agent,
         count: None,
     });
-    no_store(error(status, code, text))
+    match r {
+        Refusal::Body(e) => no_store(e.reply()),
+        _ => no_store(error(status, code, text)),
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +346,12 @@ mod tests {
         let e = parse_body(BodyKind::Json, br#"{"grant_type":"a","grant_type":"b"}"#).unwrap_err();
         assert_eq!(e, "parameter grant_type is repeated");
         assert!(parse_body(BodyKind::Json, b"[1]").is_err());
+        // A struct from an array, as serde would take it: refused.
+        for body in [&br#"["refresh_token","tgr_x"]"#[..], b" \r\n[\"\",\"\"\r]"] {
+            let e = parse_body(BodyKind::Json, body).unwrap_err();
+            assert!(e.starts_with("body is not a JSON object"), "{e}");
+        }
+        assert!(parse_body(BodyKind::Json, b" \n{}").is_ok());
         assert!(parse_body(BodyKind::Json, b"{\"grant_type\":5}").is_err());
     }
 

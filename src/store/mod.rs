@@ -39,8 +39,10 @@ pub enum StoreError {
         path: PathBuf,
         source: ::redb::Error,
     },
-    #[error("cannot create data directory {path}: {source}")]
-    Dir {
+    #[error(transparent)]
+    Dir(#[from] crate::secrets::DirError),
+    #[error("cannot open token database {path}: {source}")]
+    File {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -286,6 +288,39 @@ mod tests {
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("second open must fail"),
         }
+    }
+
+    #[test]
+    fn the_database_is_private_from_its_first_byte() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        // Watch for the file to appear and note its mode at that moment; a
+        // create-then-chmod would be seen with the umask's mode (0644).
+        let watched = path.clone();
+        let watcher = std::thread::spawn(move || loop {
+            if let Ok(m) = std::fs::symlink_metadata(&watched) {
+                return m.permissions().mode() & 0o777;
+            }
+            std::hint::spin_loop();
+        });
+        let _s = RefreshStore::open(&path).unwrap();
+        assert_eq!(watcher.join().unwrap(), 0o600);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_data_dir_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = RefreshStore::open(&dir.path().join("t.redb"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("chmod 700"), "{e}");
+        assert!(!dir.path().join("t.redb").exists());
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! for other writers and for the disk): the store's async callers run them
 //! on the blocking pool.
 
+use std::fs::{OpenOptions, Permissions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use redb::backends::FileBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::record::{RefreshHash, RefreshRecord, UsageDelta};
@@ -39,13 +42,33 @@ pub(super) struct RedbBackend {
 impl RedbBackend {
     /// Opens (creating if needed) the file, refusing one another process holds.
     pub(super) fn open(path: &Path) -> Result<RedbBackend, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::secrets::create_private_dir(dir).map_err(|source| StoreError::Dir {
-                path: dir.to_owned(),
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        crate::secrets::private_data_dir(dir)?;
+        // Opened here, 0600 from its first byte, then handed to redb: its own
+        // `create` would make the file with the umask's mode (often 0644)
+        // and leave a moment before any chmod. An existing file keeps its
+        // mode at open, so it is tightened below.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StoreError::File {
+                path: path.to_owned(),
                 source,
             })?;
-        }
-        let db = Database::create(path).map_err(|e| match e {
+        // On the open file, not the path: no window for a swapped file.
+        file.set_permissions(Permissions::from_mode(0o600))
+            .map_err(|source| StoreError::File {
+                path: path.to_owned(),
+                source,
+            })?;
+        let open_error = |e: redb::DatabaseError| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
                 path: path.to_owned(),
             },
@@ -53,11 +76,12 @@ impl RedbBackend {
                 path: path.to_owned(),
                 source: other.into(),
             },
-        })?;
-        crate::secrets::restrict_file(path).map_err(|source| StoreError::Dir {
-            path: path.to_owned(),
-            source,
-        })?;
+        };
+        // What `Database::create` does with the file it opens itself.
+        let backend = FileBackend::new(file).map_err(open_error)?;
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(open_error)?;
         let backend = RedbBackend {
             path: path.to_owned(),
             db,

@@ -590,6 +590,13 @@ impl TestGateway {
         self.tls_over(tcp, alpn).await
     }
 
+    /// A raw TLS connection to the admin listener (HTTP/1.1).
+    pub async fn tls_connect_admin(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let addr = self.gateway.as_ref().expect("running").admin_addr;
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        self.tls_over(tcp, b"http/1.1").await
+    }
+
     /// TLS to the public listener over a TCP connection the test made itself
     /// (from another source address, or after a PROXY header).
     pub async fn tls_over(
@@ -655,3 +662,63 @@ pub async fn signal_and_wait(
 
 pub mod pg;
 pub mod webdriver;
+
+/// One HTTP/1.1 response read off a raw connection: the head (status line
+/// and headers, lower-cased names) and a body framed by `Content-Length`.
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads exactly one response (head + `Content-Length` body) within 10 s.
+pub async fn read_raw_response<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> RawResponse {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = r.read(&mut chunk).await.expect("read the response head");
+            assert!(
+                n > 0,
+                "connection closed before a full response head: {buf:?}"
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let mut resp = RawResponse {
+            status,
+            head,
+            body: buf[head_end..].to_vec(),
+        };
+        let len: usize = resp
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .expect("Content-Length");
+        while resp.body.len() < len {
+            let n = r.read(&mut chunk).await.expect("read the response body");
+            assert!(n > 0, "connection closed before the whole body arrived");
+            resp.body.extend_from_slice(&chunk[..n]);
+        }
+        resp
+    })
+    .await
+    .expect("a whole response within 10 s")
+}

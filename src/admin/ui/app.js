@@ -23,7 +23,8 @@ function friendly(status, body) {
 
 async function api(method, path, body) {
   const headers = { "X-Requested-With": "tokengate-ui" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  // Every POST is JSON, with or without a body: the API refuses other types.
+  if (body !== undefined || method === "POST") headers["Content-Type"] = "application/json";
   if (state.csrf && method !== "GET") headers["X-CSRF-Token"] = state.csrf;
   let res;
   try {
