@@ -174,22 +174,30 @@ impl AccessTokens {
         let (id, token) = self.codec.mint()?;
         let expires = now + ttl;
         let refresh_id = refresh.id;
-        // The index entry is held across the insert, so a concurrent delete
-        // of this refresh token (which takes the entry first) either sees the
-        // new token or runs after it is indexed: nothing escapes revocation.
-        let mut issued = self.by_refresh.entry(refresh_id).or_default();
-        while issued.front().is_some_and(|&(_, e)| now >= e) {
-            issued.pop_front();
-        }
-        while issued.len() >= self.max_per_refresh {
-            if let Some((old, _)) = issued.pop_front() {
-                if self.map.remove(&old).is_some() {
-                    self.evicted.fetch_add(1, Ordering::Relaxed);
-                }
+        self.map.insert(id, AccessEntry { refresh, expires });
+        // The index's lock is held only for its own update, never around a
+        // map operation: every exchange of one refresh token takes this
+        // entry, and a busy script exchanges from many connections at once.
+        // A delete racing with this exchange may miss the new token in the
+        // index; the refresh token's revoked flag already refuses it, and
+        // the sweeper drops it from the map.
+        let oldest = {
+            let mut issued = self.by_refresh.entry(refresh_id).or_default();
+            while issued.front().is_some_and(|&(_, e)| now >= e) {
+                issued.pop_front();
+            }
+            issued.push_back((id, expires));
+            if issued.len() > self.max_per_refresh {
+                issued.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some((old, _)) = oldest {
+            if self.map.remove(&old).is_some() {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.map.insert(id, AccessEntry { refresh, expires });
-        issued.push_back((id, expires));
         Ok(token)
     }
 
