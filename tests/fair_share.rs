@@ -14,33 +14,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{eventually, TestGateway};
+use common::{closed_by_peer, connect_from, eventually, secs, TestGateway};
 use http::StatusCode;
-use tokengate::config::HumanDuration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A TCP connection to `to` from the loopback address `from`.
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    s.connect(to).await.unwrap()
-}
-
-/// True once the peer closed (EOF or reset); false while it is open.
-fn closed_by_peer(s: &std::net::TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    match s.peek(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
-    }
-}
-
-fn secs(s: u64) -> HumanDuration {
-    HumanDuration(Duration::from_secs(s))
-}
 
 #[tokio::test]
 async fn five_thousand_idle_connections_from_one_address_do_not_starve_anyone() {

@@ -722,3 +722,26 @@ pub async fn read_raw_response<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Ra
     .await
     .expect("a whole response within 10 s")
 }
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// True once the peer closed (EOF or reset); false while it is open.
+pub fn closed_by_peer(s: &std::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+/// A configuration duration of `s` seconds.
+pub fn secs(s: u64) -> tokengate::config::HumanDuration {
+    tokengate::config::HumanDuration(Duration::from_secs(s))
+}
