@@ -534,4 +534,32 @@ mod tests {
             AuditDestination::File("/var/log/a".into())
         );
     }
+
+    #[test]
+    fn cluster_settings_have_defaults_and_bounds() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(10));
+        assert_eq!(c.cluster.max_staleness, Duration::from_secs(5));
+        assert!(!c.cluster.name.is_empty(), "defaults to the host name");
+        let c = from_toml(
+            "[cluster]\nname = \"edge-1\"\nnode_timeout = \"2s\"\nmax_staleness = \"1s\"",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.name, "edge-1");
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(2));
+        assert_eq!(c.cluster.max_staleness, Duration::from_secs(1));
+        for (toml, key) in [
+            ("[cluster]\nnode_timeout = \"0s\"", "cluster.node_timeout"),
+            ("[cluster]\nnode_timeout = \"11m\"", "cluster.node_timeout"),
+            (
+                "[cluster]\nmax_staleness = \"100ms\"",
+                "cluster.max_staleness",
+            ),
+            ("[cluster]\nname = \"a\\u0007b\"", "cluster.name"),
+            ("[cluster]\ncolour = 1", "colour"),
+        ] {
+            let e = from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
 }

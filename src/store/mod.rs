@@ -411,4 +411,28 @@ mod tests {
         s.delete(&[a.id]).unwrap();
         assert_eq!(s.flush_usage().unwrap(), 0);
     }
+
+    #[test]
+    fn changes_from_other_replicas_apply_once_and_keep_one_token_per_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RefreshStore::open(&dir.path().join("t.redb")).unwrap();
+        let rec = RefreshRecord::new(7, "remote", 10, None);
+        assert!(s.apply_created(hash(7), &rec));
+        assert!(
+            !s.apply_created(hash(7), &rec),
+            "the second sighting is a no-op"
+        );
+        let first = s.get(7).unwrap();
+        // Our own create seen through the feed before create() mapped it:
+        // map() keeps the token already there, so a delete revokes the one
+        // every access token holds.
+        let again = s.map(hash(7), &rec);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(Arc::ptr_eq(&first, &s.lookup(&hash(7)).unwrap()));
+        let gone = s.apply_deleted(&[7, 8]);
+        assert_eq!(gone.len(), 1);
+        assert!(first.is_revoked());
+        assert!(s.get(7).is_none() && s.lookup(&hash(7)).is_none());
+        assert!(s.apply_deleted(&[7]).is_empty(), "twice is harmless");
+    }
 }

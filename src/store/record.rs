@@ -157,7 +157,7 @@ impl RefreshToken {
     }
 
     /// Marks the token deleted; every access token it issued is refused from now on.
-    pub(super) fn revoke(&self) {
+    pub(crate) fn revoke(&self) {
         self.revoked.store(true, Ordering::Release);
     }
 

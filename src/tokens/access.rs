@@ -651,4 +651,142 @@ mod tests {
             (0, 1, 0)
         );
     }
+
+    /// Two replicas sharing a secret: B learns A's boot from the registry.
+    fn pair() -> (AccessTokens, AccessTokens) {
+        let secret = b"shared server secret";
+        (
+            AccessTokens::keyed(secret, 1000).unwrap(),
+            AccessTokens::keyed(secret, 1000).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_peers_token_verifies_from_its_claims_and_is_then_cached() {
+        let (a, b) = pair();
+        let r = refresh(9);
+        let now = Instant::now();
+        let wall = 1_800_000_000;
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let lookup = |id: u64| (id == 9).then(|| r.clone());
+        let check = |at: Instant, w: u64| b.validate_with(t.as_bytes(), at, w, lookup, |r| r.id);
+        // Unknown boot: refused before any MAC.
+        assert_eq!(check(now, wall), Err(AccessError::EarlierBoot));
+        b.set_peers(&[a.own_boot()]);
+        assert_eq!(b.peers(), 1);
+        assert_eq!(check(now, wall), Ok(9));
+        assert_eq!(b.len(), 1, "cached after the first check");
+        // The cache answers even without the lookup now.
+        assert_eq!(
+            b.validate(t.as_bytes(), now, wall, |r| r.id),
+            Ok(9),
+            "second check is a map hit"
+        );
+        // Its expiry came with it (60 s from minting).
+        assert_eq!(
+            check(now + Duration::from_secs(60), wall + 60),
+            Err(AccessError::Expired)
+        );
+        // Another secret derives another key from the same nonce.
+        let other = AccessTokens::keyed(b"another secret", 10).unwrap();
+        other.set_peers(&[a.own_boot()]);
+        assert_eq!(
+            other.validate_with(t.as_bytes(), now, wall, lookup, |r| r.id),
+            Err(AccessError::Forged)
+        );
+    }
+
+    #[test]
+    fn a_peers_token_needs_its_refresh_token_here_and_live() {
+        let (a, b) = pair();
+        b.set_peers(&[a.own_boot()]);
+        let r = refresh(3);
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        assert_eq!(
+            b.validate_with(t.as_bytes(), now, wall, |_| None, |_| ()),
+            Err(AccessError::RefreshUnseen)
+        );
+        assert!(!AccessError::RefreshUnseen.counts_as_guess());
+        r.revoke();
+        assert_eq!(
+            b.validate_with(t.as_bytes(), now, wall, |_| Some(r.clone()), |_| ()),
+            Err(AccessError::RefreshGone)
+        );
+        assert_eq!(b.len(), 0, "a refused token is not cached");
+        // Past its claimed expiry it is refused without a lookup.
+        assert_eq!(
+            b.validate_with(
+                t.as_bytes(),
+                now,
+                wall + 60,
+                |_| panic!("no lookup"),
+                |_| ()
+            ),
+            Err(AccessError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_retired_boot_is_refused_and_its_cached_tokens_dropped() {
+        let (a, b) = pair();
+        b.set_peers(&[a.own_boot()]);
+        let r = refresh(1);
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let mine = b
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        assert!(b
+            .validate_with(t.as_bytes(), now, wall, |_| Some(r.clone()), |_| ())
+            .is_ok());
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.set_peers(&[]), vec![a.own_boot().0]);
+        assert_eq!(b.len(), 1, "the peer's cached token left the map");
+        assert_eq!(
+            b.validate(t.as_bytes(), now, wall, |_| ()),
+            Err(AccessError::EarlierBoot)
+        );
+        assert_eq!(b.validate(mine.as_bytes(), now, wall, |_| ()), Ok(()));
+    }
+
+    #[test]
+    fn renewing_the_own_boot_ends_every_token_minted_before() {
+        let (a, b) = pair();
+        let r = refresh(1);
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let old = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let before = a.own_boot();
+        let after = a.renew_boot().unwrap();
+        assert_ne!(before.0, after.0);
+        assert_eq!(a.own_boot(), after);
+        assert_eq!(a.len(), 0);
+        assert_eq!(
+            a.validate(old.as_bytes(), now, wall, |_| ()),
+            Err(AccessError::EarlierBoot)
+        );
+        let new = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        assert_eq!(a.validate(new.as_bytes(), now, wall, |_| ()), Ok(()));
+        // A peer that learns the new boot accepts the new token only.
+        b.set_peers(&[after]);
+        let lookup = |_| Some(r.clone());
+        assert_eq!(
+            b.validate_with(new.as_bytes(), now, wall, lookup, |_| ()),
+            Ok(())
+        );
+        assert_eq!(
+            b.validate_with(old.as_bytes(), now, wall, lookup, |_| ()),
+            Err(AccessError::EarlierBoot)
+        );
+    }
 }
