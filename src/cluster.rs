@@ -358,14 +358,15 @@ impl Cluster {
         }
         let (own, _) = state.access.own_boot();
         let peers = cluster_db::peer_boots(client, own, self.node_timeout).await?;
-        // Peers heard from within node_timeout (see `peer_boots` for a
-        // database restart); retired boots are not listed at all.
+        // Peers not retired and heard from within node_timeout (see
+        // `peer_boots` for a database restart); the others have ended.
         let live: Vec<(u64, [u8; 32])> = peers
             .iter()
-            .filter(|p| p.fresh)
+            .filter(|p| p.live)
             .map(|p| (p.boot, p.nonce))
             .collect();
-        let gone = state.access.set_peers(&live);
+        let ended: Vec<u64> = peers.iter().filter(|p| !p.live).map(|p| p.boot).collect();
+        let gone = state.access.set_peers(&live, &ended);
         if !gone.is_empty() {
             tracing::info!(
                 boots = ?gone.iter().map(|b| format!("{b:016x}")).collect::<Vec<_>>(),

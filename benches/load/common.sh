@@ -22,13 +22,13 @@ need_tools() {
     export PATH="$PATH:/usr/sbin"
 }
 
-# TOKENGATE_BIN=path runs that binary instead (an earlier build, to measure
+# BENCH_TOKENGATE_BIN=path runs that binary instead (an earlier build, to measure
 # before and after a change in the same conditions); otherwise the release
 # build of this checkout.
 build_tokengate() {
-    if [ -n "${TOKENGATE_BIN:-}" ]; then
-        log "using $TOKENGATE_BIN"
-        TG_BIN=$TOKENGATE_BIN
+    if [ -n "${BENCH_TOKENGATE_BIN:-}" ]; then
+        log "using $BENCH_TOKENGATE_BIN"
+        TG_BIN=$BENCH_TOKENGATE_BIN
         return
     fi
     log "building tokengate (release)"

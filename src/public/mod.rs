@@ -135,11 +135,21 @@ impl PublicHandler {
                 )
             };
             let mut checked = validate();
-            if let (Err(AccessError::RefreshUnseen), Some(cluster)) = (&checked, &state.cluster) {
-                // A live peer's genuine token for a refresh token created
-                // a moment ago on that peer: catch up, then decide.
+            if let (
+                Err(e @ (AccessError::RefreshUnseen | AccessError::UnknownBoot)),
+                Some(cluster),
+            ) = (&checked, &state.cluster)
+            {
+                // A peer that started a moment ago, or a refresh token
+                // created a moment ago on a peer: catch up, then decide.
+                // Concurrent misses share the round, and a boot still
+                // unknown afterwards was never registered: a guess.
+                let unknown_boot = *e == AccessError::UnknownBoot;
                 cluster.catch_up().await;
                 checked = validate();
+                if unknown_boot && matches!(checked, Err(AccessError::UnknownBoot)) {
+                    state.throttle.failed(ip, now, &state.audit);
+                }
             }
             match checked {
                 Ok(id) => id,

@@ -9,7 +9,7 @@
 //! expiry, refresh token live here, boot live), and the map caches the
 //! verdict so the next request is one lookup, as for our own.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -46,9 +46,13 @@ struct Boot {
 pub enum AccessError {
     /// Not a tokengate access token at all.
     Malformed,
-    /// Minted by a boot that is not live: an earlier process of this
-    /// replica (a restart), or a replica that stopped, died or was rotated.
+    /// Minted by a boot known to have ended: an earlier process of this
+    /// replica, or (cluster mode) a replica that stopped, died or was rotated.
     EarlierBoot,
+    /// Minted by a boot this process has never heard of: a process before
+    /// a restart (one node), a peer that started a moment ago (cluster
+    /// mode: worth a catch-up), or a forgery.
+    UnknownBoot,
     /// This process's boot nonce, but a MAC that does not match: forged or damaged.
     Forged,
     /// Genuine (its MAC checks out) but no longer live: expired and swept,
@@ -69,6 +73,7 @@ impl AccessError {
         match self {
             AccessError::Malformed => "the bearer token is not a valid access token",
             AccessError::EarlierBoot
+            | AccessError::UnknownBoot
             | AccessError::Forged
             | AccessError::Unknown
             | AccessError::RefreshGone
@@ -80,7 +85,8 @@ impl AccessError {
     pub fn reason(self) -> &'static str {
         match self {
             AccessError::Malformed => "malformed",
-            AccessError::EarlierBoot => "minted by a boot that is no longer live (a restart)",
+            AccessError::EarlierBoot => "minted by a boot that has ended (a restart)",
+            AccessError::UnknownBoot => "minted by an unknown boot (before a restart, or forged)",
             AccessError::Forged => "forged (bad MAC)",
             AccessError::Unknown => "unknown",
             AccessError::Expired => "expired",
@@ -98,6 +104,7 @@ impl AccessError {
         match self {
             AccessError::Malformed | AccessError::Forged => true,
             AccessError::EarlierBoot
+            | AccessError::UnknownBoot
             | AccessError::Unknown
             | AccessError::Expired
             | AccessError::RefreshGone
@@ -161,6 +168,10 @@ pub struct AccessTokens {
     /// cluster mode, every live peer's. A token of any other boot is
     /// refused before any MAC work.
     boots: DashMap<u64, Arc<Boot>, IdHasherBuilder>,
+    /// Boots known to have ended (the registry's retired and silent ones,
+    /// and this process's earlier ones): their tokens are refused without
+    /// a catch-up. Read only when a boot is not live.
+    ended: RwLock<HashSet<u64>>,
     /// This process's current boot, which mints. Replaced only when the
     /// cluster retires it (`tokengate cluster rotate`, a lapsed heartbeat).
     own: RwLock<Arc<Boot>>,
@@ -224,6 +235,7 @@ impl AccessTokens {
         Ok(AccessTokens {
             keys,
             boots,
+            ended: RwLock::new(HashSet::new()),
             own: RwLock::new(own),
             map: DashMap::with_hasher(IdHasherBuilder),
             by_refresh: DashMap::new(),
@@ -260,14 +272,20 @@ impl AccessTokens {
             std::mem::replace(&mut *own, fresh)
         };
         self.boots.remove(&old.key.boot);
+        self.ended
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(old.key.boot);
         self.drop_boots(&[old.key.boot]);
         Ok((id, nonce))
     }
 
     /// Makes exactly `live` (peer boots from the registry) verify, besides
     /// our own; tokens of peer boots no longer live are refused from now on
-    /// and dropped from the map. Returns the boots dropped.
-    pub(crate) fn set_peers(&self, live: &[BootSeed]) -> Vec<u64> {
+    /// and dropped from the map. `ended`: the registry's boots that are not
+    /// live (their tokens are refused as ended, without a catch-up).
+    /// Returns the boots dropped.
+    pub(crate) fn set_peers(&self, live: &[BootSeed], ended: &[u64]) -> Vec<u64> {
         for (id, nonce) in live {
             if !self.boots.contains_key(id) {
                 let key = self.keys.derive(*id, nonce);
@@ -288,10 +306,23 @@ impl AccessTokens {
         for id in &gone {
             self.boots.remove(id);
         }
+        {
+            // Replaced, not grown: the registry prunes boots after a day.
+            let mut known = self.ended.write().unwrap_or_else(|p| p.into_inner());
+            known.clear();
+            known.extend(ended.iter().chain(gone.iter()));
+        }
         if !gone.is_empty() {
             self.drop_boots(&gone);
         }
         gone
+    }
+
+    fn has_ended(&self, boot: u64) -> bool {
+        self.ended
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&boot)
     }
 
     /// Peer boots whose tokens verify here.
@@ -426,10 +457,13 @@ impl AccessTokens {
         let raw = RawAccess::decode(token).map_err(|_| AccessError::Malformed)?;
         // A boot that is not live costs one lookup and no MAC.
         let (claims, own) = {
-            let boot = self
-                .boots
-                .get(&raw.boot())
-                .ok_or(AccessError::EarlierBoot)?;
+            let Some(boot) = self.boots.get(&raw.boot()) else {
+                return Err(if self.has_ended(raw.boot()) {
+                    AccessError::EarlierBoot
+                } else {
+                    AccessError::UnknownBoot
+                });
+            };
             let claims = boot.key.check(&raw).map_err(|e| match e {
                 AccessFormatError::Malformed => AccessError::Malformed,
                 AccessFormatError::BadMac => AccessError::Forged,
@@ -547,7 +581,7 @@ mod tests {
             (check(&forged, now), AccessError::Forged, true),
             (
                 check(earlier.as_bytes(), now),
-                AccessError::EarlierBoot,
+                AccessError::UnknownBoot,
                 false,
             ),
             (
@@ -673,8 +707,8 @@ mod tests {
         let lookup = |id: u64| (id == 9).then(|| r.clone());
         let check = |at: Instant, w: u64| b.validate_with(t.as_bytes(), at, w, lookup, |r| r.id);
         // Unknown boot: refused before any MAC.
-        assert_eq!(check(now, wall), Err(AccessError::EarlierBoot));
-        b.set_peers(&[a.own_boot()]);
+        assert_eq!(check(now, wall), Err(AccessError::UnknownBoot));
+        b.set_peers(&[a.own_boot()], &[]);
         assert_eq!(b.peers(), 1);
         assert_eq!(check(now, wall), Ok(9));
         assert_eq!(b.len(), 1, "cached after the first check");
@@ -691,7 +725,7 @@ mod tests {
         );
         // Another secret derives another key from the same nonce.
         let other = AccessTokens::keyed(b"another secret", 10).unwrap();
-        other.set_peers(&[a.own_boot()]);
+        other.set_peers(&[a.own_boot()], &[]);
         assert_eq!(
             other.validate_with(t.as_bytes(), now, wall, lookup, |r| r.id),
             Err(AccessError::Forged)
@@ -701,7 +735,7 @@ mod tests {
     #[test]
     fn a_peers_token_needs_its_refresh_token_here_and_live() {
         let (a, b) = pair();
-        b.set_peers(&[a.own_boot()]);
+        b.set_peers(&[a.own_boot()], &[]);
         let r = refresh(3);
         let (now, wall) = (Instant::now(), 1_800_000_000);
         let t = a
@@ -734,7 +768,7 @@ mod tests {
     #[test]
     fn a_retired_boot_is_refused_and_its_cached_tokens_dropped() {
         let (a, b) = pair();
-        b.set_peers(&[a.own_boot()]);
+        b.set_peers(&[a.own_boot()], &[]);
         let r = refresh(1);
         let (now, wall) = (Instant::now(), 1_800_000_000);
         let t = a
@@ -747,7 +781,7 @@ mod tests {
             .validate_with(t.as_bytes(), now, wall, |_| Some(r.clone()), |_| ())
             .is_ok());
         assert_eq!(b.len(), 2);
-        assert_eq!(b.set_peers(&[]), vec![a.own_boot().0]);
+        assert_eq!(b.set_peers(&[], &[]), vec![a.own_boot().0]);
         assert_eq!(b.len(), 1, "the peer's cached token left the map");
         assert_eq!(
             b.validate(t.as_bytes(), now, wall, |_| ()),
@@ -778,7 +812,7 @@ mod tests {
             .unwrap();
         assert_eq!(a.validate(new.as_bytes(), now, wall, |_| ()), Ok(()));
         // A peer that learns the new boot accepts the new token only.
-        b.set_peers(&[after]);
+        b.set_peers(&[after], &[before.0]);
         let lookup = |_| Some(r.clone());
         assert_eq!(
             b.validate_with(new.as_bytes(), now, wall, lookup, |_| ()),

@@ -231,10 +231,14 @@ pub(crate) async fn register(
     name: &str,
 ) -> Result<(), PgError> {
     let boot = to_db(boot)?;
+    // One statement, so the announcement commits with the row: the peers
+    // wake and read the registry within milliseconds, not at their next poll.
     client
         .execute(
-            "INSERT INTO tokengate_replicas (boot_id, nonce, name) VALUES ($1, $2, $3)",
-            &[&boot, &nonce.as_slice(), &name],
+            "WITH r AS (INSERT INTO tokengate_replicas (boot_id, nonce, name) \
+                        VALUES ($1, $2, $3) RETURNING boot_id) \
+             SELECT pg_notify($4, 'boot') FROM r",
+            &[&boot, &nonce.as_slice(), &name, &CHANNEL],
         )
         .await?;
     Ok(())
@@ -256,17 +260,17 @@ pub(crate) async fn heartbeat(client: &Client, boot: u64) -> Result<bool, PgErro
     Ok(n == 1)
 }
 
-/// A boot in the registry, not retired.
+/// A boot in the registry.
 pub(crate) struct PeerBoot {
     pub(crate) boot: u64,
     pub(crate) nonce: [u8; 32],
-    /// Heard from within `node_timeout`, by the database's clock.
-    pub(crate) fresh: bool,
+    /// Not retired, and heard from within `node_timeout` (see `peer_boots`).
+    pub(crate) live: bool,
 }
 
-/// Boots other than `own` that are not retired, each with whether it is
-/// fresh: heartbeat within `node_timeout` by the database's clock (one clock
-/// for every replica), or the database itself started within it (after a
+/// Every boot other than `own`, each with whether it is live: not retired,
+/// and heartbeat within `node_timeout` by the database's clock (one clock
+/// for every replica) or the database itself started within it (after a
 /// database restart nobody could heartbeat: every replica gets
 /// `node_timeout` to be heard from again before its tokens are refused).
 pub(crate) async fn peer_boots(
@@ -278,10 +282,10 @@ pub(crate) async fn peer_boots(
     let timeout = millis(node_timeout);
     let rows = client
         .query(
-            "SELECT boot_id, nonce, \
-                    (greatest(heartbeat, pg_postmaster_start_time()) \
-                       > now() - make_interval(secs => $2::bigint / 1000.0)) \
-             FROM tokengate_replicas WHERE retired IS NULL AND boot_id <> $1",
+            "SELECT boot_id, nonce, retired IS NULL \
+                    AND greatest(heartbeat, pg_postmaster_start_time()) \
+                        > now() - make_interval(secs => $2::bigint / 1000.0) \
+             FROM tokengate_replicas WHERE boot_id <> $1",
             &[&own, &timeout],
         )
         .await?;
@@ -289,9 +293,9 @@ pub(crate) async fn peer_boots(
     for row in rows {
         let id: i64 = row.try_get(0)?;
         let nonce: Vec<u8> = row.try_get(1)?;
-        let fresh: bool = row.try_get(2)?;
+        let live: bool = row.try_get(2)?;
         if let (Ok(boot), Ok(nonce)) = (u64::try_from(id), <[u8; 32]>::try_from(nonce.as_slice())) {
-            out.push(PeerBoot { boot, nonce, fresh });
+            out.push(PeerBoot { boot, nonce, live });
         }
     }
     Ok(out)
