@@ -90,6 +90,10 @@ impl<'a> Event<'a> {
 #[derive(Serialize)]
 struct Line<'a> {
     time: String,
+    /// `cluster.name`: which replica wrote it, when several share one log
+    /// pipeline. Omitted for a single node (redb).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<&'a str>,
     #[serde(flatten)]
     event: &'a Event<'a>,
 }
@@ -211,6 +215,7 @@ pub struct Audit {
     /// passes before it is sent.
     tx: Option<Sender<Msg>>,
     budgets: Arc<Budgets>,
+    replica: Option<String>,
 }
 
 impl Audit {
@@ -218,6 +223,7 @@ impl Audit {
         Audit {
             tx: None,
             budgets: Arc::new(Budgets::new()),
+            replica: None,
         }
     }
 
@@ -243,6 +249,12 @@ impl Audit {
         Audit::with_writer(out)
     }
 
+    /// Names the replica in every line from now on (cluster mode).
+    pub(crate) fn with_replica(mut self, name: &str) -> Audit {
+        self.replica = Some(name.to_owned());
+        self
+    }
+
     fn with_writer(out: Box<dyn Write + Send>) -> io::Result<Audit> {
         let (tx, rx) = channel();
         let budgets = Arc::new(Budgets::new());
@@ -253,6 +265,7 @@ impl Audit {
         Ok(Audit {
             tx: Some(tx),
             budgets,
+            replica: None,
         })
     }
 
@@ -265,6 +278,7 @@ impl Audit {
         let time = crate::clock::rfc3339_now();
         let mut line = match serde_json::to_vec(&Line {
             time,
+            replica: self.replica.as_deref(),
             event: &event,
         }) {
             Ok(l) => l,

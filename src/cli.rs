@@ -93,6 +93,21 @@ pub enum TokenCommand {
     },
 }
 
+/// `tokengate cluster …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Retire every access token of every replica at once (each replica
+    /// draws a new boot; scripts exchange their refresh tokens again).
+    /// With redb: this gateway's access tokens.
+    Rotate,
+}
+
+/// What the CLI asks of the admin API.
+enum Cmd {
+    Token(TokenCommand),
+    Cluster(ClusterCommand),
+}
+
 struct Failure(u8, String);
 
 impl Failure {
@@ -328,6 +343,14 @@ fn expires_arg(text: &str, now_unix: u64) -> Result<String, String> {
 }
 
 pub fn run(conn: Connection, cmd: TokenCommand) -> ExitCode {
+    run_cmd(conn, Cmd::Token(cmd))
+}
+
+pub fn run_cluster(conn: Connection, cmd: ClusterCommand) -> ExitCode {
+    run_cmd(conn, Cmd::Cluster(cmd))
+}
+
+fn run_cmd(conn: Connection, cmd: Cmd) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -347,11 +370,33 @@ pub fn run(conn: Connection, cmd: TokenCommand) -> ExitCode {
     }
 }
 
-async fn execute(conn: &Connection, cmd: TokenCommand) -> Result<(), Failure> {
+async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
     // Before anything connects: the admin password would go with the request.
     if let Target::Url(url) = target(conn) {
         check_url(&url)?;
     }
+    let cmd = match cmd {
+        Cmd::Token(t) => t,
+        Cmd::Cluster(ClusterCommand::Rotate) => {
+            let bytes = call(
+                conn,
+                "POST",
+                "/api/cluster/rotate",
+                Some(request_body(&serde_json::json!({}))?),
+            )
+            .await?;
+            let done: crate::admin::api::Rotated = answer(&bytes)?;
+            if conn.json {
+                println!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                println!(
+                    "retired {} boot(s): every access token is refused from now on; scripts exchange their refresh tokens again",
+                    done.retired_boots
+                );
+            }
+            return Ok(());
+        }
+    };
     match cmd {
         TokenCommand::Create { name, expires } => {
             let now = crate::clock::Clock::new().unix();

@@ -189,6 +189,7 @@ impl Gateway {
             rx.clone(),
             None,
         )));
+        crate::cluster::Cluster::spawn(state.clone(), rx.clone());
         tasks.push(tokio::spawn(crate::periodic::run(state.clone(), auth, rx)));
         tracing::info!(public = %public_addr, admin = %admin_addr, workers = workers.done.len(), "tokengate listening");
         Ok(Gateway {
@@ -219,6 +220,11 @@ impl Gateway {
             let _ = t.await;
         }
         crate::periodic::flush_usage(&self.state).await;
+        if let Some(cluster) = &self.state.cluster {
+            // A clean shutdown ends this boot's access tokens everywhere now,
+            // not after cluster.node_timeout.
+            cluster.retire(self.state.access.own_boot().0).await;
+        }
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             state.audit.flush(std::time::Duration::from_secs(5));

@@ -28,6 +28,7 @@ mod admin;
 mod audit;
 pub mod cli;
 pub mod clock;
+mod cluster;
 pub mod config;
 mod dev;
 mod gateway;

@@ -47,6 +47,13 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Cluster-wide operations through a running gateway's admin API.
+    Cluster {
+        #[command(flatten)]
+        conn: tokengate::cli::Connection,
+        #[command(subcommand)]
+        command: tokengate::cli::ClusterCommand,
+    },
     /// Manage refresh tokens through a running gateway's admin API.
     Token {
         #[command(flatten)]
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Token { conn, command } => tokengate::cli::run(conn, command),
+        Command::Cluster { conn, command } => tokengate::cli::run_cluster(conn, command),
         Command::Serve { config, dev } => serve(config, dev),
         Command::Db {
             command: DbCommand::Migrate { config },

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::audit::Audit;
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::store::{RefreshStore, RefreshToken, StoreError};
 use crate::throttle::AuthThrottle;
@@ -41,6 +42,9 @@ pub struct State {
     /// Failed token checks and exchanges per client address: consulted
     /// before any MAC work on the public listener.
     pub throttle: AuthThrottle,
+    /// Cluster mode (`storage.backend = "postgres"`): the change feed, the
+    /// replica registry and the staleness bound. `None` with redb.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// Where the refresh tokens are, for the log: the redb file or the masked URL.
@@ -67,14 +71,28 @@ impl State {
         //    PostgreSQL: migrating, and refusing another secret) and load them all.
         let store = Arc::new(RefreshStore::open_config(&config.storage, secret)?);
         // 2. A fresh boot nonce: access tokens of any earlier process stop verifying.
-        let access = AccessTokens::with_limit(config.tokens.max_access_per_refresh)
+        let access = AccessTokens::keyed(secret, config.tokens.max_access_per_refresh)
             .map_err(StateError::Random)?;
-        // 3. The audit log.
+        // 3. Cluster mode: this boot joins the replica registry, so the
+        //    other replicas verify its tokens from the first one.
+        let cluster = match store.cluster_db() {
+            Some(db) => Some(Arc::new(Cluster::start(
+                db,
+                &config.cluster,
+                access.own_boot(),
+            )?)),
+            None => None,
+        };
+        // 4. The audit log (naming this replica in cluster mode).
         let audit = Audit::open(&config.audit).map_err(|source| StateError::Audit {
             dest: format!("{:?}", config.audit),
             source,
         })?;
-        // 4. The failed-authentication throttle, its minutes counted from now.
+        let audit = match &cluster {
+            Some(c) => audit.with_replica(&c.name),
+            None => audit,
+        };
+        // 5. The failed-authentication throttle, its minutes counted from now.
         let throttle = AuthThrottle::new(config.public.auth_failures_per_minute, clock.now());
         tracing::info!(
             refresh_tokens = store.len(),
@@ -89,6 +107,7 @@ impl State {
             access,
             audit,
             throttle,
+            cluster,
             config,
         })
     }

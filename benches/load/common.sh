@@ -22,9 +22,18 @@ need_tools() {
     export PATH="$PATH:/usr/sbin"
 }
 
+# TOKENGATE_BIN=path runs that binary instead (an earlier build, to measure
+# before and after a change in the same conditions); otherwise the release
+# build of this checkout.
 build_tokengate() {
+    if [ -n "${TOKENGATE_BIN:-}" ]; then
+        log "using $TOKENGATE_BIN"
+        TG_BIN=$TOKENGATE_BIN
+        return
+    fi
     log "building tokengate (release)"
     (cd "$ROOT" && cargo build --release -q)
+    TG_BIN=$ROOT/target/release/tokengate
 }
 
 # A fresh $1 holding a self-signed ECDSA P-256 pair for 127.0.0.1

@@ -57,7 +57,7 @@ TOKENGATE_STORAGE__PATH="$OUT/data/tokengate.redb" \
 TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
 TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
 TOKENGATE_ADMIN_PASSWORD=bench \
-    "$ROOT/target/release/tokengate" serve >"$OUT/tokengate.log" 2>&1 & TG_PID=$!
+    "$TG_BIN" serve >"$OUT/tokengate.log" 2>&1 & TG_PID=$!
 PIDS+=("$TG_PID"); PROXY_PID[tokengate]=$TG_PID
 
 CURL=(curl -sS --max-time 5 --cacert "$OUT/cert.pem")

@@ -99,7 +99,7 @@ TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
 TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
 TOKENGATE_ADMIN_PASSWORD=bench \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/tokengate.cg.%p" \
-    "$ROOT/target/release/tokengate" serve > "$OUT/tokengate.log" 2>&1 & PID=$!; PIDS+=("$PID")
+    "$TG_BIN" serve > "$OUT/tokengate.log" 2>&1 & PID=$!; PIDS+=("$PID")
 wait_up "https://127.0.0.1:$PROXY_PORT/healthz"
 REFRESH=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"instructions"}' \
     "https://127.0.0.1:$ADMIN_PORT/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')

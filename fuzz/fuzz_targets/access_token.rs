@@ -1,4 +1,4 @@
-//! Access-token decoding (`AccessCodec::verify` through `AccessTokens::validate`).
+//! Access-token decoding (`RawAccess::decode` and `BootKey::check` through `AccessTokens::validate`).
 //!
 //! The first byte picks the mode. Even: the rest is the bearer token as sent.
 //! Odd: the rest is a list of 3-byte edits (op, position, byte) applied to a
@@ -33,7 +33,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-const ACCESS_LEN: usize = 58; // "tga_" + 54 base64url characters (40 bytes)
+const ACCESS_LEN: usize = 79; // "tga_" + 75 base64url characters (56 bytes)
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();

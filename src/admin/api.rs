@@ -90,7 +90,7 @@ pub struct SessionInfo {
 
 /// `GET /api/stats`: what the gateway holds right now (read-only; for
 /// monitoring and the soak run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Access tokens in memory: live ones, plus expired ones until the next
     /// sweep (`tokens.sweep_interval`). A deleted refresh token's leave at once.
@@ -103,6 +103,27 @@ pub struct Stats {
     /// Access tokens dropped since start because their refresh token minted
     /// more than `tokens.max_access_per_refresh` live ones (oldest first).
     pub access_tokens_evicted: u64,
+    /// Cluster mode only: this replica, the peer boots whose access tokens
+    /// verify here, and milliseconds since the last contact with PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// `GET /api/stats`'s `cluster` (PostgreSQL backend only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    pub replica: String,
+    pub peer_boots: u64,
+    pub staleness_ms: u64,
+    /// Changes applied from the change feed since start.
+    pub changes_applied: u64,
+}
+
+/// `POST /api/cluster/rotate`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rotated {
+    /// Boots retired: one per running replica (with redb, this gateway's).
+    pub retired_boots: u64,
 }
 
 /// Every error answer: `{"error", "error_description"}`.

@@ -44,7 +44,7 @@ use crate::http::{
 };
 use crate::server::{Handler, Load};
 use crate::state::State;
-use api::{Login, SessionInfo, Stats};
+use api::{ClusterStats, Login, Rotated, SessionInfo, Stats};
 use auth::AdminAuth;
 
 /// Admin request bodies are small JSON documents.
@@ -154,6 +154,10 @@ impl AdminHandler {
             ("/api/stats", _) => match method {
                 Method::GET => self.stats(),
                 _ => method_not_allowed("GET"),
+            },
+            ("/api/cluster/rotate", _) => match method {
+                Method::POST => self.rotate(peer).await,
+                _ => method_not_allowed("POST"),
             },
             ("/api/logout", _) => match method {
                 Method::POST => self.logout(peer, &req),
@@ -283,6 +287,50 @@ impl AdminHandler {
     }
 
     /// Counts read from memory: no lock held beyond the maps' own shard locks.
+    /// Retires every access token: with PostgreSQL every replica's boot
+    /// (each draws a new one within a round), with redb this gateway's.
+    async fn rotate(&self, peer: SocketAddr) -> Reply {
+        let state = &self.state;
+        let retired = match &state.cluster {
+            Some(cluster) => match cluster.rotate().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "rotating boots failed");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "storage_unavailable",
+                        "the token store could not complete the change; nothing was changed",
+                    );
+                }
+            },
+            None => match state.access.renew_boot() {
+                Ok(_) => 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "drawing a new boot failed");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "random_unavailable",
+                        "the operating system's random number generator failed; nothing was changed",
+                    );
+                }
+            },
+        };
+        tracing::warn!(%peer, retired_boots = retired, "every access token retired (rotate)");
+        state.audit.record(&crate::audit::Event {
+            event: "admin.rotated",
+            actor: Some("admin"),
+            client_ip: Some(peer.ip().to_canonical()),
+            count: Some(retired),
+            ..Default::default()
+        });
+        no_store(json(
+            StatusCode::OK,
+            &Rotated {
+                retired_boots: retired,
+            },
+        ))
+    }
+
     fn stats(&self) -> Reply {
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         no_store(json(
@@ -292,6 +340,12 @@ impl AdminHandler {
                 refresh_tokens: count(self.state.store.len()),
                 public_connections: count(self.public.per_worker().iter().sum()),
                 access_tokens_evicted: self.state.access.evicted(),
+                cluster: self.state.cluster.as_ref().map(|c| ClusterStats {
+                    replica: c.name.clone(),
+                    peer_boots: count(self.state.access.peers()),
+                    staleness_ms: u64::try_from(c.staleness().as_millis()).unwrap_or(u64::MAX),
+                    changes_applied: c.applied(),
+                }),
             },
         ))
     }

@@ -65,6 +65,31 @@ pub struct FileConfig {
     pub tls: TlsSection,
     pub tokens: TokensSection,
     pub audit: AuditSection,
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: used with `storage.backend = "postgres"` (ignored with redb).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This replica's name in logs and audit lines; empty = the host name.
+    pub name: String,
+    /// A replica whose heartbeat is older than this is dead for the others,
+    /// and so are the access tokens it issued.
+    pub node_timeout: HumanDuration,
+    /// How long a replica that lost the database keeps accepting access
+    /// tokens it already verified before answering 503.
+    pub max_staleness: HumanDuration,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            name: String::new(),
+            node_timeout: HumanDuration(Duration::from_secs(10)),
+            max_staleness: HumanDuration(Duration::from_secs(5)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

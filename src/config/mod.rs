@@ -77,6 +77,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub tokens: TokensConfig,
     pub audit: AuditDestination,
+    pub cluster: ClusterConfig,
     /// What it was validated from, for `summary`.
     source: FileConfig,
 }
@@ -165,6 +166,15 @@ pub struct TokensConfig {
     pub sweep_interval: Duration,
     /// Live access tokens per refresh token; minting one more drops the oldest.
     pub max_access_per_refresh: usize,
+}
+
+/// `[cluster]`: how replicas sharing PostgreSQL judge each other.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This replica's name (logs, audit lines, the replica registry).
+    pub name: String,
+    pub node_timeout: Duration,
+    pub max_staleness: Duration,
 }
 
 /// Where audit lines go (`audit.destination`).

@@ -257,9 +257,56 @@ impl FileConfig {
                 )?,
             },
             audit: AuditDestination::parse(&self.audit.destination),
+            cluster: cluster(&self.cluster)?,
             source,
         })
     }
+}
+
+/// `[cluster]`. The bounds keep the promises meaningful: a heartbeat every
+/// quarter of `node_timeout` must fit at least one database round trip, and
+/// staleness beyond a minute would keep a revoked token alive that long.
+fn cluster(c: &super::file::ClusterSection) -> Result<ClusterConfig, ConfigError> {
+    let node_timeout = nonzero("cluster.node_timeout", c.node_timeout)?;
+    if node_timeout < Duration::from_secs(1) || node_timeout > Duration::from_secs(600) {
+        return Err(ConfigError::invalid(
+            "cluster.node_timeout",
+            "must be between 1s and 10m",
+        ));
+    }
+    let max_staleness = nonzero("cluster.max_staleness", c.max_staleness)?;
+    if max_staleness < Duration::from_millis(500) || max_staleness > Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            "cluster.max_staleness",
+            "must be between 500ms and 60s",
+        ));
+    }
+    let name = c.name.trim();
+    if name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            "cluster.name",
+            "must be at most 64 characters, none of them control characters",
+        ));
+    }
+    let name = if name.is_empty() {
+        host_name()
+    } else {
+        name.to_owned()
+    };
+    Ok(ClusterConfig {
+        name,
+        node_timeout,
+        max_staleness,
+    })
+}
+
+/// The kernel's host name, or "tokengate" where it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| "tokengate".to_owned())
 }
 
 /// One listener's connection limits as the file has them.
@@ -486,5 +533,33 @@ mod tests {
             AuditDestination::parse("/var/log/a"),
             AuditDestination::File("/var/log/a".into())
         );
+    }
+
+    #[test]
+    fn cluster_settings_have_defaults_and_bounds() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(10));
+        assert_eq!(c.cluster.max_staleness, Duration::from_secs(5));
+        assert!(!c.cluster.name.is_empty(), "defaults to the host name");
+        let c = from_toml(
+            "[cluster]\nname = \"edge-1\"\nnode_timeout = \"2s\"\nmax_staleness = \"1s\"",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.name, "edge-1");
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(2));
+        assert_eq!(c.cluster.max_staleness, Duration::from_secs(1));
+        for (toml, key) in [
+            ("[cluster]\nnode_timeout = \"0s\"", "cluster.node_timeout"),
+            ("[cluster]\nnode_timeout = \"11m\"", "cluster.node_timeout"),
+            (
+                "[cluster]\nmax_staleness = \"100ms\"",
+                "cluster.max_staleness",
+            ),
+            ("[cluster]\nname = \"a\\u0007b\"", "cluster.name"),
+            ("[cluster]\ncolour = 1", "colour"),
+        ] {
+            let e = from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 }

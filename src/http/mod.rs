@@ -82,6 +82,20 @@ pub(crate) fn too_many_requests(code: &str, description: &str, retry_after_secs:
     r
 }
 
+/// 503 `temporarily_unavailable` with `Retry-After: 1`: the gateway cannot
+/// vouch for the answer right now (cluster mode, the database away), which
+/// says nothing about the client's token.
+pub(crate) fn unavailable(description: &str) -> Reply {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        description,
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
+    r
+}
+
 pub(crate) fn method_not_allowed(allow: &'static str) -> Reply {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -24,11 +24,18 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::http::host::is_valid_host;
-use crate::http::{error, json, method_not_allowed, strip_body_for_head, too_many_requests, Reply};
+use crate::http::{
+    error, json, method_not_allowed, strip_body_for_head, too_many_requests, unavailable, Reply,
+};
 use crate::proxy::{Identity, Upstream, UpstreamBody};
 use crate::server::Handler;
 use crate::state::State;
 use crate::throttle::Throttled;
+use crate::tokens::access::AccessError;
+
+/// The 503 text while cluster mode cannot vouch for tokens.
+pub(crate) const STALE: &str =
+    "the gateway has lost contact with its token database; try again shortly";
 
 /// DPA's token path, and the short one.
 pub(crate) const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
@@ -84,7 +91,7 @@ impl PublicHandler {
             ));
         }
         match route(req.uri().path()) {
-            Route::Health => Either::Right(health(req.method())),
+            Route::Health => Either::Right(health(req.method(), req.uri().path(), &self.state)),
             // Boxed so proxied requests do not carry the token endpoint's state.
             Route::Token => Either::Right(Box::pin(token::endpoint(&self.state, peer, req)).await),
             Route::Proxy => self.proxied(peer, req).await,
@@ -110,10 +117,30 @@ impl PublicHandler {
                 Ok(t) => t,
                 Err(e) => return Either::Right(bearer::refusal(e, peer)),
             };
+            if let Some(cluster) = &state.cluster {
+                // Fail closed: past cluster.max_staleness this replica may
+                // have missed a delete, so it vouches for no token.
+                if cluster.check_fresh().is_err() {
+                    return Either::Right(unavailable(STALE));
+                }
+            }
             let want_identity = self.upstream.identity_headers();
-            let checked = state.access.validate(token, now, state.clock.unix(), |r| {
-                want_identity.then(|| Identity::of(r))
-            });
+            let validate = || {
+                state.access.validate_with(
+                    token,
+                    now,
+                    state.clock.unix(),
+                    |id| state.store.get(id),
+                    |r| want_identity.then(|| Identity::of(r)),
+                )
+            };
+            let mut checked = validate();
+            if let (Err(AccessError::RefreshUnseen), Some(cluster)) = (&checked, &state.cluster) {
+                // A live peer's genuine token for a refresh token created
+                // a moment ago on that peer: catch up, then decide.
+                cluster.catch_up().await;
+                checked = validate();
+            }
             match checked {
                 Ok(id) => id,
                 Err(e) => {
@@ -194,13 +221,40 @@ fn host_ok(req: &Request<Incoming>) -> bool {
             .is_none_or(|a| is_valid_host(a.as_str().as_bytes()))
 }
 
-fn health(method: &Method) -> Reply {
+/// `/healthz`: the process answers (liveness). `/readyz`: it can serve
+/// tokens; in cluster mode not while it has lost contact with PostgreSQL.
+fn health(method: &Method, path: &str, state: &State) -> Reply {
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET, HEAD");
     }
     #[derive(Serialize)]
     struct Health {
         status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     }
-    json(StatusCode::OK, &Health { status: "ok" })
+    if path == "/readyz" {
+        if let Some(cluster) = &state.cluster {
+            if cluster.check_connected().is_err() {
+                let reason = format!(
+                    "no contact with PostgreSQL for {} ms",
+                    cluster.staleness().as_millis()
+                );
+                return crate::http::no_store(json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &Health {
+                        status: "not_ready",
+                        reason: Some(reason),
+                    },
+                ));
+            }
+        }
+    }
+    json(
+        StatusCode::OK,
+        &Health {
+            status: "ok",
+            reason: None,
+        },
+    )
 }

@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit;
 use crate::http::{
-    error, json, media_type, method_not_allowed, no_store, read_body, BodyError, Reply,
+    error, json, media_type, method_not_allowed, no_store, read_body, unavailable, BodyError, Reply,
 };
 use crate::state::State;
 use crate::tokens::exchange::{Client, ExchangeError, Exchanger, RefreshGrant};
+use crate::tokens::format::parse_refresh;
 
 /// Answer for any unknown, deleted or mistyped refresh token: one text for all,
 /// so a caller cannot probe which tokens once existed.
@@ -79,6 +80,13 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
         Ok(g) => g,
         Err(r) => return refuse(state, r, peer, user_agent),
     };
+    if let Some(cluster) = &state.cluster {
+        // Without the database this replica may have missed a delete: it
+        // mints nothing it could not vouch for.
+        if cluster.check_connected().is_err() {
+            return no_store(unavailable(super::STALE));
+        }
+    }
     let exchanger = Exchanger {
         hasher: &state.hasher,
         store: &state.store,
@@ -90,7 +98,17 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
         ip: Some(peer.ip()),
         user_agent,
     };
-    match exchanger.exchange(grant, client) {
+    let mut result = exchanger.exchange(grant, client);
+    if let (Err(ExchangeError::NotValid), Some(cluster)) = (&result, &state.cluster) {
+        // Unknown here, but well formed: it may have been created on another
+        // replica a moment ago. Ask the database (coalesced with other
+        // misses; the failure still counts against the client's budget).
+        if parse_refresh(grant.refresh_token).is_ok() {
+            cluster.catch_up().await;
+            result = exchanger.exchange(grant, client);
+        }
+    }
+    match result {
         Ok(issued) => {
             let refresh = &issued.refresh;
             tracing::info!(%peer, token_id = refresh.id, token_name = %refresh.name, expires_in = issued.expires_in, "access token issued");

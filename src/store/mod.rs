@@ -28,7 +28,10 @@ pub(crate) use record::RefreshRecord;
 pub use record::RefreshToken;
 use record::UsageDelta;
 
+pub(crate) use postgres::cluster::{self as cluster_db, Change, ClusterDb};
+pub(crate) use postgres::PgError;
 pub use postgres::{migrate, Migrated, SCHEMA_VERSION};
+pub(crate) use record::UsageRow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -86,6 +89,15 @@ pub(crate) trait Backend: Send + Sync {
     /// Adds the usage of tokens that still exist (counts add up, the later
     /// use wins); returns how many tokens it wrote.
     fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError>;
+    /// Every token's usage as stored, when other replicas may have added
+    /// to it (PostgreSQL); `None` when this process is the only writer.
+    fn read_usage(&self) -> Result<Option<Vec<UsageRow>>, StoreError> {
+        Ok(None)
+    }
+    /// The database as cluster mode uses it (PostgreSQL only).
+    fn cluster(&self) -> Option<ClusterDb> {
+        None
+    }
 }
 
 pub struct RefreshStore {
@@ -150,6 +162,62 @@ impl RefreshStore {
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The database as cluster mode uses it (PostgreSQL only).
+    pub(crate) fn cluster_db(&self) -> Option<ClusterDb> {
+        self.backend.cluster()
+    }
+
+    /// Maps a token under its id and hash unless its id is mapped already
+    /// (then that token is kept): one `RefreshToken` per id, ever, so a
+    /// delete revokes every access token minted from it.
+    fn map(&self, hash: RefreshHash, rec: &RefreshRecord) -> Arc<RefreshToken> {
+        match self.by_id.entry(rec.id) {
+            dashmap::mapref::entry::Entry::Occupied(e) => e.get().1.clone(),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let token = Arc::new(RefreshToken::from_record(rec));
+                self.by_hash.insert(hash, token.clone());
+                v.insert((hash, token.clone()));
+                token
+            }
+        }
+    }
+
+    /// Applies a token another replica created (from the change feed or a
+    /// catch-up): nothing is written. True when it was new here.
+    pub(crate) fn apply_created(&self, hash: RefreshHash, rec: &RefreshRecord) -> bool {
+        if self.by_id.contains_key(&rec.id) {
+            return false;
+        }
+        self.map(hash, rec);
+        true
+    }
+
+    /// Applies deletes another replica committed: the tokens are revoked
+    /// (every access token they issued is refused from now on) and
+    /// unmapped. Returns those that were still here.
+    pub(crate) fn apply_deleted(&self, ids: &[u64]) -> Vec<Arc<RefreshToken>> {
+        let mut gone = Vec::new();
+        for id in ids {
+            if let Some((_, (hash, token))) = self.by_id.remove(id) {
+                token.revoke();
+                self.by_hash.remove(&hash);
+                gone.push(token);
+            }
+        }
+        gone
+    }
+
+    /// Ids of every token mapped here.
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        self.by_id.iter().map(|e| *e.key()).collect()
+    }
+
+    /// The token with this id, if it exists here.
+    #[inline]
+    pub fn get(&self, id: u64) -> Option<Arc<RefreshToken>> {
+        self.by_id.get(&id).map(|e| e.value().1.clone())
+    }
+
     /// Persists a new token (blocking), then makes it visible to exchanges.
     pub fn create(
         &self,
@@ -160,10 +228,9 @@ impl RefreshStore {
     ) -> Result<Arc<RefreshToken>, StoreError> {
         let _w = self.lock();
         let rec = self.backend.create(&hash, name, created, expires)?;
-        let token = Arc::new(RefreshToken::from_record(&rec));
-        self.by_hash.insert(hash, token.clone());
-        self.by_id.insert(rec.id, (hash, token.clone()));
-        Ok(token)
+        // The change feed may have mapped it already (our own create,
+        // announced at commit): then that token is the one.
+        Ok(self.map(hash, &rec))
     }
 
     /// Deletes every listed id that exists, in one transaction (blocking).
@@ -197,16 +264,28 @@ impl RefreshStore {
                 (token.clone(), token.usage_delta(*hash))
             })
             .collect();
-        if dirty.is_empty() {
-            return Ok(0);
-        }
-        let rows: Vec<UsageDelta> = dirty.iter().map(|(_, d)| d.clone()).collect();
-        let result = self.backend.write_usage(&rows);
-        for (token, delta) in &dirty {
-            match &result {
-                Ok(_) => token.flushed(delta),
-                // Nothing lost: the uses stay pending for the next flush.
-                Err(_) => token.mark_dirty(),
+        let result = if dirty.is_empty() {
+            Ok(0)
+        } else {
+            let rows: Vec<UsageDelta> = dirty.iter().map(|(_, d)| d.clone()).collect();
+            let result = self.backend.write_usage(&rows);
+            for (token, delta) in &dirty {
+                match &result {
+                    Ok(_) => token.flushed(delta),
+                    // Nothing lost: the uses stay pending for the next flush.
+                    Err(_) => token.mark_dirty(),
+                }
+            }
+            result
+        };
+        // Other replicas' uses, so every replica lists the merged counts.
+        if result.is_ok() {
+            if let Some(rows) = self.backend.read_usage()? {
+                for row in rows {
+                    if let Some(e) = self.by_id.get(&row.id) {
+                        e.value().1.merge_stored(&row);
+                    }
+                }
             }
         }
         result
@@ -331,5 +410,29 @@ mod tests {
         a.touch(5, None, None);
         s.delete(&[a.id]).unwrap();
         assert_eq!(s.flush_usage().unwrap(), 0);
+    }
+
+    #[test]
+    fn changes_from_other_replicas_apply_once_and_keep_one_token_per_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RefreshStore::open(&dir.path().join("t.redb")).unwrap();
+        let rec = RefreshRecord::new(7, "remote", 10, None);
+        assert!(s.apply_created(hash(7), &rec));
+        assert!(
+            !s.apply_created(hash(7), &rec),
+            "the second sighting is a no-op"
+        );
+        let first = s.get(7).unwrap();
+        // Our own create seen through the feed before create() mapped it:
+        // map() keeps the token already there, so a delete revokes the one
+        // every access token holds.
+        let again = s.map(hash(7), &rec);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(Arc::ptr_eq(&first, &s.lookup(&hash(7)).unwrap()));
+        let gone = s.apply_deleted(&[7, 8]);
+        assert_eq!(gone.len(), 1);
+        assert!(first.is_revoked());
+        assert!(s.get(7).is_none() && s.lookup(&hash(7)).is_none());
+        assert!(s.apply_deleted(&[7]).is_empty(), "twice is harmless");
     }
 }

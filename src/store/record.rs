@@ -75,6 +75,16 @@ impl UsageDelta {
     }
 }
 
+/// A token's usage as the shared database holds it (all replicas' uses).
+#[derive(Debug, Clone)]
+pub(crate) struct UsageRow {
+    pub(crate) id: u64,
+    pub(crate) use_count: u64,
+    pub(crate) last_used: Option<u64>,
+    pub(crate) last_ip: Option<String>,
+    pub(crate) last_user_agent: Option<String>,
+}
+
 /// Who used a refresh token last.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LastClient {
@@ -147,7 +157,7 @@ impl RefreshToken {
     }
 
     /// Marks the token deleted; every access token it issued is refused from now on.
-    pub(super) fn revoke(&self) {
+    pub(crate) fn revoke(&self) {
         self.revoked.store(true, Ordering::Release);
     }
 
@@ -210,6 +220,27 @@ impl RefreshToken {
     /// The backend committed `delta`: those uses are no longer pending.
     pub(super) fn flushed(&self, delta: &UsageDelta) {
         self.flushed_count.fetch_add(delta.uses, Ordering::Relaxed);
+    }
+
+    /// Takes in the usage the shared database holds (every replica's uses,
+    /// ours included up to the flush just done). Only the flusher calls
+    /// it, under the store's write lock, so `flushed_count` cannot move
+    /// meanwhile; exchanges may, and their uses stay pending: the same
+    /// amount is added to the count and to what is flushed.
+    pub(super) fn merge_stored(&self, row: &UsageRow) {
+        let flushed = self.flushed_count.load(Ordering::Relaxed);
+        if row.use_count > flushed {
+            let more = row.use_count - flushed;
+            self.flushed_count.fetch_add(more, Ordering::Relaxed);
+            self.use_count.fetch_add(more, Ordering::Relaxed);
+        }
+        if let Some(t) = row.last_used {
+            if self.last_used.fetch_max(t, Ordering::Relaxed) < t {
+                let mut last = self.last_client.lock().unwrap_or_else(|p| p.into_inner());
+                last.ip.clone_from(&row.last_ip);
+                last.user_agent.clone_from(&row.last_user_agent);
+            }
+        }
     }
 
     /// Puts the mark back after a failed flush, so nothing is lost.

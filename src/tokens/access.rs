@@ -1,24 +1,44 @@
 //! Live access tokens: a dashmap checked on every proxied request, never written
-//! to disk. Validation = parse → MAC → map lookup → expiry → issuing refresh
-//! token still live. A sweeper drops dead entries so memory follows the live set.
+//! to disk. Validation = parse → boot live → MAC → map lookup → expiry →
+//! issuing refresh token still live. A sweeper drops dead entries so memory
+//! follows the live set.
+//!
+//! Tokens of this process's own boot are authoritative in the map: a miss
+//! means expired and swept, or evicted at the per-refresh cap. Tokens of
+//! another replica's boot (cluster mode) verify from their claims (MAC,
+//! expiry, refresh token live here, boot live), and the map caches the
+//! verdict so the next request is one lookup, as for our own.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::format::{AccessCodec, AccessFormatError, AccessId};
+use super::format::{AccessFormatError, AccessId, BootKey, BootKeys, RawAccess};
+use crate::secrets::random_bytes;
 use crate::store::RefreshToken;
 
 /// One live access token.
 struct AccessEntry {
     /// Shared with the refresh map: deleting the refresh token flips a flag this sees at once.
     refresh: Arc<RefreshToken>,
-    /// Monotonic, so wall-clock jumps neither extend nor cut a token's life.
+    /// Monotonic, so wall-clock jumps neither extend nor cut a token's life
+    /// (a peer's token: converted from its claim when first verified here).
     expires: Instant,
+    /// The boot that minted it: when that boot is retired, the sweeper drops it.
+    boot: u64,
+}
+
+/// A boot whose tokens verify here.
+struct Boot {
+    key: BootKey,
+    /// What the key was derived from with the secret (the registry's copy).
+    nonce: [u8; 32],
+    /// This process's own boot (minting), or a peer replica's (cluster mode).
+    own: bool,
 }
 
 /// Why a presented access token was refused. Logged by kind, never with the token.
@@ -26,7 +46,8 @@ struct AccessEntry {
 pub enum AccessError {
     /// Not a tokengate access token at all.
     Malformed,
-    /// Minted by an earlier process: a restart invalidated it.
+    /// Minted by a boot that is not live: an earlier process of this
+    /// replica (a restart), or a replica that stopped, died or was rotated.
     EarlierBoot,
     /// This process's boot nonce, but a MAC that does not match: forged or damaged.
     Forged,
@@ -36,6 +57,10 @@ pub enum AccessError {
     Expired,
     /// The refresh token that issued it was deleted or has expired.
     RefreshGone,
+    /// A live peer's genuine token for a refresh token this replica has not
+    /// heard of yet (created on the peer a moment ago): worth a catch-up
+    /// with the database before refusing.
+    RefreshUnseen,
 }
 
 impl AccessError {
@@ -46,7 +71,8 @@ impl AccessError {
             AccessError::EarlierBoot
             | AccessError::Forged
             | AccessError::Unknown
-            | AccessError::RefreshGone => "the access token is not valid",
+            | AccessError::RefreshGone
+            | AccessError::RefreshUnseen => "the access token is not valid",
             AccessError::Expired => "the access token expired",
         }
     }
@@ -54,11 +80,12 @@ impl AccessError {
     pub fn reason(self) -> &'static str {
         match self {
             AccessError::Malformed => "malformed",
-            AccessError::EarlierBoot => "minted before a restart",
+            AccessError::EarlierBoot => "minted by a boot that is no longer live (a restart)",
             AccessError::Forged => "forged (bad MAC)",
             AccessError::Unknown => "unknown",
             AccessError::Expired => "expired",
             AccessError::RefreshGone => "refresh token deleted or expired",
+            AccessError::RefreshUnseen => "refresh token not known here",
         }
     }
 
@@ -73,7 +100,8 @@ impl AccessError {
             AccessError::EarlierBoot
             | AccessError::Unknown
             | AccessError::Expired
-            | AccessError::RefreshGone => false,
+            | AccessError::RefreshGone
+            | AccessError::RefreshUnseen => false,
         }
     }
 }
@@ -127,12 +155,21 @@ type Issued = VecDeque<(AccessId, Instant)>;
 const DEFAULT_MAX_PER_REFRESH: usize = 1000;
 
 pub struct AccessTokens {
-    codec: AccessCodec,
+    /// Derives boot keys from the server secret.
+    keys: BootKeys,
+    /// Boots whose tokens verify: this process's current one and, in
+    /// cluster mode, every live peer's. A token of any other boot is
+    /// refused before any MAC work.
+    boots: DashMap<u64, Arc<Boot>, IdHasherBuilder>,
+    /// This process's current boot, which mints. Replaced only when the
+    /// cluster retires it (`tokengate cluster rotate`, a lapsed heartbeat).
+    own: RwLock<Arc<Boot>>,
     map: DashMap<AccessId, AccessEntry, IdHasherBuilder>,
-    /// Refresh token id → the access tokens it issued. Written only by
-    /// exchanges, deletes and the sweeper, never by validation: it bounds
-    /// what one refresh token can mint, and lets a delete remove exactly
-    /// its own tokens instead of scanning the whole map under its locks.
+    /// Refresh token id → the access tokens it issued (or, for peers'
+    /// tokens, that this replica cached). Written only by exchanges,
+    /// first sightings of a peer's token, deletes and the sweeper: it bounds
+    /// what one refresh token can hold in memory, and lets a delete remove
+    /// exactly its own tokens instead of scanning the whole map under its locks.
     by_refresh: DashMap<u64, Issued>,
     max_per_refresh: usize,
     /// Tokens dropped because their refresh token issued a newer one at the cap.
@@ -142,8 +179,21 @@ pub struct AccessTokens {
     refused: Padded,
 }
 
+/// A boot id and nonce: what the replica registry holds of a boot.
+pub(crate) type BootSeed = (u64, [u8; 32]);
+
+fn new_seed() -> Result<BootSeed, getrandom::Error> {
+    let mut id = [0u8; 8];
+    let mut nonce = [0u8; 32];
+    random_bytes(&mut id)?;
+    random_bytes(&mut nonce)?;
+    // PostgreSQL's bigint is signed: keep ids positive, and never 0.
+    let id = (u64::from_be_bytes(id) >> 1).max(1);
+    Ok((id, nonce))
+}
+
 impl AccessTokens {
-    /// Draws this process's boot nonce.
+    /// A fresh boot under a random secret (tests, benchmarks, fuzzing).
     pub fn new() -> Result<AccessTokens, getrandom::Error> {
         Self::with_limit(DEFAULT_MAX_PER_REFRESH)
     }
@@ -151,8 +201,30 @@ impl AccessTokens {
     /// As `new`, with at most `max_per_refresh` (at least 1) live access
     /// tokens per refresh token.
     pub fn with_limit(max_per_refresh: usize) -> Result<AccessTokens, getrandom::Error> {
+        let mut secret = [0u8; 32];
+        random_bytes(&mut secret)?;
+        Self::keyed(&secret, max_per_refresh)
+    }
+
+    /// Draws this process's boot under the server secret: every token of an
+    /// earlier process stops verifying.
+    pub(crate) fn keyed(
+        secret: &[u8],
+        max_per_refresh: usize,
+    ) -> Result<AccessTokens, getrandom::Error> {
+        let keys = BootKeys::new(secret);
+        let (id, nonce) = new_seed()?;
+        let own = Arc::new(Boot {
+            key: keys.derive(id, &nonce),
+            nonce,
+            own: true,
+        });
+        let boots = DashMap::with_hasher(IdHasherBuilder);
+        boots.insert(id, own.clone());
         Ok(AccessTokens {
-            codec: AccessCodec::new()?,
+            keys,
+            boots,
+            own: RwLock::new(own),
             map: DashMap::with_hasher(IdHasherBuilder),
             by_refresh: DashMap::new(),
             max_per_refresh: max_per_refresh.max(1),
@@ -161,7 +233,80 @@ impl AccessTokens {
         })
     }
 
-    /// Mints a token for `refresh`, valid for `ttl` from `now`. At
+    fn own(&self) -> Arc<Boot> {
+        // A poisoned lock still holds a whole Arc: nothing half-written.
+        self.own.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This process's current boot: what the replica registry must hold.
+    pub(crate) fn own_boot(&self) -> BootSeed {
+        let own = self.own();
+        (own.key.boot, own.nonce)
+    }
+
+    /// Retires this process's boot and draws a new one: every token minted
+    /// so far stops verifying here at once (and, once the registry says so,
+    /// everywhere). Returns the new boot for the registry.
+    pub(crate) fn renew_boot(&self) -> Result<BootSeed, getrandom::Error> {
+        let (id, nonce) = new_seed()?;
+        let fresh = Arc::new(Boot {
+            key: self.keys.derive(id, &nonce),
+            nonce,
+            own: true,
+        });
+        self.boots.insert(id, fresh.clone());
+        let old = {
+            let mut own = self.own.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *own, fresh)
+        };
+        self.boots.remove(&old.key.boot);
+        self.drop_boots(&[old.key.boot]);
+        Ok((id, nonce))
+    }
+
+    /// Makes exactly `live` (peer boots from the registry) verify, besides
+    /// our own; tokens of peer boots no longer live are refused from now on
+    /// and dropped from the map. Returns the boots dropped.
+    pub(crate) fn set_peers(&self, live: &[BootSeed]) -> Vec<u64> {
+        for (id, nonce) in live {
+            if !self.boots.contains_key(id) {
+                let key = self.keys.derive(*id, nonce);
+                let boot = Boot {
+                    key,
+                    nonce: *nonce,
+                    own: false,
+                };
+                self.boots.insert(*id, Arc::new(boot));
+            }
+        }
+        let gone: Vec<u64> = self
+            .boots
+            .iter()
+            .filter(|b| !b.own && !live.iter().any(|(id, _)| id == b.key()))
+            .map(|b| *b.key())
+            .collect();
+        for id in &gone {
+            self.boots.remove(id);
+        }
+        if !gone.is_empty() {
+            self.drop_boots(&gone);
+        }
+        gone
+    }
+
+    /// Peer boots whose tokens verify here.
+    pub fn peers(&self) -> usize {
+        self.boots.iter().filter(|b| !b.own).count()
+    }
+
+    /// Frees the memory of retired boots' tokens (already refused: their
+    /// boot is gone). A scan, but a rare one: a replica stopping or dying.
+    fn drop_boots(&self, boots: &[u64]) {
+        self.map.retain(|_, e| !boots.contains(&e.boot));
+    }
+
+    /// Mints a token for `refresh`, valid for `ttl` from `now` (`wall_unix`
+    /// is the same instant in Unix seconds, for the token's claim). At
     /// `max_per_refresh` live tokens, the refresh token's oldest one is
     /// dropped: a script that exchanges on every call keeps working with its
     /// newest token, and a leaked refresh token cannot fill memory.
@@ -171,10 +316,46 @@ impl AccessTokens {
         ttl: Duration,
         now: Instant,
     ) -> Result<String, getrandom::Error> {
-        let (id, token) = self.codec.mint()?;
-        let expires = now + ttl;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.issue_at(refresh, ttl, now, wall)
+    }
+
+    pub(crate) fn issue_at(
+        &self,
+        refresh: Arc<RefreshToken>,
+        ttl: Duration,
+        now: Instant,
+        wall_unix: u64,
+    ) -> Result<String, getrandom::Error> {
+        let boot = self.own();
+        let (id, token) = boot
+            .key
+            .mint(refresh.id, wall_unix.saturating_add(ttl.as_secs()))?;
+        self.insert(id, refresh, now, now + ttl, boot.key.boot);
+        Ok(token)
+    }
+
+    /// Adds a verified token to the map and to its refresh token's index,
+    /// dropping that refresh token's oldest at the cap.
+    fn insert(
+        &self,
+        id: AccessId,
+        refresh: Arc<RefreshToken>,
+        now: Instant,
+        expires: Instant,
+        boot: u64,
+    ) {
         let refresh_id = refresh.id;
-        self.map.insert(id, AccessEntry { refresh, expires });
+        self.map.insert(
+            id,
+            AccessEntry {
+                refresh,
+                expires,
+                boot,
+            },
+        );
         // The index's lock is held only for its own update, never around a
         // map operation: every exchange of one refresh token takes this
         // entry, and a busy script exchanges from many connections at once.
@@ -198,11 +379,12 @@ impl AccessTokens {
                 self.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(token)
     }
 
     /// Checks a presented token; on success runs `f` on the issuing refresh token
-    /// (under the map's read guard, so no reference count is touched).
+    /// (under the map's read guard, so no reference count is touched). A
+    /// peer's token whose refresh token is not in the map is refused
+    /// (`validate_with` looks it up).
     #[inline]
     pub fn validate<R>(
         &self,
@@ -211,7 +393,21 @@ impl AccessTokens {
         wall_unix: u64,
         f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
-        let checked = self.check(token, now, wall_unix, f);
+        self.validate_with(token, now, wall_unix, |_| None, f)
+    }
+
+    /// As `validate`, with `refresh` to find a peer's token's refresh token
+    /// by id the first time this replica sees the token.
+    #[inline]
+    pub fn validate_with<R>(
+        &self,
+        token: &[u8],
+        now: Instant,
+        wall_unix: u64,
+        refresh: impl FnOnce(u64) -> Option<Arc<RefreshToken>>,
+        f: impl FnOnce(&RefreshToken) -> R,
+    ) -> Result<R, AccessError> {
+        let checked = self.check(token, now, wall_unix, refresh, f);
         if checked.is_err() {
             self.refused.0.fetch_add(1, Ordering::Relaxed);
         }
@@ -224,21 +420,47 @@ impl AccessTokens {
         token: &[u8],
         now: Instant,
         wall_unix: u64,
+        refresh: impl FnOnce(u64) -> Option<Arc<RefreshToken>>,
         f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
-        let id = self.codec.verify(token).map_err(|e| match e {
-            AccessFormatError::Malformed => AccessError::Malformed,
-            AccessFormatError::OtherBoot => AccessError::EarlierBoot,
-            AccessFormatError::BadMac => AccessError::Forged,
-        })?;
-        let entry = self.map.get(&id).ok_or(AccessError::Unknown)?;
-        if now >= entry.expires {
+        let raw = RawAccess::decode(token).map_err(|_| AccessError::Malformed)?;
+        // A boot that is not live costs one lookup and no MAC.
+        let (claims, own) = {
+            let boot = self
+                .boots
+                .get(&raw.boot())
+                .ok_or(AccessError::EarlierBoot)?;
+            let claims = boot.key.check(&raw).map_err(|e| match e {
+                AccessFormatError::Malformed => AccessError::Malformed,
+                AccessFormatError::BadMac => AccessError::Forged,
+            })?;
+            (claims, boot.own)
+        };
+        if let Some(entry) = self.map.get(&claims.id) {
+            if now >= entry.expires {
+                return Err(AccessError::Expired);
+            }
+            if !entry.refresh.is_usable(wall_unix) {
+                return Err(AccessError::RefreshGone);
+            }
+            return Ok(f(&entry.refresh));
+        }
+        if own {
+            // Ours, and not in the map: expired and swept, or evicted.
+            return Err(AccessError::Unknown);
+        }
+        // A peer's token, first seen here: its claims decide.
+        if wall_unix >= claims.expires {
             return Err(AccessError::Expired);
         }
-        if !entry.refresh.is_usable(wall_unix) {
+        let token = refresh(claims.refresh_id).ok_or(AccessError::RefreshUnseen)?;
+        if !token.is_usable(wall_unix) {
             return Err(AccessError::RefreshGone);
         }
-        Ok(f(&entry.refresh))
+        let left = Duration::from_secs(claims.expires - wall_unix);
+        let out = f(&token);
+        self.insert(claims.id, token, now, now + left, claims.boot);
+        Ok(out)
     }
 
     /// Token checks that failed since start.
@@ -249,8 +471,9 @@ impl AccessTokens {
     /// Drops every entry that can never validate again. Returns how many.
     pub fn sweep(&self, now: Instant, wall_unix: u64) -> usize {
         let before = self.map.len();
-        self.map
-            .retain(|_, e| now < e.expires && e.refresh.is_usable(wall_unix));
+        self.map.retain(|_, e| {
+            now < e.expires && e.refresh.is_usable(wall_unix) && self.boots.contains_key(&e.boot)
+        });
         // The index follows: expired ids go, and so do ids the map no longer
         // holds (their refresh token expired). Both run between requests,
         // every `tokens.sweep_interval`.
@@ -426,6 +649,144 @@ mod tests {
                 tokens.issued_by(3)
             ),
             (0, 1, 0)
+        );
+    }
+
+    /// Two replicas sharing a secret: B learns A's boot from the registry.
+    fn pair() -> (AccessTokens, AccessTokens) {
+        let secret = b"shared server secret";
+        (
+            AccessTokens::keyed(secret, 1000).unwrap(),
+            AccessTokens::keyed(secret, 1000).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_peers_token_verifies_from_its_claims_and_is_then_cached() {
+        let (a, b) = pair();
+        let r = refresh(9);
+        let now = Instant::now();
+        let wall = 1_800_000_000;
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let lookup = |id: u64| (id == 9).then(|| r.clone());
+        let check = |at: Instant, w: u64| b.validate_with(t.as_bytes(), at, w, lookup, |r| r.id);
+        // Unknown boot: refused before any MAC.
+        assert_eq!(check(now, wall), Err(AccessError::EarlierBoot));
+        b.set_peers(&[a.own_boot()]);
+        assert_eq!(b.peers(), 1);
+        assert_eq!(check(now, wall), Ok(9));
+        assert_eq!(b.len(), 1, "cached after the first check");
+        // The cache answers even without the lookup now.
+        assert_eq!(
+            b.validate(t.as_bytes(), now, wall, |r| r.id),
+            Ok(9),
+            "second check is a map hit"
+        );
+        // Its expiry came with it (60 s from minting).
+        assert_eq!(
+            check(now + Duration::from_secs(60), wall + 60),
+            Err(AccessError::Expired)
+        );
+        // Another secret derives another key from the same nonce.
+        let other = AccessTokens::keyed(b"another secret", 10).unwrap();
+        other.set_peers(&[a.own_boot()]);
+        assert_eq!(
+            other.validate_with(t.as_bytes(), now, wall, lookup, |r| r.id),
+            Err(AccessError::Forged)
+        );
+    }
+
+    #[test]
+    fn a_peers_token_needs_its_refresh_token_here_and_live() {
+        let (a, b) = pair();
+        b.set_peers(&[a.own_boot()]);
+        let r = refresh(3);
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        assert_eq!(
+            b.validate_with(t.as_bytes(), now, wall, |_| None, |_| ()),
+            Err(AccessError::RefreshUnseen)
+        );
+        assert!(!AccessError::RefreshUnseen.counts_as_guess());
+        r.revoke();
+        assert_eq!(
+            b.validate_with(t.as_bytes(), now, wall, |_| Some(r.clone()), |_| ()),
+            Err(AccessError::RefreshGone)
+        );
+        assert_eq!(b.len(), 0, "a refused token is not cached");
+        // Past its claimed expiry it is refused without a lookup.
+        assert_eq!(
+            b.validate_with(
+                t.as_bytes(),
+                now,
+                wall + 60,
+                |_| panic!("no lookup"),
+                |_| ()
+            ),
+            Err(AccessError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_retired_boot_is_refused_and_its_cached_tokens_dropped() {
+        let (a, b) = pair();
+        b.set_peers(&[a.own_boot()]);
+        let r = refresh(1);
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let mine = b
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        assert!(b
+            .validate_with(t.as_bytes(), now, wall, |_| Some(r.clone()), |_| ())
+            .is_ok());
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.set_peers(&[]), vec![a.own_boot().0]);
+        assert_eq!(b.len(), 1, "the peer's cached token left the map");
+        assert_eq!(
+            b.validate(t.as_bytes(), now, wall, |_| ()),
+            Err(AccessError::EarlierBoot)
+        );
+        assert_eq!(b.validate(mine.as_bytes(), now, wall, |_| ()), Ok(()));
+    }
+
+    #[test]
+    fn renewing_the_own_boot_ends_every_token_minted_before() {
+        let (a, b) = pair();
+        let r = refresh(1);
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let old = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let before = a.own_boot();
+        let after = a.renew_boot().unwrap();
+        assert_ne!(before.0, after.0);
+        assert_eq!(a.own_boot(), after);
+        assert_eq!(a.len(), 0);
+        assert_eq!(
+            a.validate(old.as_bytes(), now, wall, |_| ()),
+            Err(AccessError::EarlierBoot)
+        );
+        let new = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        assert_eq!(a.validate(new.as_bytes(), now, wall, |_| ()), Ok(()));
+        // A peer that learns the new boot accepts the new token only.
+        b.set_peers(&[after]);
+        let lookup = |_| Some(r.clone());
+        assert_eq!(
+            b.validate_with(new.as_bytes(), now, wall, lookup, |_| ()),
+            Ok(())
+        );
+        assert_eq!(
+            b.validate_with(old.as_bytes(), now, wall, lookup, |_| ()),
+            Err(AccessError::EarlierBoot)
         );
     }
 }

@@ -77,7 +77,7 @@ impl Exchanger<'_> {
         let ttl = self.access_ttl.min(Duration::from_secs(remaining));
         let access_token = self
             .access
-            .issue(refresh.clone(), ttl, self.clock.now())
+            .issue_at(refresh.clone(), ttl, self.clock.now(), wall)
             .map_err(|_| ExchangeError::Unavailable)?;
         refresh.touch(wall, client.ip, client.user_agent);
         Ok(Issued {

@@ -6,9 +6,13 @@
 //! prefix lets secret scanners find leaked tokens. Only an HMAC-SHA256 of the
 //! whole string, under the server secret, is ever stored.
 //!
-//! Access token: `tga_` + base64url(nonce id ‖ random id ‖ MAC tag). The MAC
-//! key is this process's boot nonce, which never leaves memory, so a token
-//! minted before a restart fails the MAC before any lookup.
+//! Access token: `tga_` + base64url(boot id ‖ refresh id ‖ expiry ‖ random
+//! id ‖ MAC tag), 79 characters. The MAC key of a boot (one process lifetime
+//! of one replica) is HMAC(server secret, boot id ‖ boot nonce): the nonce
+//! is drawn at start, so a restart invalidates every token of the earlier
+//! process; in cluster mode the nonce is registered in PostgreSQL, so every
+//! replica holding the secret can verify the token (its claims tell it
+//! which refresh token and until when) with no database round trip.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -28,12 +32,15 @@ const CHECKSUM_LEN: usize = 6;
 pub(crate) const REFRESH_LEN: usize = REFRESH_PREFIX.len() + REFRESH_BODY_LEN + CHECKSUM_LEN;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-const NONCE_ID_LEN: usize = 8;
+/// Access-token layout, before base64: the claims (boot, refresh id,
+/// expiry), the random id, and the tag.
+const BOOT_LEN: usize = 8;
+const CLAIMS_LEN: usize = BOOT_LEN + 8 + 8;
 const ID_LEN: usize = 16;
 const TAG_LEN: usize = 16;
-const ACCESS_RAW_LEN: usize = NONCE_ID_LEN + ID_LEN + TAG_LEN;
-/// 40 bytes in unpadded base64url.
-pub(crate) const ACCESS_LEN: usize = ACCESS_PREFIX.len() + 54;
+const ACCESS_RAW_LEN: usize = CLAIMS_LEN + ID_LEN + TAG_LEN;
+/// 56 bytes in unpadded base64url: 75 characters.
+pub(crate) const ACCESS_LEN: usize = ACCESS_PREFIX.len() + 75;
 
 /// Keyed hasher for refresh tokens. The key is the server secret (`secret.key`).
 #[derive(Clone)]
@@ -118,58 +125,35 @@ pub fn parse_refresh(token: &str) -> Result<ParsedRefresh<'_>, RefreshFormatErro
     Ok(ParsedRefresh(token))
 }
 
-/// Mints and checks access tokens for one process lifetime.
-pub(crate) struct AccessCodec {
-    nonce_id: [u8; NONCE_ID_LEN],
-    /// Keyed with the boot nonce; cloned per use so the key schedule is computed once.
-    mac: HmacSha256,
-}
-
 /// The map key of an access token: its 128-bit random id.
 pub(crate) type AccessId = u128;
 
-impl AccessCodec {
-    /// Draws a fresh boot nonce: every token of an earlier process stops verifying.
-    pub(crate) fn new() -> Result<AccessCodec, getrandom::Error> {
-        let mut nonce = [0u8; 32];
-        random_bytes(&mut nonce)?;
-        let mut nonce_id = [0u8; NONCE_ID_LEN];
-        random_bytes(&mut nonce_id)?;
-        let mac = HmacSha256::new_from_slice(&nonce).unwrap_or_else(|_| unreachable!());
-        Ok(AccessCodec { nonce_id, mac })
-    }
+/// What an access token says about itself, all of it under its MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AccessClaims {
+    /// The boot (one process lifetime of one replica) that minted it.
+    pub(crate) boot: u64,
+    /// The refresh token it was exchanged for.
+    pub(crate) refresh_id: u64,
+    /// Unix seconds.
+    pub(crate) expires: u64,
+    pub(crate) id: AccessId,
+}
 
-    fn tag(&self, nonce_id: &[u8], id: &[u8]) -> [u8; 32] {
-        let mut mac = self.mac.clone();
-        mac.update(b"tga1");
-        mac.update(nonce_id);
-        mac.update(id);
-        mac.finalize().into_bytes().into()
-    }
+/// An access token whose shape is right; its MAC is not checked yet.
+pub(crate) struct RawAccess([u8; ACCESS_RAW_LEN]);
 
-    /// Mints a new token: returns its map id and the string handed to the client.
-    pub(crate) fn mint(&self) -> Result<(AccessId, String), getrandom::Error> {
-        let mut id = [0u8; ID_LEN];
-        random_bytes(&mut id)?;
-        let tag = self.tag(&self.nonce_id, &id);
-        let mut raw = [0u8; ACCESS_RAW_LEN];
-        raw[..NONCE_ID_LEN].copy_from_slice(&self.nonce_id);
-        raw[NONCE_ID_LEN..NONCE_ID_LEN + ID_LEN].copy_from_slice(&id);
-        raw[NONCE_ID_LEN + ID_LEN..].copy_from_slice(&tag[..TAG_LEN]);
-        let mut s = String::with_capacity(ACCESS_LEN);
-        s.push_str(ACCESS_PREFIX);
-        URL_SAFE_NO_PAD.encode_string(raw, &mut s);
-        Ok((u128::from_le_bytes(id), s))
-    }
-
-    /// Checks shape, boot nonce and MAC; returns the map id. No allocation.
-    pub(crate) fn verify(&self, token: &[u8]) -> Result<AccessId, AccessFormatError> {
+impl RawAccess {
+    /// Shape only, no key needed and no allocation: the prefix, the length
+    /// and base64url.
+    pub(crate) fn decode(token: &[u8]) -> Result<RawAccess, AccessFormatError> {
         if token.len() != ACCESS_LEN {
             return Err(AccessFormatError::Malformed);
         }
         let body = token
             .strip_prefix(ACCESS_PREFIX.as_bytes())
             .ok_or(AccessFormatError::Malformed)?;
+        // decode_slice wants room for its estimate (a multiple of 3).
         let mut raw = [0u8; ACCESS_RAW_LEN + 3];
         let n = URL_SAFE_NO_PAD
             .decode_slice(body, &mut raw)
@@ -177,26 +161,113 @@ impl AccessCodec {
         if n != ACCESS_RAW_LEN {
             return Err(AccessFormatError::Malformed);
         }
-        let (nonce_id, rest) = raw[..ACCESS_RAW_LEN].split_at(NONCE_ID_LEN);
-        let (id, tag) = rest.split_at(ID_LEN);
-        if nonce_id != self.nonce_id {
-            // Minted by an earlier process: a restart invalidated it.
-            return Err(AccessFormatError::OtherBoot);
+        let mut out = [0u8; ACCESS_RAW_LEN];
+        out.copy_from_slice(&raw[..ACCESS_RAW_LEN]);
+        Ok(RawAccess(out))
+    }
+
+    #[inline]
+    pub(crate) fn boot(&self) -> u64 {
+        u64_at(&self.0, 0)
+    }
+
+    /// The claims, to be trusted only after [`BootKey::check`].
+    pub(crate) fn claims(&self) -> AccessClaims {
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&self.0[CLAIMS_LEN..CLAIMS_LEN + ID_LEN]);
+        AccessClaims {
+            boot: self.boot(),
+            refresh_id: u64_at(&self.0, BOOT_LEN),
+            expires: u64_at(&self.0, BOOT_LEN + 8),
+            id: u128::from_le_bytes(id),
         }
-        let expected = self.tag(nonce_id, id);
-        if !bool::from(expected[..TAG_LEN].ct_eq(tag)) {
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(v)
+}
+
+/// The server secret as the root of access-token keys (domain-separated
+/// from refresh-token hashing, which MACs `tgr_…` strings).
+#[derive(Clone)]
+pub(crate) struct BootKeys {
+    root: HmacSha256,
+}
+
+impl BootKeys {
+    pub(crate) fn new(secret: &[u8]) -> BootKeys {
+        // HMAC accepts keys of any length; this cannot fail.
+        let root = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+        BootKeys { root }
+    }
+
+    /// The MAC key of boot `boot`: HMAC(server secret, boot ‖ nonce). Every
+    /// replica holding the secret derives it from the registry's nonce; the
+    /// registry (the database) alone derives nothing.
+    pub(crate) fn derive(&self, boot: u64, nonce: &[u8; 32]) -> BootKey {
+        let mut m = self.root.clone();
+        m.update(b"tokengate access-token boot key v2");
+        m.update(&boot.to_be_bytes());
+        m.update(nonce);
+        let key = m.finalize().into_bytes();
+        let mac = HmacSha256::new_from_slice(&key).unwrap_or_else(|_| unreachable!());
+        BootKey { boot, mac }
+    }
+}
+
+/// Mints and checks the access tokens of one boot.
+pub(crate) struct BootKey {
+    pub(crate) boot: u64,
+    /// Keyed once; cloned per use so the key schedule is computed once.
+    mac: HmacSha256,
+}
+
+impl BootKey {
+    fn tag(&self, signed: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(b"tga2");
+        mac.update(signed);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Mints a token for `refresh_id`, expiring at `expires` (Unix seconds):
+    /// returns its map id and the string handed to the client.
+    pub(crate) fn mint(
+        &self,
+        refresh_id: u64,
+        expires: u64,
+    ) -> Result<(AccessId, String), getrandom::Error> {
+        let mut raw = [0u8; ACCESS_RAW_LEN];
+        raw[..BOOT_LEN].copy_from_slice(&self.boot.to_be_bytes());
+        raw[BOOT_LEN..BOOT_LEN + 8].copy_from_slice(&refresh_id.to_be_bytes());
+        raw[BOOT_LEN + 8..CLAIMS_LEN].copy_from_slice(&expires.to_be_bytes());
+        random_bytes(&mut raw[CLAIMS_LEN..CLAIMS_LEN + ID_LEN])?;
+        let tag = self.tag(&raw[..CLAIMS_LEN + ID_LEN]);
+        raw[CLAIMS_LEN + ID_LEN..].copy_from_slice(&tag[..TAG_LEN]);
+        let mut s = String::with_capacity(ACCESS_LEN);
+        s.push_str(ACCESS_PREFIX);
+        URL_SAFE_NO_PAD.encode_string(raw, &mut s);
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&raw[CLAIMS_LEN..CLAIMS_LEN + ID_LEN]);
+        Ok((u128::from_le_bytes(id), s))
+    }
+
+    /// Checks the MAC (constant time) of a token of this boot.
+    pub(crate) fn check(&self, raw: &RawAccess) -> Result<AccessClaims, AccessFormatError> {
+        let expected = self.tag(&raw.0[..CLAIMS_LEN + ID_LEN]);
+        if !bool::from(expected[..TAG_LEN].ct_eq(&raw.0[CLAIMS_LEN + ID_LEN..])) {
             return Err(AccessFormatError::BadMac);
         }
-        let mut idb = [0u8; ID_LEN];
-        idb.copy_from_slice(id);
-        Ok(u128::from_le_bytes(idb))
+        Ok(raw.claims())
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AccessFormatError {
     Malformed,
-    OtherBoot,
     BadMac,
 }
 
@@ -247,33 +318,57 @@ mod tests {
         assert_ne!(a, RefreshHasher::new(b"two").hash(&p));
     }
 
+    fn boot(keys: &BootKeys, id: u64) -> BootKey {
+        keys.derive(id, &[u8::try_from(id % 256).unwrap(); 32])
+    }
+
     #[test]
-    fn access_tokens_verify_only_in_their_own_boot() {
-        let codec = AccessCodec::new().unwrap();
-        let (id, t) = codec.mint().unwrap();
+    fn access_tokens_carry_their_claims_under_the_boot_key() {
+        let keys = BootKeys::new(b"server secret");
+        let a = boot(&keys, 7);
+        let (id, t) = a.mint(42, 1_800_000_000).unwrap();
         assert!(t.starts_with("tga_"));
         assert_eq!(t.len(), ACCESS_LEN);
-        assert_eq!(codec.verify(t.as_bytes()), Ok(id));
-        let next_boot = AccessCodec::new().unwrap();
+        let raw = RawAccess::decode(t.as_bytes()).unwrap();
+        assert_eq!(raw.boot(), 7);
+        let claims = AccessClaims {
+            boot: 7,
+            refresh_id: 42,
+            expires: 1_800_000_000,
+            id,
+        };
+        assert_eq!(a.check(&raw), Ok(claims));
+        // Another replica derives the same key from the same secret and nonce.
+        assert_eq!(boot(&keys, 7).check(&raw), Ok(claims));
+        // Another nonce, or another secret, does not.
         assert_eq!(
-            next_boot.verify(t.as_bytes()),
-            Err(AccessFormatError::OtherBoot)
+            keys.derive(7, &[9; 32]).check(&raw),
+            Err(AccessFormatError::BadMac)
+        );
+        assert_eq!(
+            boot(&BootKeys::new(b"other secret"), 7).check(&raw),
+            Err(AccessFormatError::BadMac)
         );
     }
 
     #[test]
-    fn access_tokens_reject_tampering() {
-        let codec = AccessCodec::new().unwrap();
-        let (_, t) = codec.mint().unwrap();
-        let mut b = t.into_bytes();
-        let last = b.len() - 3;
-        b[last] = if b[last] == b'A' { b'B' } else { b'A' };
-        assert_eq!(codec.verify(&b), Err(AccessFormatError::BadMac));
-        assert_eq!(
-            codec.verify(b"tga_short"),
-            Err(AccessFormatError::Malformed)
-        );
+    fn access_tokens_reject_tampering_with_any_claim() {
+        let a = boot(&BootKeys::new(b"s"), 1);
+        let (_, t) = a.mint(5, 100).unwrap();
+        // Every character position, the claims' included, is covered by the tag.
+        for i in ACCESS_PREFIX.len()..t.len() - 1 {
+            let mut b = t.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            if let Ok(raw) = RawAccess::decode(&b) {
+                assert_eq!(
+                    a.check(&raw),
+                    Err(AccessFormatError::BadMac),
+                    "position {i}"
+                );
+            }
+        }
+        assert!(RawAccess::decode(b"tga_short").is_err());
         let junk = vec![b'*'; ACCESS_LEN];
-        assert_eq!(codec.verify(&junk), Err(AccessFormatError::Malformed));
+        assert!(RawAccess::decode(&junk).is_err());
     }
 }

@@ -28,6 +28,7 @@
 //! stored if the database has none and compared if it has, so a replica
 //! with another secret (whose hashes would match no token) refuses to start.
 
+pub(crate) mod cluster;
 mod schema;
 mod tls;
 
@@ -39,7 +40,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use subtle::ConstantTimeEq;
 use tokio_postgres::NoTls;
 
-use super::record::{RefreshHash, RefreshRecord, UsageDelta};
+use super::record::{RefreshHash, RefreshRecord, UsageDelta, UsageRow};
 use super::{Backend, StoreError};
 use crate::config::{PostgresConfig, SslMode};
 
@@ -47,7 +48,13 @@ pub use schema::{Migrated, SCHEMA_VERSION};
 
 /// A database failure as text that is safe to log and show: PostgreSQL's
 /// own message and code, or the client's description. Never the URL.
-pub(super) struct PgError(String);
+pub(crate) struct PgError(pub(crate) String);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -97,6 +104,12 @@ pub(crate) struct PostgresBackend {
     call_timeout: Duration,
     /// Bound on migrating: a connection plus the migration transaction.
     migrate_timeout: Duration,
+    /// What the listening connection is made from (cluster mode).
+    connect: tokio_postgres::Config,
+    tls: Option<tls::RustlsMakeTls>,
+    /// The change feed's position read just before the tokens were loaded:
+    /// the listener applies what came after (a change seen twice is harmless).
+    start_seq: std::sync::atomic::AtomicI64,
 }
 
 impl PostgresBackend {
@@ -132,12 +145,16 @@ impl PostgresBackend {
                 secret_file: PathBuf::from(secret_file),
             });
         }
+        // Before the tokens are loaded (the store loads them next): whatever
+        // commits in between is applied again by the listener, harmlessly.
+        let seq = backend.run("reading the change feed", |pool| async move {
+            let client = pool.get().await?;
+            cluster::feed_position(&client).await
+        })?;
+        backend
+            .start_seq
+            .store(seq, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(url = %backend.url, schema = SCHEMA_VERSION, "PostgreSQL token store ready");
-        // Until the change feed lands (docs/cluster-plan.md), other
-        // replicas' creates and deletes reach this one only at its start.
-        tracing::warn!(
-            "storage.backend = \"postgres\" runs one replica at a time for now: changes made by another replica are seen only at the next start"
-        );
         Ok(backend)
     }
 
@@ -151,9 +168,10 @@ impl PostgresBackend {
             .build()
             .map_err(|e| StoreError::Setup(format!("cannot start the database runtime: {e}")))?;
         let mut connect = pg.connect.clone();
-        // Every statement of every session is bounded by the server itself.
+        // Every statement of every session is bounded by the server itself;
+        // notices (a migration's "already exists, skipping") are not logged.
         let options = format!(
-            "{} -c statement_timeout={}",
+            "{} -c statement_timeout={} -c client_min_messages=warning",
             connect.get_options().unwrap_or(""),
             pg.statement_timeout.as_millis()
         );
@@ -169,9 +187,10 @@ impl PostgresBackend {
                 "storage.postgres.sslmode = \"require\": the connection is encrypted but the server is not verified; use verify-full"
             );
         }
-        let manager = match tls::RustlsMakeTls::new(pg).map_err(StoreError::Setup)? {
-            Some(tls) => Manager::from_config(connect, tls, manager_config),
-            None => Manager::from_config(connect, NoTls, manager_config),
+        let tls = tls::RustlsMakeTls::new(pg).map_err(StoreError::Setup)?;
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(connect.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(connect.clone(), NoTls, manager_config),
         };
         let pool = Pool::builder(manager)
             .max_size(pg.pool_size)
@@ -190,6 +209,9 @@ impl PostgresBackend {
             call_timeout: pg.connect_timeout + pg.statement_timeout,
             migrate_timeout: pg.connect_timeout
                 + Duration::from_secs(schema::MIGRATION_TIMEOUT_SECS),
+            connect,
+            tls,
+            start_seq: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -278,12 +300,52 @@ pub fn migrate(pg: &PostgresConfig) -> Result<Migrated, StoreError> {
     PostgresBackend::connect(pg)?.migrate()
 }
 
+/// Records a change per token and announces the last one, inside the
+/// caller's transaction (which holds `FEED_LOCK`, so `seq` order is commit
+/// order): a replica that hears the notification reads a committed change.
+async fn announce(
+    tx: &deadpool_postgres::Transaction<'_>,
+    kind: &str,
+    ids: &[i64],
+) -> Result<(), PgError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO tokengate_changes (kind, refresh_id) \
+             SELECT $1, unnest($2::bigint[]) RETURNING seq",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&kind, &ids]).await?;
+    let last = rows
+        .iter()
+        .filter_map(|r| r.try_get::<_, i64>(0).ok())
+        .max()
+        .unwrap_or(0);
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&cluster::CHANNEL, &last.to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Unix seconds as PostgreSQL's bigint; times past year 292 billion are refused.
 fn to_db(v: u64) -> Result<i64, PgError> {
     i64::try_from(v).map_err(|_| PgError(format!("time {v} out of range")))
 }
 
 impl Backend for PostgresBackend {
+    fn cluster(&self) -> Option<cluster::ClusterDb> {
+        let handle = self.runtime.as_ref()?.handle().clone();
+        Some(cluster::ClusterDb::new(
+            self.pool.clone(),
+            handle,
+            self.url.clone(),
+            self.connect.clone(),
+            self.tls.clone(),
+            self.start_seq.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
+
     fn load(&self) -> Result<Vec<(RefreshHash, RefreshRecord)>, StoreError> {
         let rows = self.run("loading refresh tokens", |pool| async move {
             let client = pool.get().await?;
@@ -336,17 +398,23 @@ impl Backend for PostgresBackend {
         let (h, n) = (hash.to_vec(), name.to_owned());
         let id: i64 = self.run("creating a refresh token", |pool| async move {
             let (created, expires) = (to_db(created)?, expires.map(to_db).transpose()?);
-            let client = pool.get().await?;
-            let stmt = client
+            let mut client = pool.get().await?;
+            // The token, its change record and the announcement commit
+            // together: a replica that hears of it can read it.
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+                .await?;
+            let stmt = tx
                 .prepare_cached(
                     "INSERT INTO refresh_tokens (hash, name, created, expires) \
                      VALUES ($1, $2, $3, $4) RETURNING id",
                 )
                 .await?;
-            let row = client
-                .query_one(&stmt, &[&h, &n, &created, &expires])
-                .await?;
-            Ok(row.try_get(0)?)
+            let row = tx.query_one(&stmt, &[&h, &n, &created, &expires]).await?;
+            let id: i64 = row.try_get(0)?;
+            announce(&tx, "create", &[id]).await?;
+            tx.commit().await?;
+            Ok(id)
         })?;
         let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
         Ok(RefreshRecord::new(id, name, created, expires))
@@ -356,11 +424,23 @@ impl Backend for PostgresBackend {
         // An id beyond bigint was never handed out: nothing to delete.
         let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
         let rows = self.run("deleting refresh tokens", |pool| async move {
-            let client = pool.get().await?;
-            let stmt = client
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+                .await?;
+            let stmt = tx
                 .prepare_cached("DELETE FROM refresh_tokens WHERE id = ANY($1) RETURNING id")
                 .await?;
-            Ok(client.query(&stmt, &[&ids]).await?)
+            let rows = tx.query(&stmt, &[&ids]).await?;
+            let gone: Vec<i64> = rows
+                .iter()
+                .map(|r| r.try_get::<_, i64>(0))
+                .collect::<Result<_, _>>()?;
+            if !gone.is_empty() {
+                announce(&tx, "delete", &gone).await?;
+            }
+            tx.commit().await?;
+            Ok(rows)
         })?;
         rows.iter()
             .map(|r| {
@@ -370,6 +450,41 @@ impl Backend for PostgresBackend {
                 u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))
             })
             .collect()
+    }
+
+    fn read_usage(&self) -> Result<Option<Vec<UsageRow>>, StoreError> {
+        let rows = self.run("reading token usage", |pool| async move {
+            let client = pool.get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id, use_count, last_used, last_ip, last_user_agent \
+                     FROM refresh_tokens",
+                )
+                .await?;
+            Ok(client.query(&stmt, &[]).await?)
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+            let read = || -> Result<Option<UsageRow>, tokio_postgres::Error> {
+                let Some(id) = unsigned(row.try_get(0)?) else {
+                    return Ok(None);
+                };
+                Ok(Some(UsageRow {
+                    id,
+                    use_count: unsigned(row.try_get(1)?).unwrap_or(0),
+                    last_used: unsigned(row.try_get(2)?),
+                    last_ip: row.try_get(3)?,
+                    last_user_agent: row.try_get(4)?,
+                }))
+            };
+            match read() {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => return Err(self.error("reading token usage", e.into())),
+            }
+        }
+        Ok(Some(out))
     }
 
     fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError> {

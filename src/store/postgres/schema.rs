@@ -21,14 +21,15 @@ struct Migration {
 }
 
 /// In order; each `version` is its position, counted from 1.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "refresh tokens and the secret fingerprint",
-    // Times are Unix seconds (bigint), as in the redb records. Ids come from
-    // an identity sequence, which never hands a value out twice (not even
-    // after a rollback): an access token bound to a deleted id can never be
-    // revived by a new token.
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "refresh tokens and the secret fingerprint",
+        // Times are Unix seconds (bigint), as in the redb records. Ids come from
+        // an identity sequence, which never hands a value out twice (not even
+        // after a rollback): an access token bound to a deleted id can never be
+        // revived by a new token.
+        sql: "
         CREATE TABLE tokengate_meta (
             key   text PRIMARY KEY,
             value bytea NOT NULL
@@ -45,7 +46,41 @@ const MIGRATIONS: &[Migration] = &[Migration {
             last_user_agent text
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "the change feed and the replica registry",
+        // `tokengate_changes`: what every replica must apply, in `seq` order.
+        // Writers take FEED_LOCK before inserting, so `seq` order is commit
+        // order and a reader that has seen `seq` n has seen everything below.
+        // `kind`: create / delete (refresh_id), retire (boot_id), rotate.
+        //
+        // `tokengate_replicas`: one row per boot (process start) of a replica.
+        // The nonce keys the boot's access-token MAC together with the server
+        // secret, which the database never holds: the table alone mints nothing.
+        sql: "
+        CREATE TABLE tokengate_changes (
+            seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            kind       text NOT NULL CHECK (kind IN ('create', 'delete', 'retire', 'rotate')),
+            refresh_id bigint,
+            boot_id    bigint,
+            at         timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE tokengate_replicas (
+            boot_id   bigint PRIMARY KEY,
+            nonce     bytea NOT NULL CHECK (octet_length(nonce) = 32),
+            name      text NOT NULL,
+            started   timestamptz NOT NULL DEFAULT now(),
+            heartbeat timestamptz NOT NULL DEFAULT now(),
+            retired   timestamptz
+        );
+    ",
+    },
+];
+
+/// The advisory-lock key that orders change records ("tgfeed" + 1): held
+/// from a change's insert to its commit, so `seq` order is commit order.
+pub(super) const FEED_LOCK: i64 = 0x7467_6665_6564_0001;
 
 /// The newest schema version this binary knows.
 #[allow(

@@ -1,0 +1,428 @@
+//! Cluster mode: replicas sharing refresh tokens in PostgreSQL.
+//!
+//! Each replica runs one loop (`run`, on the database runtime) that holds a
+//! listening connection of its own and, on every notification, every
+//! catch-up request and at least every `POLL`:
+//!
+//! 1. applies the change feed past its position, in order (creates and
+//!    deletes of refresh tokens; a delete revokes every access token the
+//!    refresh token issued, here as on the replica that deleted it);
+//! 2. renews its boot's heartbeat (every quarter of `cluster.node_timeout`),
+//!    and draws a new boot if the cluster retired this one;
+//! 3. reads the live boots (heartbeat within `cluster.node_timeout` by the
+//!    database's clock): their access tokens verify here, and the tokens of
+//!    every other boot are refused from then on.
+//!
+//! A round that succeeds is "contact". Without contact for
+//! `cluster.max_staleness` the replica can no longer vouch for a delete it
+//! may have missed, so bearer checks answer 503 (fail closed, not 401: the
+//! token is not known to be bad); without contact for `EXCHANGE_STALENESS`,
+//! or with the listening connection down, exchanges answer 503. After a
+//! reconnect the loop reconciles the maps with the tokens table (it may
+//! have missed changes the feed has since pruned), then carries on.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::state::State;
+use crate::store::{cluster_db, Change, ClusterDb, PgError};
+
+/// The safety net under notifications: a round at least this often.
+pub(crate) const POLL: Duration = Duration::from_millis(250);
+/// Exchanges need fresher contact than the bearer check's staleness bound
+/// (a new access token is a new promise), but not so fresh that a busy
+/// machine's scheduling refuses them.
+const EXCHANGE_STALENESS: Duration = Duration::from_secs(2);
+/// How long one catch-up (an exchange's database fallback) may wait.
+pub(crate) const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+/// Most changes applied per query (a replica far behind reads in pages).
+const PAGE: i64 = 10_000;
+/// How often old changes and boots are pruned (by every replica: cheap).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The least time between two rounds.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(5);
+/// A round's queries together; beyond this the connection is presumed dead.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) struct Cluster {
+    db: ClusterDb,
+    pub(crate) name: String,
+    node_timeout: Duration,
+    max_staleness: Duration,
+    /// Milliseconds since `base` of the last successful round.
+    base: Instant,
+    last_contact: AtomicU64,
+    /// The listening connection is up and its last round succeeded.
+    connected: AtomicBool,
+    /// The feed's position: every change up to it is applied here.
+    seq: AtomicI64,
+    /// Rounds begun and ended, so a catch-up waits for a round that
+    /// started after it asked.
+    started: AtomicU64,
+    ended: watch::Sender<u64>,
+    /// Notifications and catch-up requests wake the loop.
+    wake: Arc<Notify>,
+    /// Changes applied from the feed since start (tests, stats).
+    applied: AtomicU64,
+}
+
+/// Why the cluster refused to serve a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// No contact with the database for longer than allowed.
+    Stale,
+}
+
+impl Cluster {
+    /// Registers this process's boot (blocking, at start: its tokens must
+    /// verify on the other replicas before the first one is handed out).
+    pub(crate) fn start(
+        db: ClusterDb,
+        config: &crate::config::ClusterConfig,
+        boot: (u64, [u8; 32]),
+    ) -> Result<Cluster, crate::store::StoreError> {
+        let name = config.name.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let pool = db.pool.clone();
+        let seed_name = name.clone();
+        db.handle.spawn(async move {
+            let done = tokio::time::timeout(ROUND_TIMEOUT, async {
+                let client = pool.get().await.map_err(PgError::from)?;
+                cluster_db::register(&client, boot.0, &boot.1, &seed_name).await
+            })
+            .await;
+            let _ = tx.send(done);
+        });
+        let fail = |detail: String| crate::store::StoreError::Postgres {
+            url: db.url.clone(),
+            detail: format!("registering this replica: {detail}"),
+        };
+        match rx.recv() {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(fail(e.0)),
+            Ok(Err(_)) => return Err(fail(format!("no answer within {ROUND_TIMEOUT:?}"))),
+            Err(_) => return Err(fail("the database runtime stopped".into())),
+        }
+        tracing::info!(replica = %name, boot = format!("{:016x}", boot.0), "replica registered");
+        let seq = db.start_seq;
+        Ok(Cluster {
+            db,
+            name,
+            node_timeout: config.node_timeout,
+            max_staleness: config.max_staleness,
+            base: Instant::now(),
+            // Registering was contact.
+            last_contact: AtomicU64::new(0),
+            connected: AtomicBool::new(true),
+            seq: AtomicI64::new(seq),
+            started: AtomicU64::new(0),
+            ended: watch::channel(0).0,
+            wake: Arc::new(Notify::new()),
+            applied: AtomicU64::new(0),
+        })
+    }
+
+    fn since_contact(&self) -> Duration {
+        let last = Duration::from_millis(self.last_contact.load(Ordering::Acquire));
+        self.base.elapsed().saturating_sub(last)
+    }
+
+    fn contact(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_contact.store(ms, Ordering::Release);
+    }
+
+    /// Bearer checks: may access tokens verified here still be trusted?
+    #[inline]
+    pub(crate) fn check_fresh(&self) -> Result<(), Unavailable> {
+        if self.since_contact() > self.max_staleness {
+            Err(Unavailable::Stale)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Exchanges (and readiness): is the database reachable right now?
+    pub(crate) fn check_connected(&self) -> Result<(), Unavailable> {
+        if !self.connected.load(Ordering::Acquire) || self.since_contact() > EXCHANGE_STALENESS {
+            Err(Unavailable::Stale)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Seconds since the last contact with the database (readiness, stats).
+    pub(crate) fn staleness(&self) -> Duration {
+        self.since_contact()
+    }
+
+    /// Changes applied from the feed since start.
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `CATCH_UP_WAIT`) for a round that starts after this
+    /// call: afterwards, everything committed before the call is applied
+    /// here. Concurrent callers share rounds. False when none completed in
+    /// time (the database is slow or away).
+    pub(crate) async fn catch_up(&self) -> bool {
+        let target = self.started.load(Ordering::Acquire) + 1;
+        let mut ended = self.ended.subscribe();
+        self.wake.notify_one();
+        tokio::time::timeout(CATCH_UP_WAIT, ended.wait_for(|&n| n >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Retires every boot of every replica (`tokengate cluster rotate`):
+    /// every access token in the cluster is refused within a round, and
+    /// each replica draws a new boot. Returns how many boots were retired.
+    pub(crate) async fn rotate(&self) -> Result<u64, PgError> {
+        let pool = self.db.pool.clone();
+        let n = self
+            .db
+            .handle
+            .spawn(async move {
+                tokio::time::timeout(ROUND_TIMEOUT, cluster_db::retire(&pool, None)).await
+            })
+            .await
+            .map_err(|e| PgError(e.to_string()))?
+            .map_err(|_| PgError(format!("no answer within {ROUND_TIMEOUT:?}")))??;
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Retires this process's boot at a clean shutdown: every replica drops
+    /// its access tokens at once (DPA's rule: a restart ends them).
+    pub(crate) async fn retire(&self, boot: u64) {
+        let pool = self.db.pool.clone();
+        let done = self
+            .db
+            .handle
+            .spawn(async move {
+                tokio::time::timeout(ROUND_TIMEOUT, cluster_db::retire(&pool, Some(boot))).await
+            })
+            .await;
+        match done {
+            Ok(Ok(Ok(_))) => tracing::info!(replica = %self.name, "boot retired"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "retiring this boot failed; the others drop its tokens after cluster.node_timeout")
+            }
+            _ => tracing::warn!(
+                "retiring this boot timed out; the others drop its tokens after cluster.node_timeout"
+            ),
+        }
+    }
+
+    /// Starts the loop on the database runtime; it ends with `shutdown`.
+    pub(crate) fn spawn(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+        let Some(cluster) = state.cluster.clone() else {
+            return;
+        };
+        cluster.db.handle.clone().spawn(async move {
+            tokio::select! {
+                () = cluster.run(&state) => {}
+                _ = shutdown.wait_for(|&s| s) => {}
+            }
+        });
+    }
+
+    async fn run(&self, state: &State) {
+        let mut backoff = Duration::from_millis(50);
+        let mut first = true;
+        let mut last_beat: Option<Instant> = None;
+        let mut last_prune = Instant::now();
+        loop {
+            let client = match self.db.listen(self.wake.clone()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.connected.store(false, Ordering::Release);
+                    tracing::warn!(url = %self.db.url, error = %e, "cannot reach PostgreSQL; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            if !first {
+                tracing::info!(url = %self.db.url, "listening to PostgreSQL again; catching up");
+            }
+            // A new connection may follow missed changes (pruned from the
+            // feed, if it was long): reconcile before trusting the feed.
+            let reconcile = !first;
+            first = false;
+            let mut reconcile = reconcile;
+            loop {
+                let round = tokio::time::timeout(
+                    ROUND_TIMEOUT,
+                    self.round(state, &client, reconcile, &mut last_beat),
+                )
+                .await;
+                match round {
+                    Ok(Ok(())) => {
+                        reconcile = false;
+                        self.contact();
+                        self.connected.store(true, Ordering::Release);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(url = %self.db.url, error = %e, "PostgreSQL round failed; reconnecting");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(url = %self.db.url, "PostgreSQL did not answer within {ROUND_TIMEOUT:?}; reconnecting");
+                        break;
+                    }
+                }
+                if last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = Instant::now();
+                    if let Err(e) = cluster_db::prune(&client).await {
+                        tracing::debug!(error = %e, "pruning the change feed failed");
+                    }
+                }
+                if client.is_closed() {
+                    break;
+                }
+                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
+                // Rounds back to back at most this often, however many
+                // notifications and catch-ups ask: the database's load from
+                // one replica stays bounded (catch-ups share the next round).
+                tokio::time::sleep(MIN_ROUND_GAP).await;
+            }
+            self.connected.store(false, Ordering::Release);
+        }
+    }
+
+    /// One round: the feed, the heartbeat, the live boots.
+    async fn round(
+        &self,
+        state: &State,
+        client: &tokio_postgres::Client,
+        reconcile: bool,
+        last_beat: &mut Option<Instant>,
+    ) -> Result<(), PgError> {
+        let id = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut retired = false;
+        if reconcile {
+            self.reconcile(state, client).await?;
+        }
+        loop {
+            let from = self.seq.load(Ordering::Acquire);
+            let changes = cluster_db::changes_since(client, from, PAGE).await?;
+            let last = changes.len();
+            let mut deleted = Vec::new();
+            for (seq, change) in changes {
+                match change {
+                    Change::Created(hash, rec) => {
+                        if state.store.apply_created(hash, &rec) {
+                            tracing::debug!(
+                                token_id = rec.id,
+                                "refresh token created on another replica"
+                            );
+                        }
+                    }
+                    Change::Deleted(id) => deleted.push(id),
+                    Change::Retired => retired = true,
+                }
+                self.apply_deletes(state, &mut deleted);
+                self.seq.store(seq, Ordering::Release);
+                self.applied.fetch_add(1, Ordering::Relaxed);
+            }
+            if i64::try_from(last).unwrap_or(PAGE) < PAGE {
+                break;
+            }
+        }
+        let beat_due = last_beat.is_none_or(|t| t.elapsed() >= self.node_timeout / 4);
+        if beat_due || retired {
+            let (boot, _) = state.access.own_boot();
+            if cluster_db::heartbeat(client, boot).await? {
+                *last_beat = Some(Instant::now());
+            } else {
+                // Retired (a rotation): a new boot, so nothing minted by
+                // the old one comes back to life.
+                let seed = state
+                    .access
+                    .renew_boot()
+                    .map_err(|e| PgError(format!("drawing a new boot: {e}")))?;
+                cluster_db::register(client, seed.0, &seed.1, &self.name).await?;
+                *last_beat = Some(Instant::now());
+                tracing::warn!(
+                    replica = %self.name,
+                    old = format!("{boot:016x}"),
+                    new = format!("{:016x}", seed.0),
+                    "this replica's boot was retired by the cluster; its access tokens are no longer valid"
+                );
+            }
+        }
+        let (own, _) = state.access.own_boot();
+        let peers = cluster_db::peer_boots(client, own, self.node_timeout).await?;
+        // Peers heard from within node_timeout (see `peer_boots` for a
+        // database restart); retired boots are not listed at all.
+        let live: Vec<(u64, [u8; 32])> = peers
+            .iter()
+            .filter(|p| p.fresh)
+            .map(|p| (p.boot, p.nonce))
+            .collect();
+        let gone = state.access.set_peers(&live);
+        if !gone.is_empty() {
+            tracing::info!(
+                boots = ?gone.iter().map(|b| format!("{b:016x}")).collect::<Vec<_>>(),
+                "replica boots retired or silent past cluster.node_timeout; their access tokens are refused"
+            );
+        }
+        self.ended.send_replace(id);
+        Ok(())
+    }
+
+    fn apply_deletes(&self, state: &State, ids: &mut Vec<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let gone = state.store.apply_deleted(ids);
+        state.access.revoke_refresh(ids);
+        for t in gone {
+            tracing::debug!(token_id = t.id, token_name = %t.name, "refresh token deleted on another replica");
+        }
+        ids.clear();
+    }
+
+    /// Makes the maps match the tokens table: what is missing is added,
+    /// what is gone is deleted. The feed position is read first, so the
+    /// feed then replays anything that commits meanwhile.
+    async fn reconcile(
+        &self,
+        state: &State,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), PgError> {
+        let seq = cluster_db::feed_position(client).await?;
+        let stored = cluster_db::all_ids(client).await?;
+        let stored_set: std::collections::HashSet<u64> = stored.iter().copied().collect();
+        let mut gone: Vec<u64> = state
+            .store
+            .ids()
+            .into_iter()
+            .filter(|id| !stored_set.contains(id))
+            .collect();
+        let here: std::collections::HashSet<u64> = state.store.ids().into_iter().collect();
+        let missing: Vec<u64> = stored.into_iter().filter(|id| !here.contains(id)).collect();
+        if !missing.is_empty() {
+            for change in cluster_db::records(client, &missing).await? {
+                if let Change::Created(hash, rec) = change {
+                    state.store.apply_created(hash, &rec);
+                }
+            }
+        }
+        let deleted = gone.len();
+        self.apply_deletes(state, &mut gone);
+        // Never move backwards (the feed may have run ahead meanwhile).
+        self.seq.fetch_max(seq, Ordering::AcqRel);
+        tracing::info!(
+            added = missing.len(),
+            deleted,
+            "reconciled refresh tokens with PostgreSQL"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,363 @@
+//! What cluster mode asks of the database, apart from the refresh tokens
+//! themselves: the change feed (read side; `mod.rs` writes it with each
+//! create and delete), the replica registry, and the listening connection.
+//!
+//! Everything here is async and runs on the backend's own runtime
+//! (`ClusterDb::handle`); `crate::cluster` drives it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::schema::FEED_LOCK;
+use super::tls::RustlsMakeTls;
+use super::PgError;
+use crate::store::record::{RefreshHash, RefreshRecord};
+
+/// The channel every change is announced on (its payload: the `seq`).
+pub(crate) const CHANNEL: &str = "tokengate";
+/// `application_name` of the listening connection, so operators (and the
+/// tests) can find it in `pg_stat_activity`.
+pub(crate) const LISTENER_NAME: &str = "tokengate-listener";
+
+/// One row of the change feed, with the token's record for a create (if
+/// the token still exists: a create followed by a delete reads as both).
+pub(crate) enum Change {
+    Created(RefreshHash, RefreshRecord),
+    Deleted(u64),
+    /// A boot was retired, or all of them (`rotate`): the registry says which.
+    Retired,
+}
+
+/// A handle on the database for the cluster: the pool, the runtime the
+/// connections live on, and what a listening connection is made from.
+#[derive(Clone)]
+pub(crate) struct ClusterDb {
+    pub(crate) pool: Pool,
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) url: String,
+    connect: tokio_postgres::Config,
+    tls: Option<RustlsMakeTls>,
+    /// The feed's position when the tokens were loaded at start.
+    pub(crate) start_seq: i64,
+}
+
+impl ClusterDb {
+    pub(super) fn new(
+        pool: Pool,
+        handle: tokio::runtime::Handle,
+        url: String,
+        connect: tokio_postgres::Config,
+        tls: Option<RustlsMakeTls>,
+        start_seq: i64,
+    ) -> ClusterDb {
+        ClusterDb {
+            pool,
+            handle,
+            url,
+            connect,
+            tls,
+            start_seq,
+        }
+    }
+
+    /// Opens the listening connection (not pooled: a pooled connection
+    /// never delivers notifications) and drives it on a task of its own,
+    /// which calls `wake` on every notification. `LISTEN` is issued before
+    /// this returns, so a change committed after it is never missed.
+    /// The connection ends when the returned client is dropped.
+    pub(crate) async fn listen(&self, wake: Arc<Notify>) -> Result<Client, PgError> {
+        let mut config = self.connect.clone();
+        config.application_name(LISTENER_NAME);
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = config.connect(tls.clone()).await?;
+                tokio::spawn(drive(conn, wake));
+                client
+            }
+            None => {
+                let (client, conn) = config.connect(NoTls).await?;
+                tokio::spawn(drive(conn, wake));
+                client
+            }
+        };
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        Ok(client)
+    }
+}
+
+/// Polls the connection itself (tokio-postgres hands notifications only to
+/// whoever polls `poll_message`), until it closes or fails.
+async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, wake: Arc<Notify>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %PgError::from(e).0, "the listening connection to PostgreSQL failed");
+                // Wake the loop so it notices at once, not at its next poll.
+                wake.notify_one();
+                return;
+            }
+            None => {
+                wake.notify_one();
+                return;
+            }
+        }
+    }
+}
+
+/// The feed's newest position (0 when empty).
+pub(crate) async fn feed_position(client: &Client) -> Result<i64, PgError> {
+    let row = client
+        .query_one("SELECT coalesce(max(seq), 0) FROM tokengate_changes", &[])
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Changes after `seq`, in order, at most `limit`; with the position of the
+/// last one returned.
+pub(crate) async fn changes_since(
+    client: &Client,
+    seq: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Change)>, PgError> {
+    let rows = client
+        .query(
+            "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
+                    t.last_used, t.use_count, t.last_ip, t.last_user_agent \
+             FROM tokengate_changes c LEFT JOIN refresh_tokens t \
+               ON c.kind = 'create' AND t.id = c.refresh_id \
+             WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+            &[&seq, &limit],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get(0)?;
+        let kind: &str = row.try_get(1)?;
+        let refresh_id: Option<i64> = row.try_get(2)?;
+        let id = refresh_id.and_then(|i| u64::try_from(i).ok());
+        let change = match (kind, id) {
+            ("create", Some(id)) => match token_at(&row, 3, id)? {
+                Some((hash, rec)) => Change::Created(hash, rec),
+                // Deleted since: its delete follows in the feed.
+                None => continue,
+            },
+            ("delete", Some(id)) => Change::Deleted(id),
+            ("retire" | "rotate", _) => Change::Retired,
+            _ => continue,
+        };
+        out.push((seq, change));
+    }
+    Ok(out)
+}
+
+/// Every token's id and hash: what a replica reconciles its maps with after
+/// it lost the feed for a while.
+pub(crate) async fn all_ids(client: &Client) -> Result<Vec<u64>, PgError> {
+    let rows = client.query("SELECT id FROM refresh_tokens", &[]).await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        if let Ok(id) = u64::try_from(id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// The tokens whose ids are in `ids`, as a create change each.
+pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>, PgError> {
+    let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
+    let rows = client
+        .query(
+            "SELECT id, hash, name, created, expires, last_used, use_count, last_ip, \
+                    last_user_agent FROM refresh_tokens WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        let Ok(id) = u64::try_from(id) else {
+            continue;
+        };
+        if let Some((hash, rec)) = token_at(&row, 1, id)? {
+            out.push(Change::Created(hash, rec));
+        }
+    }
+    Ok(out)
+}
+
+/// A token's hash and record from `row`'s columns `at..at + 8` (hash, name,
+/// created, expires, last_used, use_count, last_ip, last_user_agent);
+/// `None` when the hash is absent (a left join found no token) or not 32 bytes.
+fn token_at(
+    row: &tokio_postgres::Row,
+    at: usize,
+    id: u64,
+) -> Result<Option<(RefreshHash, RefreshRecord)>, PgError> {
+    let hash: Option<Vec<u8>> = row.try_get(at)?;
+    let Some(hash) = hash.and_then(|h| RefreshHash::try_from(h.as_slice()).ok()) else {
+        return Ok(None);
+    };
+    let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+    let rec = RefreshRecord {
+        id,
+        name: row.try_get(at + 1)?,
+        created: unsigned(row.try_get(at + 2)?).unwrap_or(0),
+        expires: unsigned(row.try_get(at + 3)?),
+        last_used: unsigned(row.try_get(at + 4)?),
+        use_count: unsigned(row.try_get(at + 5)?).unwrap_or(0),
+        last_ip: row.try_get(at + 6)?,
+        last_user_agent: row.try_get(at + 7)?,
+    };
+    Ok(Some((hash, rec)))
+}
+
+/// Adds this boot to the registry (its heartbeat starts now).
+pub(crate) async fn register(
+    client: &Client,
+    boot: u64,
+    nonce: &[u8; 32],
+    name: &str,
+) -> Result<(), PgError> {
+    let boot = to_db(boot)?;
+    client
+        .execute(
+            "INSERT INTO tokengate_replicas (boot_id, nonce, name) VALUES ($1, $2, $3)",
+            &[&boot, &nonce.as_slice(), &name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Renews this boot's heartbeat. False when the cluster retired the boot
+/// (a rotation, or its row is gone): it must not come back to life. A
+/// heartbeat that lapsed while the database was away is simply renewed: the
+/// process did not restart, so by DPA's rule its tokens live on.
+pub(crate) async fn heartbeat(client: &Client, boot: u64) -> Result<bool, PgError> {
+    let boot = to_db(boot)?;
+    let n = client
+        .execute(
+            "UPDATE tokengate_replicas SET heartbeat = now() \
+             WHERE boot_id = $1 AND retired IS NULL",
+            &[&boot],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// A boot in the registry, not retired.
+pub(crate) struct PeerBoot {
+    pub(crate) boot: u64,
+    pub(crate) nonce: [u8; 32],
+    /// Heard from within `node_timeout`, by the database's clock.
+    pub(crate) fresh: bool,
+}
+
+/// Boots other than `own` that are not retired, each with whether it is
+/// fresh: heartbeat within `node_timeout` by the database's clock (one clock
+/// for every replica), or the database itself started within it (after a
+/// database restart nobody could heartbeat: every replica gets
+/// `node_timeout` to be heard from again before its tokens are refused).
+pub(crate) async fn peer_boots(
+    client: &Client,
+    own: u64,
+    node_timeout: Duration,
+) -> Result<Vec<PeerBoot>, PgError> {
+    let own = to_db(own)?;
+    let timeout = millis(node_timeout);
+    let rows = client
+        .query(
+            "SELECT boot_id, nonce, \
+                    (greatest(heartbeat, pg_postmaster_start_time()) \
+                       > now() - make_interval(secs => $2::bigint / 1000.0)) \
+             FROM tokengate_replicas WHERE retired IS NULL AND boot_id <> $1",
+            &[&own, &timeout],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        let nonce: Vec<u8> = row.try_get(1)?;
+        let fresh: bool = row.try_get(2)?;
+        if let (Ok(boot), Ok(nonce)) = (u64::try_from(id), <[u8; 32]>::try_from(nonce.as_slice())) {
+            out.push(PeerBoot { boot, nonce, fresh });
+        }
+    }
+    Ok(out)
+}
+
+/// Retires one boot (a clean shutdown) or every boot (`boot = None`: a
+/// rotation), with a change record so every replica hears of it at once.
+/// Returns how many boots it retired.
+pub(crate) async fn retire(pool: &Pool, boot: Option<u64>) -> Result<u64, PgError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK])
+        .await?;
+    let (n, kind, boot) = match boot {
+        Some(b) => {
+            let b = to_db(b)?;
+            let n = tx
+                .execute(
+                    "UPDATE tokengate_replicas SET retired = now() \
+                     WHERE boot_id = $1 AND retired IS NULL",
+                    &[&b],
+                )
+                .await?;
+            (n, "retire", Some(b))
+        }
+        None => {
+            let n = tx
+                .execute(
+                    "UPDATE tokengate_replicas SET retired = now() WHERE retired IS NULL",
+                    &[],
+                )
+                .await?;
+            (n, "rotate", None)
+        }
+    };
+    let row = tx
+        .query_one(
+            "INSERT INTO tokengate_changes (kind, boot_id) VALUES ($1, $2) RETURNING seq",
+            &[&kind, &boot],
+        )
+        .await?;
+    let seq: i64 = row.try_get(0)?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Forgets what nobody needs any more: changes older than a day (a replica
+/// away longer reconciles from the tokens themselves) and boots retired or
+/// silent for as long.
+pub(crate) async fn prune(client: &Client) -> Result<(), PgError> {
+    client
+        .batch_execute(
+            "DELETE FROM tokengate_changes WHERE at < now() - interval '1 day'; \
+             DELETE FROM tokengate_replicas \
+               WHERE coalesce(retired, heartbeat) < now() - interval '1 day'",
+        )
+        .await?;
+    Ok(())
+}
+
+fn to_db(v: u64) -> Result<i64, PgError> {
+    i64::try_from(v).map_err(|_| PgError(format!("id {v} out of range")))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
