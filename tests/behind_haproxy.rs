@@ -15,65 +15,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::haproxy::Haproxy;
 use common::{closed_by_peer, connect_from, eventually, secs, TestGateway};
 use http::StatusCode;
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-/// HAProxy in front of `backend`, killed when dropped.
-struct Haproxy {
-    addr: SocketAddr,
-    _child: Child,
-    _dir: tempfile::TempDir,
-}
-
+/// HAProxy in front of the one gateway `backend`.
 async fn haproxy(backend: SocketAddr, send_proxy: bool) -> Haproxy {
-    let dir = tempfile::tempdir().unwrap();
-    // A free port for the frontend: HAProxy cannot report one it picked.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proxy = if send_proxy { " send-proxy-v2" } else { "" };
-    let cfg = format!(
-        "global\n  maxconn 4000\n\
-         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
-         frontend fe\n  bind {addr}\n  default_backend gw\n\
-         backend gw\n  server g1 {backend}{proxy}\n"
-    );
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    // /usr/sbin is not on every user's PATH.
-    let bin = if std::path::Path::new("/usr/sbin/haproxy").exists() {
-        "/usr/sbin/haproxy"
-    } else {
-        "haproxy"
-    };
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
-    eventually(
-        Duration::from_secs(10),
-        "HAProxy listening",
-        || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
-    )
-    .await;
-    Haproxy {
-        addr,
-        _child: child,
-        _dir: dir,
-    }
+    common::haproxy::haproxy(&[backend], send_proxy).await
 }
 
 /// Waits until the gateway is back to `before` open connections: the

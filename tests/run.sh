@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # chromium + chromium-driver drive the admin page in tests/browser.rs;
 # curl runs the commands `serve --dev` prints, in tests/dev_mode.rs;
-# haproxy stands in front of the gateway in tests/behind_haproxy.rs.
+# haproxy stands in front of the gateway in tests/behind_haproxy.rs and of the
+# cluster's replicas in tests/cluster.rs.
 if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
     || ! command -v curl >/dev/null 2>&1 \
     || ! { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }; then
@@ -21,8 +22,9 @@ fi
 
 # PostgreSQL (server binaries only; nothing is started as a service): the
 # postgres backend's tests start a throwaway server from them (tests/common/pg.rs)
-# unless TOKENGATE_TEST_POSTGRES_URL names one.
-if [ -z "${TOKENGATE_TEST_POSTGRES_URL:-}" ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+# unless TOKENGATE_TEST_POSTGRES_URL names one; the outage test in
+# tests/cluster.rs always starts its own, since it stops and restarts it.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     echo "tests/run.sh: installing postgresql for the postgres backend's tests"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -126,6 +126,60 @@ where
     }
 }
 
+/// How often [`within_bound`] checks: a bound of 1 s is measured to 2 %,
+/// and the replicas under test are not flooded.
+const BOUND_POLL: Duration = Duration::from_millis(20);
+
+/// Checks every 20 ms until `check` passes, and returns how long after
+/// `since` that was; panics naming `what`, the time and the last failure
+/// if it has not passed by `since + bound`.
+///
+/// Unlike [`eventually`], here the time is the assertion: `bound` is a
+/// promise the product states (issue 11: a delete is enforced everywhere
+/// within 1 s; a dead replica's tokens die within `cluster.node_timeout`;
+/// a replica out of touch with the database answers 503 after
+/// `cluster.max_staleness`), counted from the event the promise counts from
+/// (a delete's acknowledgement, a kill), not from the first check. A check
+/// that passes only after the deadline does not count.
+#[allow(
+    clippy::print_stderr,
+    reason = "the measured time, for whoever reads the test's output"
+)]
+pub async fn within_bound<F, Fut>(
+    since: tokio::time::Instant,
+    bound: Duration,
+    what: &str,
+    mut check: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = since + bound;
+    let mut last = String::from("not checked");
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, check()).await {
+            Ok(Ok(())) if tokio::time::Instant::now() <= deadline => {
+                let took = since.elapsed();
+                eprintln!("{what}: after {took:?} (bound {bound:?})");
+                return took;
+            }
+            Ok(Ok(())) => last = "passed, but only after the deadline".to_owned(),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("a check was still running at the deadline; before: {last}"),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            panic!(
+                "{what}: not within {bound:?} (gave up {:?} after); last: {last}",
+                since.elapsed()
+            );
+        }
+        tokio::time::sleep(BOUND_POLL.min(left)).await;
+    }
+}
+
 /// A gateway plus everything it needs, torn down with the test.
 pub struct TestGateway {
     pub gateway: Option<Gateway>,
@@ -660,7 +714,9 @@ pub async fn signal_and_wait(
         .unwrap()
 }
 
+pub mod haproxy;
 pub mod pg;
+pub mod replica;
 pub mod webdriver;
 
 /// One HTTP/1.1 response read off a raw connection: the head (status line

@@ -16,6 +16,12 @@
 //! However the test binary ends (success, panic, kill -9), the kernel closes
 //! that end, the guardian's read returns, and it stops the server
 //! (immediate mode) and deletes the dir. No polling, nothing left behind.
+//!
+//! A test that stops PostgreSQL under the gateway (an outage) needs a server
+//! of its own instead, which it can stop and start again on the same port:
+//! [`PgServer`], a throwaway server made the same way (always from Debian's
+//! binaries, whatever `TOKENGATE_TEST_POSTGRES_URL` says: a given server is
+//! not the test's to stop).
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -44,9 +50,9 @@ struct Server {
     /// The throwaway server's self-signed certificate (for 127.0.0.1 and
     /// localhost), to test TLS against; `None` for a given server.
     tls_cert: Option<PathBuf>,
-    /// Held, never written: closing it (at process exit) makes the guardian
-    /// stop the server and remove its directory.
-    _guardian: Option<Child>,
+    /// The throwaway server (its guardian stops and removes it at process
+    /// exit); `None` for a given server.
+    _throwaway: Option<Throwaway>,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -158,7 +164,7 @@ fn external(url: &str) -> Result<Server, String> {
         base,
         admin_db: db.to_owned(),
         tls_cert: None,
-        _guardian: None,
+        _throwaway: None,
     })
 }
 
@@ -228,103 +234,243 @@ fn id_of(flag: &str) -> Result<u32, String> {
         .map_err(|_| "no `postgres` user (install the postgresql package)".to_owned())
 }
 
+/// The shared server of this test binary: a throwaway one.
 fn throwaway() -> Result<Server, String> {
-    let bin = bin_dir().map_err(|e| {
-        format!("{e}; install Debian's postgresql (tests/run.sh does) or set {URL_VAR}")
-    })?;
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let dir = tempfile::Builder::new()
-        .prefix("tokengate-pg-")
-        .tempdir()
-        .map_err(|e| format!("temp dir: {e}"))?
-        .keep();
-    if root {
-        let (uid, gid) = (id_of("-u")?, id_of("-g")?);
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
-    }
-    let data = dir.join("data");
-    // The guardian first: from here on, whatever happens, the dir goes away.
-    let pg_ctl = bin.join("pg_ctl");
-    let stop = format!(
-        "{}'{}' -D '{}' -m immediate -t 10 stop >/dev/null 2>&1; rm -rf '{}'",
-        if root { "runuser -u postgres -- " } else { "" },
-        pg_ctl.display(),
-        data.display(),
-        dir.display()
-    );
-    let guardian = Command::new("sh")
-        .arg("-c")
-        .arg(format!("cat >/dev/null; {stop}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Its own process group: a ^C to the test run must not kill it before the cleanup.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cleanup guardian: {e}"))?;
-    let mut initdb = as_owner(root, &bin.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
-        // A throwaway cluster: durability only costs time here.
-        .arg("--no-sync");
-    run(initdb, "initdb")?;
-    // TLS too, so that sslmode = require / verify-full can be tested.
-    let (cert, key) = (dir.join("tls/server.crt"), dir.join("tls/server.key"));
-    tokengate::tls::generate_self_signed(&cert, &key).map_err(|e| format!("certificate: {e}"))?;
-    if root {
-        // The server reads its key only if it owns it (0600, as generated).
-        let (uid, gid) = (id_of("-u")?, id_of("-g")?);
-        for p in [&cert, &key] {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", p.display()))?;
+    // Nobody stops this one under the tests: commits need not wait for the WAL.
+    let t = Throwaway::start(false)?;
+    Ok(Server {
+        base: format!("postgres://postgres@127.0.0.1:{}", t.port),
+        admin_db: "postgres".into(),
+        tls_cert: Some(t.tls_cert.clone()),
+        _throwaway: Some(t),
+    })
+}
+
+/// A PostgreSQL server in a temp dir owned by the `postgres` user, on a free
+/// loopback port (and a Unix socket in that dir), trusting local connections.
+struct Throwaway {
+    dir: PathBuf,
+    data: PathBuf,
+    bin: PathBuf,
+    /// Whether we run as root, so the server's commands run as `postgres`.
+    root: bool,
+    port: u16,
+    /// The server's options (`pg_ctl -o`), the same at every start.
+    options: String,
+    tls_cert: PathBuf,
+    /// Its stdin is held, never written: closing it (when this is dropped,
+    /// or at process exit however it ends) makes the guardian stop the
+    /// server and remove its directory.
+    guardian: Child,
+}
+
+impl Throwaway {
+    /// initdb and the first start. `durable`: every commit waits for its
+    /// WAL to be written (`synchronous_commit = on`), so a commit the server
+    /// acknowledged survives an immediate stop; otherwise the last ones may
+    /// not, which is fine for a server nobody stops.
+    fn start(durable: bool) -> Result<Throwaway, String> {
+        let bin = bin_dir().map_err(|e| {
+            format!("{e}; install Debian's postgresql (tests/run.sh does) or set {URL_VAR}")
+        })?;
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = tempfile::Builder::new()
+            .prefix("tokengate-pg-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?
+            .keep();
+        if root {
+            let (uid, gid) = (id_of("-u")?, id_of("-g")?);
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
         }
-    }
-    let mut last = String::new();
-    // A free port can be taken between our probe and the server's bind: retry a little.
-    for _ in 0..3 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("free port: {e}"))?
-            .port();
-        let mut start = as_owner(root, &pg_ctl);
-        start
+        let data = dir.join("data");
+        // The guardian first: from here on, whatever happens, the dir goes away.
+        let stop = format!(
+            "{}'{}' -D '{}' -m immediate -t 10 stop >/dev/null 2>&1; rm -rf '{}'",
+            if root { "runuser -u postgres -- " } else { "" },
+            bin.join("pg_ctl").display(),
+            data.display(),
+            dir.display()
+        );
+        let guardian = Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat >/dev/null; {stop}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a ^C to the test run must not kill it before the cleanup.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cleanup guardian: {e}"))?;
+        let mut initdb = as_owner(root, &bin.join("initdb"));
+        initdb
             .arg("-D")
             .arg(&data)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-w", "-t", &START_TIMEOUT_SECS.to_string(), "-o"])
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
-                 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
-                dir.display(),
-                cert.display(),
-                key.display()
-            ))
-            .arg("start");
-        match run(start, "pg_ctl start") {
-            Ok(()) => {
-                return Ok(Server {
-                    base: format!("postgres://postgres@127.0.0.1:{port}"),
-                    admin_db: "postgres".into(),
-                    tls_cert: Some(cert.clone()),
-                    _guardian: Some(guardian),
-                })
-            }
-            Err(e) => {
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                last = format!("{e}\n{log}");
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+            // A throwaway cluster: durability only costs time here.
+            .arg("--no-sync");
+        run(initdb, "initdb")?;
+        // TLS too, so that sslmode = require / verify-full can be tested.
+        let (cert, key) = (dir.join("tls/server.crt"), dir.join("tls/server.key"));
+        tokengate::tls::generate_self_signed(&cert, &key)
+            .map_err(|e| format!("certificate: {e}"))?;
+        if root {
+            // The server reads its key only if it owns it (0600, as generated).
+            let (uid, gid) = (id_of("-u")?, id_of("-g")?);
+            for p in [&cert, &key] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", p.display()))?;
             }
         }
+        // fsync = off even when durable: an immediate stop kills the
+        // server's processes, not the kernel, which still writes the pages.
+        let synchronous_commit = if durable { "on" } else { "off" };
+        let mut server = Throwaway {
+            options: String::new(),
+            port: 0,
+            dir,
+            data,
+            bin,
+            root,
+            tls_cert: cert,
+            guardian,
+        };
+        let mut last = String::new();
+        // A free port can be taken between our probe and the server's bind: retry a little.
+        for _ in 0..3 {
+            server.port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("free port: {e}"))?
+                .port();
+            server.options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
+                 -c synchronous_commit={synchronous_commit} -c full_page_writes=off \
+                 -c max_connections=300 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                server.port,
+                server.dir.display(),
+                server.tls_cert.display(),
+                key.display()
+            );
+            match server.pg_ctl_start() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
-    Err(last)
+
+    /// `pg_ctl start`, waiting until the server accepts connections.
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        let mut start = as_owner(self.root, &self.bin.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", &START_TIMEOUT_SECS.to_string(), "-o"])
+            .arg(&self.options)
+            .arg("start");
+        run(start, "pg_ctl start").map_err(|e| format!("{e}\n{}", self.log()))
+    }
+
+    /// `pg_ctl stop -m immediate`: the server's processes end at once, as
+    /// in a crash; the next start recovers from the WAL.
+    fn pg_ctl_stop_immediate(&self) -> Result<(), String> {
+        let mut stop = as_owner(self.root, &self.bin.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(&self.data)
+            .args([
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                &START_TIMEOUT_SECS.to_string(),
+            ])
+            .arg("stop");
+        run(stop, "pg_ctl stop -m immediate").map_err(|e| format!("{e}\n{}", self.log()))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        // Closing its stdin sets the guardian off; waiting for it means the
+        // server is gone and its dir removed when the drop returns.
+        drop(self.guardian.stdin.take());
+        let _ = self.guardian.wait();
+    }
+}
+
+/// A PostgreSQL server of one test's own, which the test may stop (as in a
+/// crash) and start again on the same port: for outages. Always a throwaway
+/// server from Debian's binaries. Dropping it stops it and removes its files.
+pub struct PgServer {
+    server: Throwaway,
+}
+
+/// The database [`PgServer::url`] names.
+const PG_SERVER_DB: &str = "tokengate";
+
+impl PgServer {
+    /// initdb, start, and create the database [`PgServer::url`] names.
+    /// Commits are durable: what the server acknowledged survives
+    /// [`PgServer::stop_immediate`].
+    pub fn new() -> PgServer {
+        let server = Throwaway::start(true)
+            .unwrap_or_else(|e| panic!("no PostgreSQL server of the test's own: {e}"));
+        let pg = PgServer { server };
+        admin_sql(
+            &format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port()),
+            &format!("CREATE DATABASE {PG_SERVER_DB}"),
+        )
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {PG_SERVER_DB}: {e}"));
+        pg
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/tokengate` (no TLS needed: use
+    /// `sslmode = disable`).
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{PG_SERVER_DB}",
+            self.port()
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`);
+    /// returns once its processes are gone and the port is closed.
+    pub fn stop_immediate(&self) {
+        self.server
+            .pg_ctl_stop_immediate()
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts the server again on the same port; returns once it accepts
+    /// connections (after its crash recovery).
+    pub fn start(&self) {
+        self.server.pg_ctl_start().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Runs SQL (one or several `;`-separated statements) in the database.
+    pub fn execute(&self, sql: &str) {
+        admin_sql(&self.url(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        self.server.log()
+    }
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
