@@ -404,7 +404,11 @@ async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
                 .map(|e| expires_arg(&e, now))
                 .transpose()
                 .map_err(|m| Failure(EXIT_INVALID, m))?;
-            let body = request_body(&CreateToken { name, expires })?;
+            let body = request_body(&CreateToken {
+                name,
+                expires,
+                restrictions: Default::default(),
+            })?;
             let bytes = call(conn, "POST", "/api/refresh-tokens", Some(body)).await?;
             let created: CreatedToken = answer(&bytes)?;
             if conn.json {
@@ -561,6 +565,7 @@ mod tests {
             use_count: 0,
             last_client_ip: None,
             last_user_agent: None,
+            restrictions: Default::default(),
         }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();

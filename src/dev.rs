@@ -63,7 +63,10 @@ pub async fn run(
     let state = &gateway.state;
     let now = state.clock.unix();
     let expires = Some(now + state.config.tokens.refresh_ttl.as_secs());
-    let refresh = match state.create_refresh_token("dev", now, expires).await {
+    let refresh = match state
+        .create_refresh_token("dev", now, expires, &Default::default())
+        .await
+    {
         Ok((_, token)) => token,
         Err(e) => return fail("cannot create the sample refresh token", &e),
     };

@@ -17,6 +17,8 @@
 //! - `state`: what both listeners share, built at start-up.
 //! - `tokens`: token formats, the live access-token map, the exchange.
 //! - `store`: refresh tokens, durable in a backend and mirrored in memory.
+//! - `restrict`: what a refresh token may do (scopes, networks, rate), and
+//!   the checks the public listener makes with them.
 //! - `throttle`: per-client limits on failed authentication (bounded tables).
 //! - `audit`: the audit log writer.
 //! - `tls`: rustls server and client configurations.
@@ -37,6 +39,7 @@ mod net;
 mod periodic;
 mod proxy;
 mod public;
+mod restrict;
 mod secrets;
 mod server;
 mod state;
@@ -50,6 +53,7 @@ pub use config::Config;
 pub use dev::run as serve_dev;
 pub use gateway::{Gateway, StartError, StartOptions};
 pub use net::Cidr;
+pub use restrict::{RateLimit, RestrictionSpec, Restrictions, ScopeRule};
 pub use state::State;
 
 /// Building blocks that the integration tests and benchmarks drive directly.

@@ -8,6 +8,7 @@ use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::restrict::RestrictionSpec;
 use crate::store::{RefreshStore, RefreshToken, StoreError};
 use crate::throttle::AuthThrottle;
 use crate::tokens::access::AccessTokens;
@@ -132,6 +133,7 @@ impl State {
         name: &str,
         created: u64,
         expires: Option<u64>,
+        restrictions: &RestrictionSpec,
     ) -> Result<(Arc<RefreshToken>, String), CreateTokenError> {
         let token = new_refresh_token().map_err(CreateTokenError::Random)?;
         let parsed = parse_refresh(&token)
@@ -139,10 +141,12 @@ impl State {
         let hash = self.hasher.hash(&parsed);
         let store = self.store.clone();
         let name = name.to_owned();
-        let created =
-            tokio::task::spawn_blocking(move || store.create(hash, &name, created, expires))
-                .await
-                .map_err(|e| CreateTokenError::Task(e.to_string()))??;
+        let spec = restrictions.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            store.create_restricted(hash, &name, created, expires, Some(&spec))
+        })
+        .await
+        .map_err(|e| CreateTokenError::Task(e.to_string()))??;
         Ok((created, token))
     }
 }

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{parse_rfc3339, rfc3339};
+pub use crate::restrict::{RateLimit, RestrictionSpec, ScopeRule};
 
 /// Longest accepted token name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
@@ -18,6 +19,9 @@ pub struct CreateToken {
     /// expires. Otherwise a time (see `parse_expiry`), in the future.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
+    /// Scopes, networks and rate (see `restrict`); all absent = full access.
+    #[serde(flatten)]
+    pub restrictions: RestrictionSpec,
 }
 
 /// The answer to a create: the token string, shown this once.
@@ -28,6 +32,9 @@ pub struct CreatedToken {
     pub token: String,
     pub created_at: String,
     pub expires_at: Option<String>,
+    /// As stored; empty, false and null = full access.
+    #[serde(flatten)]
+    pub restrictions: RestrictionSpec,
 }
 
 /// One row of `GET /api/refresh-tokens` (never a token string).
@@ -43,6 +50,9 @@ pub struct TokenInfo {
     pub last_user_agent: Option<String>,
     /// `active` or `expired`.
     pub status: String,
+    /// Scopes, networks and rate; empty, false and null = full access.
+    #[serde(flatten)]
+    pub restrictions: RestrictionSpec,
 }
 
 /// `POST /api/refresh-tokens/delete`. Ids are numbers; numeric strings are

@@ -10,12 +10,13 @@ use serde_json::Value;
 
 use super::api::{
     parse_expiry, validate_name, CreateToken, CreatedToken, DeleteTokens, DeletedToken,
-    DeletedTokens, TokenInfo,
+    DeletedTokens, RestrictionSpec, TokenInfo,
 };
 use super::{bad, json_body, AdminHandler};
 use crate::audit::Event;
 use crate::clock::rfc3339;
 use crate::http::{empty, error, json, no_store, Reply};
+use crate::restrict::{parse_networks, parse_rate_limit, parse_read_only, parse_scopes};
 use crate::store::RefreshToken;
 
 fn info(r: &RefreshToken, now: u64) -> TokenInfo {
@@ -35,7 +36,15 @@ fn info(r: &RefreshToken, now: u64) -> TokenInfo {
             "active"
         }
         .into(),
+        restrictions: spec_of(r),
     }
+}
+
+/// A token's restrictions as the API shows them (the defaults for none).
+fn spec_of(r: &RefreshToken) -> RestrictionSpec {
+    r.restrictions()
+        .map(|x| x.spec().clone())
+        .unwrap_or_default()
 }
 
 impl AdminHandler {
@@ -65,7 +74,7 @@ impl AdminHandler {
             };
         // The store blocks: commit on the blocking pool; answer only after the commit.
         let (token, secret) = match state
-            .create_refresh_token(&request.name, now, expires)
+            .create_refresh_token(&request.name, now, expires, &request.restrictions)
             .await
         {
             Ok(x) => x,
@@ -81,6 +90,7 @@ impl AdminHandler {
                 token: secret,
                 created_at: rfc3339(token.created),
                 expires_at: token.expires.map(rfc3339),
+                restrictions: spec_of(&token),
             },
         ));
         if let Ok(loc) = HeaderValue::from_str(&format!("/api/refresh-tokens/{}", token.id)) {
@@ -202,8 +212,18 @@ fn create_request(
     let Some(obj) = body.as_object() else {
         return Err("body must be a JSON object like {\"name\": \"reporting\"}".into());
     };
-    if let Some(k) = obj.keys().find(|k| *k != "name" && *k != "expires") {
-        return Err(format!("unknown field {k:?}; expected name and expires"));
+    const FIELDS: [&str; 6] = [
+        "name",
+        "expires",
+        "scopes",
+        "read_only",
+        "networks",
+        "rate_limit",
+    ];
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field {k:?}; expected name, expires, scopes, read_only, networks and rate_limit"
+        ));
     }
     let name = match obj.get("name") {
         Some(Value::String(s)) => validate_name(s)?,
@@ -220,10 +240,19 @@ fn create_request(
             )
         }
     };
+    // Absent and null alike mean "no restriction of this kind".
+    let field = |k: &str| obj.get(k).unwrap_or(&Value::Null);
+    let restrictions = RestrictionSpec {
+        scopes: parse_scopes(field("scopes"))?,
+        read_only: parse_read_only(field("read_only"))?,
+        networks: parse_networks(field("networks"))?,
+        rate_limit: parse_rate_limit(field("rate_limit"))?,
+    };
     Ok((
         CreateToken {
             name,
             expires: text,
+            restrictions,
         },
         expires,
     ))
@@ -273,6 +302,22 @@ mod tests {
                 "expires",
             ),
             (serde_json::json!({"name": "a", "colour": "red"}), "colour"),
+            (
+                serde_json::json!({"name": "a", "scopes": [{"methods": ["GET"], "path": "x"}]}),
+                "scopes[0].path",
+            ),
+            (
+                serde_json::json!({"name": "a", "networks": ["300.0.0.0/8"]}),
+                "networks[0]",
+            ),
+            (
+                serde_json::json!({"name": "a", "rate_limit": {"per_second": 0}}),
+                "rate_limit.per_second",
+            ),
+            (
+                serde_json::json!({"name": "a", "read_only": 1}),
+                "read_only",
+            ),
         ] {
             let e = ok(body.clone()).unwrap_err();
             assert!(e.contains(field), "{body} gave {e:?}");
@@ -285,12 +330,25 @@ mod tests {
         let sent = CreateToken {
             name: "nightly".into(),
             expires: Some("2027-05-01T00:00:00Z".into()),
+            restrictions: RestrictionSpec {
+                scopes: vec![crate::restrict::ScopeRule {
+                    methods: vec!["GET".into(), "HEAD".into()],
+                    path: "/iwc/api/databases/**".into(),
+                }],
+                read_only: false,
+                networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+                rate_limit: Some(crate::restrict::RateLimit {
+                    per_second: 5,
+                    burst: 10,
+                }),
+            },
         };
         let (read, exp) = create_request(serde_json::to_value(&sent).unwrap(), now, 10).unwrap();
         assert_eq!((read, exp), (sent, Some(1_809_129_600)));
         let default = CreateToken {
             name: "n".into(),
             expires: None,
+            restrictions: RestrictionSpec::default(),
         };
         let (_, exp) = create_request(serde_json::to_value(&default).unwrap(), now, 10).unwrap();
         assert_eq!(exp, Some(now + 10));

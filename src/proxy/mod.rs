@@ -6,6 +6,7 @@ mod pool;
 mod target;
 
 pub(crate) use pool::{ConnectError, UpstreamBody};
+pub(crate) use target::normalised_path;
 pub use target::{base_path, join_target, TargetError};
 
 use std::net::SocketAddr;

@@ -9,6 +9,8 @@
 //! path that climbs above `/` is refused, never clamped, so what the
 //! upstream sees is always what the client could have asked for directly.
 
+use std::borrow::Cow;
+
 use http::uri::PathAndQuery;
 use http::Uri;
 
@@ -59,6 +61,22 @@ pub fn join_target(base_path: &str, incoming: &Uri) -> Result<Uri, TargetError> 
         }
     }
     join(base_path, path, incoming.query())
+}
+
+/// The client's path as [`join_target`] sends it on (before the base path
+/// is prefixed): dot segments resolved, an empty path read as `/`. What a
+/// token's scope rules are matched against, so that no spelling the proxy
+/// resolves (`..`, `%2e`, `..;x`) can reach the upstream outside a rule.
+/// Borrows unless there was something to resolve.
+pub(crate) fn normalised_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
+    let path = match path {
+        "" => "/",
+        p => p,
+    };
+    if has_dot_segment(path) {
+        return remove_dot_segments(path).map(Cow::Owned);
+    }
+    Ok(Cow::Borrowed(path))
 }
 
 fn join(base_path: &str, path: &str, query: Option<&str>) -> Result<Uri, TargetError> {
@@ -200,6 +218,28 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn the_path_scopes_see_is_the_path_the_proxy_sends() {
+        for (incoming, want) in [
+            ("/a/b", "/a/b"),
+            ("", "/"),
+            ("/a/../b", "/b"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/a/..;x/b", "/b"),
+            ("/a//../b", "/a/b"),
+            ("/a/b/.", "/a/b/"),
+        ] {
+            assert_eq!(normalised_path(incoming).unwrap(), want, "{incoming}");
+            let uri: Uri = format!("https://gw.example{incoming}").parse().unwrap();
+            assert_eq!(join_target("", &uri).unwrap().path(), want, "{incoming}");
+        }
+        assert!(matches!(
+            normalised_path("/a/../../b"),
+            Err(TargetError::AboveRoot)
+        ));
+        assert!(matches!(normalised_path("/a/b"), Ok(Cow::Borrowed(_))));
     }
 
     #[test]

@@ -64,6 +64,12 @@ pub(super) fn refusal(e: BearerError, peer: SocketAddr) -> Reply {
             (StatusCode::UNAUTHORIZED, "invalid_token", a.description())
         }
     };
+    challenge(status, code, text)
+}
+
+/// An RFC 6750 §3 refusal: the JSON error and its `WWW-Authenticate`
+/// challenge, with the same code and text.
+pub(super) fn challenge(status: StatusCode, code: &str, text: &str) -> Reply {
     let mut r = error(status, code, text);
     let challenge =
         format!(r#"Bearer realm="tokengate", error="{code}", error_description="{text}""#);

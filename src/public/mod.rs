@@ -4,9 +4,11 @@
 //! - `token`: the token endpoint (decode → exchange → RFC 6749 answer).
 //! - `bearer`: the `Authorization: Bearer` check and its RFC 6750 refusals.
 //! - `client`: the client's address behind trusted load balancers.
+//! - `restricted`: a token's networks, scopes and rate, and their refusals.
 
 mod bearer;
 mod client;
+mod restricted;
 mod token;
 
 pub use bearer::bearer_token;
@@ -30,6 +32,7 @@ use crate::http::{
 use crate::proxy::{Identity, Upstream, UpstreamBody};
 use crate::server::Handler;
 use crate::state::State;
+use crate::store::RefreshToken;
 use crate::throttle::Throttled;
 use crate::tokens::access::AccessError;
 
@@ -125,13 +128,22 @@ impl PublicHandler {
                 }
             }
             let want_identity = self.upstream.identity_headers();
+            let (method, path) = (req.method(), req.uri().path());
+            // Runs under the access map's read guard, on the token it
+            // already holds: an unrestricted token pays one branch here.
+            let admit = |r: &RefreshToken| {
+                if let Some(x) = r.restrictions() {
+                    restricted::check(x, ip, method, path, now).map_err(|e| (e, r.id))?;
+                }
+                Ok(want_identity.then(|| Identity::of(r)))
+            };
             let validate = || {
                 state.access.validate_with(
                     token,
                     now,
                     state.clock.unix(),
                     |id| state.store.get(id),
-                    |r| want_identity.then(|| Identity::of(r)),
+                    admit,
                 )
             };
             let mut checked = validate();
@@ -152,7 +164,11 @@ impl PublicHandler {
                 }
             }
             match checked {
-                Ok(id) => id,
+                Ok(Ok(id)) => id,
+                Ok(Err((refused, token_id))) => {
+                    tracing::debug!(%peer, token_id, reason = ?refused, "request refused by the token's restrictions");
+                    return Either::Right(restricted::refusal(refused));
+                }
                 Err(e) => {
                     if e.counts_as_guess() {
                         state.throttle.failed(ip, now, &state.audit);

@@ -22,6 +22,7 @@ use crate::tokens::format::parse_refresh;
 /// so a caller cannot probe which tokens once existed.
 const NOT_VALID: &str = "refresh token is not valid";
 const EXPIRED: &str = "refresh token expired; ask an administrator for a new one";
+const OUTSIDE: &str = "refresh token is not valid from this address";
 
 /// The request's parameters, as decoded; each may be missing.
 #[derive(Debug, Default)]
@@ -271,6 +272,9 @@ fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>)
         Refusal::Exchange(ExchangeError::Expired(_)) => {
             (StatusCode::BAD_REQUEST, "invalid_grant", EXPIRED)
         }
+        Refusal::Exchange(ExchangeError::Network(_)) => {
+            (StatusCode::BAD_REQUEST, "invalid_grant", OUTSIDE)
+        }
         Refusal::Exchange(ExchangeError::Unavailable) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
@@ -278,7 +282,7 @@ fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>)
         ),
     };
     let known = match &r {
-        Refusal::Exchange(ExchangeError::Expired(t)) => Some(t),
+        Refusal::Exchange(ExchangeError::Expired(t) | ExchangeError::Network(t)) => Some(t),
         _ => None,
     };
     // A refused exchange is the client's doing: info, not an error.

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 
 use crate::config::{PostgresConfig, StorageBackend, StorageConfig};
+use crate::restrict::RestrictionSpec;
 
 pub(crate) use record::RefreshHash;
 pub(crate) use record::RefreshRecord;
@@ -83,6 +84,7 @@ pub(crate) trait Backend: Send + Sync {
         name: &str,
         created: u64,
         expires: Option<u64>,
+        restrictions: Option<&RestrictionSpec>,
     ) -> Result<RefreshRecord, StoreError>;
     /// Deletes those of `ids` that exist; returns the ids it deleted.
     fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError>;
@@ -226,8 +228,23 @@ impl RefreshStore {
         created: u64,
         expires: Option<u64>,
     ) -> Result<Arc<RefreshToken>, StoreError> {
+        self.create_restricted(hash, name, created, expires, None)
+    }
+
+    /// As `create`, with restrictions (`None` or an empty spec = full access).
+    pub fn create_restricted(
+        &self,
+        hash: RefreshHash,
+        name: &str,
+        created: u64,
+        expires: Option<u64>,
+        restrictions: Option<&RestrictionSpec>,
+    ) -> Result<Arc<RefreshToken>, StoreError> {
+        let restrictions = restrictions.filter(|r| !r.is_empty());
         let _w = self.lock();
-        let rec = self.backend.create(&hash, name, created, expires)?;
+        let rec = self
+            .backend
+            .create(&hash, name, created, expires, restrictions)?;
         // The change feed may have mapped it already (our own create,
         // announced at commit): then that token is the one.
         Ok(self.map(hash, &rec))
@@ -355,6 +372,52 @@ mod tests {
         );
         let c = s.create(hash(3), "c", 1, None).unwrap();
         assert_eq!(c.id, 3, "a deleted id is never handed out again");
+    }
+
+    #[test]
+    fn restrictions_survive_reopen_and_old_records_load_unrestricted() {
+        let spec: RestrictionSpec = serde_json::from_value(serde_json::json!({
+            "scopes": [{"methods": ["GET", "HEAD"], "path": "/iwc/api/databases/**"}],
+            "networks": ["10.0.0.0/8"],
+            "rate_limit": {"per_second": 5, "burst": 10},
+        }))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let s = RefreshStore::open(&path).unwrap();
+            let a = s
+                .create_restricted(hash(1), "a", 1, None, Some(&spec))
+                .unwrap();
+            assert_eq!(a.restrictions().map(|r| r.spec()), Some(&spec));
+            let b = s
+                .create_restricted(hash(2), "b", 1, None, Some(&RestrictionSpec::default()))
+                .unwrap();
+            assert!(
+                b.restrictions().is_none(),
+                "an empty spec is no restriction"
+            );
+        }
+        let s = RefreshStore::open(&path).unwrap();
+        let a = s.lookup(&hash(1)).unwrap();
+        assert_eq!(a.restrictions().map(|r| r.spec()), Some(&spec));
+        assert!(s.lookup(&hash(2)).unwrap().restrictions().is_none());
+        // A record written before restrictions existed has no such field.
+        let old: RefreshRecord = serde_json::from_str(
+            r#"{"id":9,"name":"old","created":1,"expires":null,"last_used":null,"use_count":0}"#,
+        )
+        .unwrap();
+        assert!(old.restrictions.is_none());
+        assert!(RefreshToken::from_record(&old).restrictions().is_none());
+        // A damaged spec fails closed: the token is refused everywhere.
+        let mut bad = RefreshRecord::new(10, "bad", 1, None);
+        bad.restrictions = Some(RestrictionSpec {
+            networks: vec!["not a network".into()],
+            ..Default::default()
+        });
+        let t = RefreshToken::from_record(&bad);
+        let r = t.restrictions().unwrap();
+        assert!(!r.allows_ip("10.0.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::restrict::{RestrictionSpec, Restrictions};
+
 /// The HMAC-SHA256 of a refresh token under the server secret: the only form ever stored.
 pub(crate) type RefreshHash = [u8; 32];
 
@@ -29,6 +31,10 @@ pub(crate) struct RefreshRecord {
     /// User-Agent of the last exchange (at most 256 characters).
     #[serde(default)]
     pub(crate) last_user_agent: Option<String>,
+    /// Scopes, networks, rate; absent (records older than restrictions
+    /// included) = full access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) restrictions: Option<RestrictionSpec>,
 }
 
 impl RefreshRecord {
@@ -43,6 +49,21 @@ impl RefreshRecord {
             use_count: 0,
             last_ip: None,
             last_user_agent: None,
+            restrictions: None,
+        }
+    }
+
+    /// As `new`, with restrictions (an empty spec is stored as none).
+    pub(crate) fn restricted(
+        id: u64,
+        name: &str,
+        created: u64,
+        expires: Option<u64>,
+        restrictions: Option<&RestrictionSpec>,
+    ) -> RefreshRecord {
+        RefreshRecord {
+            restrictions: restrictions.filter(|r| !r.is_empty()).cloned(),
+            ..RefreshRecord::new(id, name, created, expires)
         }
     }
 }
@@ -115,6 +136,10 @@ pub struct RefreshToken {
     /// How much of `use_count` the backend already holds; only the flusher
     /// (under the store's write lock) moves it.
     flushed_count: AtomicU64,
+    /// Scopes, networks and rate; `None` (the common case) = full access,
+    /// one branch on the request path. Boxed so an unrestricted token
+    /// carries one pointer.
+    restrictions: Option<Box<Restrictions>>,
 }
 
 impl RefreshToken {
@@ -133,7 +158,42 @@ impl RefreshToken {
             }),
             dirty: AtomicBool::new(false),
             flushed_count: AtomicU64::new(r.use_count),
+            restrictions: r.restrictions.as_ref().and_then(|spec| {
+                // The rate bucket's timeline starts now; `Clock::now` is
+                // never earlier (its offset only moves forward).
+                match Restrictions::compile(spec, std::time::Instant::now()) {
+                    Ok(c) => c.map(Box::new),
+                    Err(e) => {
+                        // Validated at create, so only a damaged record
+                        // gets here: fail closed, never open.
+                        tracing::error!(token_id = r.id, error = %e, "stored restrictions cannot be read; the token is refused everywhere until it is replaced");
+                        Some(Box::new(Restrictions::deny_all(spec)))
+                    }
+                }
+            }),
         }
+    }
+
+    /// Scopes, networks and rate, if the token has any.
+    #[inline]
+    pub fn restrictions(&self) -> Option<&Restrictions> {
+        self.restrictions.as_deref()
+    }
+
+    /// A fresh token with restrictions that is not in any store (benchmarks, tools).
+    pub fn detached_restricted(
+        id: u64,
+        name: &str,
+        expires: Option<u64>,
+        restrictions: &RestrictionSpec,
+    ) -> RefreshToken {
+        RefreshToken::from_record(&RefreshRecord::restricted(
+            id,
+            name,
+            0,
+            expires,
+            Some(restrictions),
+        ))
     }
 
     /// A fresh, never-used token that is not in any store (benchmarks, tools).

@@ -11,6 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::record::{RefreshHash, RefreshRecord, UsageDelta};
 use super::{Backend, StoreError};
+use crate::restrict::RestrictionSpec;
 
 /// hash (HMAC-SHA256 of the token) → JSON record.
 const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_tokens");
@@ -130,13 +131,14 @@ impl Backend for RedbBackend {
         name: &str,
         created: u64,
         expires: Option<u64>,
+        restrictions: Option<&RestrictionSpec>,
     ) -> Result<RefreshRecord, StoreError> {
         let txn = self.db.begin_write()?;
         let rec = {
             let mut meta = txn.open_table(META)?;
             let id = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1);
             meta.insert("next_id", id + 1)?;
-            let rec = RefreshRecord::new(id, name, created, expires);
+            let rec = RefreshRecord::restricted(id, name, created, expires, restrictions);
             let bytes = serde_json::to_vec(&rec)?;
             txn.open_table(TOKENS)?.insert(&hash[..], &bytes[..])?;
             txn.open_table(IDS)?.insert(id, &hash[..])?;

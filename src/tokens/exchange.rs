@@ -33,6 +33,8 @@ pub enum ExchangeError {
     NotValid,
     /// Known but past its expiry (its owner should ask for a new one).
     Expired(Arc<RefreshToken>),
+    /// Known, but bound to networks the client is not in.
+    Network(Arc<RefreshToken>),
     /// Only when the OS random generator fails.
     Unavailable,
 }
@@ -73,6 +75,12 @@ impl Exchanger<'_> {
             Some(e) if e > wall => e - wall,
             Some(_) => return Err(ExchangeError::Expired(refresh)),
         };
+        if let Some(r) = refresh.restrictions() {
+            // No address (never on the listener) is outside every network.
+            if !client.ip.is_some_and(|ip| r.allows_ip(ip)) {
+                return Err(ExchangeError::Network(refresh));
+            }
+        }
         // An access token never outlives the refresh token that issued it.
         let ttl = self.access_ttl.min(Duration::from_secs(remaining));
         let access_token = self

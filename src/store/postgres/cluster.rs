@@ -15,6 +15,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use super::schema::FEED_LOCK;
 use super::tls::RustlsMakeTls;
 use super::PgError;
+use crate::restrict::RestrictionSpec;
 use crate::store::record::{RefreshHash, RefreshRecord};
 
 /// The channel every change is announced on (its payload: the `seq`).
@@ -132,7 +133,8 @@ pub(crate) async fn changes_since(
     let rows = client
         .query(
             "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
-                    t.last_used, t.use_count, t.last_ip, t.last_user_agent \
+                    t.last_used, t.use_count, t.last_ip, t.last_user_agent, \
+                    t.restrictions::text \
              FROM tokengate_changes c LEFT JOIN refresh_tokens t \
                ON c.kind = 'create' AND t.id = c.refresh_id \
              WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
@@ -180,7 +182,7 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     let rows = client
         .query(
             "SELECT id, hash, name, created, expires, last_used, use_count, last_ip, \
-                    last_user_agent FROM refresh_tokens WHERE id = ANY($1)",
+                    last_user_agent, restrictions::text FROM refresh_tokens WHERE id = ANY($1)",
             &[&ids],
         )
         .await?;
@@ -197,8 +199,9 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     Ok(out)
 }
 
-/// A token's hash and record from `row`'s columns `at..at + 8` (hash, name,
-/// created, expires, last_used, use_count, last_ip, last_user_agent);
+/// A token's hash and record from `row`'s columns `at..at + 9` (hash, name,
+/// created, expires, last_used, use_count, last_ip, last_user_agent,
+/// restrictions as text);
 /// `None` when the hash is absent (a left join found no token) or not 32 bytes.
 fn token_at(
     row: &tokio_postgres::Row,
@@ -219,8 +222,23 @@ fn token_at(
         use_count: unsigned(row.try_get(at + 5)?).unwrap_or(0),
         last_ip: row.try_get(at + 6)?,
         last_user_agent: row.try_get(at + 7)?,
+        restrictions: {
+            let text: Option<String> = row.try_get(at + 8)?;
+            // Unreadable restrictions stop the feed here (an error, retried)
+            // rather than map the token without them: never fail open.
+            restrictions(text.as_deref())
+                .map_err(|e| PgError(format!("token {id}: unreadable restrictions: {e}")))?
+        },
     };
     Ok(Some((hash, rec)))
+}
+
+/// The `restrictions` column (as text) as a spec; NULL = none.
+pub(crate) fn restrictions(text: Option<&str>) -> Result<Option<RestrictionSpec>, String> {
+    text.map(serde_json::from_str::<RestrictionSpec>)
+        .transpose()
+        .map(|s| s.filter(|s| !s.is_empty()))
+        .map_err(|e| e.to_string())
 }
 
 /// Adds this boot to the registry (its heartbeat starts now).

@@ -43,6 +43,7 @@ use tokio_postgres::NoTls;
 use super::record::{RefreshHash, RefreshRecord, UsageDelta, UsageRow};
 use super::{Backend, StoreError};
 use crate::config::{PostgresConfig, SslMode};
+use crate::restrict::RestrictionSpec;
 
 pub use schema::{Migrated, SCHEMA_VERSION};
 
@@ -352,7 +353,7 @@ impl Backend for PostgresBackend {
             let stmt = client
                 .prepare_cached(
                     "SELECT id, hash, name, created, expires, last_used, use_count, \
-                     last_ip, last_user_agent FROM refresh_tokens",
+                     last_ip, last_user_agent, restrictions::text FROM refresh_tokens",
                 )
                 .await?;
             Ok(client.query(&stmt, &[]).await?)
@@ -382,6 +383,11 @@ impl Backend for PostgresBackend {
                 use_count: unsigned(row.try_get(6).map_err(|_| bad("use_count"))?, "use_count")?,
                 last_ip: row.try_get(7).map_err(|_| bad("last_ip"))?,
                 last_user_agent: row.try_get(8).map_err(|_| bad("last_user_agent"))?,
+                restrictions: {
+                    let text: Option<String> = row.try_get(9).map_err(|_| bad("restrictions"))?;
+                    cluster::restrictions(text.as_deref())
+                        .map_err(|e| bad(&format!("restrictions: {e}")))?
+                },
             };
             all.push((hash, rec));
         }
@@ -394,8 +400,11 @@ impl Backend for PostgresBackend {
         name: &str,
         created: u64,
         expires: Option<u64>,
+        restrictions: Option<&RestrictionSpec>,
     ) -> Result<RefreshRecord, StoreError> {
         let (h, n) = (hash.to_vec(), name.to_owned());
+        // Sent as text and cast by the server: no JSON feature in the driver.
+        let spec = restrictions.map(serde_json::to_string).transpose()?;
         let id: i64 = self.run("creating a refresh token", |pool| async move {
             let (created, expires) = (to_db(created)?, expires.map(to_db).transpose()?);
             let mut client = pool.get().await?;
@@ -406,18 +415,26 @@ impl Backend for PostgresBackend {
                 .await?;
             let stmt = tx
                 .prepare_cached(
-                    "INSERT INTO refresh_tokens (hash, name, created, expires) \
-                     VALUES ($1, $2, $3, $4) RETURNING id",
+                    "INSERT INTO refresh_tokens (hash, name, created, expires, restrictions) \
+                     VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id",
                 )
                 .await?;
-            let row = tx.query_one(&stmt, &[&h, &n, &created, &expires]).await?;
+            let row = tx
+                .query_one(&stmt, &[&h, &n, &created, &expires, &spec])
+                .await?;
             let id: i64 = row.try_get(0)?;
             announce(&tx, "create", &[id]).await?;
             tx.commit().await?;
             Ok(id)
         })?;
         let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
-        Ok(RefreshRecord::new(id, name, created, expires))
+        Ok(RefreshRecord::restricted(
+            id,
+            name,
+            created,
+            expires,
+            restrictions,
+        ))
     }
 
     fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError> {

@@ -76,6 +76,15 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 3,
+        name: "refresh token restrictions",
+        // Scopes, networks and rate as one JSON document (the admin API's
+        // shape, `restrict::RestrictionSpec`): read and written whole, never
+        // queried by part. NULL = full access, so every existing token keeps
+        // behaving as before.
+        sql: "ALTER TABLE refresh_tokens ADD COLUMN restrictions jsonb;",
+    },
 ];
 
 /// The advisory-lock key that orders change records ("tgfeed" + 1): held

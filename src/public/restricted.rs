@@ -1,0 +1,162 @@
+//! A token's restrictions on the proxy path: the checks (networks, scopes,
+//! rate, in that order) and the refusals they lead to.
+//!
+//! - outside the token's networks: 401 `invalid_token` (RFC 6750 §3.1: the
+//!   token is not valid here), as for any other token that cannot be used;
+//! - no scope rule allows the method on the path: 403 `insufficient_scope`
+//!   (RFC 6750 §3.1) with its challenge and a JSON body;
+//! - over the token's rate: 429 with `Retry-After` and the IETF
+//!   `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-
+//!   headers-09/-10 syntax: structured-field lists of named policies, e.g.
+//!   `RateLimit-Policy: "token";q=10;w=2` and `RateLimit: "token";r=0;t=1`).
+//!
+//! None of them reaches the upstream. A rate is taken only by a request
+//! that passed the other checks: a refused request costs the script none
+//! of its rate.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+use super::bearer::challenge;
+use crate::http::{too_many_requests, Reply};
+use crate::proxy::normalised_path;
+use crate::restrict::{RateRefusal, Refused, Restrictions};
+
+/// Runs the checks for one request; `path` is the request's path as it
+/// came (it is normalised here, only for tokens with scope rules).
+#[inline]
+pub(super) fn check(
+    r: &Restrictions,
+    ip: IpAddr,
+    method: &Method,
+    path: &str,
+    now: Instant,
+) -> Result<(), Refused> {
+    if !r.allows_ip(ip) {
+        return Err(Refused::Network);
+    }
+    if r.has_scopes() {
+        // A path the proxy would refuse (above the root) is outside every rule.
+        let allowed = normalised_path(path).is_ok_and(|p| r.allows(method, &p));
+        if !allowed {
+            return Err(Refused::Scope);
+        }
+    }
+    r.take(now)
+}
+
+/// The answer to a refused request.
+pub(super) fn refusal(refused: Refused) -> Reply {
+    match refused {
+        Refused::Network => challenge(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the access token is not valid from this address",
+        ),
+        Refused::Scope => challenge(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "the access token's scopes do not allow this method on this path",
+        ),
+        Refused::Rate(rate) => rate_limited(rate),
+    }
+}
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+fn rate_limited(rate: RateRefusal) -> Reply {
+    // Whole seconds, rounded up: waiting that long always finds a token.
+    let secs = u64::try_from(rate.retry_after.as_nanos().div_ceil(1_000_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut r = too_many_requests(
+        "rate_limited",
+        &format!(
+            "this token's rate limit ({} per second, bursts of {}) is used up; try again in {secs} s",
+            rate.per_second, rate.burst
+        ),
+        secs,
+    );
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "\"token\";q={};w={}",
+        rate.burst, rate.window_secs
+    )) {
+        h.insert(RATELIMIT_POLICY, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"token\";r=0;t={secs}")) {
+        h.insert(RATELIMIT, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restrict::RestrictionSpec;
+    use serde_json::json;
+
+    fn compiled(v: serde_json::Value) -> Restrictions {
+        let spec: RestrictionSpec = serde_json::from_value(v).unwrap();
+        Restrictions::compile(&spec, Instant::now())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn path_tricks_cannot_leave_a_rule() {
+        let r =
+            compiled(json!({"scopes": [{"methods": ["GET"], "path": "/iwc/api/databases/**"}]}));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        let get = |p: &str| check(&r, ip, &Method::GET, p, now);
+        for ok in [
+            "/iwc/api/databases",
+            "/iwc/api/databases/1/x",
+            "/iwc/api/x/../databases/1",
+            "/iwc/api/databases/",
+        ] {
+            assert_eq!(get(ok), Ok(()), "{ok}");
+        }
+        for no in [
+            "/iwc/api/databases/../admin",
+            "/iwc/api/databases/%2e%2e/admin",
+            "/iwc/api/databases/..;x/admin",
+            "/iwc/api/databases/%2E%2e/%2e%2e/x",
+            "/iwc/api/databases/../../../../x",
+            "//iwc/api/databases/1",
+            "/iwc/api/databases%2f..%2fadmin",
+            "/iwc/api/admin;/databases",
+        ] {
+            assert_eq!(get(no), Err(Refused::Scope), "{no}");
+        }
+        assert_eq!(
+            check(&r, ip, &Method::DELETE, "/iwc/api/databases/1", now),
+            Err(Refused::Scope)
+        );
+    }
+
+    #[test]
+    fn refusals_carry_their_challenges_and_fields() {
+        let r = refusal(Refused::Scope);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let www = r.headers()["www-authenticate"].to_str().unwrap();
+        assert!(www.contains("error=\"insufficient_scope\""), "{www}");
+        let r = refusal(Refused::Network);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let r = refusal(Refused::Rate(RateRefusal {
+            retry_after: std::time::Duration::from_millis(1500),
+            per_second: 5,
+            burst: 10,
+            window_secs: 2,
+        }));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["ratelimit-policy"], "\"token\";q=10;w=2");
+        assert_eq!(r.headers()["ratelimit"], "\"token\";r=0;t=2");
+    }
+}
