@@ -27,7 +27,8 @@ pub(crate) const LISTENER_NAME: &str = "tokengate-listener";
 /// One row of the change feed, with the token's record for a create (if
 /// the token still exists: a create followed by a delete reads as both).
 pub(crate) enum Change {
-    Created(RefreshHash, RefreshRecord),
+    /// Boxed: a record (with its restrictions) dwarfs the other variants.
+    Created(RefreshHash, Box<RefreshRecord>),
     Deleted(u64),
     /// A boot was retired, or all of them (`rotate`): the registry says which.
     Retired,
@@ -149,7 +150,7 @@ pub(crate) async fn changes_since(
         let id = refresh_id.and_then(|i| u64::try_from(i).ok());
         let change = match (kind, id) {
             ("create", Some(id)) => match token_at(&row, 3, id)? {
-                Some((hash, rec)) => Change::Created(hash, rec),
+                Some((hash, rec)) => Change::Created(hash, Box::new(rec)),
                 // Deleted since: its delete follows in the feed.
                 None => continue,
             },
@@ -193,7 +194,7 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
             continue;
         };
         if let Some((hash, rec)) = token_at(&row, 1, id)? {
-            out.push(Change::Created(hash, rec));
+            out.push(Change::Created(hash, Box::new(rec)));
         }
     }
     Ok(out)
