@@ -510,6 +510,9 @@ pub struct Upstream {
 struct PauseGate {
     /// `/pause` requests received and not answered yet.
     waiting: AtomicUsize,
+    /// Every request that reached this upstream, so a test can tell that a
+    /// refused request never did.
+    hits: AtomicUsize,
     released: tokio::sync::watch::Sender<bool>,
 }
 
@@ -517,6 +520,11 @@ impl Upstream {
     /// How many `/pause` requests have arrived and are being held.
     pub fn paused(&self) -> usize {
         self.pause.waiting.load(Ordering::SeqCst)
+    }
+
+    /// How many requests have reached this upstream so far.
+    pub fn hits(&self) -> usize {
+        self.pause.hits.load(Ordering::SeqCst)
     }
 
     /// Answers every `/pause` request, held now or arriving later.
@@ -541,6 +549,7 @@ async fn spawn_echo(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let pause = Arc::new(PauseGate {
         waiting: AtomicUsize::new(0),
+        hits: AtomicUsize::new(0),
         released: tokio::sync::watch::channel(false).0,
     });
     let gate = pause.clone();
@@ -573,6 +582,7 @@ async fn echo(
     req: Request<Incoming>,
     pause: Arc<PauseGate>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    pause.hits.fetch_add(1, Ordering::SeqCst);
     if req.uri().path() == "/slow" {
         // A deliberately slow upstream: this double simulates one that answers
         // long after any response timeout a test configures.
