@@ -86,6 +86,7 @@ on_both_backends!(
     expired_tokens_are_refused_and_listed_as_expired,
     usage_adds_up_and_survives_restarts,
     restart_keeps_refresh_tokens_and_never_reuses_ids,
+    restrictions_are_stored_and_enforced_after_a_restart,
 );
 
 async fn list(gw: &TestGateway) -> Vec<Value> {
@@ -278,6 +279,84 @@ mod behaviour {
             t["last_used_at"].as_str(),
             Some(used.as_str()),
             "the later use wins"
+        );
+    }
+
+    /// Issue 13: scopes, read-only, networks and a rate are stored with the
+    /// token, listed as created, and enforced by the next process too; a
+    /// token without them stays unrestricted.
+    pub(super) async fn restrictions_are_stored_and_enforced_after_a_restart(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let restrictions = json!({
+            "scopes": [{"methods": ["GET", "HEAD"], "path": "/iwc/api/databases/**"}],
+            "read_only": false,
+            "networks": ["127.0.0.0/30", "2001:db8::/32"],
+            "rate_limit": {"per_second": 50, "burst": 3}
+        });
+        let mut body = restrictions.clone();
+        body["name"] = json!("scoped");
+        let r = gw
+            .client
+            .admin_json("POST", "/api/refresh-tokens", &body)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let scoped = r.json()["token"].as_str().unwrap().to_owned();
+        let (_, plain) = gw.create_token("plain").await;
+
+        let gw = gw.restart().await;
+        let rows = list(&gw).await;
+        for k in ["scopes", "read_only", "networks", "rate_limit"] {
+            assert_eq!(rows[0][k], restrictions[k], "{k} after a restart");
+        }
+        assert_eq!(rows[1]["scopes"], json!([]));
+        assert_eq!(rows[1]["rate_limit"], Value::Null);
+
+        let access = gw.exchange(&scoped).await;
+        assert_eq!(
+            gw.client
+                .api_get("/iwc/api/databases/1", &access)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        let before = up.hits();
+        let r = gw.client.api_get("/iwc/api/security", &access).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+        let r = gw
+            .client_from("127.0.0.5")
+            .api_get("/iwc/api/databases/1", &access)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        let mut limited = 0;
+        for _ in 0..5 {
+            let s = gw
+                .client
+                .api_get("/iwc/api/databases/1", &access)
+                .await
+                .status;
+            limited += usize::from(s == StatusCode::TOO_MANY_REQUESTS);
+        }
+        assert!(limited >= 1, "the rate holds after a restart");
+        assert_eq!(up.hits() - before, 5 - limited);
+        let (status, body) = exchange_status(&gw, &scoped).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let from_outside = gw
+            .client_from("127.0.0.5")
+            .token_form(&format!("grant_type=refresh_token&refresh_token={scoped}"))
+            .await;
+        assert_eq!(from_outside.status, StatusCode::BAD_REQUEST);
+
+        let access = gw.exchange(&plain).await;
+        let r = gw
+            .client_from("127.0.0.5")
+            .api_get("/iwc/api/security", &access)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "an unrestricted token is as before"
         );
     }
 
