@@ -959,3 +959,68 @@ async fn lists_and_use_counts_agree_across_replicas() {
     })
     .await;
 }
+
+/// Issue 13: a restricted token created on one replica carries its
+/// restrictions to the other (through the change feed, or the catch-up a
+/// token unknown there triggers), which enforces every one of them.
+#[tokio::test]
+async fn a_restricted_token_made_on_one_replica_is_enforced_on_the_other() {
+    let db = TestDb::new();
+    let up = common::upstream().await;
+    let cluster = Cluster::new(&db.url, up.addr);
+    let (a, b) = two(&cluster).await;
+    settled(&[&a, &b]).await;
+
+    let restrictions = serde_json::json!({
+        "scopes": [{"methods": ["GET"], "path": "/whoami"}],
+        "read_only": false,
+        "networks": ["127.0.0.1/32"],
+        "rate_limit": {"per_second": 1, "burst": 2}
+    });
+    let mut body = restrictions.clone();
+    body["name"] = serde_json::json!("restricted on alpha");
+    let r = a
+        .client()
+        .admin_json("POST", "/api/refresh-tokens", &body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let refresh = r.json()["token"].as_str().unwrap().to_owned();
+
+    // No wait: beta looks the token up, restrictions and all.
+    let access = b.exchange(&refresh).await;
+    assert_accepted(&b, &access, "in scope, on beta").await;
+    let before = up.hits();
+    let r = b.client().api_get("/elsewhere", &access).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(error_code(&r), "insufficient_scope");
+    let r = b.client_from("127.0.0.2").api_get("/whoami", &access).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let r = b
+        .client_from("127.0.0.2")
+        .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // The rate is per replica (each holds its own bucket): beta's burst of
+    // two is one used above, one left, then 429.
+    let statuses = [b.call(&access).await.status, b.call(&access).await.status];
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let allowed = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(up.hits() - before, allowed);
+    // And the list on beta shows what alpha stored.
+    let on_b = eventually(PATIENCE, "beta lists the token", || {
+        let b = &b;
+        async move {
+            b.list()
+                .await
+                .into_iter()
+                .find(|t| t["name"] == "restricted on alpha")
+        }
+    })
+    .await;
+    for k in ["scopes", "read_only", "networks", "rate_limit"] {
+        assert_eq!(on_b[k], restrictions[k], "{k} on beta");
+    }
+}

@@ -395,6 +395,16 @@ destination = "{audit}"
             .unwrap_or_else(|| panic!("replica {} is not running", self.name))
     }
 
+    /// A client of this replica whose connections come from `source`.
+    pub fn client_from(&self, source: &str) -> TestClient {
+        TestClient::with_source(
+            &self.cert,
+            self.public_addr(),
+            self.admin_addr(),
+            Some(source.parse().expect("an IP address")),
+        )
+    }
+
     /// Creates a refresh token through this replica's admin API; returns
     /// (id, token string). Panics unless the answer is 201.
     pub async fn create_token(&self, name: &str) -> (u64, String) {
