@@ -69,6 +69,24 @@ pub use tokens::access::AccessTokens;
 pub use tokens::exchange::{Client, Exchanger, Issued, RefreshGrant};
 pub use tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};
 
+/// For the benchmarks only: the proxy path's checks of a token's
+/// restrictions (networks, scopes on the normalised path, rate), as the
+/// public listener runs them after validation. Not an API.
+#[doc(hidden)]
+pub mod benching {
+    /// True when the request may go on to the upstream.
+    #[inline]
+    pub fn restrictions_admit(
+        r: &crate::Restrictions,
+        ip: std::net::IpAddr,
+        method: &http::Method,
+        path: &str,
+        now: std::time::Instant,
+    ) -> bool {
+        crate::public::restriction_check(r, ip, method, path, now).is_ok()
+    }
+}
+
 /// For the cargo-fuzz targets in `fuzz/` only: internals they drive directly.
 /// Not an API; may change at any time.
 #[doc(hidden)]

@@ -13,6 +13,7 @@ mod token;
 
 pub use bearer::bearer_token;
 use bearer::BearerError;
+pub(crate) use restricted::check as restriction_check;
 pub use token::{parse_body, BodyKind, TokenRequest};
 
 use std::net::SocketAddr;

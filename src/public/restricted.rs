@@ -28,7 +28,7 @@ use crate::restrict::{RateRefusal, Refused, Restrictions};
 /// Runs the checks for one request; `path` is the request's path as it
 /// came (it is normalised here, only for tokens with scope rules).
 #[inline]
-pub(super) fn check(
+pub(crate) fn check(
     r: &Restrictions,
     ip: IpAddr,
     method: &Method,
