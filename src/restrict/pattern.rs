@@ -196,6 +196,8 @@ mod tests {
             "/iwc/api/databases/a%5cb",
             "/iwc/api/databases/%zz",
             "/iwc/api/databases/%e9",
+            "/iwc/api/databases/%252e%252e/x",
+            "/iwc/api/databases/a%3bb",
             "/iwc/api/;x/databases",
             "",
             "*",
