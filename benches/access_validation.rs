@@ -151,6 +151,28 @@ fn restricted(c: &mut Criterion) {
     let unrestricted = tokens
         .issue(plain.clone(), Duration::from_secs(900), now)
         .unwrap();
+    // The same spread without restrictions: what touching 32 entries (and
+    // their refresh tokens) costs by itself.
+    let plain_spread: Vec<String> = (0..SPREAD)
+        .map(|i| {
+            let r = Arc::new(RefreshToken::detached(100 + i, "plain", None));
+            tokens.issue(r, Duration::from_secs(900), now).unwrap()
+        })
+        .collect();
+    // Scopes and networks only (no rate, so one token can be asked forever).
+    let unlimited = RestrictionSpec {
+        rate_limit: None,
+        ..spec.clone()
+    };
+    let scoped = tokens
+        .issue(
+            Arc::new(RefreshToken::detached_restricted(
+                200, "scoped", None, &unlimited,
+            )),
+            Duration::from_secs(900),
+            now,
+        )
+        .unwrap();
     let wall = 1_800_000_000;
     let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
     let method = http::Method::GET;
@@ -167,6 +189,17 @@ fn restricted(c: &mut Criterion) {
     assert_eq!(check(unrestricted.as_bytes()), Ok(true));
     group.bench_function(BenchmarkId::new("unrestricted_checked", LIVE), |b| {
         b.iter(|| black_box(check(black_box(unrestricted.as_bytes()))))
+    });
+    assert_eq!(check(scoped.as_bytes()), Ok(true));
+    group.bench_function(BenchmarkId::new("scopes_and_networks", LIVE), |b| {
+        b.iter(|| black_box(check(black_box(scoped.as_bytes()))))
+    });
+    let mut j = 0usize;
+    group.bench_function(BenchmarkId::new("unrestricted_spread32", LIVE), |b| {
+        b.iter(|| {
+            j = (j + 1) % plain_spread.len();
+            black_box(check(black_box(plain_spread[j].as_bytes())))
+        })
     });
     let mut i = 0usize;
     let mut refused = 0u64;
