@@ -63,6 +63,9 @@ impl AdminHandler {
                 Ok(x) => x,
                 Err(text) => return bad(text),
             };
+        if let Some(r) = database_away(state) {
+            return r;
+        }
         // The store blocks: commit on the blocking pool; answer only after the commit.
         let (token, secret) = match state
             .create_refresh_token(&request.name, now, expires)
@@ -108,6 +111,9 @@ impl AdminHandler {
         ids: Vec<u64>,
     ) -> Result<Vec<Arc<RefreshToken>>, Reply> {
         let state = &self.state;
+        if let Some(r) = database_away(state) {
+            return Err(r);
+        }
         let store = state.store.clone();
         let gone = match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
             Ok(Ok(g)) => g,
@@ -235,11 +241,25 @@ fn parse_id(text: &str) -> Option<u64> {
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Reply {
     tracing::error!(error = %e, "{what}");
+    // A timeout can hide a commit that happened: say what is known.
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "storage_unavailable",
-        "the token store could not complete the change; nothing was changed",
+        "the token store did not confirm the change; list the tokens to see whether it was made",
     )
+}
+
+/// Cluster mode without the database: refused at once, not after the
+/// connect and statement timeouts.
+fn database_away(state: &crate::state::State) -> Option<Reply> {
+    let cluster = state.cluster.as_ref()?;
+    cluster.check_connected().err().map(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the token store is unreachable; nothing was changed",
+        )
+    })
 }
 
 #[cfg(test)]
