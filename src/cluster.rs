@@ -312,11 +312,13 @@ impl Cluster {
                 if client.is_closed() {
                     break;
                 }
-                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
-                // Rounds back to back at most this often, however many
+                // Rounds begin at most every MIN_ROUND_GAP, however many
                 // notifications and catch-ups ask: the database's load from
                 // one replica stays bounded (catch-ups share the next round).
-                tokio::time::sleep(MIN_ROUND_GAP).await;
+                // A wake-up meanwhile is kept (Notify stores it), and one
+                // that comes later starts a round at once.
+                tokio::time::sleep_until((began + MIN_ROUND_GAP).into()).await;
+                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
             }
             self.connected.store(false, Ordering::Release);
         }
