@@ -34,7 +34,7 @@ use crate::store::{cluster_db, Change, ClusterDb, PgError};
 pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// Exchanges need fresher contact than the bearer check's staleness bound
 /// (a new access token is a new promise), but not so fresh that a busy
-/// machine's scheduling refuses them.
+/// machine's scheduling refuses them; never looser than `max_staleness`.
 const EXCHANGE_STALENESS: Duration = Duration::from_secs(2);
 /// How long one catch-up (an exchange's database fallback) may wait.
 pub(crate) const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
@@ -42,9 +42,12 @@ pub(crate) const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 const PAGE: i64 = 10_000;
 /// How often old changes and boots are pruned (by every replica: cheap).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// The least time between two rounds.
-const MIN_ROUND_GAP: Duration = Duration::from_millis(5);
-/// A round's queries together; beyond this the connection is presumed dead.
+/// The least time between two rounds: at most 40 rounds a second, however
+/// many notifications and catch-ups (forged tokens among them) ask.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(25);
+/// A round's queries together; beyond this the connection is presumed dead
+/// (and never beyond half of `cluster.node_timeout`, so one slow round
+/// cannot cost a healthy replica its heartbeat).
 const ROUND_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) struct Cluster {
@@ -52,7 +55,12 @@ pub(crate) struct Cluster {
     pub(crate) name: String,
     node_timeout: Duration,
     max_staleness: Duration,
-    /// Milliseconds since `base` of the last successful round.
+    exchange_staleness: Duration,
+    round_timeout: Duration,
+    /// Set at shutdown, before this boot is retired: the loop must not
+    /// mistake that for a rotation and register a new boot.
+    stopping: AtomicBool,
+    /// Milliseconds since `base` of the start of the last successful round.
     base: Instant,
     last_contact: AtomicU64,
     /// The listening connection is up and its last round succeeded.
@@ -113,6 +121,9 @@ impl Cluster {
             name,
             node_timeout: config.node_timeout,
             max_staleness: config.max_staleness,
+            exchange_staleness: EXCHANGE_STALENESS.min(config.max_staleness),
+            round_timeout: ROUND_TIMEOUT.min(config.node_timeout / 2),
+            stopping: AtomicBool::new(false),
             base: Instant::now(),
             // Registering was contact.
             last_contact: AtomicU64::new(0),
@@ -130,9 +141,12 @@ impl Cluster {
         self.base.elapsed().saturating_sub(last)
     }
 
-    fn contact(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_contact.store(ms, Ordering::Release);
+    /// Records contact as of `at` (when the round that succeeded began:
+    /// what it read was true then, not when it ended).
+    fn contact(&self, at: Instant) {
+        let ms =
+            u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX);
+        self.last_contact.fetch_max(ms, Ordering::AcqRel);
     }
 
     /// Bearer checks: may access tokens verified here still be trusted?
@@ -147,7 +161,8 @@ impl Cluster {
 
     /// Exchanges (and readiness): is the database reachable right now?
     pub(crate) fn check_connected(&self) -> Result<(), Unavailable> {
-        if !self.connected.load(Ordering::Acquire) || self.since_contact() > EXCHANGE_STALENESS {
+        if !self.connected.load(Ordering::Acquire) || self.since_contact() > self.exchange_staleness
+        {
             Err(Unavailable::Stale)
         } else {
             Ok(())
@@ -198,6 +213,7 @@ impl Cluster {
     /// Retires this process's boot at a clean shutdown: every replica drops
     /// its access tokens at once (DPA's rule: a restart ends them).
     pub(crate) async fn retire(&self, boot: u64) {
+        self.stopping.store(true, Ordering::Release);
         let pool = self.db.pool.clone();
         let done = self
             .db
@@ -247,24 +263,35 @@ impl Cluster {
                 }
             };
             backoff = Duration::from_millis(50);
+            let connected_since = Instant::now();
             if !first {
                 tracing::info!(url = %self.db.url, "listening to PostgreSQL again; catching up");
             }
             // A new connection may follow missed changes (pruned from the
             // feed, if it was long): reconcile before trusting the feed.
-            let reconcile = !first;
+            let mut reconcile = !first;
             first = false;
-            let mut reconcile = reconcile;
+            if reconcile {
+                // A rotation may have happened meanwhile (its record is
+                // skipped with the feed): heartbeat in the first round.
+                last_beat = None;
+            }
             loop {
+                let began = Instant::now();
+                // Until this replica has been in contact for node_timeout
+                // (after its start or a reconnect), a stale heartbeat says
+                // more about the database having been away than about the
+                // peer: it judges no peer dead yet.
+                let settled = connected_since.elapsed() >= self.node_timeout;
                 let round = tokio::time::timeout(
-                    ROUND_TIMEOUT,
-                    self.round(state, &client, reconcile, &mut last_beat),
+                    self.round_timeout,
+                    self.round(state, &client, reconcile, settled, &mut last_beat),
                 )
                 .await;
                 match round {
                     Ok(Ok(())) => {
                         reconcile = false;
-                        self.contact();
+                        self.contact(began);
                         self.connected.store(true, Ordering::Release);
                     }
                     Ok(Err(e)) => {
@@ -272,7 +299,7 @@ impl Cluster {
                         break;
                     }
                     Err(_) => {
-                        tracing::warn!(url = %self.db.url, "PostgreSQL did not answer within {ROUND_TIMEOUT:?}; reconnecting");
+                        tracing::warn!(url = %self.db.url, timeout = ?self.round_timeout, "PostgreSQL did not answer in time; reconnecting");
                         break;
                     }
                 }
@@ -285,11 +312,13 @@ impl Cluster {
                 if client.is_closed() {
                     break;
                 }
-                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
-                // Rounds back to back at most this often, however many
+                // Rounds begin at most every MIN_ROUND_GAP, however many
                 // notifications and catch-ups ask: the database's load from
                 // one replica stays bounded (catch-ups share the next round).
-                tokio::time::sleep(MIN_ROUND_GAP).await;
+                // A wake-up meanwhile is kept (Notify stores it), and one
+                // that comes later starts a round at once.
+                tokio::time::sleep_until((began + MIN_ROUND_GAP).into()).await;
+                let _ = tokio::time::timeout(POLL, self.wake.notified()).await;
             }
             self.connected.store(false, Ordering::Release);
         }
@@ -301,6 +330,7 @@ impl Cluster {
         state: &State,
         client: &tokio_postgres::Client,
         reconcile: bool,
+        settled: bool,
         last_beat: &mut Option<Instant>,
     ) -> Result<(), PgError> {
         let id = self.started.fetch_add(1, Ordering::AcqRel) + 1;
@@ -310,10 +340,9 @@ impl Cluster {
         }
         loop {
             let from = self.seq.load(Ordering::Acquire);
-            let changes = cluster_db::changes_since(client, from, PAGE).await?;
-            let last = changes.len();
+            let page = cluster_db::changes_since(client, from, PAGE).await?;
             let mut deleted = Vec::new();
-            for (seq, change) in changes {
+            for change in page.changes {
                 match change {
                     Change::Created(hash, rec) => {
                         if state.store.apply_created(hash, &rec) {
@@ -327,10 +356,12 @@ impl Cluster {
                     Change::Retired => retired = true,
                 }
                 self.apply_deletes(state, &mut deleted);
-                self.seq.store(seq, Ordering::Release);
                 self.applied.fetch_add(1, Ordering::Relaxed);
             }
-            if i64::try_from(last).unwrap_or(PAGE) < PAGE {
+            // Past every row read, skipped ones included (a page of creates
+            // of tokens deleted since must not stop the cursor).
+            self.seq.fetch_max(page.last, Ordering::AcqRel);
+            if i64::try_from(page.rows).unwrap_or(PAGE) < PAGE {
                 break;
             }
         }
@@ -339,9 +370,12 @@ impl Cluster {
             let (boot, _) = state.access.own_boot();
             if cluster_db::heartbeat(client, boot).await? {
                 *last_beat = Some(Instant::now());
+            } else if self.stopping.load(Ordering::Acquire) {
+                // Our own clean shutdown retired it: nothing to renew.
             } else {
-                // Retired (a rotation): a new boot, so nothing minted by
-                // the old one comes back to life.
+                // Retired (a rotation, or the others found us silent past
+                // node_timeout and dropped our tokens): a new boot, so
+                // nothing minted by the old one comes back to life.
                 let seed = state
                     .access
                     .renew_boot()
@@ -357,15 +391,30 @@ impl Cluster {
             }
         }
         let (own, _) = state.access.own_boot();
+        if settled {
+            let silent = cluster_db::retire_silent(client, own, self.node_timeout).await?;
+            if !silent.is_empty() {
+                tracing::info!(
+                    boots = ?silent.iter().map(|b| format!("{b:016x}")).collect::<Vec<_>>(),
+                    "replica boots silent past cluster.node_timeout retired"
+                );
+            }
+        }
         let peers = cluster_db::peer_boots(client, own, self.node_timeout).await?;
-        // Peers not retired and heard from within node_timeout (see
-        // `peer_boots` for a database restart); the others have ended.
+        // Live: not retired, and fresh, or (not settled yet) already trusted.
+        let live_boot = |p: &cluster_db::PeerBoot| {
+            !p.retired && (p.fresh || (!settled && state.access.trusts(p.boot)))
+        };
         let live: Vec<(u64, [u8; 32])> = peers
             .iter()
-            .filter(|p| p.live)
+            .filter(|p| live_boot(p))
             .map(|p| (p.boot, p.nonce))
             .collect();
-        let ended: Vec<u64> = peers.iter().filter(|p| !p.live).map(|p| p.boot).collect();
+        let ended: Vec<u64> = peers
+            .iter()
+            .filter(|p| !live_boot(p))
+            .map(|p| p.boot)
+            .collect();
         let gone = state.access.set_peers(&live, &ended);
         if !gone.is_empty() {
             tracing::info!(
@@ -397,17 +446,21 @@ impl Cluster {
         state: &State,
         client: &tokio_postgres::Client,
     ) -> Result<(), PgError> {
+        // Ours before the table is read: a token created here meanwhile is
+        // not in this set, so it is never taken for a deleted one.
+        let here: std::collections::HashSet<u64> = state.store.ids().into_iter().collect();
         let seq = cluster_db::feed_position(client).await?;
         let stored = cluster_db::all_ids(client).await?;
         let stored_set: std::collections::HashSet<u64> = stored.iter().copied().collect();
-        let mut gone: Vec<u64> = state
-            .store
-            .ids()
-            .into_iter()
+        let mut gone: Vec<u64> = here
+            .iter()
+            .copied()
             .filter(|id| !stored_set.contains(id))
             .collect();
-        let here: std::collections::HashSet<u64> = state.store.ids().into_iter().collect();
-        let missing: Vec<u64> = stored.into_iter().filter(|id| !here.contains(id)).collect();
+        let missing: Vec<u64> = stored
+            .into_iter()
+            .filter(|id| state.store.get(*id).is_none())
+            .collect();
         if !missing.is_empty() {
             for change in cluster_db::records(client, &missing).await? {
                 if let Change::Created(hash, rec) = change {

@@ -213,6 +213,12 @@ impl Gateway {
     /// `public.shutdown_grace`), and flushes usage data to disk.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(cluster) = &self.state.cluster {
+            // First, not after the drain: a clean shutdown ends this boot's
+            // access tokens everywhere now (DPA's restart rule), not after
+            // cluster.node_timeout. Requests in flight were checked already.
+            cluster.retire(self.state.access.own_boot().0).await;
+        }
         for w in self.workers {
             let _ = w.await;
         }
@@ -220,11 +226,6 @@ impl Gateway {
             let _ = t.await;
         }
         crate::periodic::flush_usage(&self.state).await;
-        if let Some(cluster) = &self.state.cluster {
-            // A clean shutdown ends this boot's access tokens everywhere now,
-            // not after cluster.node_timeout.
-            cluster.retire(self.state.access.own_boot().0).await;
-        }
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             state.audit.flush(std::time::Duration::from_secs(5));

@@ -22,10 +22,14 @@ need_tools() {
     export PATH="$PATH:/usr/sbin"
 }
 
-# BENCH_TOKENGATE_BIN=path runs that binary instead (an earlier build, to measure
+# BENCH_TOKENGATE_BIN=path (or TOKENGATE_BIN=path) runs that binary instead (an earlier build, to measure
 # before and after a change in the same conditions); otherwise the release
 # build of this checkout.
 build_tokengate() {
+    # TOKENGATE_BIN too (as benches/cluster and examples/cluster take it);
+    # unset, since tokengate refuses unknown TOKENGATE_ variables.
+    BENCH_TOKENGATE_BIN=${BENCH_TOKENGATE_BIN:-${TOKENGATE_BIN:-}}
+    unset TOKENGATE_BIN
     if [ -n "${BENCH_TOKENGATE_BIN:-}" ]; then
         log "using $BENCH_TOKENGATE_BIN"
         TG_BIN=$BENCH_TOKENGATE_BIN

@@ -299,7 +299,7 @@ impl AdminHandler {
                     return error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "storage_unavailable",
-                        "the token store could not complete the change; nothing was changed",
+                        "the token store did not confirm the rotation; try again",
                     );
                 }
             },

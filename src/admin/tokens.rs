@@ -264,10 +264,11 @@ fn parse_id(text: &str) -> Option<u64> {
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Reply {
     tracing::error!(error = %e, "{what}");
+    // A timeout can hide a commit that happened: say what is known.
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "storage_unavailable",
-        "the token store could not complete the change; nothing was changed",
+        "the token store did not confirm the change; list the tokens to see whether it was made",
     )
 }
 

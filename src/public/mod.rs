@@ -143,7 +143,13 @@ impl PublicHandler {
                     token,
                     now,
                     state.clock.unix(),
-                    |id| state.store.get(id),
+                    |id| {
+                        state.store.get(id).ok_or(if state.store.is_gone(id) {
+                            AccessError::RefreshGone
+                        } else {
+                            AccessError::RefreshUnseen
+                        })
+                    },
                     admit,
                 )
             };
@@ -158,7 +164,11 @@ impl PublicHandler {
                 // Concurrent misses share the round, and a boot still
                 // unknown afterwards was never registered: a guess.
                 let unknown_boot = *e == AccessError::UnknownBoot;
-                cluster.catch_up().await;
+                if !cluster.catch_up().await {
+                    // The database did not answer in time: the token is not
+                    // known to be bad, so no 401 and no count.
+                    return Either::Right(unavailable(STALE));
+                }
                 checked = validate();
                 if unknown_boot && matches!(checked, Err(AccessError::UnknownBoot)) {
                     state.throttle.failed(ip, now, &state.audit);

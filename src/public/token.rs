@@ -105,7 +105,9 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
         // replica a moment ago. Ask the database (coalesced with other
         // misses; the failure still counts against the client's budget).
         if parse_refresh(grant.refresh_token).is_ok() {
-            cluster.catch_up().await;
+            if !cluster.catch_up().await {
+                return no_store(unavailable(super::STALE));
+            }
             result = exchanger.exchange(grant, client);
         }
     }

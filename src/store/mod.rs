@@ -16,8 +16,11 @@ mod postgres;
 mod record;
 mod redb;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -86,8 +89,9 @@ pub(crate) trait Backend: Send + Sync {
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
     ) -> Result<RefreshRecord, StoreError>;
-    /// Deletes those of `ids` that exist; returns the ids it deleted.
-    fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError>;
+    /// Deletes those of `ids` that exist; returns the ids it deleted, with
+    /// their names.
+    fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError>;
     /// Adds the usage of tokens that still exist (counts add up, the later
     /// use wins); returns how many tokens it wrote.
     fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError>;
@@ -110,7 +114,20 @@ pub struct RefreshStore {
     by_id: DashMap<u64, (RefreshHash, Arc<RefreshToken>)>,
     /// Serialises writers so a flush never races a delete into resurrecting a record.
     write_lock: Mutex<()>,
+    /// Ids deleted lately, with when: a create that commits, then loses the
+    /// race to map it against the change feed's delete of the same id (made
+    /// on another replica in between), must not map a token nobody can
+    /// delete any more. Ids are never reused, so a minute of memory is
+    /// ample for that window, and the set stays small.
+    tombstones: Mutex<HashMap<u64, Instant>>,
+    /// The highest id the change feed (or the load at start) has shown:
+    /// creates commit in id order (under the feed's lock), so a missing id
+    /// at or below it was deleted, and one above it may be new.
+    seen_up_to: AtomicU64,
 }
+
+/// How long a deleted id is remembered against a late mapping.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
 impl RefreshStore {
     /// Opens (creating if needed) the redb file and loads every record into memory.
@@ -150,11 +167,14 @@ impl RefreshStore {
             by_hash: DashMap::new(),
             by_id: DashMap::new(),
             write_lock: Mutex::new(()),
+            tombstones: Mutex::new(HashMap::new()),
+            seen_up_to: AtomicU64::new(0),
         };
         for (hash, rec) in store.backend.load()? {
             let token = Arc::new(RefreshToken::from_record(&rec));
             store.by_hash.insert(hash, token.clone());
             store.by_id.insert(rec.id, (hash, token));
+            store.seen_up_to.fetch_max(rec.id, Ordering::Relaxed);
         }
         Ok(store)
     }
@@ -171,33 +191,57 @@ impl RefreshStore {
 
     /// Maps a token under its id and hash unless its id is mapped already
     /// (then that token is kept): one `RefreshToken` per id, ever, so a
-    /// delete revokes every access token minted from it.
+    /// delete revokes every access token minted from it. A token whose id
+    /// was deleted meanwhile is returned revoked and left unmapped.
     fn map(&self, hash: RefreshHash, rec: &RefreshRecord) -> Arc<RefreshToken> {
-        match self.by_id.entry(rec.id) {
-            dashmap::mapref::entry::Entry::Occupied(e) => e.get().1.clone(),
-            dashmap::mapref::entry::Entry::Vacant(v) => {
-                let token = Arc::new(RefreshToken::from_record(rec));
-                self.by_hash.insert(hash, token.clone());
-                v.insert((hash, token.clone()));
-                token
-            }
+        let entry = self.by_id.entry(rec.id);
+        if let dashmap::mapref::entry::Entry::Occupied(e) = &entry {
+            return e.get().1.clone();
         }
+        let token = Arc::new(RefreshToken::from_record(rec));
+        if self.is_tombstoned(rec.id) {
+            token.revoke();
+            return token;
+        }
+        self.by_hash.insert(hash, token.clone());
+        entry.or_insert((hash, token.clone()));
+        token
+    }
+
+    fn is_tombstoned(&self, id: u64) -> bool {
+        self.tombstones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+
+    /// Remembers deleted ids (and forgets those older than `TOMBSTONE_TTL`).
+    fn tombstone(&self, ids: &[u64]) {
+        let now = Instant::now();
+        let mut t = self.tombstones.lock().unwrap_or_else(|p| p.into_inner());
+        t.retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
+        t.extend(ids.iter().map(|&id| (id, now)));
     }
 
     /// Applies a token another replica created (from the change feed or a
-    /// catch-up): nothing is written. True when it was new here.
+    /// reconcile): nothing is written. True when it was new here.
     pub(crate) fn apply_created(&self, hash: RefreshHash, rec: &RefreshRecord) -> bool {
+        self.seen_up_to.fetch_max(rec.id, Ordering::AcqRel);
         if self.by_id.contains_key(&rec.id) {
             return false;
         }
-        self.map(hash, rec);
-        true
+        !self.map(hash, rec).is_revoked()
     }
 
-    /// Applies deletes another replica committed: the tokens are revoked
-    /// (every access token they issued is refused from now on) and
-    /// unmapped. Returns those that were still here.
+    /// Applies deletes another replica committed (or this one: the feed
+    /// carries our own too): the tokens are revoked (every access token
+    /// they issued is refused from now on) and unmapped, and their ids
+    /// remembered against a late mapping. Returns those that were still here.
     pub(crate) fn apply_deleted(&self, ids: &[u64]) -> Vec<Arc<RefreshToken>> {
+        self.tombstone(ids);
+        if let Some(&max) = ids.iter().max() {
+            self.seen_up_to.fetch_max(max, Ordering::AcqRel);
+        }
         let mut gone = Vec::new();
         for id in ids {
             if let Some((_, (hash, token))) = self.by_id.remove(id) {
@@ -207,6 +251,12 @@ impl RefreshStore {
             }
         }
         gone
+    }
+
+    /// Whether a token with this id, not in the maps, is known to have been
+    /// deleted (rather than perhaps created a moment ago elsewhere).
+    pub(crate) fn is_gone(&self, id: u64) -> bool {
+        id <= self.seen_up_to.load(Ordering::Acquire)
     }
 
     /// Ids of every token mapped here.
@@ -252,17 +302,30 @@ impl RefreshStore {
 
     /// Deletes every listed id that exists, in one transaction (blocking).
     /// Returns the deleted tokens; unknown ids are simply not in the result.
+    /// The answer follows the database: a token this replica had not
+    /// mapped yet (created elsewhere a moment ago), or that the change feed
+    /// unmapped first, is still reported (by id and name) as deleted.
     pub fn delete(&self, ids: &[u64]) -> Result<Vec<Arc<RefreshToken>>, StoreError> {
         let _w = self.lock();
         let gone = self.backend.delete(ids)?;
+        let gone_ids: Vec<u64> = gone.iter().map(|(id, _)| *id).collect();
+        self.tombstone(&gone_ids);
         let mut deleted = Vec::with_capacity(gone.len());
-        for id in gone {
-            if let Some((_, (hash, token))) = self.by_id.remove(&id) {
-                // Revoke before unmapping: an access check that still holds the Arc sees it.
-                token.revoke();
-                self.by_hash.remove(&hash);
-                deleted.push(token);
-            }
+        for (id, name) in gone {
+            let token = match self.by_id.remove(&id) {
+                Some((_, (hash, token))) => {
+                    // Revoke before unmapping: an access check that still holds the Arc sees it.
+                    token.revoke();
+                    self.by_hash.remove(&hash);
+                    token
+                }
+                None => {
+                    let t = Arc::new(RefreshToken::detached(id, &name, None));
+                    t.revoke();
+                    t
+                }
+            };
+            deleted.push(token);
         }
         Ok(deleted)
     }

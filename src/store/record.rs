@@ -211,7 +211,6 @@ impl RefreshToken {
         self.expires.is_some_and(|e| now >= e)
     }
 
-    #[cfg(test)]
     pub(crate) fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
     }

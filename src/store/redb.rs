@@ -148,7 +148,7 @@ impl Backend for RedbBackend {
         Ok(rec)
     }
 
-    fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError> {
+    fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError> {
         let txn = self.db.begin_write()?;
         let mut gone = Vec::new();
         {
@@ -159,8 +159,14 @@ impl Backend for RedbBackend {
                     Some(h) => h.value().to_vec(),
                     None => continue,
                 };
-                tokens.remove(&hash[..])?;
-                gone.push(id);
+                // The name, for the answer and the audit line; an unreadable
+                // record is still deleted (under its id).
+                let name = tokens
+                    .remove(&hash[..])?
+                    .and_then(|v| serde_json::from_slice::<RefreshRecord>(v.value()).ok())
+                    .map(|r| r.name)
+                    .unwrap_or_default();
+                gone.push((id, name));
             }
         }
         txn.commit()?;

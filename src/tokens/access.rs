@@ -325,6 +325,11 @@ impl AccessTokens {
             .contains(&boot)
     }
 
+    /// Whether tokens of `boot` verify here now.
+    pub(crate) fn trusts(&self, boot: u64) -> bool {
+        self.boots.contains_key(&boot)
+    }
+
     /// Peer boots whose tokens verify here.
     pub fn peers(&self) -> usize {
         self.boots.iter().filter(|b| !b.own).count()
@@ -424,18 +429,25 @@ impl AccessTokens {
         wall_unix: u64,
         f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
-        self.validate_with(token, now, wall_unix, |_| None, f)
+        self.validate_with(
+            token,
+            now,
+            wall_unix,
+            |_| Err(AccessError::RefreshUnseen),
+            f,
+        )
     }
 
     /// As `validate`, with `refresh` to find a peer's token's refresh token
-    /// by id the first time this replica sees the token.
+    /// by id the first time this replica sees the token (or to say it was
+    /// deleted, `RefreshGone`, or is not known here yet, `RefreshUnseen`).
     #[inline]
     pub fn validate_with<R>(
         &self,
         token: &[u8],
         now: Instant,
         wall_unix: u64,
-        refresh: impl FnOnce(u64) -> Option<Arc<RefreshToken>>,
+        refresh: impl FnOnce(u64) -> Result<Arc<RefreshToken>, AccessError>,
         f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
         let checked = self.check(token, now, wall_unix, refresh, f);
@@ -451,7 +463,7 @@ impl AccessTokens {
         token: &[u8],
         now: Instant,
         wall_unix: u64,
-        refresh: impl FnOnce(u64) -> Option<Arc<RefreshToken>>,
+        refresh: impl FnOnce(u64) -> Result<Arc<RefreshToken>, AccessError>,
         f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
         let raw = RawAccess::decode(token).map_err(|_| AccessError::Malformed)?;
@@ -487,7 +499,7 @@ impl AccessTokens {
         if wall_unix >= claims.expires {
             return Err(AccessError::Expired);
         }
-        let token = refresh(claims.refresh_id).ok_or(AccessError::RefreshUnseen)?;
+        let token = refresh(claims.refresh_id)?;
         if !token.is_usable(wall_unix) {
             return Err(AccessError::RefreshGone);
         }
@@ -704,7 +716,11 @@ mod tests {
         let t = a
             .issue_at(r.clone(), Duration::from_secs(60), now, wall)
             .unwrap();
-        let lookup = |id: u64| (id == 9).then(|| r.clone());
+        let lookup = |id: u64| {
+            (id == 9)
+                .then(|| r.clone())
+                .ok_or(AccessError::RefreshUnseen)
+        };
         let check = |at: Instant, w: u64| b.validate_with(t.as_bytes(), at, w, lookup, |r| r.id);
         // Unknown boot: refused before any MAC.
         assert_eq!(check(now, wall), Err(AccessError::UnknownBoot));
@@ -742,13 +758,19 @@ mod tests {
             .issue_at(r.clone(), Duration::from_secs(60), now, wall)
             .unwrap();
         assert_eq!(
-            b.validate_with(t.as_bytes(), now, wall, |_| None, |_| ()),
+            b.validate_with(
+                t.as_bytes(),
+                now,
+                wall,
+                |_| Err(AccessError::RefreshUnseen),
+                |_| ()
+            ),
             Err(AccessError::RefreshUnseen)
         );
         assert!(!AccessError::RefreshUnseen.counts_as_guess());
         r.revoke();
         assert_eq!(
-            b.validate_with(t.as_bytes(), now, wall, |_| Some(r.clone()), |_| ()),
+            b.validate_with(t.as_bytes(), now, wall, |_| Ok(r.clone()), |_| ()),
             Err(AccessError::RefreshGone)
         );
         assert_eq!(b.len(), 0, "a refused token is not cached");
@@ -778,7 +800,7 @@ mod tests {
             .issue_at(r.clone(), Duration::from_secs(60), now, wall)
             .unwrap();
         assert!(b
-            .validate_with(t.as_bytes(), now, wall, |_| Some(r.clone()), |_| ())
+            .validate_with(t.as_bytes(), now, wall, |_| Ok(r.clone()), |_| ())
             .is_ok());
         assert_eq!(b.len(), 2);
         assert_eq!(b.set_peers(&[], &[]), vec![a.own_boot().0]);
@@ -813,7 +835,7 @@ mod tests {
         assert_eq!(a.validate(new.as_bytes(), now, wall, |_| ()), Ok(()));
         // A peer that learns the new boot accepts the new token only.
         b.set_peers(&[after], &[before.0]);
-        let lookup = |_| Some(r.clone());
+        let lookup = |_| Ok(r.clone());
         assert_eq!(
             b.validate_with(new.as_bytes(), now, wall, lookup, |_| ()),
             Ok(())

@@ -124,13 +124,19 @@ pub(crate) async fn feed_position(client: &Client) -> Result<i64, PgError> {
     Ok(row.try_get(0)?)
 }
 
-/// Changes after `seq`, in order, at most `limit`; with the position of the
-/// last one returned.
-pub(crate) async fn changes_since(
-    client: &Client,
-    seq: i64,
-    limit: i64,
-) -> Result<Vec<(i64, Change)>, PgError> {
+/// One page of the feed: the changes to apply, in order, and how far it
+/// read (rows of creates whose token is gone since are read and skipped:
+/// the cursor must still pass them).
+pub(crate) struct Page {
+    pub(crate) changes: Vec<Change>,
+    /// The last `seq` read (the caller's position when nothing was read).
+    pub(crate) last: i64,
+    /// Rows read, skipped ones included: a full page means read on.
+    pub(crate) rows: usize,
+}
+
+/// Changes after `seq`, in order, at most `limit` rows.
+pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Result<Page, PgError> {
     let rows = client
         .query(
             "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
@@ -142,9 +148,14 @@ pub(crate) async fn changes_since(
             &[&seq, &limit],
         )
         .await?;
-    let mut out = Vec::with_capacity(rows.len());
+    let mut page = Page {
+        changes: Vec::with_capacity(rows.len()),
+        last: seq,
+        rows: rows.len(),
+    };
     for row in rows {
         let seq: i64 = row.try_get(0)?;
+        page.last = page.last.max(seq);
         let kind: &str = row.try_get(1)?;
         let refresh_id: Option<i64> = row.try_get(2)?;
         let id = refresh_id.and_then(|i| u64::try_from(i).ok());
@@ -158,9 +169,9 @@ pub(crate) async fn changes_since(
             ("retire" | "rotate", _) => Change::Retired,
             _ => continue,
         };
-        out.push((seq, change));
+        page.changes.push(change);
     }
-    Ok(out)
+    Ok(page)
 }
 
 /// Every token's id and hash: what a replica reconciles its maps with after
@@ -283,15 +294,24 @@ pub(crate) async fn heartbeat(client: &Client, boot: u64) -> Result<bool, PgErro
 pub(crate) struct PeerBoot {
     pub(crate) boot: u64,
     pub(crate) nonce: [u8; 32],
-    /// Not retired, and heard from within `node_timeout` (see `peer_boots`).
-    pub(crate) live: bool,
+    /// Retired: stopped cleanly, rotated, or found silent (for good).
+    pub(crate) retired: bool,
+    /// Heard from within `node_timeout` (see `FRESH`).
+    pub(crate) fresh: bool,
 }
 
-/// Every boot other than `own`, each with whether it is live: not retired,
-/// and heartbeat within `node_timeout` by the database's clock (one clock
-/// for every replica) or the database itself started within it (after a
-/// database restart nobody could heartbeat: every replica gets
-/// `node_timeout` to be heard from again before its tokens are refused).
+/// A boot is fresh when its heartbeat is within `node_timeout` ($2, in ms)
+/// by the database's clock (one clock for every replica), or when the
+/// database restarted within `node_timeout` and the boot was fresh when it
+/// went down: nobody could heartbeat meanwhile, so every replica alive then
+/// gets `node_timeout` to be heard from again. A boot that was already
+/// silent before the restart gets no such grace.
+const FRESH: &str = "(heartbeat > now() - make_interval(secs => $2::bigint / 1000.0) \
+     OR (pg_postmaster_start_time() > now() - make_interval(secs => $2::bigint / 1000.0) \
+         AND heartbeat > pg_postmaster_start_time() - make_interval(secs => $2::bigint / 1000.0)))";
+
+/// Every boot other than `own`, with whether it is retired and whether it
+/// is fresh (`FRESH`).
 pub(crate) async fn peer_boots(
     client: &Client,
     own: u64,
@@ -301,10 +321,10 @@ pub(crate) async fn peer_boots(
     let timeout = millis(node_timeout);
     let rows = client
         .query(
-            "SELECT boot_id, nonce, retired IS NULL \
-                    AND greatest(heartbeat, pg_postmaster_start_time()) \
-                        > now() - make_interval(secs => $2::bigint / 1000.0) \
-             FROM tokengate_replicas WHERE boot_id <> $1",
+            &format!(
+                "SELECT boot_id, nonce, retired IS NOT NULL, {FRESH} \
+                 FROM tokengate_replicas WHERE boot_id <> $1"
+            ),
             &[&own, &timeout],
         )
         .await?;
@@ -312,10 +332,44 @@ pub(crate) async fn peer_boots(
     for row in rows {
         let id: i64 = row.try_get(0)?;
         let nonce: Vec<u8> = row.try_get(1)?;
-        let live: bool = row.try_get(2)?;
+        let retired: bool = row.try_get(2)?;
+        let fresh: bool = row.try_get(3)?;
         if let (Ok(boot), Ok(nonce)) = (u64::try_from(id), <[u8; 32]>::try_from(nonce.as_slice())) {
-            out.push(PeerBoot { boot, nonce, live });
+            out.push(PeerBoot {
+                boot,
+                nonce,
+                retired,
+                fresh,
+            });
         }
+    }
+    Ok(out)
+}
+
+/// Retires, for good, the boots other than `own` that are not fresh: a
+/// replica killed or cut off does not come back to life when it is heard
+/// from again (it draws a new boot). Only a replica that has itself been in
+/// contact for `node_timeout` calls this. Returns the boots retired.
+pub(crate) async fn retire_silent(
+    client: &Client,
+    own: u64,
+    node_timeout: Duration,
+) -> Result<Vec<u64>, PgError> {
+    let own = to_db(own)?;
+    let timeout = millis(node_timeout);
+    let rows = client
+        .query(
+            &format!(
+                "UPDATE tokengate_replicas SET retired = now() \
+                 WHERE retired IS NULL AND boot_id <> $1 AND NOT {FRESH} RETURNING boot_id"
+            ),
+            &[&own, &timeout],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get(0)?;
+        out.extend(u64::try_from(id).ok());
     }
     Ok(out)
 }

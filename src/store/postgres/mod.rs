@@ -437,7 +437,7 @@ impl Backend for PostgresBackend {
         ))
     }
 
-    fn delete(&self, ids: &[u64]) -> Result<Vec<u64>, StoreError> {
+    fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError> {
         // An id beyond bigint was never handed out: nothing to delete.
         let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
         let rows = self.run("deleting refresh tokens", |pool| async move {
@@ -446,7 +446,7 @@ impl Backend for PostgresBackend {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
                 .await?;
             let stmt = tx
-                .prepare_cached("DELETE FROM refresh_tokens WHERE id = ANY($1) RETURNING id")
+                .prepare_cached("DELETE FROM refresh_tokens WHERE id = ANY($1) RETURNING id, name")
                 .await?;
             let rows = tx.query(&stmt, &[&ids]).await?;
             let gone: Vec<i64> = rows
@@ -464,7 +464,11 @@ impl Backend for PostgresBackend {
                 let id: i64 = r
                     .try_get(0)
                     .map_err(|e| self.error("deleting refresh tokens", e.into()))?;
-                u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))
+                let name: String = r
+                    .try_get(1)
+                    .map_err(|e| self.error("deleting refresh tokens", e.into()))?;
+                let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
+                Ok((id, name))
             })
             .collect()
     }
