@@ -29,7 +29,9 @@ fn refresh() -> Arc<RefreshToken> {
 fn validation(c: &mut Criterion) {
     let mut group = c.benchmark_group("access_validation");
     for live in [1_000usize, 100_000, 1_000_000] {
-        let tokens = AccessTokens::new().unwrap();
+        // One refresh token issues them all: its cap must not evict any
+        // (`AccessTokens::new` keeps 1000 per refresh token).
+        let tokens = AccessTokens::with_limit(live + 16).unwrap();
         let r = refresh();
         let now = Instant::now();
         let mut valid = String::new();
@@ -38,6 +40,7 @@ fn validation(c: &mut Criterion) {
                 .issue(r.clone(), Duration::from_secs(900), now)
                 .unwrap();
         }
+        assert_eq!(tokens.len(), live, "every token live");
         let expired = tokens
             .issue(r.clone(), Duration::from_secs(1), now)
             .unwrap();
