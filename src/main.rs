@@ -9,13 +9,21 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokengate::{Config, Gateway, StartOptions};
+
+/// `tokengate --version`: the release and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("TOKENGATE_GIT_REVISION"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "tokengate",
-    version,
+    version = VERSION,
     about = "TLS gateway adding DPA-style refresh/access tokens to an HTTP API"
 )]
 struct Cli {
@@ -61,6 +69,18 @@ enum Command {
         #[command(subcommand)]
         command: tokengate::cli::TokenCommand,
     },
+    /// Print a shell completion script for this command line, for packagers:
+    /// `tokengate completions bash > /usr/share/bash-completion/completions/tokengate`.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page tokengate(1), generated from this command line.
+    #[command(hide = true)]
+    Man {
+        /// Write every page instead (tokengate.1, tokengate-serve.1,
+        /// tokengate-token-create.1, …) into this directory.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,6 +122,28 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tokengate",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { out_dir } => {
+            let written = match &out_dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+            };
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tokengate: cannot write the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::HashPassword => {
             let mut line = String::new();
             if std::io::stdin().read_line(&mut line).is_err()

@@ -1,6 +1,7 @@
 //! The `tokengate` binary: configuration from file and environment (names the
 //! bad key), first-start generation of certificate, secret and admin password,
-//! and a clean exit on SIGTERM.
+//! a clean exit on SIGTERM, `--version` with the git revision, and the shell
+//! completions and man pages generated from the command line.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -238,4 +239,148 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     );
     assert!(auth.check(Some(basic.as_bytes())).await);
     assert!(!stderr.contains("tgr_") && !stderr.contains("tga_"));
+}
+
+/// What build.rs should have recorded: `TOKENGATE_REVISION` when the build
+/// set it, else the checkout's short commit id, else "unknown".
+fn expected_revision() -> String {
+    if let Some(r) = option_env!("TOKENGATE_REVISION").filter(|r| !r.is_empty()) {
+        return r.to_owned();
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).env_clear().output().unwrap();
+    assert!(
+        out.status.success(),
+        "tokengate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn version_names_the_release_and_the_git_revision() {
+    let revision = expected_revision();
+    let expected = format!("tokengate {} (git {revision})", env!("CARGO_PKG_VERSION"));
+    for flag in ["--version", "-V"] {
+        assert_eq!(stdout_of(&[flag]).trim_end(), expected, "{flag}");
+    }
+    // In a git checkout (CI's and every developer's), the revision is real.
+    if std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".git")
+        .exists()
+        && revision != "unknown"
+    {
+        assert!(
+            revision.len() >= 7 && revision.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{revision}"
+        );
+    }
+}
+
+/// The subcommands a user sees in `--help` (the hidden generators are not among them).
+const SUBCOMMANDS: [&str; 6] = [
+    "serve",
+    "check-config",
+    "hash-password",
+    "db",
+    "cluster",
+    "token",
+];
+
+#[test]
+fn shell_completions_cover_the_subcommands() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = stdout_of(&["completions", shell]);
+        for sub in SUBCOMMANDS {
+            assert!(script.contains(sub), "{shell} completions lack {sub}");
+        }
+        assert!(script.contains("ca-file"), "{shell}: options of `token`");
+    }
+    // The bash script loads and registers a completion for `tokengate`, and
+    // completes `tokengate to` to `token`.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokengate.bash");
+    std::fs::write(&file, stdout_of(&["completions", "bash"])).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(
+            r#"source "$1" && complete -p tokengate \
+               && COMP_WORDS=(tokengate to) COMP_CWORD=1 COMP_LINE="tokengate to" COMP_POINT=12 \
+               && _tokengate tokengate to tokengate && printf '%s\n' "${COMPREPLY[@]}""#,
+        )
+        .arg("bash")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains("-F _tokengate") && l.ends_with(" tokengate")),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().skip(1).collect::<Vec<_>>(),
+        ["token"],
+        "{text}"
+    );
+    // An unknown shell is refused.
+    let out = Command::new(BIN)
+        .args(["completions", "cmd.exe"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn man_pages_cover_the_subcommands() {
+    let page = stdout_of(&["man"]);
+    assert!(page.contains(".TH tokengate 1"), "{page}");
+    assert!(
+        page.contains(&expected_revision()),
+        "version in the title: {page}"
+    );
+    for sub in SUBCOMMANDS {
+        // roff escapes the hyphen: check\-config.
+        assert!(
+            page.contains(&format!("tokengate\\-{}", sub.replace('-', "\\-"))),
+            "tokengate(1) lists {sub}: {page}"
+        );
+    }
+    assert!(!page.contains("completions"), "hidden subcommands stay out");
+
+    // --out-dir writes a page per subcommand, down to `token create`.
+    let dir = tempfile::tempdir().unwrap();
+    stdout_of(&["man", "--out-dir", dir.path().to_str().unwrap()]);
+    for name in [
+        "tokengate.1",
+        "tokengate-serve.1",
+        "tokengate-token-create.1",
+        "tokengate-token-delete.1",
+        "tokengate-db-migrate.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains(".SH SYNOPSIS"), "{name}: {text}");
+    }
+    let create = std::fs::read_to_string(dir.path().join("tokengate-token-create.1")).unwrap();
+    assert!(create.contains("\\-\\-expires"), "{create}");
+    assert!(!dir.path().join("tokengate-man.1").exists());
+    assert!(!dir.path().join("tokengate-completions.1").exists());
 }

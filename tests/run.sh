@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: makes sure what the browser test drives is installed
 # (Debian's chromium and chromium-driver), PostgreSQL's server binaries for the
-# postgres backend's tests, and the Python packages of the attack tests, then
-# runs the whole suite.
+# postgres backend's tests, systemd-analyze, shellcheck and Python's requests
+# for the deploy and example-client tests, and the Python packages of the
+# attack tests, then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,26 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver curl haproxy
+fi
+
+# systemd-analyze checks deploy/tokengate.service (tests/deploy.rs; nothing is
+# started); shellcheck checks examples/curl/refreshing.sh and python3's
+# `requests` runs examples/python/ (tests/example_clients.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v shellcheck >/dev/null 2>&1 \
+    || ! python3 -c 'import requests' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing systemd, shellcheck and python3-requests for the deploy and example-client tests"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y systemd shellcheck python3-requests
+fi
+# A python3 other than Debian's (a virtualenv, pyenv) does not see python3-requests.
+if ! python3 -c 'import requests' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing requests with python3 -m pip for examples/python/"
+    if ! python3 -m pip install --quiet --disable-pip-version-check requests; then
+        echo "tests/run.sh: ERROR: could not install requests with python3 -m pip" >&2
+        exit 1
+    fi
 fi
 
 # PostgreSQL (server binaries only; nothing is started as a service): the

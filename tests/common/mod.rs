@@ -295,20 +295,7 @@ impl TestGateway {
 
     /// Creates a refresh token through the admin API; returns (id, token string).
     pub async fn create_token(&self, name: &str) -> (u64, String) {
-        let r = self
-            .client
-            .admin_json(
-                "POST",
-                "/api/refresh-tokens",
-                &serde_json::json!({ "name": name }),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-        let v = r.json();
-        (
-            v["id"].as_u64().unwrap(),
-            v["token"].as_str().unwrap().to_owned(),
-        )
+        self.client.create_token(name).await
     }
 
     /// Trades a refresh token for an access token at `/token`.
@@ -469,6 +456,23 @@ impl TestClient {
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         self.send(req).await
+    }
+
+    /// Creates a refresh token through the admin API; returns (id, token string).
+    pub async fn create_token(&self, name: &str) -> (u64, String) {
+        let r = self
+            .admin_json(
+                "POST",
+                "/api/refresh-tokens",
+                &serde_json::json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let v = r.json();
+        (
+            v["id"].as_u64().unwrap(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// GET on the admin listener with no credentials at all.
