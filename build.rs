@@ -1,10 +1,14 @@
 //! Records the git revision the binary is built from, for `tokengate --version`.
 //!
-//! The revision is `TOKENGATE_REVISION` when set (for a build without
+//! The revision is `TG_REVISION` when set (for a build without
 //! `.git`, such as the container image's), else `git rev-parse --short HEAD`
 //! when the source is a git checkout and git works, else `unknown`. Nothing
 //! else (no date, no host, no dirty flag) goes in, so the same commit always
 //! builds the same string.
+//!
+//! Neither variable starts with `TOKENGATE_`: cargo also sets `rustc-env`
+//! variables in the environment of `cargo run`, and tokengate refuses any
+//! `TOKENGATE_` variable that is not a configuration key.
 #![allow(
     clippy::print_stdout,
     reason = "a build script talks to cargo on stdout"
@@ -15,13 +19,13 @@ use std::process::Command;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
-    println!("cargo::rerun-if-env-changed=TOKENGATE_REVISION");
-    let revision = std::env::var("TOKENGATE_REVISION")
+    println!("cargo::rerun-if-env-changed=TG_REVISION");
+    let revision = std::env::var("TG_REVISION")
         .ok()
         .filter(|r| !r.is_empty())
         .or_else(git_revision)
         .unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo::rustc-env=TOKENGATE_GIT_REVISION={revision}");
+    println!("cargo::rustc-env=TG_GIT_REVISION={revision}");
 }
 
 /// The short commit id of HEAD, and the files whose change moves it, so cargo

@@ -16,7 +16,7 @@ use tokengate::{Config, Gateway, StartOptions};
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (git ",
-    env!("TOKENGATE_GIT_REVISION"),
+    env!("TG_GIT_REVISION"),
     ")"
 );
 

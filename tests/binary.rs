@@ -241,10 +241,10 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     assert!(!stderr.contains("tgr_") && !stderr.contains("tga_"));
 }
 
-/// What build.rs should have recorded: `TOKENGATE_REVISION` when the build
+/// What build.rs should have recorded: `TG_REVISION` when the build
 /// set it, else the checkout's short commit id, else "unknown".
 fn expected_revision() -> String {
-    if let Some(r) = option_env!("TOKENGATE_REVISION").filter(|r| !r.is_empty()) {
+    if let Some(r) = option_env!("TG_REVISION").filter(|r| !r.is_empty()) {
         return r.to_owned();
     }
     Command::new("git")
@@ -383,4 +383,26 @@ fn man_pages_cover_the_subcommands() {
     assert!(create.contains("\\-\\-expires"), "{create}");
     assert!(!dir.path().join("tokengate-man.1").exists());
     assert!(!dir.path().join("tokengate-completions.1").exists());
+}
+
+/// `cargo run` hands the binary cargo's environment, build-script variables
+/// included (`cargo run --release -- serve --dev` is the README's first
+/// command): none of them may look like a configuration key.
+#[test]
+fn the_environment_cargo_gives_is_accepted() {
+    // Cargo hands build-script variables to tests as it does to `cargo run`:
+    // this test sees what the README's first command would.
+    assert!(
+        std::env::var_os("TG_GIT_REVISION").is_some(),
+        "cargo set build.rs's rustc-env variable for the test"
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check-config with the test's environment: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
