@@ -106,6 +106,7 @@ pub enum ClusterCommand {
 enum Cmd {
     Token(TokenCommand),
     Cluster(ClusterCommand),
+    Reload,
 }
 
 struct Failure(u8, String);
@@ -314,7 +315,8 @@ async fn answer_bytes(resp: http::Response<hyper::body::Incoming>) -> Result<Byt
             describe("too many failed attempts; wait and retry"),
         )),
         404 => Err(Failure(EXIT_NOT_FOUND, describe("not found"))),
-        400 => Err(Failure(EXIT_INVALID, describe("the request was refused"))),
+        // 422: a reload refused the configuration or certificate it read.
+        400 | 422 => Err(Failure(EXIT_INVALID, describe("the request was refused"))),
         _ => Err(Failure::unreachable(format!(
             "the admin API answered {status}: {}",
             describe("")
@@ -350,6 +352,11 @@ pub fn run_cluster(conn: Connection, cmd: ClusterCommand) -> ExitCode {
     run_cmd(conn, Cmd::Cluster(cmd))
 }
 
+/// `tokengate reload`: what SIGHUP does, with the outcome printed.
+pub fn run_reload(conn: Connection) -> ExitCode {
+    run_cmd(conn, Cmd::Reload)
+}
+
 fn run_cmd(conn: Connection, cmd: Cmd) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -377,6 +384,36 @@ async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
     }
     let cmd = match cmd {
         Cmd::Token(t) => t,
+        Cmd::Reload => {
+            let bytes = call(
+                conn,
+                "POST",
+                "/api/reload",
+                Some(request_body(&serde_json::json!({}))?),
+            )
+            .await?;
+            let done: crate::reload::Reloaded = answer(&bytes)?;
+            if conn.json {
+                println!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                let applied = if done.applied.is_empty() {
+                    "nothing changed".to_owned()
+                } else {
+                    format!("applied {}", done.applied.join(", "))
+                };
+                println!(
+                    "reloaded: {applied}; serving certificate SHA-256 {}",
+                    done.certificate_sha256
+                );
+                if !done.restart_required.is_empty() {
+                    println!(
+                        "changed but needing a restart (started values stay in force): {}",
+                        done.restart_required.join(", ")
+                    );
+                }
+            }
+            return Ok(());
+        }
         Cmd::Cluster(ClusterCommand::Rotate) => {
             let bytes = call(
                 conn,

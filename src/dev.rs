@@ -54,6 +54,7 @@ pub async fn run(
     let cert = config.tls.cert.clone();
     let opts = StartOptions {
         admin_password: Some(password.clone()),
+        reload_on_sighup: true,
         ..StartOptions::default()
     };
     let gateway = match Gateway::start(config, opts).await {
@@ -125,6 +126,7 @@ fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
         cert: dir.join("certs/tokengate.crt"),
         key: dir.join("certs/tokengate.key"),
         generate_if_missing: true,
+        watch_interval: config.tls.watch_interval,
     };
     if config.public.listen.ip().is_unspecified() {
         config

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::proxy::{Upstream, UpstreamSetupError};
 use crate::public::PublicHandler;
+use crate::reload::{ConfigSource, LogLevelHook, Reloader};
 use crate::secrets::{AdminPasswordSource, SecretError};
 use crate::server::{
     bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Front, Listening,
@@ -56,6 +57,14 @@ pub struct StartOptions {
     pub admin_password: Option<String>,
     /// The time source; tests keep a clone to move time forward.
     pub clock: Clock,
+    /// Where a reload reads the configuration again. Unset: the start-up
+    /// configuration, so a reload re-reads only the certificate files.
+    pub config_source: Option<ConfigSource>,
+    /// How a reload applies `log.level` (the binary owns the subscriber).
+    pub log_level: Option<LogLevelHook>,
+    /// Reload on SIGHUP. The binary's choice: a signal reaches the whole
+    /// process, and tests run many gateways in one.
+    pub reload_on_sighup: bool,
 }
 
 /// A running gateway: both listeners plus the background tasks.
@@ -63,6 +72,7 @@ pub struct Gateway {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub state: Arc<State>,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// One per public worker thread; each fires when its worker has drained.
@@ -76,9 +86,9 @@ impl Gateway {
     /// The public listener runs `public.workers` workers (`server::workers`),
     /// each with its own upstream pool; the admin listener and periodic work
     /// run on the caller's runtime.
-    pub async fn start(config: Config, opts: StartOptions) -> Result<Gateway, StartError> {
+    pub async fn start(config: Config, mut opts: StartOptions) -> Result<Gateway, StartError> {
         // 1. TLS and the sockets: fail before touching any data if either is wrong.
-        let tls = crate::tls::server_config(&config.tls)?;
+        let (tls, cert) = crate::tls::server_config(&config.tls)?;
         let public_listen = config.public.listen;
         let public = bind_reuseport(public_listen, config.public.workers).map_err(|source| {
             StartError::Bind {
@@ -98,12 +108,19 @@ impl Gateway {
         // 2. The upstream settings, checked once here with a typed error
         //    (each worker then builds its own pool from them).
         Upstream::new(&config.upstream)?;
+        let config_source = opts.config_source.take().unwrap_or_else(|| {
+            let started = config.clone();
+            Arc::new(move || Ok(started.clone()))
+        });
+        let log_level = opts.log_level.take();
+        let reload_on_sighup = opts.reload_on_sighup;
         // 3. Secret, admin credential, store and audit log: blocking work
         //    (files, redb, maybe an argon2 hash), kept off the async workers.
         let (state, auth) = tokio::task::spawn_blocking(move || build(config, opts))
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
         let (state, auth) = (Arc::new(state), Arc::new(auth));
+        let reloader = Arc::new(Reloader::new(state.clone(), cert, config_source, log_level));
         let acceptor = TlsAcceptor::from(tls);
         let public_addr = public[0].local_addr().map_err(|source| StartError::Bind {
             key: "public.listen",
@@ -155,6 +172,7 @@ impl Gateway {
                 auth: auth.clone(),
                 local: true,
                 public: workers.load.clone(),
+                reloader: reloader.clone(),
             });
             tasks.push(tokio::spawn(serve_local(
                 local,
@@ -170,6 +188,7 @@ impl Gateway {
                 auth: auth.clone(),
                 local: false,
                 public: workers.load.clone(),
+                reloader: reloader.clone(),
             }),
             name: "admin",
             permits: Arc::new(Semaphore::new(admin_limits.max_connections)),
@@ -190,17 +209,30 @@ impl Gateway {
             None,
         )));
         crate::cluster::Cluster::spawn(state.clone(), rx.clone());
+        tasks.push(tokio::spawn(reloader.clone().watch_files(rx.clone())));
+        if reload_on_sighup {
+            tasks.push(tokio::spawn(crate::reload::on_sighup(
+                reloader.clone(),
+                rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(crate::periodic::run(state.clone(), auth, rx)));
         tracing::info!(public = %public_addr, admin = %admin_addr, workers = workers.done.len(), "tokengate listening");
         Ok(Gateway {
             public_addr,
             admin_addr,
             state,
+            reloader,
             shutdown: tx,
             tasks,
             workers: workers.done,
             load: workers.load,
         })
+    }
+
+    /// What SIGHUP, `POST /api/reload` and the certificate watch use.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// Open public connections on each worker, index = worker number (the

@@ -11,6 +11,8 @@
 //!   (`admin::api` is its wire contract) and the page.
 //! - `cli`: `tokengate token …`, a client of the admin API. `dev`: `serve --dev`.
 //! - `periodic`: sweeps and usage flushes on a timer.
+//! - `reload`: live reload (SIGHUP, `POST /api/reload`, certificate files
+//!   changing on disk).
 //! - `server`: the connection driver, generic over a listener's handler:
 //!   accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers.
 //! - `proxy`: the upstream client (per-worker pool) and header rewriting.
@@ -39,6 +41,7 @@ mod net;
 mod periodic;
 mod proxy;
 mod public;
+pub mod reload;
 mod restrict;
 mod secrets;
 mod server;

@@ -62,6 +62,12 @@ enum Command {
         #[command(subcommand)]
         command: tokengate::cli::ClusterCommand,
     },
+    /// Reload the running gateway's certificate and live settings, as
+    /// SIGHUP does (through its admin API), and print what changed.
+    Reload {
+        #[command(flatten)]
+        conn: tokengate::cli::Connection,
+    },
     /// Manage refresh tokens through a running gateway's admin API.
     Token {
         #[command(flatten)]
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Token { conn, command } => tokengate::cli::run(conn, command),
         Command::Cluster { conn, command } => tokengate::cli::run_cluster(conn, command),
+        Command::Reload { conn } => tokengate::cli::run_reload(conn),
         Command::Serve { config, dev } => serve(config, dev),
         Command::Db {
             command: DbCommand::Migrate { config },
@@ -166,8 +173,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
-    let config = match Config::load(config.as_deref()) {
+fn serve(config_path: Option<PathBuf>, dev: bool) -> ExitCode {
+    let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tokengate: configuration error: {e}");
@@ -193,6 +200,11 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
         runtime.block_on(async move {
             let opts = StartOptions {
                 admin_password: password,
+                // A reload reads the same file and environment again.
+                config_source: Some(std::sync::Arc::new(move || {
+                    Config::load(config_path.as_deref())
+                })),
+                reload_on_sighup: true,
                 ..StartOptions::default()
             };
             let gateway = match Gateway::start(config, opts).await {

@@ -74,6 +74,8 @@ pub(crate) struct AdminHandler {
     pub(crate) local: bool,
     /// The public workers' connection counts, for `GET /api/stats`.
     pub(crate) public: Load,
+    /// `POST /api/reload`.
+    pub(crate) reloader: Arc<crate::reload::Reloader>,
 }
 
 impl Handler for AdminHandler {
@@ -157,6 +159,10 @@ impl AdminHandler {
             },
             ("/api/cluster/rotate", _) => match method {
                 Method::POST => self.rotate(peer).await,
+                _ => method_not_allowed("POST"),
+            },
+            ("/api/reload", _) => match method {
+                Method::POST => self.reload(peer).await,
                 _ => method_not_allowed("POST"),
             },
             ("/api/logout", _) => match method {
@@ -329,6 +335,21 @@ impl AdminHandler {
                 retired_boots: retired,
             },
         ))
+    }
+
+    /// `POST /api/reload`: what SIGHUP does, with the outcome in the answer.
+    async fn reload(&self, peer: SocketAddr) -> Reply {
+        tracing::info!(%peer, "reload requested through the admin API");
+        match self.reloader.reload(crate::reload::Trigger::Api).await {
+            Ok(done) => no_store(json(StatusCode::OK, &done)),
+            // The request was fine; what it asked to load was not. The old
+            // settings stay, and the message names the file or key at fault.
+            Err(e) => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reload_refused",
+                &format!("{e}; the settings and certificate in force stay"),
+            ),
+        }
     }
 
     fn stats(&self) -> Reply {

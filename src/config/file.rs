@@ -309,11 +309,27 @@ impl std::fmt::Debug for PostgresSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// How often the certificate and key files (and `upstream.ca_file`) are
+    /// checked for a change on disk, which reloads them; `0` turns it off
+    /// (SIGHUP and `tokengate reload` still work).
+    pub watch_interval: HumanDuration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert: None,
+            key: None,
+            // Renewals land days before expiry: seconds of delay cost
+            // nothing, and a check is two or three stat() calls.
+            watch_interval: HumanDuration(Duration::from_secs(5)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

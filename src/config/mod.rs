@@ -157,6 +157,8 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// Neither path was configured: generate a self-signed pair if absent.
     pub generate_if_missing: bool,
+    /// How often the files are checked for a change (None: never).
+    pub watch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +255,12 @@ impl Config {
             Figment::from(Serialized::defaults(FileConfig::default())).merge(Toml::string(toml));
         let file: FileConfig = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
         file.validate()
+    }
+
+    /// The keys (`upstream.headers`, `public.listen`, …) whose values differ
+    /// in `newer`: what a reload would change. Names only, never values.
+    pub fn changed_keys(&self, newer: &Config) -> Vec<String> {
+        summary::changed(&self.source, &newer.source)
     }
 
     /// The effective settings, one `key = value` per line, for `check-config`.

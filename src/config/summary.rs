@@ -2,6 +2,8 @@
 //! serialised form (so a new key shows up without code here), with the
 //! values that are secrets masked.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::FileConfig;
@@ -19,6 +21,47 @@ pub(super) fn lines(file: &FileConfig) -> String {
         Err(e) => out.push(format!("(cannot list the settings: {e})")),
     }
     out.join("\n")
+}
+
+/// Tables whose keys are the operator's (header names): compared whole.
+const FREE_FORM: &[&str] = &["upstream.headers"];
+
+/// The keys whose values differ between two configurations, sorted, for a
+/// reload to say what it applied and what needs a restart. Only key names
+/// come out, never values.
+pub(super) fn changed(old: &FileConfig, new: &FileConfig) -> Vec<String> {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    if let (Ok(x), Ok(y)) = (serde_json::to_value(old), serde_json::to_value(new)) {
+        leaves("", x, &mut a);
+        leaves("", y, &mut b);
+    }
+    let mut keys: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn leaves(key: &str, v: Value, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Object(map) if !map.is_empty() && !FREE_FORM.contains(&key) => {
+            for (k, child) in map {
+                let key = if key.is_empty() {
+                    k
+                } else {
+                    format!("{key}.{k}")
+                };
+                leaves(&key, child, out);
+            }
+        }
+        other => {
+            out.insert(key.to_owned(), other);
+        }
+    }
 }
 
 fn walk(key: &str, v: &Value, masked: bool, out: &mut Vec<String>) {
@@ -49,6 +92,29 @@ fn walk(key: &str, v: &Value, masked: bool, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_names_keys_never_values() {
+        let old = FileConfig::default();
+        let mut new = old.clone();
+        assert!(changed(&old, &new).is_empty());
+        new.public.listen = "127.0.0.1:9443".into();
+        new.upstream
+            .headers
+            .insert("X-Api-Key".into(), "s3cret".into());
+        new.tls.cert = Some("/etc/tokengate/new.crt".into());
+        assert_eq!(
+            changed(&old, &new),
+            ["public.listen", "tls.cert", "upstream.headers"]
+        );
+        // A header's value alone changing is still a change of the table.
+        let mut newer = new.clone();
+        newer
+            .upstream
+            .headers
+            .insert("X-Api-Key".into(), "other".into());
+        assert_eq!(changed(&new, &newer), ["upstream.headers"]);
+    }
 
     #[test]
     fn every_key_is_listed_and_secrets_are_masked() {

@@ -201,16 +201,28 @@ impl FileConfig {
                 ));
             }
         }
+        let watch_interval = match self.tls.watch_interval.0 {
+            d if d.is_zero() => None,
+            d if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) => {
+                return Err(ConfigError::invalid(
+                    "tls.watch_interval",
+                    "must be 0 (off) or between 100ms and 1d",
+                ))
+            }
+            d => Some(d),
+        };
         let tls = match (self.tls.cert, self.tls.key) {
             (None, None) => TlsConfig {
                 cert: DEFAULT_CERT_PATH.into(),
                 key: DEFAULT_KEY_PATH.into(),
                 generate_if_missing: true,
+                watch_interval,
             },
             (Some(cert), Some(key)) => TlsConfig {
                 cert,
                 key,
                 generate_if_missing: false,
+                watch_interval,
             },
             (Some(_), None) => {
                 return Err(ConfigError::invalid(

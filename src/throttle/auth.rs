@@ -60,7 +60,9 @@ pub struct Throttled {
 
 pub struct AuthThrottle {
     /// Failures allowed per client and window; 0 turns the throttle off.
-    budget: u32,
+    /// Atomic so that a reload (`set_budget`) changes it under running
+    /// workers; read relaxed, since no other memory depends on it.
+    budget: AtomicU32,
     /// Time zero of the second counts below (u32 seconds: 136 years).
     epoch: Instant,
     table: Table<Failures>,
@@ -72,12 +74,19 @@ pub struct AuthThrottle {
 }
 
 impl AuthThrottle {
+    /// A new budget (`public.auth_failures_per_minute`, reloaded). Counts
+    /// already made stay; a client over the new budget is blocked at its
+    /// next failure.
+    pub fn set_budget(&self, budget: u32) {
+        self.budget.store(budget, Ordering::Relaxed);
+    }
+
     /// `budget` failures per client and minute (0: never throttle); `now` is time zero.
     pub fn new(budget: u32, now: Instant) -> AuthThrottle {
         let table = Table::new(SETS);
         let sets = table.capacity() / super::table::WAYS;
         AuthThrottle {
-            budget,
+            budget: AtomicU32::new(budget),
             epoch: now,
             table,
             hints: (0..sets).map(|_| AtomicU32::new(0)).collect(),
@@ -92,7 +101,7 @@ impl AuthThrottle {
     /// work; a refusal is counted for the client's audit line.
     #[inline]
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Throttled> {
-        if self.budget == 0 {
+        if self.budget.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         let key = ClientKey::of(ip);
@@ -124,12 +133,12 @@ impl AuthThrottle {
     /// Counts a failure that could be a guess. The failure that uses up the
     /// budget blocks the client for the rest of its window.
     pub fn failed(&self, ip: IpAddr, now: Instant, audit: &Audit) {
-        if self.budget == 0 {
+        let budget = self.budget.load(Ordering::Relaxed);
+        if budget == 0 {
             return;
         }
         let key = ClientKey::of(ip);
         let now = self.secs(now);
-        let budget = self.budget;
         let fresh = Failures {
             window_start: now,
             ..Failures::default()

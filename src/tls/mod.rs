@@ -11,7 +11,7 @@ mod insecure;
 mod server;
 
 pub use client::{client_config, ClientTlsError, Trust};
-pub use server::{generate_self_signed, server_config, TlsError};
+pub use server::{generate_self_signed, server_config, CertPair, Fingerprint, LiveCert, TlsError};
 
 use std::sync::Arc;
 

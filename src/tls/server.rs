@@ -3,11 +3,13 @@
 //! that reconnect often.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{InconsistentKeys, ServerConfig};
 
 use crate::config::TlsConfig;
 
@@ -48,17 +50,79 @@ pub fn generate_self_signed(cert: &Path, key: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// Loads the configured pair; with nothing configured and no files yet, first
-/// generates a self-signed pair so the default set-up runs.
-pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
-    if cfg.generate_if_missing && !cfg.cert.exists() && !cfg.key.exists() {
-        generate_self_signed(&cfg.cert, &cfg.key)?;
-        tracing::warn!(
-            cert = %cfg.cert.display(),
-            key = %cfg.key.display(),
-            "no TLS certificate configured: generated a self-signed one; set tls.cert and tls.key for production"
-        );
+/// The listeners' certificate and key, swapped in place by a reload: every
+/// handshake asks for it, so new connections present the new pair while
+/// connections already open keep the one they were made with.
+#[derive(Debug)]
+pub struct LiveCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl LiveCert {
+    /// Makes `pair` the one served from the next handshake on.
+    pub fn install(&self, pair: CertPair) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = pair.0;
     }
+
+    /// The fingerprint of the pair in force.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A certificate chain and its key, read and checked, not yet served: a
+/// reload prepares everything before it changes anything.
+#[derive(Debug)]
+pub struct CertPair(Arc<CertifiedKey>);
+
+impl CertPair {
+    /// Reads `cfg`'s files; fails unless both parse and fit together.
+    pub fn load(cfg: &TlsConfig) -> Result<CertPair, TlsError> {
+        load_pair(cfg).map(|k| CertPair(Arc::new(k)))
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.0)
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A poisoned lock still holds a whole pair: a writer only ever
+        // stores a complete one.
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// SHA-256 of the leaf certificate (DER), as `openssl x509 -fingerprint
+/// -sha256` shows it: how a log line or the reload answer says which
+/// certificate is served, without printing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(pub String);
+
+impl Fingerprint {
+    fn of(key: &CertifiedKey) -> Fingerprint {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.end_entity_cert().map(|c| c.as_ref()).unwrap_or(&[]));
+        let hex: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+        Fingerprint(hex.join(":"))
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reads and checks the configured pair: the certificate chain, the key, and
+/// that the key is the certificate's.
+fn load_pair(cfg: &TlsConfig) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
         .map_err(|e| TlsError::Cert {
             path: cfg.cert.clone(),
@@ -79,16 +143,50 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         path: cfg.key.clone(),
         detail: e.to_string(),
     })?;
+    let signer = super::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::Key {
+            path: cfg.key.clone(),
+            detail: e.to_string(),
+        })?;
+    let pair = CertifiedKey::new(certs, signer);
+    match pair.keys_match() {
+        // A key type whose public half rustls cannot derive: the handshake
+        // itself is the check then, as with `with_single_cert`.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(pair),
+        Err(e @ rustls::Error::InconsistentKeys(_)) => Err(TlsError::Mismatch(e)),
+        Err(e) => Err(TlsError::Cert {
+            path: cfg.cert.clone(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Loads the configured pair; with nothing configured and no files yet, first
+/// generates a self-signed pair so the default set-up runs. The pair is
+/// served through the returned `LiveCert`, which a reload swaps.
+pub fn server_config(cfg: &TlsConfig) -> Result<(Arc<ServerConfig>, Arc<LiveCert>), TlsError> {
+    if cfg.generate_if_missing && !cfg.cert.exists() && !cfg.key.exists() {
+        generate_self_signed(&cfg.cert, &cfg.key)?;
+        tracing::warn!(
+            cert = %cfg.cert.display(),
+            key = %cfg.key.display(),
+            "no TLS certificate configured: generated a self-signed one; set tls.cert and tls.key for production"
+        );
+    }
+    let live = Arc::new(LiveCert {
+        current: RwLock::new(Arc::new(load_pair(cfg)?)),
+    });
     let mut config = ServerConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsError::Mismatch)?;
+        .with_cert_resolver(live.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption saves a full handshake for clients that reconnect per request.
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     // No 0-RTT: early data is replayable.
     config.max_early_data_size = 0;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), live))
 }

@@ -239,6 +239,7 @@ impl TestGateway {
                     .is_none()
                     .then(|| ADMIN_PASSWORD.into()),
                 clock: clock.clone(),
+                ..StartOptions::default()
             },
         )
         .await
@@ -707,8 +708,10 @@ pub async fn upstream_tls(dir: &std::path::Path) -> Upstream {
         cert,
         key,
         generate_if_missing: false,
+        watch_interval: None,
     })
-    .unwrap();
+    .unwrap()
+    .0;
     spawn_echo(Some(tokio_rustls::TlsAcceptor::from(tls))).await
 }
 
