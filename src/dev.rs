@@ -138,9 +138,9 @@ fn adapt(config: &mut Config, dir: &Path, upstream: SocketAddr) {
         // Keep stdout for the banner.
         config.audit = AuditDestination::Stderr;
     }
-    config.upstream.url = format!("http://{upstream}")
-        .parse()
-        .unwrap_or_else(|_| config.upstream.url.clone());
+    if let Ok(url) = format!("http://{upstream}").parse() {
+        config.upstream.urls = vec![url];
+    }
     config.upstream.ca_file = None;
     config.upstream.insecure_skip_verify = false;
 }

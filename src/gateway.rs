@@ -3,6 +3,7 @@
 //! wired here and nowhere else.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -13,8 +14,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::auth::AdminAuth;
 use crate::admin::AdminHandler;
 use crate::clock::Clock;
-use crate::config::Config;
-use crate::proxy::{Upstream, UpstreamSetupError};
+use crate::config::{Config, UpstreamConfig};
+use crate::proxy::{Upstream, UpstreamSetupError, Upstreams};
 use crate::public::PublicHandler;
 use crate::reload::{ConfigSource, LogLevelHook, Reloader};
 use crate::secrets::{AdminPasswordSource, SecretError};
@@ -78,6 +79,8 @@ pub struct Gateway {
     /// One per public worker thread; each fires when its worker has drained.
     workers: Vec<oneshot::Receiver<()>>,
     load: Load,
+    /// The upstream servers all workers share: `reload` reaches every worker through it.
+    upstreams: Arc<Upstreams>,
 }
 
 impl Gateway {
@@ -105,9 +108,9 @@ impl Gateway {
                 addr: admin_listen,
                 source,
             })?;
-        // 2. The upstream settings, checked once here with a typed error
-        //    (each worker then builds its own pool from them).
-        Upstream::new(&config.upstream)?;
+        // 2. The upstream servers, their health and live settings, shared by
+        //    every worker (each worker then builds its own pools for them).
+        let upstreams = Arc::new(Upstreams::new(&config.upstream, opts.clock.clone())?);
         let config_source = opts.config_source.take().unwrap_or_else(|| {
             let started = config.clone();
             Arc::new(move || Ok(started.clone()))
@@ -120,7 +123,13 @@ impl Gateway {
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
         let (state, auth) = (Arc::new(state), Arc::new(auth));
-        let reloader = Arc::new(Reloader::new(state.clone(), cert, config_source, log_level));
+        let reloader = Arc::new(Reloader::new(
+            state.clone(),
+            cert,
+            upstreams.clone(),
+            config_source,
+            log_level,
+        ));
         let acceptor = TlsAcceptor::from(tls);
         let public_addr = public[0].local_addr().map_err(|source| StartError::Bind {
             key: "public.listen",
@@ -133,6 +142,7 @@ impl Gateway {
         // 4. The public workers, each building its handler on its own thread.
         let workers = {
             let state = state.clone();
+            let upstreams = upstreams.clone();
             start_workers(
                 public,
                 acceptor.clone(),
@@ -142,9 +152,9 @@ impl Gateway {
                     proxy_protocol: state.config.public.proxy_protocol,
                 },
                 move || {
-                    let upstream = Arc::new(Upstream::new(&state.config.upstream)?);
+                    let upstream = Arc::new(Upstream::new(upstreams.clone()));
                     upstream.spawn_sweeper();
-                    Ok::<_, UpstreamSetupError>(PublicHandler {
+                    Ok::<_, std::convert::Infallible>(PublicHandler {
                         state: state.clone(),
                         upstream,
                     })
@@ -158,7 +168,8 @@ impl Gateway {
 
         // 5. The admin listener, its local socket, and periodic work.
         let admin_limits = state.config.admin.limits.clone();
-        let mut tasks = Vec::with_capacity(3);
+        let mut tasks = Vec::with_capacity(4);
+        tasks.extend(upstreams.spawn_prober(rx.clone()));
         if let Some(path) = state.config.admin.socket.clone() {
             let local = match bind_local(&path).await {
                 Ok(l) => l,
@@ -227,6 +238,7 @@ impl Gateway {
             tasks,
             workers: workers.done,
             load: workers.load,
+            upstreams,
         })
     }
 
@@ -241,9 +253,20 @@ impl Gateway {
         self.load.per_worker()
     }
 
+    /// Applies the live upstream settings of `cfg` (extra headers, timeouts,
+    /// the CA for new connections) to every worker at once; on an error
+    /// nothing changes. The server list, balancing, identity headers,
+    /// health and pool settings take effect at the next restart.
+    pub fn reload_upstream(&self, cfg: &UpstreamConfig) -> Result<(), UpstreamSetupError> {
+        self.upstreams.reload(cfg)
+    }
+
     /// Stops accepting, drains in-flight requests (bounded by
     /// `public.shutdown_grace`), and flushes usage data to disk.
     pub async fn shutdown(self) {
+        // Before the listeners are told: from now on /readyz says "draining"
+        // on every connection still open.
+        self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         if let Some(cluster) = &self.state.cluster {
             // First, not after the drain: a clean shutdown ends this boot's

@@ -15,7 +15,8 @@
 //!   changing on disk).
 //! - `server`: the connection driver, generic over a listener's handler:
 //!   accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers.
-//! - `proxy`: the upstream client (per-worker pool) and header rewriting.
+//! - `proxy`: the upstream servers and their health (shared), the client
+//!   (per-worker pools) and header rewriting.
 //! - `state`: what both listeners share, built at start-up.
 //! - `tokens`: token formats, the live access-token map, the exchange.
 //! - `store`: refresh tokens, durable in a backend and mirrored in memory.

@@ -10,8 +10,8 @@
 //! named in the log and in the answer as needing a restart.
 //!
 //! The file watch only re-reads the files the configuration in force names
-//! (certificate, key): a configuration file half-way through an edit is
-//! never picked up by itself.
+//! (certificate, key, `upstream.ca_file`): a configuration file half-way
+//! through an edit is never picked up by itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
 use crate::config::{Config, ConfigError};
+use crate::proxy::Upstreams;
 use crate::server::stopped;
 use crate::state::State;
 use crate::tls::{CertPair, LiveCert, TlsError};
@@ -89,6 +90,8 @@ impl Trigger {
 pub struct Reloader {
     state: Arc<State>,
     cert: Arc<LiveCert>,
+    /// The upstream servers' live settings (headers, timeouts, CA).
+    upstreams: Arc<Upstreams>,
     source: ConfigSource,
     log_level: Option<LogLevelHook>,
     /// The configuration whose live parts are in force; the lock also keeps
@@ -100,6 +103,7 @@ impl Reloader {
     pub(crate) fn new(
         state: Arc<State>,
         cert: Arc<LiveCert>,
+        upstreams: Arc<Upstreams>,
         source: ConfigSource,
         log_level: Option<LogLevelHook>,
     ) -> Reloader {
@@ -107,6 +111,7 @@ impl Reloader {
         Reloader {
             state,
             cert,
+            upstreams,
             source,
             log_level,
             applied,
@@ -123,11 +128,16 @@ impl Reloader {
     }
 
     async fn reload_locked(&self, applied: &mut Config) -> Result<Reloaded, ReloadError> {
-        let source = self.source.clone();
-        // File reads (configuration, certificate) are blocking work.
+        let (source, upstreams) = (self.source.clone(), self.upstreams.clone());
+        // File reads (configuration, certificate, upstream CA) are blocking
+        // work. The upstream settings are the last step that can fail, and
+        // they change only if they load: after them nothing can fail.
         let (new, pair) = tokio::task::spawn_blocking(move || {
             let new = source().map_err(ReloadError::Config)?;
             let pair = CertPair::load(&new.tls)?;
+            upstreams
+                .reload(&new.upstream)
+                .map_err(|e| ReloadError::Apply(e.to_string()))?;
             Ok::<_, ReloadError>((new, pair))
         })
         .await
@@ -177,10 +187,21 @@ impl Reloader {
     }
 
     async fn swap_files(&self, applied: &Config) -> Result<Reloaded, ReloadError> {
-        let tls = applied.tls.clone();
-        let pair = tokio::task::spawn_blocking(move || CertPair::load(&tls))
-            .await
-            .map_err(|e| ReloadError::Apply(format!("reload task failed: {e}")))??;
+        let (tls, upstream, upstreams) = (
+            applied.tls.clone(),
+            applied.upstream.clone(),
+            self.upstreams.clone(),
+        );
+        let pair = tokio::task::spawn_blocking(move || {
+            let pair = CertPair::load(&tls)?;
+            // The upstream CA file may be what changed: read it again too.
+            upstreams
+                .reload(&upstream)
+                .map_err(|e| ReloadError::Apply(e.to_string()))?;
+            Ok::<_, ReloadError>(pair)
+        })
+        .await
+        .map_err(|e| ReloadError::Apply(format!("reload task failed: {e}")))??;
         let print = pair.fingerprint();
         let applied_keys = if print == self.cert.fingerprint() {
             Vec::new()
@@ -233,8 +254,9 @@ impl Reloader {
     }
 
     /// Every `tls.watch_interval`, looks at the certificate and key files
-    /// (size, modification time, inode: a renamed-over file or a swapped
-    /// symlink shows as a change) and reloads them when they changed. A
+    /// and `upstream.ca_file` (size, modification time, inode: a
+    /// renamed-over file or a swapped symlink shows as a change) and
+    /// reloads them when they changed. A
     /// pair refused once is tried again at the next change of either file,
     /// so a certificate written before its key is picked up with the key.
     pub(crate) async fn watch_files(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -262,7 +284,9 @@ impl Reloader {
     async fn stamp(&self) -> Vec<Stamp> {
         let paths = {
             let applied = self.applied.lock().await;
-            [applied.tls.cert.clone(), applied.tls.key.clone()]
+            let mut p = vec![applied.tls.cert.clone(), applied.tls.key.clone()];
+            p.extend(applied.upstream.ca_file.clone());
+            p
         };
         tokio::task::spawn_blocking(move || paths.iter().map(|p| Stamp::of(p)).collect())
             .await

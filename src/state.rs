@@ -2,6 +2,7 @@
 //! cloned (as an `Arc`) into every connection. No global statics.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::audit::Audit;
@@ -46,6 +47,8 @@ pub struct State {
     /// Cluster mode (`storage.backend = "postgres"`): the change feed, the
     /// replica registry and the staleness bound. `None` with redb.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Set when shutdown begins: `/readyz` answers 503 "draining" from then on.
+    pub(crate) draining: AtomicBool,
 }
 
 /// Where the refresh tokens are, for the log: the redb file or the masked URL.
@@ -98,7 +101,7 @@ impl State {
         tracing::info!(
             refresh_tokens = store.len(),
             storage = %storage_name(&config.storage),
-            upstream = %config.upstream.url,
+            upstream = ?config.upstream.urls,
             "state ready"
         );
         Ok(State {
@@ -109,6 +112,7 @@ impl State {
             audit,
             throttle,
             cluster,
+            draining: AtomicBool::new(false),
             config,
         })
     }

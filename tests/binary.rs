@@ -116,6 +116,36 @@ fn the_config_file_is_read_and_checked() {
     assert!(!missing.status.success());
 }
 
+/// `upstream.urls` from the environment is a TOML-style list; with
+/// `upstream.url` set too, the error names both.
+#[test]
+fn upstream_urls_come_from_the_environment_as_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = (
+        "TOKENGATE_UPSTREAM__URLS",
+        r#"["http://10.0.0.1:8124","http://10.0.0.2:8124"]"#,
+    );
+    let (ok, out) = check_config(dir.path(), &[urls]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(r#"upstream.urls = ["http://10.0.0.1:8124","http://10.0.0.2:8124"]"#),
+        "{out}"
+    );
+    let (ok, out) = check_config(
+        dir.path(),
+        &[urls, ("TOKENGATE_UPSTREAM__URL", "http://10.0.0.3")],
+    );
+    assert!(
+        !ok && out.contains("upstream.urls: upstream.url is set too"),
+        "{out}"
+    );
+    let (ok, out) = check_config(dir.path(), &[("TOKENGATE_UPSTREAM__URLS", "[]")]);
+    assert!(
+        !ok && out.contains("upstream.urls: must list at least one server"),
+        "{out}"
+    );
+}
+
 #[test]
 fn postgres_settings_from_the_environment_never_show_the_password() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,15 +33,15 @@ fuzz_target!(|data: &[u8]| {
                 assert!(l.max_connections_per_client >= 1 && l.max_streams_per_client >= 1);
                 assert!(!l.idle_timeout.is_zero() && !l.send_timeout.is_zero());
             }
-            assert!(matches!(
-                c.upstream.url.scheme_str(),
-                Some("http" | "https")
-            ));
-            let authority = c.upstream.url.authority().map(|a| a.as_str());
-            assert!(
-                authority.is_some_and(|a| !a.contains('@')),
-                "credentials in {authority:?}"
-            );
+            assert!(!c.upstream.urls.is_empty());
+            for url in &c.upstream.urls {
+                assert!(matches!(url.scheme_str(), Some("http" | "https")));
+                let authority = url.authority().map(|a| a.as_str());
+                assert!(
+                    authority.is_some_and(|a| !a.contains('@')),
+                    "credentials in {authority:?}"
+                );
+            }
             // Neither the summary (printed by check-config) nor the error
             // path may need to hide a password: there is none to hide.
             for (n, _) in &c.upstream.headers {

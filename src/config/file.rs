@@ -208,10 +208,16 @@ impl Default for AdminSection {
     }
 }
 
+/// The upstream default when neither `upstream.url` nor `upstream.urls` is set.
+pub const DEFAULT_UPSTREAM_URL: &str = "https://127.0.0.1:8124";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
+    /// One server; empty = unset (then `urls`, or [`DEFAULT_UPSTREAM_URL`]).
     pub url: String,
+    /// Several servers of the one API; setting both this and `url` is an error.
+    pub urls: Option<Vec<String>>,
     pub ca_file: Option<PathBuf>,
     pub insecure_skip_verify: bool,
     pub connect_timeout: HumanDuration,
@@ -220,12 +226,20 @@ pub struct UpstreamSection {
     pub pool_max_idle_per_host: usize,
     pub headers: BTreeMap<String, String>,
     pub identity_headers: bool,
+    /// `round_robin` or `least_requests`.
+    pub balance: String,
+    /// A path probed with GET on every server; unset = passive health only.
+    pub health_check: Option<String>,
+    pub health_interval: HumanDuration,
+    /// How long a server that failed to connect is left out (passive health).
+    pub unhealthy_for: HumanDuration,
 }
 
 impl Default for UpstreamSection {
     fn default() -> Self {
         UpstreamSection {
-            url: "https://127.0.0.1:8124".into(),
+            url: String::new(),
+            urls: None,
             ca_file: None,
             insecure_skip_verify: false,
             connect_timeout: HumanDuration(Duration::from_secs(5)),
@@ -234,6 +248,12 @@ impl Default for UpstreamSection {
             pool_max_idle_per_host: 256,
             headers: BTreeMap::new(),
             identity_headers: false,
+            balance: "round_robin".into(),
+            health_check: None,
+            health_interval: HumanDuration(Duration::from_secs(5)),
+            // Long enough not to hammer a server that is restarting, short
+            // enough that one that is back soon gets traffic again.
+            unhealthy_for: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

@@ -11,6 +11,7 @@
 mod file;
 mod storage;
 mod summary;
+mod upstream;
 mod validate;
 
 pub use file::*;
@@ -140,7 +141,9 @@ pub struct AdminConfig {
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    pub url: http::Uri,
+    /// The servers of the one API (`upstream.urls`, or `upstream.url` alone):
+    /// at least one, all with the same scheme and path. Restart-only.
+    pub urls: Vec<http::Uri>,
     pub ca_file: Option<PathBuf>,
     pub insecure_skip_verify: bool,
     pub connect_timeout: Duration,
@@ -149,6 +152,21 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub identity_headers: bool,
+    pub balance: Balance,
+    /// Probed with GET on every server every `health_interval`; `None`:
+    /// passive health only.
+    pub health_check: Option<http::uri::PathAndQuery>,
+    pub health_interval: Duration,
+    pub unhealthy_for: Duration,
+}
+
+/// How requests are spread over `upstream.urls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each worker takes the servers in turn.
+    RoundRobin,
+    /// Each worker picks the server with the fewest of its requests in progress.
+    LeastRequests,
 }
 
 #[derive(Debug, Clone)]

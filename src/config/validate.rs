@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
-
 use super::*;
 
 /// Longest page session: a stolen session cookie should not outlive a month
@@ -15,7 +13,11 @@ const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
 impl FileConfig {
     /// Turns the file format into the runtime config, naming the key of any bad value.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let source = self.clone();
+        let mut source = self.clone();
+        // check-config shows the server actually used.
+        if source.upstream.url.is_empty() && source.upstream.urls.is_none() {
+            source.upstream.url = DEFAULT_UPSTREAM_URL.to_owned();
+        }
         let p = self.public;
         let shutdown_grace = p.shutdown_grace.0;
         let public = PublicConfig {
@@ -116,79 +118,7 @@ impl FileConfig {
             password_hash: a.password_hash,
         };
 
-        let u = self.upstream;
-        // Before parsing, so not even a parse error can echo a password.
-        if has_userinfo(&u.url) {
-            return Err(ConfigError::invalid(
-                "upstream.url",
-                "must not carry credentials (nothing before an `@` in the host part): the URL is shown \
-                 in logs and check-config; send them as a header instead, for example \
-                 [upstream.headers] Authorization = \"Basic …\"",
-            ));
-        }
-        let url: http::Uri = u
-            .url
-            .parse()
-            .map_err(|e| ConfigError::invalid("upstream.url", format!("{e}: {:?}", u.url)))?;
-        match url.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => {
-                return Err(ConfigError::invalid(
-                    "upstream.url",
-                    "scheme must be http or https",
-                ))
-            }
-        }
-        if url.authority().is_none() {
-            return Err(ConfigError::invalid("upstream.url", "needs a host"));
-        }
-        if url.query().is_some() {
-            return Err(ConfigError::invalid(
-                "upstream.url",
-                "must not have a query",
-            ));
-        }
-        if let Some(ca) = &u.ca_file {
-            if !ca.is_file() {
-                return Err(ConfigError::invalid(
-                    "upstream.ca_file",
-                    format!("{} is not a readable file", ca.display()),
-                ));
-            }
-        }
-        let mut headers = Vec::with_capacity(u.headers.len());
-        for (name, value) in &u.headers {
-            let key = format!("upstream.headers.{name}");
-            let n = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ConfigError::invalid(&key, "not a valid header name"))?;
-            if n.as_str().contains('_') {
-                return Err(ConfigError::invalid(
-                    &key,
-                    "header names with `_` are dropped toward the upstream (CGI, WSGI and PHP \
-                     read `_` and `-` alike, so a client could send the `-` twin); use `-`",
-                ));
-            }
-            if crate::http::names::is_reserved(&n) {
-                return Err(ConfigError::invalid(
-                    &key,
-                    "this header is set by the gateway itself",
-                ));
-            }
-            let v = HeaderValue::from_str(value)
-                .map_err(|_| ConfigError::invalid(&key, "not a valid header value"))?;
-            headers.push((n, v));
-        }
-        let upstream = UpstreamConfig {
-            url,
-            ca_file: u.ca_file,
-            insecure_skip_verify: u.insecure_skip_verify,
-            connect_timeout: nonzero("upstream.connect_timeout", u.connect_timeout)?,
-            response_timeout: nonzero("upstream.response_timeout", u.response_timeout)?,
-            pool_idle_timeout: nonzero("upstream.pool_idle_timeout", u.pool_idle_timeout)?,
-            pool_max_idle_per_host: u.pool_max_idle_per_host,
-            headers,
-            identity_headers: u.identity_headers,
-        };
+        let upstream = super::upstream::validate(self.upstream)?;
 
         // ([storage], storage.path included, is checked in storage::validate.)
         // An empty path (`cert = ""`, or an empty environment variable) is a
@@ -377,15 +307,6 @@ fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-/// Whether a URL's authority holds userinfo (`user:password@`, `token@`).
-/// The authority runs from `://` to the first `/`, `?` or `#`.
-fn has_userinfo(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split(['/', '?', '#'])
-        .next()
-        .is_some_and(|authority| authority.contains('@'))
-}
-
 pub(super) fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
     if d.0.is_zero() {
         Err(ConfigError::invalid(key, "must be greater than zero"))
@@ -428,7 +349,7 @@ mod tests {
         let c = FileConfig::default().validate().unwrap();
         assert_eq!(c.public.listen, "0.0.0.0:8443".parse().unwrap());
         assert_eq!(c.admin.listen, "127.0.0.1:8444".parse().unwrap());
-        assert_eq!(c.upstream.url, "https://127.0.0.1:8124");
+        assert_eq!(c.upstream.urls, ["https://127.0.0.1:8124"]);
         assert_eq!(c.storage.path, PathBuf::from("data/tokengate.redb"));
         assert_eq!(c.tokens.access_ttl, Duration::from_secs(900));
         assert_eq!(c.tokens.refresh_ttl, Duration::from_secs(90 * 86_400));

@@ -1,31 +1,32 @@
-//! Forwarding to the upstream API: a per-worker keep-alive pool (see
-//! `pool`), explicit connect and response timeouts, streamed bodies both ways.
+//! Forwarding to the upstream API: its servers and their health, shared by
+//! all workers (`upstreams`, probed by `health`); per worker, a keep-alive
+//! pool per server (`pool`); explicit connect and response timeouts;
+//! streamed bodies both ways.
 
 pub(crate) mod headers;
+mod health;
 mod pool;
 mod target;
+mod upstreams;
 
 pub(crate) use pool::{ConnectError, UpstreamBody};
 pub(crate) use target::normalised_path;
 pub use target::{base_path, join_target, TargetError};
+pub(crate) use upstreams::Upstreams;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
-use http::uri::Scheme;
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
-use tokio_rustls::TlsConnector;
 
-use pool::{Pool, SendError, Target};
+use pool::{Pool, SendError};
 
-use crate::config::UpstreamConfig;
+use crate::config::Balance;
 use crate::store::RefreshToken;
-use crate::tls::{client_config, ClientTlsError, Trust};
 
 /// Who made a request, for the optional identity headers.
 pub(crate) struct Identity {
@@ -91,67 +92,47 @@ impl ProxyError {
     }
 }
 
+/// One public worker's side of the upstream: its own pools (one per
+/// server) and its own turn, over the servers and settings all workers share.
 pub(crate) struct Upstream {
-    pool: Arc<Pool>,
-    /// Prefix prepended to every path (`upstream.url`'s path, without a trailing slash).
-    base_path: String,
-    host_header: HeaderValue,
-    extra_headers: Vec<(http::HeaderName, HeaderValue)>,
-    identity_headers: bool,
-    response_timeout: Duration,
+    shared: Arc<Upstreams>,
+    /// Index = server index.
+    pools: Box<[Arc<Pool>]>,
+    /// Round robin position (this worker's only, so never contended).
+    turn: AtomicUsize,
+}
+
+/// How one attempt on one server went, when it produced no response.
+enum Attempt {
+    /// No connection could be had: nothing reached the server, and the
+    /// request is handed back intact (its body unread).
+    NotConnected(Box<Request<Incoming>>, ConnectError),
+    Failed(ProxyError),
 }
 
 impl Upstream {
-    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Upstream, UpstreamSetupError> {
-        let authority = cfg
-            .url
-            .authority()
-            .cloned()
-            .ok_or_else(|| UpstreamSetupError::Tls("upstream.url has no host".into()))?;
-        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| {
-            UpstreamSetupError::Tls("upstream.url host is not a valid Host header".into())
-        })?;
-        // `Authority::host` keeps an IPv6 literal's brackets; DNS and SNI want it bare.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let https = cfg.url.scheme() != Some(&Scheme::HTTP);
-        let tls = if https {
-            let name = ServerName::try_from(host.clone()).map_err(|e| {
-                UpstreamSetupError::Tls(format!("upstream.url host is not a TLS server name: {e}"))
-            })?;
-            Some((TlsConnector::from(Arc::new(tls_config(cfg)?)), name))
-        } else {
-            None
-        };
-        let target = Target {
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            host,
-            tls,
-            connect_timeout: cfg.connect_timeout,
-        };
-        Ok(Upstream {
-            pool: Arc::new(Pool::new(
-                target,
-                cfg.pool_max_idle_per_host,
-                cfg.pool_idle_timeout,
-            )),
-            base_path: base_path(&cfg.url),
-            host_header,
-            extra_headers: cfg.headers.clone(),
-            identity_headers: cfg.identity_headers,
-            response_timeout: cfg.response_timeout,
-        })
+    /// This worker's pools for the shared servers (call on the worker's runtime).
+    pub(crate) fn new(shared: Arc<Upstreams>) -> Upstream {
+        let pools = (0..shared.servers.len())
+            .map(|i| Arc::new(Pool::new(shared.clone(), i)))
+            .collect();
+        Upstream {
+            turn: AtomicUsize::new(shared.next_worker()),
+            pools,
+            shared,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Upstreams> {
+        &self.shared
     }
 
     /// Closes idle upstream connections that aged out or were closed by the
     /// upstream, every half idle timeout, for as long as this upstream lives.
     /// Runs on the calling runtime (the worker whose connections they are).
     pub(crate) fn spawn_sweeper(self: &Arc<Self>) {
-        let every =
-            (self.pool.idle_timeout() / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let every = (self.shared.pool_idle_timeout / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -159,7 +140,7 @@ impl Upstream {
             loop {
                 tick.tick().await;
                 match weak.upgrade() {
-                    Some(up) => up.pool.sweep(),
+                    Some(up) => up.pools.iter().for_each(|p| p.sweep()),
                     None => return,
                 }
             }
@@ -167,7 +148,40 @@ impl Upstream {
     }
 
     pub(crate) fn identity_headers(&self) -> bool {
-        self.identity_headers
+        self.shared.identity_headers
+    }
+
+    /// The server for the next request: the next one in turn that is in
+    /// (round robin), or of those the one with the fewest of this worker's
+    /// requests in progress (least requests, ties taken in turn); never
+    /// `not`. When every candidate is out, one is tried anyway: health is a
+    /// hint, and a server that has just come back answers at once (a single
+    /// server is thus always tried, as without health checks).
+    fn pick(&self, not: Option<usize>) -> Option<usize> {
+        let n = self.pools.len();
+        if n == 1 {
+            return (not != Some(0)).then_some(0);
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        let order = (0..n)
+            .map(|k| start.wrapping_add(k) % n)
+            .filter(|&i| Some(i) != not);
+        let mut best: Option<usize> = None;
+        for i in order.clone() {
+            if !self.shared.is_in(i) {
+                continue;
+            }
+            match self.shared.balance {
+                Balance::RoundRobin => return Some(i),
+                Balance::LeastRequests => {
+                    let load = |j: usize| self.pools.get(j).map_or(usize::MAX, |p| p.in_flight());
+                    if best.is_none_or(|b| load(i) < load(b)) {
+                        best = Some(i);
+                    }
+                }
+            }
+        }
+        best.or_else(|| order.into_iter().next())
     }
 
     /// Rewrites and forwards an authenticated request; returns the upstream's
@@ -185,111 +199,193 @@ impl Upstream {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = join_target(&self.base_path, &parts.uri).map_err(ProxyError::Target)?;
+        parts.uri = join_target(&self.shared.base_path, &parts.uri).map_err(ProxyError::Target)?;
         // The upstream leg is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
-        headers::rewrite_request(
-            &mut parts.headers,
-            original_host,
-            peer,
-            &self.host_header,
-            &self.extra_headers,
-            identity.map(|i| (i.id, i.name)),
-        );
+        let server = self.pick(None).unwrap_or(0);
+        let host = match self.shared.servers.get(server) {
+            Some(s) => &s.host_header,
+            None => {
+                return Err(ProxyError::Connect(ConnectError::Io(
+                    std::io::Error::other("no upstream server"),
+                )))
+            }
+        };
+        let response_timeout = {
+            // Read once and let go before any `.await`.
+            let settings = self.shared.settings();
+            headers::rewrite_request(
+                &mut parts.headers,
+                original_host,
+                peer,
+                host,
+                &settings.headers,
+                identity.map(|i| (i.id, i.name)),
+            );
+            settings.response_timeout
+        };
         let req = Request::from_parts(parts, body);
-        let mut resp = tokio::time::timeout(self.response_timeout, self.send(req))
+        let mut resp = tokio::time::timeout(response_timeout, self.send(req, server))
             .await
-            .map_err(|_| ProxyError::Timeout(self.response_timeout))??;
+            .map_err(|_| ProxyError::Timeout(response_timeout))??;
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
 
-    /// Sends on a pooled connection. A reused connection the upstream closed
-    /// before our request went out hands the request back; it is then sent on
-    /// the next connection (the request was never seen, so this is safe for
-    /// any method).
-    async fn send(&self, mut req: Request<Incoming>) -> Result<Response<UpstreamBody>, ProxyError> {
+    /// Sends to `server`; when no connection to it can be had, the server is
+    /// taken out and an idempotent request is sent once more, to another
+    /// server. Nothing that may have reached a server is sent again.
+    async fn send(
+        &self,
+        req: Request<Incoming>,
+        server: usize,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let e = match self.send_to(req, server).await {
+            Ok(resp) => return Ok(resp),
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::NotConnected(req, e)) => {
+                self.shared.mark_down(server, &e);
+                let other = if is_idempotent(req.method()) {
+                    self.pick(Some(server))
+                } else {
+                    None
+                };
+                match (other, other.and_then(|o| self.shared.servers.get(o))) {
+                    (Some(other), Some(s)) => {
+                        tracing::debug!(error = %e, to = %s.url, "upstream server unreachable; retrying on another");
+                        let mut req = *req;
+                        req.headers_mut()
+                            .insert(http::header::HOST, s.host_header.clone());
+                        match self.send_to(req, other).await {
+                            Ok(resp) => return Ok(resp),
+                            Err(Attempt::Failed(e)) => return Err(e),
+                            Err(Attempt::NotConnected(_, e)) => {
+                                self.shared.mark_down(other, &e);
+                                e
+                            }
+                        }
+                    }
+                    _ => e,
+                }
+            }
+        };
+        Err(ProxyError::Connect(e))
+    }
+
+    /// Sends on a pooled connection to `server`. A reused connection the
+    /// upstream closed before our request went out hands the request back;
+    /// it is then sent on the next connection (the request was never seen,
+    /// so this is safe for any method).
+    async fn send_to(
+        &self,
+        mut req: Request<Incoming>,
+        server: usize,
+    ) -> Result<Response<UpstreamBody>, Attempt> {
+        let Some(pool) = self.pools.get(server) else {
+            return Err(Attempt::Failed(ProxyError::Connect(ConnectError::Io(
+                std::io::Error::other("no such upstream server"),
+            ))));
+        };
+        let busy = pool.busy();
         loop {
-            let (mut conn, reused) = self.pool.checkout().await.map_err(ProxyError::Connect)?;
+            let (mut conn, reused) = match pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => return Err(Attempt::NotConnected(Box::new(req), e)),
+            };
             match conn.send(req).await {
                 Ok(resp) => {
-                    let pool = self.pool.clone();
-                    return Ok(resp.map(|body| UpstreamBody::new(body, conn, pool)));
+                    self.shared.answered(server);
+                    return Ok(resp.map(|body| UpstreamBody::new(body, conn, busy)));
                 }
                 Err(SendError::NotSent(back, e)) if reused => {
                     tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on another");
                     req = *back;
                 }
                 Err(SendError::NotSent(_, e) | SendError::Failed(e)) => {
-                    return Err(ProxyError::Failed(e))
+                    return Err(Attempt::Failed(ProxyError::Failed(e)))
                 }
             }
         }
     }
 }
 
-/// The rustls client set-up for an `https` upstream: the configured CA file,
-/// the system roots, or (explicitly, loudly) no verification. The upstream
-/// leg speaks HTTP/1.1 only.
-fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, UpstreamSetupError> {
-    let trust = if cfg.insecure_skip_verify {
-        tracing::warn!(
-            url = %cfg.url,
-            "upstream.insecure_skip_verify is on: the upstream's certificate is NOT verified; use upstream.ca_file instead"
-        );
-        Trust::Insecure
-    } else if let Some(path) = &cfg.ca_file {
-        Trust::CaFile(path)
-    } else {
-        Trust::System { also: None }
-    };
-    client_config(trust, &[b"http/1.1"]).map_err(|e| match e {
-        ClientTlsError::CaFile { path, detail } => UpstreamSetupError::CaFile {
-            path: path.display().to_string(),
-            detail,
-        },
-        ClientTlsError::NoRoots => UpstreamSetupError::Tls(
-            "no usable system root certificates; set upstream.ca_file".into(),
-        ),
-        other => UpstreamSetupError::Tls(other.to_string()),
-    })
+/// Methods a request may be repeated with (RFC 9110 §9.2.2) when no
+/// connection for it could be had.
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
 
-    fn config(url: &str) -> UpstreamConfig {
-        UpstreamConfig {
-            url: url.parse().unwrap(),
-            ca_file: None,
-            insecure_skip_verify: true,
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(1),
-            pool_max_idle_per_host: 1,
-            headers: Vec::new(),
-            identity_headers: false,
-        }
+    fn worker(balance: Balance) -> Upstream {
+        let mut cfg = upstreams::tests::config(&["http://a:1", "http://b:1", "http://c:1"]);
+        cfg.balance = balance;
+        Upstream::new(Arc::new(Upstreams::new(&cfg, Clock::new()).unwrap()))
+    }
+
+    fn picks(up: &Upstream, n: usize) -> Vec<usize> {
+        (0..n).map(|_| up.pick(None).unwrap()).collect()
     }
 
     #[test]
-    fn targets_come_from_the_url() {
-        let up = Upstream::new(&config("http://[::1]:8080/api/")).unwrap();
-        let t = &up.pool.target;
-        assert_eq!(
-            (t.host.as_str(), t.port, t.tls.is_some()),
-            ("::1", 8080, false)
-        );
-        assert_eq!(up.host_header, "[::1]:8080");
-        assert_eq!(up.base_path, "/api");
-        let up = Upstream::new(&config("https://api.example")).unwrap();
-        let t = &up.pool.target;
-        assert_eq!(
-            (t.host.as_str(), t.port, t.tls.is_some()),
-            ("api.example", 443, true)
-        );
-        let up = Upstream::new(&config("http://10.0.0.5")).unwrap();
-        assert_eq!(up.pool.target.port, 80);
+    fn round_robin_takes_turns_and_skips_servers_that_are_out() {
+        let up = worker(Balance::RoundRobin);
+        let mut seen = picks(&up, 3);
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2]);
+        up.shared.mark_down(1, &"refused");
+        assert!(!picks(&up, 6).contains(&1));
+        assert_eq!(up.pick(Some(0)), Some(2), "not 0, and 1 is out");
+        up.shared.mark_down(0, &"refused");
+        up.shared.mark_down(2, &"refused");
+        assert!(up.shared.all_out());
+        // Every server out: one is tried anyway, never the one excluded.
+        assert!(up.pick(None).is_some());
+        assert!((0..9).all(|_| up.pick(Some(2)) != Some(2)));
+        up.shared.answered(2);
+        assert_eq!(picks(&up, 3), [2, 2, 2]);
+    }
+
+    #[test]
+    fn least_requests_picks_the_least_busy_server_of_this_worker() {
+        let up = worker(Balance::LeastRequests);
+        let _a = up.pools[0].busy();
+        let _b = (up.pools[1].busy(), up.pools[1].busy());
+        assert_eq!(picks(&up, 4), [2, 2, 2, 2]);
+        let c = (up.pools[2].busy(), up.pools[2].busy(), up.pools[2].busy());
+        assert_eq!(up.pick(None), Some(0));
+        drop(c);
+        assert_eq!(up.pick(Some(2)), Some(0));
+    }
+
+    #[test]
+    fn a_single_server_is_always_tried_and_never_retried_on() {
+        let cfg = upstreams::tests::config(&["http://a:1"]);
+        let up = Upstream::new(Arc::new(Upstreams::new(&cfg, Clock::new()).unwrap()));
+        up.shared.mark_down(0, &"refused");
+        assert_eq!(up.pick(None), Some(0));
+        assert_eq!(up.pick(Some(0)), None);
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_retried() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(is_idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&m), "{m}");
+        }
     }
 }

@@ -1,10 +1,10 @@
-//! The upstream leg: one worker's keep-alive HTTP/1.1 connections.
+//! The upstream leg: one worker's keep-alive HTTP/1.1 connections to one server.
 //!
 //! Why not hyper-util's pooled client: per request it hashes a pool key,
 //! clones its connector, and checks out through a shared, locked pool built
 //! for many hosts and threads; that showed in the profiles of the keep-alive
 //! load. Here each public worker (one thread) has one LIFO list of idle
-//! connections to its one upstream, so a checkout is a pop and a return a
+//! connections to each server, so a checkout is a pop and a return a
 //! push, and the lock is never contended.
 //!
 //! Each connection's driver (hyper's `client::conn::http1::Connection`) runs
@@ -14,6 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,30 +24,35 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// Where new upstream connections go, and how.
-pub(super) struct Target {
-    /// Host as DNS or an IP literal (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    /// `Some` for an `https` upstream.
-    pub tls: Option<(TlsConnector, ServerName<'static>)>,
-    /// Bounds TCP connect and TLS handshake together.
-    pub connect_timeout: Duration,
-}
+use super::upstreams::{Server, Upstreams};
 
-/// Idle keep-alive connections, most recently used last (reused first, so the
-/// oldest ones age out).
+/// One worker's idle keep-alive connections to one server, most recently
+/// used last (reused first, so the oldest ones age out).
 pub(super) struct Pool {
     idle: Mutex<Vec<(Conn, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
-    pub(super) target: Target,
+    /// This worker's requests to this server whose responses are not done:
+    /// what `least_requests` compares. Only this worker's thread touches it.
+    in_flight: AtomicUsize,
+    shared: Arc<Upstreams>,
+    /// Which of `shared.servers`.
+    server: usize,
+}
+
+/// A request in progress on a pool's server, until its response body is
+/// done (or the attempt failed).
+pub(super) struct Busy(Arc<Pool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why no connection to the upstream could be had.
@@ -97,17 +103,25 @@ impl Conn {
 }
 
 impl Pool {
-    pub(super) fn new(target: Target, max_idle: usize, idle_timeout: Duration) -> Pool {
+    pub(super) fn new(shared: Arc<Upstreams>, server: usize) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
-            max_idle,
-            idle_timeout,
-            target,
+            max_idle: shared.pool_max_idle,
+            idle_timeout: shared.pool_idle_timeout,
+            in_flight: AtomicUsize::new(0),
+            shared,
+            server,
         }
     }
 
-    pub(super) fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request to this server until the returned guard is dropped.
+    pub(super) fn busy(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<(Conn, Instant)>> {
@@ -184,16 +198,17 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Conn, ConnectError> {
-        let t = &self.target;
-        tokio::time::timeout(t.connect_timeout, async {
-            let tcp = connect_tcp(&t.host, t.port).await?;
-            tcp.set_nodelay(true)?;
-            let io = match &t.tls {
-                None => Io::Plain(tcp),
-                Some((connector, name)) => {
-                    Io::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
-                }
-            };
+        let Some(server) = self.shared.servers.get(self.server) else {
+            return Err(ConnectError::Io(io::Error::other(
+                "no such upstream server",
+            )));
+        };
+        let (tls, timeout) = {
+            let s = self.shared.settings();
+            (s.tls.clone(), s.connect_timeout)
+        };
+        tokio::time::timeout(timeout, async {
+            let io = connect_io(server, tls).await?;
             let (sender, driver) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
             tokio::spawn(async move {
                 if let Err(e) = driver.await {
@@ -203,8 +218,24 @@ impl Pool {
             Ok(Conn { sender })
         })
         .await
-        .map_err(|_| ConnectError::Timeout(t.connect_timeout))?
+        .map_err(|_| ConnectError::Timeout(timeout))?
     }
+}
+
+/// A TCP connection to `server`, with the TLS handshake for an `https` one
+/// (the caller bounds it with the connect timeout).
+pub(super) async fn connect_io(
+    server: &Server,
+    tls: Option<TlsConnector>,
+) -> Result<Io, ConnectError> {
+    let tcp = connect_tcp(&server.host, server.port).await?;
+    tcp.set_nodelay(true)?;
+    Ok(match (tls, &server.tls_name) {
+        (Some(connector), Some(name)) => {
+            Io::Tls(Box::new(connector.connect(name.clone(), tcp).await?))
+        }
+        _ => Io::Plain(tcp),
+    })
 }
 
 /// Tries each address the host resolves to, in order; the last error wins.
@@ -228,20 +259,22 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
 /// pool once read to the end.
 pub(crate) struct UpstreamBody {
     inner: Incoming,
-    lease: Option<(Conn, Arc<Pool>)>,
+    lease: Option<Conn>,
+    busy: Busy,
 }
 
 impl UpstreamBody {
-    pub(super) fn new(inner: Incoming, conn: Conn, pool: Arc<Pool>) -> UpstreamBody {
+    pub(super) fn new(inner: Incoming, conn: Conn, busy: Busy) -> UpstreamBody {
         UpstreamBody {
             inner,
-            lease: Some((conn, pool)),
+            lease: Some(conn),
+            busy,
         }
     }
 
     fn release(&mut self) {
-        if let Some((conn, pool)) = self.lease.take() {
-            pool.put(conn);
+        if let Some(conn) = self.lease.take() {
+            self.busy.0.put(conn);
         }
     }
 }

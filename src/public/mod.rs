@@ -95,7 +95,7 @@ impl PublicHandler {
             ));
         }
         match route(req.uri().path()) {
-            Route::Health => Either::Right(health(req.method(), req.uri().path(), &self.state)),
+            Route::Health => Either::Right(self.health(req.method(), req.uri().path())),
             // Boxed so proxied requests do not carry the token endpoint's state.
             Route::Token => Either::Right(Box::pin(token::endpoint(&self.state, peer, req)).await),
             Route::Proxy => self.proxied(peer, req).await,
@@ -258,40 +258,95 @@ fn host_ok(req: &Request<Incoming>) -> bool {
             .is_none_or(|a| is_valid_host(a.as_str().as_bytes()))
 }
 
-/// `/healthz`: the process answers (liveness). `/readyz`: it can serve
-/// tokens; in cluster mode not while it has lost contact with PostgreSQL.
-fn health(method: &Method, path: &str, state: &State) -> Reply {
-    if method != Method::GET && method != Method::HEAD {
-        return method_not_allowed("GET, HEAD");
+/// Why `/readyz` answers 503: a stable code (`reason`) and a line for people (`detail`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotReady {
+    /// Shutdown has begun; open connections are being drained.
+    Draining,
+    /// Cluster mode: no contact with PostgreSQL.
+    DatabaseUnreachable { for_ms: u128 },
+    /// Every upstream server is out (passive or active health).
+    UpstreamUnreachable,
+}
+
+impl NotReady {
+    fn reason(&self) -> &'static str {
+        match self {
+            NotReady::Draining => "draining",
+            NotReady::DatabaseUnreachable { .. } => "database_unreachable",
+            NotReady::UpstreamUnreachable => "upstream_unreachable",
+        }
     }
-    #[derive(Serialize)]
-    struct Health {
-        status: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
+
+    fn detail(&self) -> String {
+        match self {
+            NotReady::Draining => "the gateway is shutting down".to_owned(),
+            NotReady::DatabaseUnreachable { for_ms } => {
+                format!("no contact with PostgreSQL for {for_ms} ms")
+            }
+            NotReady::UpstreamUnreachable => {
+                "every upstream server failed its recent connection attempts or health checks"
+                    .to_owned()
+            }
+        }
     }
-    if path == "/readyz" {
-        if let Some(cluster) = &state.cluster {
-            if cluster.check_connected().is_err() {
-                let reason = format!(
-                    "no contact with PostgreSQL for {} ms",
-                    cluster.staleness().as_millis()
-                );
+}
+
+impl PublicHandler {
+    /// `/healthz`: the process answers (liveness), always 200. `/readyz`:
+    /// it can serve requests now; 503 with a reason while draining at
+    /// shutdown, while (cluster mode) it has lost contact with PostgreSQL,
+    /// or while every upstream server is out.
+    fn health(&self, method: &Method, path: &str) -> Reply {
+        if method != Method::GET && method != Method::HEAD {
+            return method_not_allowed("GET, HEAD");
+        }
+        #[derive(Serialize)]
+        struct Health {
+            status: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            detail: Option<String>,
+        }
+        if path == "/readyz" {
+            if let Some(why) = self.not_ready() {
                 return crate::http::no_store(json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &Health {
                         status: "not_ready",
-                        reason: Some(reason),
+                        reason: Some(why.reason()),
+                        detail: Some(why.detail()),
                     },
                 ));
             }
         }
+        json(
+            StatusCode::OK,
+            &Health {
+                status: "ok",
+                reason: None,
+                detail: None,
+            },
+        )
     }
-    json(
-        StatusCode::OK,
-        &Health {
-            status: "ok",
-            reason: None,
-        },
-    )
+
+    /// The first reason, in this order, not to send this gateway traffic.
+    fn not_ready(&self) -> Option<NotReady> {
+        let state = &self.state;
+        if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(NotReady::Draining);
+        }
+        if let Some(cluster) = &state.cluster {
+            if cluster.check_connected().is_err() {
+                return Some(NotReady::DatabaseUnreachable {
+                    for_ms: cluster.staleness().as_millis(),
+                });
+            }
+        }
+        if self.upstream.shared().all_out() {
+            return Some(NotReady::UpstreamUnreachable);
+        }
+        None
+    }
 }

@@ -734,6 +734,7 @@ pub async fn signal_and_wait(
 pub mod haproxy;
 pub mod pg;
 pub mod replica;
+pub mod servers;
 pub mod webdriver;
 
 /// One HTTP/1.1 response read off a raw connection: the head (status line
