@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::admin::api::{
     expiry_text, parse_expiry, ApiError, CreateToken, CreatedToken, DeleteTokens, DeletedTokens,
-    TokenInfo,
+    EditToken, RateLimit, RestrictionSpec, RotateToken, RotatedToken, ScopeRule, TokenInfo,
 };
 use crate::tls::{client_config, Trust};
 
@@ -73,6 +73,68 @@ pub struct Connection {
     pub json: bool,
 }
 
+/// What a token may do (see the README's "Restricting tokens"); none of
+/// them: full access.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct RestrictArgs {
+    /// A rule the token's requests must match: `"METHODS PATH"`, e.g.
+    /// `"GET,HEAD /iwc/api/databases/**"` (`*` for any method; a path alone
+    /// allows every method). Repeat for several rules.
+    #[arg(long = "scope", value_name = "RULE")]
+    pub scopes: Vec<String>,
+    /// GET and HEAD only, on every path.
+    #[arg(long)]
+    pub read_only: bool,
+    /// A client network (CIDR, IPv4 or IPv6) the token may be used from.
+    /// Repeat for several.
+    #[arg(long = "network", value_name = "CIDR")]
+    pub networks: Vec<String>,
+    /// Requests per second, shared by all of the token's access tokens.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<u32>,
+    /// Requests allowed at once above the rate (default: the rate).
+    #[arg(long, requires = "rate")]
+    pub burst: Option<u32>,
+}
+
+impl RestrictArgs {
+    fn scope_rules(&self) -> Result<Vec<ScopeRule>, Failure> {
+        self.scopes.iter().map(|s| scope_arg(s)).collect()
+    }
+
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate.map(|per_second| RateLimit {
+            per_second,
+            burst: self.burst.unwrap_or(per_second),
+        })
+    }
+}
+
+/// `"GET,HEAD /path/**"` → a rule; `"/path"` alone → any method.
+fn scope_arg(text: &str) -> Result<ScopeRule, Failure> {
+    let t = text.trim();
+    let (methods, path) = match t.split_once(char::is_whitespace) {
+        Some((m, p)) => (
+            m.split(',')
+                .filter(|m| !m.is_empty())
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect(),
+            p.trim(),
+        ),
+        None if t.starts_with('/') => (vec!["*".to_owned()], t),
+        None => {
+            return Err(Failure(
+                EXIT_INVALID,
+                format!("--scope {text:?}: write it as \"METHODS PATH\", e.g. \"GET,HEAD /iwc/api/databases/**\""),
+            ))
+        }
+    };
+    Ok(ScopeRule {
+        methods,
+        path: path.to_owned(),
+    })
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenCommand {
     /// Create a refresh token; its string is printed this once.
@@ -83,9 +145,53 @@ pub enum TokenCommand {
         /// `90d` (from now), `2027-05-01`, an RFC 3339 time, or `never`. Default: the gateway's default (90 days).
         #[arg(long)]
         expires: Option<String>,
+        #[command(flatten)]
+        restrict: RestrictArgs,
     },
     /// List refresh tokens (never their strings).
-    List,
+    List {
+        /// Only tokens that expire within this (`7d`, `12h`), e.g. to
+        /// rotate or extend them before a script's credential lapses.
+        #[arg(long, value_name = "WITHIN")]
+        expiring: Option<String>,
+    },
+    /// Change a token's name, expiry or restrictions; its live access
+    /// tokens follow from their next request. Only what is given changes.
+    Edit {
+        id: u64,
+        #[arg(long)]
+        name: Option<String>,
+        /// As for create (`never` removes the expiry).
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        restrict: RestrictArgs,
+        /// Remove every scope rule.
+        #[arg(long, conflicts_with = "scopes")]
+        no_scopes: bool,
+        /// Allow writes again (clears --read-only).
+        #[arg(long, conflicts_with = "read_only")]
+        no_read_only: bool,
+        /// Allow every client network.
+        #[arg(long, conflicts_with = "networks")]
+        no_networks: bool,
+        /// Remove the rate limit.
+        #[arg(long, conflicts_with = "rate")]
+        no_rate_limit: bool,
+        /// Remove every restriction.
+        #[arg(long, conflicts_with_all = ["scopes", "read_only", "networks", "rate"])]
+        full_access: bool,
+    },
+    /// Issue a new secret for a token (same id, name, restrictions and
+    /// usage); the new string is printed this once.
+    Rotate {
+        id: u64,
+        /// How long the old secret keeps working (`1h`, `2d`; at most 30
+        /// days). Default 0: it stops now, and so do the access tokens
+        /// issued under it.
+        #[arg(long, default_value = "0")]
+        grace: String,
+    },
     /// Delete refresh tokens by id, all in one transaction.
     Delete {
         #[arg(required = true)]
@@ -344,6 +450,14 @@ fn expires_arg(text: &str, now_unix: u64) -> Result<String, String> {
         .map_err(|e| format!("--expires: {e}"))
 }
 
+/// `--expires`, if given, in the wire's form.
+fn expires_option(text: Option<String>) -> Result<Option<String>, Failure> {
+    let now = crate::clock::Clock::new().unix();
+    text.map(|e| expires_arg(&e, now))
+        .transpose()
+        .map_err(|m| Failure(EXIT_INVALID, m))
+}
+
 pub fn run(conn: Connection, cmd: TokenCommand) -> ExitCode {
     run_cmd(conn, Cmd::Token(cmd))
 }
@@ -435,16 +549,21 @@ async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
         }
     };
     match cmd {
-        TokenCommand::Create { name, expires } => {
-            let now = crate::clock::Clock::new().unix();
-            let expires = expires
-                .map(|e| expires_arg(&e, now))
-                .transpose()
-                .map_err(|m| Failure(EXIT_INVALID, m))?;
+        TokenCommand::Create {
+            name,
+            expires,
+            restrict,
+        } => {
+            let expires = expires_option(expires)?;
             let body = request_body(&CreateToken {
                 name,
                 expires,
-                restrictions: Default::default(),
+                restrictions: RestrictionSpec {
+                    scopes: restrict.scope_rules()?,
+                    read_only: restrict.read_only,
+                    networks: restrict.networks.clone(),
+                    rate_limit: restrict.rate_limit(),
+                },
             })?;
             let bytes = call(conn, "POST", "/api/refresh-tokens", Some(body)).await?;
             let created: CreatedToken = answer(&bytes)?;
@@ -462,13 +581,111 @@ async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
                 println!("{}", created.token);
             }
         }
-        TokenCommand::List => {
+        TokenCommand::List { expiring } => {
+            let within = expiring
+                .map(|w| {
+                    crate::config::parse_duration(&w)
+                        .map_err(|e| Failure(EXIT_INVALID, format!("--expiring: {e}")))
+                })
+                .transpose()?;
             let bytes = call(conn, "GET", "/api/refresh-tokens", None).await?;
-            let tokens: Vec<TokenInfo> = answer(&bytes)?;
+            let mut tokens: Vec<TokenInfo> = answer(&bytes)?;
+            if let Some(within) = within {
+                let now = crate::clock::Clock::new().unix();
+                let until = now.saturating_add(within.as_secs());
+                tokens.retain(|t| {
+                    t.expires_at
+                        .as_deref()
+                        .and_then(crate::clock::parse_rfc3339)
+                        .and_then(|e| u64::try_from(e).ok())
+                        .is_some_and(|e| e > now && e <= until)
+                });
+            }
+            if conn.json {
+                let text = serde_json::to_string(&tokens)
+                    .map_err(|e| Failure::unreachable(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", table(&tokens));
+            }
+        }
+        TokenCommand::Edit {
+            id,
+            name,
+            expires,
+            restrict,
+            no_scopes,
+            no_read_only,
+            no_networks,
+            no_rate_limit,
+            full_access,
+        } => {
+            let expires = expires_option(expires)?;
+            let edit = EditToken {
+                name,
+                expires,
+                scopes: (!restrict.scopes.is_empty())
+                    .then(|| restrict.scope_rules())
+                    .transpose()?
+                    .or((no_scopes || full_access).then(Vec::new)),
+                read_only: if restrict.read_only {
+                    Some(true)
+                } else {
+                    (no_read_only || full_access).then_some(false)
+                },
+                networks: (!restrict.networks.is_empty())
+                    .then(|| restrict.networks.clone())
+                    .or((no_networks || full_access).then(Vec::new)),
+                rate_limit: match restrict.rate_limit() {
+                    Some(r) => Some(Some(r)),
+                    None => (no_rate_limit || full_access).then_some(None),
+                },
+            };
+            if edit == EditToken::default() {
+                return Err(Failure(
+                    EXIT_INVALID,
+                    "nothing to change: give --name, --expires or a restriction flag".into(),
+                ));
+            }
+            let bytes = call(
+                conn,
+                "PATCH",
+                &format!("/api/refresh-tokens/{id}"),
+                Some(request_body(&edit)?),
+            )
+            .await?;
+            let token: TokenInfo = answer(&bytes)?;
             if conn.json {
                 println!("{}", String::from_utf8_lossy(&bytes));
             } else {
-                print!("{}", table(&tokens));
+                print!("{}", table(&[token]));
+            }
+        }
+        TokenCommand::Rotate { id, grace } => {
+            let grace = crate::config::parse_duration(&grace)
+                .map_err(|e| Failure(EXIT_INVALID, format!("--grace: {e}")))?;
+            let bytes = call(
+                conn,
+                "POST",
+                &format!("/api/refresh-tokens/{id}/rotate"),
+                Some(request_body(&RotateToken {
+                    grace_seconds: grace.as_secs(),
+                })?),
+            )
+            .await?;
+            let rotated: RotatedToken = answer(&bytes)?;
+            if conn.json {
+                println!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                let old = match &rotated.previous_token_valid_until {
+                    Some(t) => format!("the old one keeps working until {t}"),
+                    None => "the old one and its access tokens stopped working now".into(),
+                };
+                eprintln!(
+                    "Rotated refresh token {} \"{}\": {old}. Copy the new one now: it cannot be shown again.",
+                    rotated.token.id, rotated.token.name
+                );
+                println!("{}", rotated.token.token);
             }
         }
         TokenCommand::Delete { ids } => {
@@ -496,6 +713,28 @@ async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A token's restrictions in a few words: `full access`, or each kind set.
+pub fn restrictions_text(r: &RestrictionSpec) -> String {
+    let mut parts = Vec::new();
+    if r.read_only {
+        parts.push("read-only".to_owned());
+    }
+    for s in &r.scopes {
+        parts.push(format!("{} {}", s.methods.join(","), s.path));
+    }
+    if !r.networks.is_empty() {
+        parts.push(format!("from {}", r.networks.join(" ")));
+    }
+    if let Some(l) = r.rate_limit {
+        parts.push(format!("{}/s burst {}", l.per_second, l.burst));
+    }
+    if parts.is_empty() {
+        "full access".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// A plain-text table of tokens for people.
 fn table(rows: &[TokenInfo]) -> String {
     if rows.is_empty() {
@@ -510,20 +749,26 @@ fn table(rows: &[TokenInfo]) -> String {
         "LAST USED",
         "USES",
         "LAST CLIENT",
+        "RESTRICTIONS",
     ];
     let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
-    let body: Vec<[String; 8]> = rows
+    let body: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             [
                 r.id.to_string(),
                 r.name.clone(),
-                r.status.clone(),
+                if r.expiring_soon {
+                    "expiring soon".into()
+                } else {
+                    r.status.clone()
+                },
                 r.created_at.clone(),
                 or(&r.expires_at, "never"),
                 or(&r.last_used_at, "never"),
                 r.use_count.to_string(),
                 or(&r.last_client_ip, "-"),
+                restrictions_text(&r.restrictions),
             ]
         })
         .collect();
@@ -602,12 +847,40 @@ mod tests {
             use_count: 0,
             last_client_ip: None,
             last_user_agent: None,
+            expiring_soon: false,
             restrictions: Default::default(),
         }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ID  NAME  STATUS"));
         assert!(lines[1].contains("never"));
+        assert!(lines[1].ends_with("full access"), "{t}");
         assert!(table(&[]).contains("No refresh tokens"));
+    }
+
+    #[test]
+    fn scope_and_restriction_words() {
+        let r = scope_arg("get,HEAD /iwc/api/databases/**").ok().unwrap();
+        assert_eq!(r.methods, ["GET", "HEAD"]);
+        assert_eq!(r.path, "/iwc/api/databases/**");
+        let any = scope_arg("/status").ok().unwrap();
+        assert_eq!(
+            (any.methods, any.path.as_str()),
+            (vec!["*".to_owned()], "/status")
+        );
+        assert!(scope_arg("GET").is_err());
+        let spec = RestrictionSpec {
+            scopes: vec![r],
+            read_only: true,
+            networks: vec!["10.0.0.0/8".into()],
+            rate_limit: Some(RateLimit {
+                per_second: 5,
+                burst: 10,
+            }),
+        };
+        assert_eq!(
+            restrictions_text(&spec),
+            "read-only; GET,HEAD /iwc/api/databases/**; from 10.0.0.0/8; 5/s burst 10"
+        );
     }
 }

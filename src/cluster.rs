@@ -352,6 +352,7 @@ impl Cluster {
                             );
                         }
                     }
+                    Change::Updated(hash, rec) => state.store.apply_updated(hash, &rec),
                     Change::Deleted(id) => deleted.push(id),
                     Change::Retired => retired = true,
                 }
@@ -457,14 +458,21 @@ impl Cluster {
             .copied()
             .filter(|id| !stored_set.contains(id))
             .collect();
-        let missing: Vec<u64> = stored
-            .into_iter()
-            .filter(|id| state.store.get(*id).is_none())
-            .collect();
-        if !missing.is_empty() {
-            for change in cluster_db::records(client, &missing).await? {
+        let missing = stored
+            .iter()
+            .filter(|id| state.store.get(**id).is_none())
+            .count();
+        // Every record, not only the missing ones: an edit or a rotation
+        // made while this replica was away shows only in the table.
+        if !stored.is_empty() {
+            for change in cluster_db::records(client, &stored).await? {
                 if let Change::Created(hash, rec) = change {
-                    state.store.apply_created(hash, &rec);
+                    match state.store.get(rec.id) {
+                        Some(_) => state.store.apply_updated(hash, &rec),
+                        None => {
+                            state.store.apply_created(hash, &rec);
+                        }
+                    }
                 }
             }
         }
@@ -473,7 +481,7 @@ impl Cluster {
         // Never move backwards (the feed may have run ahead meanwhile).
         self.seq.fetch_max(seq, Ordering::AcqRel);
         tracing::info!(
-            added = missing.len(),
+            added = missing,
             deleted,
             "reconciled refresh tokens with PostgreSQL"
         );

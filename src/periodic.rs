@@ -32,6 +32,7 @@ pub(crate) async fn run(
                     admin.sessions.sweep(now);
                     admin.throttle.sweep(now);
                     st.throttle.sweep(now, &st.audit);
+                    st.store.sweep_secrets(st.clock.unix());
                     st.access.sweep(now, st.clock.unix())
                 })
                 .await;

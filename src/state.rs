@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::restrict::RestrictionSpec;
-use crate::store::{RefreshStore, RefreshToken, StoreError};
+use crate::store::{Edit, RefreshStore, RefreshToken, StoreError};
 use crate::throttle::AuthThrottle;
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};
@@ -152,5 +152,40 @@ impl State {
         .await
         .map_err(|e| CreateTokenError::Task(e.to_string()))??;
         Ok((created, token))
+    }
+
+    /// Edits token `id` (its fields, or its secret) on the blocking pool;
+    /// `None`: no such token.
+    pub(crate) async fn edit_refresh_token(
+        &self,
+        id: u64,
+        edit: Edit,
+    ) -> Result<Option<Arc<RefreshToken>>, CreateTokenError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.edit(id, &edit))
+            .await
+            .map_err(|e| CreateTokenError::Task(e.to_string()))??)
+    }
+
+    /// Gives token `id` a new secret, returned with the token; the old one
+    /// keeps exchanging until `old_until` (Unix seconds), or stops at once
+    /// (`None`), and then so do the access tokens issued under it.
+    pub(crate) async fn rotate_refresh_token(
+        &self,
+        id: u64,
+        old_until: Option<u64>,
+    ) -> Result<Option<(Arc<RefreshToken>, String)>, CreateTokenError> {
+        let secret = new_refresh_token().map_err(CreateTokenError::Random)?;
+        let parsed = parse_refresh(&secret)
+            .map_err(|e| CreateTokenError::Task(format!("minted a malformed token: {e}")))?;
+        let hash = self.hasher.hash(&parsed);
+        let rotated = self
+            .edit_refresh_token(id, Edit::Secret { hash, old_until })
+            .await?;
+        if rotated.is_some() && old_until.is_none() {
+            // Refused already through the old version's flag; this frees them.
+            self.access.revoke_refresh(&[id]);
+        }
+        Ok(rotated.map(|t| (t, secret)))
     }
 }

@@ -87,7 +87,20 @@ on_both_backends!(
     usage_adds_up_and_survives_restarts,
     restart_keeps_refresh_tokens_and_never_reuses_ids,
     restrictions_are_stored_and_enforced_after_a_restart,
+    edits_reach_live_access_tokens_at_once_and_persist,
+    rotation_ends_the_old_secret_at_once_or_after_its_grace,
 );
+
+/// One admin call with a JSON body; the answer.
+async fn admin(gw: &TestGateway, method: &str, path: &str, body: Value) -> common::Resp {
+    gw.client.admin_json(method, path, &body).await
+}
+
+fn token_in(all: &[Value], id: u64) -> &Value {
+    all.iter()
+        .find(|t| t["id"] == id)
+        .unwrap_or_else(|| panic!("token {id} listed: {all:?}"))
+}
 
 async fn list(gw: &TestGateway) -> Vec<Value> {
     let r = gw.client.admin_call("GET", "/api/refresh-tokens").await;
@@ -285,6 +298,247 @@ mod behaviour {
     /// Issue 13: scopes, read-only, networks and a rate are stored with the
     /// token, listed as created, and enforced by the next process too; a
     /// token without them stays unrestricted.
+    /// Issue 13 item 4: `PATCH` changes name, expiry and restrictions; the
+    /// token's live access tokens are held to the change from their next
+    /// request (nothing outside the new rules reaches the upstream); every
+    /// change is audited and survives a restart.
+    pub(super) async fn edits_reach_live_access_tokens_at_once_and_persist(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let (id, refresh) = gw.create_token("nightly").await;
+        let access = gw.exchange(&refresh).await;
+        let post = |gw: &TestGateway, access: &str| {
+            let req = gw
+                .client
+                .public_req("POST", "/api/write")
+                .header("authorization", format!("Bearer {access}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .unwrap();
+            let client = gw.client.clone();
+            async move { client.send(req).await.status }
+        };
+        assert_eq!(post(&gw, &access).await, StatusCode::OK);
+        let path = format!("/api/refresh-tokens/{id}");
+
+        // Read-only and renamed: the same access token may no longer write.
+        let r = admin(
+            &gw,
+            "PATCH",
+            &path,
+            json!({"read_only": true, "name": "nightly (ro)"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["name"], "nightly (ro)");
+        assert_eq!(r.json()["read_only"], true);
+        let hits = up.hits();
+        assert_eq!(post(&gw, &access).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            up.hits(),
+            hits,
+            "a refused write never reaches the upstream"
+        );
+        assert_eq!(
+            gw.client.api_get("/api/read", &access).await.status,
+            StatusCode::OK
+        );
+
+        // A network the client is outside of: refused, exchange too.
+        let r = admin(&gw, "PATCH", &path, json!({"networks": ["10.0.0.0/8"]})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let hits = up.hits();
+        assert_eq!(
+            gw.client.api_get("/api/read", &access).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            exchange_status(&gw, &refresh).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(up.hits(), hits);
+        // Cleared again (null): reads work; the read-only flag stayed.
+        let r = admin(
+            &gw,
+            "PATCH",
+            &path,
+            json!({"networks": null, "expires": "2d"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["networks"], json!([]));
+        assert_eq!(r.json()["read_only"], true);
+        assert_eq!(r.json()["expiring_soon"], true);
+        assert_eq!(
+            gw.client.api_get("/api/read", &access).await.status,
+            StatusCode::OK
+        );
+
+        // Bad edits: 400 naming the field, 404 for an unknown id, nothing changed.
+        for (body, field) in [
+            (
+                json!({"scopes": [{"methods": ["GET"], "path": "relative"}]}),
+                "scopes[0].path",
+            ),
+            (
+                json!({"rate_limit": {"per_second": 0, "burst": 1}}),
+                "rate_limit.per_second",
+            ),
+            (json!({"expires": "2001-01-01"}), "expires"),
+            (json!({"colour": "red"}), "colour"),
+            (json!({}), "nothing to change"),
+        ] {
+            let r = admin(&gw, "PATCH", &path, body.clone()).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+            let text = r.json()["error_description"].as_str().unwrap().to_owned();
+            assert!(text.contains(field), "{body}: {text}");
+        }
+        let r = admin(
+            &gw,
+            "PATCH",
+            "/api/refresh-tokens/999999",
+            json!({"name": "x"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+        let before = list(&gw).await;
+        let listed = token_in(&before, id).clone();
+        assert_eq!(listed["name"], "nightly (ro)");
+        let edits: Vec<Value> = gw
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == "refresh_token.updated" && l["token_id"] == id)
+            .collect();
+        assert_eq!(edits.len(), 3, "{edits:?}");
+        assert_eq!(edits[0]["reason"], "name,read_only");
+
+        // A restart keeps every edit (access tokens end, as DPA's rule says).
+        let gw = gw.restart().await;
+        let after = list(&gw).await;
+        let kept = token_in(&after, id);
+        for k in [
+            "name",
+            "expires_at",
+            "read_only",
+            "networks",
+            "scopes",
+            "rate_limit",
+        ] {
+            assert_eq!(kept[k], listed[k], "{k} after a restart");
+        }
+        let access = gw.exchange(&refresh).await;
+        assert_eq!(post(&gw, &access).await, StatusCode::FORBIDDEN);
+        // Full access again: writes pass.
+        let r = admin(&gw, "PATCH", &path, json!({"read_only": false})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(post(&gw, &access).await, StatusCode::OK);
+    }
+
+    /// Issue 13 item 4: `rotate` issues a new secret for the same token (id,
+    /// name, restrictions, usage history). With no grace period the old
+    /// secret and its access tokens stop at once; with one, the old secret
+    /// exchanges until it ends, across a restart, and never after.
+    pub(super) async fn rotation_ends_the_old_secret_at_once_or_after_its_grace(kind: Kind) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let r = admin(
+            &gw,
+            "POST",
+            "/api/refresh-tokens",
+            json!({"name": "rotating", "read_only": true}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let id = r.json()["id"].as_u64().unwrap();
+        let first = r.json()["token"].as_str().unwrap().to_owned();
+        let old_access = gw.exchange(&first).await;
+        let path = format!("/api/refresh-tokens/{id}/rotate");
+
+        // At once.
+        let r = admin(&gw, "POST", &path, json!({"grace_seconds": 0})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let rotated = r.json();
+        assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+        assert_eq!(rotated["id"], id);
+        assert_eq!(rotated["name"], "rotating");
+        assert_eq!(rotated["read_only"], true);
+        assert_eq!(rotated["previous_token_valid_until"], Value::Null);
+        let second = rotated["token"].as_str().unwrap().to_owned();
+        assert_ne!(second, first);
+        assert_eq!(
+            exchange_status(&gw, &first).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            gw.client.api_get("/api/x", &old_access).await.status,
+            StatusCode::UNAUTHORIZED,
+            "access tokens issued under the old secret end with it"
+        );
+        let access = gw.exchange(&second).await;
+        assert_eq!(
+            gw.client.api_get("/api/x", &access).await.status,
+            StatusCode::OK
+        );
+
+        // With a grace period of an hour: both secrets work, and the access
+        // tokens of the old one keep working.
+        let r = admin(&gw, "POST", &path, json!({"grace_seconds": 3600})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(r.json()["previous_token_valid_until"].is_string());
+        let third = r.json()["token"].as_str().unwrap().to_owned();
+        assert_eq!(
+            gw.client.api_get("/api/x", &access).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(exchange_status(&gw, &second).await.0, StatusCode::OK);
+        assert_eq!(exchange_status(&gw, &third).await.0, StatusCode::OK);
+        // Usage history stayed with the token: 4 exchanges so far, counted once each.
+        let listed = list(&gw).await;
+        assert_eq!(token_in(&listed, id)["use_count"], 4);
+
+        // Across a restart, inside the grace period: still both.
+        let gw = gw.restart().await;
+        assert_eq!(exchange_status(&gw, &second).await.0, StatusCode::OK);
+        assert_eq!(exchange_status(&gw, &third).await.0, StatusCode::OK);
+        // Past it: only the new one.
+        gw.clock.advance(Duration::from_secs(3601));
+        let (status, body) = exchange_status(&gw, &second).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+        assert_eq!(exchange_status(&gw, &third).await.0, StatusCode::OK);
+
+        // Bad requests name the field; an unknown id is 404.
+        for body in [
+            json!({"grace_seconds": -1}),
+            json!({"grace_seconds": 99_999_999}),
+            json!({"grace": 1}),
+        ] {
+            let r = admin(&gw, "POST", &path, body.clone()).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+            assert!(r.text().contains("grace"), "{}", r.text());
+        }
+        let r = admin(&gw, "POST", "/api/refresh-tokens/999999/rotate", json!({})).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        let rotations = gw
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == "refresh_token.rotated" && l["token_id"] == id)
+            .count();
+        assert_eq!(rotations, 2);
+        let all = gw.audit_lines();
+        let text = serde_json::to_string(&all).unwrap();
+        for secret in [&first, &second, &third] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "no secret in the audit log"
+            );
+        }
+    }
+
     pub(super) async fn restrictions_are_stored_and_enforced_after_a_restart(kind: Kind) {
         let backend = Backend::new(kind);
         let up = upstream().await;

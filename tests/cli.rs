@@ -125,6 +125,137 @@ async fn create_list_delete() {
     assert_eq!(r.json()["error"], "invalid_grant");
 }
 
+/// Issue 13 items 4-6 from the command line: create with restrictions,
+/// edit, rotate, and list the tokens that expire soon.
+#[tokio::test]
+async fn restrict_edit_rotate_and_list_expiring() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let json = |o: &Out| -> serde_json::Value {
+        assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+
+    let v = json(
+        &cli(
+            &gw,
+            ADMIN_PASSWORD,
+            &[
+                "create",
+                "--name",
+                "report",
+                "--expires",
+                "3d",
+                "--scope",
+                "GET,HEAD /iwc/api/databases/**",
+                "--network",
+                "127.0.0.0/8",
+                "--rate",
+                "5",
+                "--burst",
+                "10",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    let id = v["id"].as_u64().unwrap().to_string();
+    assert_eq!(
+        v["scopes"],
+        serde_json::json!([{"methods": ["GET", "HEAD"], "path": "/iwc/api/databases/**"}])
+    );
+    assert_eq!(v["networks"], serde_json::json!(["127.0.0.0/8"]));
+    assert_eq!(
+        v["rate_limit"],
+        serde_json::json!({"per_second": 5, "burst": 10})
+    );
+    let refresh = v["token"].as_str().unwrap().to_owned();
+    let o = cli(
+        &gw,
+        ADMIN_PASSWORD,
+        &["create", "--name", "later", "--read-only"],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    // The table shows restrictions at a glance and flags the one expiring.
+    let o = cli(&gw, ADMIN_PASSWORD, &["list"]).await;
+    assert!(
+        o.stdout.lines().next().unwrap().contains("RESTRICTIONS"),
+        "{}",
+        o.stdout
+    );
+    let report = o.stdout.lines().find(|l| l.contains("report")).unwrap();
+    assert!(report.contains("expiring soon"), "{report}");
+    assert!(
+        report.contains("GET,HEAD /iwc/api/databases/**"),
+        "{report}"
+    );
+    assert!(report.contains("5/s burst 10"), "{report}");
+    let later = o.stdout.lines().find(|l| l.contains("later")).unwrap();
+    assert!(
+        later.contains("read-only") && !later.contains("expiring"),
+        "{later}"
+    );
+    // --expiring keeps only what expires within the window.
+    let v = json(&cli(&gw, ADMIN_PASSWORD, &["list", "--expiring", "7d", "--json"]).await);
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["report"]);
+    let v = json(&cli(&gw, ADMIN_PASSWORD, &["list", "--expiring", "1d", "--json"]).await);
+    assert_eq!(v, serde_json::json!([]));
+    let stats = gw.client.admin_call("GET", "/api/stats").await.json();
+    assert_eq!(stats["refresh_tokens_expiring_soon"], 1);
+
+    // Edit: a new expiry and no rate limit; the rest stays.
+    let v = json(
+        &cli(
+            &gw,
+            ADMIN_PASSWORD,
+            &["edit", &id, "--expires", "60d", "--no-rate-limit", "--json"],
+        )
+        .await,
+    );
+    assert_eq!(v["rate_limit"], serde_json::Value::Null);
+    assert_eq!(v["networks"], serde_json::json!(["127.0.0.0/8"]));
+    assert_eq!(v["expiring_soon"], false);
+    let o = cli(&gw, ADMIN_PASSWORD, &["edit", &id]).await;
+    assert_eq!(o.code, 2, "nothing to change: {}", o.stderr);
+    let o = cli(&gw, ADMIN_PASSWORD, &["edit", "9999", "--name", "x"]).await;
+    assert_eq!(o.code, 4, "{}", o.stderr);
+    let o = cli(
+        &gw,
+        ADMIN_PASSWORD,
+        &["edit", &id, "--scope", "GET relative/path"],
+    )
+    .await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("scopes[0].path"), "{}", o.stderr);
+
+    // Rotate with a grace period: a new string printed, both work for now.
+    let o = cli(&gw, ADMIN_PASSWORD, &["rotate", &id, "--grace", "1h"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let new = o.stdout.trim().to_owned();
+    assert!(new.starts_with("tgr_") && new != refresh, "{}", o.stdout);
+    assert!(o.stderr.contains("keeps working until"), "{}", o.stderr);
+    gw.exchange(&new).await;
+    gw.exchange(&refresh).await;
+    // And at once: the previous string stops.
+    let o = cli(&gw, ADMIN_PASSWORD, &["rotate", &id]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("stopped working now"), "{}", o.stderr);
+    let r = gw
+        .client
+        .token_form(&format!("grant_type=refresh_token&refresh_token={new}"))
+        .await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+    gw.exchange(o.stdout.trim()).await;
+}
+
 #[tokio::test]
 async fn exit_codes_say_what_went_wrong() {
     let up = upstream().await;

@@ -1024,3 +1024,96 @@ async fn a_restricted_token_made_on_one_replica_is_enforced_on_the_other() {
         assert_eq!(on_b[k], restrictions[k], "{k} on beta");
     }
 }
+
+/// Issue 13 item 4 across replicas: an edit made on one replica holds the
+/// token's access tokens on the other to it within the revocation bound,
+/// and a rotation with no grace period ends the old secret and its access
+/// tokens there just as a delete does, while the new secret works at once.
+#[tokio::test]
+async fn edits_and_rotations_on_one_replica_reach_the_other() {
+    let db = TestDb::new();
+    let up = common::upstream().await;
+    let cluster = Cluster::new(&db.url, up.addr);
+    let (a, b) = two(&cluster).await;
+    settled(&[&a, &b]).await;
+    let (id, refresh) = a.create_token("edited on alpha").await;
+    let on_b = b.exchange(&refresh).await;
+    assert_accepted(&b, &on_b, "before the edit").await;
+
+    // A scope that excludes what `call` requests: beta refuses within the bound.
+    let r = a
+        .client()
+        .admin_json(
+            "PATCH",
+            &format!("/api/refresh-tokens/{id}"),
+            &serde_json::json!({"scopes": [{"methods": ["GET"], "path": "/elsewhere/**"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let since = Instant::now();
+    within_bound(since, REVOCATION_BOUND, "an edit reaching beta", || {
+        let (b, on_b) = (&b, &on_b);
+        async move {
+            let r = b.call(on_b).await;
+            match r.status {
+                StatusCode::FORBIDDEN if error_code(&r) == "insufficient_scope" => Ok(()),
+                s => Err(format!("{s} {}", r.text())),
+            }
+        }
+    })
+    .await;
+    let listed = eventually(PATIENCE, "beta lists the edit", || {
+        let b = &b;
+        async move {
+            b.list()
+                .await
+                .into_iter()
+                .find(|t| t["id"] == id && t["scopes"].as_array().is_some_and(|s| !s.is_empty()))
+        }
+    })
+    .await;
+    assert_eq!(listed["scopes"][0]["path"], "/elsewhere/**");
+
+    // Rotation with no grace period, on alpha: beta ends the old secret and
+    // the access tokens issued under it within the bound.
+    let r = a
+        .client()
+        .admin_json(
+            "POST",
+            &format!("/api/refresh-tokens/{id}/rotate"),
+            &serde_json::json!({"grace_seconds": 0}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let since = Instant::now();
+    let new_secret = r.json()["token"].as_str().unwrap().to_owned();
+    within_bound(
+        since,
+        REVOCATION_BOUND,
+        "the old secret refused on beta",
+        || exchange_refused(&b, &refresh),
+    )
+    .await;
+    within_bound(
+        since,
+        REVOCATION_BOUND,
+        "the old secret's access tokens refused on beta",
+        || {
+            // 403 (the scope) until the rotation lands, then 401.
+            let (b, on_b) = (&b, &on_b);
+            async move {
+                let r = b.call(on_b).await;
+                match r.status {
+                    StatusCode::UNAUTHORIZED if error_code(&r) == "invalid_token" => Ok(()),
+                    s => Err(format!("{s} {}", r.text())),
+                }
+            }
+        },
+    )
+    .await;
+    // The new secret works on beta at once, held to the same scope.
+    let fresh = b.exchange(&new_secret).await;
+    let r = b.call(&fresh).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(error_code(&r), "insufficient_scope");
+}

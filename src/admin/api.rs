@@ -37,6 +37,54 @@ pub struct CreatedToken {
     pub restrictions: RestrictionSpec,
 }
 
+/// `PATCH /api/refresh-tokens/{id}`: each field present is changed, each
+/// absent one stays. `null` clears a restriction (`scopes`, `networks`,
+/// `rate_limit`) or, for `expires`, means never. What the CLI sends; the
+/// server reads the body field by field, to name the one at fault.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditToken {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `"never"`, a lifetime (`30d`) or a time, as at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<ScopeRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
+    /// `Some(None)` is sent as `null`: remove the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Option<RateLimit>>,
+}
+
+/// `POST /api/refresh-tokens/{id}/rotate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateToken {
+    /// How long the old secret keeps working; 0 (the default) = it stops
+    /// now, and so does every access token issued under it.
+    #[serde(default)]
+    pub grace_seconds: u64,
+}
+
+/// The answer to a rotation: what create answers (the new token string,
+/// shown this once), and until when the old secret still works.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotatedToken {
+    #[serde(flatten)]
+    pub token: CreatedToken,
+    /// `null`: the old secret stopped at once.
+    pub previous_token_valid_until: Option<String>,
+}
+
+/// The longest grace period a rotation may give the old secret.
+pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+
+/// Tokens expiring within this are flagged (`expiring_soon`, the page, the
+/// count in `GET /api/stats`).
+pub const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
+
 /// One row of `GET /api/refresh-tokens` (never a token string).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenInfo {
@@ -50,6 +98,9 @@ pub struct TokenInfo {
     pub last_user_agent: Option<String>,
     /// `active` or `expired`.
     pub status: String,
+    /// Active and expiring within 7 days: time to rotate or extend it.
+    #[serde(default)]
+    pub expiring_soon: bool,
     /// Scopes, networks and rate; empty, false and null = full access.
     #[serde(flatten)]
     pub restrictions: RestrictionSpec,
@@ -107,6 +158,10 @@ pub struct Stats {
     pub live_access_tokens: u64,
     /// Refresh tokens in the store, expired ones included.
     pub refresh_tokens: u64,
+    /// Of those, active ones that expire within 7 days: a monitoring system
+    /// can alert on this before a script's credential lapses.
+    #[serde(default)]
+    pub refresh_tokens_expiring_soon: u64,
     /// Open connections on the public listener (all workers), TLS handshakes
     /// in progress included.
     pub public_connections: u64,

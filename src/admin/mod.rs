@@ -178,9 +178,20 @@ impl AdminHandler {
                 Method::POST => self.delete_many(peer, req).await,
                 _ => method_not_allowed("POST"),
             },
+            (_, Some(rest)) if rest.ends_with("/rotate") => match method {
+                Method::POST => {
+                    let id = rest.trim_end_matches("/rotate").to_owned();
+                    self.rotate_secret(peer, &id, req).await
+                }
+                _ => method_not_allowed("POST"),
+            },
             (_, Some(id)) => match method {
                 Method::DELETE => self.delete_one(peer, id).await,
-                _ => method_not_allowed("DELETE"),
+                Method::PATCH => {
+                    let id = id.to_owned();
+                    self.edit(peer, &id, req).await
+                }
+                _ => method_not_allowed("DELETE, PATCH"),
             },
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
@@ -359,6 +370,11 @@ impl AdminHandler {
             &Stats {
                 live_access_tokens: count(self.state.access.len()),
                 refresh_tokens: count(self.state.store.len()),
+                refresh_tokens_expiring_soon: count(
+                    self.state
+                        .store
+                        .expiring_within(self.state.clock.unix(), api::EXPIRING_SOON_SECS),
+                ),
                 public_connections: count(self.public.per_worker().iter().sum()),
                 access_tokens_evicted: self.state.access.evicted(),
                 cluster: self.state.cluster.as_ref().map(|c| ClusterStats {

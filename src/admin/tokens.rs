@@ -10,14 +10,14 @@ use serde_json::Value;
 
 use super::api::{
     parse_expiry, validate_name, CreateToken, CreatedToken, DeleteTokens, DeletedToken,
-    DeletedTokens, RestrictionSpec, TokenInfo,
+    DeletedTokens, RestrictionSpec, RotatedToken, TokenInfo, EXPIRING_SOON_SECS, MAX_GRACE_SECONDS,
 };
 use super::{bad, json_body, AdminHandler};
 use crate::audit::Event;
 use crate::clock::rfc3339;
 use crate::http::{empty, error, json, no_store, Reply};
 use crate::restrict::{parse_networks, parse_rate_limit, parse_read_only, parse_scopes};
-use crate::store::RefreshToken;
+use crate::store::{Edit, RefreshToken};
 
 fn info(r: &RefreshToken, now: u64) -> TokenInfo {
     let client = r.last_client();
@@ -36,7 +36,20 @@ fn info(r: &RefreshToken, now: u64) -> TokenInfo {
             "active"
         }
         .into(),
+        expiring_soon: crate::store::expires_soon(r.expires, now, EXPIRING_SOON_SECS),
         restrictions: spec_of(r),
+    }
+}
+
+/// What create and rotate answer: the token, with its string this once.
+fn created(token: &RefreshToken, secret: String) -> CreatedToken {
+    CreatedToken {
+        id: token.id,
+        name: token.name.clone(),
+        token: secret,
+        created_at: rfc3339(token.created),
+        expires_at: token.expires.map(rfc3339),
+        restrictions: spec_of(token),
     }
 }
 
@@ -82,31 +95,98 @@ impl AdminHandler {
         };
         tracing::info!(%peer, token_id = token.id, token_name = %token.name, "refresh token created");
         self.audit_token(peer, "refresh_token.created", &token);
-        let mut r = no_store(json(
-            StatusCode::CREATED,
-            &CreatedToken {
-                id: token.id,
-                name: token.name.clone(),
-                token: secret,
-                created_at: rfc3339(token.created),
-                expires_at: token.expires.map(rfc3339),
-                restrictions: spec_of(&token),
-            },
-        ));
+        let mut r = no_store(json(StatusCode::CREATED, &created(&token, secret)));
         if let Ok(loc) = HeaderValue::from_str(&format!("/api/refresh-tokens/{}", token.id)) {
             r.headers_mut().insert(LOCATION, loc);
         }
         r
     }
 
+    /// `PATCH /api/refresh-tokens/{id}`: name, expiry and restrictions,
+    /// in force from the next request of the token's live access tokens.
+    pub(super) async fn edit(&self, peer: SocketAddr, id: &str, req: Request<Incoming>) -> Reply {
+        let Some(id) = parse_id(id) else {
+            return not_found();
+        };
+        let body = match json_body(req, self.body_read_timeout()).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let (edit, changed) = match edit_request(&body, self.state.clock.unix()) {
+            Ok(x) => x,
+            Err(text) => return bad(text),
+        };
+        let token = match self.state.edit_refresh_token(id, edit).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return not_found(),
+            Err(e) => return internal("editing a refresh token failed", e),
+        };
+        tracing::info!(%peer, token_id = token.id, token_name = %token.name, fields = %changed, "refresh token edited");
+        self.audit_change(peer, "refresh_token.updated", &token, &changed);
+        no_store(json(StatusCode::OK, &info(&token, self.state.clock.unix())))
+    }
+
+    /// `POST /api/refresh-tokens/{id}/rotate`: a new secret for the same
+    /// token (id, name, restrictions, usage), shown this once.
+    pub(super) async fn rotate_secret(
+        &self,
+        peer: SocketAddr,
+        id: &str,
+        req: Request<Incoming>,
+    ) -> Reply {
+        let Some(id) = parse_id(id) else {
+            return not_found();
+        };
+        let body = match json_body(req, self.body_read_timeout()).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let grace = match grace_seconds(&body) {
+            Ok(g) => g,
+            Err(text) => return bad(text),
+        };
+        let now = self.state.clock.unix();
+        let old_until = (grace > 0).then(|| now.saturating_add(grace));
+        let (token, secret) = match self.state.rotate_refresh_token(id, old_until).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return not_found(),
+            Err(e) => return internal("rotating a refresh token failed", e),
+        };
+        let how = match old_until {
+            Some(_) => format!("old secret valid for {grace} s more"),
+            None => "old secret and its access tokens ended at once".to_owned(),
+        };
+        tracing::info!(%peer, token_id = token.id, token_name = %token.name, "refresh token rotated: {how}");
+        self.audit_change(peer, "refresh_token.rotated", &token, &how);
+        no_store(json(
+            StatusCode::OK,
+            &RotatedToken {
+                token: created(&token, secret),
+                previous_token_valid_until: old_until.map(rfc3339),
+            },
+        ))
+    }
+
     /// One audit line for an administrator's action on a refresh token.
     fn audit_token(&self, peer: SocketAddr, event: &'static str, token: &RefreshToken) {
+        self.audit_change(peer, event, token, "");
+    }
+
+    /// As `audit_token`, saying what changed (`reason`), if anything.
+    fn audit_change(
+        &self,
+        peer: SocketAddr,
+        event: &'static str,
+        token: &RefreshToken,
+        what: &str,
+    ) {
         self.state.audit.record(&Event {
             event,
             actor: Some("admin"),
             client_ip: Some(peer.ip().to_canonical()),
             token_id: Some(token.id),
             token_name: Some(&token.name),
+            reason: (!what.is_empty()).then_some(what),
             ..Default::default()
         });
     }
@@ -134,13 +214,6 @@ impl AdminHandler {
     }
 
     pub(super) async fn delete_one(&self, peer: SocketAddr, id: &str) -> Reply {
-        let not_found = || {
-            error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no refresh token with that id",
-            )
-        };
         let Some(id) = parse_id(id) else {
             return not_found();
         };
@@ -202,13 +275,8 @@ impl AdminHandler {
     }
 }
 
-/// Checks a create request's body field by field (so each error names its
-/// field): the request, and its expiry in Unix seconds (`None` = never).
-fn create_request(
-    body: Value,
-    now: u64,
-    default_secs: u64,
-) -> Result<(CreateToken, Option<u64>), String> {
+/// A create or edit body: a JSON object of a token's fields, and no other.
+fn token_fields(body: &Value) -> Result<&serde_json::Map<String, Value>, String> {
     let Some(obj) = body.as_object() else {
         return Err("body must be a JSON object like {\"name\": \"reporting\"}".into());
     };
@@ -225,6 +293,17 @@ fn create_request(
             "unknown field {k:?}; expected name, expires, scopes, read_only, networks and rate_limit"
         ));
     }
+    Ok(obj)
+}
+
+/// Checks a create request's body field by field (so each error names its
+/// field): the request, and its expiry in Unix seconds (`None` = never).
+fn create_request(
+    body: Value,
+    now: u64,
+    default_secs: u64,
+) -> Result<(CreateToken, Option<u64>), String> {
+    let obj = token_fields(&body)?;
     let name = match obj.get("name") {
         Some(Value::String(s)) => validate_name(s)?,
         Some(_) => return Err("name must be a string".into()),
@@ -256,6 +335,70 @@ fn create_request(
         },
         expires,
     ))
+}
+
+fn not_found() -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no refresh token with that id",
+    )
+}
+
+/// Checks an edit request's body field by field: the edit, and the names
+/// of the fields it changes (for the log and the audit line).
+fn edit_request(body: &Value, now: u64) -> Result<(Edit, String), String> {
+    let obj = token_fields(body)?;
+    if obj.is_empty() {
+        return Err(
+            "the body names nothing to change: send one or more of name, expires, scopes, read_only, networks and rate_limit".into(),
+        );
+    }
+    let name = match obj.get("name") {
+        None => None,
+        Some(Value::String(s)) => Some(validate_name(s)?),
+        Some(_) => return Err("name must be a string".into()),
+    };
+    let expires =
+        match obj.get("expires") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => Some(parse_expiry(s, now)?),
+            Some(_) => return Err(
+                "expires must be \"never\", null or an RFC 3339 time such as 2027-05-01T00:00:00Z"
+                    .into(),
+            ),
+        };
+    let edit = Edit::Fields {
+        name,
+        expires,
+        scopes: obj.get("scopes").map(parse_scopes).transpose()?,
+        read_only: obj.get("read_only").map(parse_read_only).transpose()?,
+        networks: obj.get("networks").map(parse_networks).transpose()?,
+        rate_limit: obj.get("rate_limit").map(parse_rate_limit).transpose()?,
+    };
+    let mut changed: Vec<&str> = obj.keys().map(String::as_str).collect();
+    changed.sort_unstable();
+    Ok((edit, changed.join(",")))
+}
+
+/// A rotate request's `grace_seconds` (absent: 0).
+fn grace_seconds(body: &Value) -> Result<u64, String> {
+    let Some(obj) = body.as_object() else {
+        return Err("body must be a JSON object like {\"grace_seconds\": 3600}".into());
+    };
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "grace_seconds") {
+        return Err(format!("unknown field {k:?}; expected grace_seconds"));
+    }
+    match obj.get("grace_seconds") {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= MAX_GRACE_SECONDS => Ok(n),
+            _ => Err(format!(
+                "grace_seconds must be a whole number of seconds from 0 (the old token stops now) to {MAX_GRACE_SECONDS} (30 days)"
+            )),
+        },
+    }
 }
 
 fn parse_id(text: &str) -> Option<u64> {

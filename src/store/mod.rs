@@ -27,6 +27,7 @@ use dashmap::DashMap;
 use crate::config::{PostgresConfig, StorageBackend, StorageConfig};
 use crate::restrict::RestrictionSpec;
 
+pub(crate) use record::Edit;
 pub(crate) use record::RefreshHash;
 pub(crate) use record::RefreshRecord;
 pub use record::RefreshToken;
@@ -92,6 +93,13 @@ pub(crate) trait Backend: Send + Sync {
     /// Deletes those of `ids` that exist; returns the ids it deleted, with
     /// their names.
     fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError>;
+    /// Edits token `id` (its fields, or its secret) in one transaction;
+    /// returns its hash and record as now stored, or `None` if no such id.
+    fn update(
+        &self,
+        id: u64,
+        edit: &Edit,
+    ) -> Result<Option<(RefreshHash, RefreshRecord)>, StoreError>;
     /// Adds the usage of tokens that still exist (counts add up, the later
     /// use wins); returns how many tokens it wrote.
     fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError>;
@@ -124,6 +132,11 @@ pub struct RefreshStore {
     /// creates commit in id order (under the feed's lock), so a missing id
     /// at or below it was deleted, and one above it may be new.
     seen_up_to: AtomicU64,
+}
+
+/// Whether an expiry (`None`: never) falls after `now` and within `secs` of it.
+pub(crate) fn expires_soon(expires: Option<u64>, now: u64, secs: u64) -> bool {
+    expires.is_some_and(|e| e > now && e - now <= secs)
 }
 
 /// How long a deleted id is remembered against a late mapping.
@@ -173,6 +186,10 @@ impl RefreshStore {
         for (hash, rec) in store.backend.load()? {
             let token = Arc::new(RefreshToken::from_record(&rec));
             store.by_hash.insert(hash, token.clone());
+            if let Some(p) = rec.previous {
+                // Its grace end is checked at each exchange (`retired_secret`).
+                store.by_hash.insert(p.hash, token.clone());
+            }
             store.by_id.insert(rec.id, (hash, token));
             store.seen_up_to.fetch_max(rec.id, Ordering::Relaxed);
         }
@@ -204,8 +221,96 @@ impl RefreshStore {
             return token;
         }
         self.by_hash.insert(hash, token.clone());
+        if let Some(p) = rec.previous {
+            self.by_hash.insert(p.hash, token.clone());
+        }
         entry.or_insert((hash, token.clone()));
         token
+    }
+
+    /// Maps the edited version of a token (`rec`, stored under `hash`) in
+    /// place of the one mapped under its id, and tells the old version's
+    /// access tokens what became of them: a new secret with no grace
+    /// period ends them (the old secret may have leaked, and they came
+    /// from it); any other edit sends them on to the new version at their
+    /// next request. A token not mapped here yet is mapped as new.
+    fn replace(&self, hash: RefreshHash, rec: &RefreshRecord) -> Arc<RefreshToken> {
+        let Some(mut entry) = self.by_id.get_mut(&rec.id) else {
+            return self.map(hash, rec);
+        };
+        let (old_hash, old) = entry.value().clone();
+        let new = Arc::new(old.successor(rec));
+        // New keys first, so an exchange never finds neither.
+        self.by_hash.insert(hash, new.clone());
+        let grace = rec.previous.map(|p| p.hash);
+        if let Some(p) = grace {
+            self.by_hash.insert(p, new.clone());
+        }
+        for stale in [Some(old_hash), old.previous().map(|p| p.hash)]
+            .into_iter()
+            .flatten()
+        {
+            if stale != hash && Some(stale) != grace {
+                self.by_hash.remove(&stale);
+            }
+        }
+        *entry.value_mut() = (hash, new.clone());
+        drop(entry);
+        if old_hash != hash && grace != Some(old_hash) {
+            old.revoke();
+        } else {
+            old.supersede();
+        }
+        new
+    }
+
+    /// Edits token `id` (blocking): its fields, or a new secret. `None`:
+    /// no such token. The edit is committed before it is mapped, and
+    /// applies to the token's live access tokens at their next request.
+    pub(crate) fn edit(
+        &self,
+        id: u64,
+        edit: &Edit,
+    ) -> Result<Option<Arc<RefreshToken>>, StoreError> {
+        let _w = self.lock();
+        Ok(self
+            .backend
+            .update(id, edit)?
+            .map(|(hash, rec)| self.replace(hash, &rec)))
+    }
+
+    /// Applies an edit another replica committed (from the change feed, or
+    /// a reconcile that found a record changed): nothing is written. A
+    /// deleted id stays deleted.
+    pub(crate) fn apply_updated(&self, hash: RefreshHash, rec: &RefreshRecord) {
+        self.seen_up_to.fetch_max(rec.id, Ordering::AcqRel);
+        if self.is_tombstoned(rec.id) {
+            return;
+        }
+        if let Some(current) = self.by_id.get(&rec.id) {
+            let (h, t) = current.value();
+            if *h == hash && t.matches(rec) {
+                // Our own edit, already mapped (the feed carries ours too).
+                return;
+            }
+        }
+        self.replace(hash, rec);
+    }
+
+    /// Forgets rotated-out secrets whose grace period is over (they are
+    /// refused at the exchange already; this frees their map entries).
+    pub(crate) fn sweep_secrets(&self, now: u64) {
+        let over: Vec<RefreshHash> = self
+            .by_id
+            .iter()
+            .filter_map(|e| e.value().1.previous())
+            .filter(|p| now >= p.until)
+            .map(|p| p.hash)
+            .collect();
+        for hash in over {
+            self.by_hash
+                .remove_if(&hash, |_, t| t.retired_secret(&hash, now));
+        }
     }
 
     fn is_tombstoned(&self, id: u64) -> bool {
@@ -385,6 +490,14 @@ impl RefreshStore {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Tokens still active at `now` that expire within `secs` of it.
+    pub(crate) fn expiring_within(&self, now: u64, secs: u64) -> usize {
+        self.by_id
+            .iter()
+            .filter(|e| expires_soon(e.value().1.expires, now, secs))
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,7 +3,7 @@
 //! it issued.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,17 @@ pub(crate) struct RefreshRecord {
     /// included) = full access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) restrictions: Option<RestrictionSpec>,
+    /// The secret a rotation replaced, while its grace period lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) previous: Option<PreviousSecret>,
+}
+
+/// A rotated-out secret that still exchanges until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PreviousSecret {
+    pub(crate) hash: RefreshHash,
+    /// Unix seconds; from then on the old secret is refused.
+    pub(crate) until: u64,
 }
 
 impl RefreshRecord {
@@ -50,6 +61,7 @@ impl RefreshRecord {
             last_ip: None,
             last_user_agent: None,
             restrictions: None,
+            previous: None,
         }
     }
 
@@ -64,6 +76,76 @@ impl RefreshRecord {
         RefreshRecord {
             restrictions: restrictions.filter(|r| !r.is_empty()).cloned(),
             ..RefreshRecord::new(id, name, created, expires)
+        }
+    }
+}
+
+/// A change to an existing token, applied by the backend to its stored
+/// record in one transaction.
+#[derive(Debug, Clone)]
+pub(crate) enum Edit {
+    /// `PATCH`: each field present is replaced; absent ones stay. Merged
+    /// with the stored record inside the backend's transaction, so two
+    /// administrators editing different fields lose neither edit.
+    Fields {
+        name: Option<String>,
+        /// `Some(None)`: never expires.
+        expires: Option<Option<u64>>,
+        scopes: Option<Vec<crate::restrict::ScopeRule>>,
+        read_only: Option<bool>,
+        networks: Option<Vec<String>>,
+        /// `Some(None)`: no rate limit.
+        rate_limit: Option<Option<crate::restrict::RateLimit>>,
+    },
+    /// A new secret (its hash); the old one is kept as `previous` while a
+    /// grace period lasts, or dropped at once.
+    Secret {
+        hash: RefreshHash,
+        /// Unix seconds when the old secret stops; `None`: at once.
+        old_until: Option<u64>,
+    },
+}
+
+impl Edit {
+    /// Applies the edit to a stored record and its hash.
+    pub(crate) fn apply(&self, hash: &mut RefreshHash, rec: &mut RefreshRecord) {
+        match self {
+            Edit::Fields {
+                name,
+                expires,
+                scopes,
+                read_only,
+                networks,
+                rate_limit,
+            } => {
+                if let Some(n) = name {
+                    rec.name.clone_from(n);
+                }
+                if let Some(e) = expires {
+                    rec.expires = *e;
+                }
+                let mut spec = rec.restrictions.take().unwrap_or_default();
+                if let Some(s) = scopes {
+                    spec.scopes.clone_from(s);
+                }
+                if let Some(r) = read_only {
+                    spec.read_only = *r;
+                }
+                if let Some(n) = networks {
+                    spec.networks.clone_from(n);
+                }
+                if let Some(r) = rate_limit {
+                    spec.rate_limit = *r;
+                }
+                rec.restrictions = (!spec.is_empty()).then_some(spec);
+            }
+            Edit::Secret {
+                hash: new,
+                old_until,
+            } => {
+                rec.previous = old_until.map(|until| PreviousSecret { hash: *hash, until });
+                *hash = *new;
+            }
         }
     }
 }
@@ -118,14 +200,36 @@ pub(crate) const MAX_USER_AGENT_CHARS: usize = 256;
 
 /// One refresh token in memory, shared by the store's maps and by every
 /// access token it issued (so revocation is one atomic store, seen at once).
+///
+/// Its name, expiry and restrictions never change in place: an edit or a
+/// rotation maps a new `RefreshToken` under the same id and marks this one
+/// superseded, and the access tokens that hold this one follow the id to
+/// the new one at their next request. The usage counts are shared by every
+/// version, so an exchange racing an edit is never lost.
 #[derive(Debug)]
 pub struct RefreshToken {
     pub id: u64,
     pub name: String,
     pub created: u64,
     pub expires: Option<u64>,
-    /// Set when the token is deleted; every access token it issued checks this.
+    /// Set when the token is deleted or superseded; every access token it
+    /// issued checks this (one load on the request path).
     revoked: AtomicBool,
+    /// Set with `revoked` when an edit or rotation replaced this version:
+    /// its access tokens follow the id instead of being refused.
+    superseded: AtomicBool,
+    usage: Arc<Usage>,
+    /// Scopes, networks and rate; `None` (the common case) = full access,
+    /// one branch on the request path. Boxed so an unrestricted token
+    /// carries one pointer.
+    restrictions: Option<Box<Restrictions>>,
+    /// A rotated-out secret still accepted until its grace period ends.
+    previous: Option<PreviousSecret>,
+}
+
+/// How a token has been used, shared by all its versions.
+#[derive(Debug)]
+struct Usage {
     /// Unix seconds of the last exchange, 0 = never. Flushed to disk in batches.
     last_used: AtomicU64,
     use_count: AtomicU64,
@@ -136,28 +240,40 @@ pub struct RefreshToken {
     /// How much of `use_count` the backend already holds; only the flusher
     /// (under the store's write lock) moves it.
     flushed_count: AtomicU64,
-    /// Scopes, networks and rate; `None` (the common case) = full access,
-    /// one branch on the request path. Boxed so an unrestricted token
-    /// carries one pointer.
-    restrictions: Option<Box<Restrictions>>,
 }
 
 impl RefreshToken {
     pub(crate) fn from_record(r: &RefreshRecord) -> RefreshToken {
+        RefreshToken::version(
+            r,
+            Arc::new(Usage {
+                last_used: AtomicU64::new(r.last_used.unwrap_or(0)),
+                use_count: AtomicU64::new(r.use_count),
+                last_client: Mutex::new(LastClient {
+                    ip: r.last_ip.clone(),
+                    user_agent: r.last_user_agent.clone(),
+                }),
+                dirty: AtomicBool::new(false),
+                flushed_count: AtomicU64::new(r.use_count),
+            }),
+        )
+    }
+
+    /// The next version of this token, from its edited record: the usage
+    /// stays shared (what is in memory is newer than the record's).
+    pub(crate) fn successor(&self, r: &RefreshRecord) -> RefreshToken {
+        RefreshToken::version(r, self.usage.clone())
+    }
+
+    fn version(r: &RefreshRecord, usage: Arc<Usage>) -> RefreshToken {
         RefreshToken {
             id: r.id,
             name: r.name.clone(),
             created: r.created,
             expires: r.expires,
             revoked: AtomicBool::new(false),
-            last_used: AtomicU64::new(r.last_used.unwrap_or(0)),
-            use_count: AtomicU64::new(r.use_count),
-            last_client: Mutex::new(LastClient {
-                ip: r.last_ip.clone(),
-                user_agent: r.last_user_agent.clone(),
-            }),
-            dirty: AtomicBool::new(false),
-            flushed_count: AtomicU64::new(r.use_count),
+            superseded: AtomicBool::new(false),
+            usage,
             restrictions: r.restrictions.as_ref().and_then(|spec| {
                 // The rate bucket's timeline starts now; `Clock::now` is
                 // never earlier (its offset only moves forward).
@@ -171,7 +287,29 @@ impl RefreshToken {
                     }
                 }
             }),
+            previous: r.previous,
         }
+    }
+
+    /// Whether `hash` is this token's rotated-out secret and its grace
+    /// period is over at `now` (Unix seconds).
+    #[inline]
+    pub(crate) fn retired_secret(&self, hash: &RefreshHash, now: u64) -> bool {
+        self.previous
+            .is_some_and(|p| p.hash == *hash && now >= p.until)
+    }
+
+    pub(crate) fn previous(&self) -> Option<PreviousSecret> {
+        self.previous
+    }
+
+    /// Whether this version already holds `rec`'s editable fields (a
+    /// change from the feed that is our own edit, or one seen before).
+    pub(crate) fn matches(&self, rec: &RefreshRecord) -> bool {
+        self.name == rec.name
+            && self.expires == rec.expires
+            && self.previous == rec.previous
+            && self.restrictions.as_ref().map(|r| r.spec()) == rec.restrictions.as_ref()
     }
 
     /// Scopes, networks and rate, if the token has any.
@@ -220,12 +358,29 @@ impl RefreshToken {
         self.revoked.store(true, Ordering::Release);
     }
 
+    /// Marks this version replaced by an edit: its access tokens follow the
+    /// id to the new version (see `AccessTokens::check`).
+    pub(crate) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Release);
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    /// Replaced by an edit or a rotation with a grace period (not deleted).
+    #[inline]
+    pub(crate) fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
+    }
+
     /// Records an exchange in memory; written to disk by the next flush.
     pub(crate) fn touch(&self, now: u64, ip: Option<std::net::IpAddr>, user_agent: Option<&str>) {
-        self.last_used.store(now, Ordering::Relaxed);
-        self.use_count.fetch_add(1, Ordering::Relaxed);
+        self.usage.last_used.store(now, Ordering::Relaxed);
+        self.usage.use_count.fetch_add(1, Ordering::Relaxed);
         {
-            let mut last = self.last_client.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self
+                .usage
+                .last_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let ip = ip.map(|i| i.to_canonical().to_string());
             if last.ip != ip {
                 last.ip = ip;
@@ -235,30 +390,31 @@ impl RefreshToken {
                 last.user_agent = ua;
             }
         }
-        self.dirty.store(true, Ordering::Release);
+        self.usage.dirty.store(true, Ordering::Release);
     }
 
     pub(crate) fn last_client(&self) -> LastClient {
-        self.last_client
+        self.usage
+            .last_client
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
     pub(crate) fn last_used(&self) -> Option<u64> {
-        match self.last_used.load(Ordering::Relaxed) {
+        match self.usage.last_used.load(Ordering::Relaxed) {
             0 => None,
             t => Some(t),
         }
     }
 
     pub(crate) fn use_count(&self) -> u64 {
-        self.use_count.load(Ordering::Relaxed)
+        self.usage.use_count.load(Ordering::Relaxed)
     }
 
     /// Takes the "usage changed" mark: true if usage changed since the last take.
     pub(super) fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
+        self.usage.dirty.swap(false, Ordering::AcqRel)
     }
 
     /// The usage not yet in the backend, as of now.
@@ -269,8 +425,8 @@ impl RefreshToken {
             hash,
             uses: self
                 .use_count()
-                .saturating_sub(self.flushed_count.load(Ordering::Relaxed)),
-            last_used: self.last_used.load(Ordering::Relaxed),
+                .saturating_sub(self.usage.flushed_count.load(Ordering::Relaxed)),
+            last_used: self.usage.last_used.load(Ordering::Relaxed),
             last_ip: client.ip,
             last_user_agent: client.user_agent,
         }
@@ -278,7 +434,9 @@ impl RefreshToken {
 
     /// The backend committed `delta`: those uses are no longer pending.
     pub(super) fn flushed(&self, delta: &UsageDelta) {
-        self.flushed_count.fetch_add(delta.uses, Ordering::Relaxed);
+        self.usage
+            .flushed_count
+            .fetch_add(delta.uses, Ordering::Relaxed);
     }
 
     /// Takes in the usage the shared database holds (every replica's uses,
@@ -287,15 +445,19 @@ impl RefreshToken {
     /// meanwhile; exchanges may, and their uses stay pending: the same
     /// amount is added to the count and to what is flushed.
     pub(super) fn merge_stored(&self, row: &UsageRow) {
-        let flushed = self.flushed_count.load(Ordering::Relaxed);
+        let flushed = self.usage.flushed_count.load(Ordering::Relaxed);
         if row.use_count > flushed {
             let more = row.use_count - flushed;
-            self.flushed_count.fetch_add(more, Ordering::Relaxed);
-            self.use_count.fetch_add(more, Ordering::Relaxed);
+            self.usage.flushed_count.fetch_add(more, Ordering::Relaxed);
+            self.usage.use_count.fetch_add(more, Ordering::Relaxed);
         }
         if let Some(t) = row.last_used {
-            if self.last_used.fetch_max(t, Ordering::Relaxed) < t {
-                let mut last = self.last_client.lock().unwrap_or_else(|p| p.into_inner());
+            if self.usage.last_used.fetch_max(t, Ordering::Relaxed) < t {
+                let mut last = self
+                    .usage
+                    .last_client
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 last.ip.clone_from(&row.last_ip);
                 last.user_agent.clone_from(&row.last_user_agent);
             }
@@ -304,6 +466,6 @@ impl RefreshToken {
 
     /// Puts the mark back after a failed flush, so nothing is lost.
     pub(super) fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.usage.dirty.store(true, Ordering::Release);
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use redb::backends::FileBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::record::{RefreshHash, RefreshRecord, UsageDelta};
+use super::record::{Edit, RefreshHash, RefreshRecord, UsageDelta};
 use super::{Backend, StoreError};
 use crate::restrict::RestrictionSpec;
 
@@ -171,6 +171,43 @@ impl Backend for RedbBackend {
         }
         txn.commit()?;
         Ok(gone)
+    }
+
+    fn update(
+        &self,
+        id: u64,
+        edit: &Edit,
+    ) -> Result<Option<(RefreshHash, RefreshRecord)>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let done = {
+            let mut id_table = txn.open_table(IDS)?;
+            let mut tokens = txn.open_table(TOKENS)?;
+            let old: RefreshHash = match id_table.get(id)? {
+                Some(h) => h
+                    .value()
+                    .try_into()
+                    .map_err(|_| self.corrupt("hash is not 32 bytes"))?,
+                None => return Ok(None),
+            };
+            let mut rec: RefreshRecord = match tokens.get(&old[..])? {
+                Some(v) => {
+                    serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e.to_string()))?
+                }
+                None => return Ok(None),
+            };
+            let mut hash = old;
+            edit.apply(&mut hash, &mut rec);
+            let bytes = serde_json::to_vec(&rec)?;
+            if hash != old {
+                // A new secret: the record moves to its new key.
+                tokens.remove(&old[..])?;
+                id_table.insert(id, &hash[..])?;
+            }
+            tokens.insert(&hash[..], &bytes[..])?;
+            (hash, rec)
+        };
+        txn.commit()?;
+        Ok(Some(done))
     }
 
     fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError> {

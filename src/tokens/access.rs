@@ -487,7 +487,21 @@ impl AccessTokens {
                 return Err(AccessError::Expired);
             }
             if !entry.refresh.is_usable(wall_unix) {
-                return Err(AccessError::RefreshGone);
+                if !entry.refresh.is_superseded() {
+                    return Err(AccessError::RefreshGone);
+                }
+                // Edited since this token was issued: from now on it is
+                // held to the new version (its name, expiry, restrictions).
+                drop(entry);
+                let token = refresh(claims.refresh_id)?;
+                if !token.is_usable(wall_unix) {
+                    return Err(AccessError::RefreshGone);
+                }
+                let out = f(&token);
+                if let Some(mut e) = self.map.get_mut(&claims.id) {
+                    e.refresh = token;
+                }
+                return Ok(out);
             }
             return Ok(f(&entry.refresh));
         }
@@ -517,8 +531,12 @@ impl AccessTokens {
     /// Drops every entry that can never validate again. Returns how many.
     pub fn sweep(&self, now: Instant, wall_unix: u64) -> usize {
         let before = self.map.len();
+        // An edited token's access tokens stay: they follow it at their
+        // next request (a deleted one's are gone through its flag).
         self.map.retain(|_, e| {
-            now < e.expires && e.refresh.is_usable(wall_unix) && self.boots.contains_key(&e.boot)
+            now < e.expires
+                && (e.refresh.is_usable(wall_unix) || e.refresh.is_superseded())
+                && self.boots.contains_key(&e.boot)
         });
         // The index follows: expired ids go, and so do ids the map no longer
         // holds (their refresh token expired). Both run between requests,

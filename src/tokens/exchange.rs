@@ -70,6 +70,10 @@ impl Exchanger<'_> {
         let hash = self.hasher.hash(&parsed);
         let refresh = self.store.lookup(&hash).ok_or(ExchangeError::NotValid)?;
         let wall = self.clock.unix();
+        // A secret rotated out whose grace period is over: as unknown.
+        if refresh.retired_secret(&hash, wall) {
+            return Err(ExchangeError::NotValid);
+        }
         let remaining = match refresh.expires {
             None => u64::MAX,
             Some(e) if e > wall => e - wall,

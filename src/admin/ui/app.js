@@ -4,7 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { tokens: [], sort: { key: "name", dir: 1 }, csrf: null, defaultDays: 90, selected: new Set() };
+const state = { tokens: [], sort: { key: "name", dir: 1 }, csrf: null, defaultDays: 90, selected: new Set(),
+                editing: null, rotating: null };
 
 // ---- talking to the API -------------------------------------------------
 
@@ -92,6 +93,30 @@ function cell(text, opts = {}) {
   return td;
 }
 
+// What a token may do, at a glance: "Full access", or a tag per restriction.
+function accessCell(t) {
+  const td = document.createElement("td");
+  td.className = "access";
+  const tags = [];
+  if (t.read_only) tags.push("Read-only");
+  for (const r of t.scopes || []) tags.push(`${r.methods.join(",")} ${r.path}`);
+  if ((t.networks || []).length) tags.push(`From ${t.networks.join(", ")}`);
+  if (t.rate_limit) tags.push(`${t.rate_limit.per_second}/s, burst ${t.rate_limit.burst}`);
+  if (tags.length === 0) {
+    const s = document.createElement("span");
+    s.className = "tag full";
+    s.textContent = "Full access";
+    td.append(s);
+  }
+  for (const text of tags) {
+    const s = document.createElement("span");
+    s.className = "tag";
+    s.textContent = text;
+    td.append(s);
+  }
+  return td;
+}
+
 function sortedTokens() {
   const { key, dir } = state.sort;
   const value = (t) => key === "name" ? t.name.toLocaleLowerCase()
@@ -126,8 +151,9 @@ function render() {
     name.scope = "row";
     name.textContent = t.name;
     tr.append(name);
+    tr.append(accessCell(t));
     tr.append(cell(fmtTime(t.created_at), { className: "opt", title: t.created_at }));
-    tr.append(cell(t.expires_at ? fmtTime(t.expires_at) : "Never", { title: t.expires_at || "never expires" }));
+    tr.append(cell(t.expires_at ? fmtTime(t.expires_at) : "Never", { className: "opt3", title: t.expires_at || "never expires" }));
     tr.append(cell(t.last_used_at ? fmtTime(t.last_used_at) : "Never used", { className: "opt2", title: t.last_used_at || "" }));
     tr.append(cell(String(t.use_count ?? 0), { className: "opt" }));
     const client = cell(t.last_client_ip || "—", { className: "opt" });
@@ -138,7 +164,24 @@ function render() {
       client.append(ua);
     }
     tr.append(client);
-    tr.append(cell(t.status === "expired" ? "Expired" : "Active", { className: `status-${t.status}` }));
+    // The status, and under it what can be done with the token (one
+    // column, so the table fits a phone).
+    const status = t.status === "expired" ? cell("Expired", { className: "status-expired" })
+      : t.expiring_soon ? cell("Expires soon", { className: "status-expiring", title: "Expires within 7 days: rotate it or extend its expiry" })
+      : cell("Active", { className: "status-active" });
+    const actions = document.createElement("div");
+    actions.className = "row-actions";
+    for (const [label, action] of [["Edit", openEdit], ["Rotate", openRotate]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.className = `${label.toLowerCase()}-token`;
+      b.setAttribute("aria-label", `${label} ${t.name}`);
+      b.addEventListener("click", () => action(t));
+      actions.append(b);
+    }
+    status.append(actions);
+    tr.append(status);
     rows.append(tr);
   }
   $("empty").hidden = state.tokens.length !== 0;
@@ -203,7 +246,17 @@ function isoDate(d) {
 }
 
 function openCreate() {
+  openTokenForm(null);
+}
+
+function openEdit(t) {
+  openTokenForm(t);
+}
+
+// The create dialog, empty (create) or filled with token `t` (edit).
+function openTokenForm(t) {
   showAlert("");
+  state.editing = t;
   const today = new Date();
   const preset = new Date(today.getTime() + state.defaultDays * 86400000);
   const min = new Date(today.getTime() + 86400000);
@@ -211,10 +264,31 @@ function openCreate() {
   $("create-form").hidden = false;
   $("created").hidden = true;
   $("create-error").hidden = true;
-  $("expires-date").value = isoDate(preset);
+  $("create-title").textContent = t ? `Edit “${t.name}”` : "Create refresh token";
+  $("create-submit").textContent = t ? "Save" : "Create";
   $("expires-date").min = isoDate(min);
-  $("expires-date").disabled = false;
-  $("never-warning").hidden = true;
+  if (t) {
+    $("token-name").value = t.name;
+    $("expiry-never").checked = !t.expires_at;
+    $("expiry-date").checked = !!t.expires_at;
+    $("expires-date").value = t.expires_at ? t.expires_at.slice(0, 10) : isoDate(preset);
+    const custom = (t.scopes || []).length > 0;
+    $("access-custom").checked = custom;
+    $("access-read").checked = !custom && t.read_only;
+    $("access-full").checked = !custom && !t.read_only;
+    $("token-rules").value = (t.scopes || []).map((r) => `${r.methods.join(",")} ${r.path}`).join("\n");
+    $("token-networks").value = (t.networks || []).join(", ");
+    $("token-rate").value = t.rate_limit ? t.rate_limit.per_second : "";
+    $("token-burst").value = t.rate_limit ? t.rate_limit.burst : "";
+  } else {
+    $("expires-date").value = isoDate(preset);
+  }
+  // Only an expiry the administrator changes is sent on edit: the date
+  // field cannot show the time of day the token expires at.
+  $("expires-date").dataset.initial = $("expires-date").value;
+  $("expiry-never").dataset.initial = String($("expiry-never").checked);
+  expiryChanged();
+  accessChanged();
   $("create-dialog").showModal();
   $("token-name").focus();
 }
@@ -225,33 +299,119 @@ function expiryChanged() {
   $("expires-date").disabled = never;
 }
 
+function accessChanged() {
+  $("rules-box").hidden = !$("access-custom").checked;
+}
+
+// The restriction fields of the form, as the API takes them; a string is
+// a problem to show instead.
+function restrictionsFromForm() {
+  let scopes = [];
+  if ($("access-custom").checked) {
+    for (const line of $("token-rules").value.split("\n")) {
+      const l = line.trim();
+      if (!l) continue;
+      const space = l.search(/\s/);
+      if (space < 0 && !l.startsWith("/")) return `“${l}”: write a rule as methods, a space and a path, like GET /reports/**.`;
+      const methods = space < 0 ? ["*"] : l.slice(0, space).split(",").map((m) => m.trim().toUpperCase()).filter(Boolean);
+      const path = space < 0 ? l : l.slice(space).trim();
+      scopes.push({ methods, path });
+    }
+    if (scopes.length === 0) return "Add at least one rule, or choose Full access or Read-only.";
+  }
+  const networks = $("token-networks").value.split(/[\s,]+/).filter(Boolean);
+  const rate = $("token-rate").value.trim();
+  const burst = $("token-burst").value.trim();
+  let rate_limit = null;
+  if (rate) {
+    rate_limit = { per_second: Number(rate), burst: Number(burst || rate) };
+  } else if (burst) {
+    return "A burst needs a rate: set requests per second too.";
+  }
+  return { scopes, read_only: $("access-read").checked, networks, rate_limit };
+}
+
 async function create(ev) {
   ev.preventDefault();
   const err = $("create-error");
   err.hidden = true;
+  const fail = (text, field) => { err.textContent = text; err.hidden = false; if (field) field.focus(); };
   const name = $("token-name").value.trim();
-  if (!name) { err.textContent = "Give the token a name."; err.hidden = false; $("token-name").focus(); return; }
+  if (!name) return fail("Give the token a name.", $("token-name"));
   let expires = "never";
   if ($("expiry-date").checked) {
     expires = $("expires-date").value;
-    if (!expires) { err.textContent = "Choose an expiry date, or “Never expires”."; err.hidden = false; $("expires-date").focus(); return; }
+    if (!expires) return fail("Choose an expiry date, or “Never expires”.", $("expires-date"));
   }
+  const restrictions = restrictionsFromForm();
+  if (typeof restrictions === "string") return fail(restrictions);
+  const editing = state.editing;
   $("create-submit").disabled = true;
   try {
-    const t = await api("POST", "/api/refresh-tokens", { name, expires });
-    $("created-name").textContent = t.name;
-    $("created-token").value = t.token;
-    $("copy-status").textContent = "";
-    $("create-form").hidden = true;
-    $("created").hidden = false;
-    $("created-token").focus();
-    $("created-token").select();
+    if (editing) {
+      const body = { name, ...restrictions };
+      const expiryTouched = $("expires-date").value !== $("expires-date").dataset.initial
+        || String($("expiry-never").checked) !== $("expiry-never").dataset.initial;
+      if (expiryTouched) body.expires = expires;
+      const t = await api("PATCH", `/api/refresh-tokens/${editing.id}`, body);
+      $("create-dialog").close();
+      showAlert(`Saved “${t.name}”. Its access tokens follow the change from their next request.`, "info");
+      announce(`Token ${t.name} saved.`);
+      return;
+    }
+    const t = await api("POST", "/api/refresh-tokens", { name, expires, ...restrictions });
+    showSecret(t.name, t.token, "Token created");
     announce(`Token ${t.name} created. Copy it now; it cannot be shown again.`);
   } catch (e) {
     if (e.status === 401) { $("create-dialog").close(); return showLogin(e.message); }
-    err.textContent = e.message; err.hidden = false;
+    fail(e.message);
   } finally {
     $("create-submit").disabled = false;
+  }
+}
+
+// Shows a token string once, in the create dialog's second panel.
+function showSecret(name, token, title) {
+  $("created-title").textContent = title;
+  $("created-name").textContent = name;
+  $("created-token").value = token;
+  $("copy-status").textContent = "";
+  $("create-form").hidden = true;
+  $("created").hidden = false;
+  if (!$("create-dialog").open) $("create-dialog").showModal();
+  $("created-token").focus();
+  $("created-token").select();
+}
+
+// ---- rotate -------------------------------------------------------------
+
+function openRotate(t) {
+  showAlert("");
+  state.rotating = t;
+  $("rotate-title").textContent = `Rotate “${t.name}”?`;
+  $("rotate-grace").value = "0";
+  $("rotate-error").hidden = true;
+  $("rotate-dialog").showModal();
+  $("rotate-grace").focus();
+}
+
+async function confirmRotate() {
+  const t = state.rotating;
+  const grace_seconds = Number($("rotate-grace").value);
+  $("rotate-confirm").disabled = true;
+  try {
+    const r = await api("POST", `/api/refresh-tokens/${t.id}/rotate`, { grace_seconds });
+    $("rotate-dialog").close();
+    showSecret(r.name, r.token, r.previous_token_valid_until
+      ? `Token rotated; the old one works until ${fmtTime(r.previous_token_valid_until)}`
+      : "Token rotated; the old one no longer works");
+    announce(`Token ${r.name} rotated. Copy the new one now; it cannot be shown again.`);
+  } catch (e) {
+    if (e.status === 401) { $("rotate-dialog").close(); return showLogin(e.message); }
+    $("rotate-error").textContent = e.message;
+    $("rotate-error").hidden = false;
+  } finally {
+    $("rotate-confirm").disabled = false;
   }
 }
 
@@ -318,6 +478,10 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("create-cancel").addEventListener("click", () => $("create-dialog").close());
   $("expiry-date").addEventListener("change", expiryChanged);
   $("expiry-never").addEventListener("change", expiryChanged);
+  for (const id of ["access-full", "access-read", "access-custom"]) $(id).addEventListener("change", accessChanged);
+  $("rotate-cancel").addEventListener("click", () => $("rotate-dialog").close());
+  $("rotate-confirm").addEventListener("click", confirmRotate);
+  $("rotate-dialog").addEventListener("close", () => refresh());
   $("copy").addEventListener("click", copyToken);
   $("created-close").addEventListener("click", closeCreated);
   $("create-dialog").addEventListener("close", async () => {

@@ -16,7 +16,7 @@ use super::schema::FEED_LOCK;
 use super::tls::RustlsMakeTls;
 use super::PgError;
 use crate::restrict::RestrictionSpec;
-use crate::store::record::{RefreshHash, RefreshRecord};
+use crate::store::record::{PreviousSecret, RefreshHash, RefreshRecord};
 
 /// The channel every change is announced on (its payload: the `seq`).
 pub(crate) const CHANNEL: &str = "tokengate";
@@ -29,6 +29,8 @@ pub(crate) const LISTENER_NAME: &str = "tokengate-listener";
 pub(crate) enum Change {
     /// Boxed: a record (with its restrictions) dwarfs the other variants.
     Created(RefreshHash, Box<RefreshRecord>),
+    /// Edited (fields or secret): the token as it is now.
+    Updated(RefreshHash, Box<RefreshRecord>),
     Deleted(u64),
     /// A boot was retired, or all of them (`rotate`): the registry says which.
     Retired,
@@ -141,9 +143,9 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
         .query(
             "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
                     t.last_used, t.use_count, t.last_ip, t.last_user_agent, \
-                    t.restrictions::text \
+                    t.restrictions::text, t.prev_hash, t.prev_until \
              FROM tokengate_changes c LEFT JOIN refresh_tokens t \
-               ON c.kind = 'create' AND t.id = c.refresh_id \
+               ON c.kind IN ('create', 'update') AND t.id = c.refresh_id \
              WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
             &[&seq, &limit],
         )
@@ -163,6 +165,12 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
             ("create", Some(id)) => match token_at(&row, 3, id)? {
                 Some((hash, rec)) => Change::Created(hash, Box::new(rec)),
                 // Deleted since: its delete follows in the feed.
+                None => continue,
+            },
+            ("update", Some(id)) => match token_at(&row, 3, id)? {
+                // The token as it is now (later edits included: applying
+                // it again is a no-op).
+                Some((hash, rec)) => Change::Updated(hash, Box::new(rec)),
                 None => continue,
             },
             ("delete", Some(id)) => Change::Deleted(id),
@@ -194,7 +202,8 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     let rows = client
         .query(
             "SELECT id, hash, name, created, expires, last_used, use_count, last_ip, \
-                    last_user_agent, restrictions::text FROM refresh_tokens WHERE id = ANY($1)",
+                    last_user_agent, restrictions::text, prev_hash, prev_until \
+             FROM refresh_tokens WHERE id = ANY($1)",
             &[&ids],
         )
         .await?;
@@ -211,11 +220,11 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     Ok(out)
 }
 
-/// A token's hash and record from `row`'s columns `at..at + 9` (hash, name,
+/// A token's hash and record from `row`'s columns `at..at + 11` (hash, name,
 /// created, expires, last_used, use_count, last_ip, last_user_agent,
-/// restrictions as text);
+/// restrictions as text, prev_hash, prev_until);
 /// `None` when the hash is absent (a left join found no token) or not 32 bytes.
-fn token_at(
+pub(super) fn token_at(
     row: &tokio_postgres::Row,
     at: usize,
     id: u64,
@@ -241,8 +250,19 @@ fn token_at(
             restrictions(text.as_deref())
                 .map_err(|e| PgError(format!("token {id}: unreadable restrictions: {e}")))?
         },
+        previous: previous(row.try_get(at + 9)?, row.try_get(at + 10)?),
     };
     Ok(Some((hash, rec)))
+}
+
+/// The `prev_hash` and `prev_until` columns: a rotated-out secret in its
+/// grace period (a malformed pair is none: the old secret then fails
+/// closed).
+pub(crate) fn previous(hash: Option<Vec<u8>>, until: Option<i64>) -> Option<PreviousSecret> {
+    Some(PreviousSecret {
+        hash: RefreshHash::try_from(hash?.as_slice()).ok()?,
+        until: u64::try_from(until?).ok()?,
+    })
 }
 
 /// The `restrictions` column (as text) as a spec; NULL = none.

@@ -40,7 +40,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use subtle::ConstantTimeEq;
 use tokio_postgres::NoTls;
 
-use super::record::{RefreshHash, RefreshRecord, UsageDelta, UsageRow};
+use super::record::{Edit, RefreshHash, RefreshRecord, UsageDelta, UsageRow};
 use super::{Backend, StoreError};
 use crate::config::{PostgresConfig, SslMode};
 use crate::restrict::RestrictionSpec;
@@ -353,7 +353,8 @@ impl Backend for PostgresBackend {
             let stmt = client
                 .prepare_cached(
                     "SELECT id, hash, name, created, expires, last_used, use_count, \
-                     last_ip, last_user_agent, restrictions::text FROM refresh_tokens",
+                     last_ip, last_user_agent, restrictions::text, prev_hash, prev_until \
+                     FROM refresh_tokens",
                 )
                 .await?;
             Ok(client.query(&stmt, &[]).await?)
@@ -388,6 +389,10 @@ impl Backend for PostgresBackend {
                     cluster::restrictions(text.as_deref())
                         .map_err(|e| bad(&format!("restrictions: {e}")))?
                 },
+                previous: cluster::previous(
+                    row.try_get(10).map_err(|_| bad("prev_hash"))?,
+                    row.try_get(11).map_err(|_| bad("prev_until"))?,
+                ),
             };
             all.push((hash, rec));
         }
@@ -435,6 +440,69 @@ impl Backend for PostgresBackend {
             expires,
             restrictions,
         ))
+    }
+
+    fn update(
+        &self,
+        id: u64,
+        edit: &Edit,
+    ) -> Result<Option<(RefreshHash, RefreshRecord)>, StoreError> {
+        let Ok(db_id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let edit = edit.clone();
+        let done = self.run("editing a refresh token", |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+                .await?;
+            // Read, edit in Rust (the one place the rules live, as with
+            // redb), write back: under the feed lock, so no other writer
+            // interleaves.
+            let rows = tx
+                .query(
+                    "SELECT hash, name, created, expires, last_used, use_count, last_ip, \
+                            last_user_agent, restrictions::text, prev_hash, prev_until \
+                     FROM refresh_tokens WHERE id = $1",
+                    &[&db_id],
+                )
+                .await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let Some((mut hash, mut rec)) = cluster::token_at(row, 0, id)? else {
+                return Ok(None);
+            };
+            edit.apply(&mut hash, &mut rec);
+            let spec = rec
+                .restrictions
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| PgError(e.to_string()))?;
+            let expires = rec.expires.map(to_db).transpose()?;
+            let prev_hash = rec.previous.map(|p| p.hash.to_vec());
+            let prev_until = rec.previous.map(|p| to_db(p.until)).transpose()?;
+            tx.execute(
+                "UPDATE refresh_tokens SET hash = $2, name = $3, expires = $4, \
+                        restrictions = $5::text::jsonb, prev_hash = $6, prev_until = $7 \
+                 WHERE id = $1",
+                &[
+                    &db_id,
+                    &hash.to_vec(),
+                    &rec.name,
+                    &expires,
+                    &spec,
+                    &prev_hash,
+                    &prev_until,
+                ],
+            )
+            .await?;
+            announce(&tx, "update", &[db_id]).await?;
+            tx.commit().await?;
+            Ok(Some((hash, rec)))
+        })?;
+        Ok(done)
     }
 
     fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError> {

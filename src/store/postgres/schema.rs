@@ -85,6 +85,21 @@ const MIGRATIONS: &[Migration] = &[
         // behaving as before.
         sql: "ALTER TABLE refresh_tokens ADD COLUMN restrictions jsonb;",
     },
+    Migration {
+        version: 4,
+        name: "token edits and rotation",
+        // A rotated-out secret's hash while its grace period lasts (both
+        // NULL otherwise), and the feed's `update` kind: an edit or a
+        // rotation, which replicas apply by reading the token's row.
+        sql: "
+        ALTER TABLE refresh_tokens
+            ADD COLUMN prev_hash bytea CHECK (prev_hash IS NULL OR octet_length(prev_hash) = 32),
+            ADD COLUMN prev_until bigint;
+        ALTER TABLE tokengate_changes DROP CONSTRAINT tokengate_changes_kind_check;
+        ALTER TABLE tokengate_changes ADD CONSTRAINT tokengate_changes_kind_check
+            CHECK (kind IN ('create', 'delete', 'retire', 'rotate', 'update'));
+    ",
+    },
 ];
 
 /// The advisory-lock key that orders change records ("tgfeed" + 1): held
