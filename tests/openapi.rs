@@ -248,9 +248,11 @@ async fn send(c: &TestClient, method: &str, url: &str) -> Resp {
 }
 
 /// How many cases schemathesis generates per operation and phase: enough
-/// to reach every documented answer, small enough for a couple of minutes
-/// on two shared cores.
-const MAX_EXAMPLES: &str = "25";
+/// to reach every documented answer, small enough for well under two
+/// minutes on two shared cores. `OPENAPI_FUZZ_EXAMPLES` asks for more.
+fn max_examples() -> String {
+    std::env::var("OPENAPI_FUZZ_EXAMPLES").unwrap_or_else(|_| "25".into())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_on_either_listener() {
@@ -362,6 +364,12 @@ fn fuzz_config(work: &std::path::Path, refresh: Option<&str>) -> std::path::Path
     path
 }
 
+/// Reproducible: a failure seen once is seen again. `OPENAPI_FUZZ_SEED`
+/// explores other cases.
+fn seed() -> String {
+    std::env::var("OPENAPI_FUZZ_SEED").unwrap_or_else(|_| "20261128".into())
+}
+
 async fn schemathesis_installed() -> bool {
     tokio::process::Command::new("python3")
         .args(["-c", "import schemathesis"])
@@ -385,9 +393,8 @@ async fn run_schemathesis(
         .args(["run", schema, "--url", base])
         .arg("--tls-verify")
         .arg(cert)
-        .args(["--max-examples", MAX_EXAMPLES])
-        // Reproducible: a failure seen once is seen again.
-        .args(["--seed", "20261128", "--workers", "2", "--no-color"])
+        .args(["--max-examples", &max_examples()])
+        .args(["--seed", &seed(), "--workers", "2", "--no-color"])
         .args(extra)
         .current_dir(work)
         .kill_on_drop(true);

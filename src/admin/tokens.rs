@@ -16,7 +16,9 @@ use super::{bad, json_body, AdminHandler};
 use crate::audit::Event;
 use crate::clock::rfc3339;
 use crate::http::{empty, error, json, no_store, Reply};
-use crate::restrict::{parse_networks, parse_rate_limit, parse_read_only, parse_scopes};
+use crate::restrict::{
+    parse_networks, parse_rate_limit, parse_read_only, parse_scopes, whole_number,
+};
 use crate::store::RefreshToken;
 
 fn info(r: &RefreshToken, now: u64) -> TokenInfo {
@@ -168,7 +170,7 @@ impl AdminHandler {
         let mut wanted = Vec::with_capacity(ids.len());
         for v in &ids {
             let id = match v {
-                Value::Number(n) => n.as_u64().filter(|&n| n > 0),
+                Value::Number(_) => whole_number(v).filter(|&n| n > 0),
                 Value::String(s) => parse_id(s.trim()),
                 _ => None,
             };
