@@ -75,8 +75,8 @@ fn document() -> Value {
         .expect("docs/openapi.json is JSON")
 }
 
-/// The server URLs (by port) that a path is served on: its own `servers`,
-/// else the document's.
+/// The server URLs a path is documented on: its own `servers`, else the
+/// document's ([`ADMIN_SERVER`], [`PUBLIC_SERVER`]).
 fn servers_of(doc: &Value, path: &str) -> Vec<String> {
     let servers = doc["paths"][path]["servers"]
         .as_array()
@@ -120,7 +120,9 @@ async fn the_served_document_is_the_file_and_is_openapi_3_1() {
     let doc: Value = serde_json::from_slice(&r.body).expect("the served document is JSON");
     let version = doc["openapi"].as_str().expect("an openapi version");
     assert!(version.starts_with("3.1."), "openapi {version}");
-    // It is not on the public listener, and other methods are refused.
+    // The contract's version is the gateway's.
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    // The public listener proxies the path like any other (bearer needed).
     let r = gw.client.get_with("/api/openapi.json", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     // Neither it nor the page and the health check take other methods
