@@ -2,8 +2,9 @@
 # The test command: makes sure what the browser test drives is installed
 # (Debian's chromium and chromium-driver), PostgreSQL's server binaries for the
 # postgres backend's tests, systemd-analyze, shellcheck and Python's requests
-# for the deploy and example-client tests, and the Python packages of the
-# attack tests, then runs the whole suite.
+# for the deploy and example-client tests, the Python packages of the
+# attack tests and schemathesis for the API contract test, then runs the
+# whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +77,27 @@ then
     echo "tests/run.sh: installing the Python packages of $requirements"
     if ! python3 -m pip install --quiet --disable-pip-version-check -r "$requirements"; then
         echo "tests/run.sh: ERROR: could not install $requirements with python3 -m pip" >&2
+        exit 1
+    fi
+fi
+
+# schemathesis fuzzes docs/openapi.json against a gateway (tests/openapi.rs),
+# at the version its settings (tests/schemathesis.toml) were written for.
+schemathesis_version=4.32.5
+if ! python3 -c "import sys; from importlib.metadata import version; sys.exit(version('schemathesis') != '$schemathesis_version')" >/dev/null 2>&1; then
+    echo "tests/run.sh: installing schemathesis $schemathesis_version with python3 -m pip for tests/openapi.rs"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-pip
+    fi
+    # Debian's own python3 is "externally managed" (PEP 668): its pip refuses
+    # to install unless told to. A virtualenv's or pyenv's python needs no flag.
+    pip=(python3 -m pip install --quiet --disable-pip-version-check)
+    if ! "${pip[@]}" "schemathesis==$schemathesis_version" \
+        && ! "${pip[@]}" --break-system-packages "schemathesis==$schemathesis_version"; then
+        echo "tests/run.sh: ERROR: could not install schemathesis with python3 -m pip" >&2
         exit 1
     fi
 fi

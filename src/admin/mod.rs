@@ -4,6 +4,8 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | / and /assets/… | the page (no login needed to load it) |
+//! | GET | /healthz | 200 `{"status": "ok"}` (no login) |
+//! | GET | /api/openapi.json | this API's OpenAPI 3.1 document (no login) |
 //! | POST | /api/login | 200 + session cookie, or 401 / 429 |
 //! | POST | /api/logout | 204, session ended |
 //! | GET | /api/session | 200 who is logged in, the CSRF token, defaults |
@@ -31,7 +33,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, SET_COOKIE, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -46,6 +51,13 @@ use crate::server::{Handler, Load};
 use crate::state::State;
 use api::{ClusterStats, Login, Rotated, SessionInfo, Stats};
 use auth::AdminAuth;
+
+/// Where the admin listener publishes its API contract, and the contract
+/// itself: the admin API and the public listener's token endpoint, kept in
+/// the repository as `docs/openapi.json` and fuzzed against a running
+/// gateway by `tests/openapi.rs`.
+const OPENAPI_PATH: &str = "/api/openapi.json";
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 /// Admin request bodies are small JSON documents.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -111,10 +123,13 @@ impl AdminHandler {
     async fn dispatch(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
-        if method == Method::GET || method == Method::HEAD {
-            if let Some(r) = ui::asset(&path) {
-                return r;
-            }
+        // The page, its assets, the health check and the published API
+        // contract: no login, nothing secret.
+        if let Some(r) = ui::asset(&path).or_else(|| public_document(&path)) {
+            return match method {
+                Method::GET | Method::HEAD => r,
+                _ => method_not_allowed("GET, HEAD"),
+            };
         }
         // Before the login and any credential check: a request another
         // site's page made costs no password hash and no throttle count.
@@ -125,7 +140,6 @@ impl AdminHandler {
             }
         }
         match path.as_str() {
-            "/healthz" => return json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             "/api/login" if method == Method::POST => return self.login(peer, req).await,
             "/api/login" => return method_not_allowed("POST"),
             _ => {}
@@ -195,6 +209,23 @@ impl AdminHandler {
             },
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
+    }
+}
+
+/// The health check and the OpenAPI document (`docs/openapi.json`), if
+/// `path` names one.
+fn public_document(path: &str) -> Option<Reply> {
+    match path {
+        "/healthz" => Some(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        OPENAPI_PATH => {
+            let mut r = Response::new(crate::http::full(OPENAPI));
+            let h = r.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            Some(r)
+        }
+        _ => None,
     }
 }
 

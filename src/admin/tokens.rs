@@ -16,7 +16,9 @@ use super::{bad, json_body, AdminHandler};
 use crate::audit::Event;
 use crate::clock::rfc3339;
 use crate::http::{empty, error, json, no_store, Reply};
-use crate::restrict::{parse_networks, parse_rate_limit, parse_read_only, parse_scopes};
+use crate::restrict::{
+    parse_networks, parse_rate_limit, parse_read_only, parse_scopes, whole_number,
+};
 use crate::store::{Edit, RefreshToken};
 
 fn info(r: &RefreshToken, now: u64) -> TokenInfo {
@@ -241,7 +243,7 @@ impl AdminHandler {
         let mut wanted = Vec::with_capacity(ids.len());
         for v in &ids {
             let id = match v {
-                Value::Number(n) => n.as_u64().filter(|&n| n > 0),
+                Value::Number(_) => whole_number(v).filter(|&n| n > 0),
                 Value::String(s) => parse_id(s.trim()),
                 _ => None,
             };
@@ -392,7 +394,7 @@ fn grace_seconds(body: &Value) -> Result<u64, String> {
     }
     match obj.get("grace_seconds") {
         None | Some(Value::Null) => Ok(0),
-        Some(v) => match v.as_u64() {
+        Some(v) => match whole_number(v) {
             Some(n) if n <= MAX_GRACE_SECONDS => Ok(n),
             _ => Err(format!(
                 "grace_seconds must be a whole number of seconds from 0 (the old token stops now) to {MAX_GRACE_SECONDS} (30 days)"

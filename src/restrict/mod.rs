@@ -198,8 +198,7 @@ pub(crate) fn parse_rate_limit(v: &Value) -> Result<Option<RateLimit>, String> {
     let whole = |field: &str| -> Result<Option<u32>, String> {
         match obj.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
+            Some(v) => whole_number(v)
                 .filter(|&n| (1..=u64::from(MAX_RATE)).contains(&n))
                 .and_then(|n| u32::try_from(n).ok())
                 .map(Some)
@@ -211,6 +210,25 @@ pub(crate) fn parse_rate_limit(v: &Value) -> Result<Option<RateLimit>, String> {
     let per_second = whole("per_second")?.ok_or("rate_limit.per_second is required")?;
     let burst = whole("burst")?.unwrap_or(per_second);
     Ok(Some(RateLimit { per_second, burst }))
+}
+
+/// A JSON number that is a whole number, as JSON Schema's `integer` has it:
+/// `5` and `5.0` alike (JSON does not tell them apart; Python's `json`
+/// writes a float as `5.0`). Negative, fractional and larger than 2^53
+/// (where floats stop being exact) are not.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the float is checked first: whole, from 0 to 2^53, so the cast is exact"
+)]
+pub(crate) fn whole_number(v: &Value) -> Option<u64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let n = v.as_number()?;
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=EXACT).contains(f))
+            .map(|f| f as u64)
+    })
 }
 
 /// A compiled scope rule.
@@ -444,9 +462,36 @@ mod tests {
                 burst: 5
             })
         );
+        // A whole number written as a float is the same number.
+        assert_eq!(
+            parse_rate_limit(&json!({"per_second": 5.0, "burst": 10.0})).unwrap(),
+            Some(RateLimit {
+                per_second: 5,
+                burst: 10
+            })
+        );
         assert!(parse_read_only(&json!("yes"))
             .unwrap_err()
             .contains("read_only"));
+    }
+
+    #[test]
+    fn whole_numbers_are_integers_however_written() {
+        for (v, want) in [
+            (json!(7), Some(7)),
+            (json!(7.0), Some(7)),
+            (json!(0), Some(0)),
+            (json!(u64::MAX), Some(u64::MAX)),
+            (json!(9_007_199_254_740_992.0), Some(9_007_199_254_740_992)),
+            (json!(1e300), None),
+            (json!(7.5), None),
+            (json!(-1), None),
+            (json!(-1.0), None),
+            (json!("7"), None),
+            (json!(null), None),
+        ] {
+            assert_eq!(whole_number(&v), want, "{v}");
+        }
     }
 
     #[test]
