@@ -62,6 +62,8 @@ pub struct StartOptions {
 pub struct Gateway {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The unauthenticated scrape listener (`metrics.listen`), if any.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -95,6 +97,21 @@ impl Gateway {
                 addr: admin_listen,
                 source,
             })?;
+        let metrics = match config.metrics.listen {
+            Some(addr) => Some({
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(listen = %addr, "metrics.listen is not a loopback address: the scrape is served there without authentication");
+                }
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        key: "metrics.listen",
+                        addr,
+                        source,
+                    })?
+            }),
+            None => None,
+        };
         // 2. The upstream settings, checked once here with a typed error
         //    (each worker then builds its own pool from them).
         Upstream::new(&config.upstream)?;
@@ -127,10 +144,7 @@ impl Gateway {
                 move || {
                     let upstream = Arc::new(Upstream::new(&state.config.upstream)?);
                     upstream.spawn_sweeper();
-                    Ok::<_, UpstreamSetupError>(PublicHandler {
-                        state: state.clone(),
-                        upstream,
-                    })
+                    Ok::<_, UpstreamSetupError>(PublicHandler::new(state.clone(), upstream))
                 },
                 rx.clone(),
                 &tx,
@@ -141,7 +155,7 @@ impl Gateway {
 
         // 5. The admin listener, its local socket, and periodic work.
         let admin_limits = state.config.admin.limits.clone();
-        let mut tasks = Vec::with_capacity(3);
+        let mut tasks = Vec::with_capacity(4);
         if let Some(path) = state.config.admin.socket.clone() {
             let local = match bind_local(&path).await {
                 Ok(l) => l,
@@ -189,12 +203,25 @@ impl Gateway {
             rx.clone(),
             None,
         )));
+        let metrics_addr = match metrics {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                tasks.push(tokio::spawn(crate::metrics::serve_listener(
+                    l,
+                    state.clone(),
+                    rx.clone(),
+                )));
+                addr
+            }
+            None => None,
+        };
         crate::cluster::Cluster::spawn(state.clone(), rx.clone());
         tasks.push(tokio::spawn(crate::periodic::run(state.clone(), auth, rx)));
-        tracing::info!(public = %public_addr, admin = %admin_addr, workers = workers.done.len(), "tokengate listening");
+        tracing::info!(public = %public_addr, admin = %admin_addr, metrics = ?metrics_addr, workers = workers.done.len(), "tokengate listening");
         Ok(Gateway {
             public_addr,
             admin_addr,
+            metrics_addr,
             state,
             shutdown: tx,
             tasks,
@@ -229,6 +256,9 @@ impl Gateway {
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             state.audit.flush(std::time::Duration::from_secs(5));
+            if let Some(log) = &state.access_log {
+                log.flush(std::time::Duration::from_secs(5));
+            }
         })
         .await;
         tracing::info!("tokengate stopped");
