@@ -263,10 +263,11 @@ impl PublicHandler {
             }
         };
         // Stages 2–4: rewrite, forward, filter (in the proxy module).
-        let sent = Instant::now();
+        // Timed only when someone looks: metrics or the access log.
+        let sent = (self.metrics.is_some() || self.access_log.is_some()).then(Instant::now);
         let forwarded = self.upstream.forward(req, peer, identity).await;
         // A target refused before sending never reached the upstream.
-        if !matches!(forwarded, Err(ProxyError::Target(_))) {
+        if let (Some(sent), false) = (sent, matches!(forwarded, Err(ProxyError::Target(_)))) {
             let took = sent.elapsed();
             note.upstream = Some(took);
             if let Some(m) = &self.metrics {
