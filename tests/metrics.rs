@@ -394,3 +394,45 @@ async fn promtool_accepts_the_scrape() {
         "promtool: {said}\n--- scrape ---\n{text}"
     );
 }
+
+#[tokio::test]
+async fn cluster_mode_exports_its_staleness() {
+    let db = common::pg::TestDb::new();
+    let up = upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.storage.backend = "postgres".into();
+        f.storage.postgres.url = db.url.clone();
+        f.storage.postgres.sslmode = "disable".into();
+    })
+    .await;
+    let (id, _) = gw.create_token("cluster").await;
+    let s = scrape(&gw).await;
+    assert_eq!(get(&s, "tokengate_cluster_connected"), 1.0);
+    let staleness = get(&s, "tokengate_cluster_staleness_seconds");
+    assert!((0.0..5.0).contains(&staleness), "{staleness}");
+    assert_eq!(get(&s, "tokengate_cluster_peer_boots"), 0.0);
+    // Every change, this replica's own delete included, comes back through
+    // the feed and is counted there.
+    let before = get(&s, "tokengate_cluster_changes_applied_total");
+    let r = gw
+        .client
+        .admin_call("DELETE", &format!("/api/refresh-tokens/{id}"))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    eventually_ok(
+        Duration::from_secs(10),
+        "the feed to apply a change",
+        || async {
+            let n = get(
+                &scrape(&gw).await,
+                "tokengate_cluster_changes_applied_total",
+            );
+            if n > before {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await;
+}

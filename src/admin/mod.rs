@@ -165,7 +165,7 @@ impl AdminHandler {
             },
             ("/metrics", _) => match method {
                 Method::GET | Method::HEAD => crate::metrics::scrape_reply(&self.state),
-                _ => method_not_allowed("GET"),
+                _ => method_not_allowed("GET, HEAD"),
             },
             ("/api/cluster/rotate", _) => match method {
                 Method::POST => self.rotate(peer).await,
