@@ -67,7 +67,7 @@ pub struct Event<'a> {
 }
 
 /// The first `MAX_FIELD_CHARS` characters of `s`.
-fn clip(s: &str) -> &str {
+pub(crate) fn clip(s: &str) -> &str {
     match s.char_indices().nth(MAX_FIELD_CHARS) {
         Some((end, _)) => &s[..end],
         None => s,
@@ -229,24 +229,10 @@ impl Audit {
 
     /// Opens the destination (a file is created 0600 and appended to) and starts the writer.
     pub fn open(dest: &AuditDestination) -> io::Result<Audit> {
-        let out: Box<dyn Write + Send> = match dest {
-            AuditDestination::Off => return Ok(Audit::off()),
-            AuditDestination::Stdout => Box::new(io::stdout()),
-            AuditDestination::Stderr => Box::new(io::stderr()),
-            AuditDestination::File(p) => {
-                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Box::new(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o600)
-                        .open(p)?,
-                )
-            }
-        };
-        Audit::with_writer(out)
+        match open_destination(dest)? {
+            None => Ok(Audit::off()),
+            Some(out) => Audit::with_writer(out),
+        }
     }
 
     /// Names the replica in every line from now on (cluster mode).
@@ -318,6 +304,30 @@ impl Audit {
         self.budgets.client.bytes.load(Ordering::Relaxed)
             + self.budgets.security.bytes.load(Ordering::Relaxed)
     }
+}
+
+/// Opens a log destination (the audit log's, the access log's): `None`
+/// for off; a file is created 0600 (its directory too) and appended to.
+pub(crate) fn open_destination(
+    dest: &AuditDestination,
+) -> io::Result<Option<Box<dyn Write + Send>>> {
+    Ok(Some(match dest {
+        AuditDestination::Off => return Ok(None),
+        AuditDestination::Stdout => Box::new(io::stdout()),
+        AuditDestination::Stderr => Box::new(io::stderr()),
+        AuditDestination::File(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)?,
+            )
+        }
+    }))
 }
 
 /// Room taken by lines written but not yet given back, per class.

@@ -62,7 +62,12 @@ pub fn rfc3339(unix: u64) -> String {
 
 /// The current wall-clock time, RFC 3339 UTC with milliseconds, for log lines.
 pub fn rfc3339_now() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    rfc3339_at(std::time::SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_at(t: std::time::SystemTime) -> String {
+    let now = time::OffsetDateTime::from(t);
     let now = now
         .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
         .unwrap_or(now);

@@ -72,6 +72,8 @@ pub struct StartOptions {
 pub struct Gateway {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The unauthenticated scrape listener (`metrics.listen`), if any.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
@@ -108,6 +110,21 @@ impl Gateway {
                 addr: admin_listen,
                 source,
             })?;
+        let metrics = match config.metrics.listen {
+            Some(addr) => Some({
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(listen = %addr, "metrics.listen is not a loopback address: the scrape is served there without authentication");
+                }
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        key: "metrics.listen",
+                        addr,
+                        source,
+                    })?
+            }),
+            None => None,
+        };
         // 2. The upstream servers, their health and live settings, shared by
         //    every worker (each worker then builds its own pools for them).
         let upstreams = Arc::new(Upstreams::new(&config.upstream, opts.clock.clone())?);
@@ -154,10 +171,7 @@ impl Gateway {
                 move || {
                     let upstream = Arc::new(Upstream::new(upstreams.clone()));
                     upstream.spawn_sweeper();
-                    Ok::<_, std::convert::Infallible>(PublicHandler {
-                        state: state.clone(),
-                        upstream,
-                    })
+                    Ok::<_, std::convert::Infallible>(PublicHandler::new(state.clone(), upstream))
                 },
                 rx.clone(),
                 &tx,
@@ -219,6 +233,18 @@ impl Gateway {
             rx.clone(),
             None,
         )));
+        let metrics_addr = match metrics {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                tasks.push(tokio::spawn(crate::metrics::serve_listener(
+                    l,
+                    state.clone(),
+                    rx.clone(),
+                )));
+                addr
+            }
+            None => None,
+        };
         crate::cluster::Cluster::spawn(state.clone(), rx.clone());
         tasks.push(tokio::spawn(reloader.clone().watch_files(rx.clone())));
         if reload_on_sighup {
@@ -228,10 +254,11 @@ impl Gateway {
             )));
         }
         tasks.push(tokio::spawn(crate::periodic::run(state.clone(), auth, rx)));
-        tracing::info!(public = %public_addr, admin = %admin_addr, workers = workers.done.len(), "tokengate listening");
+        tracing::info!(public = %public_addr, admin = %admin_addr, metrics = ?metrics_addr, workers = workers.done.len(), "tokengate listening");
         Ok(Gateway {
             public_addr,
             admin_addr,
+            metrics_addr,
             state,
             reloader,
             shutdown: tx,
@@ -284,6 +311,9 @@ impl Gateway {
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             state.audit.flush(std::time::Duration::from_secs(5));
+            if let Some(log) = &state.access_log {
+                log.flush(std::time::Duration::from_secs(5));
+            }
         })
         .await;
         tracing::info!("tokengate stopped");

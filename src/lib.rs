@@ -23,12 +23,14 @@
 //! - `restrict`: what a refresh token may do (scopes, networks, rate), and
 //!   the checks the public listener makes with them.
 //! - `throttle`: per-client limits on failed authentication (bounded tables).
-//! - `audit`: the audit log writer.
+//! - `audit`: the audit log writer. `access_log`: the access log writer.
+//! - `metrics`: Prometheus counters, the scrape, its own listener.
 //! - `tls`: rustls server and client configurations.
 //! - `http`: the response toolkit (JSON answers, errors, bounded bodies).
 //! - `config`, `secrets`, `clock`, `net`: settings, secrets on disk, the
 //!   time source, client addresses and networks.
 
+mod access_log;
 mod admin;
 mod audit;
 pub mod cli;
@@ -38,6 +40,7 @@ pub mod config;
 mod dev;
 mod gateway;
 mod http;
+mod metrics;
 mod net;
 mod periodic;
 mod proxy;

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use tokengate::config::LogFormat;
 use tokengate::{Config, Gateway, StartOptions};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 /// `tokengate --version`: the release and the commit it was built from (build.rs).
 const VERSION: &str = concat!(
@@ -101,15 +105,11 @@ enum DbCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal; log files and journald get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` logs as its configuration says (`[log]`), so it sets up
+    // logging once that is loaded; every other command logs plain text.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(LogFormat::Text, "info");
+    }
 
     match cli.command {
         Command::Token { conn, command } => tokengate::cli::run(conn, command),
@@ -173,14 +173,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// Changes the log filter of the running process (`log.level`).
+type LogFilterHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Sets up the process log on stderr: `format` (`log.format`), filtered by
+/// `TOKENGATE_LOG` when set and valid, else by `level` (`log.level`). The
+/// filter sits behind a reload layer; the handle returned changes it.
+fn init_logging(format: LogFormat, level: &str) -> LogFilterHandle {
+    let filter = EnvFilter::try_from_env("TOKENGATE_LOG")
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let output: Box<dyn Layer<_> + Send + Sync> = match format {
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(std::io::stderr),
+        ),
+        // Colour only for a person at a terminal; log files and journald get plain text.
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    handle
+}
+
 fn serve(config_path: Option<PathBuf>, dev: bool) -> ExitCode {
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
+            init_logging(LogFormat::Text, "info");
             eprintln!("tokengate: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
+    // Kept for `log.level` reloads.
+    let _log_filter = init_logging(config.log.format, &config.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

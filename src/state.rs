@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::restrict::RestrictionSpec;
 use crate::store::{Edit, RefreshStore, RefreshToken, StoreError};
 use crate::throttle::AuthThrottle;
@@ -22,6 +24,11 @@ pub enum StateError {
     Store(#[from] StoreError),
     #[error("the operating system's random number generator failed: {0}")]
     Random(getrandom::Error),
+    #[error("log.access {dest}: {source}")]
+    AccessLog {
+        dest: String,
+        source: std::io::Error,
+    },
     #[error("audit.destination {dest}: {source}")]
     Audit {
         dest: String,
@@ -49,6 +56,10 @@ pub struct State {
     pub(crate) cluster: Option<Arc<Cluster>>,
     /// Set when shutdown begins: `/readyz` answers 503 "draining" from then on.
     pub(crate) draining: AtomicBool,
+    /// The metrics registry: the workers' counter blocks and rare events.
+    pub(crate) metrics: Metrics,
+    /// `log.access`; `None` when off (nothing is built per request then).
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 /// Where the refresh tokens are, for the log: the redb file or the masked URL.
@@ -98,6 +109,15 @@ impl State {
         };
         // 5. The failed-authentication throttle, its minutes counted from now.
         let throttle = AuthThrottle::new(config.public.auth_failures_per_minute, clock.now());
+        // 6. Metrics and the access log.
+        let metrics = Metrics::new(config.metrics.enabled);
+        let access_log =
+            AccessLog::open(&config.log.access, config.log.format).map_err(|source| {
+                StateError::AccessLog {
+                    dest: format!("{:?}", config.log.access),
+                    source,
+                }
+            })?;
         tracing::info!(
             refresh_tokens = store.len(),
             storage = %storage_name(&config.storage),
@@ -113,6 +133,8 @@ impl State {
             throttle,
             cluster,
             draining: AtomicBool::new(false),
+            metrics,
+            access_log,
             config,
         })
     }

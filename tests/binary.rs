@@ -11,26 +11,13 @@
 
 mod common;
 
+use common::check_config;
+
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
-
-fn check_config(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
-    let mut c = Command::new(BIN);
-    c.arg("check-config").current_dir(dir).env_clear();
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 #[test]
 fn environment_overrides_and_errors_name_the_variable() {
@@ -193,36 +180,12 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let public = common::dead_address().await;
     let admin = common::dead_address().await;
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("TOKENGATE_PUBLIC__LISTEN", public.to_string())
-        .env("TOKENGATE_ADMIN__LISTEN", admin.to_string())
-        .env("TOKENGATE_UPSTREAM__URL", format!("http://{}", up.addr))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let mut child = common::serve_command(dir.path(), public, admin, up.addr)
         .spawn()
         .unwrap();
 
     // Wait until the generated certificate exists and the listener answers.
-    let cert = dir.path().join("certs/tokengate.crt");
-    let cert_path = &cert;
-    common::eventually_ok(
-        Duration::from_secs(30),
-        "the gateway to write its certificate and listen",
-        move || async move {
-            if !cert_path.exists() {
-                return Err("no certificate yet".to_owned());
-            }
-            tokio::net::TcpStream::connect(public)
-                .await
-                .map(drop)
-                .map_err(|e| format!("public listener: {e}"))
-        },
-    )
-    .await;
+    let cert = common::wait_for_serve(dir.path(), public).await;
     let client = common::TestClient::new(&cert, public, admin);
     let r = client.get_with("/healthz", None).await;
     assert_eq!(r.status, http::StatusCode::OK);
@@ -238,15 +201,7 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     assert!(status.success(), "exit status {status:?}");
 
     // The generated password was printed once, and works against the hash kept.
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let stderr = common::read_all(child.stderr.take()).await;
     let password = stderr
         .lines()
         .skip_while(|l| !l.contains("generated admin password"))

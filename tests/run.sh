@@ -2,9 +2,9 @@
 # The test command: makes sure what the browser test drives is installed
 # (Debian's chromium and chromium-driver), PostgreSQL's server binaries for the
 # postgres backend's tests, systemd-analyze, shellcheck and Python's requests
-# for the deploy and example-client tests, the Python packages of the
-# attack tests and schemathesis for the API contract test, then runs the
-# whole suite.
+# for the deploy and example-client tests, promtool for the metrics tests,
+# the Python packages of the attack tests and schemathesis for the API
+# contract test, then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +40,17 @@ if ! python3 -c 'import requests' >/dev/null 2>&1; then
         echo "tests/run.sh: ERROR: could not install requests with python3 -m pip" >&2
         exit 1
     fi
+fi
+
+# promtool (Debian's prometheus package) checks every metrics scrape in
+# tests/metrics.rs; only the tool is used, so the packaged server is stopped.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "tests/run.sh: installing prometheus for promtool (tests/metrics.rs)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+    $sudo service prometheus stop >/dev/null 2>&1 || true
 fi
 
 # PostgreSQL (server binaries only; nothing is started as a service): the

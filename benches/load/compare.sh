@@ -6,6 +6,10 @@
 #
 #   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (~1.25 min; a fresh release build adds ~1.5)
 #   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 8 min, < 10 with a fresh build)
+#   METRICS_OFF=1 bash benches/load/compare.sh quick
+#                                         # adds a second tokengate with metrics.enabled = false
+#                                         # ("tokengate-nometrics"), interleaved in the same rounds,
+#                                         # and reports the on/off req/s ratio per scenario
 #
 # Scenarios (each round runs every proxy once per scenario, interleaved):
 #   h1      HTTP/1.1 over TLS, 50 keep-alive connections            (wrk)
@@ -29,6 +33,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 OUT="$HERE/out"
 UPSTREAM_PORT=18080 NGINX_PORT=18443 HAPROXY_PORT=18444 TG_PORT=18445 TG_ADMIN_PORT=18446
+TG_OFF_PORT=18447 TG_OFF_ADMIN_PORT=18448
+METRICS_OFF=${METRICS_OFF:-0}
 export UPSTREAM_PORT NGINX_PORT HAPROXY_PORT
 
 # shellcheck source=benches/load/common.sh
@@ -40,7 +46,6 @@ build_tokengate
 
 # ---- set-up -----------------------------------------------------------------
 fresh_out_dir "$OUT"
-mkdir -p "$OUT/data"
 for f in nginx-upstream.conf nginx-proxy.conf haproxy.cfg; do
     sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
         -e "s#@HAPROXY_PORT@#$HAPROXY_PORT#g" "$HERE/$f" > "$OUT/$f"
@@ -50,19 +55,29 @@ declare -A PROXY_PID
 nginx -c "$OUT/nginx-upstream.conf" -g 'daemon off;' & PIDS+=($!)
 nginx -c "$OUT/nginx-proxy.conf" -g 'daemon off;' & PIDS+=($!); PROXY_PID[nginx]=$!
 haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & PIDS+=($!); PROXY_PID[haproxy]=$!
-TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$TG_PORT \
-TOKENGATE_ADMIN__LISTEN=127.0.0.1:$TG_ADMIN_PORT \
-TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
-TOKENGATE_STORAGE__PATH="$OUT/data/tokengate.redb" \
-TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
-TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
-TOKENGATE_ADMIN_PASSWORD=bench \
-    "$TG_BIN" serve >"$OUT/tokengate.log" 2>&1 & TG_PID=$!
-PIDS+=("$TG_PID"); PROXY_PID[tokengate]=$TG_PID
+start_tokengate() {  # name port admin-port metrics-enabled
+    mkdir -p "$OUT/data-$1"
+    TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$2 \
+    TOKENGATE_ADMIN__LISTEN=127.0.0.1:$3 \
+    TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
+    TOKENGATE_STORAGE__PATH="$OUT/data-$1/tokengate.redb" \
+    TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
+    TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
+    TOKENGATE_METRICS__ENABLED=$4 TOKENGATE_ADMIN_PASSWORD=bench \
+        "$TG_BIN" serve >"$OUT/$1.log" 2>&1 & PIDS+=($!); PROXY_PID[$1]=$!
+}
+start_tokengate tokengate "$TG_PORT" "$TG_ADMIN_PORT" true
+TG_PID=${PROXY_PID[tokengate]}
+TOKENGATES=("tokengate:$TG_PORT:$TG_ADMIN_PORT")
+if [ "$METRICS_OFF" = 1 ]; then
+    start_tokengate tokengate-nometrics "$TG_OFF_PORT" "$TG_OFF_ADMIN_PORT" false
+    TOKENGATES+=("tokengate-nometrics:$TG_OFF_PORT:$TG_OFF_ADMIN_PORT")
+fi
 
 CURL=(curl -sS --max-time 5 --cacert "$OUT/cert.pem")
 for i in $(seq 1 100); do
     if "${CURL[@]}" -o /dev/null "https://127.0.0.1:$TG_PORT/healthz" 2>/dev/null \
+        && { [ "$METRICS_OFF" != 1 ] || "${CURL[@]}" -o /dev/null "https://127.0.0.1:$TG_OFF_PORT/healthz" 2>/dev/null; } \
         && "${CURL[@]}" -o /dev/null "https://127.0.0.1:$NGINX_PORT/" 2>/dev/null \
         && "${CURL[@]}" -o /dev/null "https://127.0.0.1:$HAPROXY_PORT/" 2>/dev/null; then break; fi
     [ "$i" -eq 100 ] && { log "servers did not come up"; exit 1; }
@@ -80,11 +95,18 @@ cpu_ticks() {
 HZ=$(getconf CLK_TCK)
 RSS_IDLE=$(rss_kb "$TG_PID")
 
-REFRESH=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"bench"}' \
-    "https://127.0.0.1:$TG_ADMIN_PORT/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-ACCESS=$("${CURL[@]}" "https://127.0.0.1:$TG_PORT/token" -d grant_type=refresh_token -d "refresh_token=$REFRESH" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-AUTH="Authorization: Bearer $ACCESS"
+# Each tokengate mints its own tokens: AUTH_OF[name] is the header for it.
+declare -A AUTH_OF
+for tg in "${TOKENGATES[@]}"; do
+    IFS=: read -r name port admin <<< "$tg"
+    refresh=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"bench"}' \
+        "https://127.0.0.1:$admin/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    access=$("${CURL[@]}" "https://127.0.0.1:$port/token" -d grant_type=refresh_token -d "refresh_token=$refresh" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    AUTH_OF[$name]="Authorization: Bearer $access"
+    if [ "$name" = tokengate ]; then REFRESH=$refresh; fi
+done
+AUTH=${AUTH_OF[tokengate]}
 
 # Every proxy must answer the upstream's JSON; tokengate must refuse without the token.
 for port in $NGINX_PORT $HAPROXY_PORT $TG_PORT; do
@@ -99,11 +121,11 @@ RESULTS="$OUT/results.tsv"
 : > "$RESULTS"
 : > "$OUT/cpu.tsv"
 run_h1() {  # proxy port round
-    wrk -t2 -c50 -d"${DUR}s" --latency -H "$AUTH" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h1-$1-$3.txt"
+    wrk -t2 -c50 -d"${DUR}s" --latency -H "${AUTH_OF[$1]:-$AUTH}" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h1-$1-$3.txt"
     python3 "$HERE/report.py" parse-wrk h1 "$1" "$3" < "$OUT/h1-$1-$3.txt" >> "$RESULTS"
 }
 run_h2() {
-    h2load -c10 -m10 -t2 -D "$DUR" --warm-up-time=1 -H "$AUTH" --log-file="$OUT/h2-$1-$3.log" \
+    h2load -c10 -m10 -t2 -D "$DUR" --warm-up-time=1 -H "${AUTH_OF[$1]:-$AUTH}" --log-file="$OUT/h2-$1-$3.log" \
         "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h2-$1-$3.txt"
     python3 "$HERE/report.py" parse-h2load h2 "$1" "$3" "$OUT/h2-$1-$3.log" < "$OUT/h2-$1-$3.txt" >> "$RESULTS"
 }
@@ -111,8 +133,8 @@ run_newconn() {
     # ab is single-threaded: two of them (25 connections each) keep the load
     # generator from being the limit, so the proxies' handshake cost shows.
     local a b
-    ab -q -r -t "$DUR" -n 10000000 -c 25 -H "$AUTH" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/newconn-$1-$3-a.txt" 2>&1 & a=$!
-    ab -q -r -t "$DUR" -n 10000000 -c 25 -H "$AUTH" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/newconn-$1-$3-b.txt" 2>&1 & b=$!
+    ab -q -r -t "$DUR" -n 10000000 -c 25 -H "${AUTH_OF[$1]:-$AUTH}" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/newconn-$1-$3-a.txt" 2>&1 & a=$!
+    ab -q -r -t "$DUR" -n 10000000 -c 25 -H "${AUTH_OF[$1]:-$AUTH}" "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/newconn-$1-$3-b.txt" 2>&1 & b=$!
     wait "$a" || true
     wait "$b" || true
     python3 "$HERE/report.py" parse-ab newconn "$1" "$3" "$OUT/newconn-$1-$3-a.txt" "$OUT/newconn-$1-$3-b.txt" >> "$RESULTS"
@@ -124,7 +146,7 @@ run_exchange() {
 
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in h1 h2 newconn; do
-        for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT tokengate:$TG_PORT; do
+        for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT "${TOKENGATES[@]%:*}"; do
             name=${proxy%%:*}
             log "round $round/$ROUNDS: $scenario $name"
             before=$(cpu_ticks "${PROXY_PID[$name]}")

@@ -7,6 +7,7 @@
 #
 #   bash benches/load/instructions.sh            # 20,000 measured requests per case
 #   NREQ=50000 bash benches/load/instructions.sh
+#   METRICS_OFF=1 bash benches/load/instructions.sh  # also tokengate with metrics.enabled = false
 #
 # Each proxy runs alone under callgrind with one worker (one nginx worker
 # process, one HAProxy thread, `public.workers = 1`); counting is switched on
@@ -91,21 +92,29 @@ valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/haproxy.
 wait_up "https://127.0.0.1:$PROXY_PORT/"
 measure haproxy "Authorization: Bearer not-checked-by-haproxy"
 
-log "tokengate under callgrind"
-TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$PROXY_PORT TOKENGATE_ADMIN__LISTEN=127.0.0.1:$ADMIN_PORT \
-TOKENGATE_PUBLIC__WORKERS=1 TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
-TOKENGATE_STORAGE__PATH="$OUT/data/tokengate.redb" \
-TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
-TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
-TOKENGATE_ADMIN_PASSWORD=bench \
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/tokengate.cg.%p" \
-    "$TG_BIN" serve > "$OUT/tokengate.log" 2>&1 & PID=$!; PIDS+=("$PID")
-wait_up "https://127.0.0.1:$PROXY_PORT/healthz"
-REFRESH=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"instructions"}' \
-    "https://127.0.0.1:$ADMIN_PORT/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-ACCESS=$("${CURL[@]}" "https://127.0.0.1:$PROXY_PORT/token" -d grant_type=refresh_token -d "refresh_token=$REFRESH" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-measure tokengate "Authorization: Bearer $ACCESS"
+measure_tokengate() {  # name metrics-enabled
+    log "$1 under callgrind"
+    rm -rf "$OUT/data"
+    TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$PROXY_PORT TOKENGATE_ADMIN__LISTEN=127.0.0.1:$ADMIN_PORT \
+    TOKENGATE_PUBLIC__WORKERS=1 TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
+    TOKENGATE_STORAGE__PATH="$OUT/data/tokengate.redb" \
+    TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
+    TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
+    TOKENGATE_METRICS__ENABLED=$2 TOKENGATE_ADMIN_PASSWORD=bench \
+        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.cg.%p" \
+        "$TG_BIN" serve > "$OUT/$1.log" 2>&1 & PID=$!; PIDS+=("$PID")
+    wait_up "https://127.0.0.1:$PROXY_PORT/healthz"
+    local refresh access
+    refresh=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"instructions"}' \
+        "https://127.0.0.1:$ADMIN_PORT/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    access=$("${CURL[@]}" "https://127.0.0.1:$PROXY_PORT/token" -d grant_type=refresh_token -d "refresh_token=$refresh" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    measure "$1" "Authorization: Bearer $access"
+}
+measure_tokengate tokengate true
+if [ "${METRICS_OFF:-0}" = 1 ]; then
+    measure_tokengate tokengate-nometrics false
+fi
 
 python3 - "$RESULTS" "$NREQ" <<'EOF' | tee "$OUT/report.md"
 import sys
@@ -119,4 +128,11 @@ by = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in rows}
 for sc in ("h1", "h2"):
     n, h, t = by[("nginx", sc)][0], by[("haproxy", sc)][0], by[("tokengate", sc)]
     print(f"| {names[sc]} | {n:,} | {h:,} | {t[0]:,} | {t[1]:,} |")
+if ("tokengate-nometrics", "h1") in by:
+    print("\ntokengate with metrics on vs off (metrics.enabled = false)\n")
+    print("| scenario | metrics on | metrics off | on - off | on / off |")
+    print("|---|---:|---:|---:|---:|")
+    for sc in ("h1", "h2"):
+        on, off = by[("tokengate", sc)][0], by[("tokengate-nometrics", sc)][0]
+        print(f"| {names[sc]} | {on:,} | {off:,} | {on - off:+,} | {on / off:.3f} |")
 EOF

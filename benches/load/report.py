@@ -111,7 +111,7 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
     out.append("|---|---|---:|---:|---:|---:|---:|")
     verdicts = []
     for s in ("h1", "h2", "newconn"):
-        for p in ("nginx", "haproxy", "tokengate"):
+        for p in ("nginx", "haproxy", "tokengate", "tokengate-nometrics"):
             if (s, p) in rows:
                 errs = sum(x[4] for x in rows[(s, p)])
                 out.append(
@@ -127,6 +127,13 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
             f"(target {target:.2f}x), p99 {med(s, 'tokengate', 2):.2f} ms vs {med(s, best, 2):.2f} ms "
             f"-> {'met' if ok else 'NOT met'}"
         )
+    for s in ("h1", "h2", "newconn"):
+        if (s, "tokengate-nometrics") in rows:
+            on, off = med(s, "tokengate", 0), med(s, "tokengate-nometrics", 0)
+            verdicts.append(
+                f"- {NAMES[s]}: metrics on / off = **{on / off:.3f}x** req/s "
+                f"({on:,.0f} vs {off:,.0f}), CPU µs/req {cpu_med(s, 'tokengate')} vs {cpu_med(s, 'tokengate-nometrics')}"
+            )
     if ("exchange", "tokengate") in rows:
         rps = med("exchange", "tokengate", 0)
         errs = sum(x[4] for x in rows[("exchange", "tokengate")])

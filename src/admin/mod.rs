@@ -10,6 +10,7 @@
 //! | POST | /api/logout | 204, session ended |
 //! | GET | /api/session | 200 who is logged in, the CSRF token, defaults |
 //! | GET | /api/stats | 200 live access tokens, refresh tokens, public connections |
+//! | GET | /metrics | 200 Prometheus metrics (404 with `metrics.enabled = false`) |
 //! | POST | /api/refresh-tokens | 201 the new token, its string shown this once |
 //! | GET | /api/refresh-tokens | 200 every token (never a token string) |
 //! | DELETE | /api/refresh-tokens/{id} | 204, or 404 for an unknown id |
@@ -97,6 +98,13 @@ impl Handler for AdminHandler {
         reply
     }
 
+    fn conn_stats(&self) -> Option<&crate::metrics::ConnStats> {
+        // The local socket has no TLS and is not the admin listener.
+        (!self.local)
+            .then(|| self.state.metrics.admin_conns())
+            .flatten()
+    }
+
     fn handle(
         &self,
         peer: SocketAddr,
@@ -170,6 +178,10 @@ impl AdminHandler {
             ("/api/stats", _) => match method {
                 Method::GET => self.stats(),
                 _ => method_not_allowed("GET"),
+            },
+            ("/metrics", _) => match method {
+                Method::GET | Method::HEAD => crate::metrics::scrape_reply(&self.state),
+                _ => method_not_allowed("GET, HEAD"),
             },
             ("/api/cluster/rotate", _) => match method {
                 Method::POST => self.rotate(peer).await,

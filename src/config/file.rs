@@ -66,6 +66,67 @@ pub struct FileConfig {
     pub tokens: TokensSection,
     pub audit: AuditSection,
     pub cluster: ClusterSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
+}
+
+/// `[metrics]`: Prometheus metrics at `/metrics` on the admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Off: nothing is recorded on the request path and `/metrics` is 404.
+    pub enabled: bool,
+    /// A listener of its own, plain HTTP without authentication; `""` for
+    /// none; a bare port means loopback (`9464` = `127.0.0.1:9464`).
+    #[serde(deserialize_with = "text_or_number")]
+    pub listen: String,
+}
+
+/// A string, or a number taken as its text: `TOKENGATE_METRICS__LISTEN=9464`
+/// arrives as a number.
+fn text_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(de)? {
+        Raw::Number(n) => n.to_string(),
+        Raw::Text(t) => t,
+    })
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: true,
+            listen: String::new(),
+        }
+    }
+}
+
+/// `[log]`: the process log (stderr) and the access log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` (for people) or `json` (one object per line, for machines).
+    pub format: String,
+    /// A tracing filter (`info`, `debug`, `tokengate=debug,hyper=warn`);
+    /// the environment variable `TOKENGATE_LOG` wins when set.
+    pub level: String,
+    /// `off`, `stdout`, `stderr` or a file path (created 0600, appended to).
+    pub access: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: "text".into(),
+            level: "info".into(),
+            access: "off".into(),
+        }
+    }
 }
 
 /// `[cluster]`: used with `storage.backend = "postgres"` (ignored with redb).

@@ -79,6 +79,8 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub audit: AuditDestination,
     pub cluster: ClusterConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     /// What it was validated from, for `summary`.
     source: FileConfig,
 }
@@ -197,7 +199,32 @@ pub struct ClusterConfig {
     pub max_staleness: Duration,
 }
 
-/// Where audit lines go (`audit.destination`).
+/// `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// The unauthenticated scrape listener, if any.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `log.format`: how the process log and the access log are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive, checked at load.
+    pub level: String,
+    /// Where access lines go; `Off` by default.
+    pub access: AuditDestination,
+}
+
+/// Where audit lines go (`audit.destination`), and access lines (`log.access`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditDestination {
     Off,

@@ -200,9 +200,61 @@ impl FileConfig {
             },
             audit: AuditDestination::parse(&self.audit.destination),
             cluster: cluster(&self.cluster)?,
+            metrics: metrics(&self.metrics)?,
+            log: log(&self.log)?,
             source,
         })
     }
+}
+
+/// `[metrics]`.
+fn metrics(m: &super::file::MetricsSection) -> Result<MetricsConfig, ConfigError> {
+    let listen = match m.listen.trim() {
+        "" | "off" => None,
+        // A bare port: loopback, the safe place for an unauthenticated scrape.
+        port if port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(parse_addr("metrics.listen", &format!("127.0.0.1:{port}"))?)
+        }
+        addr => Some(parse_addr("metrics.listen", addr)?),
+    };
+    if listen.is_some() && !m.enabled {
+        return Err(ConfigError::invalid(
+            "metrics.listen",
+            "is set but metrics.enabled = false; turn metrics on or leave metrics.listen empty",
+        ));
+    }
+    Ok(MetricsConfig {
+        enabled: m.enabled,
+        listen,
+    })
+}
+
+/// `[log]`.
+fn log(l: &super::file::LogSection) -> Result<LogConfig, ConfigError> {
+    let format = match l.format.trim() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::invalid(
+                "log.format",
+                format!("{other:?} is not a log format; use \"text\" or \"json\""),
+            ))
+        }
+    };
+    let level = l.level.trim().to_owned();
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!(
+                "{level:?} is not a log filter like \"info\" or \"tokengate=debug,warn\" ({e})"
+            ),
+        ));
+    }
+    Ok(LogConfig {
+        format,
+        level,
+        access: AuditDestination::parse(&l.access),
+    })
 }
 
 /// `[cluster]`. The bounds keep the promises meaningful: a heartbeat every
@@ -456,6 +508,40 @@ mod tests {
         let c = from_toml("[upstream.headers]\nX-Api-Key = \"s3cret\"").unwrap();
         assert_eq!(c.upstream.headers.len(), 1);
         assert_eq!(c.upstream.headers[0].0, "x-api-key");
+    }
+
+    #[test]
+    fn metrics_and_log_settings() {
+        let c = from_toml("").unwrap();
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.access, AuditDestination::Off);
+        // A bare port, as a number (the environment's form) or text: loopback.
+        let c = from_toml("[metrics]\nlisten = 9464").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let c = from_toml(
+            "[metrics]\nlisten = \"9464\"\n[log]\nformat = \"json\"\naccess = \"stdout\"",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.access, AuditDestination::Stdout);
+        for (toml, key) in [
+            ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
+            ("[metrics]\nlisten = 70000", "metrics.listen"),
+            (
+                "[metrics]\nenabled = false\nlisten = \"9464\"",
+                "metrics.listen",
+            ),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[log]\nlevel = \"=[\"", "log.level"),
+        ] {
+            let e = from_toml(toml).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+        }
+        assert!(from_toml("[log]\ncolour = true").is_err());
     }
 
     #[test]

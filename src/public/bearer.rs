@@ -7,6 +7,7 @@ use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
 
 use crate::http::{error, Reply};
+use crate::metrics::Refusal;
 use crate::tokens::access::AccessError;
 
 /// Why the `Authorization` header was refused.
@@ -39,6 +40,25 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
         return Err(BearerError::Missing);
     }
     Ok(token)
+}
+
+/// The refusal's label in `tokengate_bearer_refusals_total`.
+pub(super) fn metric(e: &BearerError) -> Refusal {
+    match e {
+        BearerError::Missing => Refusal::Missing,
+        BearerError::Repeated => Refusal::Repeated,
+        BearerError::Scheme => Refusal::Scheme,
+        BearerError::Token(a) => match a {
+            AccessError::Malformed => Refusal::Malformed,
+            AccessError::EarlierBoot => Refusal::EarlierBoot,
+            AccessError::UnknownBoot => Refusal::UnknownBoot,
+            AccessError::Forged => Refusal::Forged,
+            AccessError::Unknown => Refusal::Unknown,
+            AccessError::Expired => Refusal::Expired,
+            AccessError::RefreshGone => Refusal::RefreshGone,
+            AccessError::RefreshUnseen => Refusal::RefreshUnseen,
+        },
+    }
 }
 
 /// RFC 6750 §3 answer.

@@ -5,9 +5,11 @@
 //! - `bearer`: the `Authorization: Bearer` check and its RFC 6750 refusals.
 //! - `client`: the client's address behind trusted load balancers.
 //! - `restricted`: a token's networks, scopes and rate, and their refusals.
+//! - `finish`: the request's end: its metrics and access-log line.
 
 mod bearer;
 mod client;
+mod finish;
 mod restricted;
 mod token;
 
@@ -18,6 +20,7 @@ pub use token::{parse_body, BodyKind, TokenRequest};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HOST;
@@ -26,11 +29,13 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::access_log::AccessLog;
 use crate::http::host::is_valid_host;
 use crate::http::{
     error, json, method_not_allowed, strip_body_for_head, too_many_requests, unavailable, Reply,
 };
-use crate::proxy::{Identity, Upstream, UpstreamBody};
+use crate::metrics::{ConnStats, Refusal, RouteLabel, UpstreamError, WorkerMetrics};
+use crate::proxy::{Identity, ProxyError, Upstream, UpstreamBody};
 use crate::server::Handler;
 use crate::state::State;
 use crate::store::RefreshToken;
@@ -44,42 +49,87 @@ pub(crate) const STALE: &str =
 /// DPA's token path, and the short one.
 pub(crate) const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
 
-/// A body we built, or one streamed from the upstream, with no boxing.
-pub(crate) type PublicBody = Either<Full<Bytes>, UpstreamBody>;
+/// A body we built, or one streamed from the upstream, with no boxing;
+/// wrapped to report the request when it is done.
+pub(crate) type PublicBody = finish::Finished<Either<Full<Bytes>, UpstreamBody>>;
 
 /// What one public worker serves with: the shared state and this worker's
 /// own upstream pool (so a request's upstream call never crosses threads).
 pub(crate) struct PublicHandler {
     pub(crate) state: Arc<State>,
     pub(crate) upstream: Arc<Upstream>,
+    /// This worker's own counters (`None`: metrics off).
+    pub(crate) metrics: Option<Arc<WorkerMetrics>>,
+    /// This worker's handle on the access log (`None`: off).
+    pub(crate) access_log: Option<Arc<AccessLog>>,
+}
+
+impl PublicHandler {
+    /// A worker's handler: its own upstream pool, metrics block and
+    /// access-log handle, so no per-request reference count is shared.
+    pub(crate) fn new(state: Arc<State>, upstream: Arc<Upstream>) -> PublicHandler {
+        PublicHandler {
+            metrics: state.metrics.worker(),
+            access_log: state.access_log.clone().map(Arc::new),
+            state,
+            upstream,
+        }
+    }
 }
 
 impl Handler for PublicHandler {
     type Body = PublicBody;
 
     fn wrap(reply: Reply) -> Response<PublicBody> {
-        reply.map(Either::Left)
+        reply.map(|b| finish::Finished::new(Either::Left(b), None))
+    }
+
+    fn conn_stats(&self) -> Option<&ConnStats> {
+        self.metrics.as_deref().map(|m| &m.conns)
     }
 
     async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<PublicBody> {
+        let observed = self.metrics.is_some() || self.access_log.is_some();
+        let start = observed.then(Instant::now);
+        let access = self
+            .access_log
+            .as_ref()
+            .map(|l| (l.clone(), req.method().clone(), req.uri().path().to_owned()));
         let head = req.method() == Method::HEAD;
-        let mut reply = match self.route(peer, req).await {
-            Either::Left(upstream) => return upstream.map(Either::Right),
+        let mut note = finish::Note::new();
+        let resp = match self.route(peer, req, &mut note).await {
             // Upstream answers to HEAD are already empty.
-            Either::Right(ours) => ours,
+            Either::Left(upstream) => upstream.map(Either::Right),
+            Either::Right(mut reply) => {
+                if head {
+                    strip_body_for_head(&mut reply);
+                }
+                reply.map(Either::Left)
+            }
         };
-        if head {
-            strip_body_for_head(&mut reply);
-        }
-        reply.map(Either::Left)
+        let pending = start.map(|start| finish::Pending {
+            start,
+            status: resp.status().as_u16(),
+            note,
+            metrics: self.metrics.clone(),
+            access,
+        });
+        resp.map(|b| finish::Finished::new(b, pending))
     }
 }
 
 impl PublicHandler {
+    fn refused(&self, r: Refusal) {
+        if let Some(m) = &self.metrics {
+            m.refusal(r);
+        }
+    }
+
     async fn route(
         &self,
         peer: SocketAddr,
         req: Request<Incoming>,
+        note: &mut finish::Note,
     ) -> Either<Response<UpstreamBody>, Reply> {
         // From here on `peer` is the client, also behind a trusted balancer.
         let peer = client::client_addr(
@@ -87,6 +137,7 @@ impl PublicHandler {
             req.headers(),
             &self.state.config.public.trusted_proxies,
         );
+        note.client = Some(peer.ip());
         if !host_ok(&req) {
             return Either::Right(error(
                 StatusCode::BAD_REQUEST,
@@ -95,10 +146,17 @@ impl PublicHandler {
             ));
         }
         match route(req.uri().path()) {
-            Route::Health => Either::Right(self.health(req.method(), req.uri().path())),
-            // Boxed so proxied requests do not carry the token endpoint's state.
-            Route::Token => Either::Right(Box::pin(token::endpoint(&self.state, peer, req)).await),
-            Route::Proxy => self.proxied(peer, req).await,
+            Route::Health => {
+                note.route = RouteLabel::Health;
+                Either::Right(self.health(req.method(), req.uri().path()))
+            }
+            Route::Token => {
+                note.route = RouteLabel::Token;
+                let m = self.metrics.as_deref();
+                // Boxed so proxied requests do not carry the token endpoint's state.
+                Either::Right(Box::pin(token::endpoint(&self.state, m, peer, req)).await)
+            }
+            Route::Proxy => self.proxied(peer, req, note).await,
         }
     }
 
@@ -108,6 +166,7 @@ impl PublicHandler {
         &self,
         peer: SocketAddr,
         req: Request<Incoming>,
+        note: &mut finish::Note,
     ) -> Either<Response<UpstreamBody>, Reply> {
         let state = &self.state;
         // Stage 1: authenticate. A client over its failure budget is
@@ -115,30 +174,40 @@ impl PublicHandler {
         let identity = {
             let (ip, now) = (peer.ip(), state.clock.now());
             if let Err(t) = state.throttle.check(ip, now) {
+                self.refused(Refusal::Throttled);
                 return Either::Right(too_many_failures(t));
             }
             let token = match bearer_token(req.headers()) {
                 Ok(t) => t,
-                Err(e) => return Either::Right(bearer::refusal(e, peer)),
+                Err(e) => {
+                    self.refused(bearer::metric(&e));
+                    return Either::Right(bearer::refusal(e, peer));
+                }
             };
             if let Some(cluster) = &state.cluster {
                 // Fail closed: past cluster.max_staleness this replica may
                 // have missed a delete, so it vouches for no token.
                 if cluster.check_fresh().is_err() {
+                    self.refused(Refusal::Stale);
                     return Either::Right(unavailable(STALE));
                 }
             }
             let want_identity = self.upstream.identity_headers();
+            let want_name = self.access_log.is_some();
+            let mut named = None;
             let (method, path) = (req.method(), req.uri().path());
             // Runs under the access map's read guard, on the token it
             // already holds: an unrestricted token pays one branch here.
-            let admit = |r: &RefreshToken| {
+            let mut admit = |r: &RefreshToken| {
+                if want_name {
+                    named = Some((r.id, r.name.clone()));
+                }
                 if let Some(x) = r.restrictions() {
                     restricted::check(x, ip, method, path, now).map_err(|e| (e, r.id))?;
                 }
                 Ok(want_identity.then(|| Identity::of(r)))
             };
-            let validate = || {
+            let mut validate = || {
                 state.access.validate_with(
                     token,
                     now,
@@ -150,7 +219,7 @@ impl PublicHandler {
                             AccessError::RefreshUnseen
                         })
                     },
-                    admit,
+                    &mut admit,
                 )
             };
             let mut checked = validate();
@@ -167,6 +236,7 @@ impl PublicHandler {
                 if !cluster.catch_up().await {
                     // The database did not answer in time: the token is not
                     // known to be bad, so no 401 and no count.
+                    self.refused(Refusal::Stale);
                     return Either::Right(unavailable(STALE));
                 }
                 checked = validate();
@@ -174,22 +244,46 @@ impl PublicHandler {
                     state.throttle.failed(ip, now, &state.audit);
                 }
             }
+            note.token = named;
             match checked {
                 Ok(Ok(id)) => id,
                 Ok(Err((refused, token_id))) => {
                     tracing::debug!(%peer, token_id, reason = ?refused, "request refused by the token's restrictions");
+                    self.refused(restricted::metric(&refused));
                     return Either::Right(restricted::refusal(refused));
                 }
                 Err(e) => {
                     if e.counts_as_guess() {
                         state.throttle.failed(ip, now, &state.audit);
                     }
-                    return Either::Right(bearer::refusal(BearerError::Token(e), peer));
+                    let e = BearerError::Token(e);
+                    self.refused(bearer::metric(&e));
+                    return Either::Right(bearer::refusal(e, peer));
                 }
             }
         };
         // Stages 2–4: rewrite, forward, filter (in the proxy module).
-        match self.upstream.forward(req, peer, identity).await {
+        // Timed only when someone looks: metrics or the access log.
+        let sent = (self.metrics.is_some() || self.access_log.is_some()).then(Instant::now);
+        let forwarded = self.upstream.forward(req, peer, identity).await;
+        // A target refused before sending never reached the upstream.
+        if let (Some(sent), false) = (sent, matches!(forwarded, Err(ProxyError::Target(_)))) {
+            let took = sent.elapsed();
+            note.upstream = Some(took);
+            if let Some(m) = &self.metrics {
+                m.upstream(took);
+                let failed = match &forwarded {
+                    Err(ProxyError::Connect(_)) => Some(UpstreamError::Connect),
+                    Err(ProxyError::Timeout(_)) => Some(UpstreamError::Timeout),
+                    Err(ProxyError::Failed(_)) => Some(UpstreamError::Failed),
+                    _ => None,
+                };
+                if let Some(k) = failed {
+                    m.upstream_error(k);
+                }
+            }
+        }
+        match forwarded {
             Ok(resp) => Either::Left(resp),
             Err(e) => {
                 let (status, code) = e.status_and_code();

@@ -49,6 +49,16 @@ pub(crate) fn check(
 }
 
 /// The answer to a refused request.
+/// The refusal's label in `tokengate_bearer_refusals_total`.
+pub(super) fn metric(refused: &Refused) -> crate::metrics::Refusal {
+    use crate::metrics::Refusal;
+    match refused {
+        Refused::Network => Refusal::Network,
+        Refused::Scope => Refusal::Scope,
+        Refused::Rate(_) => Refusal::RateLimited,
+    }
+}
+
 pub(super) fn refusal(refused: Refused) -> Reply {
     match refused {
         Refused::Network => challenge(

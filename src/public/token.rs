@@ -14,6 +14,7 @@ use crate::audit;
 use crate::http::{
     error, json, media_type, method_not_allowed, no_store, read_body, unavailable, BodyError, Reply,
 };
+use crate::metrics::{Exchange, WorkerMetrics};
 use crate::state::State;
 use crate::tokens::exchange::{Client, ExchangeError, Exchanger, RefreshGrant};
 use crate::tokens::format::parse_refresh;
@@ -57,15 +58,37 @@ enum Refusal {
     Exchange(ExchangeError),
 }
 
-pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+/// The exchange and its result in `tokengate_token_exchanges_total`.
+pub(super) async fn endpoint(
+    state: &State,
+    metrics: Option<&WorkerMetrics>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Reply {
+    let (reply, result) = exchange(state, peer, req).await;
+    if let (Some(m), Some(r)) = (metrics, result) {
+        m.exchange(r);
+    }
+    reply
+}
+
+/// The answer, and the result to count (`None`: not an exchange, such as a `GET`).
+async fn exchange(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> (Reply, Option<Exchange>) {
     if req.method() != Method::POST {
-        return no_store(method_not_allowed("POST"));
+        return (no_store(method_not_allowed("POST")), None);
     }
     // Before the body is even read: a client over its failure budget costs
     // no HMAC, no lookup and no audit line (the throttle counts it).
     let (ip, now) = (peer.ip(), state.clock.now());
     if let Err(t) = state.throttle.check(ip, now) {
-        return no_store(super::too_many_failures(t));
+        return (
+            no_store(super::too_many_failures(t)),
+            Some(Exchange::Throttled),
+        );
     }
     let user_agent = req
         .headers()
@@ -85,7 +108,10 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
         // Without the database this replica may have missed a delete: it
         // mints nothing it could not vouch for.
         if cluster.check_connected().is_err() {
-            return no_store(unavailable(super::STALE));
+            return (
+                no_store(unavailable(super::STALE)),
+                Some(Exchange::Unavailable),
+            );
         }
     }
     let exchanger = Exchanger {
@@ -106,7 +132,10 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
         // misses; the failure still counts against the client's budget).
         if parse_refresh(grant.refresh_token).is_ok() {
             if !cluster.catch_up().await {
-                return no_store(unavailable(super::STALE));
+                return (
+                    no_store(unavailable(super::STALE)),
+                    Some(Exchange::Unavailable),
+                );
             }
             result = exchanger.exchange(grant, client);
         }
@@ -124,14 +153,15 @@ pub(super) async fn endpoint(state: &State, peer: SocketAddr, req: Request<Incom
                 user_agent,
                 ..Default::default()
             });
-            no_store(json(
+            let reply = no_store(json(
                 StatusCode::OK,
                 &TokenResponse {
                     access_token: &issued.access_token,
                     token_type: "bearer",
                     expires_in: issued.expires_in,
                 },
-            ))
+            ));
+            (reply, Some(Exchange::Issued))
         }
         Err(e) => {
             // Unknown, deleted or mistyped could be a guess; expired could not.
@@ -259,7 +289,20 @@ fn grant(req: &TokenRequest) -> Result<RefreshGrant<'_>, Refusal> {
 }
 
 /// RFC 6749 §5.2 answer, a log line and an audit line.
-fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>) -> Reply {
+fn refuse(
+    state: &State,
+    r: Refusal,
+    peer: SocketAddr,
+    user_agent: Option<&str>,
+) -> (Reply, Option<Exchange>) {
+    let counted = match &r {
+        Refusal::InvalidRequest(_) | Refusal::Body(_) => Exchange::InvalidRequest,
+        Refusal::UnsupportedGrantType => Exchange::UnsupportedGrantType,
+        Refusal::Exchange(ExchangeError::NotValid) => Exchange::InvalidGrant,
+        Refusal::Exchange(ExchangeError::Expired(_)) => Exchange::Expired,
+        Refusal::Exchange(ExchangeError::Network(_)) => Exchange::NetworkRefused,
+        Refusal::Exchange(ExchangeError::Unavailable) => Exchange::Unavailable,
+    };
     let (status, code, text): (StatusCode, &str, &str) = match &r {
         Refusal::InvalidRequest(t) => (StatusCode::BAD_REQUEST, "invalid_request", t),
         Refusal::Body(e) => (e.status(), "invalid_request", e.description()),
@@ -300,10 +343,11 @@ fn refuse(state: &State, r: Refusal, peer: SocketAddr, user_agent: Option<&str>)
         user_agent,
         count: None,
     });
-    match r {
+    let reply = match r {
         Refusal::Body(e) => no_store(e.reply()),
         _ => no_store(error(status, code, text)),
-    }
+    };
+    (reply, Some(counted))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ use hyper::body::Incoming;
 
 use crate::config::ListenerLimits;
 use crate::http::{too_many_requests, Reply};
+use crate::metrics::{ConnStats, Handshake};
 use crate::net::{any_contains, Cidr};
 pub(crate) use balance::{Balancer, Load};
 use balance::{Handoff, Placed};
@@ -78,6 +79,12 @@ pub(crate) trait Handler: Send + Sync + 'static {
 
     /// A reply built by the driver itself (a refusal), in this handler's body type.
     fn wrap(reply: Reply) -> Response<Self::Body>;
+
+    /// Where this listener's connections and handshakes are counted; `None`
+    /// with metrics off.
+    fn conn_stats(&self) -> Option<&ConnStats> {
+        None
+    }
 }
 
 /// What one accept loop serves with. Each public worker has its own handler
@@ -249,18 +256,28 @@ async fn connection<H: Handler>(
             }
         }
     };
+    let stats = ctx.handler.conn_stats();
+    let count = |h| {
+        if let Some(s) = stats {
+            s.handshake(h);
+        }
+    };
     let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            count(Handshake::Failed);
             tracing::debug!(%client, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            count(Handshake::TimedOut);
             tracing::debug!(%client, "TLS handshake timed out");
             return;
         }
     };
+    count(Handshake::Done);
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let _open = stats.map(|s| s.open(h2));
     let activity = Arc::new(Activity::default());
     let deadlines = Deadlines {
         first_request: limits.header_read_timeout,

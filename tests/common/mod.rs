@@ -819,3 +819,76 @@ pub fn closed_by_peer(s: &std::net::TcpStream) -> bool {
 pub fn secs(s: u64) -> tokengate::config::HumanDuration {
     tokengate::config::HumanDuration(Duration::from_secs(s))
 }
+
+/// Runs the `tokengate` binary's `check-config` in `dir` with only `env`
+/// set: whether it passed, and what it printed (stdout, then stderr).
+pub fn check_config(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    c.arg("check-config").current_dir(dir).env_clear();
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `tokengate serve` in `dir` with a clean environment listening on
+/// `public` and `admin` in front of `upstream`, stderr piped, killed if
+/// dropped; callers add their own variables and spawn it.
+pub fn serve_command(
+    dir: &std::path::Path,
+    public: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    c.arg("serve")
+        .current_dir(dir)
+        .env_clear()
+        .env("TOKENGATE_PUBLIC__LISTEN", public.to_string())
+        .env("TOKENGATE_ADMIN__LISTEN", admin.to_string())
+        .env("TOKENGATE_UPSTREAM__URL", format!("http://{upstream}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+/// What a child wrote to its piped stream until it closed.
+pub async fn read_all(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    stream
+        .expect("piped")
+        .read_to_string(&mut text)
+        .await
+        .unwrap();
+    text
+}
+
+/// Waits until a `tokengate serve` started in `dir` has written its
+/// certificate (`certs/tokengate.crt`, returned) and listens on `public`.
+pub async fn wait_for_serve(dir: &std::path::Path, public: SocketAddr) -> PathBuf {
+    let cert = dir.join("certs/tokengate.crt");
+    let cert_path = &cert;
+    eventually_ok(
+        Duration::from_secs(30),
+        "the gateway to write its certificate and listen",
+        move || async move {
+            if !cert_path.exists() {
+                return Err("no certificate yet".to_owned());
+            }
+            TcpStream::connect(public)
+                .await
+                .map(drop)
+                .map_err(|e| format!("public listener: {e}"))
+        },
+    )
+    .await;
+    cert
+}
