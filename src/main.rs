@@ -205,6 +205,16 @@ fn init_logging(format: LogFormat, level: &str) -> LogFilterHandle {
     handle
 }
 
+/// Applies a reloaded `log.level`, unless `TOKENGATE_LOG` set the filter
+/// (the environment wins, at start and at every reload).
+fn set_log_level(handle: &LogFilterHandle, level: &str) -> Result<(), String> {
+    if std::env::var_os("TOKENGATE_LOG").is_some() {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("log.level {level:?}: {e}"))?;
+    handle.reload(filter).map_err(|e| e.to_string())
+}
+
 fn serve(config_path: Option<PathBuf>, dev: bool) -> ExitCode {
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
@@ -215,7 +225,7 @@ fn serve(config_path: Option<PathBuf>, dev: bool) -> ExitCode {
         }
     };
     // Kept for `log.level` reloads.
-    let _log_filter = init_logging(config.log.format, &config.log.level);
+    let log_filter = init_logging(config.log.format, &config.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -240,6 +250,9 @@ fn serve(config_path: Option<PathBuf>, dev: bool) -> ExitCode {
                     Config::load(config_path.as_deref())
                 })),
                 reload_on_sighup: true,
+                log_level: Some(std::sync::Arc::new(move |c: &Config| {
+                    set_log_level(&log_filter, &c.log.level)
+                })),
                 ..StartOptions::default()
             };
             let gateway = match Gateway::start(config, opts).await {

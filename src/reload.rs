@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::ReloadKind;
 use crate::proxy::Upstreams;
 use crate::server::stopped;
 use crate::state::State;
@@ -35,7 +36,17 @@ pub type ConfigSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Syn
 pub type LogLevelHook = Arc<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
 
 /// Keys (and key prefixes) a reload applies to the running gateway.
-const LIVE: &[&str] = &["tls.cert", "tls.key", "public.auth_failures_per_minute"];
+const LIVE: &[&str] = &[
+    "tls.cert",
+    "tls.key",
+    "public.auth_failures_per_minute",
+    "upstream.headers",
+    "upstream.connect_timeout",
+    "upstream.response_timeout",
+    "upstream.ca_file",
+    "upstream.insecure_skip_verify",
+    "log.level",
+];
 
 fn is_live(key: &str) -> bool {
     LIVE.iter().any(|l| {
@@ -218,6 +229,11 @@ impl Reloader {
 
     fn report(&self, trigger: Trigger, result: &Result<Reloaded, ReloadError>) {
         let by = trigger.name();
+        let kind = match trigger {
+            Trigger::FileWatch => ReloadKind::Certificate,
+            Trigger::Signal | Trigger::Api => ReloadKind::Config,
+        };
+        self.state.metrics.reload(kind, result.is_ok());
         match result {
             Ok(r) => {
                 tracing::info!(

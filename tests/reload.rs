@@ -365,6 +365,40 @@ async fn live_settings_apply_and_the_rest_is_named_as_needing_a_restart() {
         other.api_get("/api/x", &forged).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+    // The upstream's extra headers change live, for every worker: the next
+    // request carries the new one (from a client the budget has not blocked).
+    file.lock()
+        .unwrap()
+        .upstream
+        .headers
+        .insert("X-Env".into(), "blue".into());
+    file.lock().unwrap().public.auth_failures_per_minute = 2;
+    let r = client
+        .admin_json("POST", "/api/reload", &serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["applied"], serde_json::json!(["upstream.headers"]));
+    let fresh = common::TestClient::with_source(
+        file.lock().unwrap().tls.cert.as_ref().unwrap(),
+        gateway.public_addr,
+        gateway.admin_addr,
+        Some("127.0.0.9".parse().unwrap()),
+    );
+    let r = fresh
+        .token_form(&format!("grant_type=refresh_token&refresh_token={refresh}"))
+        .await;
+    let access = r.json()["access_token"].as_str().unwrap().to_owned();
+    let r = fresh.api_get("/api/echo", &access).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-env"][0], "blue", "{}", r.text());
+    // Every reload is counted: three that applied, one refused.
+    let scrape = client.admin_call("GET", "/metrics").await.text();
+    for line in [
+        "tokengate_reloads_total{kind=\"config\",result=\"success\"} 3",
+        "tokengate_reloads_total{kind=\"config\",result=\"failure\"} 1",
+    ] {
+        assert!(scrape.lines().any(|l| l == line), "{line} in:\n{scrape}");
+    }
     // Only POST reloads.
     let r = client.admin_call("GET", "/api/reload").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
@@ -383,11 +417,14 @@ async fn sighup_and_the_reload_command_reload_the_running_binary() {
     let (cert, key) = new_pair(dir.path(), "served");
     let (new_cert, new_key) = new_pair(dir.path(), "renewed");
     let config = dir.path().join("tokengate.toml");
-    let write_config = |budget: u32| {
+    // `log.level` starts at warn: the SIGHUP reload's info line is not
+    // logged; the second reload turns info on, and its own line shows.
+    let write_config = |budget: u32, level: &str| {
         std::fs::write(
             &config,
             format!(
                 "[public]\nlisten = \"{public}\"\nauth_failures_per_minute = {budget}\n\
+                 [log]\nlevel = \"{level}\"\n\
                  [admin]\nlisten = \"{admin}\"\n\
                  [upstream]\nurl = \"http://{}\"\n\
                  [tls]\ncert = \"{}\"\nkey = \"{}\"\nwatch_interval = 0\n",
@@ -398,7 +435,7 @@ async fn sighup_and_the_reload_command_reload_the_running_binary() {
         )
         .unwrap()
     };
-    write_config(100);
+    write_config(100, "warn");
     let mut child = tokio::process::Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
@@ -454,7 +491,7 @@ async fn sighup_and_the_reload_command_reload_the_running_binary() {
     assert_eq!(c.get("/api/after-hup", &access).await, Some(StatusCode::OK));
 
     // `tokengate reload` through the admin listener: a changed budget.
-    write_config(50);
+    write_config(50, "info");
     let trust = bundle(dir.path(), &[&cert, &new_cert]);
     let reload = || {
         tokio::process::Command::new(BIN)
@@ -472,7 +509,7 @@ async fn sighup_and_the_reload_command_reload_the_running_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("applied public.auth_failures_per_minute"),
+        stdout.contains("applied log.level, public.auth_failures_per_minute"),
         "{stdout}"
     );
     // A broken file: exit code 2 and the error, the gateway unchanged.
@@ -494,10 +531,13 @@ async fn sighup_and_the_reload_command_reload_the_running_binary() {
         .read_to_string(&mut log)
         .await
         .unwrap();
-    assert!(
-        log.contains("trigger=\"SIGHUP\"") || log.contains("SIGHUP"),
-        "{log}"
-    );
+    // Reloaded log level: only the second reload's info line was logged.
+    let reloaded: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("configuration reloaded"))
+        .collect();
+    assert_eq!(reloaded.len(), 1, "{log}");
+    assert!(reloaded[0].contains("admin API"), "{log}");
     assert!(log.contains("reload refused"), "{log}");
     assert!(!log.contains(&refresh) && !log.contains(&access));
 }

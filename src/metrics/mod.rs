@@ -299,11 +299,8 @@ impl Metrics {
     }
 
     /// Counts a configuration or certificate reload
-    /// (`tokengate_reloads_total{kind, result}`).
-    #[allow(
-        dead_code,
-        reason = "the hook for config/certificate reloads, wired with them"
-    )]
+    /// (`tokengate_reloads_total{kind, result}`): SIGHUP and the API count
+    /// as `config`, the certificate-file watch as `certificate`.
     pub(crate) fn reload(&self, kind: ReloadKind, ok: bool) {
         self.reloads[kind as usize][usize::from(!ok)].fetch_add(1, Relaxed);
     }
