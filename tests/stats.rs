@@ -33,7 +33,8 @@ async fn stats(gw: &TestGateway) -> Stats {
             "access_tokens_evicted",
             "live_access_tokens",
             "public_connections",
-            "refresh_tokens"
+            "refresh_tokens",
+            "refresh_tokens_expiring_soon"
         ]
     );
     serde_json::from_value(v).unwrap()
