@@ -232,6 +232,9 @@ async fn differential(kind: Kind) {
     );
 
     let mut failures = String::new();
+    // Every finding in full, for whoever has to fix them (the failure
+    // message shows the first few of each kind).
+    let mut findings = String::new();
     let mut summary = format!(
         "{kind:?}: {} payloads, ready in {ready:?}, all sent after {:?}\n",
         payloads.len(),
@@ -270,6 +273,15 @@ async fn differential(kind: Kind) {
     ] {
         let t = Tally::of(sent, outcomes);
         let _ = writeln!(summary, "  {route}: {:?}", t.statuses);
+        for (what, list) in [
+            ("secret", &t.leaks),
+            ("5xx", &t.server_errors),
+            ("429", &t.throttled),
+        ] {
+            for l in list {
+                let _ = writeln!(findings, "{route}\t{what}\t{l}");
+            }
+        }
         if !t.leaks.is_empty() {
             let _ = writeln!(
                 failures,
@@ -311,6 +323,15 @@ async fn differential(kind: Kind) {
         );
     }
     let _ = writeln!(summary, "  done in {:?}", started.elapsed());
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("path_confusion-{kind:?}.tsv"));
+    if findings.is_empty() {
+        // No stale list from an earlier run.
+        let _ = std::fs::remove_file(&file);
+    } else {
+        std::fs::write(&file, &findings).unwrap();
+        let _ = writeln!(failures, "every finding: {}", file.display());
+    }
     eprintln!("{summary}");
     assert!(failures.is_empty(), "{summary}\n{failures}");
 }
