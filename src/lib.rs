@@ -99,5 +99,7 @@ pub mod benching {
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::http::names::is_reserved;
-    pub use crate::proxy::{base_path, join_target, TargetError};
+    pub use crate::proxy::{
+        base_path, canonicalise, join_target, Canonical, InvalidPath, PathPolicy, TargetError,
+    };
 }

@@ -199,3 +199,57 @@ fn log_settings_come_from_the_environment_and_are_checked() {
         "{out}"
     );
 }
+
+/// `;` path parameters carry session ids (Java's `;jsessionid=`): the
+/// access log never shows them, whether the path was refused (the strict
+/// default) or let through (`public.path_parameters`), and an allowed one
+/// reaches the upstream while the scope is matched without it.
+#[tokio::test]
+async fn path_parameters_never_reach_the_access_log() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.log.access = log.display().to_string();
+        f.log.format = "json".into();
+        f.public.path_parameters = vec!["jsessionid".into()];
+    })
+    .await;
+    let (_, refresh) = gw.create_token("java client").await;
+    let access = gw.exchange(&refresh).await;
+    let allowed = gw
+        .client
+        .api_get("/app/page;jsessionid=SESSIONAAA", &access)
+        .await;
+    assert_eq!(allowed.status, StatusCode::OK, "{}", allowed.text());
+    assert_eq!(allowed.json()["path"], "/app/page;jsessionid=SESSIONAAA");
+    for refused in [
+        "/app;jsessionid=SESSIONBBB/page",
+        "/app/page;other=SESSIONCCC",
+        "/app/page;jsessionid=SESSIONDDD%2f..",
+    ] {
+        let r = gw.client.api_get(refused, &access).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{refused}");
+        assert_eq!(r.json()["error"], "invalid_path", "{refused}");
+    }
+    let lines = lines(&log, 5).await;
+    let text = lines.join("\n");
+    assert!(
+        !text.contains("SESSION"),
+        "a session id was logged:\n{text}"
+    );
+    let paths: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        paths[1..],
+        ["/app/page", "/app/page", "/app/page", "/app/page"],
+        "{text}"
+    );
+}

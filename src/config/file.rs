@@ -188,6 +188,7 @@ pub struct PublicSection {
     pub trusted_proxies: Vec<String>,
     pub proxy_protocol: bool,
     pub auth_failures_per_minute: u32,
+    pub path_parameters: Vec<String>,
 }
 
 impl Default for PublicSection {
@@ -219,6 +220,9 @@ impl Default for PublicSection {
             // Far above what a script that mistyped its token needs to
             // notice, far below what guessing needs.
             auth_failures_per_minute: 100,
+            // Strict: a `;` in a path is read differently by different
+            // servers (a scope bypass through nginx, Caddy, Python).
+            path_parameters: Vec::new(),
         }
     }
 }

@@ -127,6 +127,9 @@ pub struct PublicConfig {
     /// Failed authentications (guesses only) per client address and minute
     /// before its requests answer 429; 0 turns the throttle off.
     pub auth_failures_per_minute: u32,
+    /// Path parameters (`;name=value`, last segment only) let through to
+    /// the upstream, by name; empty: a `;` in a path is refused.
+    pub path_parameters: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -65,6 +65,30 @@ impl FileConfig {
                 }
                 n
             },
+            path_parameters: {
+                let names = p.path_parameters;
+                if names.len() > 16 {
+                    return Err(ConfigError::invalid(
+                        "public.path_parameters",
+                        format!("at most 16 names, got {}", names.len()),
+                    ));
+                }
+                if let Some(bad) = names.iter().find(|n| {
+                    n.is_empty()
+                        || n.len() > 64
+                        || !n
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                }) {
+                    return Err(ConfigError::invalid(
+                        "public.path_parameters",
+                        format!(
+                            "{bad:?} is not a parameter name (1 to 64 letters, digits, `_`, `-` or `.`, e.g. \"jsessionid\")"
+                        ),
+                    ));
+                }
+                names
+            },
         };
         let a = self.admin;
         if let Some(h) = &a.password_hash {
@@ -407,6 +431,7 @@ mod tests {
         assert_eq!(c.tokens.refresh_ttl, Duration::from_secs(90 * 86_400));
         assert_eq!(c.admin.limits.max_connections, 256);
         assert_eq!(c.public.auth_failures_per_minute, 100);
+        assert!(c.public.path_parameters.is_empty());
         assert!(c.tls.generate_if_missing);
     }
 
@@ -451,6 +476,14 @@ mod tests {
             (
                 "[public]\nauth_failures_per_minute = 2000000",
                 "public.auth_failures_per_minute",
+            ),
+            (
+                "[public]\npath_parameters = [\"a;b\"]",
+                "public.path_parameters",
+            ),
+            (
+                "[public]\npath_parameters = [\"\"]",
+                "public.path_parameters",
             ),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             ("[tokens]\naccess_ttl = \"0s\"", "tokens.access_ttl"),

@@ -3,14 +3,15 @@
 //! pool per server (`pool`); explicit connect and response timeouts;
 //! streamed bodies both ways.
 
+mod canonical;
 pub(crate) mod headers;
 mod health;
 mod pool;
 mod target;
 mod upstreams;
 
+pub use canonical::{canonicalise, Canonical, InvalidPath, PathPolicy};
 pub(crate) use pool::{ConnectError, UpstreamBody};
-pub(crate) use target::normalised_path;
 pub use target::{base_path, join_target, TargetError};
 pub(crate) use upstreams::Upstreams;
 
@@ -84,10 +85,7 @@ impl ProxyError {
             ProxyError::Connect(_) => "the upstream API cannot be reached",
             ProxyError::Failed(_) => "the upstream API failed to answer",
             ProxyError::Timeout(_) => "the upstream API did not answer in time",
-            ProxyError::Target(TargetError::AboveRoot) => {
-                "the request path climbs above / with `..` segments"
-            }
-            ProxyError::Target(TargetError::Invalid(_)) => "the request cannot be forwarded",
+            ProxyError::Target(_) => "the request cannot be forwarded",
         }
     }
 }
@@ -186,11 +184,15 @@ impl Upstream {
 
     /// Rewrites and forwards an authenticated request; returns the upstream's
     /// response with hop-by-hop headers removed. Bodies stream both ways.
+    /// `rewrite` is the request's canonical path when that is not the path
+    /// as sent (`Canonical::into_rewrite`): the path the checks saw is the
+    /// path the upstream gets.
     pub(crate) async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         identity: Option<Identity>,
+        rewrite: Option<String>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
@@ -199,7 +201,8 @@ impl Upstream {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = join_target(&self.shared.base_path, &parts.uri).map_err(ProxyError::Target)?;
+        parts.uri = target::upstream_target(&self.shared.base_path, &parts.uri, rewrite.as_deref())
+            .map_err(ProxyError::Target)?;
         // The upstream leg is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
         let server = self.pick(None).unwrap_or(0);

@@ -35,7 +35,9 @@ use crate::http::{
     error, json, method_not_allowed, strip_body_for_head, too_many_requests, unavailable, Reply,
 };
 use crate::metrics::{ConnStats, Refusal, RouteLabel, UpstreamError, WorkerMetrics};
-use crate::proxy::{Identity, ProxyError, Upstream, UpstreamBody};
+use crate::proxy::{
+    canonicalise, Identity, InvalidPath, PathPolicy, ProxyError, Upstream, UpstreamBody,
+};
 use crate::server::Handler;
 use crate::state::State;
 use crate::store::RefreshToken;
@@ -62,6 +64,9 @@ pub(crate) struct PublicHandler {
     pub(crate) metrics: Option<Arc<WorkerMetrics>>,
     /// This worker's handle on the access log (`None`: off).
     pub(crate) access_log: Option<Arc<AccessLog>>,
+    /// What a request path may hold (`public.path_parameters`); the
+    /// worker's own copy, read on every proxied request.
+    paths: PathPolicy,
 }
 
 impl PublicHandler {
@@ -71,6 +76,7 @@ impl PublicHandler {
         PublicHandler {
             metrics: state.metrics.worker(),
             access_log: state.access_log.clone().map(Arc::new),
+            paths: PathPolicy::with_parameters(&state.config.public.path_parameters),
             state,
             upstream,
         }
@@ -91,10 +97,13 @@ impl Handler for PublicHandler {
     async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<PublicBody> {
         let observed = self.metrics.is_some() || self.access_log.is_some();
         let start = observed.then(Instant::now);
-        let access = self
-            .access_log
-            .as_ref()
-            .map(|l| (l.clone(), req.method().clone(), req.uri().path().to_owned()));
+        let access = self.access_log.as_ref().map(|l| {
+            (
+                l.clone(),
+                req.method().clone(),
+                loggable_path(req.uri().path()),
+            )
+        });
         let head = req.method() == Method::HEAD;
         let mut note = finish::Note::new();
         let resp = match self.route(peer, req, &mut note).await {
@@ -169,7 +178,18 @@ impl PublicHandler {
         note: &mut finish::Note,
     ) -> Either<Response<UpstreamBody>, Reply> {
         let state = &self.state;
-        // Stage 1: authenticate. A client over its failure budget is
+        // Stage 1: the canonical target. The path is read once, here: the
+        // scope check matches it and the upstream is sent it, so no spelling
+        // can mean one path to the check and another to the upstream. What
+        // could be read two ways is refused, whoever asks.
+        let canonical = match canonicalise(req.uri().path(), &self.paths) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%peer, reason = %e, "request path refused");
+                return Either::Right(invalid_path(e));
+            }
+        };
+        // Stage 2: authenticate. A client over its failure budget is
         // refused before any MAC work or map lookup.
         let identity = {
             let (ip, now) = (peer.ip(), state.clock.now());
@@ -195,7 +215,7 @@ impl PublicHandler {
             let want_identity = self.upstream.identity_headers();
             let want_name = self.access_log.is_some();
             let mut named = None;
-            let (method, path) = (req.method(), req.uri().path());
+            let (method, path) = (req.method(), canonical.path());
             // Runs under the access map's read guard, on the token it
             // already holds: an unrestricted token pays one branch here.
             let mut admit = |r: &RefreshToken| {
@@ -262,10 +282,12 @@ impl PublicHandler {
                 }
             }
         };
-        // Stages 2–4: rewrite, forward, filter (in the proxy module).
+        // Stages 3–5: rewrite, forward, filter (in the proxy module), with
+        // the canonical path the checks saw.
+        let rewrite = canonical.into_rewrite();
         // Timed only when someone looks: metrics or the access log.
         let sent = (self.metrics.is_some() || self.access_log.is_some()).then(Instant::now);
-        let forwarded = self.upstream.forward(req, peer, identity).await;
+        let forwarded = self.upstream.forward(req, peer, identity, rewrite).await;
         // A target refused before sending never reached the upstream.
         if let (Some(sent), false) = (sent, matches!(forwarded, Err(ProxyError::Target(_)))) {
             let took = sent.elapsed();
@@ -315,6 +337,25 @@ pub fn route(path: &str) -> Route {
         p if TOKEN_PATHS.contains(&p) => Route::Token,
         _ => Route::Proxy,
     }
+}
+
+/// The answer to a request path that cannot be forwarded unambiguously:
+/// 400 `invalid_path`, naming what was refused.
+fn invalid_path(e: InvalidPath) -> Reply {
+    error(StatusCode::BAD_REQUEST, "invalid_path", &e.to_string())
+}
+
+/// The request path as the access log writes it: without `;parameters`,
+/// which can carry session ids (Java's `;jsessionid=`), refused paths
+/// included.
+fn loggable_path(path: &str) -> String {
+    if !path.contains(';') {
+        return path.to_owned();
+    }
+    path.split('/')
+        .map(|seg| seg.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The answer to a client over its failed-authentication budget, on the

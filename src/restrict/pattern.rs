@@ -6,13 +6,12 @@
 //! is left, none included: `/iwc/api/databases/**` matches
 //! `/iwc/api/databases` and everything below it. `/` alone matches the root.
 //!
-//! The request path is matched after the proxy's own dot-segment
-//! resolution (the caller does that: what is matched is what the upstream
-//! is sent), and then read the way servers read it, so that no spelling
-//! reaches the upstream as a path outside the rule: `;parameters` are cut
-//! from each segment (Tomcat and Jetty ignore them), `%XX` escapes are
-//! decoded, one trailing slash is ignored, and a path that is still
-//! ambiguous after that (an empty segment from `//`, an escape that is not
+//! The request path is the canonical one (`proxy::canonicalise`: what is
+//! matched is exactly what the upstream is sent, and what a server could
+//! read as another path was refused before this). Each segment's `%XX`
+//! escapes are decoded and one trailing slash is ignored. The defensive
+//! reading below is kept for any caller: `;parameters` are cut, and a path
+//! that is ambiguous (an empty segment from `//`, an escape that is not
 //! one, an encoded `/` or `\`) matches no rule at all.
 
 use std::borrow::Cow;
