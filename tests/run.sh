@@ -4,7 +4,9 @@
 # postgres backend's tests, systemd-analyze, shellcheck and Python's requests
 # for the deploy and example-client tests, promtool for the metrics tests,
 # the Python packages of the attack tests and schemathesis for the API
-# contract test, then runs the whole suite.
+# contract test, the web servers tests/path_confusion.rs puts behind the
+# gateway (nginx, apache2, caddy, tomcat10, lighttpd; node), then runs the
+# whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,8 +73,46 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     fi
 fi
 
-# Python packages for the HTTP/2 attack client and the TLS scan (tests/attacks/,
-# run by tests/hostile_h2.rs and tests/tls_scan.rs), at the pinned versions.
+# tests/path_confusion.rs sends path-confusion payloads to real web servers,
+# directly and through the gateway: nginx, Apache httpd, Caddy, Tomcat 10
+# (with its Java runtime) and lighttpd, from Debian 12's own archive. The test
+# starts its own copy of each on a free loopback port; the packaged services
+# are not used, so they are kept from starting during the install (Debian's
+# policy-rc.d, as container images do: three of them want port 80) and any
+# that started anyway is stopped. Node (its WHATWG-URL static server) comes
+# with the machine image; Debian's nodejs is installed only if it is missing.
+if [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/apache2 ] || ! command -v caddy >/dev/null 2>&1 \
+    || [ ! -f /usr/share/tomcat10/bin/bootstrap.jar ] || ! command -v java >/dev/null 2>&1 \
+    || [ ! -x /usr/sbin/lighttpd ] || ! command -v node >/dev/null 2>&1; then
+    echo "tests/run.sh: installing nginx, apache2, caddy, tomcat10 and lighttpd (and nodejs if missing) as the upstreams of tests/path_confusion.rs"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    packages=(nginx apache2 caddy tomcat10 lighttpd)
+    command -v node >/dev/null 2>&1 || packages+=(nodejs)
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# tests/run.sh: no service starts while packages install\nexit 101\n' \
+            | $sudo tee "$policy" >/dev/null
+        $sudo chmod 755 "$policy"
+        own_policy=1
+    fi
+    $sudo apt-get update
+    installed=0
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${packages[@]}" || installed=$?
+    [ "$own_policy" -eq 0 ] || $sudo rm -f "$policy"
+    for service in nginx apache2 caddy tomcat10 lighttpd; do
+        $sudo service "$service" stop >/dev/null 2>&1 || true
+    done
+    if [ "$installed" -ne 0 ]; then
+        echo "tests/run.sh: ERROR: could not install ${packages[*]}" >&2
+        exit 1
+    fi
+fi
+
+# Python packages for the HTTP/2 attack client, the raw `:path` client and the
+# TLS scan (tests/attacks/, run by tests/hostile_h2.rs, tests/path_confusion.rs
+# and tests/tls_scan.rs), at the pinned versions.
 requirements=tests/attacks/requirements.txt
 if ! python3 - "$requirements" <<'PY' >/dev/null 2>&1
 import sys

@@ -143,6 +143,16 @@ async fn wait_ready(kind: Kind, addr: SocketAddr, child: &mut tokio::process::Ch
     );
 }
 
+/// Debian puts the servers in /usr/sbin, which a non-root PATH may lack.
+fn sbin(name: &str) -> PathBuf {
+    let p = Path::new("/usr/sbin").join(name);
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 fn command(
     kind: Kind,
     dir: &Path,
@@ -178,7 +188,7 @@ fn command(
                      uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  {server}\n}}\n"
                 ),
             );
-            let mut c = tokio::process::Command::new("nginx");
+            let mut c = tokio::process::Command::new(sbin("nginx"));
             c.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log"));
             c.arg("-c").arg(conf);
             c
@@ -201,7 +211,7 @@ fn command(
                      <Directory {root}>\n  Require all granted\n</Directory>\n"
                 ),
             );
-            let mut c = tokio::process::Command::new("apache2");
+            let mut c = tokio::process::Command::new(sbin("apache2"));
             c.arg("-X").arg("-f").arg(conf);
             c
         }
@@ -232,7 +242,7 @@ fn command(
                      mimetype.assign = (\".txt\" => \"text/plain\", \".html\" => \"text/html\")\n"
                 ),
             );
-            let mut c = tokio::process::Command::new("lighttpd");
+            let mut c = tokio::process::Command::new(sbin("lighttpd"));
             c.arg("-D").arg("-f").arg(conf);
             c
         }
