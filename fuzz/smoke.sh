@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz smoke test: builds every cargo-fuzz target and runs each one briefly
-# over its committed corpus (fuzz/corpus/<target>). New inputs go to a
+# over its committed corpus (fuzz/corpus/<target>) and hand seeds
+# (fuzz/seeds/<target>), whichever exist. New inputs go to a
 # scratch directory, so the checkout stays clean; a crash is saved under
 # fuzz/artifacts/<target>/ and fails the script.
 #
@@ -30,8 +31,12 @@ echo "build: $((SECONDS - start)) s"
 failed=0
 for t in $(cargo fuzz list); do
     mkdir -p "$scratch/$t"
+    inputs=()
+    for d in "corpus/$t" "seeds/$t"; do
+        [ ! -d "$d" ] || inputs+=("$d")
+    done
     t0=$SECONDS
-    if cargo fuzz run "${flags[@]}" "$t" "$scratch/$t" "corpus/$t" -- \
+    if cargo fuzz run "${flags[@]}" "$t" "$scratch/$t" "${inputs[@]}" -- \
         -max_total_time="$secs" -print_final_stats=1 >"$scratch/$t.log" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$t.log" | grep -o '[0-9]*$' || true)
         echo "$t: ok, ${runs:-?} runs in $((SECONDS - t0)) s"
