@@ -117,6 +117,8 @@ fn reference(input: &str, names: &[&str]) -> Option<(String, Option<String>)> {
     while i < path.len() {
         let b = path[i];
         if b == b'/' {
+            // The separator is part of the decoded string: `%C4/%A9` is not UTF-8.
+            everything.push(b);
             segments.push((decoded, written));
             decoded = Vec::new();
             written = String::new();
