@@ -59,9 +59,16 @@ fuzz_target!(|data: &[u8]| {
     );
     // A canonical path is its own canonical form, under either policy.
     if let Some((canonical, _)) = &got {
-        for p in [PathPolicy::strict(), PathPolicy::with_parameters(PARAMETERS)] {
+        for p in [
+            PathPolicy::strict(),
+            PathPolicy::with_parameters(PARAMETERS),
+        ] {
             let again = canonicalise(canonical, &p).map(|c| c.path().to_owned());
-            assert_eq!(again.as_deref(), Ok(canonical.as_str()), "{path:?} -> {canonical:?}");
+            assert_eq!(
+                again.as_deref(),
+                Ok(canonical.as_str()),
+                "{path:?} -> {canonical:?}"
+            );
         }
     }
 });
