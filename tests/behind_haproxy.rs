@@ -218,7 +218,12 @@ async fn behind_a_tcp_balancer_a_client_cannot_choose_its_address() {
     let attacker = behind(&gw, &lb, "127.0.0.9");
     guess_101_times(&attacker, "127.0.1.7").await;
     let r = victim.api_get("/whoami", &access).await;
-    assert_eq!(r.status, StatusCode::OK, "the victim is not throttled: {}", r.text());
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the victim is not throttled: {}",
+        r.text()
+    );
     assert_eq!(r.json()["headers"]["x-forwarded-for"][0], "127.0.1.7");
 }
 
@@ -255,7 +260,8 @@ async fn a_tcp_balancer_without_proxy_headers_cannot_be_trusted_for_forwarded_fo
     let r = get_claiming(&c, &access, "10.1.2.3").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(
-        r.json()["headers"]["x-forwarded-for"][0], "127.0.0.1",
+        r.json()["headers"]["x-forwarded-for"][0],
+        "127.0.0.1",
         "the upstream hears the balancer's address, not the claim"
     );
 }
@@ -291,7 +297,12 @@ async fn behind_an_http_balancer_each_client_is_throttled_on_its_own() {
 
     guess_101_times(&attacker, "127.0.1.2").await;
     let r = get_claiming(&victim, &access, "127.0.1.1").await;
-    assert_eq!(r.status, StatusCode::OK, "the victim is not throttled: {}", r.text());
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the victim is not throttled: {}",
+        r.text()
+    );
     assert_eq!(r.json()["headers"]["x-forwarded-for"][0], "127.0.1.2");
     let r = attacker.api_get("/whoami", &access).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
