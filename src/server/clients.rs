@@ -58,14 +58,19 @@ pub(crate) struct Streams {
     count: Arc<AtomicUsize>,
     max: usize,
     /// An IPv6 client's /56 and /48 counters with their caps; `None` for IPv4.
-    wider: Option<Arc<[(Arc<AtomicUsize>, usize); 2]>>,
+    wider: Option<Wider>,
 }
+
+/// The /56's and the /48's stream counters and caps, in the order of
+/// `WIDER_V6`; shared by the connection's streams (one allocation per IPv6
+/// connection, none per request).
+type Wider = Arc<[(Arc<AtomicUsize>, usize); 2]>;
 
 /// One HTTP/2 request in progress, counted against its client until dropped
 /// (with the response body, so a stalled body keeps counting).
 pub(crate) struct StreamSlot {
     count: Arc<AtomicUsize>,
-    wider: Option<Arc<[(Arc<AtomicUsize>, usize); 2]>>,
+    wider: Option<Wider>,
 }
 
 /// A stream refused: the cap that was reached, and whose it is (`None`:
