@@ -107,9 +107,11 @@ impl Handler for AdminHandler {
 
     fn handle(
         &self,
-        peer: SocketAddr,
+        peer: crate::identify::Peer,
         req: Request<Incoming>,
     ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send {
+        // Administrators connect directly: the TCP peer is the client.
+        let peer = peer.addr;
         // Boxed: the admin handlers' state is several KiB and admin requests
         // are rare; a small future keeps each connection task small.
         Box::pin(async move {
