@@ -1210,13 +1210,18 @@ async fn a_rotation_at_once_ends_the_old_access_tokens_on_every_replica() {
         .unwrap();
     // Beta has applied both rotations once it refuses the old secrets; only
     // then are (a) and (d) presented there for the first time since.
-    within_bound(since, REVOCATION_BOUND, "beta refusing the old secrets", || {
-        let (b, refresh, edited_refresh) = (&b, &refresh, &edited_refresh);
-        async move {
-            exchange_refused(b, refresh).await?;
-            exchange_refused(b, edited_refresh).await
-        }
-    })
+    within_bound(
+        since,
+        REVOCATION_BOUND,
+        "beta refusing the old secrets",
+        || {
+            let (b, refresh, edited_refresh) = (&b, &refresh, &edited_refresh);
+            async move {
+                exchange_refused(b, refresh).await?;
+                exchange_refused(b, edited_refresh).await
+            }
+        },
+    )
     .await;
     within_bound(
         since,
@@ -1292,21 +1297,27 @@ async fn a_narrowing_edit_applies_to_every_access_token_on_every_replica() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let since = Instant::now();
-    within_bound(since, REVOCATION_BOUND, "the scope on every replica", || {
-        let (a, b) = (&a, &b);
-        let tokens = [&minted_on_a, &minted_on_b, &used_on_b];
-        async move {
-            for r in [b, a] {
-                for t in tokens {
-                    let c = r.call(t).await;
-                    if !(c.status == StatusCode::FORBIDDEN && error_code(&c) == "insufficient_scope")
-                    {
-                        return Err(format!("{}: {} {}", r.name, c.status, c.text()));
+    within_bound(
+        since,
+        REVOCATION_BOUND,
+        "the scope on every replica",
+        || {
+            let (a, b) = (&a, &b);
+            let tokens = [&minted_on_a, &minted_on_b, &used_on_b];
+            async move {
+                for r in [b, a] {
+                    for t in tokens {
+                        let c = r.call(t).await;
+                        if !(c.status == StatusCode::FORBIDDEN
+                            && error_code(&c) == "insufficient_scope")
+                        {
+                            return Err(format!("{}: {} {}", r.name, c.status, c.text()));
+                        }
                     }
                 }
+                Ok(())
             }
-            Ok(())
-        }
-    })
+        },
+    )
     .await;
 }

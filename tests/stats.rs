@@ -194,6 +194,9 @@ async fn a_refresh_token_keeps_at_most_its_share_of_access_tokens() {
     for a in [&minted[0], &fresh] {
         let r = gw.client.api_get("/x", a).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(r.json()["error_description"], "the access token is not valid");
+        assert_eq!(
+            r.json()["error_description"],
+            "the access token is not valid"
+        );
     }
 }
