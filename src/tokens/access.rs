@@ -723,8 +723,15 @@ mod tests {
         let check = |t: &[u8], at: Instant| tokens.validate(t, at, 0, |_| ()).err();
 
         assert_eq!(check(valid.as_bytes(), now), None);
+        let previous_format = format!("tga_{}", "A".repeat(75));
         let cases = [
             (check(b"tga_garbage", now), AccessError::Malformed, true),
+            // The format before the generation (a rolling upgrade): no guess.
+            (
+                check(previous_format.as_bytes(), now),
+                AccessError::EarlierBoot,
+                false,
+            ),
             (check(&forged, now), AccessError::Forged, true),
             (
                 check(earlier.as_bytes(), now),
@@ -741,7 +748,7 @@ mod tests {
             assert_eq!(got, Some(want));
             assert_eq!(want.counts_as_guess(), guess, "{want:?}");
         }
-        assert_eq!(tokens.refused_checks(), 4);
+        assert_eq!(tokens.refused_checks(), 5);
         // Swept, then presented again: genuine, so no guess either.
         tokens.sweep(now + ttl, 0);
         assert_eq!(check(valid.as_bytes(), now), Some(AccessError::Unknown));
