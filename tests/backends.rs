@@ -89,6 +89,7 @@ on_both_backends!(
     restrictions_are_stored_and_enforced_after_a_restart,
     edits_reach_live_access_tokens_at_once_and_persist,
     rotation_ends_the_old_secret_at_once_or_after_its_grace,
+    rotation_at_once_ends_the_access_tokens_of_every_earlier_version,
 );
 
 /// One admin call with a JSON body; the answer.
@@ -537,6 +538,83 @@ mod behaviour {
                 "no secret in the audit log"
             );
         }
+    }
+
+    /// A rotation at once ends every access token issued before it, also
+    /// those that still hold a version an edit or a rotation with a grace
+    /// period superseded (they are not used in between, so they have not
+    /// followed the token yet). A rotation with a grace period ends none:
+    /// the access tokens of the old secret, those it issues during the
+    /// grace included, keep their own expiry after the grace ends.
+    pub(super) async fn rotation_at_once_ends_the_access_tokens_of_every_earlier_version(
+        kind: Kind,
+    ) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let call = |access: &str| {
+            let (gw, access) = (&gw, access.to_owned());
+            async move { gw.client.api_get("/api/x", &access).await.status }
+        };
+        let (id, first) = gw.create_token("versions").await;
+        let path = format!("/api/refresh-tokens/{id}");
+        let before_edit = gw.exchange(&first).await;
+        let r = admin(&gw, "PATCH", &path, json!({"name": "renamed"})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let before_grace = gw.exchange(&first).await;
+        let r = admin(
+            &gw,
+            "POST",
+            &format!("{path}/rotate"),
+            json!({"grace_seconds": 60}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let second = r.json()["token"].as_str().unwrap().to_owned();
+        let in_grace = gw.exchange(&first).await;
+        // The grace ends: the old secret stops; its access tokens do not.
+        gw.clock.advance(Duration::from_secs(61));
+        assert_eq!(
+            exchange_status(&gw, &first).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        for (what, t) in [
+            ("minted before the edit", &before_edit),
+            ("minted before the grace rotation", &before_grace),
+            ("minted by the old secret in its grace", &in_grace),
+        ] {
+            assert_eq!(call(t).await, StatusCode::OK, "{what}, after the grace");
+        }
+        let by_second = gw.exchange(&second).await;
+
+        // At once: every one of them ends, whichever version it holds.
+        let r = admin(
+            &gw,
+            "POST",
+            &format!("{path}/rotate"),
+            json!({"grace_seconds": 0}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let third = r.json()["token"].as_str().unwrap().to_owned();
+        for (what, t) in [
+            ("minted before the edit", &before_edit),
+            ("minted before the grace rotation", &before_grace),
+            ("minted by the old secret in its grace", &in_grace),
+            ("minted by the rotated-out secret", &by_second),
+        ] {
+            assert_eq!(
+                call(t).await,
+                StatusCode::UNAUTHORIZED,
+                "{what}, after a rotation at once"
+            );
+        }
+        assert_eq!(
+            exchange_status(&gw, &second).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        let fresh = gw.exchange(&third).await;
+        assert_eq!(call(&fresh).await, StatusCode::OK);
     }
 
     pub(super) async fn restrictions_are_stored_and_enforced_after_a_restart(kind: Kind) {
