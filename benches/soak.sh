@@ -164,7 +164,7 @@ child() { "$@" & CHILD=$!; local rc=0; wait "$CHILD" || rc=$?; CHILD=""; return 
 # deleted during the run (checked after it: the pool no longer lists it).
 h2_loop() {
     loop_traps; set +e
-    local end=$1 run=0 line id tok body code access dur rc
+    local end=$1 run=0 line tok body code access dur rc pooled probe
     while [ "$run" -lt 10000 ]; do
         dur=$((end - $(date +%s)))
         [ "$dur" -gt 5 ] && dur=5
