@@ -968,6 +968,66 @@ fn tls_to_postgres_through_rustls() {
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
 
+/// DATABASE URLs from hosting providers carry libpq's `sslmode` (and
+/// sometimes `sslrootcert`): with no `storage.postgres.sslmode` set, they
+/// connect as the keys would. Against a server without TLS, the failure
+/// says which key to set, and `sslmode=disable` in the URL connects.
+#[test]
+fn sslmode_and_sslrootcert_in_the_url() {
+    let db = TestDb::new();
+    let Some(server_cert) = TestDb::tls_cert() else {
+        // A given server's TLS set-up is unknown: nothing to check against.
+        return;
+    };
+    let config = |url: String| {
+        let mut f = FileConfig::default();
+        f.storage.backend = "postgres".into();
+        f.storage.postgres.url = url;
+        match f.validate().unwrap().storage.backend {
+            StorageBackend::Postgres(pg) => *pg,
+            StorageBackend::Redb => unreachable!(),
+        }
+    };
+    let encrypted = || {
+        db.query_text(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = current_database() AND a.application_name = 'tokengate' AND s.ssl",
+        )
+        .unwrap()
+    };
+    let cert: String =
+        form_urlencoded::byte_serialize(server_cert.display().to_string().as_bytes()).collect();
+    let store = open(
+        &config(format!("{}?sslmode=verify-full&sslrootcert={cert}", db.url)),
+        &[1; 32],
+    )
+    .unwrap();
+    assert_ne!(encrypted(), "0", "the pooled connection uses TLS");
+    drop(store);
+    open(&config(format!("{}?sslmode=require", db.url)), &[1; 32]).unwrap();
+
+    // A server that offers no TLS: whether the mode came from the URL or the
+    // default (verify-full), the error names the key to set.
+    let plain = common::pg::PgServer::without_tls();
+    for url in [format!("{}?sslmode=require", plain.url()), plain.url()] {
+        let err = open(&config(url.clone()), &[1; 32])
+            .err()
+            .expect("TLS cannot be had from a server without it")
+            .to_string();
+        assert!(
+            err.contains("server does not support TLS")
+                && err.contains("storage.postgres.sslmode = \"disable\"")
+                && err.contains("sslmode=disable in storage.postgres.url"),
+            "{url}: {err}"
+        );
+    }
+    open(
+        &config(format!("{}?sslmode=disable", plain.url())),
+        &[1; 32],
+    )
+    .unwrap();
+}
+
 /// A database that stops answering (here: a table another session holds
 /// locked) is an error within `statement_timeout`, never a stuck writer, and
 /// the store works again once it answers, with no restart.

@@ -274,7 +274,7 @@ async fn json_body(req: Request<Incoming>, timeout: Duration) -> Result<Value, R
         return Err(bad("Content-Type must be application/json"));
     }
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, ADMIN_BODY_LIMIT, timeout)
+    let body = read_body(&parts, body, ADMIN_BODY_LIMIT, timeout)
         .await
         .map_err(|e| e.reply())?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("body is not valid JSON: {e}")))

@@ -363,9 +363,11 @@ pub struct PostgresSection {
     pub pool_size: usize,
     pub connect_timeout: HumanDuration,
     pub statement_timeout: HumanDuration,
-    /// `disable`, `require` (encrypted, server not verified) or `verify-full`.
+    /// `disable`, `require` (encrypted, server not verified) or
+    /// `verify-full`; empty: the URL's `sslmode`, else `verify-full`.
     pub sslmode: String,
-    /// CA certificates (PEM) for `verify-full`; unset: the system's roots.
+    /// CA certificates (PEM) for `verify-full`; unset: the URL's
+    /// `sslrootcert`, else the system's roots.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -380,8 +382,9 @@ impl Default for PostgresSection {
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             // A hung database becomes an error within this, never a stuck writer.
             statement_timeout: HumanDuration(Duration::from_secs(5)),
-            // Secure unless told otherwise: the database holds token hashes.
-            sslmode: "verify-full".into(),
+            // Unset: the URL's sslmode (DATABASE URLs from hosting providers
+            // carry one), else verify-full (storage.rs).
+            sslmode: String::new(),
             ca_file: None,
         }
     }

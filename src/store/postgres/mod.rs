@@ -74,6 +74,10 @@ impl From<tokio_postgres::Error> for PgError {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
+        if let Some(hint) = tls::hint(&text) {
+            text.push_str("\n  hint: ");
+            text.push_str(hint);
+        }
         PgError(text)
     }
 }
