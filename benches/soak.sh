@@ -6,7 +6,9 @@
 #   bash benches/soak.sh            # SOAK_SECONDS (default 600, 30..7200) of load, ~1 min more for set-up and checks
 #   bash benches/soak.sh quick      # 60 s of load, for development (trends shown, not judged)
 #
-# The mix, all at once against one tokengate (release build), 127.0.0.1 only:
+# The mix, all at once against one tokengate (release build), loopback only
+# (the Python clients each from an address of their own in 127.0.0.0/8, as
+# clients on as many hosts: public.max_connections_per_client is per address):
 #   - API calls over HTTP/1.1 (wrk, 6 connections) and HTTP/2 (h2load runs of
 #     10 s, 2 connections x 4 streams), each client holding a refresh token
 #     from a rotating pool and exchanging it for access tokens as needed;
@@ -14,7 +16,12 @@
 #   - a rotator that every 2 s creates a refresh token and deletes the oldest
 #     (one-id DELETE and bulk delete, alternately) while clients use it: they
 #     then get 401 / invalid_grant and move to another token, which counts as
-#     an expected refusal, not an error;
+#     an expected refusal, not an error. A 401 for an access token within its
+#     lifetime whose refresh token is still pooled is the documented eviction
+#     at tokens.max_access_per_refresh (the exchange clients trade the same 8
+#     refresh tokens hundreds of times a second): the client exchanges again,
+#     as a real script does, and the verdict checks that such refusals number
+#     no more than the gateway's evictions (access_tokens_evicted);
 #   - slow clients: request heads and bodies sent a byte at a time (HTTP/1.1,
 #     and HTTP/2 HEADERS bytes and one-byte DATA frames), below the timeouts;
 #   - idle clients: 200 silent HTTP/1.1 TLS connections, 100 HTTP/2 ones
@@ -24,14 +31,16 @@
 #     answers after upstream.response_timeout (a deliberate 504) and clients
 #     hanging up mid-wait.
 # Every SOAK_SAMPLE_SECONDS (5) it samples tokengate's RSS, open fds, threads
-# and CPU time from /proc, and live access / refresh tokens and public
-# connections from GET /api/stats, into benches/load/out/soak/samples.csv.
+# and CPU time from /proc, and live access / refresh tokens, public
+# connections and evicted access tokens from GET /api/stats (parsed as JSON),
+# into benches/load/out/soak/samples.csv.
 #
 # Verdict (exit 1 when any fails): over the second half of the run, RSS grows
 # at most SOAK_RSS_SLOPE_MAX MB/min (1) and open fds at most SOAK_FD_SLOPE_MAX
 # per minute (5) -- judged only for runs of 300 s or more, since the first 2-3
 # minutes are warm-up; zero unexpected errors (5xx other than the deliberate 504s,
-# connection errors, refusals of tokens that were still valid); the gateway
+# connection errors, refusals of tokens that were still valid beyond the
+# evictions); the gateway
 # is alive at the end, its public connections drop to 0 once the clients
 # stop, deleting every refresh token leaves 0 live access tokens, and it
 # exits 0 on SIGTERM.
@@ -155,7 +164,7 @@ child() { "$@" & CHILD=$!; local rc=0; wait "$CHILD" || rc=$?; CHILD=""; return 
 # deleted during the run (checked after it: the pool no longer lists it).
 h2_loop() {
     loop_traps; set +e
-    local end=$1 run=0 line id tok body code access dur rc
+    local end=$1 run=0 line tok body code access dur rc pooled probe
     while [ "$run" -lt 10000 ]; do
         dur=$((end - $(date +%s)))
         [ "$dur" -gt 5 ] && dur=5
@@ -180,7 +189,17 @@ h2_loop() {
         rc=0
         child h2load -c2 -m4 -t1 --rps=150 -D "$dur" -H "Authorization: Bearer $access" \
             "$GW/iwc/api/databases" > "$OUT/h2/run-$run.txt" 2>&1 || rc=$?
-        if in_pool "$tok"; then printf '%s\t1\t%s\n' "$run" "$rc"; else printf '%s\t0\t%s\n' "$run" "$rc"; fi >> "$OUT/h2.tsv"
+        pooled=0; in_pool "$tok" && pooled=1
+        # With 4xx in the run, one more call says what its token became:
+        # 401 invalid_token means refused (evicted, or deleted), not a fault.
+        probe=-
+        if grep -Eq 'status codes: [0-9]+ 2xx, [0-9]+ 3xx, [1-9][0-9]* 4xx' "$OUT/h2/run-$run.txt"; then
+            body=$("${CURL[@]}" -w '\n%{http_code}' -H "Authorization: Bearer $access" \
+                "$GW/iwc/api/databases" 2>&1)
+            probe=${body##*$'\n'}
+            [ "$probe" = 401 ] && ! grep -q invalid_token <<<"$body" && probe=401-other
+        fi
+        printf '%s\t%s\t%s\t%s\n' "$run" "$pooled" "$rc" "$probe" >> "$OUT/h2.tsv"
     done
 }
 
@@ -220,10 +239,14 @@ rotator() {
 
 # ---- the sampler ------------------------------------------------------------
 HZ=$(getconf CLK_TCK)
-# Prints "live refresh connections" from GET /api/stats (page session).
+# Prints "live refresh connections evicted" from GET /api/stats (page
+# session), read as JSON (fields get added; their order is not a contract).
 stats() {
-    "${CURL[@]}" -b "$OUT/admin.cookies" "$ADMIN/api/stats" | sed -n \
-        's/.*"live_access_tokens":\([0-9]*\),"refresh_tokens":\([0-9]*\),"public_connections":\([0-9]*\).*/\1 \2 \3/p'
+    "${CURL[@]}" -b "$OUT/admin.cookies" "$ADMIN/api/stats" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(s["live_access_tokens"], s["refresh_tokens"], s["public_connections"], s["access_tokens_evicted"])
+' 2>>"$OUT/stats-errors.log"
 }
 fd_count() { local f=(/proc/"$TG_PID"/fd/*); echo "${#f[@]}"; }
 sample() {  # elapsed seconds
@@ -231,12 +254,12 @@ sample() {  # elapsed seconds
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$TG_PID/status")
     threads=$(awk '/^Threads/ {print $2}' "/proc/$TG_PID/status")
     cpu=$(awk -v hz="$HZ" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$TG_PID/stat")
-    st=$(stats)
-    [ -n "$st" ] || st="-1 -1 -1"
+    st=$(stats) || st=""
+    [ -n "$st" ] || st="-1 -1 -1 -1"
     set -- "$1" $st
-    echo "$1,$rss,$(fd_count),$threads,$2,$3,$4,$cpu" >> "$OUT/samples.csv"
-    printf '== t=%4ss rss=%6.1f MB fds=%4s threads=%2s live_access=%7s refresh=%2s conns=%4s cpu=%ss\n' \
-        "$1" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')" "$(fd_count)" "$threads" "$2" "$3" "$4" "$cpu" >&2
+    echo "$1,$rss,$(fd_count),$threads,$2,$3,$4,$5,$cpu" >> "$OUT/samples.csv"
+    printf '== t=%4ss rss=%6.1f MB fds=%4s threads=%2s live_access=%7s refresh=%2s conns=%4s evicted=%7s cpu=%ss\n' \
+        "$1" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')" "$(fd_count)" "$threads" "$2" "$3" "$4" "$5" "$cpu" >&2
 }
 
 # Waits at most $2 s for pid $1 to exit, then stops it.
@@ -252,7 +275,7 @@ wait_bounded() {
 
 # ---- the load ---------------------------------------------------------------
 log "soak: $DUR s of mixed load (access tokens live $ACCESS_TTL), samples every $SAMPLE s into $OUT/samples.csv"
-echo "t_s,rss_kb,fds,threads,live_access,refresh,public_connections,cpu_s" > "$OUT/samples.csv"
+echo "t_s,rss_kb,fds,threads,live_access,refresh,public_connections,evicted,cpu_s" > "$OUT/samples.csv"
 START=$(date +%s)
 END=$((START + DUR))
 LOADERS=()
@@ -281,7 +304,7 @@ for p in "${LOADERS[@]}"; do wait_bounded "$p" 60; done
     if kill -0 "$TG_PID" 2>/dev/null; then echo "tokengate_alive 1"; else echo "tokengate_alive 0"; fi
     conns=-1
     for i in $(seq 1 150); do   # at most 15 s for the gateway to see every close
-        read -r _ _ conns <<<"$(stats)" || conns=-1
+        read -r _ _ conns _ <<<"$(stats)" || conns=-1
         [ "${conns:--1}" = 0 ] && break
         sleep 0.1
     done
@@ -291,9 +314,10 @@ for p in "${LOADERS[@]}"; do wait_bounded "$p" 60; done
     ids=$(awk '{printf "%s%s", sep, $1; sep = ","}' "$POOL")
     "${CURL[@]}" -o /dev/null -u "admin:$PASSWORD" -H 'Content-Type: application/json' \
         -d "{\"ids\":[$ids]}" "$ADMIN/api/refresh-tokens/delete" || true
-    read -r live refresh _ <<<"$(stats)" || true
+    read -r live refresh _ evicted <<<"$(stats)" || true
     echo "live_after_delete ${live:--1}"
     echo "refresh_after_delete ${refresh:--1}"
+    echo "evicted_after ${evicted:--1}"
     kill -TERM "$TG_PID" 2>/dev/null || true
     rc=-1
     for i in $(seq 1 300); do   # shutdown_grace is 20 s

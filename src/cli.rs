@@ -9,6 +9,8 @@
     reason = "the CLI's answers go to stdout and its messages to stderr"
 )]
 
+mod found;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,8 +41,9 @@ const DEFAULT_ADMIN_URL: &str = "https://127.0.0.1:8444";
 /// Where the admin API is and how to trust it.
 #[derive(clap::Args, Debug)]
 pub struct Connection {
-    /// Admin listener URL. Default: the admin socket if ./data/admin.sock
-    /// exists, else https://127.0.0.1:8444.
+    /// Admin listener URL. Default: the admin socket ./data/admin.sock if it
+    /// exists and you own it and ./data (neither writable by group or
+    /// others), else https://127.0.0.1:8444.
     #[arg(
         long,
         env = "TOKENGATE_ADMIN_URL",
@@ -62,7 +65,8 @@ pub struct Connection {
     )]
     pub password: Option<String>,
     /// PEM file to trust for the admin listener's certificate. Default: the
-    /// system's roots plus ./certs/tokengate.crt when it exists.
+    /// system's roots, plus ./certs/tokengate.crt if it exists and you own
+    /// it and ./certs (neither writable by group or others).
     #[arg(long, global = true)]
     pub ca_file: Option<PathBuf>,
     /// Do not verify the admin listener's certificate.
@@ -233,7 +237,7 @@ fn client(conn: &Connection) -> Result<HttpsClient, Failure> {
         Trust::CaFile(f)
     } else {
         Trust::System {
-            also: local.exists().then_some(local.as_path()),
+            also: found_in_cwd(&local, "--ca-file").then_some(local.as_path()),
         }
     };
     let tls = client_config(trust, &[]).map_err(|e| match &conn.ca_file {
@@ -280,10 +284,27 @@ fn target(conn: &Connection) -> Target {
         return Target::Url(u.clone());
     }
     let local = std::path::Path::new("data").join(crate::config::ADMIN_SOCKET_FILE);
-    if local.exists() {
+    if found_in_cwd(&local, "--socket") {
         Target::Socket(local)
     } else {
         Target::Url(DEFAULT_ADMIN_URL.into())
+    }
+}
+
+/// Whether a file found in the current directory (not named on the command
+/// line) may be used; one that is there but not trusted is ignored, saying
+/// why and how to use it anyway (`flag`).
+fn found_in_cwd(path: &std::path::Path, flag: &str) -> bool {
+    match found::usable(path) {
+        Ok(usable) => usable,
+        Err(why) => {
+            eprintln!(
+                "tokengate: ignoring ./{}: {why}\n  hint: name it ({flag} {}) to use it anyway",
+                path.display(),
+                path.display()
+            );
+            false
+        }
     }
 }
 

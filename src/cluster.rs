@@ -352,7 +352,13 @@ impl Cluster {
                             );
                         }
                     }
-                    Change::Updated(hash, rec) => state.store.apply_updated(hash, &rec),
+                    Change::Updated(hash, rec) => {
+                        if state.store.apply_updated(hash, &rec) {
+                            // Rotated at once elsewhere: the old generation's
+                            // tokens are refused already; this frees them.
+                            state.access.revoke_refresh(&[rec.id]);
+                        }
+                    }
                     Change::Deleted(id) => deleted.push(id),
                     Change::Retired => retired = true,
                 }
@@ -468,7 +474,11 @@ impl Cluster {
             for change in cluster_db::records(client, &stored).await? {
                 if let Change::Created(hash, rec) = change {
                     match state.store.get(rec.id) {
-                        Some(_) => state.store.apply_updated(hash, &rec),
+                        Some(_) => {
+                            if state.store.apply_updated(hash, &rec) {
+                                state.access.revoke_refresh(&[rec.id]);
+                            }
+                        }
                         None => {
                             state.store.apply_created(hash, &rec);
                         }

@@ -15,13 +15,13 @@ use crate::admin::auth::AdminAuth;
 use crate::admin::AdminHandler;
 use crate::clock::Clock;
 use crate::config::{Config, UpstreamConfig};
+use crate::identify::Hops;
 use crate::proxy::{Upstream, UpstreamSetupError, Upstreams};
 use crate::public::PublicHandler;
 use crate::reload::{ConfigSource, LogLevelHook, Reloader};
 use crate::secrets::{AdminPasswordSource, SecretError};
 use crate::server::{
-    bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Front, Listening,
-    Load,
+    bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Listening, Load,
 };
 use crate::state::{data_dir, State, StateError};
 use crate::tls::TlsError;
@@ -164,8 +164,9 @@ impl Gateway {
                 public,
                 acceptor.clone(),
                 state.config.public.limits.clone(),
-                Front {
-                    trusted_proxies: state.config.public.trusted_proxies.clone().into(),
+                Hops {
+                    proxies: state.config.public.trusted_proxies.clone().into(),
+                    forwarders: state.config.public.trusted_forwarders.clone().into(),
                     proxy_protocol: state.config.public.proxy_protocol,
                 },
                 move || {
@@ -220,10 +221,10 @@ impl Gateway {
             clients: ClientSlots::new(
                 admin_limits.max_connections_per_client,
                 admin_limits.max_streams_per_client,
+                admin_limits.max_connections,
             ),
             // Administrators connect directly.
-            trusted_proxies: Arc::from([]),
-            proxy_protocol: false,
+            hops: Hops::default(),
             limits: admin_limits,
         });
         tasks.push(tokio::spawn(serve(

@@ -15,6 +15,8 @@
 //!   changing on disk).
 //! - `server`: the connection driver, generic over a listener's handler:
 //!   accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers.
+//! - `identify`: who the client is (TCP peer, trusted PROXY header, or a
+//!   trusted HTTP balancer's `X-Forwarded-For`): the one place it is decided.
 //! - `proxy`: the upstream servers and their health (shared), the client
 //!   (per-worker pools) and header rewriting.
 //! - `state`: what both listeners share, built at start-up.
@@ -40,6 +42,7 @@ pub mod config;
 mod dev;
 mod gateway;
 mod http;
+mod identify;
 mod metrics;
 mod net;
 mod periodic;

@@ -89,46 +89,64 @@ pub(crate) fn any_contains(nets: &[Cidr], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(ip))
 }
 
-/// An IPv4 address, or the /64 an IPv6 address belongs to. A /64 is what
-/// one subscriber or host is routinely given, and any address in it can be
-/// picked at will, so counting single IPv6 addresses would count nothing.
+/// An IPv4 address, or an IPv6 network: the /64 an address belongs to
+/// (`ClientKey::of`), or the /56 and /48 around it (`ClientKey::wider`). A
+/// /64 is what one subscriber or host is routinely given, and any address
+/// in it can be picked at will, so counting single IPv6 addresses would
+/// count nothing; but one subscriber often holds a /56 or a /48 (256 or
+/// 65,536 /64s), so those get bounded shares of their own.
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, from dual-stack sockets)
 /// count as the IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ClientKey {
-    /// The IPv4 address, or the upper 64 bits of the IPv6 address.
+    /// The IPv4 address, or the upper 64 bits of the IPv6 address with the
+    /// bits past `prefix` cleared.
     bits: u64,
-    v6: bool,
+    /// 0 for IPv4; 64, 56 or 48 for an IPv6 network.
+    prefix: u8,
 }
 
+/// The IPv6 networks wider than a /64 that have a share of their own, with
+/// how many times a /64's share each may hold (see `ClientKey::wider`).
+pub(crate) const WIDER_V6: [(u8, usize); 2] = [(56, 4), (48, 16)];
+
 impl ClientKey {
+    #[inline]
     pub(crate) fn of(ip: IpAddr) -> ClientKey {
         match ip.to_canonical() {
             IpAddr::V4(a) => ClientKey {
                 bits: u64::from(u32::from(a)),
-                v6: false,
+                prefix: 0,
             },
-            IpAddr::V6(a) => {
-                let s = a.segments();
-                ClientKey {
-                    bits: u64::from(s[0]) << 48
-                        | u64::from(s[1]) << 32
-                        | u64::from(s[2]) << 16
-                        | u64::from(s[3]),
-                    v6: true,
-                }
-            }
+            IpAddr::V6(a) => ClientKey {
+                bits: u64::try_from(u128::from(a) >> 64).unwrap_or(0),
+                prefix: 64,
+            },
         }
+    }
+
+    /// For an IPv6 /64, the /56 and the /48 it belongs to (in the order of
+    /// `WIDER_V6`); `None` for IPv4, whose addresses are scarce enough to
+    /// be counted one by one.
+    #[inline]
+    pub(crate) fn wider(self) -> Option<[ClientKey; 2]> {
+        if self.prefix != 64 {
+            return None;
+        }
+        Some(WIDER_V6.map(|(prefix, _)| ClientKey {
+            bits: self.bits & (u64::MAX << (64 - u32::from(prefix))),
+            prefix,
+        }))
     }
 
     /// Two words that identify the key, for hashing.
     pub(crate) fn words(self) -> (u64, u64) {
-        (self.bits, u64::from(self.v6))
+        (self.bits, u64::from(self.prefix))
     }
 
-    /// The address, or for IPv6 the /64's first address.
+    /// The address, or for IPv6 the network's first address.
     pub(crate) fn ip(self) -> IpAddr {
-        if self.v6 {
+        if self.prefix != 0 {
             IpAddr::V6(Ipv6Addr::from(u128::from(self.bits) << 64))
         } else {
             let v4 = u32::try_from(self.bits).unwrap_or(u32::MAX);
@@ -138,8 +156,8 @@ impl ClientKey {
 
     /// `10.0.0.7`, or `2001:db8:1:2::/64`: for log lines and audit reasons.
     pub(crate) fn describe(self) -> String {
-        if self.v6 {
-            format!("{}/64", self.ip())
+        if self.prefix != 0 {
+            format!("{}/{}", self.ip(), self.prefix)
         } else {
             self.ip().to_string()
         }
@@ -233,5 +251,20 @@ mod client_key_tests {
         // No IPv6 /64 collides with an IPv4 address.
         assert_ne!(key("::"), key("0.0.0.0"));
         assert_ne!(key("::a00:1"), key("10.0.0.1"));
+        assert!(key("10.0.0.1").wider().is_none());
+    }
+
+    #[test]
+    fn a_64_lies_in_a_56_and_a_48() {
+        let [n56, n48] = key("2001:db8:1:2ff::1").wider().unwrap();
+        assert_eq!(n56.describe(), "2001:db8:1:200::/56");
+        assert_eq!(n48.describe(), "2001:db8:1::/48");
+        // Every /64 of the /56 shares it; the next /56 of the /48 does not.
+        assert_eq!(key("2001:db8:1:200::9").wider().unwrap()[0], n56);
+        assert_ne!(key("2001:db8:1:300::9").wider().unwrap()[0], n56);
+        assert_eq!(key("2001:db8:1:ff00::9").wider().unwrap()[1], n48);
+        assert_ne!(key("2001:db8:2::9").wider().unwrap()[1], n48);
+        // A /56 and a /64 with the same first address are different keys.
+        assert_ne!(n56, key("2001:db8:1:200::"));
     }
 }

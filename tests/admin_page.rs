@@ -33,7 +33,7 @@ fn session_req(gw: &TestGateway, method: &str, path: &str, cookie: &str) -> http
     http::Request::builder()
         .method(method)
         .uri(format!("{}{}", gw.client.admin, path))
-        .header("cookie", format!("tg_session={cookie}"))
+        .header("cookie", format!("__Host-tg_session={cookie}"))
         .header("x-requested-with", "tokengate-ui")
 }
 
@@ -66,7 +66,8 @@ fn cookie_of(r: &common::Resp) -> String {
     set.split(';')
         .next()
         .unwrap()
-        .trim_start_matches("tg_session=")
+        .strip_prefix("__Host-tg_session=")
+        .expect("the session cookie is __Host- prefixed")
         .to_owned()
 }
 
@@ -116,6 +117,10 @@ async fn sessions_use_strict_cookies_and_csrf() {
     ] {
         assert!(set.contains(flag), "{flag} missing from {set}");
     }
+    // `__Host-`: a browser keeps it only with Secure, Path=/ and no Domain,
+    // so no sibling host can set or shadow the session.
+    assert!(set.starts_with("__Host-tg_session="), "{set}");
+    assert!(!set.to_ascii_lowercase().contains("domain="), "{set}");
     let cookie = cookie_of(&ok);
     let csrf = ok.json()["csrf"].as_str().unwrap().to_owned();
     assert_eq!(ok.json()["default_refresh_ttl_days"], 90);

@@ -89,6 +89,7 @@ on_both_backends!(
     restrictions_are_stored_and_enforced_after_a_restart,
     edits_reach_live_access_tokens_at_once_and_persist,
     rotation_ends_the_old_secret_at_once_or_after_its_grace,
+    rotation_at_once_ends_the_access_tokens_of_every_earlier_version,
 );
 
 /// One admin call with a JSON body; the answer.
@@ -539,6 +540,83 @@ mod behaviour {
         }
     }
 
+    /// A rotation at once ends every access token issued before it, also
+    /// those that still hold a version an edit or a rotation with a grace
+    /// period superseded (they are not used in between, so they have not
+    /// followed the token yet). A rotation with a grace period ends none:
+    /// the access tokens of the old secret, those it issues during the
+    /// grace included, keep their own expiry after the grace ends.
+    pub(super) async fn rotation_at_once_ends_the_access_tokens_of_every_earlier_version(
+        kind: Kind,
+    ) {
+        let backend = Backend::new(kind);
+        let up = upstream().await;
+        let gw = backend.gateway(up.addr).await;
+        let call = |access: &str| {
+            let (gw, access) = (&gw, access.to_owned());
+            async move { gw.client.api_get("/api/x", &access).await.status }
+        };
+        let (id, first) = gw.create_token("versions").await;
+        let path = format!("/api/refresh-tokens/{id}");
+        let before_edit = gw.exchange(&first).await;
+        let r = admin(&gw, "PATCH", &path, json!({"name": "renamed"})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let before_grace = gw.exchange(&first).await;
+        let r = admin(
+            &gw,
+            "POST",
+            &format!("{path}/rotate"),
+            json!({"grace_seconds": 60}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let second = r.json()["token"].as_str().unwrap().to_owned();
+        let in_grace = gw.exchange(&first).await;
+        // The grace ends: the old secret stops; its access tokens do not.
+        gw.clock.advance(Duration::from_secs(61));
+        assert_eq!(
+            exchange_status(&gw, &first).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        for (what, t) in [
+            ("minted before the edit", &before_edit),
+            ("minted before the grace rotation", &before_grace),
+            ("minted by the old secret in its grace", &in_grace),
+        ] {
+            assert_eq!(call(t).await, StatusCode::OK, "{what}, after the grace");
+        }
+        let by_second = gw.exchange(&second).await;
+
+        // At once: every one of them ends, whichever version it holds.
+        let r = admin(
+            &gw,
+            "POST",
+            &format!("{path}/rotate"),
+            json!({"grace_seconds": 0}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let third = r.json()["token"].as_str().unwrap().to_owned();
+        for (what, t) in [
+            ("minted before the edit", &before_edit),
+            ("minted before the grace rotation", &before_grace),
+            ("minted by the old secret in its grace", &in_grace),
+            ("minted by the rotated-out secret", &by_second),
+        ] {
+            assert_eq!(
+                call(t).await,
+                StatusCode::UNAUTHORIZED,
+                "{what}, after a rotation at once"
+            );
+        }
+        assert_eq!(
+            exchange_status(&gw, &second).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        let fresh = gw.exchange(&third).await;
+        assert_eq!(call(&fresh).await, StatusCode::OK);
+    }
+
     pub(super) async fn restrictions_are_stored_and_enforced_after_a_restart(kind: Kind) {
         let backend = Backend::new(kind);
         let up = upstream().await;
@@ -888,6 +966,66 @@ fn tls_to_postgres_through_rustls() {
         .expect("an untrusted server certificate must be refused")
         .to_string();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+/// DATABASE URLs from hosting providers carry libpq's `sslmode` (and
+/// sometimes `sslrootcert`): with no `storage.postgres.sslmode` set, they
+/// connect as the keys would. Against a server without TLS, the failure
+/// says which key to set, and `sslmode=disable` in the URL connects.
+#[test]
+fn sslmode_and_sslrootcert_in_the_url() {
+    let db = TestDb::new();
+    let Some(server_cert) = TestDb::tls_cert() else {
+        // A given server's TLS set-up is unknown: nothing to check against.
+        return;
+    };
+    let config = |url: String| {
+        let mut f = FileConfig::default();
+        f.storage.backend = "postgres".into();
+        f.storage.postgres.url = url;
+        match f.validate().unwrap().storage.backend {
+            StorageBackend::Postgres(pg) => *pg,
+            StorageBackend::Redb => unreachable!(),
+        }
+    };
+    let encrypted = || {
+        db.query_text(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = current_database() AND a.application_name = 'tokengate' AND s.ssl",
+        )
+        .unwrap()
+    };
+    let cert: String =
+        form_urlencoded::byte_serialize(server_cert.display().to_string().as_bytes()).collect();
+    let store = open(
+        &config(format!("{}?sslmode=verify-full&sslrootcert={cert}", db.url)),
+        &[1; 32],
+    )
+    .unwrap();
+    assert_ne!(encrypted(), "0", "the pooled connection uses TLS");
+    drop(store);
+    open(&config(format!("{}?sslmode=require", db.url)), &[1; 32]).unwrap();
+
+    // A server that offers no TLS: whether the mode came from the URL or the
+    // default (verify-full), the error names the key to set.
+    let plain = common::pg::PgServer::without_tls();
+    for url in [format!("{}?sslmode=require", plain.url()), plain.url()] {
+        let err = open(&config(url.clone()), &[1; 32])
+            .err()
+            .expect("TLS cannot be had from a server without it")
+            .to_string();
+        assert!(
+            err.contains("server does not support TLS")
+                && err.contains("storage.postgres.sslmode = \"disable\"")
+                && err.contains("sslmode=disable in storage.postgres.url"),
+            "{url}: {err}"
+        );
+    }
+    open(
+        &config(format!("{}?sslmode=disable", plain.url())),
+        &[1; 32],
+    )
+    .unwrap();
 }
 
 /// A database that stops answering (here: a table another session holds

@@ -391,3 +391,58 @@ fn the_environment_cargo_gives_is_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The trusted hops must fit together, or neither `check-config` nor
+/// `serve` goes on: PROXY headers with nobody listed to send them (anyone
+/// could choose their address), and `public.trusted_proxies` without PROXY
+/// headers (its old meaning, "believe their X-Forwarded-For", let a client
+/// behind a TCP balancer choose its address). Each error names both keys;
+/// the second says where an HTTP balancer goes now.
+#[tokio::test]
+async fn trusted_hops_that_do_not_fit_stop_check_config_and_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_alone = [("TOKENGATE_PUBLIC__PROXY_PROTOCOL", "true")];
+    let (ok, out) = check_config(dir.path(), &proxy_alone);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("public.proxy_protocol") && out.contains("public.trusted_proxies"),
+        "{out}"
+    );
+    let list_alone = [("TOKENGATE_PUBLIC__TRUSTED_PROXIES", r#"["10.0.0.2"]"#)];
+    let (ok, out) = check_config(dir.path(), &list_alone);
+    assert!(!ok, "{out}");
+    for key in [
+        "public.proxy_protocol",
+        "public.trusted_proxies",
+        "public.trusted_forwarders",
+    ] {
+        assert!(out.contains(key), "{out}");
+    }
+    let (ok, out) = check_config(
+        dir.path(),
+        &[("TOKENGATE_PUBLIC__TRUSTED_FORWARDERS", r#"["10.0.0.0/8"]"#)],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("10.0.0.0/8"), "{out}");
+
+    // `serve` refuses the same, before it listens.
+    let up = common::upstream().await;
+    for env in [&proxy_alone, &list_alone] {
+        let public = common::dead_address().await;
+        let admin = common::dead_address().await;
+        let mut cmd = common::serve_command(dir.path(), public, admin, up.addr);
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .expect("serve exits instead of serving")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("public.proxy_protocol") && stderr.contains("public.trusted_proxies"),
+            "{stderr}"
+        );
+    }
+}

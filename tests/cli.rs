@@ -23,8 +23,13 @@ struct Out {
 
 /// Runs the binary with a clean environment plus `env`.
 async fn run(args: &[&str], env: &[(&str, &str)]) -> Out {
+    run_in(&std::env::temp_dir(), args, env).await
+}
+
+/// Runs the binary in `dir` with a clean environment plus `env`.
+async fn run_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Out {
     let mut c = tokio::process::Command::new(BIN);
-    c.args(args).env_clear().current_dir(std::env::temp_dir());
+    c.args(args).env_clear().current_dir(dir);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -416,4 +421,135 @@ async fn plain_http_admin_urls_are_refused_before_connecting() {
     // CLI has exited, so one it made would be queued by now).
     let waiting = tokio::time::timeout(Duration::ZERO, listener.accept()).await;
     assert!(waiting.is_err(), "the CLI connected to a plain-HTTP URL");
+}
+
+/// Unasked, the CLI uses ./data/admin.sock and ./certs/tokengate.crt only
+/// when the user owns them and their directory and nobody else can write
+/// there: otherwise anyone who could put them there would receive the CLI's
+/// commands or vouch for their own server. Named (--socket, --ca-file),
+/// they are used as they are.
+#[tokio::test]
+async fn files_in_the_current_directory_are_used_only_when_they_are_the_users_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    gw.create_token("seen").await;
+    // The gateway's own directory: data/admin.sock (0600, in a 0700
+    // directory), and its certificate as certs/tokengate.crt.
+    let cwd = gw.dir.path();
+    let certs = cwd.join("certs");
+    std::fs::copy(
+        gw.file.tls.cert.as_ref().unwrap(),
+        certs.join("tokengate.crt"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = gw.data_dir();
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let list = |o: &Out| -> Vec<String> {
+        serde_json::from_str::<Vec<tokengate::api::TokenInfo>>(&o.stdout)
+            .map(|v| v.into_iter().map(|t| t.name).collect())
+            .unwrap_or_default()
+    };
+
+    // The user's own socket, found: used.
+    let o = run_in(cwd, &["token", "list", "--json"], &[]).await;
+    assert_eq!(
+        (o.code, list(&o)),
+        (0, vec!["seen".to_owned()]),
+        "{}",
+        o.stderr
+    );
+
+    // Its directory writable by the group: ignored, saying why (and the
+    // default URL, where no gateway listens with this password, fails).
+    chmod(&data, 0o770);
+    let o = run_in(cwd, &["token", "list", "--json"], &[]).await;
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("ignoring ./data/admin.sock")
+            && o.stderr.contains("writable by group or others"),
+        "{}",
+        o.stderr
+    );
+    // Named, it is the user's choice.
+    let o = run_in(
+        cwd,
+        &["token", "list", "--json", "--socket", "data/admin.sock"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (o.code, list(&o)),
+        (0, vec!["seen".to_owned()]),
+        "{}",
+        o.stderr
+    );
+    chmod(&data, 0o700);
+
+    // Owned by someone else (possible to arrange only as root).
+    if running_as_root(&data) {
+        std::os::unix::fs::chown(&data, Some(65534), None).unwrap();
+        let o = run_in(cwd, &["token", "list", "--json"], &[]).await;
+        std::os::unix::fs::chown(&data, Some(0), None).unwrap();
+        assert_ne!(o.code, 0, "{}", o.stdout);
+        assert!(
+            o.stderr.contains("ignoring ./data/admin.sock") && o.stderr.contains("uid 65534"),
+            "{}",
+            o.stderr
+        );
+    }
+
+    // The certificate: trusted when it is the user's own, in a directory
+    // nobody else can write ...
+    let url = gw.client.admin.clone();
+    let pw = [("TOKENGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)];
+    let o = run_in(cwd, &["token", "list", "--json", "--url", &url], &pw).await;
+    assert_eq!(
+        (o.code, list(&o)),
+        (0, vec!["seen".to_owned()]),
+        "{}",
+        o.stderr
+    );
+    // ... not when anyone could have put it there ...
+    chmod(&certs, 0o777);
+    let o = run_in(cwd, &["token", "list", "--json", "--url", &url], &pw).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("ignoring ./certs/tokengate.crt")
+            && o.stderr.contains("writable by group or others"),
+        "{}",
+        o.stderr
+    );
+    // ... unless named.
+    let o = run_in(
+        cwd,
+        &[
+            "token",
+            "list",
+            "--json",
+            "--url",
+            &url,
+            "--ca-file",
+            "certs/tokengate.crt",
+        ],
+        &pw,
+    )
+    .await;
+    assert_eq!(
+        (o.code, list(&o)),
+        (0, vec!["seen".to_owned()]),
+        "{}",
+        o.stderr
+    );
+    chmod(&certs, 0o755);
+}
+
+/// Whether the tests run as root (the owner of a directory this process created).
+fn running_as_root(created: &std::path::Path) -> bool {
+    std::fs::metadata(created)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }

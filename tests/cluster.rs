@@ -1117,3 +1117,207 @@ async fn edits_and_rotations_on_one_replica_reach_the_other() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert_eq!(error_code(&r), "insufficient_scope");
 }
+
+/// `POST /api/refresh-tokens/{id}/rotate` on `replica`; the new secret.
+async fn rotate_at_once(replica: &Replica, id: u64) -> String {
+    let r = replica
+        .client()
+        .admin_json(
+            "POST",
+            &format!("/api/refresh-tokens/{id}/rotate"),
+            &serde_json::json!({"grace_seconds": 0}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// Each replica that still accepts one of `tokens` (named), or `Ok`.
+async fn every_one_refused(rs: [&Replica; 2], tokens: &[(&str, &str)]) -> Result<(), String> {
+    let mut accepted = Vec::new();
+    for r in rs {
+        for (what, t) in tokens {
+            if let Err(e) = refused(r, t).await {
+                accepted.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    if accepted.is_empty() {
+        Ok(())
+    } else {
+        Err(accepted.join("; "))
+    }
+}
+
+/// A rotation with no grace period ends every access token issued under
+/// the old secret on every replica within the revocation bound, whoever
+/// minted it and whether or not the replica ever saw it: a peer's token is
+/// verified from its claims, and those carry the secret's generation, so
+/// an old one cannot pass as the refresh token's current version. Cases:
+/// (a) minted on alpha, first used on beta after the rotation; (b) minted
+/// on beta and cached on alpha; (c) minted on beta and never used; (d)
+/// minted on beta for a token edited (its access token not used since, so
+/// it still holds the superseded version) and then rotated. The new secret's
+/// access tokens work everywhere at once, even on a replica that has not
+/// heard of the rotation yet.
+#[tokio::test]
+async fn a_rotation_at_once_ends_the_old_access_tokens_on_every_replica() {
+    let db = TestDb::new();
+    let up = common::upstream().await;
+    let cluster = Cluster::new(&db.url, up.addr);
+    let (a, b) = two(&cluster).await;
+    settled(&[&a, &b]).await;
+    let (id, refresh) = a.create_token("rotated at once").await;
+    let minted_on_a = a.exchange(&refresh).await;
+    let cached_on_a = b.exchange(&refresh).await;
+    assert_accepted(&a, &cached_on_a, "(b) before the rotation").await;
+    let never_used = b.exchange(&refresh).await;
+
+    // (d): edited on alpha, then rotated; beta's token was minted before the
+    // edit and not used after it.
+    let (edited_id, edited_refresh) = a.create_token("edited, then rotated").await;
+    let edited_on_b = b.exchange(&edited_refresh).await;
+    assert_accepted(&b, &edited_on_b, "(d) before the edit").await;
+    let r = a
+        .client()
+        .admin_json(
+            "PATCH",
+            &format!("/api/refresh-tokens/{edited_id}"),
+            &serde_json::json!({"name": "edited"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    eventually(PATIENCE, "beta applying the edit", || {
+        let b = &b;
+        async move {
+            b.list()
+                .await
+                .iter()
+                .any(|t| t["id"] == edited_id && t["name"] == "edited")
+                .then_some(())
+        }
+    })
+    .await;
+
+    let new_secret = rotate_at_once(&a, id).await;
+    let since = Instant::now();
+    let new_edited = rotate_at_once(&a, edited_id).await;
+    // A new access token, presented on beta at once: accepted even if beta
+    // has not applied the rotation yet (it catches up first).
+    let fresh = a.exchange(&new_secret).await;
+    accepted_now(&b, &fresh, "a token of the new secret on beta")
+        .await
+        .unwrap();
+    // Beta has applied both rotations once it refuses the old secrets; only
+    // then are (a) and (d) presented there for the first time since.
+    within_bound(
+        since,
+        REVOCATION_BOUND,
+        "beta refusing the old secrets",
+        || {
+            let (b, refresh, edited_refresh) = (&b, &refresh, &edited_refresh);
+            async move {
+                exchange_refused(b, refresh).await?;
+                exchange_refused(b, edited_refresh).await
+            }
+        },
+    )
+    .await;
+    within_bound(
+        since,
+        REVOCATION_BOUND,
+        "every old access token refused on both replicas",
+        || {
+            let tokens = [
+                ("(a) minted on alpha", minted_on_a.as_str()),
+                ("(b) minted on beta, cached on alpha", cached_on_a.as_str()),
+                ("(c) minted on beta, never used", never_used.as_str()),
+                ("(d) edited, then rotated", edited_on_b.as_str()),
+            ];
+            let (a, b) = (&a, &b);
+            async move { every_one_refused([b, a], &tokens).await }
+        },
+    )
+    .await;
+    // The new secrets work on both.
+    for r in [&a, &b] {
+        for secret in [&new_secret, &new_edited] {
+            let t = r.exchange(secret).await;
+            for s in [&a, &b] {
+                assert_accepted(s, &t, "a token of the new secret").await;
+            }
+        }
+    }
+    assert_accepted(&a, &fresh, "the first token of the new secret").await;
+}
+
+/// An edit that narrows a token applies to every access token it issued on
+/// every replica, including tokens minted elsewhere and never seen here,
+/// and tokens that still hold a version superseded by an earlier edit.
+#[tokio::test]
+async fn a_narrowing_edit_applies_to_every_access_token_on_every_replica() {
+    let db = TestDb::new();
+    let up = common::upstream().await;
+    let cluster = Cluster::new(&db.url, up.addr);
+    let (a, b) = two(&cluster).await;
+    settled(&[&a, &b]).await;
+    let (id, refresh) = a.create_token("narrowed").await;
+    let minted_on_a = a.exchange(&refresh).await;
+    let minted_on_b = b.exchange(&refresh).await;
+    let used_on_b = b.exchange(&refresh).await;
+    assert_accepted(&b, &used_on_b, "before the edits").await;
+    assert_accepted(&a, &used_on_b, "before the edits").await;
+    // A first edit (a rename) that beta applies; its tokens are not used
+    // after it, so they hold the superseded version.
+    let path = format!("/api/refresh-tokens/{id}");
+    let r = a
+        .client()
+        .admin_json("PATCH", &path, &serde_json::json!({"name": "renamed"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    eventually(PATIENCE, "beta applying the rename", || {
+        let b = &b;
+        async move {
+            b.list()
+                .await
+                .iter()
+                .any(|t| t["id"] == id && t["name"] == "renamed")
+                .then_some(())
+        }
+    })
+    .await;
+    // Then a scope that excludes what `call` requests.
+    let r = a
+        .client()
+        .admin_json(
+            "PATCH",
+            &path,
+            &serde_json::json!({"scopes": [{"methods": ["GET"], "path": "/elsewhere/**"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let since = Instant::now();
+    within_bound(
+        since,
+        REVOCATION_BOUND,
+        "the scope on every replica",
+        || {
+            let (a, b) = (&a, &b);
+            let tokens = [&minted_on_a, &minted_on_b, &used_on_b];
+            async move {
+                for r in [b, a] {
+                    for t in tokens {
+                        let c = r.call(t).await;
+                        if !(c.status == StatusCode::FORBIDDEN
+                            && error_code(&c) == "insufficient_scope")
+                        {
+                            return Err(format!("{}: {} {}", r.name, c.status, c.text()));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+}

@@ -56,9 +56,14 @@ fn unit_under_test() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn systemd_analyze(args: &[&str], unit: &Path) -> (bool, String) {
+    systemd_analyze_with(args, unit, &[])
+}
+
+fn systemd_analyze_with(args: &[&str], unit: &Path, env: &[(&str, &Path)]) -> (bool, String) {
     let out = Command::new("systemd-analyze")
         .args(args)
         .arg(unit)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| {
             panic!("systemd-analyze: {e} (install Debian's `systemd`; tests/run.sh does)")
@@ -93,12 +98,83 @@ fn service_section(unit: &str) -> BTreeMap<String, Vec<String>> {
     keys
 }
 
+/// The shell lines of deploy/README.md's systemd install steps: the first
+/// ```sh block of its "## systemd" section, comments dropped.
+fn install_steps() -> Vec<String> {
+    let text = std::fs::read_to_string(deploy("README.md")).unwrap();
+    let section = text
+        .split("\n## ")
+        .find(|s| s.starts_with("systemd"))
+        .expect("a \"## systemd\" section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its install steps in a ```sh block");
+    block
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or("").trim().to_owned())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+/// The unit names `man:tokengate(1)`, so the install steps install the man
+/// pages (`tokengate man`) where `man` looks; done as they say (into a temp
+/// dir on MANPATH), `systemd-analyze verify` finds the page and has no
+/// remark at all.
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit_text = std::fs::read_to_string(deploy("tokengate.service")).unwrap();
+    assert!(unit_text.contains("Documentation=man:tokengate(1)"));
+    let steps = install_steps();
+    let man = steps
+        .iter()
+        .find(|l| l.contains("tokengate man --out-dir "))
+        .unwrap_or_else(|| {
+            panic!("the install steps do not install the man page Documentation= names: {steps:#?}")
+        });
+    let out_dir = man
+        .split("--out-dir ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    // Where man looks without being told: a man1 directory of its default path.
+    let (root, section) = out_dir.rsplit_once('/').unwrap();
+    assert_eq!(section, "man1", "{man}");
+    assert!(
+        ["/usr/local/share/man", "/usr/share/man", "/usr/local/man"].contains(&root),
+        "{man}: not on man's default path"
+    );
+    // The binary is installed (on PATH) before its man page is made.
+    let install_bin = steps
+        .iter()
+        .position(|l| {
+            l.contains(&format!(
+                "install -m 0755 target/release/tokengate {INSTALLED_BIN}"
+            ))
+        })
+        .expect("the install steps install the binary");
+    let install_man = steps.iter().position(|l| l == man).unwrap();
+    assert!(install_bin < install_man, "{steps:#?}");
+
+    // As the step says, into a temp dir that MANPATH names.
+    let manpath = tempfile::tempdir().unwrap();
+    let man1 = manpath.path().join("man1");
+    std::fs::create_dir(&man1).unwrap();
+    let made = Command::new(BIN)
+        .args(["man", "--out-dir"])
+        .arg(&man1)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    assert!(man1.join("tokengate.1").is_file());
+
     let (_dir, unit) = unit_under_test();
-    // --man=no: Documentation= names tokengate(1), which `tokengate man`
-    // generates and deploy/README.md installs; it is not installed here.
-    let (ok, out) = systemd_analyze(&["verify", "--man=no"], &unit);
+    let (ok, out) = systemd_analyze_with(&["verify"], &unit, &[("MANPATH", manpath.path())]);
     assert!(ok, "systemd-analyze verify failed:\n{out}");
     // verify only warns (exit 0) about unknown keys and bad values.
     assert!(

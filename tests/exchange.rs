@@ -310,3 +310,78 @@ async fn a_body_too_large_to_drain_gets_a_413_and_connection_close() {
     // The gateway hung up rather than read 4 MiB; the writer may have failed.
     let _ = writer.await;
 }
+
+/// Python's `requests` sends a whole body before it reads the answer, so a
+/// gateway that answers 413 and closes at once makes it see a reset. Up to
+/// 16 MiB beyond the limit (declared or chunked) the connection lingers,
+/// reading and dropping the rest, and the client reads its 413; the admin
+/// API's body limit behaves the same. A body far larger is cut off: the
+/// client could not send it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_reads_the_413_of_a_body_up_to_16_mib_over_the_limit() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let ca = gw.file.tls.cert.clone().unwrap();
+    let token_url = format!("https://127.0.0.1:{}/token", gw.public_addr().port());
+    let admin_url = format!("{}/api/refresh-tokens", gw.client.admin);
+    let post = |url: String, size: usize, how: &'static str, admin: bool| {
+        let ca = ca.clone();
+        async move {
+            let mut cmd = tokio::process::Command::new("python3");
+            cmd.arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/example_clients/large_body.py"),
+            )
+            .arg(&url)
+            .arg(&ca)
+            .arg(size.to_string())
+            .arg(how);
+            if admin {
+                cmd.args(["admin", common::ADMIN_PASSWORD]);
+            }
+            // Bounded: the script's own timeout is 60 s.
+            let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+                .await
+                .expect("the client finished")
+                .expect("python3 runs (tests/run.sh installs requests)");
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            let v: serde_json::Value = serde_json::from_str(line.trim())
+                .unwrap_or_else(|e| panic!("{e}: {line} {}", String::from_utf8_lossy(&out.stderr)));
+            v
+        }
+    };
+    const MIB: usize = 1 << 20;
+    for (url, size, how, admin) in [
+        (&token_url, 2_000_000, "declared", false),
+        (&token_url, 2_000_000, "chunked", false),
+        (&token_url, 16 * MIB, "declared", false),
+        (&token_url, 16 * MIB, "chunked", false),
+        (&admin_url, 2_000_000, "declared", true),
+    ] {
+        let v = post(url.clone(), size, how, admin).await;
+        assert_eq!(v["status"], 413, "{size} bytes {how} to {url}: {v}");
+        assert_eq!(v["connection"], "close", "{v}");
+        let body: serde_json::Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["error_description"], "request body is too large");
+        assert_eq!(v["sent"], size, "{v}");
+    }
+    // Far beyond: not read (declared) or read up to the lingering budget
+    // (chunked), then the connection is cut; the client could not send it all.
+    for how in ["declared", "chunked"] {
+        let v = post(token_url.clone(), 64 * MIB, how, false).await;
+        assert!(v["status"].is_null() || v["status"] == 413, "{how}: {v}");
+        assert!(
+            v["sent"].as_u64().unwrap() < (64 * MIB) as u64,
+            "{how}: {v}"
+        );
+    }
+    // No connection lingers on (the clients are gone), and the gateway still answers.
+    common::eventually(
+        Duration::from_secs(40),
+        "lingering connections closed",
+        || async { (gw.open_connections() == 0).then_some(()) },
+    )
+    .await;
+    let r = gw.client.get_with("/healthz", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -53,17 +53,20 @@ async fn five_thousand_idle_connections_from_one_address_do_not_starve_anyone() 
     assert_eq!(still_open, 50, "the client's share stays open");
 }
 
+/// An HTTP balancer (`public.trusted_forwarders`) multiplexes its clients
+/// over its connections, and they are told apart per request: it holds no
+/// per-client share of connections.
 #[tokio::test]
-async fn a_trusted_load_balancer_with_thousands_of_connections_is_exempt() {
+async fn a_trusted_http_balancer_with_thousands_of_connections_is_exempt() {
     let up = common::upstream().await;
     let gw = TestGateway::start_with(up.addr, |f| {
         f.public.max_connections_per_client = 20;
-        f.public.trusted_proxies = vec!["127.0.0.3/32".into()];
+        f.public.trusted_forwarders = vec!["127.0.0.3/32".into()];
         f.public.tls_handshake_timeout = secs(120);
     })
     .await;
-    // 2,000 client connections through the balancer, without PROXY
-    // headers: all kept, though one address holds them.
+    // 2,000 connections from the balancer: all kept, though one address
+    // holds them.
     let mut held = Vec::new();
     for _ in 0..2000 {
         held.push(
@@ -86,16 +89,22 @@ async fn a_trusted_load_balancer_with_thousands_of_connections_is_exempt() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-/// A PROXY protocol v2 header naming `client` (IPv4, TCP).
+/// A PROXY protocol v2 header naming `client` (TCP over IPv4 or IPv6).
 fn proxy_v2(client: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(c) = client else {
-        panic!("IPv4 only here")
-    };
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
-    h.extend_from_slice(&c.ip().octets());
-    h.extend_from_slice(&[127, 0, 0, 1]);
-    h.extend_from_slice(&c.port().to_be_bytes());
+    match client {
+        SocketAddr::V4(c) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&[127, 0, 0, 1]);
+        }
+        SocketAddr::V6(c) => {
+            h.extend_from_slice(&[0x21, 0x21, 0, 36]);
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        }
+    }
+    h.extend_from_slice(&client.port().to_be_bytes());
     h.extend_from_slice(&443u16.to_be_bytes());
     h
 }
@@ -201,14 +210,80 @@ async fn proxy_protocol_gives_the_client_address_to_limits_and_the_upstream() {
         matches!(r, Ok(Ok(0)) | Ok(Err(_))),
         "a stranger's PROXY header is refused"
     );
+    // Before it sends a byte: more than its share (3) of silent connections
+    // from an unlisted peer are all closed, none kept waiting for a header.
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(
+            connect_from("127.0.0.5", gw.public_addr())
+                .await
+                .into_std()
+                .unwrap(),
+        );
+    }
+    eventually(Duration::from_secs(10), "all ten closed unread", || {
+        let n = silent.iter().filter(|s| closed_by_peer(s)).count();
+        async move { (n == 10).then_some(()) }
+    })
+    .await;
     drop(conns);
 }
 
+/// IPv6 shares are hierarchical: clients named by a listed balancer's PROXY
+/// headers from many /64s of one /56 hold the /56's share (4 × the /64's)
+/// and no more, so one subscriber cannot fill the listener; another /56 is
+/// served.
 #[tokio::test]
-async fn forwarded_for_is_believed_from_trusted_proxies_only() {
+async fn many_64s_of_one_ipv6_56_hold_one_bounded_share() {
     let up = common::upstream().await;
     let gw = TestGateway::start_with(up.addr, |f| {
-        f.public.trusted_proxies = vec!["127.0.0.6/32".into()];
+        f.public.proxy_protocol = true;
+        f.public.trusted_proxies = vec!["127.0.0.4/32".into()];
+        f.public.max_connections_per_client = 2;
+        f.public.max_connections = 40;
+        f.public.tls_handshake_timeout = secs(120);
+    })
+    .await;
+    let open = |client: String| {
+        let addr = gw.public_addr();
+        async move {
+            let mut tcp = connect_from("127.0.0.4", addr).await;
+            let c: SocketAddr = format!("[{client}]:4000").parse().unwrap();
+            tcp.write_all(&proxy_v2(c)).await.unwrap();
+            tcp.into_std().unwrap()
+        }
+    };
+    // 16 /64s of 2001:db8:1:200::/56, their share of 2 each: 32 tried.
+    let mut held = Vec::new();
+    for n in 0..16 {
+        for _ in 0..2 {
+            held.push(open(format!("2001:db8:1:2{n:02x}::1")).await);
+        }
+    }
+    // The /56 holds 4 x 2 of a listener of 40; the other 24 are closed.
+    eventually(Duration::from_secs(10), "the /56's excess closed", || {
+        let kept = held.iter().filter(|s| !closed_by_peer(s)).count();
+        async move { (kept == 8).then_some(()) }
+    })
+    .await;
+    // Another /56 of the same /48 is served at once.
+    let other = open("2001:db8:1:300::1".to_owned()).await;
+    let mut tls = gw
+        .tls_over(tokio::net::TcpStream::from_std(other).unwrap(), b"http/1.1")
+        .await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_from_trusted_forwarders_only() {
+    let up = common::upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.public.trusted_forwarders = vec!["127.0.0.6/32".into()];
     })
     .await;
     let (_, refresh) = gw.create_token("xff").await;
@@ -239,6 +314,15 @@ async fn forwarded_for_is_believed_from_trusted_proxies_only() {
         v["headers"]["x-forwarded-for"][0], "127.0.0.7",
         "a client's own claim is not believed"
     );
+    // The balancer's request naming no client is refused, not charged to
+    // the balancer's address (a budget all its clients would share); its
+    // health checks are answered.
+    let forwarder = gw.client_from("127.0.0.6");
+    let r = forwarder.api_get("/x", &access).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("X-Forwarded-For"), "{}", r.text());
+    let r = forwarder.get_with("/healthz", None).await;
+    assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test]

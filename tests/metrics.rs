@@ -311,6 +311,72 @@ async fn the_metrics_listener_serves_the_scrape_without_credentials() {
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
 
+/// One HTTP/1.1 request with `host` as its `Host`, from `source`.
+async fn plain_http_as(addr: std::net::SocketAddr, source: &str, host: &str) -> String {
+    let mut tcp = common::connect_from(source, addr).await;
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    out
+}
+
+/// DNS rebinding: a web page re-points its own name at the metrics listener
+/// and reads the scrape as same-origin. The listener answers only to an IP
+/// literal, `localhost` or `metrics.allowed_hosts` (421 otherwise), and one
+/// address cannot hold all of its 16 connections.
+#[tokio::test]
+async fn the_metrics_listener_refuses_unknown_hosts_and_shares_its_connections() {
+    let up = upstream().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.metrics.listen = "127.0.0.1:0".into();
+        f.metrics.allowed_hosts = vec!["prom.internal".into()];
+    })
+    .await;
+    let addr = gw.gateway.as_ref().unwrap().metrics_addr.expect("bound");
+    let port = addr.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "[::1]".to_owned(),
+        format!("Prom.Internal:{port}"),
+    ] {
+        let r = plain_http_as(addr, "127.0.0.1", &host).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{host}: {r}");
+    }
+    for host in [
+        format!("rebind.attacker.example:{port}"),
+        "localhost.attacker.example".to_owned(),
+    ] {
+        let r = plain_http_as(addr, "127.0.0.1", &host).await;
+        assert!(r.starts_with("HTTP/1.1 421"), "{host}: {r}");
+        assert!(r.contains("metrics.allowed_hosts"), "{r}");
+        assert!(!r.contains("tokengate_"), "no scrape: {r}");
+    }
+
+    // One address holds 4 connections at most; the 5th to 10th are closed,
+    // and another address is served meanwhile.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(
+            common::connect_from("127.0.0.2", addr)
+                .await
+                .into_std()
+                .unwrap(),
+        );
+    }
+    common::eventually(Duration::from_secs(10), "the excess closed", || {
+        let open = held.iter().filter(|s| !common::closed_by_peer(s)).count();
+        async move { (open == 4).then_some(()) }
+    })
+    .await;
+    let r = plain_http_as(addr, "127.0.0.3", "127.0.0.1").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
 #[tokio::test]
 async fn metrics_off_records_nothing_and_answers_404() {
     let up = upstream().await;

@@ -339,10 +339,10 @@ async fn networks_bind_the_exchange_and_every_request() {
 }
 
 #[tokio::test]
-async fn behind_a_trusted_proxy_the_forwarded_client_is_the_one_bound() {
+async fn behind_a_trusted_forwarder_the_forwarded_client_is_the_one_bound() {
     let up = upstream().await;
     let gw = TestGateway::start_with(up.addr, |f| {
-        f.public.trusted_proxies = vec!["127.0.0.7/32".into()];
+        f.public.trusted_forwarders = vec!["127.0.0.7/32".into()];
     })
     .await;
     let (_, refresh) = create(&gw, "behind lb", json!({"networks": ["10.1.2.0/24"]})).await;

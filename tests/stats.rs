@@ -157,7 +157,7 @@ async fn stats_need_the_admin_and_are_read_only() {
 async fn a_refresh_token_keeps_at_most_its_share_of_access_tokens() {
     let up = upstream().await;
     let gw = TestGateway::start_with(up.addr, |f| f.tokens.max_access_per_refresh = 2).await;
-    let (_, t1) = gw.create_token("busy script").await;
+    let (id1, t1) = gw.create_token("busy script").await;
     let (_, t2) = gw.create_token("other").await;
     let other = gw.exchange(&t2).await;
     let mut minted = Vec::new();
@@ -166,6 +166,11 @@ async fn a_refresh_token_keeps_at_most_its_share_of_access_tokens() {
     }
     let r = gw.client.api_get("/x", &minted[0]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the oldest was dropped");
+    // The refusal says why, in the body and in the challenge.
+    let said = "the access token was evicted: its refresh token was exchanged more than 2 times while it was live (tokens.max_access_per_refresh)";
+    assert_eq!(r.json()["error_description"], said, "{}", r.text());
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.contains(said), "{challenge}");
     for a in [&minted[1], &minted[2], &other] {
         assert_eq!(gw.client.api_get("/x", a).await.status, StatusCode::OK);
     }
@@ -175,4 +180,24 @@ async fn a_refresh_token_keeps_at_most_its_share_of_access_tokens() {
         (3, 1),
         "{s:?}"
     );
+    // Any other refusal is not called an eviction: once the refresh token
+    // is deleted, the evicted ones (the first, and the second, evicted by
+    // one more exchange) are simply not valid; an expired token expired.
+    let fresh = gw.exchange(&t1).await;
+    let r = gw
+        .client
+        .admin_call("DELETE", &format!("/api/refresh-tokens/{id1}"))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for a in [&minted[0], &minted[1], &fresh] {
+        let r = gw.client.api_get("/x", a).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.json()["error_description"],
+            "the access token is not valid"
+        );
+    }
+    gw.clock.advance(Duration::from_secs(901));
+    let r = gw.client.api_get("/x", &other).await;
+    assert_eq!(r.json()["error_description"], "the access token expired");
 }

@@ -20,11 +20,15 @@ the `h2` package (already pinned for tests/attacks/):
       the verdict fails.
 
 Everything talks to 127.0.0.1 only; every loop is bounded by the deadline
-and every network wait by a timeout.
+and every network wait by a timeout. Each client task connects from an
+address of its own in 127.0.0.0/8 (127.0.1.1, 127.0.1.2, ...), as clients
+on as many hosts would: from one address, the 300-odd idle and slow
+connections would only measure public.max_connections_per_client.
 """
 
 import asyncio
 import collections
+import contextvars
 import csv
 import json
 import os
@@ -95,6 +99,10 @@ async def slow_upstream(port):
 
 # ---- clients ----------------------------------------------------------------
 
+# The source address of the client task running (set once per task: a task
+# runs in a copy of the context it was created in).
+SOURCE = contextvars.ContextVar("source", default="127.0.0.1")
+
 class Ctx:
     def __init__(self, port, cafile, pool, deadline):
         self.port = port
@@ -102,6 +110,10 @@ class Ctx:
         self.deadline = deadline
         self.counts = collections.Counter()
         self.notes = []
+        # The first few answers to API calls refused while their access token
+        # was within its lifetime and its refresh token in the pool.
+        self.evicted_samples = []
+        self.sources = 0
         self.lifetimes = collections.defaultdict(list)
         self.tls_h1 = self._tls(cafile, ["http/1.1"])
         self.tls_h2 = self._tls(cafile, ["h2"])
@@ -114,6 +126,12 @@ class Ctx:
 
     def left(self):
         return self.deadline - time.monotonic()
+
+    def own_source(self):
+        """Gives the calling task an address of its own in 127.0.0.0/8."""
+        n = self.sources
+        self.sources += 1
+        SOURCE.set(f"127.0.{1 + n // 250}.{1 + n % 250}")
 
     def pool(self):
         try:
@@ -134,7 +152,8 @@ class Ctx:
         r, w = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", self.port,
                                     ssl=self.tls_h2 if h2 else self.tls_h1,
-                                    server_hostname="localhost"), 15)
+                                    server_hostname="localhost",
+                                    local_addr=(SOURCE.get(), 0)), 15)
         return r, w
 
 
@@ -248,19 +267,30 @@ class Holder:
         raise RuntimeError("no usable refresh token after 20 tries")
 
     def refused(self, status, body):
-        """Classifies a 401 on an API call; drops the access token."""
+        """Classifies a 401 on an API call and drops the access token, so the
+        next call exchanges again, as a real script does. Within its lifetime
+        and with its refresh token in the pool, the token was evicted
+        (tokens.max_access_per_refresh: another client exchanges the same
+        refresh token hundreds of times a second): a documented refusal,
+        checked in the report against the gateway's eviction count. Any
+        other status is unexpected."""
         expired = time.monotonic() >= self.until
         self.access = None
-        if expired:
+        if status != 401 or b"invalid_token" not in body:
+            self.ctx.unexpected(self.role, f"API answered {status}: {body[:120]!r}")
+        elif expired:
             self.ctx.counts[self.role + ".refused_expired"] += 1
         elif not self.ctx.in_pool(self.tok):
             self.ctx.counts[self.role + ".refused_deleted"] += 1
         else:
-            self.ctx.unexpected(self.role, f"API answered {status} with a pooled token: {body[:120]!r}")
+            self.ctx.counts[self.role + ".refused_evicted"] += 1
+            if len(self.ctx.evicted_samples) < 3:
+                self.ctx.evicted_samples.append(body[:200].decode("utf-8", "replace"))
 
 
 async def loop(ctx, role, once, start_spread=0.0):
     """Runs `once` until the deadline; an exception is an unexpected error."""
+    ctx.own_source()
     await asyncio.sleep(random.uniform(0, start_spread))
     for _ in range(1_000_000):
         if ctx.left() < 1:
@@ -424,6 +454,7 @@ async def idle(ctx, kind, spread):
     import h2.connection
 
     role = "idle_" + kind
+    ctx.own_source()
     await asyncio.sleep(random.uniform(0, spread))
     for _ in range(100_000):
         if ctx.left() < 1:
@@ -431,7 +462,8 @@ async def idle(ctx, kind, spread):
         opened = time.monotonic()
         try:
             if kind == "tcp":
-                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", ctx.port), 15)
+                r, w = await asyncio.wait_for(asyncio.open_connection(
+                    "127.0.0.1", ctx.port, local_addr=(SOURCE.get(), 0)), 15)
             else:
                 r, w = await ctx.connect(h2=kind == "h2")
                 if kind == "h2":
@@ -533,7 +565,8 @@ async def clients(out, port, cafile, pool, seconds):
                      "max_s": round(max(v), 1)} for k, v in ctx.lifetimes.items() if v}
     with open(os.path.join(out, "clients.json"), "w") as f:
         json.dump({"counts": dict(sorted(ctx.counts.items())), "lifetimes": lifetimes,
-                   "notes": ctx.notes}, f, indent=1)
+                   "notes": ctx.notes, "evicted_samples": ctx.evicted_samples,
+                   "sources": ctx.sources}, f, indent=1)
 
 
 # ---- the report -------------------------------------------------------------
@@ -566,13 +599,17 @@ def kv(path):
 
 def h2load_runs(out):
     """Sums the h2load runs; 4xx are expected only in runs whose refresh
-    token was deleted during the run (h2.tsv: run, token_in_pool_after)."""
+    token was deleted during the run, or whose access token was evicted
+    (tokens.max_access_per_refresh) during it: h2.tsv has run,
+    token_in_pool_after, h2load's exit code, and the status of one more
+    call with the run's access token after it when the run had 4xx ("-"
+    otherwise; 401 invalid_token: refused, not the request's fault)."""
     tot = collections.Counter()
     try:
         rows = [l.split("\t") for l in open(os.path.join(out, "h2.tsv")).read().splitlines()]
     except OSError:
         rows = []
-    for run, in_pool_after, rc in rows:
+    for run, in_pool_after, rc, probe in rows:
         text = open(os.path.join(out, "h2", f"run-{run}.txt")).read()
         req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                         r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
@@ -589,6 +626,11 @@ def h2load_runs(out):
         tot["unexpected"] += errored + timeout + s3 + s5
         if in_pool_after == "0":
             tot["refused_deleted"] += s4
+        elif s4 and probe == "401":
+            # One access token (the run's), evicted during the run: a
+            # h2load run cannot exchange again, so its later calls fail too.
+            tot["refused_evicted"] += s4
+            tot["evicted_tokens"] += 1
         else:
             tot["unexpected"] += s4
     return tot
@@ -610,11 +652,12 @@ def report(out, seconds):
     p = lines.append
     p(f"### Samples (every {os.environ.get('SOAK_SAMPLE_SECONDS', '5')} s)")
     p("")
-    p("| time s | rss MB | fds | threads | live access | refresh | public conns | cpu s |")
-    p("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    p("| time s | rss MB | fds | threads | live access | refresh | public conns | evicted | cpu s |")
+    p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         p(f"| {r['t_s']} | {int(r['rss_kb']) / 1024:.1f} | {r['fds']} | {r['threads']} | "
-          f"{r['live_access']} | {r['refresh']} | {r['public_connections']} | {r['cpu_s']} |")
+          f"{r['live_access']} | {r['refresh']} | {r['public_connections']} | {r['evicted']} | "
+          f"{r['cpu_s']} |")
     half = [r for r in rows if float(r["t_s"]) >= seconds / 2]
     rss_slope = slope_per_min([(float(r["t_s"]), int(r["rss_kb"]) / 1024) for r in half])
     fd_slope = slope_per_min([(float(r["t_s"]), int(r["fds"])) for r in half])
@@ -642,13 +685,14 @@ def report(out, seconds):
     def row(name, ok, refused, bad):
         p(f"| {name} | {ok:,} | {refused:,} | {bad:,} |")
     row("API calls, HTTP/1.1 (wrk, 6 connections)", api.get("api_ok", 0),
-        api.get("api_refused_deleted", 0) + api.get("api_refused_expired", 0),
+        api.get("api_refused_deleted", 0) + api.get("api_refused_expired", 0)
+        + api.get("api_refused_evicted", 0),
         api.get("unexpected", 0) + api.get("socket_errors", 0))
     row("  their exchanges", api.get("exchange_ok", 0), api.get("exchange_refused_deleted", 0), 0)
     row("token exchanges (wrk, 2 connections)", exch.get("exchange_ok", 0),
         exch.get("exchange_refused_deleted", 0), exch.get("unexpected", 0) + exch.get("socket_errors", 0))
     row(f"API calls, HTTP/2 (h2load, {h2['runs']} runs of 2 connections x 4 streams)", h2["ok"],
-        h2["refused_deleted"], h2["unexpected"])
+        h2["refused_deleted"] + h2["refused_evicted"], h2["unexpected"])
     row("  their exchanges (curl)", h2x["200"], h2x["400 deleted"],
         sum(v for k, v in h2x.items() if k not in ("200", "400 deleted")))
     row("refresh tokens created / deleted (admin API)", rot["create 201"] + rot["delete 204"]
@@ -657,7 +701,8 @@ def report(out, seconds):
     for k, v in cc.items():
         role, _, what = k.partition(".")
         groups[role][what] = v
-    expected_refusal = {"refused_deleted", "refused_expired", "exchange_refused_deleted"}
+    expected_refusal = {"refused_deleted", "refused_expired", "refused_evicted",
+                        "exchange_refused_deleted"}
     deliberate = {"timeout_504", "abandoned", "closed_by_gateway", "held_to_end", "opened"}
     for role in sorted(groups):
         if role == "cut_at_end":
@@ -673,6 +718,18 @@ def report(out, seconds):
             for k, v in sorted(cl["lifetimes"].items())))
     for n in cl["notes"]:
         p(f"- note: {n}")
+    # Access tokens refused within their lifetime while their refresh token
+    # was still in the pool: each one a distinct token the client dropped
+    # (then exchanged again), so there can be no more of them than tokens
+    # the gateway evicted at tokens.max_access_per_refresh.
+    refused_evicted = (api.get("api_refused_evicted", 0) + h2["evicted_tokens"]
+                       + sum(v for k, v in cc.items() if k.endswith(".refused_evicted")))
+    evicted = end.get("evicted_after", -1)
+    p("")
+    p(f"Access tokens refused within their lifetime (refresh token still pooled): {refused_evicted:,}; "
+      f"access tokens the gateway evicted at tokens.max_access_per_refresh: {evicted:,}")
+    for sample in cl.get("evicted_samples", []):
+        p(f"- such a refusal: `{sample}`")
 
     unexpected = (api.get("unexpected", 0) + api.get("socket_errors", 0) + exch.get("unexpected", 0)
                   + exch.get("socket_errors", 0) + h2["unexpected"]
@@ -697,6 +754,8 @@ def report(out, seconds):
         (fd_slope <= fd_max or not judged, f"open fds trend over the second half: {fd_slope:+.1f}/min (limit {fd_max}); "
          f"{first['fds']} at start, {max(int(r['fds']) for r in rows)} peak, {last['fds']} at end"),
         (unexpected == 0, f"unexpected errors: {unexpected} of {total:,} requests and admin calls"),
+        (refused_evicted <= max(evicted, 0), f"refusals of pooled access tokens within their lifetime: "
+         f"{refused_evicted:,}, at most the {evicted:,} evicted (tokens.max_access_per_refresh)"),
         (end.get("tokengate_alive", 0) == 1, "tokengate still running when the load ended"),
         (end.get("conns_after", -1) == 0, f"public connections after the clients stopped: "
          f"{end.get('conns_after', '?')} (must drop to 0)"),

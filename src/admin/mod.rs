@@ -107,9 +107,11 @@ impl Handler for AdminHandler {
 
     fn handle(
         &self,
-        peer: SocketAddr,
+        peer: crate::identify::Peer,
         req: Request<Incoming>,
     ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send {
+        // Administrators connect directly: the TCP peer is the client.
+        let peer = peer.addr;
         // Boxed: the admin handlers' state is several KiB and admin requests
         // are rare; a small future keeps each connection task small.
         Box::pin(async move {
@@ -272,7 +274,7 @@ async fn json_body(req: Request<Incoming>, timeout: Duration) -> Result<Value, R
         return Err(bad("Content-Type must be application/json"));
     }
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, ADMIN_BODY_LIMIT, timeout)
+    let body = read_body(&parts, body, ADMIN_BODY_LIMIT, timeout)
         .await
         .map_err(|e| e.reply())?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("body is not valid JSON: {e}")))

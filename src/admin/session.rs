@@ -1,7 +1,7 @@
 //! Web-page sessions and the failed-login throttle.
 //!
-//! A login sets `tg_session` (HttpOnly, Secure, SameSite=Strict, Max-Age =
-//! `admin.session_ttl`). Only a SHA-256 of the cookie value is kept, so a
+//! A login sets `__Host-tg_session` (HttpOnly, Secure, SameSite=Strict,
+//! Path=/, no Domain, Max-Age = `admin.session_ttl`). Only a SHA-256 of the cookie value is kept, so a
 //! memory dump does not hand out live sessions. Every state-changing call made
 //! with a session must also carry `X-CSRF-Token`, a second random value the
 //! page receives at login and keeps in memory only.
@@ -18,7 +18,10 @@ use subtle::ConstantTimeEq;
 use crate::secrets::random_bytes;
 use crate::throttle::{ClientKey, Table};
 
-pub(crate) const COOKIE: &str = "tg_session";
+/// `__Host-`: browsers accept the cookie only with `Secure`, `Path=/` and no
+/// `Domain`, from a secure origin, so no other host (a sibling subdomain,
+/// or plain HTTP on this host's name) can set or shadow the session.
+pub(crate) const COOKIE: &str = "__Host-tg_session";
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Failures from one client before logins are slowed down.
@@ -356,11 +359,17 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert(
             http::header::COOKIE,
-            "a=1; tg_session=abc; b=2".parse().unwrap(),
+            "a=1; tg_session=old; __Host-tg_session=abc; b=2"
+                .parse()
+                .unwrap(),
         );
         assert_eq!(cookie_value(&h).as_deref(), Some("abc"));
-        assert!(
-            set_cookie("v", Duration::from_secs(5)).contains("HttpOnly; Secure; SameSite=Strict")
-        );
+        // What browsers require of a `__Host-` cookie: Secure, Path=/, no Domain.
+        for set in [set_cookie("v", Duration::from_secs(5)), clear_cookie()] {
+            assert!(set.starts_with("__Host-tg_session="), "{set}");
+            assert!(set.contains("; Path=/;"), "{set}");
+            assert!(set.contains("HttpOnly; Secure; SameSite=Strict"), "{set}");
+            assert!(!set.to_ascii_lowercase().contains("domain"), "{set}");
+        }
     }
 }

@@ -80,6 +80,9 @@ pub struct MetricsSection {
     /// none; a bare port means loopback (`9464` = `127.0.0.1:9464`).
     #[serde(deserialize_with = "text_or_number")]
     pub listen: String,
+    /// Host names the metrics listener answers to, besides IP literals and
+    /// `localhost` (a `Host` it does not know is a DNS-rebinding attempt).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A string, or a number taken as its text: `TOKENGATE_METRICS__LISTEN=9464`
@@ -102,6 +105,7 @@ impl Default for MetricsSection {
         MetricsSection {
             enabled: true,
             listen: String::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -186,6 +190,7 @@ pub struct PublicSection {
     pub idle_timeout: HumanDuration,
     pub send_timeout: HumanDuration,
     pub trusted_proxies: Vec<String>,
+    pub trusted_forwarders: Vec<String>,
     pub proxy_protocol: bool,
     pub auth_failures_per_minute: u32,
     pub path_parameters: Vec<String>,
@@ -216,6 +221,7 @@ impl Default for PublicSection {
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
             trusted_proxies: Vec::new(),
+            trusted_forwarders: Vec::new(),
             proxy_protocol: false,
             // Far above what a script that mistyped its token needs to
             // notice, far below what guessing needs.
@@ -357,9 +363,11 @@ pub struct PostgresSection {
     pub pool_size: usize,
     pub connect_timeout: HumanDuration,
     pub statement_timeout: HumanDuration,
-    /// `disable`, `require` (encrypted, server not verified) or `verify-full`.
+    /// `disable`, `require` (encrypted, server not verified) or
+    /// `verify-full`; empty: the URL's `sslmode`, else `verify-full`.
     pub sslmode: String,
-    /// CA certificates (PEM) for `verify-full`; unset: the system's roots.
+    /// CA certificates (PEM) for `verify-full`; unset: the URL's
+    /// `sslrootcert`, else the system's roots.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -374,8 +382,9 @@ impl Default for PostgresSection {
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             // A hung database becomes an error within this, never a stuck writer.
             statement_timeout: HumanDuration(Duration::from_secs(5)),
-            // Secure unless told otherwise: the database holds token hashes.
-            sslmode: "verify-full".into(),
+            // Unset: the URL's sslmode (DATABASE URLs from hosting providers
+            // carry one), else verify-full (storage.rs).
+            sslmode: String::new(),
             ca_file: None,
         }
     }

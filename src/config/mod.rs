@@ -120,8 +120,12 @@ pub struct PublicConfig {
     pub workers: usize,
     pub limits: ListenerLimits,
     pub token_body_limit: usize,
-    /// Load balancers whose `X-Forwarded-For` (and PROXY header) is believed.
+    /// TCP balancers whose PROXY header is believed: with `proxy_protocol`
+    /// on, the only peers that may connect (never empty then; empty otherwise).
     pub trusted_proxies: Vec<Cidr>,
+    /// HTTP balancers (terminating TLS) whose `X-Forwarded-For` is believed
+    /// (empty with `proxy_protocol` on: the PROXY header names the client).
+    pub trusted_forwarders: Vec<Cidr>,
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
     /// Failed authentications (guesses only) per client address and minute
@@ -208,6 +212,9 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// The unauthenticated scrape listener, if any.
     pub listen: Option<SocketAddr>,
+    /// Names (lowercase, no port) that listener answers to besides IP
+    /// literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `log.format`: how the process log and the access log are written.

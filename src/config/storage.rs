@@ -140,18 +140,12 @@ fn postgres(p: &super::PostgresSection) -> Result<PostgresConfig, ConfigError> {
             "must be a postgres:// URL (postgres://user:password@host:5432/database)",
         ));
     }
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    if query
-        .split('&')
-        .any(|kv| kv.split('=').next().is_some_and(|k| k == "sslmode"))
-    {
-        return Err(ConfigError::invalid(
-            URL,
-            "has an sslmode parameter: set storage.postgres.sslmode instead (disable, require, verify-full)",
-        ));
-    }
+    // libpq's TLS parameters, as hosting providers' DATABASE URLs carry
+    // them; tokio-postgres knows neither `verify-full` nor `sslrootcert`,
+    // so they are taken out here and applied through rustls.
+    let (rest, from_url) = url_tls_params(url)?;
     // tokio-postgres names the option at fault, never its value.
-    let mut connect = tokio_postgres::Config::from_str(url)
+    let mut connect = tokio_postgres::Config::from_str(&rest)
         .map_err(|e| ConfigError::invalid(URL, format!("{e} (in {})", mask_url(url))))?;
     if connect.get_hosts().is_empty() {
         return Err(ConfigError::invalid(
@@ -159,16 +153,45 @@ fn postgres(p: &super::PostgresSection) -> Result<PostgresConfig, ConfigError> {
             format!("names no host ({})", mask_url(url)),
         ));
     }
-    let sslmode = match p.sslmode.trim() {
-        "disable" => SslMode::Disable,
-        "require" => SslMode::Require,
-        "verify-full" => SslMode::VerifyFull,
-        other => {
+    let key_mode = match p.sslmode.trim() {
+        "" => None,
+        text => Some(parse_sslmode(text).ok_or_else(|| {
+            ConfigError::invalid(
+                SSLMODE,
+                format!("must be disable, require or verify-full, got {text:?}"),
+            )
+        })?),
+    };
+    let sslmode = match (key_mode, from_url.sslmode) {
+        (Some(key), Some((text, in_url))) if key != in_url => {
             return Err(ConfigError::invalid(
-                "storage.postgres.sslmode",
-                format!("must be disable, require or verify-full, got {other:?}"),
+                SSLMODE,
+                format!(
+                    "is \"{}\" but {URL} says sslmode={text}: set one of them, or the same mode in both",
+                    p.sslmode.trim()
+                ),
             ))
         }
+        (Some(mode), _) | (None, Some((_, mode))) => mode,
+        // Secure unless told otherwise: the database holds token hashes.
+        (None, None) => SslMode::VerifyFull,
+    };
+    let ca_file = match (&p.ca_file, from_url.sslrootcert) {
+        (Some(key), Some(in_url)) if Some(key) != in_url.as_ref() => {
+            return Err(ConfigError::invalid(
+                CA_FILE,
+                format!(
+                    "is {} but {URL} says sslrootcert={}: set one of them",
+                    key.display(),
+                    in_url
+                        .as_ref()
+                        .map_or("system".into(), |p| p.display().to_string())
+                ),
+            ))
+        }
+        (Some(key), _) => Some(key.clone()),
+        (None, Some(in_url)) => in_url,
+        (None, None) => None,
     };
     let unix = connect
         .get_hosts()
@@ -176,20 +199,20 @@ fn postgres(p: &super::PostgresSection) -> Result<PostgresConfig, ConfigError> {
         .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
     if unix && sslmode != SslMode::Disable {
         return Err(ConfigError::invalid(
-            "storage.postgres.sslmode",
+            SSLMODE,
             "the URL names a Unix socket, where PostgreSQL offers no TLS: set disable",
         ));
     }
-    if let Some(ca) = &p.ca_file {
+    if let Some(ca) = &ca_file {
         if sslmode != SslMode::VerifyFull {
             return Err(ConfigError::invalid(
-                "storage.postgres.ca_file",
-                "is only used with storage.postgres.sslmode = \"verify-full\"",
+                CA_FILE,
+                format!("(or sslrootcert in {URL}) is only used with {SSLMODE} = \"verify-full\""),
             ));
         }
         if !ca.is_file() {
             return Err(ConfigError::invalid(
-                "storage.postgres.ca_file",
+                CA_FILE,
                 format!("{} is not a readable file", ca.display()),
             ));
         }
@@ -219,8 +242,77 @@ fn postgres(p: &super::PostgresSection) -> Result<PostgresConfig, ConfigError> {
         connect_timeout,
         statement_timeout,
         sslmode,
-        ca_file: p.ca_file.clone(),
+        ca_file,
     })
+}
+
+const SSLMODE: &str = "storage.postgres.sslmode";
+const CA_FILE: &str = "storage.postgres.ca_file";
+
+/// The modes `storage.postgres.sslmode` takes.
+fn parse_sslmode(text: &str) -> Option<SslMode> {
+    match text {
+        "disable" => Some(SslMode::Disable),
+        "require" => Some(SslMode::Require),
+        "verify-full" => Some(SslMode::VerifyFull),
+        _ => None,
+    }
+}
+
+/// libpq's TLS parameters found in the URL's query string.
+#[derive(Debug, Default)]
+struct UrlTls {
+    /// `sslmode`, as written and as understood.
+    sslmode: Option<(String, SslMode)>,
+    /// `sslrootcert`: a CA file, or `None` for `system` (the system's roots).
+    sslrootcert: Option<Option<PathBuf>>,
+}
+
+/// Takes `sslmode` and `sslrootcert` out of the URL's query string: returns
+/// the rest of the URL and what they said. libpq's `prefer` (TLS if the
+/// server offers it) is taken as `require`: tokengate never falls back to
+/// plain text. `allow` and `verify-ca` are refused, naming what to use.
+fn url_tls_params(url: &str) -> Result<(String, UrlTls), ConfigError> {
+    const URL: &str = "storage.postgres.url";
+    let Some((head, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), UrlTls::default()));
+    };
+    let mut found = UrlTls::default();
+    let mut kept = Vec::new();
+    for param in query.split('&') {
+        let decoded = form_urlencoded::parse(param.as_bytes()).next();
+        match decoded {
+            Some((k, v)) if k == "sslmode" => {
+                let mode = match &*v {
+                    "prefer" => SslMode::Require,
+                    other => parse_sslmode(other).ok_or_else(|| {
+                        ConfigError::invalid(
+                            URL,
+                            format!(
+                                "has sslmode={other}: use disable, require (or prefer, taken as \
+                                 require) or verify-full"
+                            ),
+                        )
+                    })?,
+                };
+                found.sslmode = Some((v.into_owned(), mode));
+            }
+            Some((k, v)) if k == "sslrootcert" => {
+                found.sslrootcert = Some(match &*v {
+                    "system" => None,
+                    "" => return Err(ConfigError::invalid(URL, "has an empty sslrootcert")),
+                    path => Some(PathBuf::from(path)),
+                });
+            }
+            _ => kept.push(param),
+        }
+    }
+    let rest = if kept.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", kept.join("&"))
+    };
+    Ok((rest, found))
 }
 
 #[cfg(test)]
@@ -292,6 +384,56 @@ mod tests {
         );
     }
 
+    /// DATABASE URLs from hosting providers carry libpq's `sslmode` (and
+    /// sometimes `sslrootcert`): taken as the keys would be, the rest of the
+    /// URL passed on; a conflict with a key names both.
+    #[test]
+    fn the_url_may_carry_sslmode_and_sslrootcert() {
+        let pg = |extra: &str| -> PostgresConfig {
+            let toml = format!("[storage]\nbackend = \"postgres\"\n[storage.postgres]\n{extra}");
+            match Config::from_toml_str(&toml).unwrap().storage.backend {
+                StorageBackend::Postgres(pg) => *pg,
+                StorageBackend::Redb => panic!("expected postgres"),
+            }
+        };
+        let c = pg("url = \"postgres://u:s3cret@h/d?sslmode=require&application_name=x\"");
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.connect.get_application_name(), Some("x"));
+        assert_eq!(
+            c.display_url,
+            "postgres://u:(hidden)@h/d?sslmode=require&application_name=x"
+        );
+        // prefer never falls back to plain text here: require.
+        assert_eq!(
+            pg("url = \"postgres://h/d?sslmode=prefer\"").sslmode,
+            SslMode::Require
+        );
+        assert_eq!(
+            pg("url = \"postgres://h/d?sslmode=disable\"").sslmode,
+            SslMode::Disable
+        );
+        let c = pg("url = \"postgres://h/d?sslmode=verify-full&sslrootcert=%2Fetc%2Fhostname\"");
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        assert_eq!(c.ca_file, Some(PathBuf::from("/etc/hostname")));
+        let c = pg("url = \"postgres://h/d?sslrootcert=system\"");
+        assert_eq!((c.sslmode, c.ca_file), (SslMode::VerifyFull, None));
+        // The same mode in both places is no conflict; no mode anywhere is verify-full.
+        let c = pg("url = \"postgres://h/d?sslmode=require\"\nsslmode = \"require\"");
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(pg("url = \"postgres://h/d\"").sslmode, SslMode::VerifyFull);
+        // A conflict names both keys.
+        let e = Config::from_toml_str(
+            "[storage]\nbackend = \"postgres\"\n[storage.postgres]\n\
+             url = \"postgres://h/d?sslmode=disable\"\nsslmode = \"verify-full\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("storage.postgres.sslmode") && e.contains("storage.postgres.url"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn bad_postgres_settings_name_the_key_and_hide_the_password() {
         let pg =
@@ -301,8 +443,20 @@ mod tests {
             (pg(""), "storage.postgres.url"),
             (pg("url = \"mysql://u:s3cret@h/d\""), "storage.postgres.url"),
             (
-                pg("url = \"postgres://u:s3cret@h/d?sslmode=verify-full\""),
+                pg("url = \"postgres://u:s3cret@h/d?sslmode=verify-ca\""),
                 "storage.postgres.url",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d?sslmode=require\"\nsslmode = \"verify-full\""),
+                "storage.postgres.sslmode",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d?sslrootcert=/etc/hostname\"\nca_file = \"/etc/passwd\""),
+                "storage.postgres.ca_file",
+            ),
+            (
+                pg("url = \"postgres://u:s3cret@h/d?sslmode=require&sslrootcert=/etc/hostname\""),
+                "storage.postgres.ca_file",
             ),
             (
                 pg("url = \"postgres://u:s3cret@h:notaport/d\""),

@@ -46,14 +46,8 @@ impl FileConfig {
                 shutdown_grace,
             )?,
             token_body_limit: within("public.token_body_limit", p.token_body_limit, 256, 1 << 20)?,
-            trusted_proxies: p
-                .trusted_proxies
-                .iter()
-                .map(|s| {
-                    s.parse::<Cidr>()
-                        .map_err(|e| ConfigError::invalid("public.trusted_proxies", e))
-                })
-                .collect::<Result<_, _>>()?,
+            trusted_proxies: cidrs("public.trusted_proxies", &p.trusted_proxies)?,
+            trusted_forwarders: cidrs("public.trusted_forwarders", &p.trusted_forwarders)?,
             proxy_protocol: p.proxy_protocol,
             auth_failures_per_minute: {
                 let n = p.auth_failures_per_minute;
@@ -90,6 +84,7 @@ impl FileConfig {
                 names
             },
         };
+        hops(&public)?;
         let a = self.admin;
         if let Some(h) = &a.password_hash {
             argon2::PasswordHash::new(h).map_err(|e| {
@@ -247,9 +242,27 @@ fn metrics(m: &super::file::MetricsSection) -> Result<MetricsConfig, ConfigError
             "is set but metrics.enabled = false; turn metrics on or leave metrics.listen empty",
         ));
     }
+    let allowed_hosts = m
+        .allowed_hosts
+        .iter()
+        .map(|h| {
+            let h = h.trim();
+            // A bare name: the port is whatever the listener's is.
+            if h.contains(':') || h.starts_with('[') || !crate::http::host::is_valid_host(h.as_bytes())
+            {
+                Err(ConfigError::invalid(
+                    "metrics.allowed_hosts",
+                    format!("{h:?} is not a host name (no port, no brackets; IP literals are always allowed)"),
+                ))
+            } else {
+                Ok(h.to_ascii_lowercase())
+            }
+        })
+        .collect::<Result<_, _>>()?;
     Ok(MetricsConfig {
         enabled: m.enabled,
         listen,
+        allowed_hosts,
     })
 }
 
@@ -391,6 +404,47 @@ pub(super) fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigErr
     }
 }
 
+fn cidrs(key: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    list.iter()
+        .map(|s| s.parse::<Cidr>().map_err(|e| ConfigError::invalid(key, e)))
+        .collect()
+}
+
+/// The trusted hops fit together (see `identify`): PROXY headers need a list
+/// of who may send them (an empty one let anyone name any address), the
+/// list means nothing without them (it once meant "believe their
+/// `X-Forwarded-For`", which a TCP balancer passes through from the client
+/// unchecked), and `X-Forwarded-For` is never read after a PROXY header.
+fn hops(p: &PublicConfig) -> Result<(), ConfigError> {
+    const BOTH: &str = "public.proxy_protocol, public.trusted_proxies";
+    if p.proxy_protocol && p.trusted_proxies.is_empty() {
+        return Err(ConfigError::invalid(
+            BOTH,
+            "public.proxy_protocol = true needs public.trusted_proxies: the balancers \
+             allowed to send a PROXY header (with an empty list anyone could write \
+             one and choose their own address)",
+        ));
+    }
+    if !p.proxy_protocol && !p.trusted_proxies.is_empty() {
+        return Err(ConfigError::invalid(
+            BOTH,
+            "public.trusted_proxies lists balancers that send a PROXY header, so it \
+             needs public.proxy_protocol = true (a TCP balancer: add send-proxy-v2 on \
+             its side). For an HTTP balancer that terminates TLS and writes \
+             X-Forwarded-For, move its addresses to public.trusted_forwarders",
+        ));
+    }
+    if p.proxy_protocol && !p.trusted_forwarders.is_empty() {
+        return Err(ConfigError::invalid(
+            "public.trusted_forwarders, public.proxy_protocol",
+            "X-Forwarded-For is never read after a PROXY header (the header names \
+             the client); leave public.trusted_forwarders empty with \
+             public.proxy_protocol = true",
+        ));
+    }
+    Ok(())
+}
+
 fn positive(key: &str, n: usize) -> Result<usize, ConfigError> {
     if n == 0 {
         Err(ConfigError::invalid(key, "must be at least 1"))
@@ -511,6 +565,45 @@ mod tests {
     }
 
     #[test]
+    fn trusted_hops_must_fit_together() {
+        let refused = |toml: &str, words: &[&str]| {
+            let e = from_toml(toml).unwrap_err().to_string();
+            for w in words {
+                assert!(e.contains(w), "{toml:?} gave {e:?}, expected {w}");
+            }
+        };
+        // PROXY on with nobody allowed to send it: anyone would choose their address.
+        refused(
+            "[public]\nproxy_protocol = true",
+            &["public.proxy_protocol", "public.trusted_proxies"],
+        );
+        // The old meaning of trusted_proxies (believe their X-Forwarded-For):
+        // refused, with the way out.
+        refused(
+            "[public]\ntrusted_proxies = [\"10.0.0.0/8\"]",
+            &[
+                "public.proxy_protocol",
+                "public.trusted_proxies",
+                "public.trusted_forwarders",
+            ],
+        );
+        refused(
+            "[public]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.2\"]\ntrusted_forwarders = [\"10.0.0.3\"]",
+            &["public.trusted_forwarders", "public.proxy_protocol"],
+        );
+        refused(
+            "[public]\ntrusted_forwarders = [\"10.0.0.1/8\"]",
+            &["public.trusted_forwarders"],
+        );
+        let c =
+            from_toml("[public]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.2\"]").unwrap();
+        assert_eq!(c.public.trusted_proxies.len(), 1);
+        let c = from_toml("[public]\ntrusted_forwarders = [\"10.0.0.0/8\", \"2001:db8::/32\"]")
+            .unwrap();
+        assert_eq!(c.public.trusted_forwarders.len(), 2);
+    }
+
+    #[test]
     fn credentials_in_the_upstream_url_are_refused() {
         for url in [
             "http://user:pw@127.0.0.1:8124",
@@ -564,6 +657,10 @@ mod tests {
         for (toml, key) in [
             ("[metrics]\nlisten = \"nowhere\"", "metrics.listen"),
             ("[metrics]\nlisten = 70000", "metrics.listen"),
+            (
+                "[metrics]\nallowed_hosts = [\"prom.example:9464\"]",
+                "metrics.allowed_hosts",
+            ),
             (
                 "[metrics]\nenabled = false\nlisten = \"9464\"",
                 "metrics.listen",

@@ -2,8 +2,15 @@
 //! without authentication, for a Prometheus that should not hold the admin
 //! password. It answers `GET /metrics` and nothing else, so it exposes no
 //! more than the scrape; keep it on loopback or a private network.
+//!
+//! Without credentials, the `Host` check is what keeps a web page away: a
+//! page on a name the attacker controls can re-point that name to this
+//! address (DNS rebinding) and read the answer as same-origin. So a `Host`
+//! that is not an IP literal, `localhost` or one of `metrics.allowed_hosts`
+//! answers 421 (Misdirected Request: not a name this listener serves).
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +24,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::http::host::is_valid_host;
 use crate::http::{error, method_not_allowed, strip_body_for_head, Reply};
+use crate::server::ClientSlots;
 use crate::state::State;
 
 /// Scrapers are few: a handful of connections at once is plenty, and the
 /// cap keeps a misdirected client from costing more.
 const MAX_CONNECTIONS: usize = 16;
+/// Per client (an address; IPv6: a /64): a scraper needs one or two, and
+/// one address must not hold all 16 while the real scraper waits.
+const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
 /// A scraper sends its request at once.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// And a scrape connection lives no longer than this.
@@ -35,6 +47,8 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // HTTP/1.1 only: one request per connection, so streams need no share.
+    let clients = ClientSlots::new(MAX_CONNECTIONS_PER_CLIENT, 1, MAX_CONNECTIONS);
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -56,6 +70,10 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Some(slot) = clients.take(peer.ip()) else {
+            tracing::debug!(%peer, "metrics connection refused: this client holds its share already");
+            continue;
+        };
         let state = state.clone();
         conns.spawn(async move {
             let svc = service_fn(move |req| {
@@ -70,7 +88,7 @@ pub(crate) async fn serve(
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
                 tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
     // Scrapes are short and idempotent: nothing to drain.
@@ -78,6 +96,13 @@ pub(crate) async fn serve(
 }
 
 fn answer(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if !host_allowed(req, &state.config.metrics.allowed_hosts) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+            "the metrics listener answers only to an IP address, localhost or a name in metrics.allowed_hosts",
+        );
+    }
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         return method_not_allowed("GET, HEAD");
@@ -94,6 +119,32 @@ fn answer(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<
         strip_body_for_head(&mut r);
     }
     r
+}
+
+/// Exactly one `Host` (or none over HTTP/1.0, where a scraper may leave it
+/// out: no browser does), naming an IP literal, `localhost`, or one of
+/// `allowed` (lowercase), with any port.
+fn host_allowed<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return req.version() == http::Version::HTTP_10
+            && req.headers().get(http::header::HOST).is_none();
+    };
+    let host = host.as_bytes();
+    if !is_valid_host(host) {
+        return false;
+    }
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    // `[v6]:port`: the brackets hold an IPv6 literal (is_valid_host checked it).
+    if host.starts_with('[') {
+        return true;
+    }
+    let name = host.split_once(':').map_or(host, |(n, _)| n);
+    name.parse::<IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| name.eq_ignore_ascii_case(a))
 }
 
 /// The scrape as an HTTP answer (here and on the admin listener): 404 when
@@ -113,5 +164,48 @@ pub(crate) fn scrape_reply(state: &State) -> Reply {
             "not_found",
             "metrics are off (metrics.enabled = false)",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(host: Option<&str>) -> Request<()> {
+        let mut b = Request::get("/metrics");
+        if let Some(h) = host {
+            b = b.header(http::header::HOST, h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_ip_literals_localhost_and_listed_names_are_answered() {
+        let allowed = vec!["prom.internal".to_owned()];
+        for ok in [
+            "127.0.0.1:9464",
+            "10.0.0.5",
+            "[::1]:9464",
+            "localhost:9464",
+            "LOCALHOST",
+            "prom.internal:9464",
+            "Prom.Internal",
+        ] {
+            assert!(host_allowed(&req(Some(ok)), &allowed), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example:9464",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "prom.internal.",
+            "a,b",
+        ] {
+            assert!(!host_allowed(&req(Some(bad)), &allowed), "{bad}");
+        }
+        assert!(!host_allowed(&req(None), &allowed), "HTTP/1.1 needs a Host");
+        let mut two = req(Some("127.0.0.1"));
+        two.headers_mut()
+            .append(http::header::HOST, "evil.example".parse().unwrap());
+        assert!(!host_allowed(&two, &allowed));
     }
 }

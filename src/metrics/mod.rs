@@ -130,6 +130,8 @@ label_enum!(
         Expired = "expired",
         RefreshGone = "refresh_gone",
         RefreshUnseen = "refresh_unseen",
+        Rotated = "rotated",
+        Evicted = "evicted",
         Network = "network",
         Scope = "scope",
         RateLimited = "rate_limited",

@@ -57,6 +57,8 @@ pub(super) fn metric(e: &BearerError) -> Refusal {
             AccessError::Expired => Refusal::Expired,
             AccessError::RefreshGone => Refusal::RefreshGone,
             AccessError::RefreshUnseen => Refusal::RefreshUnseen,
+            AccessError::Rotated => Refusal::Rotated,
+            AccessError::Evicted { .. } => Refusal::Evicted,
         },
     }
 }
@@ -81,7 +83,7 @@ pub(super) fn refusal(e: BearerError, peer: SocketAddr) -> Reply {
         ),
         BearerError::Token(a) => {
             tracing::debug!(%peer, reason = a.reason(), "access token refused");
-            (StatusCode::UNAUTHORIZED, "invalid_token", a.description())
+            return challenge(StatusCode::UNAUTHORIZED, "invalid_token", &a.description());
         }
     };
     challenge(status, code, text)

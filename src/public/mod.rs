@@ -3,12 +3,10 @@
 //!
 //! - `token`: the token endpoint (decode → exchange → RFC 6749 answer).
 //! - `bearer`: the `Authorization: Bearer` check and its RFC 6750 refusals.
-//! - `client`: the client's address behind trusted load balancers.
 //! - `restricted`: a token's networks, scopes and rate, and their refusals.
 //! - `finish`: the request's end: its metrics and access-log line.
 
 mod bearer;
-mod client;
 mod finish;
 mod restricted;
 mod token;
@@ -34,6 +32,7 @@ use crate::http::host::is_valid_host;
 use crate::http::{
     error, json, method_not_allowed, strip_body_for_head, too_many_requests, unavailable, Reply,
 };
+use crate::identify::{self, Peer};
 use crate::metrics::{ConnStats, Refusal, RouteLabel, UpstreamError, WorkerMetrics};
 use crate::proxy::{
     canonicalise, Identity, InvalidPath, PathPolicy, ProxyError, Upstream, UpstreamBody,
@@ -94,7 +93,7 @@ impl Handler for PublicHandler {
         self.metrics.as_deref().map(|m| &m.conns)
     }
 
-    async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<PublicBody> {
+    async fn handle(&self, peer: Peer, req: Request<Incoming>) -> Response<PublicBody> {
         let observed = self.metrics.is_some() || self.access_log.is_some();
         let start = observed.then(Instant::now);
         let access = self.access_log.as_ref().map(|l| {
@@ -136,16 +135,17 @@ impl PublicHandler {
 
     async fn route(
         &self,
-        peer: SocketAddr,
+        peer: Peer,
         req: Request<Incoming>,
         note: &mut finish::Note,
     ) -> Either<Response<UpstreamBody>, Reply> {
-        // From here on `peer` is the client, also behind a trusted balancer.
-        let peer = client::client_addr(
-            peer,
-            req.headers(),
-            &self.state.config.public.trusted_proxies,
-        );
+        // From here on `peer` is the client, also behind a trusted balancer
+        // (decided in `identify`, the one place that does).
+        let forwarders = &self.state.config.public.trusted_forwarders;
+        let peer = match identify::of_request(peer, req.headers(), forwarders) {
+            Ok(client) => client,
+            Err(unknown) => return Either::Right(self.unknown_client(peer, unknown, &req)),
+        };
         note.client = Some(peer.ip());
         if !host_ok(&req) {
             return Either::Right(error(
@@ -318,6 +318,25 @@ impl PublicHandler {
                 Either::Right(error(status, code, e.client_text()))
             }
         }
+    }
+}
+
+impl PublicHandler {
+    /// A trusted HTTP balancer's request that names no client: its health
+    /// checks are answered; anything else is refused, since the client
+    /// cannot be told apart from the balancer's others and charging their
+    /// shared address would let one of them exhaust the budget of all.
+    #[cold]
+    fn unknown_client(&self, peer: Peer, _: identify::Unknown, req: &Request<Incoming>) -> Reply {
+        if route(req.uri().path()) == Route::Health && host_ok(req) {
+            return self.health(req.method(), req.uri().path());
+        }
+        tracing::warn!(balancer = %peer.addr, "refused: a request from public.trusted_forwarders without a usable X-Forwarded-For");
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the load balancer did not say who the client is (X-Forwarded-For)",
+        )
     }
 }
 

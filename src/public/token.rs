@@ -179,7 +179,7 @@ async fn decode(state: &State, req: Request<Incoming>) -> Result<TokenRequest, R
     let limits = &state.config.public;
     let (parts, body) = req.into_parts();
     let body = read_body(
-        &parts.headers,
+        &parts,
         body,
         limits.token_body_limit,
         limits.limits.body_read_timeout,

@@ -122,7 +122,9 @@ async fn connection<H: Handler>(
         let handler = handler.clone();
         let in_flight = activity.start();
         async move {
-            let resp = handler.handle(LOCAL_PEER, req).await;
+            let resp = handler
+                .handle(crate::identify::Peer::direct(LOCAL_PEER), req)
+                .await;
             Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
         }
     });

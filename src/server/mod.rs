@@ -44,14 +44,14 @@ use hyper::body::Incoming;
 
 use crate::config::ListenerLimits;
 use crate::http::{too_many_requests, Reply};
+use crate::identify::{at_accept, Accept, Hops, Peer};
 use crate::metrics::{ConnStats, Handshake};
-use crate::net::{any_contains, Cidr};
 pub(crate) use balance::{Balancer, Load};
 use balance::{Handoff, Placed};
-pub(crate) use clients::ClientSlots;
+pub(crate) use clients::{ClientSlot, ClientSlots};
 use conn::{Activity, Counted, Deadlines, Verdict, Watch};
 pub(crate) use local::{bind_local, serve_local};
-pub(crate) use workers::{bind_reuseport, start_workers, Front};
+pub(crate) use workers::{bind_reuseport, start_workers};
 
 /// HTTP/2 streams a client may reset before we ever answer them, per
 /// connection (the "rapid reset" family of attacks).
@@ -69,11 +69,13 @@ pub(crate) trait Handler: Send + Sync + 'static {
         + Unpin
         + 'static;
 
-    /// Answers one request. `peer` is the client's address: the TCP peer,
-    /// or the address a trusted load balancer's PROXY header gave.
+    /// Answers one request. `peer` is what the connection knows of the
+    /// client: the TCP peer, or the address a trusted load balancer's PROXY
+    /// header gave, and whether it is a trusted HTTP balancer (whose
+    /// requests name their client: `identify::of_request`).
     fn handle(
         &self,
-        peer: SocketAddr,
+        peer: Peer,
         req: Request<Incoming>,
     ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
 
@@ -100,12 +102,9 @@ pub(crate) struct Listening<H> {
     pub(crate) permits: Arc<Semaphore>,
     /// Open connections per client, shared by the listener's workers.
     pub(crate) clients: Arc<ClientSlots>,
-    /// Load balancers: exempt from the per-client limit (they carry many
-    /// clients), and the only peers allowed to send a PROXY header when
-    /// the list is not empty.
-    pub(crate) trusted_proxies: Arc<[Cidr]>,
-    /// Read a PROXY protocol header before the TLS handshake.
-    pub(crate) proxy_protocol: bool,
+    /// The load balancers in front, if any: which peers may send a PROXY
+    /// header or an `X-Forwarded-For` (`identify` decides what each is).
+    pub(crate) hops: Hops,
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
@@ -220,39 +219,46 @@ async fn connection<H: Handler>(
     shutdown: watch::Receiver<bool>,
 ) {
     let limits = &ctx.limits;
-    let trusted_peer = any_contains(&ctx.trusted_proxies, peer.ip());
-    // The client: the TCP peer, or whom the load balancer's PROXY header names.
-    let client = if ctx.proxy_protocol {
-        if !ctx.trusted_proxies.is_empty() && !trusted_peer {
+    // Who the client is (`identify`), and what it is counted under. No
+    // connection goes uncounted while it is read from: an ordinary client
+    // takes its slot before the handshake, a peer that may not send a
+    // PROXY header is dropped before a byte is read, and a listed
+    // balancer's client takes its slot as soon as the header names it.
+    let (client, slot) = match at_accept(&ctx.hops, peer) {
+        Accept::Refuse => {
             tracing::debug!(%peer, "refused: PROXY headers are only taken from public.trusted_proxies");
             return;
         }
-        let header = proxy_header::read(&mut tcp);
-        match tokio::time::timeout(limits.tls_handshake_timeout, header).await {
-            Ok(Ok(Some(addr))) => addr,
-            Ok(Ok(None)) => peer,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "PROXY header refused");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no PROXY header in time");
-                return;
-            }
-        }
-    } else {
-        peer
-    };
-    // A balancer without PROXY headers carries many clients under one
-    // address: it is exempt. Everyone else gets a fair share of the cap.
-    let slot = if trusted_peer && !ctx.proxy_protocol {
-        None
-    } else {
-        match ctx.clients.take(client.ip()) {
-            Some(slot) => Some(slot),
-            None => {
-                tracing::debug!(%client, listener = ctx.name, "refused: this client holds max_connections_per_client already");
-                return;
+        // A trusted HTTP balancer has no share: it carries many clients.
+        Accept::Forwarder => (
+            Peer {
+                addr: peer,
+                forwarder: true,
+            },
+            None,
+        ),
+        Accept::Direct => match take_slot(&ctx, peer) {
+            Some(slot) => (Peer::direct(peer), Some(slot)),
+            None => return,
+        },
+        Accept::ReadProxyHeader => {
+            let header = proxy_header::read(&mut tcp);
+            let client = match tokio::time::timeout(limits.tls_handshake_timeout, header).await {
+                Ok(Ok(Some(addr))) => addr,
+                // The balancer's own health check (LOCAL): counted as itself.
+                Ok(Ok(None)) => peer,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "PROXY header refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no PROXY header in time");
+                    return;
+                }
+            };
+            match take_slot(&ctx, client) {
+                Some(slot) => (Peer::direct(client), Some(slot)),
+                None => return,
             }
         }
     };
@@ -266,12 +272,12 @@ async fn connection<H: Handler>(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             count(Handshake::Failed);
-            tracing::debug!(%client, error = %e, "TLS handshake failed");
+            tracing::debug!(client = %client.addr, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
             count(Handshake::TimedOut);
-            tracing::debug!(%client, "TLS handshake timed out");
+            tracing::debug!(client = %client.addr, "TLS handshake timed out");
             return;
         }
     };
@@ -289,7 +295,7 @@ async fn connection<H: Handler>(
         deadlines,
         max_age: limits.max_connection_age,
         shutdown,
-        client,
+        client: client.addr,
     };
     let io = Counted::new(tls, activity.clone());
     if h2 {
@@ -304,7 +310,7 @@ async fn connection<H: Handler>(
         // Each stream's future is moved into a task of its own: boxed, that
         // move copies a pointer instead of the request's few KiB of state.
         let handler = ctx.handler.clone();
-        // Exempt peers (trusted balancers without PROXY headers) have no share.
+        // Exempt peers (trusted HTTP balancers) have no share.
         let streams = slot.as_ref().map(|s| s.streams());
         let svc = service_fn(move |req| {
             let handler = handler.clone();
@@ -312,21 +318,26 @@ async fn connection<H: Handler>(
             let over = match &streams {
                 None => None,
                 Some(s) => match s.take() {
-                    Some(stream) => {
+                    Ok(stream) => {
                         in_flight = in_flight.holding(stream);
                         None
                     }
-                    None => Some(s.max()),
+                    Err(over) => Some(over),
                 },
             };
             Box::pin(async move {
                 let resp = match over {
                     None => handler.handle(client, req).await,
-                    Some(max) => {
-                        tracing::debug!(%client, max, "refused: this client holds max_streams_per_client already");
+                    Some(over) => {
+                        let max = over.max;
+                        let whose = match over.network {
+                            None => "this client".to_owned(),
+                            Some(prefix) => format!("this client's IPv6 /{prefix}"),
+                        };
+                        tracing::debug!(client = %client.addr, max, whose, "refused: at max_streams_per_client (or its IPv6 network's share)");
                         H::wrap(too_many_requests(
                             "too_many_requests",
-                            &format!("this client has {max} requests in progress already; try again when one has finished"),
+                            &format!("{whose} has {max} requests in progress already; try again when one has finished"),
                             1,
                         ))
                     }
@@ -357,6 +368,16 @@ async fn connection<H: Handler>(
         });
         drive(b.serve_connection(TokioIo::new(io), svc), guard).await;
     }
+}
+
+/// Counts a connection against `client`'s share; `None` when that client
+/// (or its IPv6 /56 or /48) holds its share already.
+fn take_slot<H: Handler>(ctx: &Listening<H>, client: SocketAddr) -> Option<ClientSlot> {
+    let slot = ctx.clients.take(client.ip());
+    if slot.is_none() {
+        tracing::debug!(%client, listener = ctx.name, "refused: this client (or its IPv6 network) holds its share of connections already");
+    }
+    slot
 }
 
 /// What the watcher of one connection needs.

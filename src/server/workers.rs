@@ -15,14 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{serve, Balancer, ClientSlots, Handler, Listening, Load};
 use crate::config::ListenerLimits;
-use crate::net::Cidr;
-
-/// Who stands in front of the public listener.
-#[derive(Clone)]
-pub(crate) struct Front {
-    pub(crate) trusted_proxies: Arc<[Cidr]>,
-    pub(crate) proxy_protocol: bool,
-}
+use crate::identify::Hops;
 
 /// Tasks a worker runs before it checks for new I/O events while tasks are
 /// still queued (tokio's default is 61). Each check is an `epoll_wait`, and
@@ -53,7 +46,7 @@ pub(crate) async fn start_workers<H, F, E>(
     sockets: Vec<TcpSocket>,
     acceptor: TlsAcceptor,
     limits: ListenerLimits,
-    front: Front,
+    front: Hops,
     make: F,
     shutdown: watch::Receiver<bool>,
     stop: &watch::Sender<bool>,
@@ -69,6 +62,7 @@ where
     let clients = ClientSlots::new(
         limits.max_connections_per_client,
         limits.max_streams_per_client,
+        limits.max_connections,
     );
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut done = Vec::with_capacity(sockets.len());
@@ -121,7 +115,7 @@ struct WorkerCtx {
     limits: ListenerLimits,
     permits: Arc<Semaphore>,
     clients: Arc<ClientSlots>,
-    front: Front,
+    front: Hops,
     shutdown: watch::Receiver<bool>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     balance: Balancer,
@@ -170,8 +164,7 @@ fn run_worker<H: Handler>(
             limits: ctx.limits,
             permits: ctx.permits,
             clients: ctx.clients,
-            trusted_proxies: ctx.front.trusted_proxies,
-            proxy_protocol: ctx.front.proxy_protocol,
+            hops: ctx.front,
         });
         let _ = ctx.ready.send(Ok(()));
         serve(

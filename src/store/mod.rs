@@ -231,12 +231,16 @@ impl RefreshStore {
     /// Maps the edited version of a token (`rec`, stored under `hash`) in
     /// place of the one mapped under its id, and tells the old version's
     /// access tokens what became of them: a new secret with no grace
-    /// period ends them (the old secret may have leaked, and they came
-    /// from it); any other edit sends them on to the new version at their
-    /// next request. A token not mapped here yet is mapped as new.
-    fn replace(&self, hash: RefreshHash, rec: &RefreshRecord) -> Arc<RefreshToken> {
+    /// period (a new generation) ends them (the old secret may have
+    /// leaked, and they came from it); any other edit sends them on to the
+    /// new version at their next request. Access tokens that still hold an
+    /// older version follow the id too, and there meet the generation
+    /// check. Returns the new version, and whether the generation changed
+    /// (the caller frees the old generation's access tokens). A token not
+    /// mapped here yet is mapped as new.
+    fn replace(&self, hash: RefreshHash, rec: &RefreshRecord) -> (Arc<RefreshToken>, bool) {
         let Some(mut entry) = self.by_id.get_mut(&rec.id) else {
-            return self.map(hash, rec);
+            return (self.map(hash, rec), false);
         };
         let (old_hash, old) = entry.value().clone();
         let new = Arc::new(old.successor(rec));
@@ -256,12 +260,16 @@ impl RefreshStore {
         }
         *entry.value_mut() = (hash, new.clone());
         drop(entry);
-        if old_hash != hash && grace != Some(old_hash) {
+        // The hash test as well as the generation: a record written by a
+        // replica that predates generations still ends the old secret's
+        // tokens that hold this version.
+        let ended = rec.generation != old.generation();
+        if ended || (old_hash != hash && grace != Some(old_hash)) {
             old.revoke();
         } else {
             old.supersede();
         }
-        new
+        (new, ended)
     }
 
     /// Edits token `id` (blocking): its fields, or a new secret. `None`:
@@ -276,25 +284,27 @@ impl RefreshStore {
         Ok(self
             .backend
             .update(id, edit)?
-            .map(|(hash, rec)| self.replace(hash, &rec)))
+            .map(|(hash, rec)| self.replace(hash, &rec).0))
     }
 
     /// Applies an edit another replica committed (from the change feed, or
     /// a reconcile that found a record changed): nothing is written. A
-    /// deleted id stays deleted.
-    pub(crate) fn apply_updated(&self, hash: RefreshHash, rec: &RefreshRecord) {
+    /// deleted id stays deleted. True when the secret's generation changed
+    /// here (a rotation at once): the caller frees the access tokens of the
+    /// earlier generation (already refused: this is for memory).
+    pub(crate) fn apply_updated(&self, hash: RefreshHash, rec: &RefreshRecord) -> bool {
         self.seen_up_to.fetch_max(rec.id, Ordering::AcqRel);
         if self.is_tombstoned(rec.id) {
-            return;
+            return false;
         }
         if let Some(current) = self.by_id.get(&rec.id) {
             let (h, t) = current.value();
             if *h == hash && t.matches(rec) {
                 // Our own edit, already mapped (the feed carries ours too).
-                return;
+                return false;
             }
         }
-        self.replace(hash, rec);
+        self.replace(hash, rec).1
     }
 
     /// Forgets rotated-out secrets whose grace period is over (they are
@@ -594,6 +604,51 @@ mod tests {
         let t = RefreshToken::from_record(&bad);
         let r = t.restrictions().unwrap();
         assert!(!r.allows_ip("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_rotation_at_once_bumps_the_generation_and_old_records_load_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let s = RefreshStore::open(&path).unwrap();
+            let a = s.create(hash(1), "a", 1, None).unwrap();
+            assert_eq!(a.generation(), 0);
+            let graced = Edit::Secret {
+                hash: hash(2),
+                old_until: Some(100),
+            };
+            let b = s.edit(a.id, &graced).unwrap().unwrap();
+            assert_eq!(b.generation(), 0, "a grace period keeps the generation");
+            assert!(a.is_superseded(), "its access tokens follow");
+            let at_once = Edit::Secret {
+                hash: hash(3),
+                old_until: None,
+            };
+            let c = s.edit(a.id, &at_once).unwrap().unwrap();
+            assert_eq!(c.generation(), 1);
+            assert!(
+                b.is_revoked() && !b.is_superseded(),
+                "its access tokens end"
+            );
+            let renamed = Edit::Fields {
+                name: Some("c".into()),
+                expires: None,
+                scopes: None,
+                read_only: None,
+                networks: None,
+                rate_limit: None,
+            };
+            assert_eq!(s.edit(a.id, &renamed).unwrap().unwrap().generation(), 1);
+        }
+        let s = RefreshStore::open(&path).unwrap();
+        assert_eq!(s.lookup(&hash(3)).unwrap().generation(), 1, "persisted");
+        // A record written before generations has none: 0.
+        let old: RefreshRecord = serde_json::from_str(
+            r#"{"id":9,"name":"old","created":1,"expires":null,"last_used":null,"use_count":0}"#,
+        )
+        .unwrap();
+        assert_eq!(RefreshToken::from_record(&old).generation(), 0);
     }
 
     #[test]

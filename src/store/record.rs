@@ -38,6 +38,12 @@ pub(crate) struct RefreshRecord {
     /// The secret a rotation replaced, while its grace period lasts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) previous: Option<PreviousSecret>,
+    /// How many times the secret was rotated at once: every access token
+    /// carries the generation it was issued under, and one of an earlier
+    /// generation is refused on every replica, whether or not that replica
+    /// ever saw it. Absent (records older than generations) = 0.
+    #[serde(default)]
+    pub(crate) generation: u64,
 }
 
 /// A rotated-out secret that still exchanges until `until`.
@@ -62,6 +68,7 @@ impl RefreshRecord {
             last_user_agent: None,
             restrictions: None,
             previous: None,
+            generation: 0,
         }
     }
 
@@ -98,7 +105,8 @@ pub(crate) enum Edit {
         rate_limit: Option<Option<crate::restrict::RateLimit>>,
     },
     /// A new secret (its hash); the old one is kept as `previous` while a
-    /// grace period lasts, or dropped at once.
+    /// grace period lasts, or dropped at once, and then the generation goes
+    /// up: the access tokens issued so far end with the old secret.
     Secret {
         hash: RefreshHash,
         /// Unix seconds when the old secret stops; `None`: at once.
@@ -144,6 +152,11 @@ impl Edit {
                 old_until,
             } => {
                 rec.previous = old_until.map(|until| PreviousSecret { hash: *hash, until });
+                if old_until.is_none() {
+                    // Saturating: 2^64 rotations are not a real case, and
+                    // wrapping would bring generation 0's tokens back.
+                    rec.generation = rec.generation.saturating_add(1);
+                }
                 *hash = *new;
             }
         }
@@ -225,6 +238,9 @@ pub struct RefreshToken {
     restrictions: Option<Box<Restrictions>>,
     /// A rotated-out secret still accepted until its grace period ends.
     previous: Option<PreviousSecret>,
+    /// The secret's generation (see `RefreshRecord::generation`); a
+    /// version's never changes, a rotation at once maps a new version.
+    generation: u64,
 }
 
 /// How a token has been used, shared by all its versions.
@@ -288,6 +304,7 @@ impl RefreshToken {
                 }
             }),
             previous: r.previous,
+            generation: r.generation,
         }
     }
 
@@ -303,12 +320,19 @@ impl RefreshToken {
         self.previous
     }
 
+    /// The secret's generation: what access tokens issued now carry.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether this version already holds `rec`'s editable fields (a
     /// change from the feed that is our own edit, or one seen before).
     pub(crate) fn matches(&self, rec: &RefreshRecord) -> bool {
         self.name == rec.name
             && self.expires == rec.expires
             && self.previous == rec.previous
+            && self.generation == rec.generation
             && self.restrictions.as_ref().map(|r| r.spec()) == rec.restrictions.as_ref()
     }
 
@@ -358,8 +382,9 @@ impl RefreshToken {
         self.revoked.store(true, Ordering::Release);
     }
 
-    /// Marks this version replaced by an edit: its access tokens follow the
-    /// id to the new version (see `AccessTokens::check`).
+    /// Marks this version replaced by an edit (or a rotation with a grace
+    /// period): its access tokens follow the id to the new version, if
+    /// their generation is still its (see `AccessTokens::check`).
     pub(crate) fn supersede(&self) {
         self.superseded.store(true, Ordering::Release);
         self.revoked.store(true, Ordering::Release);

@@ -4,7 +4,9 @@
 //! malformed access token, an unknown, deleted or mistyped refresh token.
 //! Once a client (`ClientKey`) has failed `budget` times within a minute
 //! (counted from its first failure), every request of it that needs a token
-//! check answers 429 until that minute is over.
+//! check answers 429 until that minute is over. IPv6 clients are counted per
+//! /64, and their /56 and /48 have budgets of their own, 4 and 16 times as
+//! large (`net::WIDER_V6`), so a subscriber's many /64s are not many budgets.
 //!
 //! Cost: the check runs before any MAC, HMAC or map lookup. A client that is
 //! not blocked pays a hash of its address and one relaxed atomic load (the
@@ -19,6 +21,7 @@ use std::time::Instant;
 
 use super::{ClientKey, Table};
 use crate::audit::{Audit, Event};
+use crate::net::WIDER_V6;
 
 /// The counting window, in seconds: the budget is per minute.
 const WINDOW: u32 = 60;
@@ -98,15 +101,28 @@ impl AuthThrottle {
     }
 
     /// Whether `ip` may have its token checked now. Call it before any MAC
-    /// work; a refusal is counted for the client's audit line.
+    /// work; a refusal is counted for the client's audit line. An IPv6
+    /// client is also refused while its /56 or /48 is over that network's
+    /// (larger) budget.
     #[inline]
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Throttled> {
         if self.budget.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         let key = ClientKey::of(ip);
-        let set = self.table.set_of(key);
         let now = self.secs(now);
+        self.check_key(key, now)?;
+        if let Some(wider) = key.wider() {
+            for k in wider {
+                self.check_key(k, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn check_key(&self, key: ClientKey, now: u32) -> Result<(), Throttled> {
+        let set = self.table.set_of(key);
         if self.hints[set].load(Ordering::Relaxed) <= now {
             return Ok(());
         }
@@ -131,7 +147,10 @@ impl AuthThrottle {
     }
 
     /// Counts a failure that could be a guess. The failure that uses up the
-    /// budget blocks the client for the rest of its window.
+    /// budget blocks the client for the rest of its window. An IPv6
+    /// failure counts for its /64, and for its /56 and /48 against budgets
+    /// `WIDER_V6` times as large: a subscriber holding a /56 has 256 /64s,
+    /// and without these would have 256 budgets.
     pub fn failed(&self, ip: IpAddr, now: Instant, audit: &Audit) {
         let budget = self.budget.load(Ordering::Relaxed);
         if budget == 0 {
@@ -139,6 +158,16 @@ impl AuthThrottle {
         }
         let key = ClientKey::of(ip);
         let now = self.secs(now);
+        self.failed_key(key, budget, now, audit);
+        if let Some(wider) = key.wider() {
+            for (k, (_, times)) in wider.into_iter().zip(WIDER_V6) {
+                let times = u32::try_from(times).unwrap_or(u32::MAX);
+                self.failed_key(k, budget.saturating_mul(times), now, audit);
+            }
+        }
+    }
+
+    fn failed_key(&self, key: ClientKey, budget: u32, now: u32, audit: &Audit) {
         let fresh = Failures {
             window_start: now,
             ..Failures::default()
@@ -274,7 +303,35 @@ mod tests {
         t.failed(ip("2001:db8:1:2::ffff"), t0, &audit);
         assert!(t.check(ip("2001:db8:1:2:dead:beef::7"), t0).is_err());
         assert_eq!(t.check(ip("2001:db8:1:3::1"), t0), Ok(()));
-        assert_eq!(t.tracked(), 1);
+        // The /64, its /56 and its /48.
+        assert_eq!(t.tracked(), 3);
+    }
+
+    #[test]
+    fn a_56_and_a_48_have_bounded_budgets() {
+        let t0 = Instant::now();
+        let t = AuthThrottle::new(2, t0);
+        let audit = Audit::off();
+        // One failure from each of 7 /64s of one /56: no /64 is over 2,
+        // and the /56 (budget 8) is not yet either.
+        for n in 0..7 {
+            t.failed(ip(&format!("2001:db8:1:2{n:02x}::1")), t0, &audit);
+        }
+        assert_eq!(t.check(ip("2001:db8:1:2ff::1"), t0), Ok(()));
+        // The eighth uses up the /56's budget: all of it waits, the rest of
+        // the /48 does not.
+        t.failed(ip("2001:db8:1:2aa::1"), t0, &audit);
+        assert!(t.check(ip("2001:db8:1:2ff::1"), t0).is_err());
+        assert_eq!(t.check(ip("2001:db8:1:300::1"), t0), Ok(()));
+        // Over 16 /56s of one /48 (2 each, under their budget of 8): the
+        // /48's budget of 32 runs out, and its whole /48 waits.
+        for n in 0..16u32 {
+            for _ in 0..2 {
+                t.failed(ip(&format!("2001:db8:2:{:x}::1", n << 8)), t0, &audit);
+            }
+        }
+        assert!(t.check(ip("2001:db8:2:ff01::1"), t0).is_err());
+        assert_eq!(t.check(ip("2001:db8:3::1"), t0), Ok(()));
     }
 
     #[test]

@@ -4,11 +4,24 @@
 //! follows the live set.
 //!
 //! Tokens of this process's own boot are authoritative in the map: a miss
-//! means expired and swept, or evicted at the per-refresh cap. Tokens of
-//! another replica's boot (cluster mode) verify from their claims (MAC,
-//! expiry, refresh token live here, boot live), and the map caches the
-//! verdict so the next request is one lookup, as for our own.
+//! means expired and swept, ended with its refresh token (deleted, expired,
+//! rotated at once), or evicted at the per-refresh cap; the refusal says
+//! which. Tokens of another replica's boot (cluster mode) verify from their
+//! claims (MAC, expiry, refresh token live here and at the generation the
+//! token was issued under, boot live), and the map caches the verdict so
+//! the next request is one lookup, as for our own.
+//!
+//! The secret generation is what keeps a rotation at once from being
+//! undone by the claims: a refresh token's versions (edits, rotations)
+//! share its id, so "the id is live" says nothing about which secret the
+//! token came from. The generation, under the MAC, does. It is compared
+//! wherever a token is judged against a version other than the one it was
+//! issued with (a peer's token seen for the first time, a token following
+//! an edit), never on the hot path: a cached entry's version was checked
+//! when it was cached, and a rotation at once revokes that version.
 
+use std::borrow::Cow;
+use std::cmp::Ordering as Order;
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::format::{AccessFormatError, AccessId, BootKey, BootKeys, RawAccess};
+use super::format::{AccessClaims, AccessFormatError, AccessId, BootKey, BootKeys, RawAccess};
 use crate::secrets::random_bytes;
 use crate::store::RefreshToken;
 
@@ -55,30 +68,46 @@ pub enum AccessError {
     UnknownBoot,
     /// This process's boot nonce, but a MAC that does not match: forged or damaged.
     Forged,
-    /// Genuine (its MAC checks out) but no longer live: expired and swept,
-    /// or its refresh token was deleted.
+    /// Genuine (its MAC checks out) but no longer in the map, for no
+    /// reason this replica can name.
     Unknown,
     Expired,
     /// The refresh token that issued it was deleted or has expired.
     RefreshGone,
     /// A live peer's genuine token for a refresh token this replica has not
-    /// heard of yet (created on the peer a moment ago): worth a catch-up
-    /// with the database before refusing.
+    /// heard of yet (created on the peer a moment ago), or of a secret
+    /// generation newer than this replica knows (rotated on the peer a
+    /// moment ago): worth a catch-up with the database before refusing.
     RefreshUnseen,
+    /// Issued under a secret that was rotated out at once since (an earlier
+    /// generation of its refresh token).
+    Rotated,
+    /// Dropped because its refresh token issued `limit`
+    /// (`tokens.max_access_per_refresh`) newer ones while it was live.
+    Evicted {
+        limit: usize,
+    },
 }
 
 impl AccessError {
-    /// The client-facing `error_description`. Deliberately coarse.
-    pub fn description(self) -> &'static str {
+    /// The client-facing `error_description`. Deliberately coarse, except
+    /// for an eviction: the script did nothing wrong with that token, and
+    /// only this says what to change (exchange less often, or raise the cap).
+    pub fn description(self) -> Cow<'static, str> {
         match self {
-            AccessError::Malformed => "the bearer token is not a valid access token",
+            AccessError::Malformed => "the bearer token is not a valid access token".into(),
             AccessError::EarlierBoot
             | AccessError::UnknownBoot
             | AccessError::Forged
             | AccessError::Unknown
             | AccessError::RefreshGone
-            | AccessError::RefreshUnseen => "the access token is not valid",
-            AccessError::Expired => "the access token expired",
+            | AccessError::RefreshUnseen
+            | AccessError::Rotated => "the access token is not valid".into(),
+            AccessError::Expired => "the access token expired".into(),
+            AccessError::Evicted { limit } => format!(
+                "the access token was evicted: its refresh token was exchanged more than {limit} times while it was live (tokens.max_access_per_refresh)"
+            )
+            .into(),
         }
     }
 
@@ -91,7 +120,9 @@ impl AccessError {
             AccessError::Unknown => "unknown",
             AccessError::Expired => "expired",
             AccessError::RefreshGone => "refresh token deleted or expired",
-            AccessError::RefreshUnseen => "refresh token not known here",
+            AccessError::RefreshUnseen => "refresh token (or its secret generation) not known here",
+            AccessError::Rotated => "issued under a secret rotated out at once",
+            AccessError::Evicted { .. } => "evicted at tokens.max_access_per_refresh",
         }
     }
 
@@ -108,8 +139,24 @@ impl AccessError {
             | AccessError::Unknown
             | AccessError::Expired
             | AccessError::RefreshGone
-            | AccessError::RefreshUnseen => false,
+            | AccessError::RefreshUnseen
+            | AccessError::Rotated
+            | AccessError::Evicted { .. } => false,
         }
+    }
+}
+
+/// Whether a peer's token, or one following an edit, may use `token` (the
+/// refresh token's version mapped now): it must be live, and the token must
+/// have been issued under this generation of its secret.
+#[inline]
+fn current(token: &RefreshToken, claims: &AccessClaims, wall_unix: u64) -> Result<(), AccessError> {
+    match claims.generation.cmp(&token.generation()) {
+        // Genuine (the MAC says so), so this replica is behind: catch up.
+        Order::Greater => Err(AccessError::RefreshUnseen),
+        Order::Less => Err(AccessError::Rotated),
+        Order::Equal if token.is_usable(wall_unix) => Ok(()),
+        Order::Equal => Err(AccessError::RefreshGone),
     }
 }
 
@@ -153,9 +200,18 @@ impl BuildHasher for IdHasherBuilder {
     }
 }
 
-/// Live access tokens each refresh token issued, oldest first (with their
-/// expiry, so expired ones can be dropped without a map lookup).
-type Issued = VecDeque<(AccessId, Instant)>;
+/// What the index keeps of one refresh token's access tokens.
+#[derive(Default)]
+struct Issued {
+    /// Live ones, oldest first (with their expiry, so expired ones can be
+    /// dropped without a map lookup).
+    live: VecDeque<(AccessId, Instant)>,
+    /// The latest expiry of a token evicted at the cap: until then a token
+    /// of ours missing from the map may have been evicted, and its refusal
+    /// says so. One value, not the evicted ids: a flood of exchanges must
+    /// not grow it.
+    evicted_until: Option<Instant>,
+}
 
 /// Access tokens one refresh token may have live at once, for `new` (the
 /// gateway uses `tokens.max_access_per_refresh`, by default the same).
@@ -366,9 +422,11 @@ impl AccessTokens {
         wall_unix: u64,
     ) -> Result<String, getrandom::Error> {
         let boot = self.own();
-        let (id, token) = boot
-            .key
-            .mint(refresh.id, wall_unix.saturating_add(ttl.as_secs()))?;
+        let (id, token) = boot.key.mint(
+            refresh.id,
+            refresh.generation(),
+            wall_unix.saturating_add(ttl.as_secs()),
+        )?;
         self.insert(id, refresh, now, now + ttl, boot.key.boot);
         Ok(token)
     }
@@ -400,12 +458,16 @@ impl AccessTokens {
         // the sweeper drops it from the map.
         let oldest = {
             let mut issued = self.by_refresh.entry(refresh_id).or_default();
-            while issued.front().is_some_and(|&(_, e)| now >= e) {
-                issued.pop_front();
+            while issued.live.front().is_some_and(|&(_, e)| now >= e) {
+                issued.live.pop_front();
             }
-            issued.push_back((id, expires));
-            if issued.len() > self.max_per_refresh {
-                issued.pop_front()
+            issued.live.push_back((id, expires));
+            if issued.live.len() > self.max_per_refresh {
+                let oldest = issued.live.pop_front();
+                if let Some((_, e)) = oldest {
+                    issued.evicted_until = issued.evicted_until.max(Some(e));
+                }
+                oldest
             } else {
                 None
             }
@@ -466,7 +528,13 @@ impl AccessTokens {
         refresh: impl FnOnce(u64) -> Result<Arc<RefreshToken>, AccessError>,
         f: impl FnOnce(&RefreshToken) -> R,
     ) -> Result<R, AccessError> {
-        let raw = RawAccess::decode(token).map_err(|_| AccessError::Malformed)?;
+        let raw = RawAccess::decode(token).map_err(|e| match e {
+            // A token of the format before this one (a replica or process
+            // not yet upgraded): minted by a boot that does not verify
+            // here, and no guess.
+            AccessFormatError::Previous => AccessError::EarlierBoot,
+            AccessFormatError::Malformed | AccessFormatError::BadMac => AccessError::Malformed,
+        })?;
         // A boot that is not live costs one lookup and no MAC.
         let (claims, own) = {
             let Some(boot) = self.boots.get(&raw.boot()) else {
@@ -478,6 +546,7 @@ impl AccessTokens {
             };
             let claims = boot.key.check(&raw).map_err(|e| match e {
                 AccessFormatError::Malformed => AccessError::Malformed,
+                AccessFormatError::Previous => AccessError::EarlierBoot,
                 AccessFormatError::BadMac => AccessError::Forged,
             })?;
             (claims, boot.own)
@@ -487,15 +556,26 @@ impl AccessTokens {
                 return Err(AccessError::Expired);
             }
             if !entry.refresh.is_usable(wall_unix) {
-                if !entry.refresh.is_superseded() {
-                    return Err(AccessError::RefreshGone);
+                let superseded = entry.refresh.is_superseded();
+                drop(entry);
+                if !superseded {
+                    // Deleted, expired or rotated at once: refused whatever
+                    // the lookup says; it only names which, for the log.
+                    return Err(match refresh(claims.refresh_id) {
+                        Ok(t) if t.generation() != claims.generation => AccessError::Rotated,
+                        _ => AccessError::RefreshGone,
+                    });
                 }
                 // Edited since this token was issued: from now on it is
-                // held to the new version (its name, expiry, restrictions).
-                drop(entry);
+                // held to the new version (its name, expiry, restrictions),
+                // if that is still of its generation: a rotation at once
+                // between the two versions ended it.
                 let token = refresh(claims.refresh_id)?;
-                if !token.is_usable(wall_unix) {
-                    return Err(AccessError::RefreshGone);
+                if let Err(e) = current(&token, &claims, wall_unix) {
+                    if e == AccessError::Rotated {
+                        self.map.remove(&claims.id);
+                    }
+                    return Err(e);
                 }
                 let out = f(&token);
                 if let Some(mut e) = self.map.get_mut(&claims.id) {
@@ -506,21 +586,56 @@ impl AccessTokens {
             return Ok(f(&entry.refresh));
         }
         if own {
-            // Ours, and not in the map: expired and swept, or evicted.
-            return Err(AccessError::Unknown);
+            // Ours, and not in the map: refused, whatever the reason.
+            return Err(self.why_gone(&claims, now, wall_unix, refresh));
         }
         // A peer's token, first seen here: its claims decide.
         if wall_unix >= claims.expires {
             return Err(AccessError::Expired);
         }
         let token = refresh(claims.refresh_id)?;
-        if !token.is_usable(wall_unix) {
-            return Err(AccessError::RefreshGone);
-        }
+        current(&token, &claims, wall_unix)?;
         let left = Duration::from_secs(claims.expires - wall_unix);
         let out = f(&token);
         self.insert(claims.id, token, now, now + left, claims.boot);
         Ok(out)
+    }
+
+    /// Why a genuine token of our own boot is not in the map (off the hot
+    /// path: only refusals get here). Expired, or its refresh token deleted,
+    /// expired or rotated at once; else, if the refresh token evicted tokens
+    /// at the cap that may still be live, that; else unknown. (A token
+    /// swept by the monotonic clock a moment before its wall-clock claim
+    /// ends, while evicted tokens of its refresh token are live, is called
+    /// evicted: a refusal either way.)
+    #[cold]
+    fn why_gone(
+        &self,
+        claims: &AccessClaims,
+        now: Instant,
+        wall_unix: u64,
+        refresh: impl FnOnce(u64) -> Result<Arc<RefreshToken>, AccessError>,
+    ) -> AccessError {
+        if wall_unix >= claims.expires {
+            return AccessError::Expired;
+        }
+        let ended = match refresh(claims.refresh_id) {
+            Ok(token) => current(&token, claims, wall_unix).err(),
+            Err(e) => Some(e),
+        };
+        match ended {
+            Some(e @ (AccessError::RefreshGone | AccessError::Rotated)) => e,
+            _ if self
+                .by_refresh
+                .get(&claims.refresh_id)
+                .is_some_and(|i| i.evicted_until.is_some_and(|until| now < until)) =>
+            {
+                AccessError::Evicted {
+                    limit: self.max_per_refresh,
+                }
+            }
+            _ => AccessError::Unknown,
+        }
     }
 
     /// Token checks that failed since start.
@@ -542,8 +657,10 @@ impl AccessTokens {
         // holds (their refresh token expired). Both run between requests,
         // every `tokens.sweep_interval`.
         self.by_refresh.retain(|_, issued| {
-            issued.retain(|(id, e)| now < *e && self.map.contains_key(id));
-            !issued.is_empty()
+            issued
+                .live
+                .retain(|(id, e)| now < *e && self.map.contains_key(id));
+            !issued.live.is_empty() || issued.evicted_until.is_some_and(|until| now < until)
         });
         before.saturating_sub(self.map.len())
     }
@@ -556,7 +673,7 @@ impl AccessTokens {
         let mut removed = 0;
         for refresh in ids {
             if let Some((_, issued)) = self.by_refresh.remove(refresh) {
-                for (id, _) in issued {
+                for (id, _) in issued.live {
                     removed += usize::from(self.map.remove(&id).is_some());
                 }
             }
@@ -567,7 +684,7 @@ impl AccessTokens {
     /// Live access tokens `refresh_id` issued (expired ones the sweeper has
     /// not dropped yet included).
     pub fn issued_by(&self, refresh_id: u64) -> usize {
-        self.by_refresh.get(&refresh_id).map_or(0, |i| i.len())
+        self.by_refresh.get(&refresh_id).map_or(0, |i| i.live.len())
     }
 
     /// Tokens dropped since start because their refresh token reached
@@ -606,8 +723,15 @@ mod tests {
         let check = |t: &[u8], at: Instant| tokens.validate(t, at, 0, |_| ()).err();
 
         assert_eq!(check(valid.as_bytes(), now), None);
+        let previous_format = format!("tga_{}", "A".repeat(75));
         let cases = [
             (check(b"tga_garbage", now), AccessError::Malformed, true),
+            // The format before the generation (a rolling upgrade): no guess.
+            (
+                check(previous_format.as_bytes(), now),
+                AccessError::EarlierBoot,
+                false,
+            ),
             (check(&forged, now), AccessError::Forged, true),
             (
                 check(earlier.as_bytes(), now),
@@ -624,7 +748,7 @@ mod tests {
             assert_eq!(got, Some(want));
             assert_eq!(want.counts_as_guess(), guess, "{want:?}");
         }
-        assert_eq!(tokens.refused_checks(), 4);
+        assert_eq!(tokens.refused_checks(), 5);
         // Swept, then presented again: genuine, so no guess either.
         tokens.sweep(now + ttl, 0);
         assert_eq!(check(valid.as_bytes(), now), Some(AccessError::Unknown));
@@ -647,8 +771,14 @@ mod tests {
             .collect();
         let other = tokens.issue(b.clone(), ttl, now).unwrap();
         let check = |t: &str| tokens.validate(t.as_bytes(), now, 0, |_| ()).err();
-        assert_eq!(check(&minted[0]), Some(AccessError::Unknown));
-        assert_eq!(check(&minted[1]), Some(AccessError::Unknown));
+        // Refused, and told why (no other refusal reads like this one).
+        let evicted = Some(AccessError::Evicted { limit: 3 });
+        assert_eq!(check(&minted[0]), evicted);
+        assert_eq!(check(&minted[1]), evicted);
+        assert!(AccessError::Evicted { limit: 3 }
+            .description()
+            .contains("more than 3 times"));
+        assert!(!AccessError::Evicted { limit: 3 }.counts_as_guess());
         for t in &minted[2..] {
             assert_eq!(check(t), None);
         }
@@ -666,6 +796,115 @@ mod tests {
             tokens.validate(fresh.as_bytes(), later, 0, |_| ()).err(),
             None
         );
+        // Once every evicted token would have expired anyway, none is
+        // called evicted (here the wall clock, 0, says otherwise).
+        assert_eq!(
+            tokens
+                .validate(minted[0].as_bytes(), later, 0, |_| ())
+                .err(),
+            Some(AccessError::Unknown)
+        );
+    }
+
+    /// A version of refresh token `id` at secret generation `generation`.
+    fn version(id: u64, generation: u64) -> Arc<RefreshToken> {
+        let mut rec = crate::store::RefreshRecord::new(id, "t", 0, None);
+        rec.generation = generation;
+        Arc::new(RefreshToken::from_record(&rec))
+    }
+
+    #[test]
+    fn a_peers_token_of_an_earlier_generation_is_refused_and_of_a_later_one_caught_up() {
+        let (a, b) = pair();
+        b.set_peers(&[a.own_boot()], &[]);
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let ttl = Duration::from_secs(60);
+        let (v0, v1) = (version(4, 0), version(4, 1));
+        let old = a.issue_at(v0.clone(), ttl, now, wall).unwrap();
+        let new = a.issue_at(v1.clone(), ttl, now, wall).unwrap();
+        let on_b = |t: &str, v: &Arc<RefreshToken>| {
+            b.validate_with(t.as_bytes(), now, wall, |_| Ok(v.clone()), |_| ())
+        };
+        // B knows generation 1 (the rotation reached it): the old token is
+        // refused, though B never saw it and its refresh id is live.
+        assert_eq!(on_b(&old, &v1), Err(AccessError::Rotated));
+        assert!(!AccessError::Rotated.counts_as_guess());
+        assert_eq!(b.len(), 0, "not cached");
+        // B is behind (generation 0): the new token asks for a catch-up.
+        assert_eq!(on_b(&new, &v0), Err(AccessError::RefreshUnseen));
+        assert_eq!(on_b(&new, &v1), Ok(()));
+    }
+
+    #[test]
+    fn following_an_edit_stops_at_a_rotation_at_once_in_between() {
+        let tokens = AccessTokens::new().unwrap();
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let v0 = version(5, 0);
+        let t = tokens
+            .issue_at(v0.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        // An edit (v1, same generation) and then a rotation at once (v2):
+        // the token still holds v0, superseded.
+        let v2 = version(5, 1);
+        v0.supersede();
+        assert_eq!(
+            tokens.validate_with(t.as_bytes(), now, wall, |_| Ok(v2.clone()), |_| ()),
+            Err(AccessError::Rotated)
+        );
+        assert_eq!(tokens.len(), 0, "dropped from the map");
+        // An edit alone is followed.
+        let w0 = version(6, 2);
+        let u = tokens
+            .issue_at(w0.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        w0.supersede();
+        let w1 = version(6, 2);
+        assert_eq!(
+            tokens.validate_with(u.as_bytes(), now, wall, |_| Ok(w1.clone()), |_| ()),
+            Ok(())
+        );
+        // A version revoked by a rotation at once: refused without following.
+        let x0 = version(7, 0);
+        let x = tokens
+            .issue_at(x0.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        x0.revoke();
+        assert_eq!(
+            tokens.validate_with(x.as_bytes(), now, wall, |_| Ok(version(7, 1)), |_| ()),
+            Err(AccessError::Rotated)
+        );
+        assert_eq!(
+            tokens.validate_with(
+                x.as_bytes(),
+                now,
+                wall,
+                |_| Err(AccessError::RefreshGone),
+                |_| ()
+            ),
+            Err(AccessError::RefreshGone)
+        );
+    }
+
+    #[test]
+    fn an_own_token_missing_from_the_map_is_refused_with_its_reason() {
+        let tokens = AccessTokens::new().unwrap();
+        let (now, wall) = (Instant::now(), 1_800_000_000);
+        let v0 = version(8, 0);
+        let t = tokens
+            .issue_at(v0.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        tokens.revoke_refresh(&[8]);
+        let check = |w: u64, lookup: Result<Arc<RefreshToken>, AccessError>| {
+            tokens.validate_with(t.as_bytes(), now, w, |_| lookup, |_| ())
+        };
+        assert_eq!(check(wall, Ok(version(8, 1))), Err(AccessError::Rotated));
+        assert_eq!(
+            check(wall, Err(AccessError::RefreshGone)),
+            Err(AccessError::RefreshGone)
+        );
+        assert_eq!(check(wall + 60, Ok(v0.clone())), Err(AccessError::Expired));
+        // Never accepted, even with its refresh token live and current.
+        assert_eq!(check(wall, Ok(v0)), Err(AccessError::Unknown));
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //! prefix lets secret scanners find leaked tokens. Only an HMAC-SHA256 of the
 //! whole string, under the server secret, is ever stored.
 //!
-//! Access token: `tga_` + base64url(boot id ‖ refresh id ‖ expiry ‖ random
-//! id ‖ MAC tag), 79 characters. The MAC key of a boot (one process lifetime
-//! of one replica) is HMAC(server secret, boot id ‖ boot nonce): the nonce
-//! is drawn at start, so a restart invalidates every token of the earlier
-//! process; in cluster mode the nonce is registered in PostgreSQL, so every
-//! replica holding the secret can verify the token (its claims tell it
-//! which refresh token and until when) with no database round trip.
+//! Access token: `tga_` + base64url(boot id ‖ refresh id ‖ secret
+//! generation ‖ expiry ‖ random id ‖ MAC tag), 90 characters. The MAC key
+//! of a boot (one process lifetime of one replica) is HMAC(server secret,
+//! boot id ‖ boot nonce): the nonce is drawn at start, so a restart
+//! invalidates every token of the earlier process; in cluster mode the
+//! nonce is registered in PostgreSQL, so every replica holding the secret
+//! can verify the token (its claims tell it which refresh token, which
+//! generation of its secret, and until when) with no database round trip.
+//! The generation is what a replica that never saw the token compares with
+//! the refresh token's current one: a rotation at once bumps it, so the
+//! claims of a token issued under the old secret no longer match anywhere.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -33,14 +37,22 @@ pub(crate) const REFRESH_LEN: usize = REFRESH_PREFIX.len() + REFRESH_BODY_LEN + 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Access-token layout, before base64: the claims (boot, refresh id,
-/// expiry), the random id, and the tag.
+/// secret generation, expiry), the random id, and the tag.
 const BOOT_LEN: usize = 8;
-const CLAIMS_LEN: usize = BOOT_LEN + 8 + 8;
+const REFRESH_AT: usize = BOOT_LEN;
+const GENERATION_AT: usize = REFRESH_AT + 8;
+const EXPIRES_AT: usize = GENERATION_AT + 8;
+const CLAIMS_LEN: usize = EXPIRES_AT + 8;
 const ID_LEN: usize = 16;
 const TAG_LEN: usize = 16;
 const ACCESS_RAW_LEN: usize = CLAIMS_LEN + ID_LEN + TAG_LEN;
-/// 56 bytes in unpadded base64url: 75 characters.
-pub(crate) const ACCESS_LEN: usize = ACCESS_PREFIX.len() + 75;
+/// 64 bytes in unpadded base64url: 86 characters.
+pub(crate) const ACCESS_LEN: usize = ACCESS_PREFIX.len() + 86;
+/// The length of the format before the generation (56 bytes, 79
+/// characters): what a replica not yet upgraded still mints during a
+/// rolling upgrade. Such a token can never verify here, but it is no guess
+/// either, so it is told apart (by its length alone) from a malformed one.
+const PREVIOUS_ACCESS_LEN: usize = ACCESS_PREFIX.len() + 75;
 
 /// Keyed hasher for refresh tokens. The key is the server secret (`secret.key`).
 #[derive(Clone)]
@@ -135,6 +147,9 @@ pub(crate) struct AccessClaims {
     pub(crate) boot: u64,
     /// The refresh token it was exchanged for.
     pub(crate) refresh_id: u64,
+    /// The refresh token's secret generation when it was issued (bumped by
+    /// each rotation at once): a token of an older one ended with it.
+    pub(crate) generation: u64,
     /// Unix seconds.
     pub(crate) expires: u64,
     pub(crate) id: AccessId,
@@ -148,6 +163,9 @@ impl RawAccess {
     /// and base64url.
     pub(crate) fn decode(token: &[u8]) -> Result<RawAccess, AccessFormatError> {
         if token.len() != ACCESS_LEN {
+            if token.len() == PREVIOUS_ACCESS_LEN && token.starts_with(ACCESS_PREFIX.as_bytes()) {
+                return Err(AccessFormatError::Previous);
+            }
             return Err(AccessFormatError::Malformed);
         }
         let body = token
@@ -177,8 +195,9 @@ impl RawAccess {
         id.copy_from_slice(&self.0[CLAIMS_LEN..CLAIMS_LEN + ID_LEN]);
         AccessClaims {
             boot: self.boot(),
-            refresh_id: u64_at(&self.0, BOOT_LEN),
-            expires: u64_at(&self.0, BOOT_LEN + 8),
+            refresh_id: u64_at(&self.0, REFRESH_AT),
+            generation: u64_at(&self.0, GENERATION_AT),
+            expires: u64_at(&self.0, EXPIRES_AT),
             id: u128::from_le_bytes(id),
         }
     }
@@ -209,7 +228,7 @@ impl BootKeys {
     /// registry (the database) alone derives nothing.
     pub(crate) fn derive(&self, boot: u64, nonce: &[u8; 32]) -> BootKey {
         let mut m = self.root.clone();
-        m.update(b"tokengate access-token boot key v2");
+        m.update(b"tokengate access-token boot key v3");
         m.update(&boot.to_be_bytes());
         m.update(nonce);
         let key = m.finalize().into_bytes();
@@ -228,22 +247,25 @@ pub(crate) struct BootKey {
 impl BootKey {
     fn tag(&self, signed: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
-        mac.update(b"tga2");
+        mac.update(b"tga3");
         mac.update(signed);
         mac.finalize().into_bytes().into()
     }
 
-    /// Mints a token for `refresh_id`, expiring at `expires` (Unix seconds):
-    /// returns its map id and the string handed to the client.
+    /// Mints a token for `refresh_id` at secret generation `generation`,
+    /// expiring at `expires` (Unix seconds): returns its map id and the
+    /// string handed to the client.
     pub(crate) fn mint(
         &self,
         refresh_id: u64,
+        generation: u64,
         expires: u64,
     ) -> Result<(AccessId, String), getrandom::Error> {
         let mut raw = [0u8; ACCESS_RAW_LEN];
         raw[..BOOT_LEN].copy_from_slice(&self.boot.to_be_bytes());
-        raw[BOOT_LEN..BOOT_LEN + 8].copy_from_slice(&refresh_id.to_be_bytes());
-        raw[BOOT_LEN + 8..CLAIMS_LEN].copy_from_slice(&expires.to_be_bytes());
+        raw[REFRESH_AT..GENERATION_AT].copy_from_slice(&refresh_id.to_be_bytes());
+        raw[GENERATION_AT..EXPIRES_AT].copy_from_slice(&generation.to_be_bytes());
+        raw[EXPIRES_AT..CLAIMS_LEN].copy_from_slice(&expires.to_be_bytes());
         random_bytes(&mut raw[CLAIMS_LEN..CLAIMS_LEN + ID_LEN])?;
         let tag = self.tag(&raw[..CLAIMS_LEN + ID_LEN]);
         raw[CLAIMS_LEN + ID_LEN..].copy_from_slice(&tag[..TAG_LEN]);
@@ -268,6 +290,8 @@ impl BootKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AccessFormatError {
     Malformed,
+    /// The shape of the format before this one (a rolling upgrade).
+    Previous,
     BadMac,
 }
 
@@ -326,7 +350,7 @@ mod tests {
     fn access_tokens_carry_their_claims_under_the_boot_key() {
         let keys = BootKeys::new(b"server secret");
         let a = boot(&keys, 7);
-        let (id, t) = a.mint(42, 1_800_000_000).unwrap();
+        let (id, t) = a.mint(42, 3, 1_800_000_000).unwrap();
         assert!(t.starts_with("tga_"));
         assert_eq!(t.len(), ACCESS_LEN);
         let raw = RawAccess::decode(t.as_bytes()).unwrap();
@@ -334,6 +358,7 @@ mod tests {
         let claims = AccessClaims {
             boot: 7,
             refresh_id: 42,
+            generation: 3,
             expires: 1_800_000_000,
             id,
         };
@@ -354,7 +379,7 @@ mod tests {
     #[test]
     fn access_tokens_reject_tampering_with_any_claim() {
         let a = boot(&BootKeys::new(b"s"), 1);
-        let (_, t) = a.mint(5, 100).unwrap();
+        let (_, t) = a.mint(5, 1, 100).unwrap();
         // Every character position, the claims' included, is covered by the tag.
         for i in ACCESS_PREFIX.len()..t.len() - 1 {
             let mut b = t.clone().into_bytes();
@@ -370,5 +395,16 @@ mod tests {
         assert!(RawAccess::decode(b"tga_short").is_err());
         let junk = vec![b'*'; ACCESS_LEN];
         assert!(RawAccess::decode(&junk).is_err());
+        // The previous format's length is told apart, by length and prefix only.
+        let previous = format!("tga_{}", "A".repeat(75));
+        assert!(matches!(
+            RawAccess::decode(previous.as_bytes()),
+            Err(AccessFormatError::Previous)
+        ));
+        let other = format!("tgx_{}", "A".repeat(75));
+        assert!(matches!(
+            RawAccess::decode(other.as_bytes()),
+            Err(AccessFormatError::Malformed)
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! A real HAProxy (Debian's `haproxy`; tests/run.sh installs it) in front of
-//! one gateway or several replicas: TCP mode, TLS passed through to the
-//! gateways, round robin over the backends, killed when dropped.
+//! one gateway or several replicas, killed when dropped: TCP mode with TLS
+//! passed through to the gateways (with or without PROXY v2 headers), or
+//! HTTP mode terminating TLS and adding `X-Forwarded-For`.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -24,6 +25,31 @@ pub struct Haproxy {
 /// backend connection starts with a PROXY v2 header naming the client.
 /// Returns once the frontend accepts connections.
 pub async fn haproxy(backends: &[SocketAddr], send_proxy: bool) -> Haproxy {
+    let mode = if send_proxy {
+        Mode::TcpSendProxy
+    } else {
+        Mode::Tcp
+    };
+    haproxy_in(backends, mode).await
+}
+
+/// How HAProxy stands in front of the gateways.
+pub enum Mode {
+    /// Layer 4: TLS passes through; the gateway sees HAProxy's address.
+    Tcp,
+    /// Layer 4 with a PROXY v2 header naming the client on each connection.
+    TcpSendProxy,
+    /// Layer 7: HAProxy terminates TLS with this certificate and key (PEM
+    /// files), adds `X-Forwarded-For` (`option forwardfor`), and opens TLS
+    /// of its own to the gateways (not verified: a test certificate).
+    Http {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+/// Starts HAProxy in `mode` in front of `backends` (round robin).
+pub async fn haproxy_in(backends: &[SocketAddr], mode: Mode) -> Haproxy {
     let dir = tempfile::tempdir().unwrap();
     // A free port for the frontend: HAProxy cannot report one it picked.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -32,16 +58,31 @@ pub async fn haproxy(backends: &[SocketAddr], send_proxy: bool) -> Haproxy {
         .unwrap()
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let proxy = if send_proxy { " send-proxy-v2" } else { "" };
+    let (mode_name, bind, frontend, server) = match &mode {
+        Mode::Tcp => ("tcp", String::new(), "", ""),
+        Mode::TcpSendProxy => ("tcp", String::new(), "", " send-proxy-v2"),
+        Mode::Http { cert, key } => {
+            // HAProxy wants the certificate and its key in one file.
+            let pem = dir.path().join("frontend.pem");
+            let both = [std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()].join(&b'\n');
+            std::fs::write(&pem, both).unwrap();
+            (
+                "http",
+                format!(" ssl crt {} alpn http/1.1", pem.display()),
+                "  option forwardfor\n",
+                " ssl verify none alpn http/1.1",
+            )
+        }
+    };
     let servers: String = backends
         .iter()
         .enumerate()
-        .map(|(i, b)| format!("  server g{} {b}{proxy}\n", i + 1))
+        .map(|(i, b)| format!("  server g{} {b}{server}\n", i + 1))
         .collect();
     let cfg = format!(
         "global\n  maxconn 4000\n\
-         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
-         frontend fe\n  bind {addr}\n  default_backend gw\n\
+         defaults\n  mode {mode_name}\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+         frontend fe\n  bind {addr}{bind}\n{frontend}  default_backend gw\n\
          backend gw\n  balance roundrobin\n{servers}"
     );
     let path = dir.path().join("haproxy.cfg");

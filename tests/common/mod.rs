@@ -229,7 +229,8 @@ impl TestGateway {
     async fn start_in(dir: Arc<tempfile::TempDir>, file: FileConfig, clock: Clock) -> TestGateway {
         let config = file.clone().validate().expect("valid test config");
         let cert_path = config.tls.cert.clone();
-        let gateway = Gateway::start(
+        // Boxed: start-up's future is large, and every caller's would hold it.
+        let gateway = Box::pin(Gateway::start(
             config,
             StartOptions {
                 // A test that sets admin.password_hash gets it (argon2), not the plain password.
@@ -241,7 +242,7 @@ impl TestGateway {
                 clock: clock.clone(),
                 ..StartOptions::default()
             },
-        )
+        ))
         .await
         .expect("gateway starts");
         let client = TestClient::new(&cert_path, gateway.public_addr, gateway.admin_addr);

@@ -237,7 +237,7 @@ fn id_of(flag: &str) -> Result<u32, String> {
 /// The shared server of this test binary: a throwaway one.
 fn throwaway() -> Result<Server, String> {
     // Nobody stops this one under the tests: commits need not wait for the WAL.
-    let t = Throwaway::start(false)?;
+    let t = Throwaway::start(false, true)?;
     Ok(Server {
         base: format!("postgres://postgres@127.0.0.1:{}", t.port),
         admin_db: "postgres".into(),
@@ -269,7 +269,9 @@ impl Throwaway {
     /// WAL to be written (`synchronous_commit = on`), so a commit the server
     /// acknowledged survives an immediate stop; otherwise the last ones may
     /// not, which is fine for a server nobody stops.
-    fn start(durable: bool) -> Result<Throwaway, String> {
+    /// With `tls`, it offers TLS (its own self-signed certificate); without,
+    /// it answers a TLS request with "no", as a server without TLS does.
+    fn start(durable: bool, tls: bool) -> Result<Throwaway, String> {
         let bin = bin_dir().map_err(|e| {
             format!("{e}; install Debian's postgresql (tests/run.sh does) or set {URL_VAR}")
         })?;
@@ -350,9 +352,10 @@ impl Throwaway {
             server.options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
                  -c synchronous_commit={synchronous_commit} -c full_page_writes=off \
-                 -c max_connections=300 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                 -c max_connections=300 -c ssl={} -c ssl_cert_file={} -c ssl_key_file={}",
                 server.port,
                 server.dir.display(),
+                if tls { "on" } else { "off" },
                 server.tls_cert.display(),
                 key.display()
             );
@@ -424,7 +427,17 @@ impl PgServer {
     /// Commits are durable: what the server acknowledged survives
     /// [`PgServer::stop_immediate`].
     pub fn new() -> PgServer {
-        let server = Throwaway::start(true)
+        Self::with_tls(true)
+    }
+
+    /// As [`PgServer::new`], offering no TLS at all (as many a private
+    /// network's database does).
+    pub fn without_tls() -> PgServer {
+        Self::with_tls(false)
+    }
+
+    fn with_tls(tls: bool) -> PgServer {
+        let server = Throwaway::start(true, tls)
             .unwrap_or_else(|e| panic!("no PostgreSQL server of the test's own: {e}"));
         let pg = PgServer { server };
         admin_sql(

@@ -143,7 +143,7 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
         .query(
             "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
                     t.last_used, t.use_count, t.last_ip, t.last_user_agent, \
-                    t.restrictions::text, t.prev_hash, t.prev_until \
+                    t.restrictions::text, t.prev_hash, t.prev_until, t.generation \
              FROM tokengate_changes c LEFT JOIN refresh_tokens t \
                ON c.kind IN ('create', 'update') AND t.id = c.refresh_id \
              WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
@@ -202,7 +202,7 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     let rows = client
         .query(
             "SELECT id, hash, name, created, expires, last_used, use_count, last_ip, \
-                    last_user_agent, restrictions::text, prev_hash, prev_until \
+                    last_user_agent, restrictions::text, prev_hash, prev_until, generation \
              FROM refresh_tokens WHERE id = ANY($1)",
             &[&ids],
         )
@@ -220,9 +220,9 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     Ok(out)
 }
 
-/// A token's hash and record from `row`'s columns `at..at + 11` (hash, name,
+/// A token's hash and record from `row`'s columns `at..at + 12` (hash, name,
 /// created, expires, last_used, use_count, last_ip, last_user_agent,
-/// restrictions as text, prev_hash, prev_until);
+/// restrictions as text, prev_hash, prev_until, generation);
 /// `None` when the hash is absent (a left join found no token) or not 32 bytes.
 pub(super) fn token_at(
     row: &tokio_postgres::Row,
@@ -251,6 +251,12 @@ pub(super) fn token_at(
                 .map_err(|e| PgError(format!("token {id}: unreadable restrictions: {e}")))?
         },
         previous: previous(row.try_get(at + 9)?, row.try_get(at + 10)?),
+        // Never negative (a CHECK); an unreadable one stops the feed here
+        // (an error, retried): a generation read as 0 would revive tokens.
+        generation: {
+            let g: i64 = row.try_get(at + 11)?;
+            u64::try_from(g).map_err(|_| PgError(format!("token {id}: negative generation")))?
+        },
     };
     Ok(Some((hash, rec)))
 }

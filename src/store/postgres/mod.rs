@@ -74,6 +74,10 @@ impl From<tokio_postgres::Error> for PgError {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
+        if let Some(hint) = tls::hint(&text) {
+            text.push_str("\n  hint: ");
+            text.push_str(hint);
+        }
         PgError(text)
     }
 }
@@ -353,7 +357,8 @@ impl Backend for PostgresBackend {
             let stmt = client
                 .prepare_cached(
                     "SELECT id, hash, name, created, expires, last_used, use_count, \
-                     last_ip, last_user_agent, restrictions::text, prev_hash, prev_until \
+                     last_ip, last_user_agent, restrictions::text, prev_hash, prev_until, \
+                     generation \
                      FROM refresh_tokens",
                 )
                 .await?;
@@ -393,6 +398,10 @@ impl Backend for PostgresBackend {
                     row.try_get(10).map_err(|_| bad("prev_hash"))?,
                     row.try_get(11).map_err(|_| bad("prev_until"))?,
                 ),
+                generation: unsigned(
+                    row.try_get(12).map_err(|_| bad("generation"))?,
+                    "generation",
+                )?,
             };
             all.push((hash, rec));
         }
@@ -462,7 +471,8 @@ impl Backend for PostgresBackend {
             let rows = tx
                 .query(
                     "SELECT hash, name, created, expires, last_used, use_count, last_ip, \
-                            last_user_agent, restrictions::text, prev_hash, prev_until \
+                            last_user_agent, restrictions::text, prev_hash, prev_until, \
+                            generation \
                      FROM refresh_tokens WHERE id = $1",
                     &[&db_id],
                 )
@@ -483,9 +493,11 @@ impl Backend for PostgresBackend {
             let expires = rec.expires.map(to_db).transpose()?;
             let prev_hash = rec.previous.map(|p| p.hash.to_vec());
             let prev_until = rec.previous.map(|p| to_db(p.until)).transpose()?;
+            let generation = to_db(rec.generation)?;
             tx.execute(
                 "UPDATE refresh_tokens SET hash = $2, name = $3, expires = $4, \
-                        restrictions = $5::text::jsonb, prev_hash = $6, prev_until = $7 \
+                        restrictions = $5::text::jsonb, prev_hash = $6, prev_until = $7, \
+                        generation = $8 \
                  WHERE id = $1",
                 &[
                     &db_id,
@@ -495,6 +507,7 @@ impl Backend for PostgresBackend {
                     &spec,
                     &prev_hash,
                     &prev_until,
+                    &generation,
                 ],
             )
             .await?;

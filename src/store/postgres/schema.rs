@@ -100,6 +100,16 @@ const MIGRATIONS: &[Migration] = &[
             CHECK (kind IN ('create', 'delete', 'retire', 'rotate', 'update'));
     ",
     },
+    Migration {
+        version: 5,
+        name: "the secret generation",
+        // Bumped by a rotation at once and carried by every access token:
+        // a replica verifying a token from its claims refuses one issued
+        // under an earlier secret. 0 for every existing token (their access
+        // tokens, of the previous format, died with the upgrade anyway).
+        sql: "ALTER TABLE refresh_tokens
+            ADD COLUMN generation bigint NOT NULL DEFAULT 0 CHECK (generation >= 0);",
+    },
 ];
 
 /// The advisory-lock key that orders change records ("tgfeed" + 1): held

@@ -20,6 +20,25 @@ use tokio_rustls::TlsConnector;
 use crate::config::{PostgresConfig, SslMode};
 use crate::tls::{client_config, Trust};
 
+/// What to set when TLS to PostgreSQL failed, from the error's text (the
+/// only form tokio-postgres gives): a server without TLS needs `sslmode`
+/// disabled, an unverifiable certificate needs its CA.
+pub(super) fn hint(error: &str) -> Option<&'static str> {
+    if error.contains("server does not support TLS") {
+        Some(
+            "the server offers no TLS: set storage.postgres.sslmode = \"disable\" \
+             (or sslmode=disable in storage.postgres.url) if the network to it is trusted",
+        )
+    } else if error.contains("invalid peer certificate") {
+        Some(
+            "set storage.postgres.ca_file (or sslrootcert in storage.postgres.url) to the \
+             server's CA, or storage.postgres.sslmode = \"require\" to encrypt without verifying",
+        )
+    } else {
+        None
+    }
+}
+
 /// Makes a TLS connector per connection (the host name is per connection).
 #[derive(Clone)]
 pub(super) struct RustlsMakeTls {
