@@ -7,10 +7,12 @@
 //!
 //! The specification the model follows:
 //!
-//! - `*` alone is accepted unchanged; otherwise the path starts with `/`.
+//! - An empty path is `/` (RFC 9110 §4.2.3); `*` alone is accepted
+//!   unchanged; otherwise the path starts with `/`.
 //! - Raw bytes: `\`, `;` (see parameters), below 0x20 and 0x7F are refused;
-//!   bytes from 0x80 (UTF-8) are written `%XX`, upper-case hex; any other
-//!   raw byte is written as it is.
+//!   bytes from 0x80 (UTF-8) are written `%XX`, upper-case hex; a space is
+//!   written `%20` (it is the same space as an escaped one, dot rules
+//!   included); any other raw byte is written as it is.
 //! - `%` is followed by two hex digits. The byte it decodes to: `/`, `\`,
 //!   `%`, `;`, below 0x20 and 0x7F are refused; unreserved characters
 //!   (`A-Z a-z 0-9 - . _ ~`) are written raw; anything else `%XX`.
@@ -77,6 +79,9 @@ fuzz_target!(|data: &[u8]| {
 fn reference(input: &str, names: &[&str]) -> Option<(String, Option<String>)> {
     if input == "*" {
         return Some(("*".to_owned(), None));
+    }
+    if input.is_empty() {
+        return Some(("/".to_owned(), None));
     }
     let bytes = input.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -156,7 +161,7 @@ fn reference(input: &str, names: &[&str]) -> Option<(String, Option<String>)> {
             i += 3;
             continue;
         }
-        if b >= 0x80 {
+        if b >= 0x80 || b == b' ' {
             written.push_str(&format!("%{b:02X}"));
         } else {
             written.push(char::from(b));

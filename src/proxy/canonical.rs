@@ -19,8 +19,8 @@
 //!
 //! What remains has one meaning everywhere, and is written in one form:
 //! escapes of unreserved characters decoded (`%2e` is `.`, `%7E` is `~`),
-//! other escapes in upper case, raw non-ASCII bytes escaped (Node escapes
-//! them and nginx does not: the escaped form is the same path to both),
+//! other escapes in upper case, raw non-ASCII bytes and spaces escaped (Node
+//! escapes them and nginx does not: the escaped form is the same path to both),
 //! empty segments merged (`//x` is a host to `new URL()` and `/x` to nginx),
 //! dot segments resolved. An ordinary path (no `%`, `;`, `\`, `//`, dot
 //! segment or non-ASCII byte) is already canonical and is borrowed as sent:
@@ -174,7 +174,7 @@ fn is_plain(path: &[u8]) -> bool {
                 }
                 _ => {}
             },
-            b'%' | b';' | b'\\' | 0..=0x1f | 0x7f..=0xff => return false,
+            b'%' | b';' | b'\\' | b' ' | 0..=0x1f | 0x7f..=0xff => return false,
             _ => {}
         }
         i += 1;
@@ -252,7 +252,9 @@ fn rewrite<'a>(raw: &'a str, policy: &PathPolicy) -> Result<Canonical<'a>, Inval
                 }
                 b'\\' => return Err(InvalidPath::Backslash),
                 0..=0x1f | 0x7f => return Err(InvalidPath::Control),
-                0x80..=0xff => {
+                // A raw space (never valid in a request line; an HTTP/2
+                // `:path` could carry one) is the same space as `%20`.
+                b' ' | 0x80..=0xff => {
                     push_escape(&mut out, b);
                     decoded.push(b);
                     i += 1;
@@ -364,6 +366,7 @@ mod tests {
             ("/a//", "/a/"),
             ("/%61%7e%2D", "/a~-"),
             ("/a%20b", "/a%20b"),
+            ("/a b", "/a%20b"),
             ("/a%3fb%23c", "/a%3Fb%23c"),
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/café", "/caf%C3%A9"),
@@ -402,6 +405,8 @@ mod tests {
             ("/a/.../b", DotVariant),
             ("/a/..%20/b", DotVariant),
             ("/a/%20/b", DotVariant),
+            ("/a/.. /b", DotVariant),
+            ("/a/ /b", DotVariant),
             ("/..", AboveRoot),
             ("/%2e%2e%2fsecret.txt", EncodedSlash),
             ("/%2e%2e/secret.txt", AboveRoot),
