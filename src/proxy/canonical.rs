@@ -157,30 +157,52 @@ pub fn canonicalise<'a>(raw: &'a str, policy: &PathPolicy) -> Result<Canonical<'
 /// before the end, no segment of only dots. One pass, no allocation.
 #[inline]
 fn is_plain(path: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(&b) = path.get(i) {
-        match b {
-            b'/' => match path.get(i + 1) {
+    // One table load and one test per byte: the bytes that are neither
+    // ordinary nor `/` are rare, and `/` needs a look at what follows.
+    for (i, &b) in path.iter().enumerate() {
+        match BYTE_CLASS[usize::from(b)] {
+            PLAIN => {}
+            SLASH => match path.get(i + 1) {
                 // `//`: an empty segment (a trailing `/` is fine).
                 Some(b'/') => return false,
                 // A segment that starts with a dot: only-dots is not plain
                 // (`.well-known` is).
                 Some(b'.') => {
-                    let seg = &path[i + 1..];
+                    let seg = path.get(i + 1..).unwrap_or_default();
                     let end = seg.iter().position(|&c| c == b'/').unwrap_or(seg.len());
-                    if seg[..end].iter().all(|&c| c == b'.') {
+                    if seg.iter().take(end).all(|&c| c == b'.') {
                         return false;
                     }
                 }
                 _ => {}
             },
-            b'%' | b';' | b'\\' | b' ' | 0..=0x1f | 0x7f..=0xff => return false,
-            _ => {}
+            _ => return false,
         }
-        i += 1;
     }
     true
 }
+
+const PLAIN: u8 = 0;
+const SLASH: u8 = 1;
+const LOOK: u8 = 2;
+
+/// Per byte: `PLAIN`, `SLASH`, or `LOOK` for `%`, `;`, `\`, space,
+/// controls and non-ASCII (the slow path reads those).
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    let mut b: u8 = 0;
+    loop {
+        t[b as usize] = match b {
+            b'/' => SLASH,
+            b'%' | b';' | b'\\' | b' ' | 0..=0x1f | 0x7f..=0xff => LOOK,
+            _ => PLAIN,
+        };
+        if b == u8::MAX {
+            break t;
+        }
+        b += 1;
+    }
+};
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')

@@ -12,6 +12,7 @@ mod upstreams;
 
 pub use canonical::{canonicalise, Canonical, InvalidPath, PathPolicy};
 pub(crate) use pool::{ConnectError, UpstreamBody};
+pub(crate) use target::set_path;
 pub use target::{base_path, join_target, TargetError};
 pub(crate) use upstreams::Upstreams;
 
@@ -184,15 +185,13 @@ impl Upstream {
 
     /// Rewrites and forwards an authenticated request; returns the upstream's
     /// response with hop-by-hop headers removed. Bodies stream both ways.
-    /// `rewrite` is the request's canonical path when that is not the path
-    /// as sent (`Canonical::into_rewrite`): the path the checks saw is the
-    /// path the upstream gets.
+    /// The request's path is already canonical (the handler made it so,
+    /// `set_path`): the path the checks saw is the path the upstream gets.
     pub(crate) async fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         identity: Option<Identity>,
-        rewrite: Option<String>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
@@ -201,7 +200,7 @@ impl Upstream {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = target::upstream_target(&self.shared.base_path, &parts.uri, rewrite.as_deref())
+        parts.uri = target::upstream_target(&self.shared.base_path, &parts.uri, None)
             .map_err(ProxyError::Target)?;
         // The upstream leg is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;

@@ -41,6 +41,19 @@ pub fn join_target(
     upstream_target(base_path, incoming, rewrite.as_deref())
 }
 
+/// Replaces `uri`'s path with `path` (a canonical one, from
+/// `Canonical::into_rewrite`), keeping its scheme, authority and query.
+pub(crate) fn set_path(uri: &mut Uri, path: &str) -> Result<(), http::Error> {
+    let pq = match uri.query() {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}"))?,
+        None => PathAndQuery::try_from(path)?,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(pq);
+    *uri = Uri::from_parts(parts)?;
+    Ok(())
+}
+
 /// The origin-form target on the upstream: `base_path`, then `rewrite`
 /// (the canonical path, from `Canonical::into_rewrite`) or, when `None`,
 /// the path as sent (already canonical), then the query as sent.

@@ -182,8 +182,27 @@ impl PublicHandler {
         // scope check matches it and the upstream is sent it, so no spelling
         // can mean one path to the check and another to the upstream. What
         // could be read two ways is refused, whoever asks.
-        let canonical = match canonicalise(req.uri().path(), &self.paths) {
-            Ok(c) => c,
+        // A path that needed rewriting is written into the request now, so
+        // from here on `req.uri()` is what the upstream gets (under the base
+        // path); only the length of the part the rules see is kept (an
+        // allowed `;parameter` is not part of it). Nothing more is carried
+        // across the awaits below: the request path's futures stay small.
+        let mut req = req;
+        let checked_len = match canonicalise(req.uri().path(), &self.paths) {
+            Ok(c) => {
+                let len = c.path().len();
+                if let Some(path) = c.into_rewrite() {
+                    if let Err(e) = crate::proxy::set_path(req.uri_mut(), &path) {
+                        tracing::debug!(%peer, error = %e, "canonical path not forwardable");
+                        return Either::Right(error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_path",
+                            "the request path cannot be forwarded",
+                        ));
+                    }
+                }
+                len
+            }
             Err(e) => {
                 tracing::debug!(%peer, reason = %e, "request path refused");
                 return Either::Right(invalid_path(e));
@@ -215,7 +234,8 @@ impl PublicHandler {
             let want_identity = self.upstream.identity_headers();
             let want_name = self.access_log.is_some();
             let mut named = None;
-            let (method, path) = (req.method(), canonical.path());
+            let path = req.uri().path();
+            let (method, path) = (req.method(), path.get(..checked_len).unwrap_or(path));
             // Runs under the access map's read guard, on the token it
             // already holds: an unrestricted token pays one branch here.
             let mut admit = |r: &RefreshToken| {
@@ -283,11 +303,10 @@ impl PublicHandler {
             }
         };
         // Stages 3–5: rewrite, forward, filter (in the proxy module), with
-        // the canonical path the checks saw.
-        let rewrite = canonical.into_rewrite();
+        // the canonical path the checks saw, now the request's own.
         // Timed only when someone looks: metrics or the access log.
         let sent = (self.metrics.is_some() || self.access_log.is_some()).then(Instant::now);
-        let forwarded = self.upstream.forward(req, peer, identity, rewrite).await;
+        let forwarded = self.upstream.forward(req, peer, identity).await;
         // A target refused before sending never reached the upstream.
         if let (Some(sent), false) = (sent, matches!(forwarded, Err(ProxyError::Target(_)))) {
             let took = sent.elapsed();
