@@ -153,56 +153,48 @@ pub fn canonicalise<'a>(raw: &'a str, policy: &PathPolicy) -> Result<Canonical<'
 }
 
 /// Whether `path` (starting with `/`) is canonical as it is: no byte that
-/// needs a look (`%`, `;`, `\`, controls, non-ASCII), no empty segment
-/// before the end, no segment of only dots. One pass, no allocation.
+/// needs a look (`%`, `;`, `\\`, space, controls, non-ASCII), no empty
+/// segment before the end, no segment of only dots. No allocation.
 #[inline]
 fn is_plain(path: &[u8]) -> bool {
-    // One table load and one test per byte: the bytes that are neither
-    // ordinary nor `/` are rare, and `/` needs a look at what follows.
-    for (i, &b) in path.iter().enumerate() {
-        match BYTE_CLASS[usize::from(b)] {
-            PLAIN => {}
-            SLASH => match path.get(i + 1) {
-                // `//`: an empty segment (a trailing `/` is fine).
-                Some(b'/') => return false,
-                // A segment that starts with a dot: only-dots is not plain
-                // (`.well-known` is).
-                Some(b'.') => {
-                    let seg = path.get(i + 1..).unwrap_or_default();
-                    let end = seg.iter().position(|&c| c == b'/').unwrap_or(seg.len());
-                    if seg.iter().take(end).all(|&c| c == b'.') {
-                        return false;
-                    }
-                }
-                _ => {}
-            },
-            _ => return false,
+    // Two branch-free passes (the compiler vectorises them): this runs on
+    // every proxied request, and nearly every path is plain.
+    let look = path.iter().fold(false, |acc, &b| {
+        acc | (b <= b' ' || b >= 0x7f || b == b'%' || b == b';' || b == b'\\')
+    });
+    if look {
+        return false;
+    }
+    let after_slash = path
+        .iter()
+        .zip(path.iter().skip(1))
+        .fold(false, |acc, (&a, &b)| {
+            acc | (a == b'/' && (b == b'/' || b == b'.'))
+        });
+    !after_slash || segments_plain(path)
+}
+
+/// The rarer case of [`is_plain`]: a `/` followed by `/` or `.`. Plain
+/// unless that makes an empty segment (a trailing `/` is fine) or a
+/// segment of only dots (`.well-known` is plain).
+#[cold]
+fn segments_plain(path: &[u8]) -> bool {
+    let mut rest = path;
+    while let Some(at) = rest.iter().position(|&c| c == b'/') {
+        let seg_and_rest = rest.get(at + 1..).unwrap_or_default();
+        let end = seg_and_rest
+            .iter()
+            .position(|&c| c == b'/')
+            .unwrap_or(seg_and_rest.len());
+        let seg = seg_and_rest.get(..end).unwrap_or_default();
+        let last = end == seg_and_rest.len();
+        if (seg.is_empty() && !last) || (!seg.is_empty() && seg.iter().all(|&c| c == b'.')) {
+            return false;
         }
+        rest = seg_and_rest;
     }
     true
 }
-
-const PLAIN: u8 = 0;
-const SLASH: u8 = 1;
-const LOOK: u8 = 2;
-
-/// Per byte: `PLAIN`, `SLASH`, or `LOOK` for `%`, `;`, `\`, space,
-/// controls and non-ASCII (the slow path reads those).
-static BYTE_CLASS: [u8; 256] = {
-    let mut t = [PLAIN; 256];
-    let mut b: u8 = 0;
-    loop {
-        t[b as usize] = match b {
-            b'/' => SLASH,
-            b'%' | b';' | b'\\' | b' ' | 0..=0x1f | 0x7f..=0xff => LOOK,
-            _ => PLAIN,
-        };
-        if b == u8::MAX {
-            break t;
-        }
-        b += 1;
-    }
-};
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
