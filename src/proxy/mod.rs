@@ -200,7 +200,7 @@ impl Upstream {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = target::upstream_target(&self.shared.base_path, &parts.uri, None)
+        parts.uri = target::upstream_target(&self.shared.base_path, &parts.uri)
             .map_err(ProxyError::Target)?;
         // The upstream leg is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;

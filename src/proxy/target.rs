@@ -38,7 +38,16 @@ pub fn join_target(
     policy: &PathPolicy,
 ) -> Result<Uri, TargetError> {
     let rewrite = canonicalise(incoming.path(), policy)?.into_rewrite();
-    upstream_target(base_path, incoming, rewrite.as_deref())
+    match rewrite {
+        // The two steps the proxy takes: the handler's `set_path`, then
+        // `forward`'s `upstream_target`.
+        Some(path) => {
+            let mut uri = incoming.clone();
+            set_path(&mut uri, &path)?;
+            upstream_target(base_path, &uri)
+        }
+        None => upstream_target(base_path, incoming),
+    }
 }
 
 /// Replaces `uri`'s path with `path` (a canonical one, from
@@ -54,41 +63,32 @@ pub(crate) fn set_path(uri: &mut Uri, path: &str) -> Result<(), http::Error> {
     Ok(())
 }
 
-/// The origin-form target on the upstream: `base_path`, then `rewrite`
-/// (the canonical path, from `Canonical::into_rewrite`) or, when `None`,
-/// the path as sent (already canonical), then the query as sent.
-pub(crate) fn upstream_target(
-    base_path: &str,
-    incoming: &Uri,
-    rewrite: Option<&str>,
-) -> Result<Uri, TargetError> {
+/// The origin-form target on the upstream: `base_path`, then the request's
+/// path (already canonical: the handler made it so with [`set_path`]), then
+/// its query as sent.
+pub(crate) fn upstream_target(base_path: &str, incoming: &Uri) -> Result<Uri, TargetError> {
     let pq = incoming.path_and_query();
     // asterisk-form (`OPTIONS *`) addresses the upstream server as a whole:
     // it goes through as it came, never as `{base_path}*`.
     if pq.is_some_and(|pq| pq.as_str() == "*") {
         return Ok(Uri::from_static("*"));
     }
-    let path = match rewrite {
-        Some(p) => p,
-        None => {
-            if base_path.is_empty() {
-                // The common case reuses the parsed bytes; no copy. Not for
-                // an empty path (`http://gw#f` parses to nothing at all):
-                // that is joined below.
-                if let Some(uri) = pq
-                    .map(|pq| Uri::from(pq.clone()))
-                    .filter(|u| u.path().starts_with('/'))
-                {
-                    return Ok(uri);
-                }
-            }
-            // `path()` is `/` for an empty path (`http://gw?q`, RFC 9110
-            // §4.2.3), so that joins as `{base_path}/?q`, like `http://gw/?q`.
-            match incoming.path() {
-                "" => "/",
-                p => p,
-            }
+    if base_path.is_empty() {
+        // The common case reuses the parsed bytes; no copy. Not for an
+        // empty path (`http://gw#f` parses to nothing at all): that is
+        // joined below.
+        if let Some(uri) = pq
+            .map(|pq| Uri::from(pq.clone()))
+            .filter(|u| u.path().starts_with('/'))
+        {
+            return Ok(uri);
         }
+    }
+    // `path()` is `/` for an empty path (`http://gw?q`, RFC 9110 §4.2.3),
+    // so that joins as `{base_path}/?q`, like `http://gw/?q`.
+    let path = match incoming.path() {
+        "" => "/",
+        p => p,
     };
     let joined = match incoming.query() {
         Some(q) => format!("{base_path}{path}?{q}"),
