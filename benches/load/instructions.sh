@@ -5,14 +5,23 @@
 # 10 streams). Unlike req/s on a shared 2-core machine, these counts repeat
 # from run to run (within ~1 %), so they show where a proxy spends its work.
 #
-#   bash benches/load/instructions.sh            # 20,000 measured requests per case
+#   bash benches/load/instructions.sh            # N = 20,000 requests per case, 500 new connections
 #   NREQ=50000 bash benches/load/instructions.sh
 #   METRICS_OFF=1 bash benches/load/instructions.sh  # also tokengate with metrics.enabled = false
+#   PROXIES=tokengate bash benches/load/instructions.sh  # only these proxies (any of nginx haproxy tokengate)
+#
+# benches/load/guard.sh runs it for tokengate alone and compares the counts
+# with the committed baseline (benches/load/baseline.tsv): the CI regression guard.
 #
 # Each proxy runs alone under callgrind with one worker (one nginx worker
 # process, one HAProxy thread, `public.workers = 1`); counting is switched on
-# only for the measured requests, after a warm-up that opens the connections
-# and fills the pools. The load generator is h2load (`--h1` for HTTP/1.1).
+# only for the measured requests, after a warm-up that fills the pools. Every
+# load run opens its own connections, so a keep-alive case is measured twice,
+# with N and 2N requests over as many connections, and the difference divided
+# by N: the handshakes (over a million instructions each, and not the same for
+# every proxy) cancel out. newconn counts whole connections, one request each
+# (ab without keep-alive). The keep-alive load generator is h2load (`--h1` for
+# HTTP/1.1).
 # Kernel work (the loopback TCP path, about half of every proxy's CPU) is not
 # counted: it is much the same per request for all three.
 #
@@ -32,8 +41,12 @@ UPSTREAM_PORT=18090 PROXY_PORT=18453 ADMIN_PORT=18454
 # shellcheck source=benches/load/common.sh
 . "$HERE/common.sh"
 
-need_tools nginx:nginx-light haproxy:haproxy h2load:nghttp2-client valgrind:valgrind \
-    curl:curl openssl:openssl python3:python3
+PROXIES=${PROXIES:-nginx haproxy tokengate}
+NCONN=${NCONN:-$((NREQ / 40))}
+wants() { case " $PROXIES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+tools=(h2load:nghttp2-client ab:apache2-utils valgrind:valgrind curl:curl openssl:openssl python3:python3 nginx:nginx-light)
+wants haproxy && tools+=(haproxy:haproxy)
+need_tools "${tools[@]}"
 build_tokengate
 fresh_out_dir "$OUT"
 # The comparison's own configs, pointed at this script's ports, with one worker each.
@@ -57,40 +70,74 @@ wait_up() {  # url
 
 RESULTS="$OUT/results.tsv"
 : > "$RESULTS"
-# Runs one proxy (already started under callgrind as $PID) through both cases.
+# One instrumented load run: zero the counters, run "$@", dump as $1's case
+# $2; prints "total soft" (all instructions, and those in the portable SHA-256
+# code) of that dump.
+counted() {  # name dump-label command...
+    local name=$1 label=$2; shift 2
+    callgrind_control -z "$PID" > /dev/null 2>&1
+    callgrind_control -i on "$PID" > /dev/null 2>&1
+    "$@"
+    callgrind_control -i off "$PID" > /dev/null 2>&1
+    callgrind_control -d "$label" "$PID" > /dev/null 2>&1
+    local dump total soft
+    # Dumps are numbered in order: the newest is this run's.
+    dump=$(ls -v "$OUT/$name".cg.*.[0-9]* | tail -1)
+    total=$(awk '/^totals:/ {print $2}' "$dump")
+    soft=$(callgrind_annotate "$dump" 2>/dev/null | awk '/sha2::sha256::soft::compress/ && !n++ {gsub(",", "", $1); print $1}')
+    echo "$total ${soft:-0}"
+}
+keepalive() {  # out-file requests h2load-args...
+    local out=$1 n=$2; shift 2
+    h2load "$@" -n "$n" > "$out"
+    grep -q "$n succeeded" "$out" || { log "$out: not every request succeeded"; cat "$out" >&2; exit 1; }
+}
+fresh_conns() {  # out-file connections auth url
+    ab -q -c 5 -n "$2" -H "$3" "$4" > "$1" 2>&1 || true
+    grep -Eq "^Complete requests: +$2\$" "$1" && grep -Eq '^Failed requests: +0$' "$1" && ! grep -q '^Non-2xx' "$1" \
+        || { log "$1: not every request succeeded"; cat "$1" >&2; exit 1; }
+}
+# Runs one proxy (already started under callgrind as $PID) through every case.
+# Keep-alive cases are measured as a difference: a run of NREQ requests and a
+# run of 2 x NREQ over the same number of new connections; (C(2N) - C(N)) / N
+# is the cost of a request alone, with the connections' handshakes (over a
+# million instructions each, and not the same for every proxy) cancelled out.
 measure() {  # name auth-header
     local name=$1 auth=$2 url="https://127.0.0.1:$PROXY_PORT/iwc/api/databases"
-    local sc args
+    local sc args a b
     for sc in h1 h2; do
-        if [ "$sc" = h1 ]; then args=(--h1 -c 50); else args=(-c 10 -m 10); fi
-        h2load "${args[@]}" -n 2000 -H "$auth" "$url" > /dev/null
-        callgrind_control -z "$PID" > /dev/null 2>&1
-        callgrind_control -i on "$PID" > /dev/null 2>&1
-        h2load "${args[@]}" -n "$NREQ" -H "$auth" "$url" > "$OUT/$name-$sc.txt"
-        callgrind_control -i off "$PID" > /dev/null 2>&1
-        callgrind_control -d "$sc" "$PID" > /dev/null 2>&1
-        grep -q "$NREQ succeeded" "$OUT/$name-$sc.txt" || { log "$name $sc: not every request succeeded"; exit 1; }
-        local dump total soft
-        # Dumps are numbered in order: the newest is this case's.
-        dump=$(ls -v "$OUT/$name".cg.*.[0-9]* | tail -1)
-        total=$(awk '/^totals:/ {print $2}' "$dump")
-        soft=$(callgrind_annotate "$dump" 2>/dev/null | awk '/sha2::sha256::soft::compress/ && !n++ {gsub(",", "", $1); print $1}')
-        printf '%s\t%s\t%s\t%s\n' "$name" "$sc" "$((total / NREQ))" "$(( (total - ${soft:-0}) / NREQ ))" >> "$RESULTS"
+        if [ "$sc" = h1 ]; then args=(--h1 -c 50 -H "$auth" "$url"); else args=(-c 10 -m 10 -H "$auth" "$url"); fi
+        keepalive "$OUT/$name-$sc-warm.txt" 2000 "${args[@]}"
+        read -r -a a <<< "$(counted "$name" "$sc-n" keepalive "$OUT/$name-$sc-n.txt" "$NREQ" "${args[@]}")"
+        read -r -a b <<< "$(counted "$name" "$sc-2n" keepalive "$OUT/$name-$sc-2n.txt" $((2 * NREQ)) "${args[@]}")"
+        [ -n "${a[1]:-}" ] && [ -n "${b[1]:-}" ] || { log "$name $sc: the measurement failed"; exit 1; }
+        printf '%s\t%s\t%s\t%s\n' "$name" "$sc" $(( (b[0] - a[0]) / NREQ )) \
+            $(( (b[0] - b[1] - a[0] + a[1]) / NREQ )) >> "$RESULTS"
     done
+    # One request per new TLS connection (ab without keep-alive): the
+    # handshake, the first request and the close, per connection.
+    fresh_conns "$OUT/$name-newconn-warm.txt" 50 "$auth" "$url"
+    read -r -a a <<< "$(counted "$name" newconn fresh_conns "$OUT/$name-newconn.txt" "$NCONN" "$auth" "$url")"
+    [ -n "${a[1]:-}" ] || { log "$name newconn: the measurement failed"; exit 1; }
+    printf '%s\t%s\t%s\t%s\n' "$name" newconn $(( a[0] / NCONN )) $(( (a[0] - a[1]) / NCONN )) >> "$RESULTS"
     kill "$PID"; wait "$PID" 2>/dev/null || true
 }
 
+if wants nginx; then
 log "nginx under callgrind"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/nginx.cg.%p" \
     nginx -c "$OUT/nginx.conf" -g 'daemon off; master_process off;' > "$OUT/nginx.log" 2>&1 & PID=$!; PIDS+=("$PID")
 wait_up "https://127.0.0.1:$PROXY_PORT/"
 measure nginx "Authorization: Bearer not-checked-by-nginx"
+fi
 
+if wants haproxy; then
 log "HAProxy under callgrind"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/haproxy.cg.%p" \
     haproxy -db -f "$OUT/haproxy.cfg" > "$OUT/haproxy.log" 2>&1 & PID=$!; PIDS+=("$PID")
 wait_up "https://127.0.0.1:$PROXY_PORT/"
 measure haproxy "Authorization: Bearer not-checked-by-haproxy"
+fi
 
 measure_tokengate() {  # name metrics-enabled
     log "$1 under callgrind"
@@ -111,23 +158,27 @@ measure_tokengate() {  # name metrics-enabled
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
     measure "$1" "Authorization: Bearer $access"
 }
-measure_tokengate tokengate true
+wants tokengate && measure_tokengate tokengate true
 if [ "${METRICS_OFF:-0}" = 1 ]; then
     measure_tokengate tokengate-nometrics false
 fi
 
-python3 - "$RESULTS" "$NREQ" <<'EOF' | tee "$OUT/report.md"
+python3 - "$RESULTS" "$NREQ" "$NCONN" <<'EOF' | tee "$OUT/report.md"
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-nreq = int(sys.argv[2])
-names = {"h1": "HTTP/1.1, 50 keep-alive connections", "h2": "HTTP/2, 10 connections x 10 streams"}
-print(f"User-space instructions per request (callgrind, {nreq:,} requests per case, one worker each)\n")
+nreq, nconn = int(sys.argv[2]), int(sys.argv[3])
+names = {"h1": "HTTP/1.1, 50 keep-alive connections", "h2": "HTTP/2, 10 connections x 10 streams",
+         "newconn": "one request per new TLS connection (per connection)"}
+print(f"User-space instructions per request (callgrind, one worker each; keep-alive cases: "
+      f"(C(2N) - C(N)) / N with N = {nreq:,}, handshakes cancelled out; newconn: {nconn:,} connections)\n")
 print("| scenario | nginx | HAProxy | tokengate | tokengate without portable SHA-256 |")
 print("|---|---:|---:|---:|---:|")
 by = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in rows}
-for sc in ("h1", "h2"):
-    n, h, t = by[("nginx", sc)][0], by[("haproxy", sc)][0], by[("tokengate", sc)]
-    print(f"| {names[sc]} | {n:,} | {h:,} | {t[0]:,} | {t[1]:,} |")
+cell = lambda k: f"{by[k][0]:,}" if k in by else "-"
+for sc in ("h1", "h2", "newconn"):
+    t = by.get(("tokengate", sc))
+    print(f"| {names[sc]} | {cell(('nginx', sc))} | {cell(('haproxy', sc))} | "
+          + (f"{t[0]:,} | {t[1]:,} |" if t else "- | - |"))
 if ("tokengate-nometrics", "h1") in by:
     print("\ntokengate with metrics on vs off (metrics.enabled = false)\n")
     print("| scenario | metrics on | metrics off | on - off | on / off |")
