@@ -1,6 +1,6 @@
 //! The PostgreSQL backend: refresh tokens in a database that several
-//! replicas share (cluster mode's ground; `docs/cluster-plan.md` says what
-//! is built on it next).
+//! replicas share (cluster mode's ground; `docs/cluster.md` describes
+//! cluster mode).
 //!
 //! **How an async client fits a blocking interface.** The store's `Backend`
 //! trait blocks, and its callers already run it on the blocking pool
