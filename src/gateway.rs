@@ -23,7 +23,8 @@ use crate::secrets::{AdminPasswordSource, SecretError};
 use crate::server::{
     bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Listening, Load,
 };
-use crate::state::{data_dir, State, StateError};
+use crate::config::data_dir;
+use crate::state::{State, StateError};
 use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]

@@ -52,6 +52,7 @@ pub mod reload;
 mod restrict;
 mod secrets;
 mod server;
+mod shutdown;
 mod state;
 mod store;
 mod throttle;
@@ -101,8 +102,9 @@ pub mod benching {
 /// Not an API; may change at any time.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::config::base_path;
     pub use crate::http::names::is_reserved;
     pub use crate::proxy::{
-        base_path, canonicalise, join_target, Canonical, InvalidPath, PathPolicy, TargetError,
+        canonicalise, join_target, Canonical, InvalidPath, PathPolicy, TargetError,
     };
 }

@@ -1,7 +1,6 @@
 //! The state both listeners share, built at start-up in numbered steps and
 //! cloned (as an `Arc`) into every connection. No global statics.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -67,14 +66,6 @@ fn storage_name(storage: &crate::config::StorageConfig) -> String {
     match &storage.backend {
         crate::config::StorageBackend::Redb => storage.path.display().to_string(),
         crate::config::StorageBackend::Postgres(pg) => pg.display_url.clone(),
-    }
-}
-
-/// The data directory: where `storage.path` lives, with `secret.key` and `admin.hash`.
-pub(crate) fn data_dir(storage_path: &Path) -> PathBuf {
-    match storage_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
     }
 }
 

@@ -5,17 +5,25 @@
 //! - `validate`: turns it into the runtime `Config`; everything that can be
 //!   wrong with a value is found there, at start-up, and every error names
 //!   the key (or environment variable) at fault.
-//! - `storage`: the `[storage]` section (backend, server secret, PostgreSQL).
+//! - `storage`: the `[storage]` section (backend, server secret, PostgreSQL)
+//!   and the data directory.
+//! - `upstream`: the `[upstream]` section (servers, base path, headers, health).
 //! - `summary`: the effective settings for `check-config`, secrets masked.
+//! - `check`: the checks of single values every section shares.
+//! - `mask`: database URLs with their passwords hidden.
 
+mod check;
 mod file;
+mod mask;
 mod storage;
 mod summary;
 mod upstream;
 mod validate;
 
 pub use file::*;
-pub use storage::{mask_url, PostgresConfig, SslMode, StorageBackend, StorageConfig};
+pub use upstream::base_path;
+pub use mask::mask_url;
+pub use storage::{data_dir, PostgresConfig, SslMode, StorageBackend, StorageConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

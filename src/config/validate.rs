@@ -1,9 +1,10 @@
 //! From the file format to the runtime `Config`: every check of a value, each
 //! error naming the key at fault.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::check::{cidrs, nonzero, parse_addr, positive, within};
+use super::storage::data_dir;
 use super::*;
 
 /// Longest page session: a stolen session cookie should not outlive a month
@@ -125,13 +126,7 @@ impl FileConfig {
             )?,
             socket: match a.socket.trim() {
                 "off" => None,
-                "" => Some(
-                    match self.storage.path.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                        _ => std::path::PathBuf::from("."),
-                    }
-                    .join(ADMIN_SOCKET_FILE),
-                ),
+                "" => Some(data_dir(&self.storage.path).join(ADMIN_SOCKET_FILE)),
                 p => Some(std::path::PathBuf::from(p)),
             },
             password_hash: a.password_hash,
@@ -390,26 +385,6 @@ fn limits(
     })
 }
 
-fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse().map_err(|_| {
-        ConfigError::invalid(key, format!("{s:?} is not an address like 127.0.0.1:8443"))
-    })
-}
-
-pub(super) fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
-    if d.0.is_zero() {
-        Err(ConfigError::invalid(key, "must be greater than zero"))
-    } else {
-        Ok(d.0)
-    }
-}
-
-fn cidrs(key: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
-    list.iter()
-        .map(|s| s.parse::<Cidr>().map_err(|e| ConfigError::invalid(key, e)))
-        .collect()
-}
-
 /// The trusted hops fit together (see `identify`): PROXY headers need a list
 /// of who may send them (an empty one let anyone name any address), the
 /// list means nothing without them (it once meant "believe their
@@ -443,25 +418,6 @@ fn hops(p: &PublicConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-fn positive(key: &str, n: usize) -> Result<usize, ConfigError> {
-    if n == 0 {
-        Err(ConfigError::invalid(key, "must be at least 1"))
-    } else {
-        Ok(n)
-    }
-}
-
-pub(super) fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
-    if n < lo || n > hi {
-        Err(ConfigError::invalid(
-            key,
-            format!("must be between {lo} and {hi}, got {n}"),
-        ))
-    } else {
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -53,14 +53,14 @@ pub(crate) async fn serve(
     loop {
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
         };
         let (tcp, peer) = tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
