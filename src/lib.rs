@@ -44,6 +44,7 @@ mod gateway;
 mod http;
 mod identify;
 mod metrics;
+mod metrics_listener;
 mod net;
 mod periodic;
 mod proxy;

@@ -9,7 +9,7 @@ use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot};
 use crate::restrict::RestrictionSpec;
 use crate::store::{Edit, RefreshStore, RefreshToken, StoreError};
 use crate::throttle::AuthThrottle;
@@ -128,6 +128,46 @@ impl State {
             access_log,
             config,
         })
+    }
+}
+
+/// A refresh token this close to its expiry counts as `expiring_soon` in the scrape.
+const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
+
+impl State {
+    /// One scrape's snapshot, `None` with metrics off: the metrics' own
+    /// counters, and the gauges read now from what this state holds (the
+    /// metrics module sits below all of it and imports none of it).
+    pub(crate) fn scrape(&self) -> Option<Snapshot> {
+        self.metrics.snapshot(|| {
+            let audit = self.audit.dropped();
+            Gauges {
+                access_tokens: self.access.len(),
+                refresh_tokens: self.refresh_tokens_by_state(),
+                access_log_dropped: self.access_log.as_ref().map_or(0, |a| a.dropped()),
+                audit_dropped_client: audit.client,
+                audit_dropped_security: audit.security,
+                cluster: self.cluster.as_ref().map(|c| ClusterGauges {
+                    staleness: c.staleness(),
+                    connected: c.check_connected().is_ok(),
+                    changes_applied: c.applied(),
+                    peer_boots: self.access.peers(),
+                }),
+            }
+        })
+    }
+
+    fn refresh_tokens_by_state(&self) -> RefreshTokens {
+        let now = self.clock.unix();
+        let mut n = RefreshTokens::default();
+        for t in self.store.list() {
+            match t.expires {
+                Some(e) if e <= now => n.expired += 1,
+                Some(e) if e - now <= EXPIRING_SOON_SECS => n.expiring_soon += 1,
+                _ => n.active += 1,
+            }
+        }
+        n
     }
 }
 

@@ -21,9 +21,9 @@ mod upstream;
 mod validate;
 
 pub use file::*;
-pub use upstream::base_path;
 pub use mask::mask_url;
 pub use storage::{data_dir, PostgresConfig, SslMode, StorageBackend, StorageConfig};
+pub use upstream::base_path;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

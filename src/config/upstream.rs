@@ -120,10 +120,7 @@ fn servers(url: &str, urls: Option<&[String]>) -> Result<Vec<Uri>, ConfigError> 
                     ),
                 ));
             }
-            let (path, first_path) = (
-                base_path(&uri),
-                base_path(first),
-            );
+            let (path, first_path) = (base_path(&uri), base_path(first));
             if path != first_path {
                 return Err(ConfigError::invalid(
                     &key,
