@@ -11,6 +11,17 @@
 //! - `summary`: the effective settings for `check-config`, secrets masked.
 //! - `check`: the checks of single values every section shares.
 //! - `mask`: database URLs with their passwords hidden.
+//!
+//! Its files in layers (a file uses only rows below its own; checked by
+//! `tests/layers.rs`, like the crate's table in `lib.rs`):
+//!
+//! | row | files |
+//! |---|---|
+//! | 1 | `validate` |
+//! | 2 | `storage`, `upstream`, `summary` |
+//! | 3 | `check` |
+//! | 4 | `file` |
+//! | 5 | `mask` |
 
 mod check;
 mod file;
