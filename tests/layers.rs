@@ -17,6 +17,13 @@
 //! shipped code depending on it, and the layers describe the shipped code.
 //! A glob import (`use super::*`) names no module and adds no edge.
 //! Plain std, no dependencies: the checker is the code below.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    reason = "test code: a panic is a failed test; the graph is printed on request"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

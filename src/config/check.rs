@@ -48,3 +48,32 @@ pub(super) fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize,
         Ok(n)
     }
 }
+
+/// A duration above zero and at most `max` (`says`: the bound as the error
+/// shows it, e.g. "24h").
+pub(super) fn at_most(
+    key: &str,
+    d: HumanDuration,
+    max: Duration,
+    says: &str,
+) -> Result<Duration, ConfigError> {
+    let d = nonzero(key, d)?;
+    if d > max {
+        return Err(ConfigError::invalid(key, format!("must be at most {says}")));
+    }
+    Ok(d)
+}
+
+/// A duration above zero and within `lo..=hi` (`says`: "1s and 10m").
+pub(super) fn between(
+    key: &str,
+    d: HumanDuration,
+    (lo, hi): (Duration, Duration),
+    says: &str,
+) -> Result<Duration, ConfigError> {
+    let d = nonzero(key, d)?;
+    if d < lo || d > hi {
+        return Err(ConfigError::invalid(key, format!("must be between {says}")));
+    }
+    Ok(d)
+}
