@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::auth::AdminAuth;
 use crate::admin::AdminHandler;
 use crate::clock::Clock;
+use crate::config::data_dir;
 use crate::config::{Config, UpstreamConfig};
 use crate::identify::Hops;
 use crate::proxy::{Upstream, UpstreamSetupError, Upstreams};
@@ -23,7 +24,7 @@ use crate::secrets::{AdminPasswordSource, SecretError};
 use crate::server::{
     bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Listening, Load,
 };
-use crate::state::{data_dir, State, StateError};
+use crate::state::{State, StateError};
 use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -237,9 +238,14 @@ impl Gateway {
         let metrics_addr = match metrics {
             Some(l) => {
                 let addr = l.local_addr().ok();
-                tasks.push(tokio::spawn(crate::metrics::serve_listener(
+                let scrape = {
+                    let state = state.clone();
+                    Arc::new(move || state.scrape())
+                };
+                tasks.push(tokio::spawn(crate::metrics_listener::serve(
                     l,
-                    state.clone(),
+                    state.config.metrics.allowed_hosts.clone(),
+                    scrape,
                     rx.clone(),
                 )));
                 addr

@@ -1,36 +1,33 @@
 //! tokengate: a TLS-terminating reverse proxy that adds DPA-style refresh and
 //! access tokens in front of an existing HTTP API.
 //!
-//! The modules, from the top (what a request meets first) down; each uses
-//! only modules below it:
+//! ## Layers
 //!
-//! - `gateway`: start-up in numbered steps, both listeners, shutdown.
-//! - `public`: the public listener's handler: health, the token endpoint,
-//!   the bearer check and the proxy path.
-//! - `admin`: the admin listener's handler: login, sessions, the token API
-//!   (`admin::api` is its wire contract) and the page.
-//! - `cli`: `tokengate token …`, a client of the admin API. `dev`: `serve --dev`.
-//! - `periodic`: sweeps and usage flushes on a timer.
-//! - `reload`: live reload (SIGHUP, `POST /api/reload`, certificate files
-//!   changing on disk).
-//! - `server`: the connection driver, generic over a listener's handler:
-//!   accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers.
-//! - `identify`: who the client is (TCP peer, trusted PROXY header, or a
-//!   trusted HTTP balancer's `X-Forwarded-For`): the one place it is decided.
-//! - `proxy`: the upstream servers and their health (shared), the client
-//!   (per-worker pools) and header rewriting.
-//! - `state`: what both listeners share, built at start-up.
-//! - `tokens`: token formats, the live access-token map, the exchange.
-//! - `store`: refresh tokens, durable in a backend and mirrored in memory.
-//! - `restrict`: what a refresh token may do (scopes, networks, rate), and
-//!   the checks the public listener makes with them.
-//! - `throttle`: per-client limits on failed authentication (bounded tables).
-//! - `audit`: the audit log writer. `access_log`: the access log writer.
-//! - `metrics`: Prometheus counters, the scrape, its own listener.
-//! - `tls`: rustls server and client configurations.
-//! - `http`: the response toolkit (JSON answers, errors, bounded bodies).
-//! - `config`, `secrets`, `clock`, `net`: settings, secrets on disk, the
-//!   time source, client addresses and networks.
+//! The modules in rows, from the top (what starts first and what a request
+//! meets first) down. A module uses only modules in rows below its own, and
+//! modules in one row do not use each other, so there is no circle. The
+//! test `tests/layers.rs` reads this table and every `crate::`/`super::`
+//! path in `src/`, and fails on an import that runs upward, inside a row or
+//! in a circle; a new module needs a row here before it builds green.
+//!
+//! | row | modules | what they do |
+//! |---|---|---|
+//! | 1 | `cli`, `dev` | front ends: `tokengate token …`, a client of the admin API; `serve --dev` |
+//! | 2 | `gateway` | start-up in numbered steps, the listeners, shutdown |
+//! | 3 | `periodic` | sweeps (access tokens, admin sessions) and usage flushes on a timer |
+//! | 4 | `public`, `admin`, `metrics_listener` | the listeners' handlers: health, the token endpoint, the bearer check and the proxy path; login, the token API (`admin::api` is its wire contract) and the page; the unauthenticated scrape |
+//! | 5 | `reload` | live reload (SIGHUP, `POST /api/reload`, certificate files changing on disk) |
+//! | 6 | `state` | what the listeners share, built at start-up |
+//! | 7 | `server` | the connection driver, generic over a listener's handler: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers |
+//! | 8 | `cluster`, `proxy`, `identify` | replicas sharing PostgreSQL; the upstream servers, their health, per-worker pools and header rewriting; who the client is (TCP peer, trusted PROXY header or `X-Forwarded-For`), decided in one place |
+//! | 9 | `tokens`, `throttle` | token formats, the live access-token map, the exchange; per-client limits on failed authentication |
+//! | 10 | `store` | refresh tokens, durable in a backend and mirrored in memory |
+//! | 11 | `restrict` | what a refresh token may do (scopes, networks, rate) and the checks |
+//! | 12 | `metrics`, `access_log` | Prometheus counters and the scrape, rendered from a snapshot the layers above fill; the access log writer |
+//! | 13 | `audit` | the audit log writer |
+//! | 14 | `tls` | rustls server and client configurations |
+//! | 15 | `config` | settings: defaults, file, environment, validated |
+//! | 16 | `shutdown`, `http`, `secrets`, `clock`, `net` | leaves: the shutdown signal, the response toolkit, secrets on disk, the time source, client addresses and networks |
 
 mod access_log;
 mod admin;
@@ -44,6 +41,7 @@ mod gateway;
 mod http;
 mod identify;
 mod metrics;
+mod metrics_listener;
 mod net;
 mod periodic;
 mod proxy;
@@ -52,6 +50,7 @@ pub mod reload;
 mod restrict;
 mod secrets;
 mod server;
+mod shutdown;
 mod state;
 mod store;
 mod throttle;
@@ -101,8 +100,9 @@ pub mod benching {
 /// Not an API; may change at any time.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::config::base_path;
     pub use crate::http::names::is_reserved;
     pub use crate::proxy::{
-        base_path, canonicalise, join_target, Canonical, InvalidPath, PathPolicy, TargetError,
+        canonicalise, join_target, Canonical, InvalidPath, PathPolicy, TargetError,
     };
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::admin::auth::AdminAuth;
-use crate::server::stopped;
+use crate::shutdown::stopped;
 use crate::state::State;
 
 /// Sweeps and flushes, each on its own interval, until shutdown.

@@ -23,7 +23,7 @@ use tokio::sync::{watch, Mutex};
 use crate::config::{Config, ConfigError};
 use crate::metrics::ReloadKind;
 use crate::proxy::Upstreams;
-use crate::server::stopped;
+use crate::shutdown::stopped;
 use crate::state::State;
 use crate::tls::{CertPair, LiveCert, TlsError};
 

@@ -1,7 +1,6 @@
 //! The state both listeners share, built at start-up in numbered steps and
 //! cloned (as an `Arc`) into every connection. No global statics.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -10,7 +9,7 @@ use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot};
 use crate::restrict::RestrictionSpec;
 use crate::store::{Edit, RefreshStore, RefreshToken, StoreError};
 use crate::throttle::AuthThrottle;
@@ -67,14 +66,6 @@ fn storage_name(storage: &crate::config::StorageConfig) -> String {
     match &storage.backend {
         crate::config::StorageBackend::Redb => storage.path.display().to_string(),
         crate::config::StorageBackend::Postgres(pg) => pg.display_url.clone(),
-    }
-}
-
-/// The data directory: where `storage.path` lives, with `secret.key` and `admin.hash`.
-pub(crate) fn data_dir(storage_path: &Path) -> PathBuf {
-    match storage_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
     }
 }
 
@@ -137,6 +128,46 @@ impl State {
             access_log,
             config,
         })
+    }
+}
+
+/// A refresh token this close to its expiry counts as `expiring_soon` in the scrape.
+const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
+
+impl State {
+    /// One scrape's snapshot, `None` with metrics off: the metrics' own
+    /// counters, and the gauges read now from what this state holds (the
+    /// metrics module sits below all of it and imports none of it).
+    pub(crate) fn scrape(&self) -> Option<Snapshot> {
+        self.metrics.snapshot(|| {
+            let audit = self.audit.dropped();
+            Gauges {
+                access_tokens: self.access.len(),
+                refresh_tokens: self.refresh_tokens_by_state(),
+                access_log_dropped: self.access_log.as_ref().map_or(0, |a| a.dropped()),
+                audit_dropped_client: audit.client,
+                audit_dropped_security: audit.security,
+                cluster: self.cluster.as_ref().map(|c| ClusterGauges {
+                    staleness: c.staleness(),
+                    connected: c.check_connected().is_ok(),
+                    changes_applied: c.applied(),
+                    peer_boots: self.access.peers(),
+                }),
+            }
+        })
+    }
+
+    fn refresh_tokens_by_state(&self) -> RefreshTokens {
+        let now = self.clock.unix();
+        let mut n = RefreshTokens::default();
+        for t in self.store.list() {
+            match t.expires {
+                Some(e) if e <= now => n.expired += 1,
+                Some(e) if e - now <= EXPIRING_SOON_SECS => n.expiring_soon += 1,
+                _ => n.active += 1,
+            }
+        }
+        n
     }
 }
 

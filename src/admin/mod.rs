@@ -182,7 +182,7 @@ impl AdminHandler {
                 _ => method_not_allowed("GET"),
             },
             ("/metrics", _) => match method {
-                Method::GET | Method::HEAD => crate::metrics::scrape_reply(&self.state),
+                Method::GET | Method::HEAD => crate::metrics::scrape_reply(self.state.scrape()),
                 _ => method_not_allowed("GET, HEAD"),
             },
             ("/api/cluster/rotate", _) => match method {

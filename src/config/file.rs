@@ -393,7 +393,7 @@ impl Default for PostgresSection {
 impl std::fmt::Debug for PostgresSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresSection")
-            .field("url", &super::mask_url(&self.url))
+            .field("url", &super::mask::mask_url(&self.url))
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)

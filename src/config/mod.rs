@@ -5,17 +5,40 @@
 //! - `validate`: turns it into the runtime `Config`; everything that can be
 //!   wrong with a value is found there, at start-up, and every error names
 //!   the key (or environment variable) at fault.
-//! - `storage`: the `[storage]` section (backend, server secret, PostgreSQL).
+//! - `storage`: the `[storage]` section (backend, server secret, PostgreSQL)
+//!   and the data directory.
+//! - `upstream`: the `[upstream]` section (servers, base path, headers, health).
 //! - `summary`: the effective settings for `check-config`, secrets masked.
+//! - `check`: the checks of single values every section shares.
+//! - `mask`: database URLs with their passwords hidden.
+//! - `error`: `ConfigError`, and the file format's errors put in words that
+//!   name the key (with a did-you-mean for a misspelt one).
+//!
+//! Its files in layers (a file uses only rows below its own; checked by
+//! `tests/layers.rs`, like the crate's table in `lib.rs`):
+//!
+//! | row | files |
+//! |---|---|
+//! | 1 | `validate` |
+//! | 2 | `storage`, `upstream`, `summary` |
+//! | 3 | `check` |
+//! | 4 | `file` |
+//! | 5 | `mask`, `error` |
 
+mod check;
+mod error;
 mod file;
+mod mask;
 mod storage;
 mod summary;
 mod upstream;
 mod validate;
 
+pub use error::ConfigError;
 pub use file::*;
-pub use storage::{mask_url, PostgresConfig, SslMode, StorageBackend, StorageConfig};
+pub use mask::mask_url;
+pub use storage::{data_dir, PostgresConfig, SslMode, StorageBackend, StorageConfig};
+pub use upstream::base_path;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,28 +68,6 @@ const NON_CONFIG_ENV: &[&str] = &[
 
 /// The admin socket's file name in the data directory, by default.
 pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration file {path}: {source}")]
-    MissingFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Parse(Box<figment::Error>),
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-}
-
-impl ConfigError {
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.to_owned(),
-            message: message.into(),
-        }
-    }
-}
 
 /// The validated runtime configuration.
 #[derive(Debug, Clone)]

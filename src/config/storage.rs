@@ -3,11 +3,12 @@
 //! is parsed here once, kept only in the parsed (password-redacting) form,
 //! and shown only through [`mask_url`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::validate::{nonzero, within};
+use super::check::{nonzero, within};
+use super::mask::mask_url;
 use super::{ConfigError, StorageSection};
 
 #[derive(Debug, Clone)]
@@ -53,42 +54,14 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// `url` with the password (of the user part, and a `password=` parameter)
-/// replaced by `(hidden)`. Everything past the last `@` before the query is
-/// taken as the host part, so an unencoded `@` in a password hides more, never less.
-pub fn mask_url(url: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (url, None),
-    };
-    let mut out = match head.split_once("://") {
-        Some((scheme, rest)) => match rest.rfind('@') {
-            Some(at) => {
-                let user = &rest[..at];
-                let user = match user.split_once(':') {
-                    Some((name, _)) => format!("{name}:(hidden)"),
-                    None => user.to_owned(),
-                };
-                format!("{scheme}://{user}@{}", &rest[at + 1..])
-            }
-            None => head.to_owned(),
-        },
-        // Not a URL at all: it could be anything, password included.
-        None if !head.is_empty() => "(set, not a URL)".to_owned(),
-        None => String::new(),
-    };
-    if let Some(q) = query {
-        let params: Vec<String> = q
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=(hidden)"),
-                _ => p.to_owned(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
+/// The data directory: where `storage.path` lives, with `secret.key`,
+/// `admin.hash` and (by default) the admin socket. Here, at the bottom,
+/// because the settings derive their defaults from it and start-up creates it.
+pub fn data_dir(storage_path: &Path) -> PathBuf {
+    match storage_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
     }
-    out
 }
 
 /// The `[storage]` section, checked. `data_dir` is where the default secret lives.
@@ -104,7 +77,7 @@ pub(super) fn validate(s: StorageSection) -> Result<StorageConfig, ConfigError> 
             ))
         }
         Some(p) => p,
-        None => crate::state::data_dir(&s.path).join(crate::secrets::SECRET_FILE),
+        None => data_dir(&s.path).join(crate::secrets::SECRET_FILE),
     };
     let backend = match s.backend.trim() {
         "redb" => StorageBackend::Redb,

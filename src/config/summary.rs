@@ -82,7 +82,7 @@ fn walk(key: &str, v: &Value, masked: bool, out: &mut Vec<String>) {
         _ if masked => out.push(format!("{key} = (set, hidden)")),
         // Shown (where the database is matters), but never its password.
         Value::String(s) if URLS.contains(&key) => {
-            out.push(format!("{key} = {}", super::mask_url(s)))
+            out.push(format!("{key} = {}", super::mask::mask_url(s)))
         }
         Value::String(s) => out.push(format!("{key} = {s}")),
         other => out.push(format!("{key} = {other}")),

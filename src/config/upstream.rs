@@ -8,8 +8,16 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::Uri;
 
-use super::validate::nonzero;
+use super::check::nonzero;
 use super::{Balance, ConfigError, UpstreamConfig, UpstreamSection, DEFAULT_UPSTREAM_URL};
+
+/// The path every upstream call is prefixed with: `upstream.url`'s path
+/// without its trailing slashes (empty for `https://host` and `https://host/`).
+/// Here, with the check that all servers share it, so the proxy and the
+/// configuration read it the same way.
+pub fn base_path(url: &Uri) -> String {
+    url.path().trim_end_matches('/').to_owned()
+}
 
 pub(super) fn validate(u: UpstreamSection) -> Result<UpstreamConfig, ConfigError> {
     let urls = servers(&u.url, u.urls.as_deref())?;
@@ -112,10 +120,7 @@ fn servers(url: &str, urls: Option<&[String]>) -> Result<Vec<Uri>, ConfigError> 
                     ),
                 ));
             }
-            let (path, first_path) = (
-                crate::proxy::base_path(&uri),
-                crate::proxy::base_path(first),
-            );
+            let (path, first_path) = (base_path(&uri), base_path(first));
             if path != first_path {
                 return Err(ConfigError::invalid(
                     &key,

@@ -1,9 +1,10 @@
 //! From the file format to the runtime `Config`: every check of a value, each
 //! error naming the key at fault.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::check::{at_most, between, cidrs, nonzero, parse_addr, positive, within};
+use super::storage::data_dir;
 use super::*;
 
 /// Longest page session: a stolen session cookie should not outlive a month
@@ -11,219 +12,202 @@ use super::*;
 const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl FileConfig {
-    /// Turns the file format into the runtime config, naming the key of any bad value.
+    /// Turns the file format into the runtime config, naming the key of any
+    /// bad value. One function per section, in the file's order.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let mut source = self.clone();
-        // check-config shows the server actually used.
+        let shutdown_grace = self.public.shutdown_grace.0;
+        let public = public(self.public, shutdown_grace)?;
+        hops(&public)?;
+        let admin = admin(self.admin, &self.storage.path, shutdown_grace)?;
+        let upstream = super::upstream::validate(self.upstream)?;
+        let tls = tls(self.tls)?;
+        let tokens = tokens(&self.tokens)?;
+        // ([storage], storage.path included, is checked in storage::validate.)
+        let storage = super::storage::validate(self.storage)?;
+        let cluster = cluster(&self.cluster)?;
+        // check-config shows what is in effect where the file leaves a
+        // default to be worked out: the server used, the socket's path, the
+        // replica's name.
         if source.upstream.url.is_empty() && source.upstream.urls.is_none() {
             source.upstream.url = DEFAULT_UPSTREAM_URL.to_owned();
         }
-        let p = self.public;
-        let shutdown_grace = p.shutdown_grace.0;
-        let public = PublicConfig {
-            listen: parse_addr("public.listen", &p.listen)?,
-            workers: match p.workers {
-                0 => std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-                n => within("public.workers", n, 1, 256)?,
-            },
-            limits: limits(
-                "public",
-                RawLimits {
-                    max_connections: p.max_connections,
-                    tls_handshake_timeout: p.tls_handshake_timeout,
-                    header_read_timeout: p.header_read_timeout,
-                    max_header_bytes: p.max_header_bytes,
-                    h2_max_concurrent_streams: p.h2_max_concurrent_streams,
-                    body_read_timeout: p.body_read_timeout,
-                    max_connection_age: p.max_connection_age,
-                    max_connections_per_client: p.max_connections_per_client,
-                    max_streams_per_client: p.max_streams_per_client,
-                    idle_timeout: p.idle_timeout,
-                    send_timeout: p.send_timeout,
-                },
-                shutdown_grace,
-            )?,
-            token_body_limit: within("public.token_body_limit", p.token_body_limit, 256, 1 << 20)?,
-            trusted_proxies: cidrs("public.trusted_proxies", &p.trusted_proxies)?,
-            trusted_forwarders: cidrs("public.trusted_forwarders", &p.trusted_forwarders)?,
-            proxy_protocol: p.proxy_protocol,
-            auth_failures_per_minute: {
-                let n = p.auth_failures_per_minute;
-                if n > 1_000_000 {
-                    return Err(ConfigError::invalid(
-                        "public.auth_failures_per_minute",
-                        format!("must be between 0 (off) and 1000000, got {n}"),
-                    ));
-                }
-                n
-            },
-            path_parameters: {
-                let names = p.path_parameters;
-                if names.len() > 16 {
-                    return Err(ConfigError::invalid(
-                        "public.path_parameters",
-                        format!("at most 16 names, got {}", names.len()),
-                    ));
-                }
-                if let Some(bad) = names.iter().find(|n| {
-                    n.is_empty()
-                        || n.len() > 64
-                        || !n
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                }) {
-                    return Err(ConfigError::invalid(
-                        "public.path_parameters",
-                        format!(
-                            "{bad:?} is not a parameter name (1 to 64 letters, digits, `_`, `-` or `.`, e.g. \"jsessionid\")"
-                        ),
-                    ));
-                }
-                names
-            },
-        };
-        hops(&public)?;
-        let a = self.admin;
-        if let Some(h) = &a.password_hash {
-            argon2::PasswordHash::new(h).map_err(|e| {
-                ConfigError::invalid(
-                    "admin.password_hash",
-                    format!("not an argon2 PHC string: {e}"),
-                )
-            })?;
+        if let Some(socket) = admin
+            .socket
+            .as_ref()
+            .filter(|_| source.admin.socket.trim().is_empty())
+        {
+            source.admin.socket = socket.display().to_string();
         }
-        let admin = AdminConfig {
-            listen: parse_addr("admin.listen", &a.listen)?,
-            session_ttl: {
-                let ttl = nonzero("admin.session_ttl", a.session_ttl)?;
-                if ttl > MAX_SESSION_TTL {
-                    return Err(ConfigError::invalid(
-                        "admin.session_ttl",
-                        "must be at most 30d",
-                    ));
-                }
-                ttl
-            },
-            limits: limits(
-                "admin",
-                RawLimits {
-                    max_connections: a.max_connections,
-                    tls_handshake_timeout: a.tls_handshake_timeout,
-                    header_read_timeout: a.header_read_timeout,
-                    max_header_bytes: a.max_header_bytes,
-                    h2_max_concurrent_streams: a.h2_max_concurrent_streams,
-                    body_read_timeout: a.body_read_timeout,
-                    max_connection_age: a.max_connection_age,
-                    max_connections_per_client: a.max_connections_per_client,
-                    max_streams_per_client: a.max_streams_per_client,
-                    idle_timeout: a.idle_timeout,
-                    send_timeout: a.send_timeout,
-                },
-                shutdown_grace,
-            )?,
-            socket: match a.socket.trim() {
-                "off" => None,
-                "" => Some(
-                    match self.storage.path.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                        _ => std::path::PathBuf::from("."),
-                    }
-                    .join(ADMIN_SOCKET_FILE),
-                ),
-                p => Some(std::path::PathBuf::from(p)),
-            },
-            password_hash: a.password_hash,
-        };
-
-        let upstream = super::upstream::validate(self.upstream)?;
-
-        // ([storage], storage.path included, is checked in storage::validate.)
-        // An empty path (`cert = ""`, or an empty environment variable) is a
-        // mistake, not "unset": found by the config_toml fuzz target.
-        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
-            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-                return Err(ConfigError::invalid(
-                    key,
-                    "must not be empty (leave tls.cert and tls.key unset for a generated certificate)",
-                ));
-            }
-        }
-        let watch_interval = match self.tls.watch_interval.0 {
-            d if d.is_zero() => None,
-            d if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) => {
-                return Err(ConfigError::invalid(
-                    "tls.watch_interval",
-                    "must be 0 (off) or between 100ms and 1d",
-                ))
-            }
-            d => Some(d),
-        };
-        let tls = match (self.tls.cert, self.tls.key) {
-            (None, None) => TlsConfig {
-                cert: DEFAULT_CERT_PATH.into(),
-                key: DEFAULT_KEY_PATH.into(),
-                generate_if_missing: true,
-                watch_interval,
-            },
-            (Some(cert), Some(key)) => TlsConfig {
-                cert,
-                key,
-                generate_if_missing: false,
-                watch_interval,
-            },
-            (Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    "tls.key",
-                    "tls.cert is set, so tls.key must be too",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "tls.cert",
-                    "tls.key is set, so tls.cert must be too",
-                ))
-            }
-        };
-        let access_ttl = nonzero("tokens.access_ttl", self.tokens.access_ttl)?;
-        if access_ttl > Duration::from_secs(86_400) {
-            return Err(ConfigError::invalid(
-                "tokens.access_ttl",
-                "must be at most 24h",
-            ));
-        }
-        let refresh_ttl = nonzero("tokens.refresh_ttl", self.tokens.refresh_ttl)?;
-        if refresh_ttl > Duration::from_secs(100 * 365 * 86_400) {
-            return Err(ConfigError::invalid(
-                "tokens.refresh_ttl",
-                "must be at most 100 years",
-            ));
-        }
+        source.cluster.name.clone_from(&cluster.name);
         Ok(Config {
             public,
             admin,
             upstream,
-            storage: super::storage::validate(self.storage)?,
+            storage,
             tls,
-            tokens: TokensConfig {
-                access_ttl,
-                refresh_ttl,
-                sweep_interval: nonzero("tokens.sweep_interval", self.tokens.sweep_interval)?,
-                max_access_per_refresh: within(
-                    "tokens.max_access_per_refresh",
-                    self.tokens.max_access_per_refresh,
-                    1,
-                    1_000_000,
-                )?,
-            },
+            tokens,
             audit: AuditDestination::parse(&self.audit.destination),
-            cluster: cluster(&self.cluster)?,
+            cluster,
             metrics: metrics(&self.metrics)?,
             log: log(&self.log)?,
             source,
         })
     }
+}
+
+/// `[public]`.
+fn public(p: PublicSection, shutdown_grace: Duration) -> Result<PublicConfig, ConfigError> {
+    Ok(PublicConfig {
+        listen: parse_addr("public.listen", &p.listen)?,
+        workers: match p.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => within("public.workers", n, 1, 256)?,
+        },
+        limits: limits("public", raw_limits!(p), shutdown_grace)?,
+        token_body_limit: within("public.token_body_limit", p.token_body_limit, 256, 1 << 20)?,
+        trusted_proxies: cidrs("public.trusted_proxies", &p.trusted_proxies)?,
+        trusted_forwarders: cidrs("public.trusted_forwarders", &p.trusted_forwarders)?,
+        proxy_protocol: p.proxy_protocol,
+        auth_failures_per_minute: {
+            let n = p.auth_failures_per_minute;
+            if n > 1_000_000 {
+                return Err(ConfigError::invalid(
+                    "public.auth_failures_per_minute",
+                    format!("must be between 0 (off) and 1000000, got {n}"),
+                ));
+            }
+            n
+        },
+        path_parameters: path_parameters(p.path_parameters)?,
+    })
+}
+
+/// `public.path_parameters`: a few plain names.
+fn path_parameters(names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    const KEY: &str = "public.path_parameters";
+    if names.len() > 16 {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("at most 16 names, got {}", names.len()),
+        ));
+    }
+    if let Some(bad) = names.iter().find(|n| {
+        n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    }) {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!(
+                "{bad:?} is not a parameter name (1 to 64 letters, digits, `_`, `-` or `.`, e.g. \"jsessionid\")"
+            ),
+        ));
+    }
+    Ok(names)
+}
+
+/// `[admin]`; the socket's default path is in the data directory.
+fn admin(
+    a: AdminSection,
+    storage_path: &std::path::Path,
+    shutdown_grace: Duration,
+) -> Result<AdminConfig, ConfigError> {
+    if let Some(h) = &a.password_hash {
+        argon2::PasswordHash::new(h).map_err(|e| {
+            ConfigError::invalid(
+                "admin.password_hash",
+                format!("not an argon2 PHC string: {e}"),
+            )
+        })?;
+    }
+    Ok(AdminConfig {
+        listen: parse_addr("admin.listen", &a.listen)?,
+        session_ttl: at_most("admin.session_ttl", a.session_ttl, MAX_SESSION_TTL, "30d")?,
+        limits: limits("admin", raw_limits!(a), shutdown_grace)?,
+        socket: match a.socket.trim() {
+            "off" => None,
+            "" => Some(data_dir(storage_path).join(ADMIN_SOCKET_FILE)),
+            p => Some(std::path::PathBuf::from(p)),
+        },
+        password_hash: a.password_hash,
+    })
+}
+
+/// `[tls]`: both paths or neither (a generated certificate).
+fn tls(t: TlsSection) -> Result<TlsConfig, ConfigError> {
+    // An empty path (`cert = ""`, or an empty environment variable) is a
+    // mistake, not "unset": found by the config_toml fuzz target.
+    for (key, path) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::invalid(
+                key,
+                "must not be empty (leave tls.cert and tls.key unset for a generated certificate)",
+            ));
+        }
+    }
+    let watch_interval = match t.watch_interval.0 {
+        d if d.is_zero() => None,
+        d if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) => {
+            return Err(ConfigError::invalid(
+                "tls.watch_interval",
+                "must be 0 (off) or between 100ms and 1d",
+            ))
+        }
+        d => Some(d),
+    };
+    let (cert, key, generate_if_missing) = match (t.cert, t.key) {
+        (None, None) => (DEFAULT_CERT_PATH.into(), DEFAULT_KEY_PATH.into(), true),
+        (Some(cert), Some(key)) => (cert, key, false),
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "tls.key",
+                "tls.cert is set, so tls.key must be too",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "tls.cert",
+                "tls.key is set, so tls.cert must be too",
+            ))
+        }
+    };
+    Ok(TlsConfig {
+        cert,
+        key,
+        generate_if_missing,
+        watch_interval,
+    })
+}
+
+/// `[tokens]`.
+fn tokens(t: &TokensSection) -> Result<TokensConfig, ConfigError> {
+    const DAY: u64 = 86_400;
+    Ok(TokensConfig {
+        access_ttl: at_most(
+            "tokens.access_ttl",
+            t.access_ttl,
+            Duration::from_secs(DAY),
+            "24h",
+        )?,
+        refresh_ttl: at_most(
+            "tokens.refresh_ttl",
+            t.refresh_ttl,
+            Duration::from_secs(100 * 365 * DAY),
+            "100 years",
+        )?,
+        sweep_interval: nonzero("tokens.sweep_interval", t.sweep_interval)?,
+        max_access_per_refresh: within(
+            "tokens.max_access_per_refresh",
+            t.max_access_per_refresh,
+            1,
+            1_000_000,
+        )?,
+    })
 }
 
 /// `[metrics]`.
@@ -298,20 +282,18 @@ fn log(l: &super::file::LogSection) -> Result<LogConfig, ConfigError> {
 /// quarter of `node_timeout` must fit at least one database round trip, and
 /// staleness beyond a minute would keep a revoked token alive that long.
 fn cluster(c: &super::file::ClusterSection) -> Result<ClusterConfig, ConfigError> {
-    let node_timeout = nonzero("cluster.node_timeout", c.node_timeout)?;
-    if node_timeout < Duration::from_secs(1) || node_timeout > Duration::from_secs(600) {
-        return Err(ConfigError::invalid(
-            "cluster.node_timeout",
-            "must be between 1s and 10m",
-        ));
-    }
-    let max_staleness = nonzero("cluster.max_staleness", c.max_staleness)?;
-    if max_staleness < Duration::from_millis(500) || max_staleness > Duration::from_secs(60) {
-        return Err(ConfigError::invalid(
-            "cluster.max_staleness",
-            "must be between 500ms and 60s",
-        ));
-    }
+    let node_timeout = between(
+        "cluster.node_timeout",
+        c.node_timeout,
+        (Duration::from_secs(1), Duration::from_secs(600)),
+        "1s and 10m",
+    )?;
+    let max_staleness = between(
+        "cluster.max_staleness",
+        c.max_staleness,
+        (Duration::from_millis(500), Duration::from_secs(60)),
+        "500ms and 60s",
+    )?;
     let name = c.name.trim();
     if name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(ConfigError::invalid(
@@ -355,6 +337,27 @@ struct RawLimits {
     send_timeout: HumanDuration,
 }
 
+/// A listener section's limits: `[public]` and `[admin]` have the same
+/// fields, listed once here.
+macro_rules! raw_limits {
+    ($s:expr) => {
+        RawLimits {
+            max_connections: $s.max_connections,
+            tls_handshake_timeout: $s.tls_handshake_timeout,
+            header_read_timeout: $s.header_read_timeout,
+            max_header_bytes: $s.max_header_bytes,
+            h2_max_concurrent_streams: $s.h2_max_concurrent_streams,
+            body_read_timeout: $s.body_read_timeout,
+            max_connection_age: $s.max_connection_age,
+            max_connections_per_client: $s.max_connections_per_client,
+            max_streams_per_client: $s.max_streams_per_client,
+            idle_timeout: $s.idle_timeout,
+            send_timeout: $s.send_timeout,
+        }
+    };
+}
+use raw_limits;
+
 /// Checks a listener section's limits; `section` prefixes every key named in an error.
 fn limits(
     section: &str,
@@ -390,26 +393,6 @@ fn limits(
     })
 }
 
-fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse().map_err(|_| {
-        ConfigError::invalid(key, format!("{s:?} is not an address like 127.0.0.1:8443"))
-    })
-}
-
-pub(super) fn nonzero(key: &str, d: HumanDuration) -> Result<Duration, ConfigError> {
-    if d.0.is_zero() {
-        Err(ConfigError::invalid(key, "must be greater than zero"))
-    } else {
-        Ok(d.0)
-    }
-}
-
-fn cidrs(key: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
-    list.iter()
-        .map(|s| s.parse::<Cidr>().map_err(|e| ConfigError::invalid(key, e)))
-        .collect()
-}
-
 /// The trusted hops fit together (see `identify`): PROXY headers need a list
 /// of who may send them (an empty one let anyone name any address), the
 /// list means nothing without them (it once meant "believe their
@@ -443,25 +426,6 @@ fn hops(p: &PublicConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-fn positive(key: &str, n: usize) -> Result<usize, ConfigError> {
-    if n == 0 {
-        Err(ConfigError::invalid(key, "must be at least 1"))
-    } else {
-        Ok(n)
-    }
-}
-
-pub(super) fn within(key: &str, n: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
-    if n < lo || n > hi {
-        Err(ConfigError::invalid(
-            key,
-            format!("must be between {lo} and {hi}, got {n}"),
-        ))
-    } else {
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -3,20 +3,19 @@
 //!
 //! The hot path stays cheap: each public worker owns a `WorkerMetrics`
 //! block (its own cache lines, written only by that worker's thread), and a
-//! scrape sums the blocks. Gauges that the state already knows (live access
-//! tokens, refresh tokens by state, cluster staleness) are read at scrape
-//! time (`scrape`), so the request path pays nothing for them.
+//! scrape sums the blocks. Gauges that the layers above already know (live
+//! access tokens, refresh tokens by state, cluster staleness) are read at
+//! scrape time into `Gauges` by whoever holds them, so the request path
+//! pays nothing for them and this module imports none of them.
 //!
 //! - `text`: the exposition-format writer.
-//! - `scrape`: one scrape: the counters summed, the gauges read from the state.
-//! - `listen`: the optional unauthenticated listener (`metrics.listen`).
+//! - `scrape`: one scrape: a `Snapshot` (the counters summed, the gauges)
+//!   rendered as text, and the HTTP answer carrying it.
 
-mod listen;
 mod scrape;
 mod text;
 
-pub(crate) use listen::{scrape_reply, serve as serve_listener};
-pub(crate) use scrape::render;
+pub(crate) use scrape::{reply as scrape_reply, ClusterGauges, Gauges, RefreshTokens, Snapshot};
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -279,10 +278,6 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// A new worker's own block, registered for scrapes; `None` when off.
     pub(crate) fn worker(&self) -> Option<Arc<WorkerMetrics>> {
         if !self.enabled {
@@ -305,6 +300,22 @@ impl Metrics {
     /// as `config`, the certificate-file watch as `certificate`.
     pub(crate) fn reload(&self, kind: ReloadKind, ok: bool) {
         self.reloads[kind as usize][usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    /// What one scrape shows, or `None` when metrics are off (and then
+    /// `gauges` is not called).
+    pub(crate) fn snapshot(&self, gauges: impl FnOnce() -> Gauges) -> Option<Snapshot> {
+        if !self.enabled {
+            return None;
+        }
+        Some(Snapshot {
+            totals: self.sum(),
+            reloads: self
+                .reloads
+                .each_ref()
+                .map(|k| k.each_ref().map(|n| n.load(Relaxed))),
+            gauges: gauges(),
+        })
     }
 
     /// Every worker's counters summed.

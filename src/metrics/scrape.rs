@@ -1,23 +1,120 @@
-//! One scrape: the workers' counters summed, and the gauges the state
-//! already knows, read now.
+//! One scrape: a plain `Snapshot` (the workers' counters summed, plus the
+//! `Gauges` that the layers above hold and fill in at scrape time), written
+//! out in Prometheus' text format. Nothing here reads the gateway's state:
+//! the metrics sit below everything they count.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
 
 use super::text::Text;
-use super::{ConnSnapshot, Exchange, Refusal, ReloadKind, RouteLabel, UpstreamError, CLASSES};
-use crate::state::State;
+use super::{
+    ConnSnapshot, Exchange, Refusal, ReloadKind, RouteLabel, Totals, UpstreamError, CLASSES,
+};
+use crate::http::{error, Reply};
 
-/// A refresh token this close to its expiry counts as `expiring_soon`.
-const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
+/// The gauges a scrape reads now from what the layers above hold (live
+/// tokens, the log writers, the cluster feed). Whoever owns those fills
+/// this in; `Metrics::snapshot` asks for it only when metrics are on.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Gauges {
+    /// Live access tokens in memory.
+    pub(crate) access_tokens: usize,
+    pub(crate) refresh_tokens: RefreshTokens,
+    /// Lines the access log's writer dropped (0 with the access log off).
+    pub(crate) access_log_dropped: u64,
+    /// Audit events the audit writer dropped, by class.
+    pub(crate) audit_dropped_client: u64,
+    pub(crate) audit_dropped_security: u64,
+    /// Cluster mode only.
+    pub(crate) cluster: Option<ClusterGauges>,
+}
 
-/// The whole scrape, or `None` when metrics are off (`metrics.enabled`).
-pub(crate) fn render(state: &State) -> Option<String> {
-    let m = &state.metrics;
-    if !m.enabled() {
-        return None;
-    }
-    let t = m.sum();
+/// Refresh tokens by state; disjoint.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RefreshTokens {
+    pub(crate) active: u64,
+    /// Not expired, but within the "expiring soon" window.
+    pub(crate) expiring_soon: u64,
+    /// Expired, not yet deleted.
+    pub(crate) expired: u64,
+}
+
+/// The change feed, as this replica sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClusterGauges {
+    /// Since the last successful round with PostgreSQL.
+    pub(crate) staleness: Duration,
+    /// Connected and fresh enough to issue tokens.
+    pub(crate) connected: bool,
+    pub(crate) changes_applied: u64,
+    /// Other replicas' boots whose access tokens this replica accepts.
+    pub(crate) peer_boots: usize,
+}
+
+/// Everything one scrape shows, read at one moment.
+pub(crate) struct Snapshot {
+    pub(super) totals: Totals,
+    /// `[kind][success, failure]`.
+    pub(super) reloads: [[u64; 2]; ReloadKind::COUNT],
+    pub(super) gauges: Gauges,
+}
+
+/// The scrape of `s` in the text format.
+pub(crate) fn render(s: &Snapshot) -> String {
     let mut out = Text::default();
     let o = &mut out;
+    let (t, g) = (&s.totals, &s.gauges);
+    build_info(o);
+    requests(o, t);
+    upstream(o, t);
+    outcomes(o, t);
+    tokens(o, g);
+    connections(o, t);
+    reloads(o, &s.reloads);
+    dropped(o, g);
+    if let Some(c) = &g.cluster {
+        cluster(o, c);
+    }
+    out.0
+}
 
+/// The scrape as an HTTP answer (on the admin listener and the metrics
+/// listener alike): 404 when metrics are off (`snapshot` is `None`).
+pub(crate) fn reply(snapshot: Option<Snapshot>) -> Reply {
+    match snapshot {
+        Some(s) => {
+            let mut r = Response::new(Full::new(Bytes::from(render(&s))));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(super::text::CONTENT_TYPE),
+            );
+            r
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are off (metrics.enabled = false)",
+        ),
+    }
+}
+
+/// A family with one label: its header, then one sample per `(value, n)`.
+fn by_label<'a, N: std::fmt::Display>(
+    o: &mut Text,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    rows: impl IntoIterator<Item = (&'a str, N)>,
+) {
+    o.family(name, kind, help);
+    for (value, n) in rows {
+        o.sample(name, &[(label, value)], n);
+    }
+}
+
+fn build_info(o: &mut Text) {
     o.family(
         "tokengate_build_info",
         "gauge",
@@ -31,7 +128,10 @@ pub(crate) fn render(state: &State) -> Option<String> {
         ],
         1,
     );
+}
 
+/// The public listener's requests: counts by route and status class, and durations.
+fn requests(o: &mut Text, t: &Totals) {
     o.family(
         "tokengate_http_requests_total",
         "counter",
@@ -39,11 +139,10 @@ pub(crate) fn render(state: &State) -> Option<String> {
     );
     for r in RouteLabel::ALL {
         for (c, class) in CLASSES.iter().enumerate() {
-            let n = t.requests[*r as usize][c];
             o.sample(
                 "tokengate_http_requests_total",
                 &[("route", r.label()), ("status", class)],
-                n,
+                t.requests[*r as usize][c],
             );
         }
     }
@@ -59,75 +158,89 @@ pub(crate) fn render(state: &State) -> Option<String> {
             &t.duration[*r as usize],
         );
     }
+}
+
+fn upstream(o: &mut Text, t: &Totals) {
     o.family(
         "tokengate_upstream_duration_seconds",
         "histogram",
         "Time the upstream took to answer (its response head) or to fail.",
     );
     o.histogram("tokengate_upstream_duration_seconds", &[], &t.upstream);
-    o.family(
-        "tokengate_upstream_errors_total",
-        "counter",
-        "Upstream requests that failed: connect (unreachable), timeout (upstream.response_timeout), failed (broken answer).",
-    );
-    for e in UpstreamError::ALL {
-        o.sample(
+    by_label(
+        o,
+        (
             "tokengate_upstream_errors_total",
-            &[("kind", e.label())],
-            t.upstream_errors[*e as usize],
-        );
-    }
-    o.family(
-        "tokengate_token_exchanges_total",
-        "counter",
-        "Token endpoint requests by result.",
+            "counter",
+            "Upstream requests that failed: connect (unreachable), timeout (upstream.response_timeout), failed (broken answer).",
+        ),
+        "kind",
+        UpstreamError::ALL
+            .iter()
+            .map(|e| (e.label(), t.upstream_errors[*e as usize])),
     );
-    for e in Exchange::ALL {
-        o.sample(
-            "tokengate_token_exchanges_total",
-            &[("result", e.label())],
-            t.exchanges[*e as usize],
-        );
-    }
-    o.family(
-        "tokengate_bearer_refusals_total",
-        "counter",
-        "Proxied requests refused before the upstream, by reason.",
-    );
-    for r in Refusal::ALL {
-        o.sample(
-            "tokengate_bearer_refusals_total",
-            &[("reason", r.label())],
-            t.refusals[*r as usize],
-        );
-    }
+}
 
+/// How token requests and proxied requests ended.
+fn outcomes(o: &mut Text, t: &Totals) {
+    by_label(
+        o,
+        (
+            "tokengate_token_exchanges_total",
+            "counter",
+            "Token endpoint requests by result.",
+        ),
+        "result",
+        Exchange::ALL
+            .iter()
+            .map(|e| (e.label(), t.exchanges[*e as usize])),
+    );
+    by_label(
+        o,
+        (
+            "tokengate_bearer_refusals_total",
+            "counter",
+            "Proxied requests refused before the upstream, by reason.",
+        ),
+        "reason",
+        Refusal::ALL
+            .iter()
+            .map(|r| (r.label(), t.refusals[*r as usize])),
+    );
+}
+
+fn tokens(o: &mut Text, g: &Gauges) {
     o.family(
         "tokengate_access_tokens",
         "gauge",
         "Live access tokens in memory.",
     );
-    o.sample("tokengate_access_tokens", &[], state.access.len());
-    let (active, soon, expired) = refresh_states(state);
-    o.family(
-        "tokengate_refresh_tokens",
-        "gauge",
-        "Refresh tokens by state: active, expiring_soon (within 7 days), expired (not yet deleted). Disjoint.",
+    o.sample("tokengate_access_tokens", &[], g.access_tokens);
+    let r = g.refresh_tokens;
+    by_label(
+        o,
+        (
+            "tokengate_refresh_tokens",
+            "gauge",
+            "Refresh tokens by state: active, expiring_soon (within 7 days), expired (not yet deleted). Disjoint.",
+        ),
+        "state",
+        [
+            ("active", r.active),
+            ("expiring_soon", r.expiring_soon),
+            ("expired", r.expired),
+        ],
     );
-    for (s, n) in [
-        ("active", active),
-        ("expiring_soon", soon),
-        ("expired", expired),
-    ] {
-        o.sample("tokengate_refresh_tokens", &[("state", s)], n);
-    }
+}
 
+/// Both listeners' connections and TLS handshakes.
+fn connections(o: &mut Text, t: &Totals) {
+    let listeners = [("public", &t.public), ("admin", &t.admin)];
     o.family(
         "tokengate_open_connections",
         "gauge",
         "Open client connections by listener and protocol (after the TLS handshake).",
     );
-    let listeners = [("public", &t.public), ("admin", &t.admin)];
     for (l, c) in listeners {
         for (p, n) in [("h1", c.open[0]), ("h2", c.open[1])] {
             o.sample(
@@ -137,18 +250,16 @@ pub(crate) fn render(state: &State) -> Option<String> {
             );
         }
     }
-    o.family(
-        "tokengate_tls_handshakes_total",
-        "counter",
-        "TLS handshakes completed, by listener.",
-    );
-    for (l, c) in listeners {
-        o.sample(
+    by_label(
+        o,
+        (
             "tokengate_tls_handshakes_total",
-            &[("listener", l)],
-            c.handshakes,
-        );
-    }
+            "counter",
+            "TLS handshakes completed, by listener.",
+        ),
+        "listener",
+        listeners.map(|(l, c)| (l, c.handshakes)),
+    );
     o.family(
         "tokengate_tls_handshake_failures_total",
         "counter",
@@ -157,80 +268,6 @@ pub(crate) fn render(state: &State) -> Option<String> {
     for (l, c) in listeners {
         handshake_failures(o, l, c);
     }
-
-    o.family(
-        "tokengate_reloads_total",
-        "counter",
-        "Configuration and certificate reloads, by result.",
-    );
-    for k in ReloadKind::ALL {
-        for (i, result) in ["success", "failure"].iter().enumerate() {
-            let n = m.reloads[*k as usize][i].load(std::sync::atomic::Ordering::Relaxed);
-            o.sample(
-                "tokengate_reloads_total",
-                &[("kind", k.label()), ("result", result)],
-                n,
-            );
-        }
-    }
-
-    o.family(
-        "tokengate_access_log_dropped_total",
-        "counter",
-        "Access log lines dropped because the writer was behind.",
-    );
-    o.sample(
-        "tokengate_access_log_dropped_total",
-        &[],
-        state.access_log.as_ref().map_or(0, |a| a.dropped()),
-    );
-    let audit = state.audit.dropped();
-    o.family(
-        "tokengate_audit_dropped_total",
-        "counter",
-        "Audit events dropped because the writer was behind, by class.",
-    );
-    for (class, n) in [("client", audit.client), ("security", audit.security)] {
-        o.sample("tokengate_audit_dropped_total", &[("class", class)], n);
-    }
-
-    if let Some(c) = &state.cluster {
-        // Every change committed before the last contact is applied here:
-        // the staleness bounds the propagation lag.
-        o.family(
-            "tokengate_cluster_staleness_seconds",
-            "gauge",
-            "Seconds since the last successful round with PostgreSQL (bounds how late a change can arrive here).",
-        );
-        o.sample(
-            "tokengate_cluster_staleness_seconds",
-            &[],
-            c.staleness().as_secs_f64(),
-        );
-        o.family(
-            "tokengate_cluster_connected",
-            "gauge",
-            "1 while the change feed is connected and fresh enough to issue tokens.",
-        );
-        o.sample(
-            "tokengate_cluster_connected",
-            &[],
-            u8::from(c.check_connected().is_ok()),
-        );
-        o.family(
-            "tokengate_cluster_changes_applied_total",
-            "counter",
-            "Changes applied from the cluster's change feed.",
-        );
-        o.sample("tokengate_cluster_changes_applied_total", &[], c.applied());
-        o.family(
-            "tokengate_cluster_peer_boots",
-            "gauge",
-            "Other replicas' boots whose access tokens this replica accepts.",
-        );
-        o.sample("tokengate_cluster_peer_boots", &[], state.access.peers());
-    }
-    Some(out.0)
 }
 
 fn handshake_failures(o: &mut Text, listener: &str, c: &ConnSnapshot) {
@@ -246,16 +283,133 @@ fn handshake_failures(o: &mut Text, listener: &str, c: &ConnSnapshot) {
     }
 }
 
-/// Refresh tokens: (active, expiring soon, expired).
-fn refresh_states(state: &State) -> (u64, u64, u64) {
-    let now = state.clock.unix();
-    let mut n = (0, 0, 0);
-    for t in state.store.list() {
-        match t.expires {
-            Some(e) if e <= now => n.2 += 1,
-            Some(e) if e - now <= EXPIRING_SOON_SECS => n.1 += 1,
-            _ => n.0 += 1,
+fn reloads(o: &mut Text, reloads: &[[u64; 2]; ReloadKind::COUNT]) {
+    o.family(
+        "tokengate_reloads_total",
+        "counter",
+        "Configuration and certificate reloads, by result.",
+    );
+    for k in ReloadKind::ALL {
+        for (i, result) in ["success", "failure"].iter().enumerate() {
+            o.sample(
+                "tokengate_reloads_total",
+                &[("kind", k.label()), ("result", result)],
+                reloads[*k as usize][i],
+            );
         }
     }
-    n
+}
+
+/// What the log writers dropped because they were behind.
+fn dropped(o: &mut Text, g: &Gauges) {
+    o.family(
+        "tokengate_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the writer was behind.",
+    );
+    o.sample(
+        "tokengate_access_log_dropped_total",
+        &[],
+        g.access_log_dropped,
+    );
+    by_label(
+        o,
+        (
+            "tokengate_audit_dropped_total",
+            "counter",
+            "Audit events dropped because the writer was behind, by class.",
+        ),
+        "class",
+        [
+            ("client", g.audit_dropped_client),
+            ("security", g.audit_dropped_security),
+        ],
+    );
+}
+
+fn cluster(o: &mut Text, c: &ClusterGauges) {
+    // Every change committed before the last contact is applied here:
+    // the staleness bounds the propagation lag.
+    o.family(
+        "tokengate_cluster_staleness_seconds",
+        "gauge",
+        "Seconds since the last successful round with PostgreSQL (bounds how late a change can arrive here).",
+    );
+    o.sample(
+        "tokengate_cluster_staleness_seconds",
+        &[],
+        c.staleness.as_secs_f64(),
+    );
+    o.family(
+        "tokengate_cluster_connected",
+        "gauge",
+        "1 while the change feed is connected and fresh enough to issue tokens.",
+    );
+    o.sample("tokengate_cluster_connected", &[], u8::from(c.connected));
+    o.family(
+        "tokengate_cluster_changes_applied_total",
+        "counter",
+        "Changes applied from the cluster's change feed.",
+    );
+    o.sample(
+        "tokengate_cluster_changes_applied_total",
+        &[],
+        c.changes_applied,
+    );
+    o.family(
+        "tokengate_cluster_peer_boots",
+        "gauge",
+        "Other replicas' boots whose access tokens this replica accepts.",
+    );
+    o.sample("tokengate_cluster_peer_boots", &[], c.peer_boots);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Metrics;
+    use super::*;
+
+    #[test]
+    fn a_scrape_is_rendered_from_the_snapshot_alone() {
+        let m = Metrics::new(true);
+        let gauges = || Gauges {
+            access_tokens: 3,
+            refresh_tokens: RefreshTokens {
+                active: 5,
+                expiring_soon: 1,
+                expired: 2,
+            },
+            audit_dropped_security: 4,
+            cluster: Some(ClusterGauges {
+                staleness: Duration::from_millis(1500),
+                connected: true,
+                changes_applied: 9,
+                peer_boots: 2,
+            }),
+            ..Gauges::default()
+        };
+        m.reload(ReloadKind::Certificate, false);
+        let text = render(&m.snapshot(gauges).unwrap());
+        for line in [
+            "tokengate_access_tokens 3\n",
+            "tokengate_refresh_tokens{state=\"expiring_soon\"} 1\n",
+            "tokengate_refresh_tokens{state=\"expired\"} 2\n",
+            "tokengate_audit_dropped_total{class=\"security\"} 4\n",
+            "tokengate_reloads_total{kind=\"certificate\",result=\"failure\"} 1\n",
+            "tokengate_cluster_staleness_seconds 1.5\n",
+            "tokengate_cluster_connected 1\n",
+            "tokengate_cluster_peer_boots 2\n",
+            "# TYPE tokengate_tls_handshake_failures_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        // Off: no snapshot, and the gauges are never asked for.
+        let off = Metrics::new(false);
+        assert!(off
+            .snapshot(|| unreachable!("gauges read with metrics off"))
+            .is_none());
+        // Without a cluster, no cluster families.
+        let text = render(&m.snapshot(Gauges::default).unwrap());
+        assert!(!text.contains("tokengate_cluster_"), "{text}");
+    }
 }

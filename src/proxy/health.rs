@@ -31,7 +31,7 @@ impl Upstreams {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = crate::server::stopped(&mut shutdown) => return,
+                    _ = crate::shutdown::stopped(&mut shutdown) => return,
                     _ = tick.tick() => {}
                 }
                 let mut probes = tokio::task::JoinSet::new();

@@ -13,7 +13,7 @@ mod upstreams;
 pub use canonical::{canonicalise, Canonical, InvalidPath, PathPolicy};
 pub(crate) use pool::{ConnectError, UpstreamBody};
 pub(crate) use target::set_path;
-pub use target::{base_path, join_target, TargetError};
+pub use target::{join_target, TargetError};
 pub(crate) use upstreams::Upstreams;
 
 use std::net::SocketAddr;

@@ -21,14 +21,8 @@ pub enum TargetError {
     Invalid(#[from] http::Error),
 }
 
-/// The path every upstream call is prefixed with: `upstream.url`'s path
-/// without its trailing slashes (empty for `https://host` and `https://host/`).
-pub fn base_path(url: &Uri) -> String {
-    url.path().trim_end_matches('/').to_owned()
-}
-
 /// The origin-form target (`/path?query`) on the upstream for an incoming
-/// request target, under `base_path` (from [`base_path`]): the pool already
+/// request target, under `base_path` (from [`crate::config::base_path`]): the pool already
 /// knows where to connect. The path is canonicalised under `policy` first
 /// (the query is left as it is). What the proxy does in two steps, for
 /// the fuzz target and tests.

@@ -19,9 +19,9 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
-use super::{base_path, UpstreamSetupError};
+use super::UpstreamSetupError;
 use crate::clock::Clock;
-use crate::config::{Balance, UpstreamConfig};
+use crate::config::{base_path, Balance, UpstreamConfig};
 use crate::tls::{client_config, ClientTlsError, Trust};
 
 /// `down_until` of a server that stays out until a health probe answers.

@@ -46,6 +46,7 @@ use crate::config::ListenerLimits;
 use crate::http::{too_many_requests, Reply};
 use crate::identify::{at_accept, Accept, Hops, Peer};
 use crate::metrics::{ConnStats, Handshake};
+pub(crate) use crate::shutdown::stopped;
 pub(crate) use balance::{Balancer, Load};
 use balance::{Handoff, Placed};
 pub(crate) use clients::{ClientSlot, ClientSlots};
@@ -475,10 +476,4 @@ async fn watch_connection(mut g: Guard, finish: Arc<Finish>) {
             }
         }
     }
-}
-
-/// Resolves once shutdown is signalled (or its sender is gone). Returns `()`
-/// so no watch guard is held across the caller's `.await`s.
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }

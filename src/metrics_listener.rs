@@ -8,6 +8,10 @@
 //! address (DNS rebinding) and read the answer as same-origin. So a `Host`
 //! that is not an IP literal, `localhost` or one of `metrics.allowed_hosts`
 //! answers 421 (Misdirected Request: not a name this listener serves).
+//!
+//! A listener like the public and admin ones (so it sits above `server`,
+//! whose per-client shares it uses), it knows nothing of what the scrape
+//! counts: it is handed a `ScrapeSource` that takes the snapshot.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -25,9 +29,13 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::http::host::is_valid_host;
-use crate::http::{error, method_not_allowed, strip_body_for_head, Reply};
+use crate::http::{error, method_not_allowed, strip_body_for_head};
+use crate::metrics::{scrape_reply, Snapshot};
 use crate::server::ClientSlots;
-use crate::state::State;
+
+/// Takes one scrape's snapshot (`None` when metrics are off). Shared by
+/// every connection; called once per `GET /metrics`.
+pub(crate) type ScrapeSource = Arc<dyn Fn() -> Option<Snapshot> + Send + Sync>;
 
 /// Scrapers are few: a handful of connections at once is plenty, and the
 /// cap keeps a misdirected client from costing more.
@@ -40,12 +48,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// And a scrape connection lives no longer than this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves scrapes until `shutdown`.
+/// Serves scrapes until `shutdown`. `allowed_hosts`: `metrics.allowed_hosts`.
 pub(crate) async fn serve(
     listener: TcpListener,
-    state: Arc<State>,
+    allowed_hosts: Vec<String>,
+    scrape: ScrapeSource,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let allowed_hosts: Arc<[String]> = allowed_hosts.into();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // HTTP/1.1 only: one request per connection, so streams need no share.
     let clients = ClientSlots::new(MAX_CONNECTIONS_PER_CLIENT, 1, MAX_CONNECTIONS);
@@ -53,14 +63,14 @@ pub(crate) async fn serve(
     loop {
         while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
         };
         let (tcp, peer) = tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -74,10 +84,10 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, "metrics connection refused: this client holds its share already");
             continue;
         };
-        let state = state.clone();
+        let (scrape, allowed_hosts) = (scrape.clone(), allowed_hosts.clone());
         conns.spawn(async move {
             let svc = service_fn(move |req| {
-                let reply = answer(&state, &req);
+                let reply = answer(&allowed_hosts, &*scrape, &req);
                 async move { Ok::<_, Infallible>(reply) }
             });
             let mut b = http1::Builder::new();
@@ -95,8 +105,12 @@ pub(crate) async fn serve(
     conns.shutdown().await;
 }
 
-fn answer(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    if !host_allowed(req, &state.config.metrics.allowed_hosts) {
+fn answer(
+    allowed_hosts: &[String],
+    scrape: &(dyn Fn() -> Option<Snapshot> + Send + Sync),
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if !host_allowed(req, allowed_hosts) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,
             "misdirected_request",
@@ -114,7 +128,7 @@ fn answer(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<
             "metrics are at /metrics",
         );
     }
-    let mut r = scrape_reply(state);
+    let mut r = scrape_reply(scrape());
     if head {
         strip_body_for_head(&mut r);
     }
@@ -145,26 +159,6 @@ fn host_allowed<B>(req: &Request<B>, allowed: &[String]) -> bool {
     name.parse::<IpAddr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
         || allowed.iter().any(|a| name.eq_ignore_ascii_case(a))
-}
-
-/// The scrape as an HTTP answer (here and on the admin listener): 404 when
-/// metrics are off.
-pub(crate) fn scrape_reply(state: &State) -> Reply {
-    match super::render(state) {
-        Some(text) => {
-            let mut r = Response::new(Full::new(Bytes::from(text)));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(super::text::CONTENT_TYPE),
-            );
-            r
-        }
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "metrics are off (metrics.enabled = false)",
-        ),
-    }
 }
 
 #[cfg(test)]
