@@ -35,6 +35,7 @@
 mod access_log;
 mod admin;
 mod audit;
+mod authority;
 pub mod cli;
 pub mod clock;
 mod cluster;
@@ -43,6 +44,7 @@ mod dev;
 mod gateway;
 mod http;
 mod identify;
+mod lifecycle;
 mod metrics;
 mod net;
 mod periodic;
@@ -62,6 +64,7 @@ pub use admin::api;
 pub use config::Config;
 pub use dev::run as serve_dev;
 pub use gateway::{Gateway, StartError, StartOptions};
+pub use lifecycle::LifecycleError;
 pub use net::Cidr;
 pub use restrict::{RateLimit, RestrictionSpec, Restrictions, ScopeRule};
 pub use state::State;
@@ -93,7 +96,7 @@ pub mod benching {
         path: &str,
         now: std::time::Instant,
     ) -> bool {
-        crate::public::restriction_check(r, ip, method, path, now).is_ok()
+        crate::authority::restrictions::check(r, ip, method, path, now).is_ok()
     }
 }
 

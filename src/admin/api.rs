@@ -82,8 +82,8 @@ pub struct RotatedToken {
 pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
 
 /// Tokens expiring within this are flagged (`expiring_soon`, the page, the
-/// count in `GET /api/stats`).
-pub const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
+/// count in `GET /api/stats`); `expires_within` is the test itself.
+pub use crate::store::{expires_within, EXPIRING_SOON_SECS};
 
 /// One row of `GET /api/refresh-tokens` (never a token string).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,10 +10,9 @@ use serde_json::Value;
 
 use super::api::{
     parse_expiry, validate_name, CreateToken, CreatedToken, DeleteTokens, DeletedToken,
-    DeletedTokens, RestrictionSpec, RotatedToken, TokenInfo, EXPIRING_SOON_SECS, MAX_GRACE_SECONDS,
+    DeletedTokens, RestrictionSpec, RotatedToken, TokenInfo, MAX_GRACE_SECONDS,
 };
 use super::{bad, json_body, AdminHandler};
-use crate::audit::Event;
 use crate::clock::rfc3339;
 use crate::http::{empty, error, json, no_store, Reply};
 use crate::restrict::{
@@ -38,7 +37,7 @@ fn info(r: &RefreshToken, now: u64) -> TokenInfo {
             "active"
         }
         .into(),
-        expiring_soon: crate::store::expires_soon(r.expires, now, EXPIRING_SOON_SECS),
+        expiring_soon: crate::store::expires_soon(r.expires, now),
         restrictions: spec_of(r),
     }
 }
@@ -64,10 +63,10 @@ fn spec_of(r: &RefreshToken) -> RestrictionSpec {
 
 impl AdminHandler {
     pub(super) fn list(&self) -> Reply {
-        let now = self.state.clock.unix();
+        let now = self.state.view.clock.unix();
         let all: Vec<TokenInfo> = self
             .state
-            .store
+            .lifecycle
             .list()
             .iter()
             .map(|r| info(r, now))
@@ -81,22 +80,21 @@ impl AdminHandler {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let now = state.clock.unix();
+        let now = state.view.clock.unix();
         let (request, expires) =
-            match create_request(body, now, state.config.tokens.refresh_ttl.as_secs()) {
+            match create_request(body, now, state.startup_config.tokens.refresh_ttl.as_secs()) {
                 Ok(x) => x,
                 Err(text) => return bad(text),
             };
         // The store blocks: commit on the blocking pool; answer only after the commit.
         let (token, secret) = match state
-            .create_refresh_token(&request.name, now, expires, &request.restrictions)
+            .lifecycle
+            .create(peer, &request.name, now, expires, &request.restrictions)
             .await
         {
             Ok(x) => x,
             Err(e) => return internal("creating a refresh token failed", e),
         };
-        tracing::info!(%peer, token_id = token.id, token_name = %token.name, "refresh token created");
-        self.audit_token(peer, "refresh_token.created", &token);
         let mut r = no_store(json(StatusCode::CREATED, &created(&token, secret)));
         if let Ok(loc) = HeaderValue::from_str(&format!("/api/refresh-tokens/{}", token.id)) {
             r.headers_mut().insert(LOCATION, loc);
@@ -114,18 +112,17 @@ impl AdminHandler {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let (edit, changed) = match edit_request(&body, self.state.clock.unix()) {
+        let clock = &self.state.view.clock;
+        let (edit, changed) = match edit_request(&body, clock.unix()) {
             Ok(x) => x,
             Err(text) => return bad(text),
         };
-        let token = match self.state.edit_refresh_token(id, edit).await {
+        let token = match self.state.lifecycle.edit(peer, id, edit, &changed).await {
             Ok(Some(t)) => t,
             Ok(None) => return not_found(),
             Err(e) => return internal("editing a refresh token failed", e),
         };
-        tracing::info!(%peer, token_id = token.id, token_name = %token.name, fields = %changed, "refresh token edited");
-        self.audit_change(peer, "refresh_token.updated", &token, &changed);
-        no_store(json(StatusCode::OK, &info(&token, self.state.clock.unix())))
+        no_store(json(StatusCode::OK, &info(&token, clock.unix())))
     }
 
     /// `POST /api/refresh-tokens/{id}/rotate`: a new secret for the same
@@ -147,50 +144,18 @@ impl AdminHandler {
             Ok(g) => g,
             Err(text) => return bad(text),
         };
-        let now = self.state.clock.unix();
-        let old_until = (grace > 0).then(|| now.saturating_add(grace));
-        let (token, secret) = match self.state.rotate_refresh_token(id, old_until).await {
+        let rotated = match self.state.lifecycle.rotate(peer, id, grace).await {
             Ok(Some(x)) => x,
             Ok(None) => return not_found(),
             Err(e) => return internal("rotating a refresh token failed", e),
         };
-        let how = match old_until {
-            Some(_) => format!("old secret valid for {grace} s more"),
-            None => "old secret and its access tokens ended at once".to_owned(),
-        };
-        tracing::info!(%peer, token_id = token.id, token_name = %token.name, "refresh token rotated: {how}");
-        self.audit_change(peer, "refresh_token.rotated", &token, &how);
         no_store(json(
             StatusCode::OK,
             &RotatedToken {
-                token: created(&token, secret),
-                previous_token_valid_until: old_until.map(rfc3339),
+                token: created(&rotated.token, rotated.secret),
+                previous_token_valid_until: rotated.old_until.map(rfc3339),
             },
         ))
-    }
-
-    /// One audit line for an administrator's action on a refresh token.
-    fn audit_token(&self, peer: SocketAddr, event: &'static str, token: &RefreshToken) {
-        self.audit_change(peer, event, token, "");
-    }
-
-    /// As `audit_token`, saying what changed (`reason`), if anything.
-    fn audit_change(
-        &self,
-        peer: SocketAddr,
-        event: &'static str,
-        token: &RefreshToken,
-        what: &str,
-    ) {
-        self.state.audit.record(&Event {
-            event,
-            actor: Some("admin"),
-            client_ip: Some(peer.ip().to_canonical()),
-            token_id: Some(token.id),
-            token_name: Some(&token.name),
-            reason: (!what.is_empty()).then_some(what),
-            ..Default::default()
-        });
     }
 
     /// Deletes in one transaction, then drops the access tokens they issued.
@@ -199,20 +164,11 @@ impl AdminHandler {
         peer: SocketAddr,
         ids: Vec<u64>,
     ) -> Result<Vec<Arc<RefreshToken>>, Reply> {
-        let state = &self.state;
-        let store = state.store.clone();
-        let gone = match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => return Err(internal("deleting refresh tokens failed", e)),
-            Err(e) => return Err(internal("deleting refresh tokens failed", e)),
-        };
-        let ids: Vec<u64> = gone.iter().map(|r| r.id).collect();
-        state.access.revoke_refresh(&ids);
-        for r in &gone {
-            tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
-            self.audit_token(peer, "refresh_token.deleted", r);
-        }
-        Ok(gone)
+        self.state
+            .lifecycle
+            .delete(peer, ids)
+            .await
+            .map_err(|e| internal("deleting refresh tokens failed", e))
     }
 
     pub(super) async fn delete_one(&self, peer: SocketAddr, id: &str) -> Reply {

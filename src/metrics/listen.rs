@@ -96,7 +96,7 @@ pub(crate) async fn serve(
 }
 
 fn answer(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    if !host_allowed(req, &state.config.metrics.allowed_hosts) {
+    if !host_allowed(req, &state.startup_config.metrics.allowed_hosts) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,
             "misdirected_request",

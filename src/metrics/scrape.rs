@@ -5,12 +5,9 @@ use super::text::Text;
 use super::{ConnSnapshot, Exchange, Refusal, ReloadKind, RouteLabel, UpstreamError, CLASSES};
 use crate::state::State;
 
-/// A refresh token this close to its expiry counts as `expiring_soon`.
-const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
-
 /// The whole scrape, or `None` when metrics are off (`metrics.enabled`).
 pub(crate) fn render(state: &State) -> Option<String> {
-    let m = &state.metrics;
+    let m = &state.view.metrics;
     if !m.enabled() {
         return None;
     }
@@ -107,7 +104,7 @@ pub(crate) fn render(state: &State) -> Option<String> {
         "gauge",
         "Live access tokens in memory.",
     );
-    o.sample("tokengate_access_tokens", &[], state.access.len());
+    o.sample("tokengate_access_tokens", &[], state.view.access.len());
     let (active, soon, expired) = refresh_states(state);
     o.family(
         "tokengate_refresh_tokens",
@@ -182,9 +179,9 @@ pub(crate) fn render(state: &State) -> Option<String> {
     o.sample(
         "tokengate_access_log_dropped_total",
         &[],
-        state.access_log.as_ref().map_or(0, |a| a.dropped()),
+        state.view.access_log.as_ref().map_or(0, |a| a.dropped()),
     );
-    let audit = state.audit.dropped();
+    let audit = state.view.audit.dropped();
     o.family(
         "tokengate_audit_dropped_total",
         "counter",
@@ -194,7 +191,7 @@ pub(crate) fn render(state: &State) -> Option<String> {
         o.sample("tokengate_audit_dropped_total", &[("class", class)], n);
     }
 
-    if let Some(c) = &state.cluster {
+    if let Some(c) = &state.view.cluster {
         // Every change committed before the last contact is applied here:
         // the staleness bounds the propagation lag.
         o.family(
@@ -228,7 +225,11 @@ pub(crate) fn render(state: &State) -> Option<String> {
             "gauge",
             "Other replicas' boots whose access tokens this replica accepts.",
         );
-        o.sample("tokengate_cluster_peer_boots", &[], state.access.peers());
+        o.sample(
+            "tokengate_cluster_peer_boots",
+            &[],
+            state.view.access.peers(),
+        );
     }
     Some(out.0)
 }
@@ -246,16 +247,9 @@ fn handshake_failures(o: &mut Text, listener: &str, c: &ConnSnapshot) {
     }
 }
 
-/// Refresh tokens: (active, expiring soon, expired).
+/// Refresh tokens: (active, expiring soon, expired), as the store counts
+/// them (`store::EXPIRING_SOON_SECS` is the one "soon").
 fn refresh_states(state: &State) -> (u64, u64, u64) {
-    let now = state.clock.unix();
-    let mut n = (0, 0, 0);
-    for t in state.store.list() {
-        match t.expires {
-            Some(e) if e <= now => n.2 += 1,
-            Some(e) if e - now <= EXPIRING_SOON_SECS => n.1 += 1,
-            _ => n.0 += 1,
-        }
-    }
-    n
+    let n = state.view.store.by_expiry(state.view.clock.unix());
+    (n.active, n.expiring_soon, n.expired)
 }
