@@ -24,6 +24,7 @@
 
 pub mod api;
 pub(crate) mod auth;
+mod checked;
 mod origin;
 mod session;
 mod tokens;

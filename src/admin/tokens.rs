@@ -9,15 +9,13 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::api::{
-    parse_expiry, validate_name, CreateToken, CreatedToken, DeleteTokens, DeletedToken,
-    DeletedTokens, RestrictionSpec, RotatedToken, TokenInfo, MAX_GRACE_SECONDS,
+    parse_expiry, CreateToken, CreatedToken, DeleteTokens, DeletedToken, DeletedTokens, EditToken,
+    RestrictionSpec, RotateToken, RotatedToken, TokenInfo,
 };
-use super::{bad, json_body, AdminHandler};
+use super::{bad, checked, json_body, AdminHandler};
 use crate::clock::rfc3339;
 use crate::http::{empty, error, json, no_store, Reply};
-use crate::restrict::{
-    parse_networks, parse_rate_limit, parse_read_only, parse_scopes, whole_number,
-};
+use crate::restrict::whole_number;
 use crate::store::{Edit, RefreshToken};
 
 fn info(r: &RefreshToken, now: u64) -> TokenInfo {
@@ -113,7 +111,7 @@ impl AdminHandler {
             Err(r) => return r,
         };
         let clock = &self.state.view.clock;
-        let (edit, changed) = match edit_request(&body, clock.unix()) {
+        let (edit, changed) = match edit_request(body, clock.unix()) {
             Ok(x) => x,
             Err(text) => return bad(text),
         };
@@ -140,8 +138,8 @@ impl AdminHandler {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let grace = match grace_seconds(&body) {
-            Ok(g) => g,
+        let grace = match checked::read::<RotateToken>(body) {
+            Ok(r) => r.grace_seconds,
             Err(text) => return bad(text),
         };
         let rotated = match self.state.lifecycle.rotate(peer, id, grace).await {
@@ -233,66 +231,19 @@ impl AdminHandler {
     }
 }
 
-/// A create or edit body: a JSON object of a token's fields, and no other.
-fn token_fields(body: &Value) -> Result<&serde_json::Map<String, Value>, String> {
-    let Some(obj) = body.as_object() else {
-        return Err("body must be a JSON object like {\"name\": \"reporting\"}".into());
-    };
-    const FIELDS: [&str; 6] = [
-        "name",
-        "expires",
-        "scopes",
-        "read_only",
-        "networks",
-        "rate_limit",
-    ];
-    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(format!(
-            "unknown field {k:?}; expected name, expires, scopes, read_only, networks and rate_limit"
-        ));
-    }
-    Ok(obj)
-}
-
-/// Checks a create request's body field by field (so each error names its
-/// field): the request, and its expiry in Unix seconds (`None` = never).
+/// Reads a create request (each error names its field): the request, and
+/// its expiry in Unix seconds (`None` = never; absent: `default_secs` from now).
 fn create_request(
     body: Value,
     now: u64,
     default_secs: u64,
 ) -> Result<(CreateToken, Option<u64>), String> {
-    let obj = token_fields(&body)?;
-    let name = match obj.get("name") {
-        Some(Value::String(s)) => validate_name(s)?,
-        Some(_) => return Err("name must be a string".into()),
-        None => return Err("name is required".into()),
+    let request: CreateToken = checked::read(body)?;
+    let expires = match &request.expires {
+        None => Some(now.saturating_add(default_secs)),
+        Some(text) => parse_expiry(text, now)?,
     };
-    let (text, expires) = match obj.get("expires") {
-        None => (None, Some(now.saturating_add(default_secs))),
-        Some(Value::Null) => (Some("never".to_owned()), None),
-        Some(Value::String(s)) => (Some(s.clone()), parse_expiry(s, now)?),
-        Some(_) => {
-            return Err(
-                "expires must be \"never\" or an RFC 3339 time such as 2027-05-01T00:00:00Z".into(),
-            )
-        }
-    };
-    // Absent and null alike mean "no restriction of this kind".
-    let field = |k: &str| obj.get(k).unwrap_or(&Value::Null);
-    let restrictions = RestrictionSpec {
-        scopes: parse_scopes(field("scopes"))?,
-        read_only: parse_read_only(field("read_only"))?,
-        networks: parse_networks(field("networks"))?,
-        rate_limit: parse_rate_limit(field("rate_limit"))?,
-    };
-    Ok((
-        CreateToken {
-            name,
-            expires: text,
-            restrictions,
-        },
-        expires,
-    ))
+    Ok((request, expires))
 }
 
 fn not_found() -> Reply {
@@ -303,60 +254,24 @@ fn not_found() -> Reply {
     )
 }
 
-/// Checks an edit request's body field by field: the edit, and the names
-/// of the fields it changes (for the log and the audit line).
-fn edit_request(body: &Value, now: u64) -> Result<(Edit, String), String> {
-    let obj = token_fields(body)?;
-    if obj.is_empty() {
-        return Err(
-            "the body names nothing to change: send one or more of name, expires, scopes, read_only, networks and rate_limit".into(),
-        );
-    }
-    let name = match obj.get("name") {
+/// Reads an edit request (each error names its field): the edit, and the
+/// names of the fields it changes (for the log and the audit line).
+fn edit_request(body: Value, now: u64) -> Result<(Edit, String), String> {
+    let request: EditToken = checked::read(body)?;
+    let changed = request.changed();
+    let expires = match &request.expires {
         None => None,
-        Some(Value::String(s)) => Some(validate_name(s)?),
-        Some(_) => return Err("name must be a string".into()),
+        Some(text) => Some(parse_expiry(text, now)?),
     };
-    let expires =
-        match obj.get("expires") {
-            None => None,
-            Some(Value::Null) => Some(None),
-            Some(Value::String(s)) => Some(parse_expiry(s, now)?),
-            Some(_) => return Err(
-                "expires must be \"never\", null or an RFC 3339 time such as 2027-05-01T00:00:00Z"
-                    .into(),
-            ),
-        };
     let edit = Edit::Fields {
-        name,
+        name: request.name,
         expires,
-        scopes: obj.get("scopes").map(parse_scopes).transpose()?,
-        read_only: obj.get("read_only").map(parse_read_only).transpose()?,
-        networks: obj.get("networks").map(parse_networks).transpose()?,
-        rate_limit: obj.get("rate_limit").map(parse_rate_limit).transpose()?,
+        scopes: request.scopes,
+        read_only: request.read_only,
+        networks: request.networks,
+        rate_limit: request.rate_limit,
     };
-    let mut changed: Vec<&str> = obj.keys().map(String::as_str).collect();
-    changed.sort_unstable();
-    Ok((edit, changed.join(",")))
-}
-
-/// A rotate request's `grace_seconds` (absent: 0).
-fn grace_seconds(body: &Value) -> Result<u64, String> {
-    let Some(obj) = body.as_object() else {
-        return Err("body must be a JSON object like {\"grace_seconds\": 3600}".into());
-    };
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "grace_seconds") {
-        return Err(format!("unknown field {k:?}; expected grace_seconds"));
-    }
-    match obj.get("grace_seconds") {
-        None | Some(Value::Null) => Ok(0),
-        Some(v) => match whole_number(v) {
-            Some(n) if n <= MAX_GRACE_SECONDS => Ok(n),
-            _ => Err(format!(
-                "grace_seconds must be a whole number of seconds from 0 (the old token stops now) to {MAX_GRACE_SECONDS} (30 days)"
-            )),
-        },
-    }
+    Ok((edit, changed))
 }
 
 fn parse_id(text: &str) -> Option<u64> {
