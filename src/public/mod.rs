@@ -2,9 +2,12 @@
 //! proxy path (authenticate → rewrite → forward → filter the response).
 //!
 //! - `token`: the token endpoint (decode → exchange → RFC 6749 answer).
-//! - `bearer`: the `Authorization: Bearer` check and its RFC 6750 refusals.
-//! - `restricted`: a token's networks, scopes and rate, and their refusals.
+//! - `bearer`: the `Authorization: Bearer` header and its RFC 6750 refusals.
+//! - `restricted`: the refusals of a token's networks, scopes and rate.
 //! - `finish`: the request's end: its metrics and access-log line.
+//!
+//! Every decision about a credential is the core's (`authority`): this
+//! module parses, asks, and maps the verdict to a response and a metric.
 
 mod bearer;
 mod finish;

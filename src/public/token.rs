@@ -1,7 +1,8 @@
 //! `POST /token` and DPA's path: the HTTP side of the RFC 6749 §6 refresh
 //! grant. This module decodes the request (content type, bounded body, form
-//! or JSON), hands `tokens::exchange` a decoded grant, and turns its result
-//! into RFC 6749's answer (§5.1 success, §5.2 errors), always `no-store`.
+//! or JSON), hands the authentication core (`Authority::exchange`) a
+//! decoded grant, and turns its verdict into RFC 6749's answer (§5.1
+//! success, §5.2 errors), always `no-store`, with its audit line and metric.
 
 use std::net::SocketAddr;
 
