@@ -613,13 +613,13 @@ async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
             let mut tokens: Vec<TokenInfo> = answer(&bytes)?;
             if let Some(within) = within {
                 let now = crate::clock::Clock::new().unix();
-                let until = now.saturating_add(within.as_secs());
                 tokens.retain(|t| {
-                    t.expires_at
+                    let expires = t
+                        .expires_at
                         .as_deref()
                         .and_then(crate::clock::parse_rfc3339)
-                        .and_then(|e| u64::try_from(e).ok())
-                        .is_some_and(|e| e > now && e <= until)
+                        .and_then(|e| u64::try_from(e).ok());
+                    crate::api::expires_within(expires, now, within.as_secs())
                 });
             }
             if conn.json {

@@ -27,8 +27,25 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use crate::state::State;
-use crate::store::{cluster_db, Change, ClusterDb, PgError};
+use crate::store::{cluster_db, Change, ClusterDb, PgError, RefreshHash, RefreshRecord};
+use crate::tokens::access::AccessTokens;
+
+/// What the change feed changes on this replica: the refresh tokens held
+/// here. The token lifecycle implements it (so a remote change is applied
+/// as a local one is, revocation included); the feed only reads and
+/// orders the changes.
+pub(crate) trait Replica: Send + Sync + 'static {
+    /// Created on another replica (or missing here after a reconnect).
+    fn created(&self, hash: RefreshHash, rec: &RefreshRecord);
+    /// Edited or rotated elsewhere: the token as it is now.
+    fn updated(&self, hash: RefreshHash, rec: &RefreshRecord);
+    /// Deleted elsewhere: gone here too, with the access tokens they issued.
+    fn deleted(&self, ids: &[u64]);
+    /// Every refresh-token id held here.
+    fn ids(&self) -> Vec<u64>;
+    /// Whether refresh token `id` is held here.
+    fn holds(&self, id: u64) -> bool;
+}
 
 /// The safety net under notifications: a round at least this often.
 pub(crate) const POLL: Duration = Duration::from_millis(250);
@@ -52,6 +69,9 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) struct Cluster {
     db: ClusterDb,
+    /// This replica's access tokens: its own boot, which it heartbeats and
+    /// renews, and the peer boots whose tokens verify here.
+    access: Arc<AccessTokens>,
     pub(crate) name: String,
     node_timeout: Duration,
     max_staleness: Duration,
@@ -90,8 +110,9 @@ impl Cluster {
     pub(crate) fn start(
         db: ClusterDb,
         config: &crate::config::ClusterConfig,
-        boot: (u64, [u8; 32]),
+        access: Arc<AccessTokens>,
     ) -> Result<Cluster, crate::store::StoreError> {
+        let boot = access.own_boot();
         let name = config.name.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let pool = db.pool.clone();
@@ -118,6 +139,7 @@ impl Cluster {
         let seq = db.start_seq;
         Ok(Cluster {
             db,
+            access,
             name,
             node_timeout: config.node_timeout,
             max_staleness: config.max_staleness,
@@ -233,20 +255,22 @@ impl Cluster {
         }
     }
 
-    /// Starts the loop on the database runtime; it ends with `shutdown`.
-    pub(crate) fn spawn(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
-        let Some(cluster) = state.cluster.clone() else {
-            return;
-        };
-        cluster.db.handle.clone().spawn(async move {
+    /// Starts the loop on the database runtime, applying the feed to
+    /// `replica`; it ends with `shutdown`.
+    pub(crate) fn spawn(
+        self: Arc<Self>,
+        replica: Arc<dyn Replica>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        self.db.handle.clone().spawn(async move {
             tokio::select! {
-                () = cluster.run(&state) => {}
+                () = self.run(&*replica) => {}
                 _ = shutdown.wait_for(|&s| s) => {}
             }
         });
     }
 
-    async fn run(&self, state: &State) {
+    async fn run(&self, replica: &dyn Replica) {
         let mut backoff = Duration::from_millis(50);
         let mut first = true;
         let mut last_beat: Option<Instant> = None;
@@ -285,7 +309,7 @@ impl Cluster {
                 let settled = connected_since.elapsed() >= self.node_timeout;
                 let round = tokio::time::timeout(
                     self.round_timeout,
-                    self.round(state, &client, reconcile, settled, &mut last_beat),
+                    self.round(replica, &client, reconcile, settled, &mut last_beat),
                 )
                 .await;
                 match round {
@@ -327,7 +351,7 @@ impl Cluster {
     /// One round: the feed, the heartbeat, the live boots.
     async fn round(
         &self,
-        state: &State,
+        replica: &dyn Replica,
         client: &tokio_postgres::Client,
         reconcile: bool,
         settled: bool,
@@ -336,7 +360,7 @@ impl Cluster {
         let id = self.started.fetch_add(1, Ordering::AcqRel) + 1;
         let mut retired = false;
         if reconcile {
-            self.reconcile(state, client).await?;
+            self.reconcile(replica, client).await?;
         }
         loop {
             let from = self.seq.load(Ordering::Acquire);
@@ -344,25 +368,12 @@ impl Cluster {
             let mut deleted = Vec::new();
             for change in page.changes {
                 match change {
-                    Change::Created(hash, rec) => {
-                        if state.store.apply_created(hash, &rec) {
-                            tracing::debug!(
-                                token_id = rec.id,
-                                "refresh token created on another replica"
-                            );
-                        }
-                    }
-                    Change::Updated(hash, rec) => {
-                        if state.store.apply_updated(hash, &rec) {
-                            // Rotated at once elsewhere: the old generation's
-                            // tokens are refused already; this frees them.
-                            state.access.revoke_refresh(&[rec.id]);
-                        }
-                    }
+                    Change::Created(hash, rec) => replica.created(hash, &rec),
+                    Change::Updated(hash, rec) => replica.updated(hash, &rec),
                     Change::Deleted(id) => deleted.push(id),
                     Change::Retired => retired = true,
                 }
-                self.apply_deletes(state, &mut deleted);
+                apply_deletes(replica, &mut deleted);
                 self.applied.fetch_add(1, Ordering::Relaxed);
             }
             // Past every row read, skipped ones included (a page of creates
@@ -374,7 +385,7 @@ impl Cluster {
         }
         let beat_due = last_beat.is_none_or(|t| t.elapsed() >= self.node_timeout / 4);
         if beat_due || retired {
-            let (boot, _) = state.access.own_boot();
+            let (boot, _) = self.access.own_boot();
             if cluster_db::heartbeat(client, boot).await? {
                 *last_beat = Some(Instant::now());
             } else if self.stopping.load(Ordering::Acquire) {
@@ -383,7 +394,7 @@ impl Cluster {
                 // Retired (a rotation, or the others found us silent past
                 // node_timeout and dropped our tokens): a new boot, so
                 // nothing minted by the old one comes back to life.
-                let seed = state
+                let seed = self
                     .access
                     .renew_boot()
                     .map_err(|e| PgError(format!("drawing a new boot: {e}")))?;
@@ -397,7 +408,7 @@ impl Cluster {
                 );
             }
         }
-        let (own, _) = state.access.own_boot();
+        let (own, _) = self.access.own_boot();
         if settled {
             let silent = cluster_db::retire_silent(client, own, self.node_timeout).await?;
             if !silent.is_empty() {
@@ -410,7 +421,7 @@ impl Cluster {
         let peers = cluster_db::peer_boots(client, own, self.node_timeout).await?;
         // Live: not retired, and fresh, or (not settled yet) already trusted.
         let live_boot = |p: &cluster_db::PeerBoot| {
-            !p.retired && (p.fresh || (!settled && state.access.trusts(p.boot)))
+            !p.retired && (p.fresh || (!settled && self.access.trusts(p.boot)))
         };
         let live: Vec<(u64, [u8; 32])> = peers
             .iter()
@@ -422,7 +433,7 @@ impl Cluster {
             .filter(|p| !live_boot(p))
             .map(|p| p.boot)
             .collect();
-        let gone = state.access.set_peers(&live, &ended);
+        let gone = self.access.set_peers(&live, &ended);
         if !gone.is_empty() {
             tracing::info!(
                 boots = ?gone.iter().map(|b| format!("{b:016x}")).collect::<Vec<_>>(),
@@ -433,29 +444,17 @@ impl Cluster {
         Ok(())
     }
 
-    fn apply_deletes(&self, state: &State, ids: &mut Vec<u64>) {
-        if ids.is_empty() {
-            return;
-        }
-        let gone = state.store.apply_deleted(ids);
-        state.access.revoke_refresh(ids);
-        for t in gone {
-            tracing::debug!(token_id = t.id, token_name = %t.name, "refresh token deleted on another replica");
-        }
-        ids.clear();
-    }
-
     /// Makes the maps match the tokens table: what is missing is added,
     /// what is gone is deleted. The feed position is read first, so the
     /// feed then replays anything that commits meanwhile.
     async fn reconcile(
         &self,
-        state: &State,
+        replica: &dyn Replica,
         client: &tokio_postgres::Client,
     ) -> Result<(), PgError> {
         // Ours before the table is read: a token created here meanwhile is
         // not in this set, so it is never taken for a deleted one.
-        let here: std::collections::HashSet<u64> = state.store.ids().into_iter().collect();
+        let here: std::collections::HashSet<u64> = replica.ids().into_iter().collect();
         let seq = cluster_db::feed_position(client).await?;
         let stored = cluster_db::all_ids(client).await?;
         let stored_set: std::collections::HashSet<u64> = stored.iter().copied().collect();
@@ -464,30 +463,22 @@ impl Cluster {
             .copied()
             .filter(|id| !stored_set.contains(id))
             .collect();
-        let missing = stored
-            .iter()
-            .filter(|id| state.store.get(**id).is_none())
-            .count();
+        let missing = stored.iter().filter(|id| !replica.holds(**id)).count();
         // Every record, not only the missing ones: an edit or a rotation
         // made while this replica was away shows only in the table.
         if !stored.is_empty() {
             for change in cluster_db::records(client, &stored).await? {
                 if let Change::Created(hash, rec) = change {
-                    match state.store.get(rec.id) {
-                        Some(_) => {
-                            if state.store.apply_updated(hash, &rec) {
-                                state.access.revoke_refresh(&[rec.id]);
-                            }
-                        }
-                        None => {
-                            state.store.apply_created(hash, &rec);
-                        }
+                    if replica.holds(rec.id) {
+                        replica.updated(hash, &rec);
+                    } else {
+                        replica.created(hash, &rec);
                     }
                 }
             }
         }
         let deleted = gone.len();
-        self.apply_deletes(state, &mut gone);
+        apply_deletes(replica, &mut gone);
         // Never move backwards (the feed may have run ahead meanwhile).
         self.seq.fetch_max(seq, Ordering::AcqRel);
         tracing::info!(
@@ -497,4 +488,14 @@ impl Cluster {
         );
         Ok(())
     }
+}
+
+/// Applies a batch of remote deletes (kept together: one pass over the
+/// access tokens for the lot), then empties it.
+fn apply_deletes(replica: &dyn Replica, ids: &mut Vec<u64>) {
+    if ids.is_empty() {
+        return;
+    }
+    replica.deleted(ids);
+    ids.clear();
 }

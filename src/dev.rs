@@ -62,10 +62,11 @@ pub async fn run(
         Err(e) => return fail("cannot start", &e),
     };
     let state = &gateway.state;
-    let now = state.clock.unix();
-    let expires = Some(now + state.config.tokens.refresh_ttl.as_secs());
+    let now = state.view.clock.unix();
+    let expires = Some(now + state.startup_config.tokens.refresh_ttl.as_secs());
     let refresh = match state
-        .create_refresh_token("dev", now, expires, &Default::default())
+        .lifecycle
+        .mint("dev", now, expires, &Default::default())
         .await
     {
         Ok((_, token)) => token,

@@ -164,12 +164,8 @@ impl Gateway {
             start_workers(
                 public,
                 acceptor.clone(),
-                state.config.public.limits.clone(),
-                Hops {
-                    proxies: state.config.public.trusted_proxies.clone().into(),
-                    forwarders: state.config.public.trusted_forwarders.clone().into(),
-                    proxy_protocol: state.config.public.proxy_protocol,
-                },
+                state.startup_config.public.limits.clone(),
+                Hops::of(&state.startup_config.public),
                 move || {
                     let upstream = Arc::new(Upstream::new(upstreams.clone()));
                     upstream.spawn_sweeper();
@@ -183,10 +179,10 @@ impl Gateway {
         };
 
         // 5. The admin listener, its local socket, and periodic work.
-        let admin_limits = state.config.admin.limits.clone();
+        let admin_limits = state.startup_config.admin.limits.clone();
         let mut tasks = Vec::with_capacity(4);
         tasks.extend(upstreams.spawn_prober(rx.clone()));
-        if let Some(path) = state.config.admin.socket.clone() {
+        if let Some(path) = state.startup_config.admin.socket.clone() {
             let local = match bind_local(&path).await {
                 Ok(l) => l,
                 Err(source) => {
@@ -240,11 +236,11 @@ impl Gateway {
                 let addr = l.local_addr().ok();
                 let scrape = {
                     let state = state.clone();
-                    Arc::new(move || state.scrape())
+                    Arc::new(move || state.view.scrape())
                 };
                 tasks.push(tokio::spawn(crate::metrics_listener::serve(
                     l,
-                    state.config.metrics.allowed_hosts.clone(),
+                    state.startup_config.metrics.allowed_hosts.clone(),
                     scrape,
                     rx.clone(),
                 )));
@@ -252,7 +248,9 @@ impl Gateway {
             }
             None => None,
         };
-        crate::cluster::Cluster::spawn(state.clone(), rx.clone());
+        if let Some(cluster) = state.view.cluster.clone() {
+            cluster.spawn(state.lifecycle.clone(), rx.clone());
+        }
         tasks.push(tokio::spawn(reloader.clone().watch_files(rx.clone())));
         if reload_on_sighup {
             tasks.push(tokio::spawn(crate::reload::on_sighup(
@@ -302,11 +300,11 @@ impl Gateway {
         // on every connection still open.
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        if let Some(cluster) = &self.state.cluster {
+        if let Some(cluster) = &self.state.view.cluster {
             // First, not after the drain: a clean shutdown ends this boot's
             // access tokens everywhere now (DPA's restart rule), not after
             // cluster.node_timeout. Requests in flight were checked already.
-            cluster.retire(self.state.access.own_boot().0).await;
+            cluster.retire(self.state.view.access.own_boot().0).await;
         }
         for w in self.workers {
             let _ = w.await;
@@ -317,8 +315,8 @@ impl Gateway {
         crate::periodic::flush_usage(&self.state).await;
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            state.audit.flush(std::time::Duration::from_secs(5));
-            if let Some(log) = &state.access_log {
+            state.view.audit.flush(std::time::Duration::from_secs(5));
+            if let Some(log) = &state.view.access_log {
                 log.flush(std::time::Duration::from_secs(5));
             }
         })

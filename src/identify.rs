@@ -37,6 +37,24 @@ pub(crate) struct Hops {
     pub(crate) proxy_protocol: bool,
 }
 
+impl Hops {
+    /// The hops `[public]` trusts: what the listener's accept decision
+    /// and the public handler's per-request decision both read.
+    pub(crate) fn of(public: &crate::config::PublicConfig) -> Hops {
+        Hops {
+            proxies: public.trusted_proxies.clone().into(),
+            forwarders: public.trusted_forwarders.clone().into(),
+            proxy_protocol: public.proxy_protocol,
+        }
+    }
+
+    /// The second decision for a request from `peer`: see `of_request`.
+    #[inline]
+    pub(crate) fn client(&self, peer: Peer, headers: &HeaderMap) -> Result<SocketAddr, Unknown> {
+        of_request(peer, headers, &self.forwarders)
+    }
+}
+
 /// What to do with a new connection, decided from its TCP peer alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Accept {

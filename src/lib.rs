@@ -19,19 +19,21 @@
 //! | 5 | `reload` | live reload (SIGHUP, `POST /api/reload`, certificate files changing on disk) |
 //! | 6 | `state` | what the listeners share, built at start-up |
 //! | 7 | `server` | the connection driver, generic over a listener's handler: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers |
-//! | 8 | `cluster`, `proxy`, `identify` | replicas sharing PostgreSQL; the upstream servers, their health, per-worker pools and header rewriting; who the client is (TCP peer, trusted PROXY header or `X-Forwarded-For`), decided in one place |
-//! | 9 | `tokens`, `throttle` | token formats, the live access-token map, the exchange; per-client limits on failed authentication |
-//! | 10 | `store` | refresh tokens, durable in a backend and mirrored in memory |
-//! | 11 | `restrict` | what a refresh token may do (scopes, networks, rate) and the checks |
-//! | 12 | `metrics`, `access_log` | Prometheus counters and the scrape, rendered from a snapshot the layers above fill; the access log writer |
-//! | 13 | `audit` | the audit log writer |
-//! | 14 | `tls` | rustls server and client configurations |
-//! | 15 | `config` | settings: defaults, file, environment, validated |
-//! | 16 | `shutdown`, `http`, `secrets`, `clock`, `net` | leaves: the shutdown signal, the response toolkit, secrets on disk, the time source, client addresses and networks |
+//! | 8 | `authority`, `lifecycle` | the HTTP-free authentication core (the bearer check and the exchange as typed verdicts: throttling, cluster catch-up, validation, restrictions); the token lifecycle (create, edit, rotate, delete with revoke, other replicas' changes), each with its audit line |
+//! | 9 | `cluster`, `proxy`, `identify` | replicas sharing PostgreSQL; the upstream servers, their health, per-worker pools and header rewriting; who the client is (TCP peer, trusted PROXY header or `X-Forwarded-For`), decided in one place |
+//! | 10 | `tokens`, `throttle` | token formats, the live access-token map, the exchange; per-client limits on failed authentication |
+//! | 11 | `store` | refresh tokens, durable in a backend and mirrored in memory |
+//! | 12 | `restrict` | what a refresh token may do (scopes, networks, rate), parsed and compiled |
+//! | 13 | `metrics`, `access_log` | Prometheus counters and the scrape, rendered from a snapshot the layers above fill; the access log writer |
+//! | 14 | `audit` | the audit log writer |
+//! | 15 | `tls` | rustls server and client configurations |
+//! | 16 | `config` | settings: defaults, file, environment, validated |
+//! | 17 | `shutdown`, `http`, `secrets`, `clock`, `net` | leaves: the shutdown signal, the response toolkit, secrets on disk, the time source, client addresses and networks |
 
 mod access_log;
 mod admin;
 mod audit;
+mod authority;
 pub mod cli;
 pub mod clock;
 mod cluster;
@@ -40,6 +42,7 @@ mod dev;
 mod gateway;
 mod http;
 mod identify;
+mod lifecycle;
 mod metrics;
 mod metrics_listener;
 mod net;
@@ -61,6 +64,7 @@ pub use admin::api;
 pub use config::Config;
 pub use dev::run as serve_dev;
 pub use gateway::{Gateway, StartError, StartOptions};
+pub use lifecycle::LifecycleError;
 pub use net::Cidr;
 pub use restrict::{RateLimit, RestrictionSpec, Restrictions, ScopeRule};
 pub use state::State;
@@ -92,7 +96,7 @@ pub mod benching {
         path: &str,
         now: std::time::Instant,
     ) -> bool {
-        crate::public::restriction_check(r, ip, method, path, now).is_ok()
+        crate::authority::restrictions::check(r, ip, method, path, now).is_ok()
     }
 }
 

@@ -17,8 +17,8 @@ pub(crate) async fn run(
     admin: Arc<AdminAuth>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut sweep = tokio::time::interval(state.config.tokens.sweep_interval);
-    let mut flush = tokio::time::interval(state.config.storage.usage_flush_interval);
+    let mut sweep = tokio::time::interval(state.startup_config.tokens.sweep_interval);
+    let mut flush = tokio::time::interval(state.startup_config.storage.usage_flush_interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -28,23 +28,22 @@ pub(crate) async fn run(
                 // off the runtime that serves the admin listener.
                 let (st, admin) = (state.clone(), admin.clone());
                 let swept = tokio::task::spawn_blocking(move || {
-                    let now = st.clock.now();
+                    let now = st.view.clock.now();
                     admin.sessions.sweep(now);
                     admin.throttle.sweep(now);
-                    st.throttle.sweep(now, &st.audit);
-                    st.store.sweep_secrets(st.clock.unix());
-                    st.access.sweep(now, st.clock.unix())
+                    st.authority.sweep(now);
+                    st.lifecycle.sweep(now)
                 })
                 .await;
                 if let Ok(removed @ 1..) = swept {
-                    tracing::debug!(removed, live = state.access.len(), "swept access tokens");
+                    tracing::debug!(removed, live = state.view.access.len(), "swept access tokens");
                 }
             }
             _ = flush.tick() => flush_usage(&state).await,
             _ = stopped(&mut shutdown) => {
                 // Windows still running have refusals to report too.
                 let st = state.clone();
-                let _ = tokio::task::spawn_blocking(move || st.throttle.report_all(&st.audit)).await;
+                let _ = tokio::task::spawn_blocking(move || st.authority.report_all()).await;
                 return;
             }
         }
@@ -53,11 +52,9 @@ pub(crate) async fn run(
 
 /// Writes changed refresh-token usage to the store; a failure is retried at the next tick.
 pub(crate) async fn flush_usage(state: &Arc<State>) {
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.flush_usage()).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::debug!(tokens = n, "flushed refresh-token usage"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "flushing refresh-token usage failed; will retry"),
-        Err(e) => tracing::warn!(error = %e, "usage flush task failed"),
+    match state.lifecycle.flush_usage().await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(tokens = n, "flushed refresh-token usage"),
+        Err(e) => tracing::warn!(error = %e, "flushing refresh-token usage failed; will retry"),
     }
 }

@@ -118,7 +118,7 @@ impl Reloader {
         source: ConfigSource,
         log_level: Option<LogLevelHook>,
     ) -> Reloader {
-        let applied = Mutex::new(state.config.clone());
+        let applied = Mutex::new(state.startup_config.clone());
         Reloader {
             state,
             cert,
@@ -164,8 +164,8 @@ impl Reloader {
         }
         self.cert.install(pair);
         self.state
-            .throttle
-            .set_budget(new.public.auth_failures_per_minute);
+            .authority
+            .set_failure_budget(new.public.auth_failures_per_minute);
         if let Some(hook) = &self.log_level {
             if let Err(e) = hook(&new) {
                 // Validation already accepted the level: this is the
@@ -175,7 +175,7 @@ impl Reloader {
         }
         let restart_required: Vec<String> = self
             .state
-            .config
+            .startup_config
             .changed_keys(&new)
             .into_iter()
             .filter(|k| !is_live(k))
@@ -233,7 +233,7 @@ impl Reloader {
             Trigger::FileWatch => ReloadKind::Certificate,
             Trigger::Signal | Trigger::Api => ReloadKind::Config,
         };
-        self.state.metrics.reload(kind, result.is_ok());
+        self.state.view.metrics.reload(kind, result.is_ok());
         match result {
             Ok(r) => {
                 tracing::info!(
@@ -257,7 +257,7 @@ impl Reloader {
             ),
         }
         let reason = result.as_ref().err().map(|e| e.to_string());
-        self.state.audit.record(&crate::audit::Event {
+        self.state.view.audit.record(&crate::audit::Event {
             event: if result.is_ok() {
                 "config.reloaded"
             } else {
@@ -276,7 +276,7 @@ impl Reloader {
     /// pair refused once is tried again at the next change of either file,
     /// so a certificate written before its key is picked up with the key.
     pub(crate) async fn watch_files(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let Some(every) = self.state.config.tls.watch_interval else {
+        let Some(every) = self.state.startup_config.tls.watch_interval else {
             return;
         };
         let mut last = self.stamp().await;

@@ -1,20 +1,34 @@
-//! The state both listeners share, built at start-up in numbered steps and
-//! cloned (as an `Arc`) into every connection. No global statics.
+//! What the listeners and background jobs share, built at start-up in
+//! numbered steps and cloned (as an `Arc`) into every connection. No global
+//! statics.
+//!
+//! It is a set of narrow handles, not one object everything reaches into:
+//!
+//! - `authority`: the authentication core (the public listener's bearer
+//!   check and exchange);
+//! - `lifecycle`: the token lifecycle (create, edit, rotate, delete, and
+//!   the changes other replicas make);
+//! - `view`: what observers read (the scrape, `GET /api/stats`, readiness)
+//!   and shutdown flushes;
+//! - `startup_config`: the configuration as the gateway started. What a
+//!   reload changes lives in the reloader and in the handles it updates.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::access_log::AccessLog;
-use crate::audit::Audit;
+use crate::audit::{Audit, Dropped};
+use crate::authority::Authority;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot};
-use crate::restrict::RestrictionSpec;
-use crate::store::{Edit, RefreshStore, RefreshToken, StoreError};
+use crate::store::{RefreshStore, StoreError};
 use crate::throttle::AuthThrottle;
 use crate::tokens::access::AccessTokens;
-use crate::tokens::format::{new_refresh_token, parse_refresh, RefreshHasher};
+use crate::tokens::format::RefreshHasher;
 
 /// Why the shared state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -36,25 +50,36 @@ pub enum StateError {
 }
 
 pub struct State {
-    pub config: Config,
-    pub clock: Clock,
-    /// Keys refresh-token hashes with the server secret.
-    pub hasher: RefreshHasher,
-    /// Durable refresh tokens and their in-memory mirror; `Arc` so blocking
-    /// writes can run on the blocking pool.
-    pub store: Arc<RefreshStore>,
-    /// Live access tokens; the boot nonce inside makes a restart invalidate them all.
-    pub access: AccessTokens,
+    /// The configuration the gateway started with. Settings a reload
+    /// changes are held by the reloader and pushed into the handles that
+    /// use them (the throttle's budget, the upstreams, the certificate):
+    /// read this only for what takes a restart to change.
+    pub(crate) startup_config: Config,
+    /// The authentication core: the public listener's only way to a
+    /// verdict on a bearer token or a refresh grant.
+    pub(crate) authority: Authority,
+    /// The token lifecycle: every change to a refresh token, local or
+    /// from another replica, goes through it (`Arc`: the cluster's feed
+    /// holds it too).
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Read-only handles for observers, and the shutdown's flushes.
+    pub(crate) view: View,
+    /// Set when shutdown begins: `/readyz` answers 503 "draining" from then on.
+    pub(crate) draining: AtomicBool,
+}
+
+/// What observers read: counts for the scrape and `GET /api/stats`,
+/// readiness, and the writers shutdown flushes. Each field is shared with
+/// the handle that changes it (`Arc`): reading never takes a lock of theirs.
+pub(crate) struct View {
+    pub(crate) clock: Clock,
+    pub(crate) store: Arc<RefreshStore>,
+    pub(crate) access: Arc<AccessTokens>,
     /// Security events, one JSON line each, written off the request path.
-    pub audit: Audit,
-    /// Failed token checks and exchanges per client address: consulted
-    /// before any MAC work on the public listener.
-    pub throttle: AuthThrottle,
+    pub(crate) audit: Arc<Audit>,
     /// Cluster mode (`storage.backend = "postgres"`): the change feed, the
     /// replica registry and the staleness bound. `None` with redb.
     pub(crate) cluster: Option<Arc<Cluster>>,
-    /// Set when shutdown begins: `/readyz` answers 503 "draining" from then on.
-    pub(crate) draining: AtomicBool,
     /// The metrics registry: the workers' counter blocks and rare events.
     pub(crate) metrics: Metrics,
     /// `log.access`; `None` when off (nothing is built per request then).
@@ -77,15 +102,17 @@ impl State {
         //    PostgreSQL: migrating, and refusing another secret) and load them all.
         let store = Arc::new(RefreshStore::open_config(&config.storage, secret)?);
         // 2. A fresh boot nonce: access tokens of any earlier process stop verifying.
-        let access = AccessTokens::keyed(secret, config.tokens.max_access_per_refresh)
-            .map_err(StateError::Random)?;
+        let access = Arc::new(
+            AccessTokens::keyed(secret, config.tokens.max_access_per_refresh)
+                .map_err(StateError::Random)?,
+        );
         // 3. Cluster mode: this boot joins the replica registry, so the
         //    other replicas verify its tokens from the first one.
         let cluster = match store.cluster_db() {
             Some(db) => Some(Arc::new(Cluster::start(
                 db,
                 &config.cluster,
-                access.own_boot(),
+                access.clone(),
             )?)),
             None => None,
         };
@@ -94,12 +121,32 @@ impl State {
             dest: format!("{:?}", config.audit),
             source,
         })?;
-        let audit = match &cluster {
+        let audit = Arc::new(match &cluster {
             Some(c) => audit.with_replica(&c.name),
             None => audit,
+        });
+        // 5. The authentication core, its failure budget counted from now,
+        //    and the token lifecycle.
+        let hasher = RefreshHasher::new(secret);
+        let authority = Authority {
+            clock: clock.clone(),
+            hasher: hasher.clone(),
+            store: store.clone(),
+            access: access.clone(),
+            throttle: AuthThrottle::new(config.public.auth_failures_per_minute, clock.now()),
+            audit: audit.clone(),
+            cluster: cluster
+                .clone()
+                .map(|c| c as Arc<dyn crate::authority::Freshness>),
+            access_ttl: config.tokens.access_ttl,
         };
-        // 5. The failed-authentication throttle, its minutes counted from now.
-        let throttle = AuthThrottle::new(config.public.auth_failures_per_minute, clock.now());
+        let lifecycle = Arc::new(Lifecycle {
+            clock: clock.clone(),
+            hasher,
+            store: store.clone(),
+            access: access.clone(),
+            audit: audit.clone(),
+        });
         // 6. Metrics and the access log.
         let metrics = Metrics::new(config.metrics.enabled);
         let access_log =
@@ -116,34 +163,38 @@ impl State {
             "state ready"
         );
         Ok(State {
-            hasher: RefreshHasher::new(secret),
-            clock,
-            store,
-            access,
-            audit,
-            throttle,
-            cluster,
+            authority,
+            lifecycle,
+            view: View {
+                clock,
+                store,
+                access,
+                audit,
+                cluster,
+                metrics,
+                access_log,
+            },
             draining: AtomicBool::new(false),
-            metrics,
-            access_log,
-            config,
+            startup_config: config,
         })
     }
 }
 
-/// A refresh token this close to its expiry counts as `expiring_soon` in the scrape.
-const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
-
-impl State {
+impl View {
     /// One scrape's snapshot, `None` with metrics off: the metrics' own
-    /// counters, and the gauges read now from what this state holds (the
+    /// counters, and the gauges read now from what these handles hold (the
     /// metrics module sits below all of it and imports none of it).
     pub(crate) fn scrape(&self) -> Option<Snapshot> {
         self.metrics.snapshot(|| {
             let audit = self.audit.dropped();
+            let r = self.store.by_expiry(self.clock.unix());
             Gauges {
                 access_tokens: self.access.len(),
-                refresh_tokens: self.refresh_tokens_by_state(),
+                refresh_tokens: RefreshTokens {
+                    active: r.active,
+                    expiring_soon: r.expiring_soon,
+                    expired: r.expired,
+                },
                 access_log_dropped: self.access_log.as_ref().map_or(0, |a| a.dropped()),
                 audit_dropped_client: audit.client,
                 audit_dropped_security: audit.security,
@@ -156,89 +207,46 @@ impl State {
             }
         })
     }
-
-    fn refresh_tokens_by_state(&self) -> RefreshTokens {
-        let now = self.clock.unix();
-        let mut n = RefreshTokens::default();
-        for t in self.store.list() {
-            match t.expires {
-                Some(e) if e <= now => n.expired += 1,
-                Some(e) if e - now <= EXPIRING_SOON_SECS => n.expiring_soon += 1,
-                _ => n.active += 1,
-            }
-        }
-        n
-    }
 }
 
-/// Why a refresh token could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum CreateTokenError {
-    #[error("the operating system's random number generator failed: {0}")]
-    Random(getrandom::Error),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("token store task failed: {0}")]
-    Task(String),
-}
-
+/// A small inspection API for the integration tests: what they read or
+/// trigger of the shared state, without reaching into its handles.
 impl State {
-    /// Mints a refresh token, commits its hash to the store (on the blocking
-    /// pool), and only then returns it with its string, which is never stored.
-    pub async fn create_refresh_token(
-        &self,
-        name: &str,
-        created: u64,
-        expires: Option<u64>,
-        restrictions: &RestrictionSpec,
-    ) -> Result<(Arc<RefreshToken>, String), CreateTokenError> {
-        let token = new_refresh_token().map_err(CreateTokenError::Random)?;
-        let parsed = parse_refresh(&token)
-            .map_err(|e| CreateTokenError::Task(format!("minted a malformed token: {e}")))?;
-        let hash = self.hasher.hash(&parsed);
-        let store = self.store.clone();
-        let name = name.to_owned();
-        let spec = restrictions.clone();
-        let created = tokio::task::spawn_blocking(move || {
-            store.create_restricted(hash, &name, created, expires, Some(&spec))
-        })
-        .await
-        .map_err(|e| CreateTokenError::Task(e.to_string()))??;
-        Ok((created, token))
+    /// Access tokens in memory (live ones, and expired ones until a sweep).
+    pub fn live_access_tokens(&self) -> usize {
+        self.view.access.len()
     }
 
-    /// Edits token `id` (its fields, or its secret) on the blocking pool;
-    /// `None`: no such token.
-    pub(crate) async fn edit_refresh_token(
-        &self,
-        id: u64,
-        edit: Edit,
-    ) -> Result<Option<Arc<RefreshToken>>, CreateTokenError> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.edit(id, &edit))
-            .await
-            .map_err(|e| CreateTokenError::Task(e.to_string()))??)
+    /// Bearer checks refused since start (each one past the MAC check or
+    /// before it: throttled requests never get here).
+    pub fn refused_access_checks(&self) -> u64 {
+        self.view.access.refused_checks()
     }
 
-    /// Gives token `id` a new secret, returned with the token; the old one
-    /// keeps exchanging until `old_until` (Unix seconds), or stops at once
-    /// (`None`), and then so do the access tokens issued under it.
-    pub(crate) async fn rotate_refresh_token(
-        &self,
-        id: u64,
-        old_until: Option<u64>,
-    ) -> Result<Option<(Arc<RefreshToken>, String)>, CreateTokenError> {
-        let secret = new_refresh_token().map_err(CreateTokenError::Random)?;
-        let parsed = parse_refresh(&secret)
-            .map_err(|e| CreateTokenError::Task(format!("minted a malformed token: {e}")))?;
-        let hash = self.hasher.hash(&parsed);
-        let rotated = self
-            .edit_refresh_token(id, Edit::Secret { hash, old_until })
-            .await?;
-        if rotated.is_some() && old_until.is_none() {
-            // Refused already through the old version's flag; this frees them.
-            self.access.revoke_refresh(&[id]);
-        }
-        Ok(rotated.map(|t| (t, secret)))
+    /// Writes changed refresh-token usage to the store now (what the
+    /// periodic flush does); how many tokens were written.
+    pub async fn flush_usage(&self) -> Result<usize, LifecycleError> {
+        self.lifecycle.flush_usage().await
+    }
+
+    /// Writes the failed-authentication throttle's `auth.throttled` lines
+    /// for the windows over at `now` (what the periodic sweep does).
+    pub fn report_throttled(&self, now: Instant) {
+        self.authority.sweep(now);
+    }
+
+    /// Waits (at most `timeout`) until every queued audit line is written.
+    pub fn flush_audit(&self, timeout: Duration) {
+        self.view.audit.flush(timeout);
+    }
+
+    /// Audit bytes queued and not yet written.
+    pub fn audit_pending_bytes(&self) -> usize {
+        self.view.audit.pending_bytes()
+    }
+
+    /// Audit lines dropped since start, by kind.
+    pub fn audit_dropped(&self) -> Dropped {
+        self.view.audit.dropped()
     }
 }

@@ -281,10 +281,7 @@ mod behaviour {
         gw.exchange(&refresh).await;
         // Flushed twice, then at shutdown: each use is written once.
         for _ in 0..2 {
-            let store = gw.state().store.clone();
-            tokio::task::spawn_blocking(move || store.flush_usage().unwrap())
-                .await
-                .unwrap();
+            gw.state().flush_usage().await.unwrap();
         }
         let gw = gw.restart().await;
         let t = &list(&gw).await[0];

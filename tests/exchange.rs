@@ -73,7 +73,7 @@ async fn exchange_succeeds_at_both_paths_with_form_and_json() {
     let a = gw.exchange(&refresh).await;
     let b = gw.exchange(&refresh).await;
     assert_ne!(a, b);
-    assert_eq!(gw.state().access.len(), 5);
+    assert_eq!(gw.state().live_access_tokens(), 5);
 }
 
 #[tokio::test]

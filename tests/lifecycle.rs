@@ -71,7 +71,7 @@ async fn deleting_a_refresh_token_kills_its_access_tokens_at_once() {
         StatusCode::OK
     );
     assert_eq!(
-        gw.state().access.len(),
+        gw.state().live_access_tokens(),
         1,
         "the deleted token's access tokens are freed"
     );
@@ -227,10 +227,13 @@ async fn expired_access_tokens_are_swept() {
         Duration::from_secs(10),
         "the sweeper to drop the expired access token",
         move || async move {
-            if state.access.is_empty() {
+            if state.live_access_tokens() == 0 {
                 Ok(())
             } else {
-                Err(format!("sweeper left {} tokens", state.access.len()))
+                Err(format!(
+                    "sweeper left {} tokens",
+                    state.live_access_tokens()
+                ))
             }
         },
     )

@@ -53,7 +53,7 @@ fn assert_throttled(r: &Resp) -> u64 {
 /// periodic sweep does), then returns them.
 fn throttled_lines(gw: &TestGateway) -> Vec<Value> {
     let state = gw.state();
-    state.throttle.sweep(gw.clock.now(), &state.audit);
+    state.report_throttled(gw.clock.now());
     gw.audit_lines()
         .into_iter()
         .filter(|l| l["event"] == "auth.throttled")
@@ -73,12 +73,12 @@ async fn forged_tokens_beyond_the_budget_get_429_before_any_mac_work() {
         let r = attacker.api_get("/api/x", &forged).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    let checks = gw.state().access.refused_checks();
+    let checks = gw.state().refused_access_checks();
     for _ in 0..20 {
         assert_throttled(&attacker.api_get("/api/x", &forged).await);
     }
     assert_eq!(
-        gw.state().access.refused_checks(),
+        gw.state().refused_access_checks(),
         checks,
         "a throttled request reached the MAC check"
     );
@@ -319,9 +319,9 @@ async fn a_flood_of_refused_exchanges_keeps_audit_lines_small_and_admin_events_i
     }
     // The writer is stalled, so (almost) every line still waits in memory:
     // at most a few hundred bytes each, not 16 KiB.
-    let pending = gw.state().audit.pending_bytes();
+    let pending = gw.state().audit_pending_bytes();
     assert!(pending < flood * 1024, "{pending} bytes pending");
-    assert_eq!(gw.state().audit.dropped().security, 0);
+    assert_eq!(gw.state().audit_dropped().security, 0);
 
     go.send(()).unwrap();
     let seen = tokio::task::spawn_blocking(move || reader.join().unwrap())

@@ -11,8 +11,10 @@ pub use crate::restrict::{RateLimit, RestrictionSpec, ScopeRule};
 /// Longest accepted token name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 
-/// `POST /api/refresh-tokens`.
+/// `POST /api/refresh-tokens`. The server reads it field by field (each
+/// error names its field; see `admin::checked`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct CreateToken {
     pub name: String,
     /// Absent: the gateway's default lifetime. `"never"` (or `null`): never
@@ -39,9 +41,11 @@ pub struct CreatedToken {
 
 /// `PATCH /api/refresh-tokens/{id}`: each field present is changed, each
 /// absent one stays. `null` clears a restriction (`scopes`, `networks`,
-/// `rate_limit`) or, for `expires`, means never. What the CLI sends; the
-/// server reads the body field by field, to name the one at fault.
+/// `rate_limit`) or, for `expires`, means never (read as `"never"`). What
+/// the CLI sends and the server reads, field by field, to name the one at
+/// fault.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct EditToken {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -61,6 +65,7 @@ pub struct EditToken {
 
 /// `POST /api/refresh-tokens/{id}/rotate`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct RotateToken {
     /// How long the old secret keeps working; 0 (the default) = it stops
     /// now, and so does every access token issued under it.
@@ -82,8 +87,8 @@ pub struct RotatedToken {
 pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
 
 /// Tokens expiring within this are flagged (`expiring_soon`, the page, the
-/// count in `GET /api/stats`).
-pub const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
+/// count in `GET /api/stats`); `expires_within` is the test itself.
+pub use crate::store::{expires_within, EXPIRING_SOON_SECS};
 
 /// One row of `GET /api/refresh-tokens` (never a token string).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,6 +24,7 @@
 
 pub mod api;
 pub(crate) mod auth;
+mod checked;
 mod origin;
 mod session;
 mod tokens;
@@ -101,7 +102,7 @@ impl Handler for AdminHandler {
     fn conn_stats(&self) -> Option<&crate::metrics::ConnStats> {
         // The local socket has no TLS and is not the admin listener.
         (!self.local)
-            .then(|| self.state.metrics.admin_conns())
+            .then(|| self.state.view.metrics.admin_conns())
             .flatten()
     }
 
@@ -127,7 +128,7 @@ impl Handler for AdminHandler {
 
 impl AdminHandler {
     fn body_read_timeout(&self) -> Duration {
-        self.state.config.admin.limits.body_read_timeout
+        self.state.startup_config.admin.limits.body_read_timeout
     }
 
     async fn dispatch(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
@@ -182,7 +183,9 @@ impl AdminHandler {
                 _ => method_not_allowed("GET"),
             },
             ("/metrics", _) => match method {
-                Method::GET | Method::HEAD => crate::metrics::scrape_reply(self.state.scrape()),
+                Method::GET | Method::HEAD => {
+                    crate::metrics::scrape_reply(self.state.view.scrape())
+                }
                 _ => method_not_allowed("GET, HEAD"),
             },
             ("/api/cluster/rotate", _) => match method {
@@ -282,7 +285,7 @@ async fn json_body(req: Request<Incoming>, timeout: Duration) -> Result<Value, R
 
 impl AdminHandler {
     fn audit_login(&self, peer: SocketAddr, ok: bool, how: &str) {
-        self.state.audit.record(&Event {
+        self.state.view.audit.record(&Event {
             event: if ok {
                 "admin.login"
             } else {
@@ -305,7 +308,7 @@ impl AdminHandler {
             return Ok(Principal::Local);
         }
         let auth = &self.auth;
-        let now = self.state.clock.now();
+        let now = self.state.view.clock.now();
         if let Some(cookie) = session::cookie_value(req.headers()) {
             if let Some(csrf) = auth.sessions.lookup(&cookie, now) {
                 return Ok(Principal::Session { csrf });
@@ -342,7 +345,8 @@ impl AdminHandler {
                     Principal::Session { csrf } => Some(csrf.clone()),
                     Principal::Basic | Principal::Local => None,
                 },
-                default_refresh_ttl_days: self.state.config.tokens.refresh_ttl.as_secs() / 86_400,
+                default_refresh_ttl_days: self.state.startup_config.tokens.refresh_ttl.as_secs()
+                    / 86_400,
                 session_ttl_seconds: self.auth.sessions.ttl().as_secs(),
             },
         ))
@@ -353,7 +357,7 @@ impl AdminHandler {
     /// (each draws a new one within a round), with redb this gateway's.
     async fn rotate(&self, peer: SocketAddr) -> Reply {
         let state = &self.state;
-        let retired = match &state.cluster {
+        let retired = match &state.view.cluster {
             Some(cluster) => match cluster.rotate().await {
                 Ok(n) => n,
                 Err(e) => {
@@ -365,7 +369,7 @@ impl AdminHandler {
                     );
                 }
             },
-            None => match state.access.renew_boot() {
+            None => match state.view.access.renew_boot() {
                 Ok(_) => 1,
                 Err(e) => {
                     tracing::error!(error = %e, "drawing a new boot failed");
@@ -378,7 +382,7 @@ impl AdminHandler {
             },
         };
         tracing::warn!(%peer, retired_boots = retired, "every access token retired (rotate)");
-        state.audit.record(&crate::audit::Event {
+        state.view.audit.record(&crate::audit::Event {
             event: "admin.rotated",
             actor: Some("admin"),
             client_ip: Some(peer.ip().to_canonical()),
@@ -413,18 +417,19 @@ impl AdminHandler {
         no_store(json(
             StatusCode::OK,
             &Stats {
-                live_access_tokens: count(self.state.access.len()),
-                refresh_tokens: count(self.state.store.len()),
+                live_access_tokens: count(self.state.view.access.len()),
+                refresh_tokens: count(self.state.view.store.len()),
                 refresh_tokens_expiring_soon: count(
                     self.state
+                        .view
                         .store
-                        .expiring_within(self.state.clock.unix(), api::EXPIRING_SOON_SECS),
+                        .expiring_soon(self.state.view.clock.unix()),
                 ),
                 public_connections: count(self.public.per_worker().iter().sum()),
-                access_tokens_evicted: self.state.access.evicted(),
-                cluster: self.state.cluster.as_ref().map(|c| ClusterStats {
+                access_tokens_evicted: self.state.view.access.evicted(),
+                cluster: self.state.view.cluster.as_ref().map(|c| ClusterStats {
                     replica: c.name.clone(),
-                    peer_boots: count(self.state.access.peers()),
+                    peer_boots: count(self.state.view.access.peers()),
                     staleness_ms: u64::try_from(c.staleness().as_millis()).unwrap_or(u64::MAX),
                     changes_applied: c.applied(),
                 }),
@@ -434,7 +439,7 @@ impl AdminHandler {
 
     async fn login(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
         let auth = &self.auth;
-        let now = self.state.clock.now();
+        let now = self.state.view.clock.now();
         let ip = peer.ip();
         // Refused early, before the body is read; counted only once the
         // body holds a guess.
@@ -449,7 +454,7 @@ impl AdminHandler {
             return bad("send {\"username\": \"admin\", \"password\": \"…\"}");
         };
         // Counted before the password is hashed (see `session::Throttle`).
-        let attempt = match auth.throttle.begin(ip, self.state.clock.now()) {
+        let attempt = match auth.throttle.begin(ip, self.state.view.clock.now()) {
             Ok(a) => a,
             Err(wait) => return too_many(wait),
         };
@@ -488,7 +493,7 @@ impl AdminHandler {
         if let Some(cookie) = session::cookie_value(req.headers()) {
             self.auth.sessions.remove(&cookie);
         }
-        self.state.audit.record(&Event {
+        self.state.view.audit.record(&Event {
             event: "admin.logout",
             actor: Some("admin"),
             client_ip: Some(peer.ip().to_canonical()),

@@ -9,16 +9,13 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::api::{
-    parse_expiry, validate_name, CreateToken, CreatedToken, DeleteTokens, DeletedToken,
-    DeletedTokens, RestrictionSpec, RotatedToken, TokenInfo, EXPIRING_SOON_SECS, MAX_GRACE_SECONDS,
+    parse_expiry, CreateToken, CreatedToken, DeleteTokens, DeletedToken, DeletedTokens, EditToken,
+    RestrictionSpec, RotateToken, RotatedToken, TokenInfo,
 };
-use super::{bad, json_body, AdminHandler};
-use crate::audit::Event;
+use super::{bad, checked, json_body, AdminHandler};
 use crate::clock::rfc3339;
 use crate::http::{empty, error, json, no_store, Reply};
-use crate::restrict::{
-    parse_networks, parse_rate_limit, parse_read_only, parse_scopes, whole_number,
-};
+use crate::restrict::whole_number;
 use crate::store::{Edit, RefreshToken};
 
 fn info(r: &RefreshToken, now: u64) -> TokenInfo {
@@ -38,7 +35,7 @@ fn info(r: &RefreshToken, now: u64) -> TokenInfo {
             "active"
         }
         .into(),
-        expiring_soon: crate::store::expires_soon(r.expires, now, EXPIRING_SOON_SECS),
+        expiring_soon: crate::store::expires_soon(r.expires, now),
         restrictions: spec_of(r),
     }
 }
@@ -64,10 +61,10 @@ fn spec_of(r: &RefreshToken) -> RestrictionSpec {
 
 impl AdminHandler {
     pub(super) fn list(&self) -> Reply {
-        let now = self.state.clock.unix();
+        let now = self.state.view.clock.unix();
         let all: Vec<TokenInfo> = self
             .state
-            .store
+            .lifecycle
             .list()
             .iter()
             .map(|r| info(r, now))
@@ -81,22 +78,21 @@ impl AdminHandler {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let now = state.clock.unix();
+        let now = state.view.clock.unix();
         let (request, expires) =
-            match create_request(body, now, state.config.tokens.refresh_ttl.as_secs()) {
+            match create_request(body, now, state.startup_config.tokens.refresh_ttl.as_secs()) {
                 Ok(x) => x,
                 Err(text) => return bad(text),
             };
         // The store blocks: commit on the blocking pool; answer only after the commit.
         let (token, secret) = match state
-            .create_refresh_token(&request.name, now, expires, &request.restrictions)
+            .lifecycle
+            .create(peer, &request.name, now, expires, &request.restrictions)
             .await
         {
             Ok(x) => x,
             Err(e) => return internal("creating a refresh token failed", e),
         };
-        tracing::info!(%peer, token_id = token.id, token_name = %token.name, "refresh token created");
-        self.audit_token(peer, "refresh_token.created", &token);
         let mut r = no_store(json(StatusCode::CREATED, &created(&token, secret)));
         if let Ok(loc) = HeaderValue::from_str(&format!("/api/refresh-tokens/{}", token.id)) {
             r.headers_mut().insert(LOCATION, loc);
@@ -114,18 +110,17 @@ impl AdminHandler {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let (edit, changed) = match edit_request(&body, self.state.clock.unix()) {
+        let clock = &self.state.view.clock;
+        let (edit, changed) = match edit_request(body, clock.unix()) {
             Ok(x) => x,
             Err(text) => return bad(text),
         };
-        let token = match self.state.edit_refresh_token(id, edit).await {
+        let token = match self.state.lifecycle.edit(peer, id, edit, &changed).await {
             Ok(Some(t)) => t,
             Ok(None) => return not_found(),
             Err(e) => return internal("editing a refresh token failed", e),
         };
-        tracing::info!(%peer, token_id = token.id, token_name = %token.name, fields = %changed, "refresh token edited");
-        self.audit_change(peer, "refresh_token.updated", &token, &changed);
-        no_store(json(StatusCode::OK, &info(&token, self.state.clock.unix())))
+        no_store(json(StatusCode::OK, &info(&token, clock.unix())))
     }
 
     /// `POST /api/refresh-tokens/{id}/rotate`: a new secret for the same
@@ -143,54 +138,22 @@ impl AdminHandler {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let grace = match grace_seconds(&body) {
-            Ok(g) => g,
+        let grace = match checked::read::<RotateToken>(body) {
+            Ok(r) => r.grace_seconds,
             Err(text) => return bad(text),
         };
-        let now = self.state.clock.unix();
-        let old_until = (grace > 0).then(|| now.saturating_add(grace));
-        let (token, secret) = match self.state.rotate_refresh_token(id, old_until).await {
+        let rotated = match self.state.lifecycle.rotate(peer, id, grace).await {
             Ok(Some(x)) => x,
             Ok(None) => return not_found(),
             Err(e) => return internal("rotating a refresh token failed", e),
         };
-        let how = match old_until {
-            Some(_) => format!("old secret valid for {grace} s more"),
-            None => "old secret and its access tokens ended at once".to_owned(),
-        };
-        tracing::info!(%peer, token_id = token.id, token_name = %token.name, "refresh token rotated: {how}");
-        self.audit_change(peer, "refresh_token.rotated", &token, &how);
         no_store(json(
             StatusCode::OK,
             &RotatedToken {
-                token: created(&token, secret),
-                previous_token_valid_until: old_until.map(rfc3339),
+                token: created(&rotated.token, rotated.secret),
+                previous_token_valid_until: rotated.old_until.map(rfc3339),
             },
         ))
-    }
-
-    /// One audit line for an administrator's action on a refresh token.
-    fn audit_token(&self, peer: SocketAddr, event: &'static str, token: &RefreshToken) {
-        self.audit_change(peer, event, token, "");
-    }
-
-    /// As `audit_token`, saying what changed (`reason`), if anything.
-    fn audit_change(
-        &self,
-        peer: SocketAddr,
-        event: &'static str,
-        token: &RefreshToken,
-        what: &str,
-    ) {
-        self.state.audit.record(&Event {
-            event,
-            actor: Some("admin"),
-            client_ip: Some(peer.ip().to_canonical()),
-            token_id: Some(token.id),
-            token_name: Some(&token.name),
-            reason: (!what.is_empty()).then_some(what),
-            ..Default::default()
-        });
     }
 
     /// Deletes in one transaction, then drops the access tokens they issued.
@@ -199,20 +162,11 @@ impl AdminHandler {
         peer: SocketAddr,
         ids: Vec<u64>,
     ) -> Result<Vec<Arc<RefreshToken>>, Reply> {
-        let state = &self.state;
-        let store = state.store.clone();
-        let gone = match tokio::task::spawn_blocking(move || store.delete(&ids)).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => return Err(internal("deleting refresh tokens failed", e)),
-            Err(e) => return Err(internal("deleting refresh tokens failed", e)),
-        };
-        let ids: Vec<u64> = gone.iter().map(|r| r.id).collect();
-        state.access.revoke_refresh(&ids);
-        for r in &gone {
-            tracing::info!(%peer, token_id = r.id, token_name = %r.name, "refresh token deleted");
-            self.audit_token(peer, "refresh_token.deleted", r);
-        }
-        Ok(gone)
+        self.state
+            .lifecycle
+            .delete(peer, ids)
+            .await
+            .map_err(|e| internal("deleting refresh tokens failed", e))
     }
 
     pub(super) async fn delete_one(&self, peer: SocketAddr, id: &str) -> Reply {
@@ -277,66 +231,19 @@ impl AdminHandler {
     }
 }
 
-/// A create or edit body: a JSON object of a token's fields, and no other.
-fn token_fields(body: &Value) -> Result<&serde_json::Map<String, Value>, String> {
-    let Some(obj) = body.as_object() else {
-        return Err("body must be a JSON object like {\"name\": \"reporting\"}".into());
-    };
-    const FIELDS: [&str; 6] = [
-        "name",
-        "expires",
-        "scopes",
-        "read_only",
-        "networks",
-        "rate_limit",
-    ];
-    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(format!(
-            "unknown field {k:?}; expected name, expires, scopes, read_only, networks and rate_limit"
-        ));
-    }
-    Ok(obj)
-}
-
-/// Checks a create request's body field by field (so each error names its
-/// field): the request, and its expiry in Unix seconds (`None` = never).
+/// Reads a create request (each error names its field): the request, and
+/// its expiry in Unix seconds (`None` = never; absent: `default_secs` from now).
 fn create_request(
     body: Value,
     now: u64,
     default_secs: u64,
 ) -> Result<(CreateToken, Option<u64>), String> {
-    let obj = token_fields(&body)?;
-    let name = match obj.get("name") {
-        Some(Value::String(s)) => validate_name(s)?,
-        Some(_) => return Err("name must be a string".into()),
-        None => return Err("name is required".into()),
+    let request: CreateToken = checked::read(body)?;
+    let expires = match &request.expires {
+        None => Some(now.saturating_add(default_secs)),
+        Some(text) => parse_expiry(text, now)?,
     };
-    let (text, expires) = match obj.get("expires") {
-        None => (None, Some(now.saturating_add(default_secs))),
-        Some(Value::Null) => (Some("never".to_owned()), None),
-        Some(Value::String(s)) => (Some(s.clone()), parse_expiry(s, now)?),
-        Some(_) => {
-            return Err(
-                "expires must be \"never\" or an RFC 3339 time such as 2027-05-01T00:00:00Z".into(),
-            )
-        }
-    };
-    // Absent and null alike mean "no restriction of this kind".
-    let field = |k: &str| obj.get(k).unwrap_or(&Value::Null);
-    let restrictions = RestrictionSpec {
-        scopes: parse_scopes(field("scopes"))?,
-        read_only: parse_read_only(field("read_only"))?,
-        networks: parse_networks(field("networks"))?,
-        rate_limit: parse_rate_limit(field("rate_limit"))?,
-    };
-    Ok((
-        CreateToken {
-            name,
-            expires: text,
-            restrictions,
-        },
-        expires,
-    ))
+    Ok((request, expires))
 }
 
 fn not_found() -> Reply {
@@ -347,60 +254,24 @@ fn not_found() -> Reply {
     )
 }
 
-/// Checks an edit request's body field by field: the edit, and the names
-/// of the fields it changes (for the log and the audit line).
-fn edit_request(body: &Value, now: u64) -> Result<(Edit, String), String> {
-    let obj = token_fields(body)?;
-    if obj.is_empty() {
-        return Err(
-            "the body names nothing to change: send one or more of name, expires, scopes, read_only, networks and rate_limit".into(),
-        );
-    }
-    let name = match obj.get("name") {
+/// Reads an edit request (each error names its field): the edit, and the
+/// names of the fields it changes (for the log and the audit line).
+fn edit_request(body: Value, now: u64) -> Result<(Edit, String), String> {
+    let request: EditToken = checked::read(body)?;
+    let changed = request.changed();
+    let expires = match &request.expires {
         None => None,
-        Some(Value::String(s)) => Some(validate_name(s)?),
-        Some(_) => return Err("name must be a string".into()),
+        Some(text) => Some(parse_expiry(text, now)?),
     };
-    let expires =
-        match obj.get("expires") {
-            None => None,
-            Some(Value::Null) => Some(None),
-            Some(Value::String(s)) => Some(parse_expiry(s, now)?),
-            Some(_) => return Err(
-                "expires must be \"never\", null or an RFC 3339 time such as 2027-05-01T00:00:00Z"
-                    .into(),
-            ),
-        };
     let edit = Edit::Fields {
-        name,
+        name: request.name,
         expires,
-        scopes: obj.get("scopes").map(parse_scopes).transpose()?,
-        read_only: obj.get("read_only").map(parse_read_only).transpose()?,
-        networks: obj.get("networks").map(parse_networks).transpose()?,
-        rate_limit: obj.get("rate_limit").map(parse_rate_limit).transpose()?,
+        scopes: request.scopes,
+        read_only: request.read_only,
+        networks: request.networks,
+        rate_limit: request.rate_limit,
     };
-    let mut changed: Vec<&str> = obj.keys().map(String::as_str).collect();
-    changed.sort_unstable();
-    Ok((edit, changed.join(",")))
-}
-
-/// A rotate request's `grace_seconds` (absent: 0).
-fn grace_seconds(body: &Value) -> Result<u64, String> {
-    let Some(obj) = body.as_object() else {
-        return Err("body must be a JSON object like {\"grace_seconds\": 3600}".into());
-    };
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "grace_seconds") {
-        return Err(format!("unknown field {k:?}; expected grace_seconds"));
-    }
-    match obj.get("grace_seconds") {
-        None | Some(Value::Null) => Ok(0),
-        Some(v) => match whole_number(v) {
-            Some(n) if n <= MAX_GRACE_SECONDS => Ok(n),
-            _ => Err(format!(
-                "grace_seconds must be a whole number of seconds from 0 (the old token stops now) to {MAX_GRACE_SECONDS} (30 days)"
-            )),
-        },
-    }
+    Ok((edit, changed))
 }
 
 fn parse_id(text: &str) -> Option<u64> {

@@ -6,18 +6,10 @@ use std::net::SocketAddr;
 use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
 
+use crate::authority::BearerError;
 use crate::http::{error, Reply};
 use crate::metrics::Refusal;
 use crate::tokens::access::AccessError;
-
-/// Why the `Authorization` header was refused.
-#[derive(Debug)]
-pub enum BearerError {
-    Missing,
-    Repeated,
-    Scheme,
-    Token(AccessError),
-}
 
 /// Extracts the token from `Authorization: Bearer <token>` (scheme in any case).
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
@@ -43,28 +35,38 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {
 }
 
 /// The refusal's label in `tokengate_bearer_refusals_total`.
-pub(super) fn metric(e: &BearerError) -> Refusal {
+pub(super) fn metric(e: BearerError) -> Refusal {
     match e {
         BearerError::Missing => Refusal::Missing,
         BearerError::Repeated => Refusal::Repeated,
         BearerError::Scheme => Refusal::Scheme,
-        BearerError::Token(a) => match a {
-            AccessError::Malformed => Refusal::Malformed,
-            AccessError::EarlierBoot => Refusal::EarlierBoot,
-            AccessError::UnknownBoot => Refusal::UnknownBoot,
-            AccessError::Forged => Refusal::Forged,
-            AccessError::Unknown => Refusal::Unknown,
-            AccessError::Expired => Refusal::Expired,
-            AccessError::RefreshGone => Refusal::RefreshGone,
-            AccessError::RefreshUnseen => Refusal::RefreshUnseen,
-            AccessError::Rotated => Refusal::Rotated,
-            AccessError::Evicted { .. } => Refusal::Evicted,
-        },
     }
 }
 
-/// RFC 6750 §3 answer.
-pub(super) fn refusal(e: BearerError, peer: SocketAddr) -> Reply {
+/// A refused token's label in `tokengate_bearer_refusals_total`.
+pub(super) fn token_metric(e: AccessError) -> Refusal {
+    match e {
+        AccessError::Malformed => Refusal::Malformed,
+        AccessError::EarlierBoot => Refusal::EarlierBoot,
+        AccessError::UnknownBoot => Refusal::UnknownBoot,
+        AccessError::Forged => Refusal::Forged,
+        AccessError::Unknown => Refusal::Unknown,
+        AccessError::Expired => Refusal::Expired,
+        AccessError::RefreshGone => Refusal::RefreshGone,
+        AccessError::RefreshUnseen => Refusal::RefreshUnseen,
+        AccessError::Rotated => Refusal::Rotated,
+        AccessError::Evicted { .. } => Refusal::Evicted,
+    }
+}
+
+/// RFC 6750 §3 answer to a refused token.
+pub(super) fn token_refusal(e: AccessError, peer: SocketAddr) -> Reply {
+    tracing::debug!(%peer, reason = e.reason(), "access token refused");
+    challenge(StatusCode::UNAUTHORIZED, "invalid_token", &e.description())
+}
+
+/// RFC 6750 §3 answer to a header with no bearer token.
+pub(super) fn refusal(e: BearerError) -> Reply {
     let (status, code, text) = match e {
         BearerError::Missing => (
             StatusCode::UNAUTHORIZED,
@@ -81,10 +83,6 @@ pub(super) fn refusal(e: BearerError, peer: SocketAddr) -> Reply {
             "invalid_token",
             "use Authorization: Bearer <access token>",
         ),
-        BearerError::Token(a) => {
-            tracing::debug!(%peer, reason = a.reason(), "access token refused");
-            return challenge(StatusCode::UNAUTHORIZED, "invalid_token", &a.description());
-        }
     };
     challenge(status, code, text)
 }

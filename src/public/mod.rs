@@ -2,9 +2,12 @@
 //! proxy path (authenticate → rewrite → forward → filter the response).
 //!
 //! - `token`: the token endpoint (decode → exchange → RFC 6749 answer).
-//! - `bearer`: the `Authorization: Bearer` check and its RFC 6750 refusals.
-//! - `restricted`: a token's networks, scopes and rate, and their refusals.
+//! - `bearer`: the `Authorization: Bearer` header and its RFC 6750 refusals.
+//! - `restricted`: the refusals of a token's networks, scopes and rate.
 //! - `finish`: the request's end: its metrics and access-log line.
+//!
+//! Every decision about a credential is the core's (`authority`): this
+//! module parses, asks, and maps the verdict to a response and a metric.
 
 mod bearer;
 mod finish;
@@ -12,8 +15,6 @@ mod restricted;
 mod token;
 
 pub use bearer::bearer_token;
-use bearer::BearerError;
-pub(crate) use restricted::check as restriction_check;
 pub use token::{parse_body, BodyKind, TokenRequest};
 
 use std::net::SocketAddr;
@@ -28,12 +29,15 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::access_log::AccessLog;
+use crate::authority::{Presented, Refusal, Verdict};
 use crate::http::host::is_valid_host;
 use crate::http::{
     error, json, method_not_allowed, strip_body_for_head, too_many_requests, unavailable, Reply,
 };
-use crate::identify::{self, Peer};
-use crate::metrics::{ConnStats, Refusal, RouteLabel, UpstreamError, WorkerMetrics};
+use crate::identify::{self, Hops, Peer};
+use crate::metrics::{
+    ConnStats, Refusal as RefusalLabel, RouteLabel, UpstreamError, WorkerMetrics,
+};
 use crate::proxy::{
     canonicalise, Identity, InvalidPath, PathPolicy, ProxyError, Upstream, UpstreamBody,
 };
@@ -41,7 +45,6 @@ use crate::server::Handler;
 use crate::state::State;
 use crate::store::RefreshToken;
 use crate::throttle::Throttled;
-use crate::tokens::access::AccessError;
 
 /// The 503 text while cluster mode cannot vouch for tokens.
 pub(crate) const STALE: &str =
@@ -66,16 +69,21 @@ pub(crate) struct PublicHandler {
     /// What a request path may hold (`public.path_parameters`); the
     /// worker's own copy, read on every proxied request.
     paths: PathPolicy,
+    /// The balancers in front, as the listener's accept decision read
+    /// them: a trusted forwarder's requests name their client.
+    hops: Hops,
 }
 
 impl PublicHandler {
     /// A worker's handler: its own upstream pool, metrics block and
     /// access-log handle, so no per-request reference count is shared.
     pub(crate) fn new(state: Arc<State>, upstream: Arc<Upstream>) -> PublicHandler {
+        let config = &state.startup_config.public;
         PublicHandler {
-            metrics: state.metrics.worker(),
-            access_log: state.access_log.clone().map(Arc::new),
-            paths: PathPolicy::with_parameters(&state.config.public.path_parameters),
+            metrics: state.view.metrics.worker(),
+            access_log: state.view.access_log.clone().map(Arc::new),
+            paths: PathPolicy::with_parameters(&config.path_parameters),
+            hops: Hops::of(config),
             state,
             upstream,
         }
@@ -127,9 +135,37 @@ impl Handler for PublicHandler {
 }
 
 impl PublicHandler {
-    fn refused(&self, r: Refusal) {
+    fn refused(&self, r: RefusalLabel) {
         if let Some(m) = &self.metrics {
             m.refusal(r);
+        }
+    }
+
+    /// The answer to a request the core refused, and its metric.
+    #[cold]
+    fn refuse(&self, refusal: Refusal, peer: SocketAddr) -> Reply {
+        match refusal {
+            Refusal::Throttled(t) => {
+                self.refused(RefusalLabel::Throttled);
+                too_many_failures(t)
+            }
+            Refusal::Bearer(e) => {
+                self.refused(bearer::metric(e));
+                bearer::refusal(e)
+            }
+            Refusal::Stale => {
+                self.refused(RefusalLabel::Stale);
+                unavailable(STALE)
+            }
+            Refusal::Token(e) => {
+                self.refused(bearer::token_metric(e));
+                bearer::token_refusal(e, peer)
+            }
+            Refusal::Restricted { refused, token_id } => {
+                tracing::debug!(%peer, token_id, reason = ?refused, "request refused by the token's restrictions");
+                self.refused(restricted::metric(refused));
+                restricted::refusal(refused)
+            }
         }
     }
 
@@ -141,8 +177,7 @@ impl PublicHandler {
     ) -> Either<Response<UpstreamBody>, Reply> {
         // From here on `peer` is the client, also behind a trusted balancer
         // (decided in `identify`, the one place that does).
-        let forwarders = &self.state.config.public.trusted_forwarders;
-        let peer = match identify::of_request(peer, req.headers(), forwarders) {
+        let peer = match self.hops.client(peer, req.headers()) {
             Ok(client) => client,
             Err(unknown) => return Either::Right(self.unknown_client(peer, unknown, &req)),
         };
@@ -180,7 +215,6 @@ impl PublicHandler {
         req: Request<Incoming>,
         note: &mut finish::Note,
     ) -> Either<Response<UpstreamBody>, Reply> {
-        let state = &self.state;
         // Stage 1: the canonical target. The path is read once, here: the
         // scope check matches it and the upstream is sent it, so no spelling
         // can mean one path to the check and another to the upstream. What
@@ -211,98 +245,41 @@ impl PublicHandler {
                 return Either::Right(invalid_path(e));
             }
         };
-        // Stage 2: authenticate. A client over its failure budget is
-        // refused before any MAC work or map lookup.
+        // Stage 2: authenticate (the core decides; this maps its verdict).
         let identity = {
-            let (ip, now) = (peer.ip(), state.clock.now());
-            if let Err(t) = state.throttle.check(ip, now) {
-                self.refused(Refusal::Throttled);
-                return Either::Right(too_many_failures(t));
-            }
-            let token = match bearer_token(req.headers()) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.refused(bearer::metric(&e));
-                    return Either::Right(bearer::refusal(e, peer));
-                }
+            let core = &self.state.authority;
+            let path = req.uri().path();
+            let presented = Presented {
+                bearer: bearer_token(req.headers()),
+                client: peer.ip(),
+                method: req.method(),
+                path: path.get(..checked_len).unwrap_or(path),
+                now: core.now(),
             };
-            if let Some(cluster) = &state.cluster {
-                // Fail closed: past cluster.max_staleness this replica may
-                // have missed a delete, so it vouches for no token.
-                if cluster.check_fresh().is_err() {
-                    self.refused(Refusal::Stale);
-                    return Either::Right(unavailable(STALE));
-                }
-            }
             let want_identity = self.upstream.identity_headers();
             let want_name = self.access_log.is_some();
             let mut named = None;
-            let path = req.uri().path();
-            let (method, path) = (req.method(), path.get(..checked_len).unwrap_or(path));
             // Runs under the access map's read guard, on the token it
-            // already holds: an unrestricted token pays one branch here.
-            let mut admit = |r: &RefreshToken| {
+            // already holds: no reference count is touched.
+            let mut on_token = |r: &RefreshToken| {
                 if want_name {
                     named = Some((r.id, r.name.clone()));
                 }
-                if let Some(x) = r.restrictions() {
-                    restricted::check(x, ip, method, path, now).map_err(|e| (e, r.id))?;
-                }
-                Ok(want_identity.then(|| Identity::of(r)))
+                want_identity.then(|| Identity::of(r))
             };
-            let mut validate = || {
-                state.access.validate_with(
-                    token,
-                    now,
-                    state.clock.unix(),
-                    |id| {
-                        state.store.get(id).ok_or(if state.store.is_gone(id) {
-                            AccessError::RefreshGone
-                        } else {
-                            AccessError::RefreshUnseen
-                        })
-                    },
-                    &mut admit,
-                )
+            let verdict = match core.verify(&presented, &mut on_token) {
+                Verdict::Admitted(identity) => Ok(identity),
+                Verdict::Refused(refusal) => Err(refusal),
+                // Rare (cluster mode, a token not known here yet): boxed,
+                // so the proxy path's future does not carry the catch-up.
+                Verdict::CatchUp(c) => {
+                    Box::pin(core.verify_caught_up(c, &presented, &mut on_token)).await
+                }
             };
-            let mut checked = validate();
-            if let (
-                Err(e @ (AccessError::RefreshUnseen | AccessError::UnknownBoot)),
-                Some(cluster),
-            ) = (&checked, &state.cluster)
-            {
-                // A peer that started a moment ago, or a refresh token
-                // created a moment ago on a peer: catch up, then decide.
-                // Concurrent misses share the round, and a boot still
-                // unknown afterwards was never registered: a guess.
-                let unknown_boot = *e == AccessError::UnknownBoot;
-                if !cluster.catch_up().await {
-                    // The database did not answer in time: the token is not
-                    // known to be bad, so no 401 and no count.
-                    self.refused(Refusal::Stale);
-                    return Either::Right(unavailable(STALE));
-                }
-                checked = validate();
-                if unknown_boot && matches!(checked, Err(AccessError::UnknownBoot)) {
-                    state.throttle.failed(ip, now, &state.audit);
-                }
-            }
             note.token = named;
-            match checked {
-                Ok(Ok(id)) => id,
-                Ok(Err((refused, token_id))) => {
-                    tracing::debug!(%peer, token_id, reason = ?refused, "request refused by the token's restrictions");
-                    self.refused(restricted::metric(&refused));
-                    return Either::Right(restricted::refusal(refused));
-                }
-                Err(e) => {
-                    if e.counts_as_guess() {
-                        state.throttle.failed(ip, now, &state.audit);
-                    }
-                    let e = BearerError::Token(e);
-                    self.refused(bearer::metric(&e));
-                    return Either::Right(bearer::refusal(e, peer));
-                }
+            match verdict {
+                Ok(identity) => identity,
+                Err(refusal) => return Either::Right(self.refuse(refusal, peer)),
             }
         };
         // Stages 3–5: rewrite, forward, filter (in the proxy module), with
@@ -513,7 +490,7 @@ impl PublicHandler {
         if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
             return Some(NotReady::Draining);
         }
-        if let Some(cluster) = &state.cluster {
+        if let Some(cluster) = &state.view.cluster {
             if cluster.check_connected().is_err() {
                 return Some(NotReady::DatabaseUnreachable {
                     for_ms: cluster.staleness().as_millis(),

@@ -1,5 +1,5 @@
-//! A token's restrictions on the proxy path: the checks (networks, scopes,
-//! rate, in that order) and the refusals they lead to.
+//! The answers to a request a token's restrictions refused (the checks
+//! are the core's: `authority::restrictions`).
 //!
 //! - outside the token's networks: 401 `invalid_token` (RFC 6750 §3.1: the
 //!   token is not valid here), as for any other token that cannot be used;
@@ -10,42 +10,17 @@
 //!   headers-09/-10 syntax: structured-field lists of named policies, e.g.
 //!   `RateLimit-Policy: "token";q=10;w=2` and `RateLimit: "token";r=0;t=1`).
 //!
-//! None of them reaches the upstream. A rate is taken only by a request
-//! that passed the other checks: a refused request costs the script none
-//! of its rate.
-
-use std::net::IpAddr;
-use std::time::Instant;
+//! None of them reaches the upstream.
 
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use super::bearer::challenge;
 use crate::http::{too_many_requests, Reply};
-use crate::restrict::{RateRefusal, Refused, Restrictions};
+use crate::restrict::{RateRefusal, Refused};
 
-/// Runs the checks for one request; `path` is the request's canonical
-/// path (`proxy::canonicalise`): the very path the upstream will be sent.
-#[inline]
-pub(crate) fn check(
-    r: &Restrictions,
-    ip: IpAddr,
-    method: &Method,
-    path: &str,
-    now: Instant,
-) -> Result<(), Refused> {
-    if !r.allows_ip(ip) {
-        return Err(Refused::Network);
-    }
-    if r.has_scopes() && !r.allows(method, path) {
-        return Err(Refused::Scope);
-    }
-    r.take(now)
-}
-
-/// The answer to a refused request.
 /// The refusal's label in `tokengate_bearer_refusals_total`.
-pub(super) fn metric(refused: &Refused) -> crate::metrics::Refusal {
+pub(super) fn metric(refused: Refused) -> crate::metrics::Refusal {
     use crate::metrics::Refusal;
     match refused {
         Refused::Network => Refusal::Network,
@@ -54,6 +29,7 @@ pub(super) fn metric(refused: &Refused) -> crate::metrics::Refusal {
     }
 }
 
+/// The answer to a refused request.
 pub(super) fn refusal(refused: Refused) -> Reply {
     match refused {
         Refused::Network => challenge(
@@ -102,54 +78,6 @@ fn rate_limited(rate: RateRefusal) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::{canonicalise, PathPolicy};
-    use crate::restrict::RestrictionSpec;
-    use serde_json::json;
-
-    fn compiled(v: serde_json::Value) -> Restrictions {
-        let spec: RestrictionSpec = serde_json::from_value(v).unwrap();
-        Restrictions::compile(&spec, Instant::now())
-            .unwrap()
-            .unwrap()
-    }
-
-    #[test]
-    fn path_tricks_cannot_leave_a_rule() {
-        let r =
-            compiled(json!({"scopes": [{"methods": ["GET"], "path": "/iwc/api/databases/**"}]}));
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let now = Instant::now();
-        // As the handler does: canonicalise (which may refuse), then check.
-        let get = |p: &str| match canonicalise(p, &PathPolicy::strict()) {
-            Ok(c) => check(&r, ip, &Method::GET, c.path(), now).map_err(Some),
-            Err(_) => Err(None),
-        };
-        for ok in [
-            "/iwc/api/databases",
-            "/iwc/api/databases/1/x",
-            "/iwc/api/x/../databases/1",
-            "/iwc/api/databases/",
-            // Merged to `/iwc/api/databases/1`, which is what is forwarded.
-            "//iwc/api/databases/1",
-        ] {
-            assert_eq!(get(ok), Ok(()), "{ok}");
-        }
-        for no in [
-            "/iwc/api/databases/../admin",
-            "/iwc/api/databases/%2e%2e/admin",
-            "/iwc/api/databases/..;x/admin",
-            "/iwc/api/databases/%2E%2e/%2e%2e/x",
-            "/iwc/api/databases/../../../../x",
-            "/iwc/api/databases%2f..%2fadmin",
-            "/iwc/api/admin;/databases",
-        ] {
-            assert!(get(no).is_err(), "{no}");
-        }
-        assert_eq!(
-            check(&r, ip, &Method::DELETE, "/iwc/api/databases/1", now),
-            Err(Refused::Scope)
-        );
-    }
 
     #[test]
     fn refusals_carry_their_challenges_and_fields() {

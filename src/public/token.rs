@@ -1,7 +1,8 @@
 //! `POST /token` and DPA's path: the HTTP side of the RFC 6749 §6 refresh
 //! grant. This module decodes the request (content type, bounded body, form
-//! or JSON), hands `tokens::exchange` a decoded grant, and turns its result
-//! into RFC 6749's answer (§5.1 success, §5.2 errors), always `no-store`.
+//! or JSON), hands the authentication core (`Authority::exchange`) a
+//! decoded grant, and turns its verdict into RFC 6749's answer (§5.1
+//! success, §5.2 errors), always `no-store`, with its audit line and metric.
 
 use std::net::SocketAddr;
 
@@ -11,13 +12,13 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
+use crate::authority::ExchangeRefusal;
 use crate::http::{
     error, json, media_type, method_not_allowed, no_store, read_body, unavailable, BodyError, Reply,
 };
 use crate::metrics::{Exchange, WorkerMetrics};
 use crate::state::State;
-use crate::tokens::exchange::{Client, ExchangeError, Exchanger, RefreshGrant};
-use crate::tokens::format::parse_refresh;
+use crate::tokens::exchange::{Client, ExchangeError, RefreshGrant};
 
 /// Answer for any unknown, deleted or mistyped refresh token: one text for all,
 /// so a caller cannot probe which tokens once existed.
@@ -83,8 +84,9 @@ async fn exchange(
     }
     // Before the body is even read: a client over its failure budget costs
     // no HMAC, no lookup and no audit line (the throttle counts it).
-    let (ip, now) = (peer.ip(), state.clock.now());
-    if let Err(t) = state.throttle.check(ip, now) {
+    let core = &state.authority;
+    let (ip, now) = (peer.ip(), core.now());
+    if let Err(t) = core.admit_client(ip, now) {
         return (
             no_store(super::too_many_failures(t)),
             Some(Exchange::Throttled),
@@ -104,47 +106,25 @@ async fn exchange(
         Ok(g) => g,
         Err(r) => return refuse(state, r, peer, user_agent),
     };
-    if let Some(cluster) = &state.cluster {
-        // Without the database this replica may have missed a delete: it
-        // mints nothing it could not vouch for.
-        if cluster.check_connected().is_err() {
+    let client = Client {
+        ip: Some(ip),
+        user_agent,
+    };
+    let result = match core.exchange(grant, client, now).await {
+        Ok(issued) => Ok(issued),
+        Err(ExchangeRefusal::Refused(e)) => Err(e),
+        Err(ExchangeRefusal::Stale) => {
             return (
                 no_store(unavailable(super::STALE)),
                 Some(Exchange::Unavailable),
-            );
+            )
         }
-    }
-    let exchanger = Exchanger {
-        hasher: &state.hasher,
-        store: &state.store,
-        access: &state.access,
-        clock: &state.clock,
-        access_ttl: state.config.tokens.access_ttl,
     };
-    let client = Client {
-        ip: Some(peer.ip()),
-        user_agent,
-    };
-    let mut result = exchanger.exchange(grant, client);
-    if let (Err(ExchangeError::NotValid), Some(cluster)) = (&result, &state.cluster) {
-        // Unknown here, but well formed: it may have been created on another
-        // replica a moment ago. Ask the database (coalesced with other
-        // misses; the failure still counts against the client's budget).
-        if parse_refresh(grant.refresh_token).is_ok() {
-            if !cluster.catch_up().await {
-                return (
-                    no_store(unavailable(super::STALE)),
-                    Some(Exchange::Unavailable),
-                );
-            }
-            result = exchanger.exchange(grant, client);
-        }
-    }
     match result {
         Ok(issued) => {
             let refresh = &issued.refresh;
             tracing::info!(%peer, token_id = refresh.id, token_name = %refresh.name, expires_in = issued.expires_in, "access token issued");
-            state.audit.record(&audit::Event {
+            state.view.audit.record(&audit::Event {
                 event: "token.exchanged",
                 actor: Some("client"),
                 client_ip: Some(peer.ip().to_canonical()),
@@ -163,20 +143,14 @@ async fn exchange(
             ));
             (reply, Some(Exchange::Issued))
         }
-        Err(e) => {
-            // Unknown, deleted or mistyped could be a guess; expired could not.
-            if matches!(e, ExchangeError::NotValid) {
-                state.throttle.failed(ip, now, &state.audit);
-            }
-            refuse(state, Refusal::Exchange(e), peer, user_agent)
-        }
+        Err(e) => refuse(state, Refusal::Exchange(e), peer, user_agent),
     }
 }
 
 /// Reads and parses the body under `public.token_body_limit` and `public.body_read_timeout`.
 async fn decode(state: &State, req: Request<Incoming>) -> Result<TokenRequest, Refusal> {
     let kind = body_kind(req.headers())?;
-    let limits = &state.config.public;
+    let limits = &state.startup_config.public;
     let (parts, body) = req.into_parts();
     let body = read_body(
         &parts,
@@ -333,7 +307,7 @@ fn refuse(
     // A refused exchange is the client's doing: info, not an error.
     tracing::info!(%peer, error = code, reason = text, token_id = known.map(|t| t.id), "token exchange refused");
     let reason = format!("{code}: {text}");
-    state.audit.record(&audit::Event {
+    state.view.audit.record(&audit::Event {
         event: "token.exchange_refused",
         actor: Some("client"),
         client_ip: Some(peer.ip().to_canonical()),

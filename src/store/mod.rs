@@ -134,9 +134,31 @@ pub struct RefreshStore {
     seen_up_to: AtomicU64,
 }
 
-/// Whether an expiry (`None`: never) falls after `now` and within `secs` of it.
-pub(crate) fn expires_soon(expires: Option<u64>, now: u64, secs: u64) -> bool {
+/// A refresh token this close to its expiry is "expiring soon": time to
+/// rotate or extend it before a script's credential lapses. The one
+/// definition: the admin API's `expiring_soon` flag and stats count, the
+/// page and the scrape's `expiring_soon` state all read it.
+pub const EXPIRING_SOON_SECS: u64 = 7 * 86_400;
+
+/// Whether an expiry (`None`: never) falls after `now` and within `secs`
+/// of it (the CLI's `token list --expiring` asks with its own `secs`).
+pub fn expires_within(expires: Option<u64>, now: u64, secs: u64) -> bool {
     expires.is_some_and(|e| e > now && e - now <= secs)
+}
+
+/// Whether an expiry is active at `now` and expiring soon.
+pub(crate) fn expires_soon(expires: Option<u64>, now: u64) -> bool {
+    expires_within(expires, now, EXPIRING_SOON_SECS)
+}
+
+/// Refresh tokens by expiry at a moment: disjoint counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ByExpiry {
+    pub(crate) active: u64,
+    /// Active, and expiring soon (`EXPIRING_SOON_SECS`).
+    pub(crate) expiring_soon: u64,
+    /// Expired, not yet deleted.
+    pub(crate) expired: u64,
 }
 
 /// How long a deleted id is remembered against a late mapping.
@@ -502,12 +524,25 @@ impl RefreshStore {
         self.by_id.len()
     }
 
-    /// Tokens still active at `now` that expire within `secs` of it.
-    pub(crate) fn expiring_within(&self, now: u64, secs: u64) -> usize {
+    /// Tokens still active at `now` that are expiring soon.
+    pub(crate) fn expiring_soon(&self, now: u64) -> usize {
         self.by_id
             .iter()
-            .filter(|e| expires_soon(e.value().1.expires, now, secs))
+            .filter(|e| expires_soon(e.value().1.expires, now))
             .count()
+    }
+
+    /// Every token counted by its expiry at `now`.
+    pub(crate) fn by_expiry(&self, now: u64) -> ByExpiry {
+        let mut n = ByExpiry::default();
+        for e in self.by_id.iter() {
+            match e.value().1.expires {
+                Some(at) if at <= now => n.expired += 1,
+                soon if expires_soon(soon, now) => n.expiring_soon += 1,
+                _ => n.active += 1,
+            }
+        }
+        n
     }
 
     pub fn is_empty(&self) -> bool {

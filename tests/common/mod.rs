@@ -273,7 +273,7 @@ impl TestGateway {
 
     /// Every audit line written so far (flushed first).
     pub fn audit_lines(&self) -> Vec<Value> {
-        self.state().audit.flush(Duration::from_secs(5));
+        self.state().flush_audit(Duration::from_secs(5));
         let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
         text.lines()
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))

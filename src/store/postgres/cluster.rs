@@ -3,7 +3,7 @@
 //! create and delete), the replica registry, and the listening connection.
 //!
 //! Everything here is async and runs on the backend's own runtime
-//! (`ClusterDb::handle`); `crate::cluster` drives it.
+//! (`ClusterDb::handle`); the cluster loop above the store drives it.
 
 use std::sync::Arc;
 use std::time::Duration;
