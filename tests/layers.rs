@@ -64,6 +64,34 @@ fn imports_run_down_the_layer_tables_and_never_in_a_circle() {
     );
 }
 
+/// docs/architecture.md shows the crate's layer table to readers: it must be
+/// the table the check above enforces, row for row.
+#[test]
+fn the_architecture_page_shows_the_crate_layer_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| {
+        std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let rows = |text: &str, strip: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(strip))
+            .map(str::trim)
+            .filter(|l| {
+                l.starts_with('|')
+                    && l.split('|').nth(1).is_some_and(|c| c.trim().parse::<u32>().is_ok())
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let lib = rows(&read("src/lib.rs"), "//!");
+    let doc = rows(&read("docs/architecture.md"), "");
+    assert!(!lib.is_empty(), "no layer table in src/lib.rs");
+    assert_eq!(
+        doc, lib,
+        "docs/architecture.md's layer table differs from the crate doc of src/lib.rs: copy it over"
+    );
+}
+
 fn read_dir(root: &Path, dir: &Path, out: &mut Vec<Source>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
