@@ -1,17 +1,10 @@
 //! The admin page's server side: the embedded page, login sessions (cookie
 //! flags, CSRF, logout), the failed-login slow-down, usage tracking and the
 //! audit log.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
+use crate::common;
+use crate::common::{read_raw_response, upstream, TestGateway, ADMIN_PASSWORD};
 use bytes::Bytes;
-use common::{read_raw_response, upstream, TestGateway, ADMIN_PASSWORD};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;

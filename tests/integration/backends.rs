@@ -5,22 +5,15 @@
 //! migrations under concurrency, a newer schema, the shared secret, and
 //! `tokengate db migrate`.
 //!
-//! PostgreSQL comes from tests/common/pg.rs: `TOKENGATE_TEST_POSTGRES_URL`,
+//! PostgreSQL comes from tests/integration/common/pg.rs: `TOKENGATE_TEST_POSTGRES_URL`,
 //! or a throwaway server for this test binary, a database per test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::pg::TestDb;
-use common::{upstream, TestGateway};
+use crate::common;
+use crate::common::pg::TestDb;
+use crate::common::{upstream, TestGateway};
 use http::StatusCode;
 use serde_json::{json, Value};
 use tokengate::config::{FileConfig, PostgresConfig, StorageBackend};

@@ -7,21 +7,16 @@
 //! `public.trusted_forwarders`) each client is throttled on its own.
 //!
 //! `tests/run.sh` installs `haproxy` when it is missing.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::common;
+use crate::common::haproxy::{Haproxy, Mode};
+use crate::common::{
+    closed_by_peer, connect_from, eventually, secs, Resp, TestClient, TestGateway,
+};
 use bytes::Bytes;
-use common::haproxy::{Haproxy, Mode};
-use common::{closed_by_peer, connect_from, eventually, secs, Resp, TestClient, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;

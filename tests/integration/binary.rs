@@ -2,16 +2,9 @@
 //! bad key), first-start generation of certificate, secret and admin password,
 //! a clean exit on SIGTERM, `--version` with the git revision, and the shell
 //! completions and man pages generated from the command line.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
-use common::check_config;
+use crate::common;
+use crate::common::check_config;
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;

@@ -4,17 +4,9 @@
 //! page, use it, delete it through the page, and see it refused.
 //!
 //! Screenshots land in `target/test-artifacts/`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
-use common::webdriver::{Browser, ENTER, ESCAPE};
-use common::{upstream, TestGateway, ADMIN_PASSWORD};
+use crate::common::webdriver::{Browser, ENTER, ESCAPE};
+use crate::common::{upstream, TestGateway, ADMIN_PASSWORD};
 use http::StatusCode;
 
 fn artifact(name: &str) -> std::path::PathBuf {

@@ -1,17 +1,10 @@
 //! `tokengate token …` against a running gateway: create, list, delete, the
 //! JSON output, and the documented exit codes.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::{upstream, TestGateway, ADMIN_PASSWORD};
+use crate::common;
+use crate::common::{upstream, TestGateway, ADMIN_PASSWORD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 

@@ -18,23 +18,16 @@
 //! Needs Debian's `postgresql` and `haproxy` (tests/run.sh installs them);
 //! the shared server can be `TOKENGATE_TEST_POSTGRES_URL`, but the outage
 //! test always starts a server of its own, since it stops it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::haproxy::haproxy;
-use common::pg::{PgServer, TestDb};
-use common::replica::{Cluster, Replica, BIN, START_TIMEOUT};
-use common::{eventually, eventually_ok, within_bound, Resp, TestClient, ADMIN_PASSWORD};
+use crate::common;
+use crate::common::haproxy::haproxy;
+use crate::common::pg::{PgServer, TestDb};
+use crate::common::replica::{Cluster, Replica, BIN, START_TIMEOUT};
+use crate::common::{eventually, eventually_ok, within_bound, Resp, TestClient, ADMIN_PASSWORD};
 use http::StatusCode;
 use serde_json::Value;
 use tokio::time::Instant;

@@ -4,12 +4,6 @@
 //! volume. The image itself is not built here: see deploy/README.md.
 //!
 //! `tests/run.sh` installs `systemd` (for `systemd-analyze`) when missing.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,14 +1,7 @@
 //! `tokengate serve --dev` as a newcomer uses it: start it, paste the printed
 //! commands into a shell as they are, and see the whole flow work.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
+use crate::common;
 use std::process::Stdio;
 use std::time::Duration;
 

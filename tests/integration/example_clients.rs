@@ -5,15 +5,8 @@
 //! token is deleted.
 //!
 //! `tests/run.sh` installs python3's `requests` and shellcheck when missing.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
+use crate::common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -320,7 +313,7 @@ fn curl_answer(line: Option<String>) -> Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_survives_a_restart_and_reports_a_deleted_token() {
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(crate::common::python3());
     cmd.arg(example("examples/python/tokengate_client.py"));
     let (code, stderr, why) = across_a_restart(cmd, python_answer).await;
     assert!(why.contains("not valid"), "{why}");
@@ -344,7 +337,7 @@ async fn the_python_client_refreshes_before_expiry_and_resends_a_body_after_a_40
     let up = common::upstream().await;
     let gw = GatewayProcess::start(up.addr).await;
     let (_, token) = gw.create_token("python driver").await;
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(crate::common::python3());
     cmd.arg(example("tests/example_clients/python_driver.py"))
         .arg(gw.base_url())
         .arg(gw.cert())

@@ -6,12 +6,6 @@
 //!
 //! `tests/run.sh` installs PostgreSQL and HAProxy when missing (the script
 //! itself would, too).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;

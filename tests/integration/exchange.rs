@@ -1,16 +1,9 @@
 //! The token endpoint: RFC 6749 §5.1 answers and §5.2 errors, DPA's path,
 //! form and JSON bodies, and the limits on what it accepts.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
+use crate::common;
+use crate::common::{read_raw_response, upstream, TestGateway};
 use bytes::Bytes;
-use common::{read_raw_response, upstream, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use std::time::Duration;
@@ -327,7 +320,7 @@ async fn python_requests_reads_the_413_of_a_body_up_to_16_mib_over_the_limit() {
     let post = |url: String, size: usize, how: &'static str, admin: bool| {
         let ca = ca.clone();
         async move {
-            let mut cmd = tokio::process::Command::new("python3");
+            let mut cmd = tokio::process::Command::new(crate::common::python3());
             cmd.arg(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("tests/example_clients/large_body.py"),

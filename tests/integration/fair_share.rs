@@ -2,19 +2,12 @@
 //! (with load balancers exempt, or counted by the address their PROXY
 //! header gives), first-request and idle deadlines on HTTP/2, and a send
 //! deadline for clients that stop taking a response.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{closed_by_peer, connect_from, eventually, secs, TestGateway};
+use crate::common;
+use crate::common::{closed_by_peer, connect_from, eventually, secs, TestGateway};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -4,28 +4,22 @@
 //! when a normal client stopped being served during or after the attack, or
 //! the gateway's memory grew by 100 MiB or more.
 //!
-//! The gateway runs in this process, so the script reads this process's VmRSS.
-//! The tests take turns (one lock): attacks running side by side would share
-//! the CPU and the RSS they measure.
+//! The script reads the VmRSS of the gateway's process. Every other
+//! integration test runs in this test binary's process too, so each attack
+//! test runs this binary again, filtered to itself, in a child process where
+//! its gateway is alone (and the upstream in another child, so the child's
+//! RSS is the gateway's alone). The tests take turns (one lock): attacks
+//! running side by side would share the CPU.
 //!
 //! Needs `python3` with the packages of `tests/attacks/requirements.txt`
 //! (`tests/run.sh` installs them).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stdout,
-    reason = "test code: a panic is a failed test; the attack figures are printed"
-)]
-
-mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::common::TestGateway;
 use bytes::Bytes;
-use common::TestGateway;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -102,7 +96,12 @@ struct ChildUpstream {
 
 async fn child_upstream() -> ChildUpstream {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["upstream_child", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "hostile_h2::upstream_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, "1")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -161,6 +160,9 @@ async fn attack_with(
     tweak: impl FnOnce(&mut tokengate::config::FileConfig),
 ) {
     let _turn = SERIAL.lock().await;
+    if std::env::var_os(ALONE_ENV).is_none() {
+        return alone(name).await;
+    }
     let up = child_upstream().await;
     let gw = TestGateway::start_with(up.addr, tweak).await;
     let (_, refresh) = gw.create_token("h2 attacks").await;
@@ -170,7 +172,7 @@ async fn attack_with(
     let pid = std::process::id().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/attacks/h2_attacks.py");
     let started = Instant::now();
-    let run = tokio::process::Command::new("python3")
+    let run = tokio::process::Command::new(crate::common::python3())
         .arg(script)
         .args(["--port", &port, "--pid", &pid, "--attack", name])
         .arg("--cafile")
@@ -196,6 +198,34 @@ async fn attack_with(
     // The gateway itself still answers this process's own client.
     let r = gw.client.get_with("/healthz", None).await;
     assert_eq!(r.status, http::StatusCode::OK, "{name}: /healthz after");
+}
+
+/// Set in the child process that runs one attack test alone.
+const ALONE_ENV: &str = "TOKENGATE_HOSTILE_H2_ALONE";
+
+/// Runs the test `hostile_h2::{name}` (each attack test is named after its
+/// attack) in a child process of this test binary with [`ALONE_ENV`] set:
+/// there it runs the attack against a gateway that has the process to
+/// itself. Fails with the child's output unless that one test passed.
+async fn alone(name: &str) {
+    let test = format!("hostile_h2::{name}");
+    let run = Command::new(std::env::current_exe().unwrap())
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE_ENV, "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .unwrap_or_else(|_| panic!("{test}: the child process ran past 300 s"))
+        .unwrap_or_else(|e| panic!("cannot run {test} in a child process: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} in its own process ({}):\n{stdout}{stderr}",
+        out.status
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

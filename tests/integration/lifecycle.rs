@@ -1,18 +1,11 @@
 //! The token model of DESIGN.md, end to end: restarts, deletion, expiry, the
 //! access TTL, the sweeper, and graceful shutdown.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::Duration;
 
+use crate::common;
+use crate::common::{upstream, TestGateway};
 use bytes::Bytes;
-use common::{upstream, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;

@@ -1,18 +1,11 @@
 //! The public listener's explicit limits: TLS handshake timeout, header read
 //! timeout (slow clients), maximum header size, and the connection cap.
 //! Waits here are upper bounds for something to happen, never measurements.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::{upstream, TestGateway};
+use crate::common;
+use crate::common::{upstream, TestGateway};
 use tokengate::config::HumanDuration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -2,21 +2,14 @@
 //! binary (and `TOKENGATE_LOG` still choosing the filter), and the access
 //! log: one line per request with its fields, never a token or a query,
 //! in a file created 0600.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{eventually_ok, upstream, TestGateway, ADMIN_PASSWORD};
+use crate::common;
+use crate::common::{eventually_ok, upstream, TestGateway, ADMIN_PASSWORD};
 use http::StatusCode;
 use serde_json::Value;
 

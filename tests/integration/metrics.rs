@@ -2,19 +2,12 @@
 //! (HTTP Basic), and on its own unauthenticated listener (`metrics.listen`).
 //! The counters move by exactly what the test drove, the scrape passes
 //! `promtool check metrics`, and `metrics.enabled = false` turns it all off.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{dead_address, eventually_ok, upstream, TestGateway};
+use crate::common;
+use crate::common::{dead_address, eventually_ok, upstream, TestGateway};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -7,21 +7,12 @@
 //! Needs `python3` with schemathesis (`tests/run.sh` installs it). Without
 //! it the fuzzing test is skipped with a note, except under `CI=true`, where
 //! it fails.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stdout,
-    reason = "test code: a panic is a failed test; schemathesis's report is printed for the log"
-)]
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::common::{upstream, Resp, TestClient, TestGateway, ADMIN_PASSWORD};
 use bytes::Bytes;
-use common::{upstream, Resp, TestClient, TestGateway, ADMIN_PASSWORD};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::Value;
@@ -261,7 +252,7 @@ fn max_examples() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_on_either_listener() {
     if !schemathesis_installed().await {
-        let msg = "schemathesis is not installed (python3 -m pip install schemathesis; tests/run.sh does it)";
+        let msg = "schemathesis is not installed (tests/run.sh installs it into target/test-venv)";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}");
         }
@@ -375,7 +366,7 @@ fn seed() -> String {
 }
 
 async fn schemathesis_installed() -> bool {
-    tokio::process::Command::new("python3")
+    tokio::process::Command::new(crate::common::python3())
         .args(["-c", "import schemathesis"])
         .output()
         .await
@@ -391,7 +382,7 @@ async fn run_schemathesis(
     work: &std::path::Path,
     extra: &[&str],
 ) -> (bool, String) {
-    let mut cmd = tokio::process::Command::new("python3");
+    let mut cmd = tokio::process::Command::new(crate::common::python3());
     cmd.args(["-m", "schemathesis.cli", "--config-file"])
         .arg(config)
         .args(["run", schema, "--url", base])

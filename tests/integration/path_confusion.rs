@@ -21,19 +21,9 @@
 //! Needs nginx, apache2, caddy, tomcat10, lighttpd, node and python3 with
 //! the packages of tests/attacks/requirements.txt (tests/run.sh installs
 //! them). One test per server; each takes a few seconds to tens of seconds.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-#[path = "path_confusion/corpus.rs"]
 mod corpus;
-#[path = "path_confusion/raw.rs"]
 mod raw;
-#[path = "path_confusion/servers.rs"]
 mod servers;
 
 use std::collections::BTreeMap;
@@ -42,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::TestGateway;
+use crate::common::TestGateway;
 use http::StatusCode;
 use raw::{Dial, Outcome};
 use serde_json::json;

@@ -1,16 +1,9 @@
 //! The authenticated proxy path: bearer handling (RFC 6750), header hygiene,
 //! streaming of method/path/query/body, HTTP/2, and upstream failures.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
+use crate::common;
+use crate::common::{dead_address, upstream, TestGateway};
 use bytes::Bytes;
-use common::{dead_address, upstream, TestGateway};
 use http::header::HeaderValue;
 use http::StatusCode;
 use http_body_util::Full;

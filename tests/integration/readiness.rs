@@ -1,21 +1,14 @@
 //! `/readyz` says whether to send this gateway traffic: 503 with a stable
 //! `reason` while every upstream server is out, while draining at shutdown
-//! (and, in cluster mode, while PostgreSQL is out of reach: tests/cluster.rs).
+//! (and, in cluster mode, while PostgreSQL is out of reach: tests/integration/cluster.rs).
 //! A gateway whose token store cannot be opened does not start, so it never
 //! listens. `/healthz` (liveness) answers 200 throughout.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::servers::Server;
-use common::{eventually_ok, Resp, TestGateway};
+use crate::common;
+use crate::common::servers::Server;
+use crate::common::{eventually_ok, Resp, TestGateway};
 use http::StatusCode;
 use tokengate::config::HumanDuration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

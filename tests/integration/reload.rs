@@ -2,9 +2,6 @@
 //! request, the new one served, open connections and access tokens kept),
 //! bad files refused with the old settings kept, live settings applied
 //! through `POST /api/reload`, and the binary's SIGHUP and `tokengate reload`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common;
+use crate::common::{TestGateway, ADMIN_PASSWORD};
 use bytes::Bytes;
-use common::{TestGateway, ADMIN_PASSWORD};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;

@@ -2,19 +2,11 @@
 //! rate limit, each driven through a real gateway over TLS, with the test
 //! upstream counting what reaches it, so a refusal is proven never to have
 //! left the gateway. Counts are asserted, never timings.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::{upstream, Resp, TestClient, TestGateway};
 use bytes::Bytes;
-use common::{upstream, Resp, TestClient, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};

@@ -1,19 +1,11 @@
 //! `GET /api/stats` on a real gateway: the counts follow creates, exchanges,
 //! deletes and public connections; it needs the admin's credentials and
 //! changes nothing.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use crate::common::{upstream, TestGateway, ADMIN_PASSWORD};
 use bytes::Bytes;
-use common::{upstream, TestGateway, ADMIN_PASSWORD};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;

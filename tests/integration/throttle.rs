@@ -5,19 +5,12 @@
 //!
 //! Several clients are simulated by binding the client socket to other
 //! loopback addresses (127.0.0.2, …), which all reach 127.0.0.1 on Linux.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::Duration;
 
+use crate::common;
+use crate::common::{upstream, Resp, TestClient, TestGateway};
 use bytes::Bytes;
-use common::{upstream, Resp, TestClient, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};

@@ -5,18 +5,10 @@
 //!
 //! Needs `python3` with the packages of `tests/attacks/requirements.txt`
 //! (`tests/run.sh` installs them).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{upstream, TestGateway};
+use crate::common::{upstream, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_and_admin_listeners_pass_the_tls_scan() {
@@ -28,7 +20,7 @@ async fn public_and_admin_listeners_pass_the_tls_scan() {
     let cert = gw.file.tls.cert.clone().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/attacks/tls_scan.py");
     let started = Instant::now();
-    let run = tokio::process::Command::new("python3")
+    let run = tokio::process::Command::new(crate::common::python3())
         .arg(script)
         .args(["--port", &public, "--port", &admin])
         .arg("--cafile")

@@ -1,14 +1,6 @@
 //! The upstream keep-alive pool, seen from a test upstream that numbers its
 //! connections: reuse, streaming large bodies, an upstream that closes idle
 //! or `Connection: close` connections, and idle connections aging out.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,8 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::common;
+use crate::common::TestGateway;
 use bytes::Bytes;
-use common::TestGateway;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::TokioIo;

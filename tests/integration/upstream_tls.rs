@@ -1,16 +1,9 @@
 //! An HTTPS upstream: trusted through `upstream.ca_file`, refused when its
 //! certificate is not trusted, and reachable with the explicit
 //! `upstream.insecure_skip_verify`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
 
-mod common;
-
-use common::{upstream_tls, TestGateway};
+use crate::common;
+use crate::common::{upstream_tls, TestGateway};
 use http::StatusCode;
 
 #[tokio::test]

@@ -3,21 +3,14 @@
 //! connect go to another one, a restarted server gets traffic again (after a
 //! health probe, or after `upstream.unhealthy_for`), and nothing that may
 //! have reached a server is sent twice.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common;
+use crate::common::servers::Server;
+use crate::common::{eventually_ok, TestGateway};
 use bytes::Bytes;
-use common::servers::Server;
-use common::{eventually_ok, TestGateway};
 use http::StatusCode;
 use http_body_util::Full;
 use tokengate::config::{FileConfig, HumanDuration};

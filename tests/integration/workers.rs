@@ -2,19 +2,12 @@
 //! kernel's hash picks, connections end up spread evenly across the workers,
 //! and a connection handed from one worker to another serves HTTP/1.1 and
 //! HTTP/2 like any other.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test code: a panic is a failed test"
-)]
-
-mod common;
 
 use std::time::Duration;
 
+use crate::common;
+use crate::common::{collect, upstream, TestGateway};
 use bytes::Bytes;
-use common::{collect, upstream, TestGateway};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};

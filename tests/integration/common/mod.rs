@@ -1,14 +1,6 @@
 //! Test helpers: a gateway on port 0 with real TLS and a real redb file in a
 //! temp dir, a local upstream that echoes what it received, and a TLS client
 //! that trusts the gateway's certificate.
-#![allow(
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "helpers shared by the test crates (each uses a different part); a panic is a failed test"
-)]
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -34,6 +26,21 @@ use tokengate::{Gateway, StartOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// The Python interpreter of the tests that run Python (the attack and scan
+/// clients, the example clients, schemathesis, `http.server`): the tests'
+/// own virtual environment, `target/test-venv`, when it exists (tests/run.sh
+/// creates it and installs tests/requirements.txt there), else `python3`
+/// from `PATH`.
+pub fn python3() -> PathBuf {
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python3");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
 
 /// The first pause between two checks in [`eventually`]; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(5);

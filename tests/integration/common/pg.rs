@@ -474,16 +474,6 @@ impl PgServer {
     pub fn start(&self) {
         self.server.pg_ctl_start().unwrap_or_else(|e| panic!("{e}"));
     }
-
-    /// Runs SQL (one or several `;`-separated statements) in the database.
-    pub fn execute(&self, sql: &str) {
-        admin_sql(&self.url(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    /// The server's log so far, for failure messages.
-    pub fn log(&self) -> String {
-        self.server.log()
-    }
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {

@@ -25,8 +25,6 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 /// From spawn to ready (migrations, argon2 of the admin password, first
 /// catch-up) on a busy 2-core machine; past this it is a hang.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// A SIGTERM'd replica drains (grace 5 s in the config below) and exits.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the replicas of one test share: the database, the server secret,
 /// the certificate, the upstream, and environment settings for all.
@@ -247,17 +245,6 @@ destination = "{audit}"
     /// The current boot's output so far (stdout and stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Every boot's output, oldest first, for failure messages.
-    pub fn all_logs(&self) -> String {
-        (1..=self.boots)
-            .map(|n| {
-                let text = std::fs::read_to_string(self.dir.join(format!("boot-{n}.log")))
-                    .unwrap_or_default();
-                format!("--- {} boot {n} ---\n{text}", self.name)
-            })
-            .collect()
     }
 
     /// Waits until the current process listens and answers `GET /readyz`

@@ -1,12 +1,5 @@
 //! A minimal W3C WebDriver client for Debian's chromium + chromedriver:
 //! just the calls the browser tests use, over plain HTTP to a local driver.
-#![allow(
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "helpers shared by the test crates (each uses a different part); a panic is a failed test"
-)]
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,7 +14,6 @@ use serde_json::{json, Value};
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 pub const ENTER: &str = "\u{E007}";
 pub const ESCAPE: &str = "\u{E00C}";
-pub const TAB: &str = "\u{E004}";
 
 fn find_program(names: &[&str]) -> Option<String> {
     let path = std::env::var("PATH").unwrap_or_default();

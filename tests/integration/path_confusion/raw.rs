@@ -376,7 +376,7 @@ pub(crate) async fn h2_python_all(
         "token": bearer,
         "paths": targets.iter().map(|t| hex(t)).collect::<Vec<_>>(),
     });
-    let mut child = tokio::process::Command::new("python3")
+    let mut child = tokio::process::Command::new(crate::common::python3())
         .arg(script)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -247,7 +247,7 @@ fn command(
             c
         }
         Kind::Python => {
-            let mut c = tokio::process::Command::new("python3");
+            let mut c = tokio::process::Command::new(crate::common::python3());
             c.args(["-m", "http.server", "--bind", "127.0.0.1"]);
             c.arg(port.to_string()).arg("--directory").arg(docroot);
             c
@@ -255,7 +255,7 @@ fn command(
         Kind::Node => {
             let script = concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/path_confusion/node_static.js"
+                "/tests/integration/path_confusion/node_static.js"
             );
             let mut c = tokio::process::Command::new("node");
             c.arg(script).arg(port.to_string()).arg(docroot);
