@@ -266,7 +266,8 @@ fn version_names_the_release_and_the_git_revision() {
     }
 }
 
-/// The subcommands a user sees in `--help` (the hidden generators are not among them).
+/// The subcommands of the man pages and the completions (the generators,
+/// `completions` and `man`, are listed by `--help` but left out of the man pages).
 const SUBCOMMANDS: [&str; 6] = [
     "serve",
     "check-config",
@@ -436,6 +437,27 @@ async fn trusted_hops_that_do_not_fit_stop_check_config_and_start_up() {
         assert!(
             stderr.contains("public.proxy_protocol") && stderr.contains("public.trusted_proxies"),
             "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_subcommand_and_names_the_ids() {
+    let help = stdout_of(&["--help"]);
+    for sub in SUBCOMMANDS.iter().chain(&["reload", "completions", "man"]) {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{sub} "))),
+            "--help lists {sub}: {help}"
+        );
+    }
+    // The <ID> of the commands that take one says what it is.
+    for sub in ["edit", "rotate", "delete"] {
+        let help = stdout_of(&["token", sub, "--help"]);
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with("<ID>") && l.contains("ID column")),
+            "token {sub} --help: {help}"
         );
     }
 }

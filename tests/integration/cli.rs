@@ -546,3 +546,18 @@ fn running_as_root(created: &std::path::Path) -> bool {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
 }
+
+#[tokio::test]
+async fn list_expiring_with_no_match_says_so() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let never = cli(&gw, ADMIN_PASSWORD, &["create", "--name", "forever"]).await;
+    assert_eq!(never.code, 0, "{}", never.stderr);
+
+    let o = cli(&gw, ADMIN_PASSWORD, &["list", "--expiring", "7d"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "No refresh token expires within 7 days.\n");
+    // Without --expiring, the token is listed.
+    let all = cli(&gw, ADMIN_PASSWORD, &["list"]).await;
+    assert!(all.stdout.contains("forever"), "{}", all.stdout);
+}
