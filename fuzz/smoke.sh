@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Fuzz smoke test: builds every cargo-fuzz target and runs each one briefly
-# over its committed corpus (fuzz/corpus/<target>) and hand seeds
-# (fuzz/seeds/<target>), whichever exist. New inputs go to a
-# scratch directory, so the checkout stays clean; a crash is saved under
-# fuzz/artifacts/<target>/ and fails the script.
+# Fuzz smoke test, run by CI on a clean checkout:
+#
+# 1. builds every cargo-fuzz target;
+# 2. replays every saved crash reproducer (fuzz/artifacts/<target>/*) once,
+#    as a regression test: each one crashed the target before its fix;
+# 3. runs each target for a few seconds, starting from its hand seeds
+#    (fuzz/seeds/<target>) plus the generated corpus (fuzz/corpus/<target>,
+#    not tracked: see corpus.sh) when one is present.
+#
+# New inputs go to a scratch directory, so the checkout stays clean; a new
+# crash is saved under fuzz/artifacts/<target>/ (commit it with its fix) and
+# fails the script.
 #
 #   bash fuzz/smoke.sh [seconds per target, default 10]
 set -euo pipefail
@@ -30,16 +37,34 @@ echo "build: $((SECONDS - start)) s"
 
 failed=0
 for t in $(cargo fuzz list); do
+    # Every reproducer, one run each (libFuzzer runs files given by name
+    # once instead of fuzzing).
+    reproducers=()
+    if [ -d "artifacts/$t" ]; then
+        while IFS= read -r -d '' f; do
+            reproducers+=("$f")
+        done < <(find "artifacts/$t" -type f -print0 | sort -z)
+    fi
+    if [ "${#reproducers[@]}" -gt 0 ]; then
+        if cargo fuzz run "${flags[@]}" "$t" "${reproducers[@]}" >"$scratch/$t.replay.log" 2>&1; then
+            echo "$t: ${#reproducers[@]} reproducer(s) replayed, ok"
+        else
+            echo "$t: a reproducer in artifacts/$t crashes again: FAILED"
+            tail -n 40 "$scratch/$t.replay.log"
+            failed=1
+        fi
+    fi
+
     mkdir -p "$scratch/$t"
     inputs=()
-    for d in "corpus/$t" "seeds/$t"; do
+    for d in "seeds/$t" "corpus/$t"; do
         [ ! -d "$d" ] || inputs+=("$d")
     done
     t0=$SECONDS
     if cargo fuzz run "${flags[@]}" "$t" "$scratch/$t" "${inputs[@]}" -- \
         -max_total_time="$secs" -print_final_stats=1 >"$scratch/$t.log" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$t.log" | grep -o '[0-9]*$' || true)
-        echo "$t: ok, ${runs:-?} runs in $((SECONDS - t0)) s"
+        echo "$t: ok, ${runs:-?} runs in $((SECONDS - t0)) s (from ${inputs[*]:-nothing})"
     else
         echo "$t: FAILED"
         tail -n 40 "$scratch/$t.log"

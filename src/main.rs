@@ -79,12 +79,14 @@ enum Command {
         #[command(subcommand)]
         command: tokengate::cli::TokenCommand,
     },
-    /// Print a shell completion script for this command line, for packagers:
-    /// `tokengate completions bash > /usr/share/bash-completion/completions/tokengate`.
-    #[command(hide = true)]
-    Completions { shell: clap_complete::Shell },
+    /// Print a shell completion script for this command line, for packagers.
+    ///
+    /// `tokengate completions bash > /usr/share/bash-completion/completions/tokengate`
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Print the man page tokengate(1), generated from this command line.
-    #[command(hide = true)]
     Man {
         /// Write every page instead (tokengate.1, tokengate-serve.1,
         /// tokengate-token-create.1, …) into this directory.
@@ -140,8 +142,8 @@ fn main() -> ExitCode {
         }
         Command::Man { out_dir } => {
             let written = match &out_dir {
-                Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
-                None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+                Some(dir) => clap_mangen::generate_to(man_command(), dir),
+                None => clap_mangen::Man::new(man_command()).render(&mut std::io::stdout()),
             };
             match written {
                 Ok(()) => ExitCode::SUCCESS,
@@ -171,6 +173,15 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The command line as the man pages show it: without `completions` and
+/// `man`, which `--help` lists for everyone but which only generate these
+/// files for packagers (no tokengate-man.1 page about writing man pages).
+fn man_command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("completions", |c| c.hide(true))
+        .mut_subcommand("man", |c| c.hide(true))
 }
 
 /// Changes the log filter of the running process (`log.level`).

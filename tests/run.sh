@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # The test command: makes sure what the browser test drives is installed
 # (Debian's chromium and chromium-driver), PostgreSQL's server binaries for the
-# postgres backend's tests, systemd-analyze, shellcheck and Python's requests
-# for the deploy and example-client tests, promtool for the metrics tests,
-# the Python packages of the attack tests and schemathesis for the API
-# contract test, the web servers tests/path_confusion.rs puts behind the
-# gateway (nginx, apache2, caddy, tomcat10, lighttpd; node), then runs the
-# whole suite.
+# postgres backend's tests, systemd-analyze and shellcheck for the deploy and
+# example-client tests, promtool for the metrics tests, the web servers the
+# path-confusion tests put behind the gateway (nginx, apache2, caddy,
+# tomcat10, lighttpd; node), and the tests' Python packages (the attack
+# clients, requests, schemathesis) in a virtual environment of their own,
+# target/test-venv; then runs the whole suite. Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# chromium + chromium-driver drive the admin page in tests/browser.rs;
-# curl runs the commands `serve --dev` prints, in tests/dev_mode.rs;
-# haproxy stands in front of the gateway in tests/behind_haproxy.rs and of the
-# cluster's replicas in tests/cluster.rs.
+# chromium + chromium-driver drive the admin page in the browser tests;
+# curl runs the commands `serve --dev` prints, in the dev-mode test;
+# haproxy stands in front of the gateway in the behind_haproxy tests and of the
+# cluster's replicas in the cluster tests.
 if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
     || ! command -v curl >/dev/null 2>&1 \
     || ! { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; }; then
@@ -24,30 +24,21 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver curl haproxy
 fi
 
-# systemd-analyze checks deploy/tokengate.service (tests/deploy.rs; nothing is
-# started); shellcheck checks examples/curl/refreshing.sh and python3's
-# `requests` runs examples/python/ (tests/example_clients.rs).
-if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v shellcheck >/dev/null 2>&1 \
-    || ! python3 -c 'import requests' >/dev/null 2>&1; then
-    echo "tests/run.sh: installing systemd, shellcheck and python3-requests for the deploy and example-client tests"
+# systemd-analyze checks deploy/tokengate.service (tests/integration/deploy.rs;
+# nothing is started); shellcheck checks examples/curl/refreshing.sh
+# (tests/integration/example_clients.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v shellcheck >/dev/null 2>&1; then
+    echo "tests/run.sh: installing systemd and shellcheck for the deploy and example-client tests"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y systemd shellcheck python3-requests
-fi
-# A python3 other than Debian's (a virtualenv, pyenv) does not see python3-requests.
-if ! python3 -c 'import requests' >/dev/null 2>&1; then
-    echo "tests/run.sh: installing requests with python3 -m pip for examples/python/"
-    if ! python3 -m pip install --quiet --disable-pip-version-check requests; then
-        echo "tests/run.sh: ERROR: could not install requests with python3 -m pip" >&2
-        exit 1
-    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y systemd shellcheck
 fi
 
 # promtool (Debian's prometheus package) checks every metrics scrape in
-# tests/metrics.rs; only the tool is used, so the packaged server is stopped.
+# tests/integration/metrics.rs; only the tool is used, so the packaged server is stopped.
 if ! command -v promtool >/dev/null 2>&1; then
-    echo "tests/run.sh: installing prometheus for promtool (tests/metrics.rs)"
+    echo "tests/run.sh: installing prometheus for promtool (tests/integration/metrics.rs)"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update
@@ -56,9 +47,9 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 # PostgreSQL (server binaries only; nothing is started as a service): the
-# postgres backend's tests start a throwaway server from them (tests/common/pg.rs)
+# postgres backend's tests start a throwaway server from them (tests/integration/common/pg.rs)
 # unless TOKENGATE_TEST_POSTGRES_URL names one; the outage test in
-# tests/cluster.rs always starts its own, since it stops and restarts it.
+# tests/integration/cluster.rs always starts its own, since it stops and restarts it.
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     echo "tests/run.sh: installing postgresql for the postgres backend's tests"
     sudo=""
@@ -73,7 +64,7 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     fi
 fi
 
-# tests/path_confusion.rs sends path-confusion payloads to real web servers,
+# tests/integration/path_confusion.rs sends path-confusion payloads to real web servers,
 # directly and through the gateway: nginx, Apache httpd, Caddy, Tomcat 10
 # (with its Java runtime) and lighttpd, from Debian 12's own archive. The test
 # starts its own copy of each on a free loopback port; the packaged services
@@ -84,7 +75,7 @@ fi
 if [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/apache2 ] || ! command -v caddy >/dev/null 2>&1 \
     || [ ! -f /usr/share/tomcat10/bin/bootstrap.jar ] || ! command -v java >/dev/null 2>&1 \
     || [ ! -x /usr/sbin/lighttpd ] || ! command -v node >/dev/null 2>&1; then
-    echo "tests/run.sh: installing nginx, apache2, caddy, tomcat10 and lighttpd (and nodejs if missing) as the upstreams of tests/path_confusion.rs"
+    echo "tests/run.sh: installing nginx, apache2, caddy, tomcat10 and lighttpd (and nodejs if missing) as the upstreams of tests/integration/path_confusion.rs"
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     packages=(nginx apache2 caddy tomcat10 lighttpd)
@@ -110,47 +101,40 @@ if [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/apache2 ] || ! command -v caddy 
     fi
 fi
 
-# Python packages for the HTTP/2 attack client, the raw `:path` client and the
-# TLS scan (tests/attacks/, run by tests/hostile_h2.rs, tests/path_confusion.rs
-# and tests/tls_scan.rs), at the pinned versions.
-requirements=tests/attacks/requirements.txt
-if ! python3 - "$requirements" <<'PY' >/dev/null 2>&1
-import sys
-from importlib.metadata import version
-for line in open(sys.argv[1]):
-    line = line.split("#")[0].strip()
-    if line:
-        name, _, pinned = line.partition("==")
-        if version(name) != pinned:
-            sys.exit(1)
-PY
-then
-    echo "tests/run.sh: installing the Python packages of $requirements"
-    if ! python3 -m pip install --quiet --disable-pip-version-check -r "$requirements"; then
-        echo "tests/run.sh: ERROR: could not install $requirements with python3 -m pip" >&2
-        exit 1
-    fi
-fi
-
-# schemathesis fuzzes docs/openapi.json against a gateway (tests/openapi.rs),
-# at the version its settings (tests/schemathesis.toml) were written for.
-schemathesis_version=4.32.5
-if ! python3 -c "import sys; from importlib.metadata import version; sys.exit(version('schemathesis') != '$schemathesis_version')" >/dev/null 2>&1; then
-    echo "tests/run.sh: installing schemathesis $schemathesis_version with python3 -m pip for tests/openapi.rs"
-    if ! python3 -m pip --version >/dev/null 2>&1; then
+# Python: every package the tests use (tests/requirements.txt: the HTTP/2
+# attack and TLS scan clients, requests for examples/python/, schemathesis for
+# the API contract test) goes into a virtual environment of the tests' own,
+# target/test-venv, never into the user's Python. The tests run that
+# environment's python3 when it exists (`python3()` in
+# tests/integration/common/mod.rs). It is (re)filled when the requirements
+# changed since it was last filled.
+venv=target/test-venv
+requirements=tests/requirements.txt
+stamp=$venv/installed-requirements.txt
+if [ ! -x "$venv/bin/python3" ]; then
+    echo "tests/run.sh: creating the tests' Python environment $venv with $(command -v python3) ($(python3 --version 2>&1))"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        # Debian's python3 needs python3-venv (ensurepip) for `-m venv`.
+        rm -rf "$venv"
+        echo "tests/run.sh: installing python3-venv to create $venv"
         sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-pip
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv
+        python3 -m venv "$venv"
     fi
-    # Debian's own python3 is "externally managed" (PEP 668): its pip refuses
-    # to install unless told to. A virtualenv's or pyenv's python needs no flag.
-    pip=(python3 -m pip install --quiet --disable-pip-version-check)
-    if ! "${pip[@]}" "schemathesis==$schemathesis_version" \
-        && ! "${pip[@]}" --break-system-packages "schemathesis==$schemathesis_version"; then
-        echo "tests/run.sh: ERROR: could not install schemathesis with python3 -m pip" >&2
+fi
+if ! cmp -s "$requirements" "$stamp"; then
+    echo "tests/run.sh: installing into $venv (not your own Python), from $requirements and what it includes:"
+    # The requirement lines themselves, without comments: what gets installed.
+    for f in "$requirements" tests/attacks/requirements.txt; do
+        sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e '/^-r /d' -e 's/^/    /' "$f"
+    done
+    if ! "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r "$requirements"; then
+        echo "tests/run.sh: ERROR: could not install $requirements into $venv" >&2
         exit 1
     fi
+    cp "$requirements" "$stamp"
 fi
 
 cargo test "$@"

@@ -57,7 +57,7 @@ use auth::AdminAuth;
 /// Where the admin listener publishes its API contract, and the contract
 /// itself: the admin API and the public listener's token endpoint, kept in
 /// the repository as `docs/openapi.json` and fuzzed against a running
-/// gateway by `tests/openapi.rs`.
+/// gateway by `tests/integration/openapi.rs`.
 const OPENAPI_PATH: &str = "/api/openapi.json";
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Raw HTTP/2 `:path` values against a tokengate public listener, for
-tests/path_confusion.rs: the paths that hyper's client cannot send as they
+tests/integration/path_confusion.rs: the paths that hyper's client cannot send as they
 are (a raw backslash, control bytes, bytes that are not UTF-8, `#`, no
 leading `/`).
 

@@ -1,5 +1,5 @@
 """POSTs a body of SIZE bytes with Python's `requests`, as a script that
-mistakenly uploads a file would (tests/exchange.rs). `requests` sends the
+mistakenly uploads a file would (tests/integration/exchange.rs). `requests` sends the
 whole body before it reads a byte of the answer.
 
     large_body.py URL CAFILE SIZE declared|chunked [USER PASSWORD]

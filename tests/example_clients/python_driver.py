@@ -1,4 +1,4 @@
-"""Drives examples/python/tokengate_client.py for tests/example_clients.rs
+"""Drives examples/python/tokengate_client.py for tests/integration/example_clients.rs
 with a clock the test moves, so "refreshes before it expires" is checked
 without waiting for a token to age.
 

@@ -1,0 +1,115 @@
+//! Tokens as a plain-text table for people (`tokengate token list`, and
+//! the token an edit leaves).
+
+use crate::admin::api::{RestrictionSpec, TokenInfo};
+
+/// A token's restrictions in a few words: `full access`, or each kind set.
+pub(super) fn restrictions_text(r: &RestrictionSpec) -> String {
+    let mut parts = Vec::new();
+    if r.read_only {
+        parts.push("read-only".to_owned());
+    }
+    for s in &r.scopes {
+        parts.push(format!("{} {}", s.methods.join(","), s.path));
+    }
+    if !r.networks.is_empty() {
+        parts.push(format!("from {}", r.networks.join(" ")));
+    }
+    if let Some(l) = r.rate_limit {
+        parts.push(format!("{}/s burst {}", l.per_second, l.burst));
+    }
+    if parts.is_empty() {
+        "full access".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// A plain-text table of tokens for people.
+pub(super) fn table(rows: &[TokenInfo]) -> String {
+    if rows.is_empty() {
+        return "No refresh tokens. Create one with: tokengate token create --name NAME\n".into();
+    }
+    let header = [
+        "ID",
+        "NAME",
+        "STATUS",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+        "USES",
+        "LAST CLIENT",
+        "RESTRICTIONS",
+    ];
+    let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
+    let body: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.name.clone(),
+                if r.expiring_soon {
+                    "expiring soon".into()
+                } else {
+                    r.status.clone()
+                },
+                r.created_at.clone(),
+                or(&r.expires_at, "never"),
+                or(&r.last_used_at, "never"),
+                r.use_count.to_string(),
+                or(&r.last_client_ip, "-"),
+                restrictions_text(&r.restrictions),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &body {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in &body {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![TokenInfo {
+            id: 1,
+            name: "a".into(),
+            status: "active".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+            last_used_at: None,
+            use_count: 0,
+            last_client_ip: None,
+            last_user_agent: None,
+            expiring_soon: false,
+            restrictions: Default::default(),
+        }];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("ID  NAME  STATUS"));
+        assert!(lines[1].contains("never"));
+        assert!(lines[1].ends_with("full access"), "{t}");
+        assert!(table(&[]).contains("No refresh tokens"));
+    }
+}
