@@ -119,13 +119,14 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
                 )
         best = max(("nginx", "haproxy"), key=lambda p: med(s, p, 0))
         ratio = med(s, "tokengate", 0) / med(s, best, 0)
-        target = 1.0 if s == "newconn" else 1.25
-        p99_ok = s == "newconn" or med(s, "tokengate", 2) <= med(s, best, 2)
-        ok = ratio >= target and p99_ok
+        cpu_ratio = ""
+        try:
+            cpu_ratio = f", CPU per request {float(cpu_med(s, 'tokengate')) / float(cpu_med(s, best)):.2f}x"
+        except (TypeError, ValueError, ZeroDivisionError):
+            pass
         verdicts.append(
-            f"- {NAMES[s]}: tokengate / best ({best}) = **{ratio:.2f}x** req/s "
-            f"(target {target:.2f}x), p99 {med(s, 'tokengate', 2):.2f} ms vs {med(s, best, 2):.2f} ms "
-            f"-> {'met' if ok else 'NOT met'}"
+            f"- {NAMES[s]}: tokengate / best ({best}) = **{ratio:.2f}x** req/s{cpu_ratio}, "
+            f"p99 {med(s, 'tokengate', 2):.2f} ms vs {med(s, best, 2):.2f} ms"
         )
     for s in ("h1", "h2", "newconn"):
         if (s, "tokengate-nometrics") in rows:
@@ -141,15 +142,15 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
             f"| {NAMES['exchange']} | tokengate | {rps:,.0f} | {med('exchange', 'tokengate', 1):.2f} | "
             f"{med('exchange', 'tokengate', 2):.2f} | - | {errs} |"
         )
-        verdicts.append(f"- token exchanges: **{rps:,.0f}/s** (target 20,000/s) -> {'met' if rps >= 20000 else 'NOT met'}")
+        verdicts.append(f"- token exchanges: **{rps:,.0f}/s**")
     idle_mb = int(rss_idle_kb) / 1024.0
-    verdicts.append(f"- RSS idle: **{idle_mb:.1f} MB** (target < 30 MB) -> {'met' if idle_mb < 30 else 'NOT met'}")
+    verdicts.append(f"- RSS idle: **{idle_mb:.1f} MB**")
     n = int(exchanges)
     if n > 0:
         per = (int(rss_loaded_kb) - int(rss_idle_kb)) * 1024.0 / n
         verdicts.append(
             f"- RSS after {n:,} exchanges (as many live access tokens): {int(rss_loaded_kb) / 1024.0:.1f} MB, "
-            f"**{per:.0f} bytes per live token** over idle (target < 200; includes connection buffers and allocator slack)"
+            f"**{per:.0f} bytes per live token** over idle (includes connection buffers and allocator slack)"
         )
     out.append("")
     out.extend(verdicts)

@@ -1,4 +1,4 @@
-//! Cluster mode (issue 11): several `tokengate` replicas — the built binary,
+//! Cluster mode: several `tokengate` replicas — the built binary,
 //! one process each, on loopback — sharing one real PostgreSQL, some of them
 //! behind a real HAProxy. Each test checks one promise of the "Behaviour"
 //! list: tokens made on one replica work on the others; a delete on one is
@@ -33,7 +33,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 /// A deleted refresh token (and a rotation) is enforced by every replica
-/// within this: issue 11's promise.
+/// within this: what docs/cluster.md promises.
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 /// `cluster.node_timeout` for the crash test (the default is 10 s).
 const NODE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -822,7 +822,7 @@ async fn accepted_now(replica: &Replica, access: &str, what: &str) -> Result<(),
 /// a restart) and right after a rotation (every replica draws a new boot),
 /// the access tokens it issues are accepted by its peers at once. Behind a
 /// load balancer a script exchanges on the new process and calls on an
-/// older one; a 401 there tells it that its valid token is bad (issue 11:
+/// older one; a 401 there tells it that its valid token is bad (the cluster promise:
 /// "replicas that reject each other's tokens", "rolling restarts").
 #[tokio::test]
 async fn a_new_boots_access_tokens_are_accepted_by_its_peers_at_once() {

@@ -62,16 +62,17 @@ fn imports_run_down_the_layer_tables_and_never_in_a_circle() {
 #[test]
 fn the_architecture_page_shows_the_crate_layer_table() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let read = |p: &str| {
-        std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
-    };
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     let rows = |text: &str, strip: &str| -> Vec<String> {
         text.lines()
             .filter_map(|l| l.strip_prefix(strip))
             .map(str::trim)
             .filter(|l| {
                 l.starts_with('|')
-                    && l.split('|').nth(1).is_some_and(|c| c.trim().parse::<u32>().is_ok())
+                    && l.split('|')
+                        .nth(1)
+                        .is_some_and(|c| c.trim().parse::<u32>().is_ok())
             })
             .map(str::to_owned)
             .collect()

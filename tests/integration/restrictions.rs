@@ -1,4 +1,4 @@
-//! Restricted refresh tokens (issue 13): scopes, read-only, networks and a
+//! Restricted refresh tokens: scopes, read-only, networks and a
 //! rate limit, each driven through a real gateway over TLS, with the test
 //! upstream counting what reaches it, so a refusal is proven never to have
 //! left the gateway. Counts are asserted, never timings.

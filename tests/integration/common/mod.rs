@@ -142,7 +142,7 @@ const BOUND_POLL: Duration = Duration::from_millis(20);
 /// if it has not passed by `since + bound`.
 ///
 /// Unlike [`eventually`], here the time is the assertion: `bound` is a
-/// promise the product states (issue 11: a delete is enforced everywhere
+/// promise the product states (docs/cluster.md: a delete is enforced everywhere
 /// within 1 s; a dead replica's tokens die within `cluster.node_timeout`;
 /// a replica out of touch with the database answers 503 after
 /// `cluster.max_staleness`), counted from the event the promise counts from
