@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::auth::AdminAuth;
+use crate::admin::password::AdminAuth;
 use crate::admin::AdminHandler;
 use crate::clock::Clock;
 use crate::config::data_dir;

@@ -70,7 +70,7 @@ pub use restrict::{RateLimit, RestrictionSpec, Restrictions, ScopeRule};
 pub use state::State;
 
 /// Building blocks that the integration tests and benchmarks drive directly.
-pub use admin::auth::AdminAuth;
+pub use admin::password::AdminAuth;
 pub use proxy::headers::rewrite_request;
 pub use public::{bearer_token, parse_body, route, BodyKind, Route, TokenRequest};
 pub use secrets::{hash_password, AdminCredential};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::admin::auth::AdminAuth;
+use crate::admin::password::AdminAuth;
 use crate::shutdown::stopped;
 use crate::state::State;
 

@@ -141,7 +141,7 @@ pub struct Login {
 }
 
 fn admin_user() -> String {
-    super::auth::ADMIN_USER.to_owned()
+    super::password::ADMIN_USER.to_owned()
 }
 
 /// `GET /api/session`, and the answer to a login.

@@ -23,9 +23,9 @@
 //! - `tokens`: the refresh-token handlers. `ui`: the page's embedded files.
 
 pub mod api;
-pub(crate) mod auth;
 mod checked;
 mod origin;
+pub(crate) mod password;
 mod session;
 mod tokens;
 mod ui;
@@ -52,7 +52,7 @@ use crate::http::{
 use crate::server::{Handler, Load};
 use crate::state::State;
 use api::{ClusterStats, Login, Rotated, SessionInfo, Stats};
-use auth::AdminAuth;
+use password::AdminAuth;
 
 /// Where the admin listener publishes its API contract, and the contract
 /// itself: the admin API and the public listener's token endpoint, kept in
@@ -340,7 +340,7 @@ impl AdminHandler {
         no_store(json(
             StatusCode::OK,
             &SessionInfo {
-                user: auth::ADMIN_USER.into(),
+                user: password::ADMIN_USER.into(),
                 csrf: match p {
                     Principal::Session { csrf } => Some(csrf.clone()),
                     Principal::Basic | Principal::Local => None,

@@ -33,7 +33,7 @@ pub(crate) use record::RefreshRecord;
 pub use record::RefreshToken;
 use record::UsageDelta;
 
-pub(crate) use postgres::cluster::{self as cluster_db, Change, ClusterDb};
+pub(crate) use postgres::feed::{self as cluster_db, Change, ClusterDb};
 pub(crate) use postgres::PgError;
 pub use postgres::{migrate, Migrated, SCHEMA_VERSION};
 pub(crate) use record::UsageRow;

@@ -11,9 +11,9 @@
 //! The admin listener's login throttle (`admin::session::Throttle`) uses
 //! `key` and `table` too.
 
-mod auth;
+mod failures;
 mod table;
 
 pub(crate) use crate::net::ClientKey;
-pub use auth::{AuthThrottle, Throttled};
+pub use failures::{AuthThrottle, Throttled};
 pub(crate) use table::Table;

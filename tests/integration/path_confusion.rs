@@ -23,8 +23,8 @@
 //! them). One test per server; each takes a few seconds to tens of seconds.
 
 mod corpus;
+mod origins;
 mod raw;
-mod servers;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,9 +34,9 @@ use std::time::Instant;
 
 use crate::common::TestGateway;
 use http::StatusCode;
+use origins::{Kind, Server, OK_MARKER, SECRET_MARKER};
 use raw::{Dial, Outcome};
 use serde_json::json;
-use servers::{Kind, Server, OK_MARKER, SECRET_MARKER};
 
 /// The legitimate spellings of `/public/ok.txt` (scoped set-up) and of
 /// `/ok.txt` under the base path: each must still reach the file.

@@ -28,7 +28,7 @@
 //! stored if the database has none and compared if it has, so a replica
 //! with another secret (whose hashes would match no token) refuses to start.
 
-pub(crate) mod cluster;
+pub(crate) mod feed;
 mod schema;
 mod tls;
 
@@ -154,7 +154,7 @@ impl PostgresBackend {
         // commits in between is applied again by the listener, harmlessly.
         let seq = backend.run("reading the change feed", |pool| async move {
             let client = pool.get().await?;
-            cluster::feed_position(&client).await
+            feed::feed_position(&client).await
         })?;
         backend
             .start_seq
@@ -327,7 +327,7 @@ async fn announce(
         .unwrap_or(0);
     tx.execute(
         "SELECT pg_notify($1, $2)",
-        &[&cluster::CHANNEL, &last.to_string()],
+        &[&feed::CHANNEL, &last.to_string()],
     )
     .await?;
     Ok(())
@@ -339,9 +339,9 @@ fn to_db(v: u64) -> Result<i64, PgError> {
 }
 
 impl Backend for PostgresBackend {
-    fn cluster(&self) -> Option<cluster::ClusterDb> {
+    fn cluster(&self) -> Option<feed::ClusterDb> {
         let handle = self.runtime.as_ref()?.handle().clone();
-        Some(cluster::ClusterDb::new(
+        Some(feed::ClusterDb::new(
             self.pool.clone(),
             handle,
             self.url.clone(),
@@ -391,10 +391,10 @@ impl Backend for PostgresBackend {
                 last_user_agent: row.try_get(8).map_err(|_| bad("last_user_agent"))?,
                 restrictions: {
                     let text: Option<String> = row.try_get(9).map_err(|_| bad("restrictions"))?;
-                    cluster::restrictions(text.as_deref())
+                    feed::restrictions(text.as_deref())
                         .map_err(|e| bad(&format!("restrictions: {e}")))?
                 },
-                previous: cluster::previous(
+                previous: feed::previous(
                     row.try_get(10).map_err(|_| bad("prev_hash"))?,
                     row.try_get(11).map_err(|_| bad("prev_until"))?,
                 ),
@@ -480,7 +480,7 @@ impl Backend for PostgresBackend {
             let Some(row) = rows.first() else {
                 return Ok(None);
             };
-            let Some((mut hash, mut rec)) = cluster::token_at(row, 0, id)? else {
+            let Some((mut hash, mut rec)) = feed::token_at(row, 0, id)? else {
                 return Ok(None);
             };
             edit.apply(&mut hash, &mut rec);
