@@ -223,6 +223,8 @@ mod tests {
         assert_eq!(v["token_id"], 7);
         assert_eq!(v["token_name"], "ci bot");
         assert!(v["time"].as_str().unwrap().starts_with("2027-01-15T"));
+        // Whole seconds keep their zeros: every line's time has one width.
+        assert_eq!(v["time"], "2027-01-15T08:00:00.000Z");
     }
 
     #[test]
