@@ -26,6 +26,7 @@
 //!   the checks the public listener makes with them.
 //! - `throttle`: per-client limits on failed authentication (bounded tables).
 //! - `audit`: the audit log writer. `access_log`: the access log writer.
+//! - `log_writer`: the bounded writer thread both logs run on.
 //! - `metrics`: Prometheus counters, the scrape, its own listener.
 //! - `tls`: rustls server and client configurations.
 //! - `http`: the response toolkit (JSON answers, errors, bounded bodies).
@@ -43,6 +44,7 @@ mod dev;
 mod gateway;
 mod http;
 mod identify;
+mod log_writer;
 mod metrics;
 mod net;
 mod periodic;
