@@ -21,7 +21,8 @@ use crate::public::PublicHandler;
 use crate::reload::{ConfigSource, LogLevelHook, Reloader};
 use crate::secrets::{AdminPasswordSource, SecretError};
 use crate::server::{
-    bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Listening, Load,
+    bind_local, bind_reuseport, serve, serve_local, serve_plain, start_workers, ClientSlots,
+    Listening, Load, PlainLimits,
 };
 use crate::state::{data_dir, State, StateError};
 use crate::tls::TlsError;
@@ -237,9 +238,12 @@ impl Gateway {
         let metrics_addr = match metrics {
             Some(l) => {
                 let addr = l.local_addr().ok();
-                tasks.push(tokio::spawn(crate::metrics::serve_listener(
+                let state = state.clone();
+                tasks.push(tokio::spawn(serve_plain(
+                    "metrics",
                     l,
-                    state.clone(),
+                    metrics_limits(),
+                    move |req| crate::metrics::listen::answer(&state, req),
                     rx.clone(),
                 )));
                 addr
@@ -318,6 +322,18 @@ impl Gateway {
         })
         .await;
         tracing::info!("tokengate stopped");
+    }
+}
+
+/// The metrics listener's fixed limits (`metrics::listen` says why each).
+fn metrics_limits() -> PlainLimits {
+    use crate::metrics::listen as m;
+    PlainLimits {
+        max_connections: m::MAX_CONNECTIONS,
+        max_connections_per_client: m::MAX_CONNECTIONS_PER_CLIENT,
+        header_read_timeout: m::HEADER_READ_TIMEOUT,
+        connection_timeout: m::CONNECTION_TIMEOUT,
+        max_buf_size: m::MAX_REQUEST_HEAD,
     }
 }
 

@@ -9,93 +9,33 @@
 //! that is not an IP literal, `localhost` or one of `metrics.allowed_hosts`
 //! answers 421 (Misdirected Request: not a name this listener serves).
 
-use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 
 use crate::http::host::is_valid_host;
 use crate::http::{error, method_not_allowed, strip_body_for_head, Reply};
-use crate::server::ClientSlots;
 use crate::state::State;
 
 /// Scrapers are few: a handful of connections at once is plenty, and the
 /// cap keeps a misdirected client from costing more.
-const MAX_CONNECTIONS: usize = 16;
+pub(crate) const MAX_CONNECTIONS: usize = 16;
 /// Per client (an address; IPv6: a /64): a scraper needs one or two, and
 /// one address must not hold all 16 while the real scraper waits.
-const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
+pub(crate) const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
 /// A scraper sends its request at once.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// And a scrape connection lives no longer than this.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// A scrape's request head is small.
+pub(crate) const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
-/// Serves scrapes until `shutdown`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // HTTP/1.1 only: one request per connection, so streams need no share.
-    let clients = ClientSlots::new(MAX_CONNECTIONS_PER_CLIENT, 1, MAX_CONNECTIONS);
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, listener = "metrics", "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(slot) = clients.take(peer.ip()) else {
-            tracing::debug!(%peer, "metrics connection refused: this client holds its share already");
-            continue;
-        };
-        let state = state.clone();
-        conns.spawn(async move {
-            let svc = service_fn(move |req| {
-                let reply = answer(&state, &req);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            let mut b = http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(16 * 1024);
-            let conn = b.serve_connection(TokioIo::new(tcp), svc);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-            }
-            drop((permit, slot));
-        });
-    }
-    // Scrapes are short and idempotent: nothing to drain.
-    conns.shutdown().await;
-}
-
-fn answer(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+/// One scrape request's answer (the listener itself is driven by
+/// `server::serve_plain`, with the limits above).
+pub(crate) fn answer(state: &State, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     if !host_allowed(req, &state.config.metrics.allowed_hosts) {
         return error(
             StatusCode::MISDIRECTED_REQUEST,

@@ -11,11 +11,11 @@
 //! - `scrape`: one scrape: the counters summed, the gauges read from the state.
 //! - `listen`: the optional unauthenticated listener (`metrics.listen`).
 
-mod listen;
+pub(crate) mod listen;
 mod scrape;
 mod text;
 
-pub(crate) use listen::{scrape_reply, serve as serve_listener};
+pub(crate) use listen::scrape_reply;
 pub(crate) use scrape::render;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
