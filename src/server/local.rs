@@ -108,10 +108,10 @@ async fn connection<H: Handler>(
         let handler = handler.clone();
         let in_flight = activity.start();
         async move {
-            let resp = handler
+            let (resp, report) = handler
                 .handle(crate::identify::Peer::direct(LOCAL_PEER), req)
                 .await;
-            Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+            Ok::<_, Infallible>(resp.map(|b| in_flight.track(b, report)))
         }
     });
     let io = TokioIo::new(Counted::new(stream, guard.activity.clone()));

@@ -53,6 +53,7 @@ use crate::metrics::{ConnStats, Handshake};
 use accept::{accept_loop, Balanced, Capped};
 pub(crate) use balance::{Balancer, Load};
 pub(crate) use clients::{ClientSlot, ClientSlots};
+pub(crate) use conn::Report;
 use conn::{Activity, Counted, Deadlines, Verdict, Watch};
 pub(crate) use local::{bind_local, serve_local};
 pub(crate) use plain::{serve_plain, PlainLimits};
@@ -74,15 +75,20 @@ pub(crate) trait Handler: Send + Sync + 'static {
         + Unpin
         + 'static;
 
-    /// Answers one request. `peer` is what the connection knows of the
-    /// client: the TCP peer, or the address a trusted load balancer's PROXY
-    /// header gave, and whether it is a trusted HTTP balancer (whose
-    /// requests name their client: `identify::of_request`).
+    /// Told what goes out of each response, and when it is done (metrics,
+    /// the access log); `()` for nothing.
+    type Report: Report;
+
+    /// Answers one request, with what its response should report as it goes
+    /// out. `peer` is what the connection knows of the client: the TCP
+    /// peer, or the address a trusted load balancer's PROXY header gave,
+    /// and whether it is a trusted HTTP balancer (whose requests name their
+    /// client: `identify::of_request`).
     fn handle(
         &self,
         peer: Peer,
         req: Request<Incoming>,
-    ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
+    ) -> impl std::future::Future<Output = (Response<Self::Body>, Self::Report)> + Send;
 
     /// A reply built by the driver itself (a refusal), in this handler's body type.
     fn wrap(reply: Reply) -> Response<Self::Body>;
@@ -265,7 +271,7 @@ async fn connection<H: Handler>(
                 },
             };
             Box::pin(async move {
-                let resp = match over {
+                let (resp, report) = match over {
                     None => handler.handle(client, req).await,
                     Some(over) => {
                         let max = over.max;
@@ -274,14 +280,15 @@ async fn connection<H: Handler>(
                             Some(prefix) => format!("this client's IPv6 /{prefix}"),
                         };
                         tracing::debug!(client = %client.addr, max, whose, "refused: at max_streams_per_client (or its IPv6 network's share)");
-                        H::wrap(too_many_requests(
+                        let refusal = H::wrap(too_many_requests(
                             "too_many_requests",
                             &format!("{whose} has {max} requests in progress already; try again when one has finished"),
                             1,
-                        ))
+                        ));
+                        (refusal, H::Report::default())
                     }
                 };
-                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b, report)))
             })
         });
         let io = TokioIo::new(coalesce::Coalesce::new(io));
@@ -301,8 +308,8 @@ async fn connection<H: Handler>(
             let handler = handler.clone();
             let in_flight = activity.start();
             async move {
-                let resp = handler.handle(client, req).await;
-                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+                let (resp, report) = handler.handle(client, req).await;
+                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b, report)))
             }
         });
         drive(b.serve_connection(TokioIo::new(io), svc), guard).await;
