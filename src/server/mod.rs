@@ -57,7 +57,7 @@ pub(crate) use conn::Report;
 use conn::{Activity, Counted, Deadlines, Verdict, Watch};
 pub(crate) use local::{bind_local, serve_local};
 pub(crate) use plain::{serve_plain, PlainLimits};
-pub(crate) use workers::{bind_reuseport, start_workers};
+pub(crate) use workers::{bind_reuseport, start_workers, WorkerError, Workers};
 
 /// HTTP/2 streams a client may reset before we ever answer them, per
 /// connection (the "rapid reset" family of attacks).
@@ -116,6 +116,30 @@ pub(crate) struct Listening<H> {
     /// The load balancers in front, if any: which peers may send a PROXY
     /// header or an `X-Forwarded-For` (`identify` decides what each is).
     pub(crate) hops: Hops,
+}
+
+impl<H> Listening<H> {
+    /// A listener with a single accept loop: its own connection cap and
+    /// per-client shares, from `limits`.
+    pub(crate) fn new(
+        handler: Arc<H>,
+        name: &'static str,
+        limits: ListenerLimits,
+        hops: Hops,
+    ) -> Listening<H> {
+        Listening {
+            handler,
+            name,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            clients: ClientSlots::new(
+                limits.max_connections_per_client,
+                limits.max_streams_per_client,
+                limits.max_connections,
+            ),
+            hops,
+            limits,
+        }
+    }
 }
 
 /// Serves one listener until `shutdown` turns true, then drains its
