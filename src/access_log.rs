@@ -1,5 +1,5 @@
 //! The access log (`log.access`): one line per public request, built where
-//! the request finishes and written by a dedicated thread, so the request
+//! the request finishes and written by a dedicated thread (`log_writer`), so the request
 //! path never waits on a disk or a pipe. The queue is bounded: when the
 //! writer is behind, lines are dropped and counted
 //! (`tokengate_access_log_dropped_total`), never waited for.
@@ -11,17 +11,14 @@
 //! `Authorization` header: the request's headers are not looked at here.
 
 use std::fmt::Write as _;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::audit::{clip, open_destination};
 use crate::config::{AuditDestination, LogFormat};
+use crate::log_writer::{clip, open_destination, Budget, LogWriter, Render};
 
 /// Lines waiting for the writer before new ones are dropped: a few seconds
 /// of a busy gateway, a few MiB at most.
@@ -40,16 +37,12 @@ pub(crate) struct Entry {
     pub(crate) token: Option<(u64, String)>,
 }
 
-enum Msg {
-    Line(Box<Entry>),
-    Flush(SyncSender<()>),
-}
-
 /// The sending side; each public worker holds its own clone.
 #[derive(Clone)]
 pub(crate) struct AccessLog {
-    tx: SyncSender<Msg>,
-    dropped: Arc<AtomicU64>,
+    /// Boxed entries: the queue moves a pointer, and the line is formatted
+    /// on the writer thread, not the request's.
+    writer: LogWriter<Box<Entry>>,
 }
 
 impl AccessLog {
@@ -58,66 +51,52 @@ impl AccessLog {
         let Some(out) = open_destination(dest)? else {
             return Ok(None);
         };
-        let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("tokengate-access".into())
-            .spawn(move || writer(&rx, BufWriter::new(out), format))?;
-        Ok(Some(AccessLog {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }))
+        AccessLog::with_writer(out, format, QUEUE).map(Some)
+    }
+
+    fn with_writer(
+        out: Box<dyn Write + Send>,
+        format: LogFormat,
+        lines: usize,
+    ) -> io::Result<AccessLog> {
+        // Bounded by lines only: an entry's size is known once formatted.
+        let budget = Budget::new("request", usize::MAX, lines);
+        let lines = Lines {
+            line: String::with_capacity(256),
+            format,
+        };
+        let writer = LogWriter::start("access log", "tokengate-access", out, lines, vec![budget])?;
+        Ok(AccessLog { writer })
     }
 
     /// Queues a line; never blocks.
     pub(crate) fn record(&self, entry: Entry) {
-        match self.tx.try_send(Msg::Line(Box::new(entry))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(dropped = n, "access log writer is behind; lines dropped");
-                }
-            }
-        }
+        self.writer.send(0, 0, Box::new(entry));
     }
 
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.writer.dropped(0)
     }
 
     /// Waits (at most `timeout`) until the lines queued so far are written.
     pub(crate) fn flush(&self, timeout: Duration) {
-        let (ack_tx, ack_rx) = sync_channel(1);
-        if self.tx.send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(timeout);
-        }
+        self.writer.flush(timeout);
     }
 }
 
-fn writer(rx: &Receiver<Msg>, mut out: BufWriter<Box<dyn Write + Send>>, format: LogFormat) {
-    let mut line = String::with_capacity(256);
-    let mut failed = false;
-    while let Ok(first) = rx.recv() {
-        // Batch whatever else is queued, then flush once.
-        for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-            match msg {
-                Msg::Line(e) => {
-                    line.clear();
-                    format_entry(&mut line, &e, format);
-                    if let Err(e) = out.write_all(line.as_bytes()) {
-                        if !failed {
-                            tracing::error!(error = %e, "cannot write the access log");
-                            failed = true;
-                        }
-                    }
-                }
-                Msg::Flush(ack) => {
-                    let _ = out.flush();
-                    let _ = ack.send(());
-                }
-            }
-        }
-        let _ = out.flush();
+/// Formats entries on the writer thread, into one reused buffer.
+struct Lines {
+    line: String,
+    format: LogFormat,
+}
+
+impl Render for Lines {
+    type Item = Box<Entry>;
+
+    fn write(&mut self, entry: Box<Entry>, out: &mut impl Write) -> io::Result<()> {
+        self.line.clear();
+        format_entry(&mut self.line, &entry, self.format);
+        out.write_all(self.line.as_bytes())
     }
 }
 
@@ -223,6 +202,8 @@ mod tests {
         assert_eq!(v["token_id"], 7);
         assert_eq!(v["token_name"], "ci bot");
         assert!(v["time"].as_str().unwrap().starts_with("2027-01-15T"));
+        // Whole seconds keep their zeros: every line's time has one width.
+        assert_eq!(v["time"], "2027-01-15T08:00:00.000Z");
     }
 
     #[test]
@@ -235,13 +216,13 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (tx, _rx) = sync_channel(1);
-        let log = AccessLog {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        };
+        let out = crate::log_writer::tests::Stalled::default();
+        let log = AccessLog::with_writer(Box::new(out.clone()), LogFormat::Text, 1).unwrap();
         log.record(entry());
         log.record(entry());
         assert_eq!(log.dropped(), 1);
+        out.open_gate();
+        log.flush(Duration::from_secs(30));
+        assert_eq!(out.out.lock().unwrap().split(|b| *b == b'\n').count(), 2);
     }
 }

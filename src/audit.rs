@@ -1,5 +1,5 @@
 //! The audit log: one JSON line per security event, written by a dedicated
-//! thread so the request path never waits on disk.
+//! thread (`log_writer`) so the request path never waits on disk.
 //!
 //! Events: `refresh_token.created`, `refresh_token.deleted`,
 //! `token.exchanged`, `token.exchange_refused` (with `reason`),
@@ -16,22 +16,14 @@
 //! security event (`admin.*`, `refresh_token.*`). Drops are counted per
 //! class and logged.
 
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::AuditDestination;
-
-/// Longest string field kept in a line, in characters: a 16 KiB User-Agent
-/// must not become a 16 KiB line (the first 256 characters identify a client).
-pub(crate) const MAX_FIELD_CHARS: usize = 256;
+use crate::log_writer::{clip, open_destination, Budget, LogWriter, Render};
 
 /// What client-caused lines may hold in memory while the writer is behind,
 /// before new ones are dropped (and counted): a stalled disk must never
@@ -42,9 +34,6 @@ const CLIENT_LINES: usize = 65_536;
 /// cannot use: they are few, and the ones an investigation needs.
 const SECURITY_BYTES: usize = 1 << 20;
 const SECURITY_LINES: usize = 8_192;
-/// The writer gives room back every this many lines, not once per batch,
-/// so a long batch does not keep the queue looking full.
-const RELEASE_EVERY: usize = 64;
 
 #[derive(Debug, Serialize, Default, Clone, Copy)]
 pub struct Event<'a> {
@@ -64,14 +53,6 @@ pub struct Event<'a> {
     /// How many times it happened (`auth.throttled`: requests refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
-}
-
-/// The first `MAX_FIELD_CHARS` characters of `s`.
-pub(crate) fn clip(s: &str) -> &str {
-    match s.char_indices().nth(MAX_FIELD_CHARS) {
-        Some((end, _)) => &s[..end],
-        None => s,
-    }
 }
 
 impl<'a> Event<'a> {
@@ -124,83 +105,27 @@ impl Class {
     }
 }
 
-/// One class's room in the queue: bytes and lines waiting for the writer.
-struct Budget {
-    class: Class,
-    max_bytes: usize,
-    max_lines: usize,
-    bytes: AtomicUsize,
-    lines: AtomicUsize,
-    dropped: AtomicU64,
+/// The two budgets, index = `Class as usize`.
+fn budgets() -> Vec<Budget> {
+    [
+        (Class::Client, CLIENT_BYTES, CLIENT_LINES),
+        (Class::Security, SECURITY_BYTES, SECURITY_LINES),
+    ]
+    .into_iter()
+    .map(|(class, bytes, lines)| Budget::new(class.name(), bytes, lines))
+    .collect()
 }
 
-impl Budget {
-    fn new(class: Class, max_bytes: usize, max_lines: usize) -> Budget {
-        Budget {
-            class,
-            max_bytes,
-            max_lines,
-            bytes: AtomicUsize::new(0),
-            lines: AtomicUsize::new(0),
-            dropped: AtomicU64::new(0),
-        }
+/// Audit lines are serialised by the caller (it holds the borrowed event):
+/// the writer writes the bytes.
+struct Serialised;
+
+impl Render for Serialised {
+    type Item = Vec<u8>;
+
+    fn write(&mut self, line: Vec<u8>, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&line)
     }
-
-    /// Takes room for one line of `len` bytes, if there is any.
-    fn reserve(&self, len: usize) -> bool {
-        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > self.max_bytes {
-            self.bytes.fetch_sub(len, Ordering::Relaxed);
-            return false;
-        }
-        if self.lines.fetch_add(1, Ordering::Relaxed) >= self.max_lines {
-            self.release(len, 1);
-            return false;
-        }
-        true
-    }
-
-    fn release(&self, bytes: usize, lines: usize) {
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        self.lines.fetch_sub(lines, Ordering::Relaxed);
-    }
-
-    fn drop_one(&self) {
-        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_power_of_two() {
-            tracing::warn!(
-                class = self.class.name(),
-                dropped = n,
-                "audit log writer is behind; events dropped"
-            );
-        }
-    }
-}
-
-/// The two budgets, shared by the recorders and the writer thread.
-struct Budgets {
-    client: Budget,
-    security: Budget,
-}
-
-impl Budgets {
-    fn new() -> Budgets {
-        Budgets {
-            client: Budget::new(Class::Client, CLIENT_BYTES, CLIENT_LINES),
-            security: Budget::new(Class::Security, SECURITY_BYTES, SECURITY_LINES),
-        }
-    }
-
-    fn of(&self, class: Class) -> &Budget {
-        match class {
-            Class::Client => &self.client,
-            Class::Security => &self.security,
-        }
-    }
-}
-
-enum Msg {
-    Line(Vec<u8>, Class),
-    Flush(SyncSender<()>),
 }
 
 /// Events dropped because the writer was behind, per class.
@@ -211,18 +136,15 @@ pub struct Dropped {
 }
 
 pub struct Audit {
-    /// Unbounded as a channel; bounded by `budgets`, which every line
-    /// passes before it is sent.
-    tx: Option<Sender<Msg>>,
-    budgets: Arc<Budgets>,
+    /// `None`: the audit log is off.
+    writer: Option<LogWriter<Vec<u8>>>,
     replica: Option<String>,
 }
 
 impl Audit {
     pub fn off() -> Audit {
         Audit {
-            tx: None,
-            budgets: Arc::new(Budgets::new()),
+            writer: None,
             replica: None,
         }
     }
@@ -242,15 +164,9 @@ impl Audit {
     }
 
     fn with_writer(out: Box<dyn Write + Send>) -> io::Result<Audit> {
-        let (tx, rx) = channel();
-        let budgets = Arc::new(Budgets::new());
-        let shared = budgets.clone();
-        std::thread::Builder::new()
-            .name("tokengate-audit".into())
-            .spawn(move || writer(rx, BufWriter::new(out), &shared))?;
+        let writer = LogWriter::start("audit log", "tokengate-audit", out, Serialised, budgets())?;
         Ok(Audit {
-            tx: Some(tx),
-            budgets,
+            writer: Some(writer),
             replica: None,
         })
     }
@@ -258,9 +174,8 @@ impl Audit {
     /// Queues one event. Never blocks; if the writer is far behind, the event
     /// is counted as dropped and reported in the log.
     pub fn record(&self, event: &Event<'_>) {
-        let Some(tx) = &self.tx else { return };
+        let Some(writer) = &self.writer else { return };
         let event = event.clipped();
-        let budget = self.budgets.of(Class::of(event.event));
         let time = crate::clock::rfc3339_now();
         let mut line = match serde_json::to_vec(&Line {
             time,
@@ -271,144 +186,40 @@ impl Audit {
             Err(_) => return,
         };
         line.push(b'\n');
-        let len = line.len();
-        if !budget.reserve(len) {
-            budget.drop_one();
-            return;
-        }
-        if tx.send(Msg::Line(line, budget.class)).is_err() {
-            budget.release(len, 1);
-            budget.drop_one();
-        }
+        writer.send(Class::of(event.event) as usize, line.len(), line);
     }
 
     /// Waits (at most `timeout`) until everything queued so far is written.
     pub fn flush(&self, timeout: Duration) {
-        let Some(tx) = &self.tx else { return };
-        let (ack_tx, ack_rx) = sync_channel(1);
-        if tx.send(Msg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(timeout);
+        if let Some(w) = &self.writer {
+            w.flush(timeout);
         }
     }
 
     /// Events dropped so far, per class.
     pub fn dropped(&self) -> Dropped {
+        let dropped = |class| {
+            self.writer
+                .as_ref()
+                .map_or(0, |w| w.dropped(class as usize))
+        };
         Dropped {
-            client: self.budgets.client.dropped.load(Ordering::Relaxed),
-            security: self.budgets.security.dropped.load(Ordering::Relaxed),
+            client: dropped(Class::Client),
+            security: dropped(Class::Security),
         }
     }
 
     /// Bytes of lines waiting for the writer.
     pub fn pending_bytes(&self) -> usize {
-        self.budgets.client.bytes.load(Ordering::Relaxed)
-            + self.budgets.security.bytes.load(Ordering::Relaxed)
+        self.writer.as_ref().map_or(0, LogWriter::pending_bytes)
     }
-}
-
-/// Opens a log destination (the audit log's, the access log's): `None`
-/// for off; a file is created 0600 (its directory too) and appended to.
-pub(crate) fn open_destination(
-    dest: &AuditDestination,
-) -> io::Result<Option<Box<dyn Write + Send>>> {
-    Ok(Some(match dest {
-        AuditDestination::Off => return Ok(None),
-        AuditDestination::Stdout => Box::new(io::stdout()),
-        AuditDestination::Stderr => Box::new(io::stderr()),
-        AuditDestination::File(p) => {
-            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)?,
-            )
-        }
-    }))
-}
-
-/// Room taken by lines written but not yet given back, per class.
-#[derive(Default)]
-struct Written {
-    bytes: [usize; 2],
-    lines: [usize; 2],
-}
-
-impl Written {
-    fn add(&mut self, class: Class, bytes: usize) {
-        let i = class as usize;
-        self.bytes[i] += bytes;
-        self.lines[i] += 1;
-    }
-
-    fn give_back(&mut self, budgets: &Budgets) {
-        for class in [Class::Client, Class::Security] {
-            let i = class as usize;
-            if self.lines[i] > 0 {
-                budgets.of(class).release(self.bytes[i], self.lines[i]);
-            }
-        }
-        *self = Written::default();
-    }
-}
-
-fn writer(rx: Receiver<Msg>, mut out: BufWriter<Box<dyn Write + Send>>, budgets: &Budgets) {
-    let mut failed = false;
-    let mut written = Written::default();
-    // Drops already told about in a "caught up" line, per class.
-    let mut reported = [0u64; 2];
-    let mut handle = |out: &mut BufWriter<_>, msg: Msg, written: &mut Written| match msg {
-        Msg::Line(l, class) => {
-            if let Err(e) = out.write_all(&l) {
-                if !failed {
-                    tracing::error!(error = %e, "cannot write the audit log");
-                    failed = true;
-                }
-            }
-            written.add(class, l.len());
-            if written.lines.iter().sum::<usize>() >= RELEASE_EVERY {
-                written.give_back(budgets);
-            }
-        }
-        Msg::Flush(ack) => {
-            let _ = out.flush();
-            written.give_back(budgets);
-            let _ = ack.send(());
-        }
-    };
-    while let Ok(msg) = rx.recv() {
-        handle(&mut out, msg, &mut written);
-        // Batch whatever else is queued, then flush once: cheap under load,
-        // prompt when idle.
-        while let Ok(msg) = rx.try_recv() {
-            handle(&mut out, msg, &mut written);
-        }
-        let _ = out.flush();
-        written.give_back(budgets);
-        // The queue is empty: say once how much an overload cost.
-        for class in [Class::Client, Class::Security] {
-            let total = budgets.of(class).dropped.load(Ordering::Relaxed);
-            let seen = &mut reported[class as usize];
-            if total > *seen {
-                tracing::warn!(
-                    class = class.name(),
-                    dropped = total - *seen,
-                    dropped_total = total,
-                    "audit log writer caught up; events were dropped while it was behind"
-                );
-                *seen = total;
-            }
-        }
-    }
-    let _ = out.flush();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log_writer::tests::Stalled;
+    use crate::log_writer::MAX_FIELD_CHARS;
 
     #[test]
     fn writes_json_lines_to_a_private_file() {
@@ -433,34 +244,6 @@ mod tests {
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         assert!(v.get("reason").is_none());
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-    }
-
-    /// Output that blocks until the test opens the gate: a stalled disk.
-    #[derive(Clone, Default)]
-    struct Stalled {
-        open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-        out: Arc<std::sync::Mutex<Vec<u8>>>,
-    }
-
-    impl Stalled {
-        fn open_gate(&self) {
-            *self.open.0.lock().unwrap() = true;
-            self.open.1.notify_all();
-        }
-    }
-
-    impl Write for Stalled {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let mut open = self.open.0.lock().unwrap();
-            while !*open {
-                open = self.open.1.wait(open).unwrap();
-            }
-            self.out.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 
     #[test]
@@ -518,11 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn long_fields_are_cut_on_character_boundaries() {
-        assert_eq!(clip("short"), "short");
-        let long = "é".repeat(300);
-        assert_eq!(clip(&long).chars().count(), MAX_FIELD_CHARS);
-        assert_eq!(clip(&"x".repeat(MAX_FIELD_CHARS)).len(), MAX_FIELD_CHARS);
+    fn events_are_classed_by_who_causes_them() {
         assert_eq!(Class::of("admin.login_failed"), Class::Security);
         assert_eq!(Class::of("refresh_token.created"), Class::Security);
         assert_eq!(Class::of("token.exchange_refused"), Class::Client);

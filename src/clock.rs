@@ -65,14 +65,21 @@ pub fn rfc3339_now() -> String {
     rfc3339_at(std::time::SystemTime::now())
 }
 
-/// `t` as RFC 3339 UTC with milliseconds.
+/// `t` as RFC 3339 UTC with exactly three fractional digits, e.g.
+/// `2027-01-15T08:00:00.000Z`: log lines keep one width, so they sort as
+/// text (the well-known RFC 3339 format drops trailing zeros).
 pub fn rfc3339_at(t: std::time::SystemTime) -> String {
-    let now = time::OffsetDateTime::from(t);
-    let now = now
-        .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let t = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 /// Parses an RFC 3339 time (any offset) into Unix seconds.
@@ -106,5 +113,21 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2027-05-01"), None);
         assert_eq!(parse_rfc3339(&rfc3339(1_809_129_600)), Some(1_809_129_600));
+    }
+
+    #[test]
+    fn log_times_keep_their_width_with_trailing_zeros() {
+        let at = |ms| rfc3339_at(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(at(1_800_000_000_000), "2027-01-15T08:00:00.000Z");
+        assert_eq!(at(1_800_000_000_100), "2027-01-15T08:00:00.100Z");
+        assert_eq!(at(1_800_000_000_120), "2027-01-15T08:00:00.120Z");
+        assert_eq!(at(1_800_000_000_123), "2027-01-15T08:00:00.123Z");
+        // Sub-millisecond parts are cut, not rounded into the next second.
+        assert_eq!(
+            rfc3339_at(UNIX_EPOCH + Duration::from_nanos(1_800_000_000_999_900_000)),
+            "2027-01-15T08:00:00.999Z"
+        );
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(parse_rfc3339(&at(1_800_000_000_120)), Some(1_800_000_000));
     }
 }

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -22,7 +22,8 @@ use crate::public::PublicHandler;
 use crate::reload::{ConfigSource, LogLevelHook, Reloader};
 use crate::secrets::{AdminPasswordSource, SecretError};
 use crate::server::{
-    bind_local, bind_reuseport, serve, serve_local, start_workers, ClientSlots, Listening, Load,
+    bind_local, bind_reuseport, serve, serve_local, start_workers, Listening, Load, WorkerError,
+    Workers,
 };
 use crate::state::{State, StateError};
 use crate::tls::TlsError;
@@ -49,7 +50,10 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("start-up task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    /// Boxed: the workers' error type is the server's own.
+    #[error("cannot start the public workers: {0}")]
+    Workers(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What the process supplies besides the configuration file.
@@ -95,37 +99,7 @@ impl Gateway {
     pub async fn start(config: Config, mut opts: StartOptions) -> Result<Gateway, StartError> {
         // 1. TLS and the sockets: fail before touching any data if either is wrong.
         let (tls, cert) = crate::tls::server_config(&config.tls)?;
-        let public_listen = config.public.listen;
-        let public = bind_reuseport(public_listen, config.public.workers).map_err(|source| {
-            StartError::Bind {
-                key: "public.listen",
-                addr: public_listen,
-                source,
-            }
-        })?;
-        let admin_listen = config.admin.listen;
-        let admin = TcpListener::bind(admin_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "admin.listen",
-                addr: admin_listen,
-                source,
-            })?;
-        let metrics = match config.metrics.listen {
-            Some(addr) => Some({
-                if !addr.ip().is_loopback() {
-                    tracing::warn!(listen = %addr, "metrics.listen is not a loopback address: the scrape is served there without authentication");
-                }
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        key: "metrics.listen",
-                        addr,
-                        source,
-                    })?
-            }),
-            None => None,
-        };
+        let sockets = Sockets::bind(&config).await?;
         // 2. The upstream servers, their health and live settings, shared by
         //    every worker (each worker then builds its own pools for them).
         let upstreams = Arc::new(Upstreams::new(&config.upstream, opts.clock.clone())?);
@@ -137,9 +111,7 @@ impl Gateway {
         let reload_on_sighup = opts.reload_on_sighup;
         // 3. Secret, admin credential, store and audit log: blocking work
         //    (files, redb, maybe an argon2 hash), kept off the async workers.
-        let (state, auth) = tokio::task::spawn_blocking(move || build(config, opts))
-            .await
-            .map_err(|e| StartError::Task(e.to_string()))??;
+        let (state, auth) = tokio::task::spawn_blocking(move || build(config, opts)).await??;
         let (state, auth) = (Arc::new(state), Arc::new(auth));
         let reloader = Arc::new(Reloader::new(
             state.clone(),
@@ -149,121 +121,78 @@ impl Gateway {
             log_level,
         ));
         let acceptor = TlsAcceptor::from(tls);
-        let public_addr = public[0].local_addr().map_err(|source| StartError::Bind {
-            key: "public.listen",
-            addr: public_listen,
-            source,
-        })?;
-        let admin_addr = admin.local_addr().unwrap_or(admin_listen);
         let (tx, rx) = watch::channel(false);
 
         // 4. The public workers, each building its handler on its own thread.
-        let workers = {
-            let state = state.clone();
-            let upstreams = upstreams.clone();
-            start_workers(
-                public,
-                acceptor.clone(),
-                state.startup_config.public.limits.clone(),
-                Hops::of(&state.startup_config.public),
-                move || {
-                    let upstream = Arc::new(Upstream::new(upstreams.clone()));
-                    upstream.spawn_sweeper();
-                    Ok::<_, std::convert::Infallible>(PublicHandler::new(state.clone(), upstream))
-                },
-                rx.clone(),
-                &tx,
-            )
-            .await
-            .map_err(StartError::Task)?
-        };
+        let workers = start_public(
+            sockets.public,
+            &acceptor,
+            &state,
+            &upstreams,
+            rx.clone(),
+            &tx,
+        )
+        .await?;
 
-        // 5. The admin listener, its local socket, and periodic work.
-        let admin_limits = state.startup_config.admin.limits.clone();
-        let mut tasks = Vec::with_capacity(4);
-        tasks.extend(upstreams.spawn_prober(rx.clone()));
-        if let Some(path) = state.startup_config.admin.socket.clone() {
-            let local = match bind_local(&path).await {
+        // 5. The admin listener, its local socket and the metrics listener.
+        let admin = |local| {
+            Arc::new(AdminHandler {
+                state: state.clone(),
+                auth: auth.clone(),
+                local,
+                public: workers.load.clone(),
+                reloader: reloader.clone(),
+            })
+        };
+        let admin_limits = &state.startup_config.admin.limits;
+        let mut tasks = Vec::with_capacity(7);
+        if let Some(path) = &state.startup_config.admin.socket {
+            let local = match bind_local(path).await {
                 Ok(l) => l,
                 Err(source) => {
                     let _ = tx.send(true);
+                    let path = path.clone();
                     return Err(StartError::Socket { path, source });
                 }
             };
-            let handler = Arc::new(AdminHandler {
-                state: state.clone(),
-                auth: auth.clone(),
-                local: true,
-                public: workers.load.clone(),
-                reloader: reloader.clone(),
-            });
-            tasks.push(tokio::spawn(serve_local(
-                local,
-                path,
-                handler,
-                admin_limits.clone(),
+            let limits = admin_limits.clone();
+            let serving = serve_local(local, path.clone(), admin(true), limits, rx.clone());
+            tasks.push(tokio::spawn(serving));
+        }
+        // Administrators connect directly: no balancer in front.
+        let ctx = Listening::new(admin(false), "admin", admin_limits.clone(), Hops::default());
+        let serving = serve(sockets.admin, acceptor, Arc::new(ctx), rx.clone(), None);
+        tasks.push(tokio::spawn(serving));
+        if let Some(listener) = sockets.metrics {
+            let scrape = {
+                let state = state.clone();
+                Arc::new(move || state.view.scrape())
+            };
+            tasks.push(tokio::spawn(crate::metrics_listener::serve(
+                listener,
+                state.startup_config.metrics.allowed_hosts.clone(),
+                scrape,
                 rx.clone(),
             )));
         }
-        let admin_ctx = Arc::new(Listening {
-            handler: Arc::new(AdminHandler {
-                state: state.clone(),
-                auth: auth.clone(),
-                local: false,
-                public: workers.load.clone(),
-                reloader: reloader.clone(),
-            }),
-            name: "admin",
-            permits: Arc::new(Semaphore::new(admin_limits.max_connections)),
-            clients: ClientSlots::new(
-                admin_limits.max_connections_per_client,
-                admin_limits.max_streams_per_client,
-                admin_limits.max_connections,
-            ),
-            // Administrators connect directly.
-            hops: Hops::default(),
-            limits: admin_limits,
-        });
-        tasks.push(tokio::spawn(serve(
-            admin,
-            acceptor,
-            admin_ctx,
-            rx.clone(),
-            None,
-        )));
-        let metrics_addr = match metrics {
-            Some(l) => {
-                let addr = l.local_addr().ok();
-                let scrape = {
-                    let state = state.clone();
-                    Arc::new(move || state.view.scrape())
-                };
-                tasks.push(tokio::spawn(crate::metrics_listener::serve(
-                    l,
-                    state.startup_config.metrics.allowed_hosts.clone(),
-                    scrape,
-                    rx.clone(),
-                )));
-                addr
-            }
-            None => None,
-        };
+
+        // 6. Background work: upstream health probes, the cluster feed,
+        //    reloads (files changing, SIGHUP) and the periodic sweeps.
+        tasks.extend(upstreams.spawn_prober(rx.clone()));
         if let Some(cluster) = state.view.cluster.clone() {
             cluster.spawn(state.lifecycle.clone(), rx.clone());
         }
         tasks.push(tokio::spawn(reloader.clone().watch_files(rx.clone())));
         if reload_on_sighup {
-            tasks.push(tokio::spawn(crate::reload::on_sighup(
-                reloader.clone(),
-                rx.clone(),
-            )));
+            let on_sighup = crate::reload::on_sighup(reloader.clone(), rx.clone());
+            tasks.push(tokio::spawn(on_sighup));
         }
         tasks.push(tokio::spawn(crate::periodic::run(state.clone(), auth, rx)));
-        tracing::info!(public = %public_addr, admin = %admin_addr, metrics = ?metrics_addr, workers = workers.done.len(), "tokengate listening");
+        tracing::info!(public = %sockets.public_addr, admin = %sockets.admin_addr, metrics = ?sockets.metrics_addr, workers = workers.done.len(), "tokengate listening");
         Ok(Gateway {
-            public_addr,
-            admin_addr,
-            metrics_addr,
+            public_addr: sockets.public_addr,
+            admin_addr: sockets.admin_addr,
+            metrics_addr: sockets.metrics_addr,
             state,
             reloader,
             shutdown: tx,
@@ -323,6 +252,95 @@ impl Gateway {
         .await;
         tracing::info!("tokengate stopped");
     }
+}
+
+/// The listening sockets, bound in step 1, before any data is touched.
+struct Sockets {
+    /// One per public worker (`SO_REUSEPORT`), not yet listening: each
+    /// worker listens on its own.
+    public: Vec<TcpSocket>,
+    public_addr: SocketAddr,
+    admin: TcpListener,
+    admin_addr: SocketAddr,
+    /// The unauthenticated scrape listener (`metrics.listen`), if any.
+    metrics: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Sockets {
+    async fn bind(config: &Config) -> Result<Sockets, StartError> {
+        let public_listen = config.public.listen;
+        let public = bind_reuseport(public_listen, config.public.workers)
+            .map_err(bind_error("public.listen", public_listen))?;
+        let public_addr = match public.first() {
+            Some(s) => s.local_addr(),
+            None => Err(std::io::Error::other("no socket bound")),
+        }
+        .map_err(bind_error("public.listen", public_listen))?;
+        let admin_listen = config.admin.listen;
+        let admin = TcpListener::bind(admin_listen)
+            .await
+            .map_err(bind_error("admin.listen", admin_listen))?;
+        let admin_addr = admin.local_addr().unwrap_or(admin_listen);
+        let metrics = match config.metrics.listen {
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(listen = %addr, "metrics.listen is not a loopback address: the scrape is served there without authentication");
+                }
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_error("metrics.listen", addr))?;
+                Some(l)
+            }
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+        Ok(Sockets {
+            public,
+            public_addr,
+            admin,
+            admin_addr,
+            metrics,
+            metrics_addr,
+        })
+    }
+}
+
+/// The error for a socket that `key` names and that cannot be bound at `addr`.
+fn bind_error(key: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Bind { key, addr, source }
+}
+
+/// Step 4: the public workers on their sockets, each building its handler
+/// (and its own upstream pool) on its own thread.
+async fn start_public(
+    sockets: Vec<TcpSocket>,
+    acceptor: &TlsAcceptor,
+    state: &Arc<State>,
+    upstreams: &Arc<Upstreams>,
+    shutdown: watch::Receiver<bool>,
+    stop: &watch::Sender<bool>,
+) -> Result<Workers, StartError> {
+    let public = &state.startup_config.public;
+    let front = Hops::of(public);
+    let (state, upstreams) = (state.clone(), upstreams.clone());
+    let make = move || {
+        let upstream = Arc::new(Upstream::new(upstreams.clone()));
+        upstream.spawn_sweeper();
+        Ok::<_, std::convert::Infallible>(PublicHandler::new(state.clone(), upstream))
+    };
+    let limits = public.limits.clone();
+    start_workers(
+        sockets,
+        acceptor.clone(),
+        limits,
+        front,
+        make,
+        shutdown,
+        stop,
+    )
+    .await
+    .map_err(|e: WorkerError| StartError::Workers(Box::new(e)))
 }
 
 /// The blocking start-up steps, in order.

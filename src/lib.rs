@@ -26,7 +26,7 @@
 //! | 12 | `restrict` | what a refresh token may do (scopes, networks, rate), parsed and compiled |
 //! | 13 | `metrics`, `access_log` | Prometheus counters and the scrape, rendered from a snapshot the layers above fill; the access log writer |
 //! | 14 | `audit` | the audit log writer |
-//! | 15 | `tls` | rustls server and client configurations |
+//! | 15 | `tls`, `log_writer` | rustls server and client configurations; the bounded writer thread both logs run on |
 //! | 16 | `config` | settings: defaults, file, environment, validated |
 //! | 17 | `shutdown`, `http`, `secrets`, `clock`, `net` | leaves: the shutdown signal, the response toolkit, secrets on disk, the time source, client addresses and networks |
 
@@ -43,6 +43,7 @@ mod gateway;
 mod http;
 mod identify;
 mod lifecycle;
+mod log_writer;
 mod metrics;
 mod metrics_listener;
 mod net;

@@ -10,10 +10,9 @@
 //! answers 421 (Misdirected Request: not a name this listener serves).
 //!
 //! A listener like the public and admin ones (so it sits above `server`,
-//! whose per-client shares it uses), it knows nothing of what the scrape
+//! whose accept loop and per-client shares it uses), it knows nothing of what the scrape
 //! counts: it is handed a `ScrapeSource` that takes the snapshot.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
 use crate::http::host::is_valid_host;
 use crate::http::{error, method_not_allowed, strip_body_for_head};
 use crate::metrics::{scrape_reply, Snapshot};
-use crate::server::ClientSlots;
+use crate::server::{serve_plain, PlainLimits};
 
 /// Takes one scrape's snapshot (`None` when metrics are off). Shared by
 /// every connection; called once per `GET /metrics`.
@@ -47,62 +42,33 @@ const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// And a scrape connection lives no longer than this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// A scrape's request head is small.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
-/// Serves scrapes until `shutdown`. `allowed_hosts`: `metrics.allowed_hosts`.
+/// Serves scrapes until `shutdown` (through the listeners' one accept loop,
+/// `server::serve_plain`, with the limits above). `allowed_hosts`:
+/// `metrics.allowed_hosts`.
 pub(crate) async fn serve(
     listener: TcpListener,
     allowed_hosts: Vec<String>,
     scrape: ScrapeSource,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let allowed_hosts: Arc<[String]> = allowed_hosts.into();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // HTTP/1.1 only: one request per connection, so streams need no share.
-    let clients = ClientSlots::new(MAX_CONNECTIONS_PER_CLIENT, 1, MAX_CONNECTIONS);
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = crate::shutdown::stopped(&mut shutdown) => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = crate::shutdown::stopped(&mut shutdown) => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, listener = "metrics", "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(slot) = clients.take(peer.ip()) else {
-            tracing::debug!(%peer, "metrics connection refused: this client holds its share already");
-            continue;
-        };
-        let (scrape, allowed_hosts) = (scrape.clone(), allowed_hosts.clone());
-        conns.spawn(async move {
-            let svc = service_fn(move |req| {
-                let reply = answer(&allowed_hosts, &*scrape, &req);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            let mut b = http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(16 * 1024);
-            let conn = b.serve_connection(TokioIo::new(tcp), svc);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-            }
-            drop((permit, slot));
-        });
-    }
-    // Scrapes are short and idempotent: nothing to drain.
-    conns.shutdown().await;
+    let limits = PlainLimits {
+        max_connections: MAX_CONNECTIONS,
+        max_connections_per_client: MAX_CONNECTIONS_PER_CLIENT,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        connection_timeout: CONNECTION_TIMEOUT,
+        max_buf_size: MAX_REQUEST_HEAD,
+    };
+    serve_plain(
+        "metrics",
+        listener,
+        limits,
+        move |req| answer(&allowed_hosts, &*scrape, req),
+        shutdown,
+    )
+    .await;
 }
 
 fn answer(

@@ -94,6 +94,7 @@ pub(crate) struct AdminHandler {
 
 impl Handler for AdminHandler {
     type Body = Full<Bytes>;
+    type Report = ();
 
     fn wrap(reply: Reply) -> Reply {
         reply
@@ -110,7 +111,7 @@ impl Handler for AdminHandler {
         &self,
         peer: crate::identify::Peer,
         req: Request<Incoming>,
-    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send {
+    ) -> impl std::future::Future<Output = (Response<Full<Bytes>>, ())> + Send {
         // Administrators connect directly: the TCP peer is the client.
         let peer = peer.addr;
         // Boxed: the admin handlers' state is several KiB and admin requests
@@ -121,7 +122,7 @@ impl Handler for AdminHandler {
             if head {
                 strip_body_for_head(&mut r);
             }
-            r
+            (r, ())
         })
     }
 }

@@ -1,22 +1,22 @@
-//! The "request finished" point: the public listener's response body,
-//! wrapped so that when it has been sent (or dropped) the request is
-//! counted in the worker's metrics and written to the access log, with its
-//! whole duration and the body bytes that went to the connection.
+//! The "request finished" point: what the public listener's response
+//! reports as it goes out (`server::Report`, carried in the connection's
+//! body wrapper): when it has been sent (or dropped) the request is counted
+//! in the worker's metrics and written to the access log, with its whole
+//! duration and the body bytes that went to the connection.
 //!
-//! With metrics and the access log both off, the wrapper holds `None` and
-//! only forwards.
+//! With metrics and the access log both off, it holds `None` and costs a
+//! test per frame.
 
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::Frame;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::metrics::{RouteLabel, WorkerMetrics};
+use crate::server::Report;
 
 /// What the handler learns about a request on its way, for the log line.
 pub(crate) struct Note {
@@ -49,24 +49,29 @@ pub(crate) struct Pending {
     pub(crate) access: Option<(Arc<AccessLog>, http::Method, String)>,
 }
 
-/// A response body that reports the request when it is done.
-pub(crate) struct Finished<B> {
-    inner: B,
-    pending: Option<Box<(Pending, u64)>>,
+/// Reports a request when its response is done: counts the body bytes
+/// sent, and on drop records the request.
+#[derive(Default)]
+pub(crate) struct Done(Option<Box<(Pending, u64)>>);
+
+impl Done {
+    pub(crate) fn new(pending: Option<Pending>) -> Done {
+        Done(pending.map(|p| Box::new((p, 0))))
+    }
 }
 
-impl<B> Finished<B> {
-    pub(crate) fn new(inner: B, pending: Option<Pending>) -> Finished<B> {
-        Finished {
-            inner,
-            pending: pending.map(|p| Box::new((p, 0))),
+impl Report for Done {
+    #[inline]
+    fn sent(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(p), Some(d)) = (&mut self.0, frame.data_ref()) {
+            p.1 += d.remaining() as u64;
         }
     }
 }
 
-impl<B> Drop for Finished<B> {
+impl Drop for Done {
     fn drop(&mut self) {
-        let Some(p) = self.pending.take() else {
+        let Some(p) = self.0.take() else {
             return;
         };
         let (p, bytes) = *p;
@@ -87,32 +92,5 @@ impl<B> Drop for Finished<B> {
                 token: p.note.token,
             });
         }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Finished<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(f))), Some(p)) = (&r, &mut this.pending) {
-            if let Some(d) = f.data_ref() {
-                p.1 += d.remaining() as u64;
-            }
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

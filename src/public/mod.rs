@@ -53,9 +53,10 @@ pub(crate) const STALE: &str =
 /// DPA's token path, and the short one.
 pub(crate) const TOKEN_PATHS: [&str; 2] = ["/iwc/api/security/oauth/token", "/token"];
 
-/// A body we built, or one streamed from the upstream, with no boxing;
-/// wrapped to report the request when it is done.
-pub(crate) type PublicBody = finish::Finished<Either<Full<Bytes>, UpstreamBody>>;
+/// A body we built, or one streamed from the upstream, with no boxing. The
+/// request is reported when it is done by `finish::Done`, which rides in
+/// the connection's own wrapper rather than wrapping the body again.
+pub(crate) type PublicBody = Either<Full<Bytes>, UpstreamBody>;
 
 /// What one public worker serves with: the shared state and this worker's
 /// own upstream pool (so a request's upstream call never crosses threads).
@@ -92,16 +93,21 @@ impl PublicHandler {
 
 impl Handler for PublicHandler {
     type Body = PublicBody;
+    type Report = finish::Done;
 
     fn wrap(reply: Reply) -> Response<PublicBody> {
-        reply.map(|b| finish::Finished::new(Either::Left(b), None))
+        reply.map(Either::Left)
     }
 
     fn conn_stats(&self) -> Option<&ConnStats> {
         self.metrics.as_deref().map(|m| &m.conns)
     }
 
-    async fn handle(&self, peer: Peer, req: Request<Incoming>) -> Response<PublicBody> {
+    async fn handle(
+        &self,
+        peer: Peer,
+        req: Request<Incoming>,
+    ) -> (Response<PublicBody>, finish::Done) {
         let observed = self.metrics.is_some() || self.access_log.is_some();
         let start = observed.then(Instant::now);
         let access = self.access_log.as_ref().map(|l| {
@@ -130,7 +136,7 @@ impl Handler for PublicHandler {
             metrics: self.metrics.clone(),
             access,
         });
-        resp.map(|b| finish::Finished::new(b, pending))
+        (resp, finish::Done::new(pending))
     }
 }
 

@@ -76,10 +76,12 @@ impl InFlight {
         self
     }
 
-    /// Wraps the response body so it reports its progress; the request
+    /// Wraps the response body so it reports its progress, to the
+    /// connection's watcher and to the handler's `report`; the request
     /// stays in flight until that body is dropped.
-    pub(crate) fn track<B>(self, body: B) -> Tracked<B> {
+    pub(crate) fn track<B, F: Report>(self, body: B, report: F) -> Tracked<B, F> {
         Tracked {
+            report,
             inner: body,
             guard: self,
             holding: false,
@@ -93,15 +95,34 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that reports whether it waits on the client.
-pub(crate) struct Tracked<B> {
+/// What a handler learns as one of its responses goes out: each frame
+/// handed to the connection, and (when it is dropped) that the response is
+/// done or abandoned. It rides in the connection's own body wrapper
+/// ([`Tracked`]), so a response passes one wrapper, not one per concern.
+pub(crate) trait Report: Default + Send + Unpin + 'static {
+    /// `frame` goes to the connection.
+    fn sent(&mut self, frame: &Frame<Bytes>);
+}
+
+/// A handler with nothing to report.
+impl Report for () {
+    #[inline]
+    fn sent(&mut self, _: &Frame<Bytes>) {}
+}
+
+/// The response body as the connection sends it: reports whether it waits
+/// on the client, and what went out to the handler's [`Report`].
+pub(crate) struct Tracked<B, F = ()> {
+    /// Declared first, so dropped first: the handler's report is made
+    /// before the body (and the upstream connection it may hold) goes.
+    report: F,
     inner: B,
     guard: InFlight,
     /// Our last poll produced a frame (counted in `waiting_on_client`).
     holding: bool,
 }
 
-impl<B> Tracked<B> {
+impl<B, F> Tracked<B, F> {
     fn release(&mut self) {
         if self.holding {
             self.holding = false;
@@ -110,13 +131,13 @@ impl<B> Tracked<B> {
     }
 }
 
-impl<B> Drop for Tracked<B> {
+impl<B, F> Drop for Tracked<B, F> {
     fn drop(&mut self) {
         self.release();
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+impl<B: Body<Data = Bytes> + Unpin, F: Report> Body for Tracked<B, F> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -129,7 +150,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         this.release();
         this.guard.0.progress.fetch_add(1, Relaxed);
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = r {
+        if let Poll::Ready(Some(Ok(frame))) = &r {
+            this.report.sent(frame);
             this.holding = true;
             this.guard.0.waiting_on_client.fetch_add(1, Relaxed);
         }
@@ -381,7 +403,7 @@ mod tests {
         let a = Arc::new(Activity::default());
         let guard = a.start();
         assert_eq!(a.snapshot().in_flight, 1);
-        let mut body = guard.track(Full::new(Bytes::from_static(b"x")));
+        let mut body = guard.track(Full::new(Bytes::from_static(b"x")), ());
         let waker = futures_noop_waker();
         let mut cx = Context::from_waker(&waker);
         let r = Pin::new(&mut body).poll_frame(&mut cx);
@@ -393,9 +415,62 @@ mod tests {
         drop(body);
         assert_eq!(a.snapshot().in_flight, 0);
         // Collecting a body end to end leaves nothing counted.
-        let body = a.start().track(Full::new(Bytes::from_static(b"y")));
+        let body = a.start().track(Full::new(Bytes::from_static(b"y")), ());
         let _ = futures_block_on(body.collect());
         assert_eq!(a.snapshot(), c(2, 0, false, a.snapshot().progress));
+    }
+
+    /// Counts the data bytes sent, and notes in-flight requests when dropped.
+    #[derive(Default)]
+    struct Counting {
+        bytes: Arc<AtomicU64>,
+        at_drop: Arc<std::sync::Mutex<Option<usize>>>,
+        activity: Option<Arc<Activity>>,
+    }
+
+    impl Report for Counting {
+        fn sent(&mut self, frame: &Frame<Bytes>) {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            self.bytes.fetch_add(n, Relaxed);
+        }
+    }
+
+    impl Drop for Counting {
+        fn drop(&mut self) {
+            let in_flight = self.activity.as_ref().map(|a| a.snapshot().in_flight);
+            *self.at_drop.lock().unwrap() = in_flight;
+        }
+    }
+
+    #[test]
+    fn a_handlers_report_sees_every_frame_and_ends_before_the_request() {
+        use http_body_util::BodyExt;
+        let a = Arc::new(Activity::default());
+        let mut report = Counting::default();
+        report.activity = Some(a.clone());
+        let (bytes, at_drop) = (report.bytes.clone(), report.at_drop.clone());
+        let frames = Frames(["abc", "de", ""].map(Bytes::from).into());
+        let body = a.start().track(frames, report);
+        let collected = futures_block_on(body.collect()).unwrap().to_bytes();
+        assert_eq!(collected, "abcde");
+        assert_eq!(bytes.load(Relaxed), 5);
+        // Reported while the request was still in flight; then it ended.
+        assert_eq!(*at_drop.lock().unwrap(), Some(1));
+        assert_eq!(a.snapshot().in_flight, 0);
+    }
+
+    /// A body of these data frames, each ready at once.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
     }
 
     fn futures_noop_waker() -> std::task::Waker {

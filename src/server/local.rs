@@ -14,11 +14,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{watch, Semaphore};
 
+use super::accept::{accept_loop, LocalSocket};
 use super::conn::{Activity, Counted, Deadlines};
-use super::{drive, stopped, Guard, Handler};
+use super::{drive, Guard, Handler};
 use crate::config::ListenerLimits;
 
 /// Binds the socket, replacing a stale file left by a process that died,
@@ -39,56 +39,42 @@ pub(crate) async fn bind_local(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves `handler` on the socket until shutdown, then drains like the TCP
-/// listeners. Removes the socket file at the end.
+/// listeners. Removes the socket file once it stops accepting.
 pub(crate) async fn serve_local<H: Handler>(
     listener: UnixListener,
     path: PathBuf,
     handler: Arc<H>,
     limits: ListenerLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     // The gateway's own user: the owner of the socket file it just created
     // (reading it needs no `unsafe` call to geteuid).
     let owner = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    let mut conns: JoinSet<()> = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let stream = tokio::select! {
-            _ = stopped(&mut shutdown) => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin socket: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    // At the cap a new connection is closed at once rather than queued: a
+    // local command fails fast instead of hanging.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let grace = limits.shutdown_grace;
+    let stop = shutdown.clone();
+    let socket = LocalSocket { listener, path };
+    accept_loop("admin socket", socket, stop, grace, move |stream| {
         let allowed = match (stream.peer_cred(), &owner) {
             (Ok(cred), Ok(uid)) => cred.uid() == *uid || cred.uid() == 0,
             _ => false,
         };
         if !allowed {
             tracing::info!("admin socket: refused a connection from another user");
-            continue;
+            return None;
         }
-        if conns.len() >= limits.max_connections {
-            continue;
-        }
+        let slot = slots.clone().try_acquire_owned().ok()?;
         let handler = handler.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
-        conns.spawn(async move { connection(stream, handler, &limits, shutdown).await });
-    }
-    drop(listener);
-    let _ = std::fs::remove_file(&path);
-    let drained = tokio::time::timeout(limits.shutdown_grace, async {
-        while conns.join_next().await.is_some() {}
+        Some(async move {
+            connection(stream, handler, &limits, shutdown).await;
+            drop(slot);
+        })
     })
     .await;
-    if drained.is_err() {
-        conns.shutdown().await;
-    }
 }
 
 /// The address handlers and audit lines see for the socket's clients.
@@ -122,10 +108,10 @@ async fn connection<H: Handler>(
         let handler = handler.clone();
         let in_flight = activity.start();
         async move {
-            let resp = handler
+            let (resp, report) = handler
                 .handle(crate::identify::Peer::direct(LOCAL_PEER), req)
                 .await;
-            Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+            Ok::<_, Infallible>(resp.map(|b| in_flight.track(b, report)))
         }
     });
     let io = TokioIo::new(Counted::new(stream, guard.activity.clone()));

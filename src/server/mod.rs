@@ -3,6 +3,7 @@
 //! protocol chosen from ALPN (so no unbounded version sniffing), explicit
 //! limits, a connection cap, and graceful drain on shutdown.
 //!
+//! - `accept`: the accept loop all listeners share.
 //! - `workers`: the public listener's per-core workers on `SO_REUSEPORT`.
 //! - `balance`: keeps the workers' connection counts even.
 //! - `coalesce`: batches an HTTP/2 connection's small writes.
@@ -10,12 +11,16 @@
 //! - `conn`: first-request, idle and send deadlines per connection.
 //! - `proxy_header`: the PROXY protocol header from a load balancer.
 //! - `local`: the admin API on a Unix socket.
+//! - `plain`: plain HTTP/1.1 for one short request per connection (the
+//!   metrics listener).
 
+mod accept;
 mod balance;
 mod clients;
 mod coalesce;
 mod conn;
 mod local;
+mod plain;
 mod proxy_header;
 mod workers;
 
@@ -34,8 +39,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use bytes::Bytes;
@@ -47,12 +51,14 @@ use crate::http::{too_many_requests, Reply};
 use crate::identify::{at_accept, Accept, Hops, Peer};
 use crate::metrics::{ConnStats, Handshake};
 pub(crate) use crate::shutdown::stopped;
+use accept::{accept_loop, Balanced, Capped};
 pub(crate) use balance::{Balancer, Load};
-use balance::{Handoff, Placed};
 pub(crate) use clients::{ClientSlot, ClientSlots};
+pub(crate) use conn::Report;
 use conn::{Activity, Counted, Deadlines, Verdict, Watch};
 pub(crate) use local::{bind_local, serve_local};
-pub(crate) use workers::{bind_reuseport, start_workers};
+pub(crate) use plain::{serve_plain, PlainLimits};
+pub(crate) use workers::{bind_reuseport, start_workers, WorkerError, Workers};
 
 /// HTTP/2 streams a client may reset before we ever answer them, per
 /// connection (the "rapid reset" family of attacks).
@@ -70,15 +76,20 @@ pub(crate) trait Handler: Send + Sync + 'static {
         + Unpin
         + 'static;
 
-    /// Answers one request. `peer` is what the connection knows of the
-    /// client: the TCP peer, or the address a trusted load balancer's PROXY
-    /// header gave, and whether it is a trusted HTTP balancer (whose
-    /// requests name their client: `identify::of_request`).
+    /// Told what goes out of each response, and when it is done (metrics,
+    /// the access log); `()` for nothing.
+    type Report: Report;
+
+    /// Answers one request, with what its response should report as it goes
+    /// out. `peer` is what the connection knows of the client: the TCP
+    /// peer, or the address a trusted load balancer's PROXY header gave,
+    /// and whether it is a trusted HTTP balancer (whose requests name their
+    /// client: `identify::of_request`).
     fn handle(
         &self,
         peer: Peer,
         req: Request<Incoming>,
-    ) -> impl std::future::Future<Output = Response<Self::Body>> + Send;
+    ) -> impl std::future::Future<Output = (Response<Self::Body>, Self::Report)> + Send;
 
     /// A reply built by the driver itself (a refusal), in this handler's body type.
     fn wrap(reply: Reply) -> Response<Self::Body>;
@@ -108,6 +119,30 @@ pub(crate) struct Listening<H> {
     pub(crate) hops: Hops,
 }
 
+impl<H> Listening<H> {
+    /// A listener with a single accept loop: its own connection cap and
+    /// per-client shares, from `limits`.
+    pub(crate) fn new(
+        handler: Arc<H>,
+        name: &'static str,
+        limits: ListenerLimits,
+        hops: Hops,
+    ) -> Listening<H> {
+        Listening {
+            handler,
+            name,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            clients: ClientSlots::new(
+                limits.max_connections_per_client,
+                limits.max_streams_per_client,
+                limits.max_connections,
+            ),
+            hops,
+            limits,
+        }
+    }
+}
+
 /// Serves one listener until `shutdown` turns true, then drains its
 /// connections for at most `public.shutdown_grace`. With a `balance`, this
 /// loop is one of several public workers: it also serves connections the
@@ -116,100 +151,34 @@ pub(crate) async fn serve<H: Handler>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     ctx: Arc<Listening<H>>,
-    mut shutdown: watch::Receiver<bool>,
-    mut balance: Option<Balancer>,
+    shutdown: watch::Receiver<bool>,
+    balance: Option<Balancer>,
 ) {
-    let name = ctx.name;
-    let permits = ctx.permits.clone();
-    // Tracks connection tasks so shutdown can wait for them, then abort stragglers.
-    let mut conns: JoinSet<()> = JoinSet::new();
-    loop {
-        // Reap finished connections so the set stays the size of the live set.
-        while conns.try_join_next().is_some() {}
-        let next = tokio::select! {
-            biased;
-            _ = stopped(&mut shutdown) => break,
-            Some(h) = handed_over(&mut balance) => Next::HandedOver(h),
-            r = accept(&listener, &permits) => match r {
-                Some(r) => Next::Accepted(r),
-                None => break,
-            },
-        };
-        let (tcp, peer, permit, live) = match next {
-            Next::HandedOver(h) => match h.into_stream() {
-                Ok((tcp, peer, permit, live)) => (tcp, peer, permit, Some(live)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot take over a connection from another worker");
-                    continue;
-                }
-            },
-            Next::Accepted((Ok((tcp, peer)), permit)) => {
-                let _ = tcp.set_nodelay(true);
-                match &balance {
-                    None => (tcp, peer, permit, None),
-                    Some(b) => match b.place(tcp, peer, permit) {
-                        Placed::Here(tcp, permit, live) => (tcp, peer, permit, Some(live)),
-                        Placed::Gone => continue,
-                    },
-                }
-            }
-            Next::Accepted((Err(e), _)) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, listener = name, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
-        conns.spawn(async move {
-            connection(tcp, peer, acceptor, ctx, shutdown).await;
-            drop((permit, live));
-        });
-    }
-    // Connections handed over but not yet taken close with the inbox.
-    drop(balance);
-    drop(listener);
-    // Every connection was told to finish (see `drive`); give them the grace period.
-    let grace = ctx.limits.shutdown_grace;
-    let drained =
-        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(
-            listener = name,
-            open = conns.len(),
-            "shutdown grace ran out; closing the remaining connections"
-        );
-        conns.shutdown().await;
-    }
-}
-
-enum Next {
-    HandedOver(Handoff),
-    Accepted(Accepted),
-}
-
-/// What `accept` yields: the accept result, and the permit taken for it.
-type Accepted = (
-    std::io::Result<(TcpStream, SocketAddr)>,
-    OwnedSemaphorePermit,
-);
-
-/// Waits for a connection-cap permit, then for a connection. `None` once the
-/// semaphore is closed. Cancel-safe: a permit taken without a connection is
-/// simply returned.
-async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<Accepted> {
-    let permit = permits.clone().acquire_owned().await.ok()?;
-    Some((listener.accept().await, permit))
-}
-
-/// The next connection another worker handed over; never, without a balancer.
-async fn handed_over(balance: &mut Option<Balancer>) -> Option<Handoff> {
-    match balance {
-        Some(b) => b.next().await,
-        None => std::future::pending().await,
-    }
+    let incoming = Balanced {
+        capped: Capped {
+            listener,
+            permits: ctx.permits.clone(),
+        },
+        balance,
+    };
+    let (name, grace) = (ctx.name, ctx.limits.shutdown_grace);
+    let stop = shutdown.clone();
+    accept_loop(
+        name,
+        incoming,
+        stop,
+        grace,
+        move |(tcp, peer, permit, live)| {
+            let acceptor = acceptor.clone();
+            let ctx = ctx.clone();
+            let shutdown = shutdown.clone();
+            Some(async move {
+                connection(tcp, peer, acceptor, ctx, shutdown).await;
+                drop((permit, live));
+            })
+        },
+    )
+    .await;
 }
 
 async fn connection<H: Handler>(
@@ -327,7 +296,7 @@ async fn connection<H: Handler>(
                 },
             };
             Box::pin(async move {
-                let resp = match over {
+                let (resp, report) = match over {
                     None => handler.handle(client, req).await,
                     Some(over) => {
                         let max = over.max;
@@ -336,14 +305,15 @@ async fn connection<H: Handler>(
                             Some(prefix) => format!("this client's IPv6 /{prefix}"),
                         };
                         tracing::debug!(client = %client.addr, max, whose, "refused: at max_streams_per_client (or its IPv6 network's share)");
-                        H::wrap(too_many_requests(
+                        let refusal = H::wrap(too_many_requests(
                             "too_many_requests",
                             &format!("{whose} has {max} requests in progress already; try again when one has finished"),
                             1,
-                        ))
+                        ));
+                        (refusal, H::Report::default())
                     }
                 };
-                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b, report)))
             })
         });
         let io = TokioIo::new(coalesce::Coalesce::new(io));
@@ -363,8 +333,8 @@ async fn connection<H: Handler>(
             let handler = handler.clone();
             let in_flight = activity.start();
             async move {
-                let resp = handler.handle(client, req).await;
-                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b)))
+                let (resp, report) = handler.handle(client, req).await;
+                Ok::<_, Infallible>(resp.map(|b| in_flight.track(b, report)))
             }
         });
         drive(b.serve_connection(TokioIo::new(io), svc), guard).await;

@@ -31,6 +31,23 @@ const WORKER_EVENT_INTERVAL: u32 = 256;
 /// Pending connections the kernel queues per public worker.
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// Why the public workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkerError {
+    #[error("cannot start a worker thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot start a worker runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen on public.listen: {0}")]
+    Listen(#[source] std::io::Error),
+    #[error("cannot build a worker's handler: {0}")]
+    Handler(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("a worker thread stopped during start-up")]
+    Stopped,
+    #[error("waiting for the workers failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
 /// Running workers: each `done` fires when its worker has drained.
 pub(crate) struct Workers {
     pub(crate) done: Vec<oneshot::Receiver<()>>,
@@ -50,11 +67,11 @@ pub(crate) async fn start_workers<H, F, E>(
     make: F,
     shutdown: watch::Receiver<bool>,
     stop: &watch::Sender<bool>,
-) -> Result<Workers, String>
+) -> Result<Workers, WorkerError>
 where
     H: Handler,
     F: Fn() -> Result<H, E> + Send + Sync + 'static,
-    E: std::fmt::Display,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let make = Arc::new(make);
     // The cap is shared: it bounds the listener, not each worker.
@@ -84,23 +101,23 @@ where
         std::thread::Builder::new()
             .name(format!("tokengate-worker-{i}"))
             .spawn(move || {
-                run_worker(socket, ctx, || make().map_err(|e| e.to_string()));
+                run_worker(socket, ctx, || {
+                    make().map_err(|e| WorkerError::Handler(Box::new(e)))
+                });
                 let _ = done_tx.send(());
             })
-            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+            .map_err(WorkerError::Thread)?;
     }
     drop(ready_tx);
     let expected = done.len();
-    let ready = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let ready = tokio::task::spawn_blocking(move || -> Result<(), WorkerError> {
         for _ in 0..expected {
-            ready_rx
-                .recv()
-                .map_err(|_| "a worker thread stopped during start-up".to_owned())??;
+            ready_rx.recv().map_err(|_| WorkerError::Stopped)??;
         }
         Ok(())
     })
     .await
-    .map_err(|e| e.to_string())
+    .map_err(WorkerError::from)
     .and_then(|r| r);
     if let Err(e) = ready {
         let _ = stop.send(true);
@@ -117,7 +134,7 @@ struct WorkerCtx {
     clients: Arc<ClientSlots>,
     front: Hops,
     shutdown: watch::Receiver<bool>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<(), WorkerError>>,
     balance: Balancer,
 }
 
@@ -126,7 +143,7 @@ struct WorkerCtx {
 fn run_worker<H: Handler>(
     socket: TcpSocket,
     ctx: WorkerCtx,
-    make: impl FnOnce() -> Result<H, String>,
+    make: impl FnOnce() -> Result<H, WorkerError>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,9 +152,7 @@ fn run_worker<H: Handler>(
     {
         Ok(r) => r,
         Err(e) => {
-            let _ = ctx
-                .ready
-                .send(Err(format!("cannot start a worker runtime: {e}")));
+            let _ = ctx.ready.send(Err(WorkerError::Runtime(e)));
             return;
         }
     };
@@ -145,9 +160,7 @@ fn run_worker<H: Handler>(
         let listener = match socket.listen(LISTEN_BACKLOG) {
             Ok(l) => l,
             Err(e) => {
-                let _ = ctx
-                    .ready
-                    .send(Err(format!("cannot listen on public.listen: {e}")));
+                let _ = ctx.ready.send(Err(WorkerError::Listen(e)));
                 return;
             }
         };
