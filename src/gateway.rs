@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::data_dir;
 use crate::config::{Config, UpstreamConfig};
 use crate::identify::Hops;
-use crate::proxy::{Upstream, UpstreamSetupError, Upstreams};
+use crate::proxy::{Forwarder, UpstreamSetupError, Upstreams};
 use crate::public::PublicHandler;
 use crate::reload::{ConfigSource, LogLevelHook, Reloader};
 use crate::secrets::{AdminPasswordSource, SecretError};
@@ -325,7 +325,7 @@ async fn start_public(
     let front = Hops::of(public);
     let (state, upstreams) = (state.clone(), upstreams.clone());
     let make = move || {
-        let upstream = Arc::new(Upstream::new(upstreams.clone()));
+        let upstream = Arc::new(Forwarder::new(upstreams.clone()));
         upstream.spawn_sweeper();
         Ok::<_, std::convert::Infallible>(PublicHandler::new(state.clone(), upstream))
     };

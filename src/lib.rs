@@ -28,7 +28,7 @@
 //! | 14 | `audit` | the audit log writer |
 //! | 15 | `tls`, `log_writer` | rustls server and client configurations; the bounded writer thread both logs run on |
 //! | 16 | `config` | settings: defaults, file, environment, validated |
-//! | 17 | `shutdown`, `http`, `secrets`, `clock`, `net` | leaves: the shutdown signal, the response toolkit, secrets on disk, the time source, client addresses and networks |
+//! | 17 | `shutdown`, `wire`, `secrets`, `clock`, `net` | leaves: the shutdown signal, the HTTP wire toolkit (answers, the error shape, bounded bodies, `Host` and header names), secrets on disk, the time source, client addresses and networks |
 
 mod access_log;
 mod admin;
@@ -40,7 +40,6 @@ mod cluster;
 pub mod config;
 mod dev;
 mod gateway;
-mod http;
 mod identify;
 mod lifecycle;
 mod log_writer;
@@ -60,6 +59,7 @@ mod store;
 mod throttle;
 pub mod tls;
 mod tokens;
+mod wire;
 
 pub use admin::api;
 pub use config::Config;
@@ -106,8 +106,8 @@ pub mod benching {
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::config::base_path;
-    pub use crate::http::names::is_reserved;
     pub use crate::proxy::{
         canonicalise, join_target, Canonical, InvalidPath, PathPolicy, TargetError,
     };
+    pub use crate::wire::names::is_reserved;
 }

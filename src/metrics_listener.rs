@@ -23,10 +23,10 @@ use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::http::host::is_valid_host;
-use crate::http::{error, method_not_allowed, strip_body_for_head};
 use crate::metrics::{scrape_reply, Snapshot};
 use crate::server::{serve_plain, PlainLimits};
+use crate::wire::host::is_valid_host;
+use crate::wire::{error, method_not_allowed, strip_body_for_head};
 
 /// Takes one scrape's snapshot (`None` when metrics are off). Shared by
 /// every connection; called once per `GET /metrics`.

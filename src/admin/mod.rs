@@ -45,12 +45,12 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::audit::Event;
-use crate::http::{
+use crate::server::{Handler, Load};
+use crate::state::State;
+use crate::wire::{
     empty, error, json, media_type, method_not_allowed, no_store, read_body, strip_body_for_head,
     too_many_requests, Reply,
 };
-use crate::server::{Handler, Load};
-use crate::state::State;
 use api::{ClusterStats, Login, Rotated, SessionInfo, Stats};
 use password::AdminAuth;
 
@@ -236,7 +236,7 @@ fn public_document(path: &str) -> Option<Reply> {
     match path {
         "/healthz" => Some(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         OPENAPI_PATH => {
-            let mut r = Response::new(crate::http::full(OPENAPI));
+            let mut r = Response::new(crate::wire::full(OPENAPI));
             let h = r.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

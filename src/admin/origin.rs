@@ -14,7 +14,7 @@
 use http::header::{HOST, ORIGIN};
 use http::{HeaderMap, Method, Uri};
 
-use crate::http::media_type;
+use crate::wire::media_type;
 
 const SEC_FETCH_SITE: &str = "sec-fetch-site";
 

@@ -14,9 +14,9 @@ use super::api::{
 };
 use super::{bad, checked, json_body, AdminHandler};
 use crate::clock::rfc3339;
-use crate::http::{empty, error, json, no_store, Reply};
 use crate::restrict::whole_number;
 use crate::store::{Edit, RefreshToken};
+use crate::wire::{empty, error, json, no_store, Reply};
 
 fn info(r: &RefreshToken, now: u64) -> TokenInfo {
     let client = r.last_client();

@@ -18,7 +18,7 @@
 //! The success path of `verify` is synchronous and allocates nothing; only
 //! the rare catch-up with the cluster awaits.
 
-mod exchange;
+mod grant;
 pub(crate) mod restrictions;
 mod verify;
 
@@ -39,7 +39,7 @@ use crate::throttle::{AuthThrottle, Throttled};
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::RefreshHasher;
 
-pub(crate) use exchange::ExchangeRefusal;
+pub(crate) use grant::ExchangeRefusal;
 pub(crate) use verify::{Presented, Refusal, Verdict};
 
 /// Why the `Authorization` header holds no bearer token to check.

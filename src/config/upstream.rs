@@ -41,7 +41,7 @@ pub(super) fn validate(u: UpstreamSection) -> Result<UpstreamConfig, ConfigError
                  read `_` and `-` alike, so a client could send the `-` twin); use `-`",
             ));
         }
-        if crate::http::names::is_reserved(&n) {
+        if crate::wire::names::is_reserved(&n) {
             return Err(ConfigError::invalid(
                 &key,
                 "this header is set by the gateway itself",

@@ -232,7 +232,7 @@ fn metrics(m: &super::file::MetricsSection) -> Result<MetricsConfig, ConfigError
         .map(|h| {
             let h = h.trim();
             // A bare name: the port is whatever the listener's is.
-            if h.contains(':') || h.starts_with('[') || !crate::http::host::is_valid_host(h.as_bytes())
+            if h.contains(':') || h.starts_with('[') || !crate::wire::host::is_valid_host(h.as_bytes())
             {
                 Err(ConfigError::invalid(
                     "metrics.allowed_hosts",

@@ -13,7 +13,7 @@ use super::text::Text;
 use super::{
     ConnSnapshot, Exchange, Refusal, ReloadKind, RouteLabel, Totals, UpstreamError, CLASSES,
 };
-use crate::http::{error, Reply};
+use crate::wire::{error, Reply};
 
 /// The gauges a scrape reads now from what the layers above hold (live
 /// tokens, the log writers, the cluster feed). Whoever owns those fills

@@ -2,7 +2,7 @@
 //!
 //! Order matters: hop-by-hop headers (and every header `Connection` names),
 //! the client's credentials and forwarding claims (see
-//! `http::names::is_client_claim`, underscore twins included) are removed in
+//! `wire::names::is_client_claim`, underscore twins included) are removed in
 //! one pass first, and only then are the gateway's own headers added, so a
 //! client cannot name them away.
 
@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::http::host::is_valid_host;
-use crate::http::names::{is_client_claim, is_hop_by_hop};
+use crate::wire::host::is_valid_host;
+use crate::wire::names::{is_client_claim, is_hop_by_hop};
 
 pub(crate) const ID_HEADER: HeaderName = HeaderName::from_static("x-tokengate-token-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -152,7 +152,7 @@ fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::names::is_reserved;
+    use crate::wire::names::is_reserved;
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()

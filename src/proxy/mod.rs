@@ -91,9 +91,9 @@ impl ProxyError {
     }
 }
 
-/// One public worker's side of the upstream: its own pools (one per
+/// One public worker's forwarder to the upstream: its own pools (one per
 /// server) and its own turn, over the servers and settings all workers share.
-pub(crate) struct Upstream {
+pub(crate) struct Forwarder {
     shared: Arc<Upstreams>,
     /// Index = server index.
     pools: Box<[Arc<Pool>]>,
@@ -109,13 +109,13 @@ enum Attempt {
     Failed(ProxyError),
 }
 
-impl Upstream {
+impl Forwarder {
     /// This worker's pools for the shared servers (call on the worker's runtime).
-    pub(crate) fn new(shared: Arc<Upstreams>) -> Upstream {
+    pub(crate) fn new(shared: Arc<Upstreams>) -> Forwarder {
         let pools = (0..shared.servers.len())
             .map(|i| Arc::new(Pool::new(shared.clone(), i)))
             .collect();
-        Upstream {
+        Forwarder {
             turn: AtomicUsize::new(shared.next_worker()),
             pools,
             shared,
@@ -325,13 +325,13 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
 
-    fn worker(balance: Balance) -> Upstream {
+    fn worker(balance: Balance) -> Forwarder {
         let mut cfg = upstreams::tests::config(&["http://a:1", "http://b:1", "http://c:1"]);
         cfg.balance = balance;
-        Upstream::new(Arc::new(Upstreams::new(&cfg, Clock::new()).unwrap()))
+        Forwarder::new(Arc::new(Upstreams::new(&cfg, Clock::new()).unwrap()))
     }
 
-    fn picks(up: &Upstream, n: usize) -> Vec<usize> {
+    fn picks(up: &Forwarder, n: usize) -> Vec<usize> {
         (0..n).map(|_| up.pick(None).unwrap()).collect()
     }
 
@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn a_single_server_is_always_tried_and_never_retried_on() {
         let cfg = upstreams::tests::config(&["http://a:1"]);
-        let up = Upstream::new(Arc::new(Upstreams::new(&cfg, Clock::new()).unwrap()));
+        let up = Forwarder::new(Arc::new(Upstreams::new(&cfg, Clock::new()).unwrap()));
         up.shared.mark_down(0, &"refused");
         assert_eq!(up.pick(None), Some(0));
         assert_eq!(up.pick(Some(0)), None);

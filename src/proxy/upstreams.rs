@@ -5,7 +5,7 @@
 //! Health is shared so that a server one worker found down is avoided by
 //! all; reading it costs one relaxed atomic load per candidate server (the
 //! clock is read only for a server that is out). Connections are not shared:
-//! each worker keeps its own pools (`super::Upstream`).
+//! each worker keeps its own pools (`super::Forwarder`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

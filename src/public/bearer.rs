@@ -7,9 +7,9 @@ use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
 
 use crate::authority::BearerError;
-use crate::http::{error, Reply};
 use crate::metrics::Refusal;
 use crate::tokens::access::AccessError;
+use crate::wire::{error, Reply};
 
 /// Extracts the token from `Authorization: Bearer <token>` (scheme in any case).
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<&[u8], BearerError> {

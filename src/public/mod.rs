@@ -30,21 +30,21 @@ use serde::Serialize;
 
 use crate::access_log::AccessLog;
 use crate::authority::{Presented, Refusal, Verdict};
-use crate::http::host::is_valid_host;
-use crate::http::{
-    error, json, method_not_allowed, strip_body_for_head, too_many_requests, unavailable, Reply,
-};
 use crate::identify::{self, Hops, Peer};
 use crate::metrics::{
     ConnStats, Refusal as RefusalLabel, RouteLabel, UpstreamError, WorkerMetrics,
 };
 use crate::proxy::{
-    canonicalise, Identity, InvalidPath, PathPolicy, ProxyError, Upstream, UpstreamBody,
+    canonicalise, Forwarder, Identity, InvalidPath, PathPolicy, ProxyError, UpstreamBody,
 };
 use crate::server::Handler;
 use crate::state::State;
 use crate::store::RefreshToken;
 use crate::throttle::Throttled;
+use crate::wire::host::is_valid_host;
+use crate::wire::{
+    error, json, method_not_allowed, strip_body_for_head, too_many_requests, unavailable, Reply,
+};
 
 /// The 503 text while cluster mode cannot vouch for tokens.
 pub(crate) const STALE: &str =
@@ -62,7 +62,7 @@ pub(crate) type PublicBody = Either<Full<Bytes>, UpstreamBody>;
 /// own upstream pool (so a request's upstream call never crosses threads).
 pub(crate) struct PublicHandler {
     pub(crate) state: Arc<State>,
-    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Forwarder>,
     /// This worker's own counters (`None`: metrics off).
     pub(crate) metrics: Option<Arc<WorkerMetrics>>,
     /// This worker's handle on the access log (`None`: off).
@@ -78,7 +78,7 @@ pub(crate) struct PublicHandler {
 impl PublicHandler {
     /// A worker's handler: its own upstream pool, metrics block and
     /// access-log handle, so no per-request reference count is shared.
-    pub(crate) fn new(state: Arc<State>, upstream: Arc<Upstream>) -> PublicHandler {
+    pub(crate) fn new(state: Arc<State>, upstream: Arc<Forwarder>) -> PublicHandler {
         let config = &state.startup_config.public;
         PublicHandler {
             metrics: state.view.metrics.worker(),
@@ -470,7 +470,7 @@ impl PublicHandler {
         }
         if path == "/readyz" {
             if let Some(why) = self.not_ready() {
-                return crate::http::no_store(json(
+                return crate::wire::no_store(json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &Health {
                         status: "not_ready",

@@ -16,8 +16,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 
 use super::bearer::challenge;
-use crate::http::{too_many_requests, Reply};
 use crate::restrict::{RateRefusal, Refused};
+use crate::wire::{too_many_requests, Reply};
 
 /// The refusal's label in `tokengate_bearer_refusals_total`.
 pub(super) fn metric(refused: Refused) -> crate::metrics::Refusal {

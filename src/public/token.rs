@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit;
 use crate::authority::ExchangeRefusal;
-use crate::http::{
-    error, json, media_type, method_not_allowed, no_store, read_body, unavailable, BodyError, Reply,
-};
 use crate::metrics::{Exchange, WorkerMetrics};
 use crate::state::State;
 use crate::tokens::exchange::{Client, ExchangeError, RefreshGrant};
+use crate::wire::{
+    error, json, media_type, method_not_allowed, no_store, read_body, unavailable, BodyError, Reply,
+};
 
 /// Answer for any unknown, deleted or mistyped refresh token: one text for all,
 /// so a caller cannot probe which tokens once existed.

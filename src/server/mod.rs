@@ -47,10 +47,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::ListenerLimits;
-use crate::http::{too_many_requests, Reply};
 use crate::identify::{at_accept, Accept, Hops, Peer};
 use crate::metrics::{ConnStats, Handshake};
 pub(crate) use crate::shutdown::stopped;
+use crate::wire::{too_many_requests, Reply};
 use accept::{accept_loop, Balanced, Capped};
 pub(crate) use balance::{Balancer, Load};
 pub(crate) use clients::{ClientSlot, ClientSlots};

@@ -289,7 +289,7 @@ mod tests {
     use hyper::body::Frame;
 
     use super::*;
-    use crate::http::full;
+    use crate::wire::full;
 
     /// An HTTP/1.1 request head with these headers.
     fn head(headers: HeaderMap) -> http::request::Parts {
