@@ -54,8 +54,24 @@ impl Identity {
 pub enum UpstreamSetupError {
     #[error("upstream.ca_file {path}: {detail}")]
     CaFile { path: String, detail: String },
+    #[error("upstream TLS: upstream server {url} has no host")]
+    NoHost { url: String },
+    #[error("upstream TLS: upstream server {url}: host is not a valid Host header")]
+    HostHeader {
+        url: String,
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
+    #[error("upstream TLS: upstream server {url}: host is not a TLS server name: {source}")]
+    ServerName {
+        url: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("upstream TLS: no usable system root certificates; set upstream.ca_file")]
+    NoRoots,
     #[error("upstream TLS: {0}")]
-    Tls(String),
+    Client(#[source] crate::tls::ClientTlsError),
 }
 
 #[derive(Debug, thiserror::Error)]

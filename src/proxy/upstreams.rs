@@ -211,11 +211,14 @@ impl Server {
         let authority = url
             .authority()
             .cloned()
-            .ok_or_else(|| UpstreamSetupError::Tls(format!("upstream server {url} has no host")))?;
-        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| {
-            UpstreamSetupError::Tls(format!(
-                "upstream server {url}: host is not a valid Host header"
-            ))
+            .ok_or_else(|| UpstreamSetupError::NoHost {
+                url: url.to_string(),
+            })?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|source| {
+            UpstreamSetupError::HostHeader {
+                url: url.to_string(),
+                source,
+            }
         })?;
         // `Authority::host` keeps an IPv6 literal's brackets; DNS and SNI want it bare.
         let host = authority
@@ -225,10 +228,11 @@ impl Server {
             .to_owned();
         let https = url.scheme() != Some(&Scheme::HTTP);
         let tls_name = if https {
-            Some(ServerName::try_from(host.clone()).map_err(|e| {
-                UpstreamSetupError::Tls(format!(
-                    "upstream server {url}: host is not a TLS server name: {e}"
-                ))
+            Some(ServerName::try_from(host.clone()).map_err(|source| {
+                UpstreamSetupError::ServerName {
+                    url: url.to_string(),
+                    source,
+                }
             })?)
         } else {
             None
@@ -281,10 +285,8 @@ fn tls_config(cfg: &UpstreamConfig) -> Result<ClientConfig, UpstreamSetupError> 
             path: path.display().to_string(),
             detail,
         },
-        ClientTlsError::NoRoots => UpstreamSetupError::Tls(
-            "no usable system root certificates; set upstream.ca_file".into(),
-        ),
-        other => UpstreamSetupError::Tls(other.to_string()),
+        ClientTlsError::NoRoots => UpstreamSetupError::NoRoots,
+        other => UpstreamSetupError::Client(other),
     })
 }
 
