@@ -315,7 +315,11 @@ impl Default for UpstreamSection {
             insecure_skip_verify: false,
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             response_timeout: HumanDuration(Duration::from_secs(60)),
-            pool_idle_timeout: HumanDuration(Duration::from_secs(60)),
+            // Below the 5 s keep-alive timeout of Apache, lighttpd and Node:
+            // an upstream that closes an idle connection as our request
+            // arrives loses that request (502), and it may not send its FIN
+            // until then (lighttpd checks its timeouts once a second).
+            pool_idle_timeout: HumanDuration(Duration::from_secs(4)),
             pool_max_idle_per_host: 256,
             headers: BTreeMap::new(),
             identity_headers: false,

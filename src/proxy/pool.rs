@@ -140,6 +140,13 @@ impl Pool {
     fn take_ready(&self) -> Option<Conn> {
         let mut idle = self.lock();
         // Pushed in time order, so the aged-out ones are at the bottom.
+        // They are never reused, even if still open: an upstream whose
+        // keep-alive timeout expires as our request arrives closes the
+        // connection without answering, and hyper cannot hand back a
+        // request it has written (a 502). Such an upstream may not have
+        // sent its FIN yet (lighttpd closes an expired connection when
+        // the next event wakes it: our request), so `is_ready` cannot
+        // tell. Hence an idle timeout below the upstream's (the default).
         let now = Instant::now();
         let expired =
             idle.partition_point(|(_, since)| now.duration_since(*since) >= self.idle_timeout);

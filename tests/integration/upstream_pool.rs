@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokengate::config::HumanDuration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -151,6 +152,64 @@ async fn counting_upstream(drop_after: Option<Duration>) -> Counting {
     }
 }
 
+/// An upstream with a keep-alive timeout that, like lighttpd, acts on it only
+/// when the next event on the connection wakes it up: a request arriving on
+/// a connection idle for `keep_alive` or longer is read, then the connection
+/// is closed without an answer (no FIN is sent before, so the gateway cannot
+/// see it coming). GET only (no request bodies); each answer names its
+/// connection's number in `x-conn`.
+async fn lazily_closing_upstream(keep_alive: Duration) -> Counting {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (acc, op) = (accepted.clone(), open.clone());
+    // The accept loop of this test double (not a polling loop).
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let id = acc.fetch_add(1, Ordering::SeqCst) + 1;
+            op.fetch_add(1, Ordering::SeqCst);
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered: Option<std::time::Instant> = None;
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    buf.drain(..end + 4);
+                    // This double's keep-alive timeout: elapsed time is the
+                    // behaviour it simulates.
+                    if answered.is_some_and(|t| t.elapsed() >= keep_alive) {
+                        break;
+                    }
+                    let head =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-conn: {id}\r\n\r\nok");
+                    if tcp.write_all(head.as_bytes()).await.is_err() {
+                        break;
+                    }
+                    answered = Some(std::time::Instant::now());
+                }
+                op.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Counting {
+        addr,
+        accepted,
+        open,
+        task,
+    }
+}
+
 /// Waits until every connection to `up` has been closed (by either side).
 async fn upstream_closed_all(up: &Counting, what: &str) {
     let open = &up.open;
@@ -226,6 +285,29 @@ async fn a_connection_the_upstream_closed_is_not_reused() {
         // The next round starts once the upstream has dropped this connection.
         upstream_closed_all(&up, "the upstream to drop the idle connection").await;
     }
+}
+
+/// Apache, lighttpd and Node close keep-alive connections idle for 5 s by
+/// default; lighttpd does so lazily, when the next request arrives. With the
+/// default `upstream.pool_idle_timeout` the gateway never sends a request on
+/// a connection idle that long (it used to, and got a 502: the flaky
+/// `path_confusion::lighttpd`).
+#[tokio::test]
+async fn connections_idle_as_long_as_common_upstream_keep_alive_timeouts_are_not_reused() {
+    let up = lazily_closing_upstream(Duration::from_secs(5)).await;
+    let (gw, access) = gateway(&up, |_| {}).await;
+    for _ in 0..2 {
+        let r = gw.client.api_get("/x", &access).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.header("x-conn").as_deref(), Some("1"), "reused at once");
+    }
+    // Past the upstream's keep-alive timeout (real time is the behaviour
+    // under test: the pool's clock and the upstream's).
+    tokio::time::sleep(Duration::from_millis(5_300)).await;
+    let r = gw.client.api_get("/x", &access).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("x-conn").as_deref(), Some("2"), "a new connection");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
