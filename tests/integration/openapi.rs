@@ -390,6 +390,12 @@ async fn run_schemathesis(
         .arg(cert)
         .args(["--max-examples", &max_examples()])
         .args(["--seed", &seed(), "--workers", "2", "--no-color"])
+        // A request whose connection fails at the network level (once in a
+        // full-suite run on a loaded 2-core machine: a TLS EOF on one of
+        // ~1,100 requests) is sent again: this test holds the API to its
+        // contract; how connections end is the limits and hostile-client
+        // tests' subject. A contract failure is never retried.
+        .args(["--request-retries", "2"])
         .args(extra)
         .current_dir(work)
         .kill_on_drop(true);
