@@ -82,10 +82,23 @@ PASSWORD=soak-$$-$RANDOM
 . "$HERE/common.sh"
 
 need_tools nginx:nginx-light wrk:wrk h2load:nghttp2-client curl:curl openssl:openssl python3:python3
-python3 -c 'import h2' 2>/dev/null || {
-    log "installing the Python h2 package (pinned in tests/attacks/requirements.txt)"
-    python3 -m pip install --quiet --disable-pip-version-check "$(grep '^h2==' "$ROOT/tests/attacks/requirements.txt")"
+# The soak's clients speak HTTP/2 with the Python h2 package: installed into
+# a virtual environment of the soak's own (target/soak-venv), never into
+# the user's Python.
+VENV=$ROOT/target/soak-venv
+if [ ! -x "$VENV/bin/python3" ]; then
+    log "creating $VENV for the soak's Python clients"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+        rm -rf "$VENV"
+        need_tools "_python3_venv_:python3-venv"
+        python3 -m venv "$VENV"
+    fi
+fi
+"$VENV/bin/python3" -c 'import h2' 2>/dev/null || {
+    log "installing the Python h2 package (pinned in tests/attacks/requirements.txt) into $VENV"
+    "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check "$(grep '^h2==' "$ROOT/tests/attacks/requirements.txt")"
 }
+PY=$VENV/bin/python3
 for port in $UPSTREAM_PORT $SLOW_PORT $TG_PORT $TG_ADMIN_PORT; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         log "port $port is in use (set SOAK_PORT_BASE to move the four ports)"; exit 1
@@ -99,7 +112,7 @@ mkdir -p "$OUT/data" "$OUT/h2" "$OUT/nginx-tmp"
 sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@SLOW_PORT@#$SLOW_PORT#g" \
     "$SOAK/nginx-upstream.conf" > "$OUT/nginx-upstream.conf"
 
-python3 "$SOAK/soak.py" slow-upstream "$SLOW_PORT" 2>"$OUT/slow-upstream.log" & PIDS+=($!)
+"$PY" "$SOAK/soak.py" slow-upstream "$SLOW_PORT" 2>"$OUT/slow-upstream.log" & PIDS+=($!)
 nginx -c "$OUT/nginx-upstream.conf" -g 'daemon off;' & PIDS+=($!)
 TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$TG_PORT \
 TOKENGATE_ADMIN__LISTEN=127.0.0.1:$TG_ADMIN_PORT \
@@ -285,7 +298,7 @@ SOAK_POOL=$POOL SOAK_MODE=exchange SOAK_DELAY_MS=5 SOAK_COUNTS="$OUT/wrk-exchang
     wrk -t2 -c2 -d"${DUR}s" --timeout 10s -s "$SOAK/api.lua" "$GW" > "$OUT/wrk-exchange.txt" 2>&1 & LOADERS+=($!)
 h2_loop "$END" & LOADERS+=($!)
 rotator "$END" & LOADERS+=($!)
-python3 "$SOAK/soak.py" clients "$OUT" "$TG_PORT" "$OUT/cert.pem" "$POOL" "$DUR" 2>"$OUT/clients.log" & LOADERS+=($!)
+"$PY" "$SOAK/soak.py" clients "$OUT" "$TG_PORT" "$OUT/cert.pem" "$POOL" "$DUR" 2>"$OUT/clients.log" & LOADERS+=($!)
 PIDS+=("${LOADERS[@]}")
 
 sample 0
@@ -331,4 +344,4 @@ echo "log_errors $(grep -c ' ERROR ' "$OUT/tokengate.log" || true)" >> "$OUT/end
 echo "log_warnings $(grep -c ' WARN ' "$OUT/tokengate.log" || true)" >> "$OUT/end.txt"
 
 log "soak: $DUR s, $(date -u +%Y-%m-%dT%H:%MZ), report in $OUT/report.md"
-python3 "$SOAK/soak.py" report "$OUT" "$DUR"
+"$PY" "$SOAK/soak.py" report "$OUT" "$DUR"
