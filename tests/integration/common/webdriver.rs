@@ -173,10 +173,16 @@ impl Browser {
     pub async fn wait_visible(&self, css: &str) -> Element {
         let visible = super::poll_until(Duration::from_secs(15), move || async move {
             let e = self.find(css).await?;
-            let displayed = self
-                .call("GET", &format!("/element/{}/displayed", e.0), None)
-                .await["value"]
-                == true;
+            let displayed = match self
+                .try_call("GET", &format!("/element/{}/displayed", e.0), None)
+                .await
+            {
+                Ok(v) => v["value"] == true,
+                // The page re-rendered and replaced the element between the
+                // find and this question: find it again on the next round.
+                Err(e) if e.contains("stale element reference") => false,
+                Err(e) => panic!("webdriver: {e}"),
+            };
             displayed.then_some(e)
         })
         .await;
