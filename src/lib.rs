@@ -28,7 +28,7 @@
 //! | 14 | `audit` | the audit log writer |
 //! | 15 | `tls`, `log_writer` | rustls server and client configurations; the bounded writer thread both logs run on |
 //! | 16 | `config` | settings: defaults, file, environment, validated |
-//! | 17 | `shutdown`, `wire`, `secrets`, `clock`, `net` | leaves: the shutdown signal, the HTTP wire toolkit (answers, the error shape, bounded bodies, `Host` and header names), secrets on disk, the time source, client addresses and networks |
+//! | 17 | `shutdown`, `wire`, `secrets`, `clock`, `net`, `roles` | leaves: the shutdown signal, the HTTP wire toolkit (answers, the error shape, bounded bodies, `Host` and header names), secrets on disk, the time source, client addresses and networks, the admin accounts' roles |
 
 mod access_log;
 mod admin;
@@ -51,6 +51,7 @@ mod proxy;
 mod public;
 pub mod reload;
 mod restrict;
+pub mod roles;
 mod secrets;
 mod server;
 mod shutdown;
