@@ -86,6 +86,15 @@ impl Via {
     }
 }
 
+/// The person behind an admin request: the account, its role, and how they
+/// signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    pub user: String,
+    pub role: Role,
+    pub via: Via,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,10 @@ fn admin_user() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub user: String,
+    /// What the account may do (see `roles`).
+    pub role: crate::roles::Role,
+    /// How the person signed in.
+    pub via: crate::roles::Via,
     /// Present for page sessions: send it as `X-CSRF-Token` on changes.
     pub csrf: Option<String>,
     pub default_refresh_ttl_days: u64,

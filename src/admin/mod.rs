@@ -45,6 +45,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::audit::Event;
+use crate::roles::{Role, Via, Who};
 use crate::server::{Handler, Load};
 use crate::state::State;
 use crate::wire::{
@@ -67,16 +68,12 @@ const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 /// browser shows our login form instead of its own password pop-up.
 const UI_HEADER: &str = "x-requested-with";
 
-/// How a request was authenticated.
-enum Principal {
-    Basic,
-    /// The local Unix socket: its file permissions and the peer's user id
-    /// are the authentication.
-    Local,
-    /// A page session; its CSRF token guards every state-changing call.
-    Session {
-        csrf: String,
-    },
+/// Who made a request, and for a page session its CSRF token, which guards
+/// every state-changing call. HTTP Basic and the local Unix socket (its file
+/// permissions and the peer's user id are the proof) carry none.
+struct Principal {
+    who: Who,
+    csrf: Option<String>,
 }
 
 /// The admin listener's handler: the shared state, and the administrator's
@@ -160,7 +157,7 @@ impl AdminHandler {
             Ok(p) => p,
             Err(r) => return r,
         };
-        if let Principal::Session { csrf } = &principal {
+        if let Some(csrf) = &principal.csrf {
             let safe = method == Method::GET || method == Method::HEAD;
             let presented = req
                 .headers()
@@ -306,13 +303,23 @@ impl AdminHandler {
         req: &Request<Incoming>,
     ) -> Result<Principal, Reply> {
         if self.local {
-            return Ok(Principal::Local);
+            return Ok(Principal {
+                who: Who {
+                    user: password::ADMIN_USER.into(),
+                    role: Role::Admin,
+                    via: Via::Socket,
+                },
+                csrf: None,
+            });
         }
         let auth = &self.auth;
         let now = self.state.view.clock.now();
         if let Some(cookie) = session::cookie_value(req.headers()) {
-            if let Some(csrf) = auth.sessions.lookup(&cookie, now) {
-                return Ok(Principal::Session { csrf });
+            if let Some((who, csrf)) = auth.sessions.lookup(&cookie, now) {
+                return Ok(Principal {
+                    who,
+                    csrf: Some(csrf),
+                });
             }
         }
         let Some(header) = req.headers().get(AUTHORIZATION) else {
@@ -328,7 +335,14 @@ impl AdminHandler {
         };
         if auth.check(Some(header.as_bytes())).await {
             attempt.succeeded();
-            Ok(Principal::Basic)
+            Ok(Principal {
+                who: Who {
+                    user: password::ADMIN_USER.into(),
+                    role: Role::Admin,
+                    via: Via::Password,
+                },
+                csrf: None,
+            })
         } else {
             drop(attempt);
             tracing::info!(%peer, "admin authentication failed");
@@ -341,11 +355,10 @@ impl AdminHandler {
         no_store(json(
             StatusCode::OK,
             &SessionInfo {
-                user: password::ADMIN_USER.into(),
-                csrf: match p {
-                    Principal::Session { csrf } => Some(csrf.clone()),
-                    Principal::Basic | Principal::Local => None,
-                },
+                user: p.who.user.clone(),
+                role: p.who.role,
+                via: p.who.via,
+                csrf: p.csrf.clone(),
                 default_refresh_ttl_days: self.state.startup_config.tokens.refresh_ttl.as_secs()
                     / 86_400,
                 session_ttl_seconds: self.auth.sessions.ttl().as_secs(),
@@ -470,7 +483,12 @@ impl AdminHandler {
             );
         }
         attempt.succeeded();
-        let (cookie, csrf) = match auth.sessions.create(now) {
+        let who = Who {
+            user: password::ADMIN_USER.into(),
+            role: Role::Admin,
+            via: Via::Password,
+        };
+        let (cookie, csrf) = match auth.sessions.create(now, who.clone()) {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "random generator failed");
@@ -483,7 +501,10 @@ impl AdminHandler {
         };
         self.audit_login(peer, true, "page");
         tracing::info!(%peer, "admin logged in");
-        let mut r = self.session_info(&Principal::Session { csrf });
+        let mut r = self.session_info(&Principal {
+            who,
+            csrf: Some(csrf),
+        });
         if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&cookie, auth.sessions.ttl())) {
             r.headers_mut().insert(SET_COOKIE, v);
         }

@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::roles::Who;
 use crate::secrets::random_bytes;
 use crate::throttle::{ClientKey, Table};
 
@@ -33,6 +34,7 @@ const MAX_LOCKOUT: Duration = Duration::from_secs(300);
 const THROTTLE_SETS: usize = 512;
 
 struct Session {
+    who: Who,
     csrf: String,
     /// `None`: `admin.session_ttl` reaches past any `Instant` this platform
     /// can hold (validation caps it at 30 days; `Sessions` is public, so it
@@ -74,13 +76,14 @@ impl Sessions {
         self.ttl
     }
 
-    /// Starts a session: returns (cookie value, CSRF token).
-    pub fn create(&self, now: Instant) -> Result<(String, String), getrandom::Error> {
+    /// Starts a session for `who`: returns (cookie value, CSRF token).
+    pub fn create(&self, now: Instant, who: Who) -> Result<(String, String), getrandom::Error> {
         let cookie = random_token()?;
         let csrf = random_token()?;
         self.live.insert(
             fingerprint(&cookie),
             Session {
+                who,
                 csrf: csrf.clone(),
                 // Checked: `Instant + Duration` panics on overflow.
                 expires: now.checked_add(self.ttl),
@@ -89,10 +92,10 @@ impl Sessions {
         Ok((cookie, csrf))
     }
 
-    /// The CSRF token of a live session.
-    pub fn lookup(&self, cookie: &str, now: Instant) -> Option<String> {
+    /// Who a live session belongs to, and its CSRF token.
+    pub fn lookup(&self, cookie: &str, now: Instant) -> Option<(Who, String)> {
         let s = self.live.get(&fingerprint(cookie))?;
-        s.live_at(now).then(|| s.csrf.clone())
+        s.live_at(now).then(|| (s.who.clone(), s.csrf.clone()))
     }
 
     pub fn remove(&self, cookie: &str) {
@@ -264,13 +267,22 @@ fn lockout(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::roles::{Role, Via};
+
+    fn alice() -> Who {
+        Who {
+            user: "alice".into(),
+            role: Role::Manager,
+            via: Via::Password,
+        }
+    }
 
     #[test]
     fn sessions_expire_and_can_be_removed() {
         let s = Sessions::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        let (cookie, csrf) = s.create(t0).unwrap();
-        assert_eq!(s.lookup(&cookie, t0).as_deref(), Some(csrf.as_str()));
+        let (cookie, csrf) = s.create(t0, alice()).unwrap();
+        assert_eq!(s.lookup(&cookie, t0), Some((alice(), csrf)));
         assert!(s.lookup(&cookie, t0 + Duration::from_secs(61)).is_none());
         assert!(s.lookup("forged", t0).is_none());
         s.remove(&cookie);
@@ -286,7 +298,7 @@ mod tests {
         let t0 = Instant::now();
         for ttl in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
             let s = Sessions::new(ttl);
-            let (cookie, _) = s.create(t0).unwrap();
+            let (cookie, _) = s.create(t0, alice()).unwrap();
             assert!(s.lookup(&cookie, t0).is_some());
         }
     }
