@@ -1,8 +1,11 @@
-//! `tokengate token …`: a command-line client of the admin API.
+//! `tokengate token …`, `tokengate user …`: a command-line client of the
+//! admin API.
 //!
 //! Exit codes: 0 success; 1 the admin API could not be reached or failed;
-//! 2 bad command line or a request the API refused as invalid; 3 wrong or
-//! missing admin password (or too many failed attempts); 4 no such token.
+//! 2 bad command line, or a request the API refused as invalid or in
+//! conflict (an existing account name, the last admin); 3 wrong or missing
+//! password (or too many failed attempts); 4 no such token or account;
+//! 5 forbidden: the account's role may not do this.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -12,7 +15,9 @@
 mod commands;
 mod connect;
 mod found;
+mod prompt;
 mod token_table;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +29,7 @@ pub const EXIT_UNREACHABLE: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_AUTH: u8 = 3;
 pub const EXIT_NOT_FOUND: u8 = 4;
+pub const EXIT_FORBIDDEN: u8 = 5;
 
 /// Where the admin API is and how to trust it.
 #[derive(clap::Args, Debug)]
@@ -43,7 +49,18 @@ pub struct Connection {
     /// user (or root) may use it, and no failed login elsewhere locks it.
     #[arg(long, env = "TOKENGATE_ADMIN_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
-    /// Admin password (prefer the environment variable: flags show up in `ps`).
+    /// The admin account to act as over the admin listener (not over the
+    /// socket, which acts as `admin`).
+    #[arg(
+        long,
+        env = "TOKENGATE_ADMIN_USER",
+        default_value = crate::admin::password::ADMIN_USER,
+        global = true,
+        value_name = "NAME"
+    )]
+    pub user: String,
+    /// The account's password (prefer the environment variable: flags show
+    /// up in `ps`). Neither given: asked for on the terminal, without echo.
     #[arg(
         long,
         env = "TOKENGATE_ADMIN_PASSWORD",
@@ -207,9 +224,54 @@ pub enum ClusterCommand {
     Rotate,
 }
 
+/// `tokengate user …`: the admin accounts (admin role only).
+#[derive(clap::Subcommand, Debug)]
+pub enum UserCommand {
+    /// List the accounts: name, role, where it signs in, enabled, last login.
+    List,
+    /// Create an account. Without --password-stdin a password is generated
+    /// and printed this once.
+    Create {
+        /// 1 to 64 ASCII letters, digits and `._-@`.
+        name: String,
+        /// admin, manager, creator or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: crate::roles::Role,
+        /// Read the password from the first line of standard input (at
+        /// least 12 characters) instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change an account's role, enable or disable it, or set its password.
+    /// Only what is given changes.
+    Edit {
+        name: String,
+        /// admin, manager, creator or viewer; takes effect on the account's
+        /// next request.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<crate::roles::Role>,
+        /// Refuse its logins and end its sessions at once.
+        #[arg(long)]
+        disable: bool,
+        /// Allow its logins again.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// A new password, from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account; its sessions end at once. Its tokens stay.
+    Delete { name: String },
+}
+
+fn parse_role(text: &str) -> Result<crate::roles::Role, String> {
+    text.parse()
+}
+
 /// What the CLI asks of the admin API.
 enum Cmd {
     Token(TokenCommand),
+    User(UserCommand),
     Cluster(ClusterCommand),
     Reload,
 }
@@ -224,6 +286,10 @@ impl Failure {
 
 pub fn run(conn: Connection, cmd: TokenCommand) -> ExitCode {
     run_cmd(conn, Cmd::Token(cmd))
+}
+
+pub fn run_user(conn: Connection, cmd: UserCommand) -> ExitCode {
+    run_cmd(conn, Cmd::User(cmd))
 }
 
 pub fn run_cluster(conn: Connection, cmd: ClusterCommand) -> ExitCode {
@@ -246,7 +312,7 @@ fn run_cmd(conn: Connection, cmd: Cmd) -> ExitCode {
             return ExitCode::from(EXIT_UNREACHABLE);
         }
     };
-    match rt.block_on(execute(&conn, cmd)) {
+    match rt.block_on(execute(conn, cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, msg)) => {
             eprintln!("tokengate: {msg}");
@@ -255,12 +321,15 @@ fn run_cmd(conn: Connection, cmd: Cmd) -> ExitCode {
     }
 }
 
-/// Checks where the command goes, then runs it.
-async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
-    // Before anything connects: the admin password would go with the request.
-    if let Target::Url(url) = target(conn) {
+/// Checks where the command goes and who it acts as, then runs it.
+async fn execute(mut conn: Connection, cmd: Cmd) -> Result<(), Failure> {
+    // Before anything connects: the password would go with the request.
+    if let Target::Url(url) = target(&conn) {
         check_url(&url)?;
+        users::check_name("--user", &conn.user)?;
+        conn.password = ask_password(&conn)?;
     }
+    let conn = &conn;
     match cmd {
         Cmd::Reload => commands::reload(conn).await,
         Cmd::Cluster(ClusterCommand::Rotate) => commands::cluster_rotate(conn).await,
@@ -273,7 +342,24 @@ async fn execute(conn: &Connection, cmd: Cmd) -> Result<(), Failure> {
         Cmd::Token(TokenCommand::Edit(args)) => commands::edit(conn, args).await,
         Cmd::Token(TokenCommand::Rotate { id, grace }) => commands::rotate(conn, id, &grace).await,
         Cmd::Token(TokenCommand::Delete { ids }) => commands::delete(conn, ids).await,
+        Cmd::User(cmd) => users::run(conn, cmd).await,
     }
+}
+
+/// The password for the admin listener: the one given, else typed at the
+/// terminal when stdin is one. (A new account password that
+/// `--password-stdin` reads from a pipe leaves no terminal to ask.)
+fn ask_password(conn: &Connection) -> Result<Option<String>, Failure> {
+    if let Some(p) = conn.password.as_ref().filter(|p| !p.is_empty()) {
+        return Ok(Some(p.clone()));
+    }
+    if !prompt::interactive() {
+        // `call` says what is missing, as before.
+        return Ok(None);
+    }
+    prompt::password(&format!("Password for {}: ", conn.user))
+        .map(Some)
+        .map_err(|e| Failure(EXIT_AUTH, e))
 }
 
 #[cfg(test)]

@@ -79,6 +79,14 @@ enum Command {
         #[command(subcommand)]
         command: tokengate::cli::TokenCommand,
     },
+    /// Manage the admin accounts (name, role, enabled, password) through a
+    /// running gateway's admin API; needs the admin role.
+    User {
+        #[command(flatten)]
+        conn: tokengate::cli::Connection,
+        #[command(subcommand)]
+        command: tokengate::cli::UserCommand,
+    },
     /// Print a shell completion script for this command line, for packagers.
     ///
     /// `tokengate completions bash > /usr/share/bash-completion/completions/tokengate`
@@ -115,6 +123,7 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Token { conn, command } => tokengate::cli::run(conn, command),
+        Command::User { conn, command } => tokengate::cli::run_user(conn, command),
         Command::Cluster { conn, command } => tokengate::cli::run_cluster(conn, command),
         Command::Reload { conn } => tokengate::cli::run_reload(conn),
         Command::Serve { config, dev } => serve(config, dev),

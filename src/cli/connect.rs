@@ -1,6 +1,6 @@
 //! Reaching the admin API: over the gateway's Unix socket (no password) or
-//! its TLS listener (with the admin password), one request at a time, and
-//! the exit code an answer's status means.
+//! its TLS listener (as an account, with its password), one request at a
+//! time, and the exit code an answer's status means.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{found, Connection, Failure, EXIT_AUTH, EXIT_INVALID, EXIT_NOT_FOUND};
+use super::{found, Connection, Failure, EXIT_AUTH, EXIT_FORBIDDEN, EXIT_INVALID, EXIT_NOT_FOUND};
 use crate::admin::api::ApiError;
 use crate::tls::{client_config, Trust};
 
@@ -61,7 +61,7 @@ pub(super) async fn call(
         Target::Socket(socket) => call_local(&socket, method, path, body).await?,
         Target::Url(url) => call_tls(conn, &url, method, path, body).await?,
     };
-    answer_bytes(resp).await
+    answer_bytes(resp, &conn.user).await
 }
 
 /// Where the CLI sends its requests.
@@ -166,7 +166,7 @@ async fn call_local(
         .map_err(|_| Failure::unreachable(format!("{}: no answer within 30 s", socket.display())))?
 }
 
-/// One request to the admin listener over TLS, with the admin password.
+/// One request to the admin listener over TLS, as `--user` with its password.
 async fn call_tls(
     conn: &Connection,
     base: &str,
@@ -181,12 +181,16 @@ async fn call_tls(
         .ok_or_else(|| {
             Failure(
                 EXIT_AUTH,
-                "no admin password: set TOKENGATE_ADMIN_PASSWORD (or pass --password)".into(),
+                format!(
+                    "no password for {}: set TOKENGATE_ADMIN_PASSWORD (or pass --password), or run it at a terminal to be asked",
+                    conn.user
+                ),
             )
         })?;
     let client = client(conn)?;
     let url = format!("{}{}", base.trim_end_matches('/'), path);
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"));
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", conn.user));
     let req = request(method, &url)
         .header("authorization", format!("Basic {auth}"))
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -211,8 +215,12 @@ async fn call_tls(
     Ok(resp)
 }
 
-/// The body of a 2xx answer, or the failure its status means.
-async fn answer_bytes(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes, Failure> {
+/// The body of a 2xx answer, or the failure its status means (`user`: who
+/// the request was made as, for the wrong-password message).
+async fn answer_bytes(
+    resp: http::Response<hyper::body::Incoming>,
+    user: &str,
+) -> Result<Bytes, Failure> {
     let status = resp.status().as_u16();
     let bytes = resp
         .into_body()
@@ -227,17 +235,26 @@ async fn answer_bytes(resp: http::Response<hyper::body::Incoming>) -> Result<Byt
     };
     match status {
         200..=299 => Ok(bytes),
+        // The same words whether the name or the password was wrong: the
+        // gateway does not say which either.
         401 => Err(Failure(
             EXIT_AUTH,
-            "the admin password was not accepted".into(),
+            format!("wrong user name or password (user {user})"),
+        )),
+        // The account's role may not do this; the API names the role needed.
+        403 => Err(Failure(
+            EXIT_FORBIDDEN,
+            describe("forbidden: the account's role may not do this"),
         )),
         429 => Err(Failure(
             EXIT_AUTH,
             describe("too many failed attempts; wait and retry"),
         )),
         404 => Err(Failure(EXIT_NOT_FOUND, describe("not found"))),
-        // 422: a reload refused the configuration or certificate it read.
-        400 | 422 => Err(Failure(EXIT_INVALID, describe("the request was refused"))),
+        // 409: in conflict with what exists (an account name taken, the
+        // last admin); 422: a reload refused the configuration or
+        // certificate it read.
+        400 | 409 | 422 => Err(Failure(EXIT_INVALID, describe("the request was refused"))),
         _ => Err(Failure::unreachable(format!(
             "the admin API answered {status}: {}",
             describe("")

@@ -42,10 +42,10 @@ pub(super) fn table(rows: &[TokenInfo]) -> String {
         "RESTRICTIONS",
     ];
     let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
-    let body: Vec<[String; 9]> = rows
+    let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.id.to_string(),
                 r.name.clone(),
                 if r.expiring_soon {
@@ -62,15 +62,21 @@ pub(super) fn table(rows: &[TokenInfo]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &body {
+    columns(&header, &body)
+}
+
+/// Rows under a header, each column as wide as its widest cell, two spaces
+/// apart; the last column is not padded.
+pub(super) fn columns(header: &[&str], body: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in body {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
     let line = |cells: Vec<&str>| {
         let mut out = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
                 out.push_str(c);
             } else {
@@ -80,7 +86,7 @@ pub(super) fn table(rows: &[TokenInfo]) -> String {
         out.trim_end().to_owned() + "\n"
     };
     let mut out = line(header.to_vec());
-    for row in &body {
+    for row in body {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
