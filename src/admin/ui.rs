@@ -6,7 +6,8 @@ use http::{Response, StatusCode};
 use crate::wire::{full, Reply};
 
 const INDEX: &str = include_str!("ui/index.html");
-const APP_JS: &str = include_str!("ui/app.js");
+/// One script for the page, kept in two files: the Users section apart.
+const APP_JS: &str = concat!(include_str!("ui/app.js"), "\n", include_str!("ui/users.js"));
 const APP_CSS: &str = include_str!("ui/app.css");
 
 /// Only our own files may load, nothing may frame the page, and nothing

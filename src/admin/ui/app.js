@@ -5,17 +5,29 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { tokens: [], sort: { key: "name", dir: 1 }, csrf: null, defaultDays: 90, selected: new Set(),
-                editing: null, rotating: null };
+                editing: null, rotating: null, user: null, role: null, via: null, users: [],
+                roleEditing: null, userDeleting: null };
+
+// What each role may do here. The server decides (a refusal is a 403
+// naming the role needed); the page only leaves out what would be refused.
+const MAY = {
+  write: new Set(["admin", "manager", "creator"]),   // create, edit, rotate and delete tokens
+  users: new Set(["admin"]),                         // the Users section
+};
+const may = (what) => MAY[what].has(state.role);
 
 // ---- talking to the API -------------------------------------------------
 
 class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
+  constructor(status, message, code) { super(message); this.status = status; this.code = code; }
 }
 
 function friendly(status, body) {
   const d = body && body.error_description;
   if (status === 401) return "Your session has ended. Please log in again.";
+  // A role's refusal says which role it needs; any other 403 is the
+  // cross-site or CSRF check, which a stale page fails.
+  if (status === 403 && body && body.error === "forbidden") return d || "Your role may not do this.";
   if (status === 403) return "This page is out of date. Reload it and try again.";
   if (status === 429) return d || "Too many failed logins. Wait a little and try again.";
   if (status >= 500) return "tokengate could not complete the request. Nothing was changed; try again.";
@@ -37,7 +49,7 @@ async function api(method, path, body) {
   let data = null;
   const text = await res.text();
   if (text) { try { data = JSON.parse(text); } catch (e) { data = null; } }
-  if (!res.ok) throw new ApiError(res.status, friendly(res.status, data));
+  if (!res.ok) throw new ApiError(res.status, friendly(res.status, data), data && data.error);
   return data;
 }
 
@@ -58,25 +70,72 @@ function handleError(e, where) {
   if (e.status === 401 && state.csrf !== null) { return showLogin(e.message); }
   if (where) { where.textContent = e.message; where.hidden = false; where.focus && where.focus(); }
   else showAlert(e.message);
+  // Refused for the role: it may have changed since the page loaded.
+  if (e.code === "forbidden") syncSession();
 }
 
 // ---- views --------------------------------------------------------------
 
 function showLogin(message) {
   state.csrf = null;
+  state.role = null;
   $("tokens-view").hidden = true;
+  $("users-view").hidden = true;
   $("logout").hidden = true;
+  $("who").hidden = true;
   $("login-view").hidden = false;
   showAlert(message || "");
   $("password").value = "";
   $("password").focus();
 }
 
+// Takes in who is signed in (`GET /api/session`, or a login's answer) and
+// shows what their role may do.
+function applySession(info) {
+  state.csrf = info.csrf;
+  state.defaultDays = info.default_refresh_ttl_days;
+  state.user = info.user;
+  state.role = info.role;
+  state.via = info.via;
+  const who = $("who");
+  who.textContent = `Signed in as ${info.user} (${info.role})` + (info.via === "oidc" ? " with single sign-on" : "");
+  who.hidden = false;
+  $("logout").hidden = false;
+  const write = may("write");
+  $("create-open").hidden = !write;
+  $("delete-open").hidden = !write;
+  $("tokens").classList.toggle("readonly", !write);
+  const hint = $("role-hint");
+  hint.textContent = info.role === "creator" ? "As a creator you see and manage the refresh tokens you created."
+    : info.role === "viewer" ? "As a viewer you can read this list; creating or changing tokens needs the creator, manager or admin role."
+    : "";
+  hint.hidden = !hint.textContent;
+  $("users-view").hidden = !may("users") || !$("login-view").hidden;
+}
+
+// Reads the session again (after a refusal, or a change to accounts that
+// may have changed the signed-in user's own role) and redraws.
+async function syncSession() {
+  // One at a time: a refusal while re-reading must not start another.
+  if (state.syncing) return;
+  state.syncing = true;
+  try {
+    applySession(await api("GET", "/api/session"));
+    await refresh();
+    if (may("users")) await refreshUsers();
+  } catch (e) {
+    if (e.status === 401) showLogin(e.message);
+  } finally {
+    state.syncing = false;
+  }
+}
+
 async function showTokens() {
   $("login-view").hidden = true;
   $("tokens-view").hidden = false;
-  $("logout").hidden = false;
+  $("users-view").hidden = !may("users");
   await refresh();
+  if (may("users")) await refreshUsers();
 }
 
 function fmtTime(iso) {
@@ -130,6 +189,7 @@ function sortedTokens() {
 function render() {
   const rows = $("token-rows");
   rows.replaceChildren();
+  const write = may("write");
   for (const t of sortedTokens()) {
     const tr = document.createElement("tr");
     tr.dataset.id = t.id;
@@ -153,6 +213,8 @@ function render() {
     tr.append(name);
     tr.append(accessCell(t));
     tr.append(cell(fmtTime(t.created_at), { className: "opt", title: t.created_at }));
+    tr.append(cell(t.created_by || "—", { className: "opt created-by",
+      title: t.created_by ? "" : "Created before named accounts existed" }));
     tr.append(cell(t.expires_at ? fmtTime(t.expires_at) : "Never", { className: "opt3", title: t.expires_at || "never expires" }));
     tr.append(cell(t.last_used_at ? fmtTime(t.last_used_at) : "Never used", { className: "opt2", title: t.last_used_at || "" }));
     tr.append(cell(String(t.use_count ?? 0), { className: "opt" }));
@@ -171,7 +233,7 @@ function render() {
       : cell("Active", { className: "status-active" });
     const actions = document.createElement("div");
     actions.className = "row-actions";
-    for (const [label, action] of [["Edit", openEdit], ["Rotate", openRotate]]) {
+    for (const [label, action] of write ? [["Edit", openEdit], ["Rotate", openRotate]] : []) {
       const b = document.createElement("button");
       b.type = "button";
       b.textContent = label;
@@ -184,7 +246,8 @@ function render() {
     tr.append(status);
     rows.append(tr);
   }
-  $("empty").hidden = state.tokens.length !== 0;
+  $("empty").hidden = state.tokens.length !== 0 || !write;
+  $("empty-readonly").hidden = state.tokens.length !== 0 || write;
   $("tokens").hidden = state.tokens.length === 0;
   for (const th of document.querySelectorAll("th[data-key]")) {
     th.setAttribute("aria-sort", th.dataset.key === state.sort.key ? (state.sort.dir > 0 ? "ascending" : "descending") : "none");
@@ -217,15 +280,14 @@ async function login(ev) {
   ev.preventDefault();
   const username = $("username").value.trim();
   const password = $("password").value;
-  if (!password) { showAlert("Enter the admin password."); $("password").focus(); return; }
+  if (!password) { showAlert("Enter your password."); $("password").focus(); return; }
   $("login-button").disabled = true;
   try {
     const info = await api("POST", "/api/login", { username, password });
-    state.csrf = info.csrf;
-    state.defaultDays = info.default_refresh_ttl_days;
+    applySession(info);
     showAlert("");
     await showTokens();
-    $("create-open").focus();
+    (may("write") ? $("create-open") : $("tokens-title")).focus();
   } catch (e) {
     showAlert(e.status === 401 ? "Wrong user name or password." : e.message);
     $("password").select();
@@ -415,15 +477,16 @@ async function confirmRotate() {
   }
 }
 
-async function copyToken() {
-  const field = $("created-token");
+// Copies a secret shown once (a token, a generated password) and says so.
+async function copyField(fieldId, statusId) {
+  const field = $(fieldId);
   try {
     await navigator.clipboard.writeText(field.value);
   } catch (e) {
     field.select();
     document.execCommand && document.execCommand("copy");
   }
-  $("copy-status").textContent = "Copied.";
+  $(statusId).textContent = "Copied.";
 }
 
 function closeCreated() {
@@ -482,7 +545,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("rotate-cancel").addEventListener("click", () => $("rotate-dialog").close());
   $("rotate-confirm").addEventListener("click", confirmRotate);
   $("rotate-dialog").addEventListener("close", () => refresh());
-  $("copy").addEventListener("click", copyToken);
+  $("copy").addEventListener("click", () => copyField("created-token", "copy-status"));
   $("created-close").addEventListener("click", closeCreated);
   $("create-dialog").addEventListener("close", async () => {
     $("created-token").value = "";
@@ -498,10 +561,12 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   for (const b of document.querySelectorAll("button.sort")) b.addEventListener("click", () => sortBy(b.dataset.key));
 
+  wireUsers();
+
   try {
     const info = await api("GET", "/api/session");
-    state.csrf = info.csrf;
-    state.defaultDays = info.default_refresh_ttl_days;
+    $("login-view").hidden = true;
+    applySession(info);
     await showTokens();
   } catch (e) {
     showLogin(e.status === 401 ? "" : e.message);
