@@ -55,4 +55,6 @@ mod tls_scan;
 mod upstream_pool;
 mod upstream_tls;
 mod upstreams;
+mod users_cli;
+mod users_page;
 mod workers;
