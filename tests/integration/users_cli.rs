@@ -361,7 +361,7 @@ async fn the_password_is_asked_for_at_a_terminal_without_echo() {
     // the terminal, what it prints comes back, and the password is typed
     // once the prompt shows.
     let script = r#"
-import os, pty, sys, select
+import os, pty, select, signal, sys
 argv, password = sys.argv[1:-1], sys.argv[-1]
 pid, fd = pty.fork()
 if pid == 0:
@@ -370,6 +370,9 @@ seen, typed = b"", False
 while True:
     r, _, _ = select.select([fd], [], [], 30)
     if not r:
+        # Stuck (no prompt, or waiting for input that never comes): end it
+        # rather than hang the test.
+        os.kill(pid, signal.SIGKILL)
         break
     try:
         chunk = os.read(fd, 4096)
