@@ -16,15 +16,16 @@ pub(super) fn interactive() -> bool {
 /// without its line end. `Err` is a sentence for the user.
 pub(super) fn password(prompt: &str) -> Result<String, String> {
     let stdin = std::io::stdin();
+    // Echo off before the prompt shows: whatever is typed once it is
+    // visible must neither appear nor be thrown away.
+    let quiet =
+        NoEcho::on(&stdin).map_err(|e| format!("cannot turn off the terminal's echo: {e}"))?;
     let mut err = std::io::stderr();
     // A failed write of the prompt only loses the prompt; reading goes on.
     let _ = write!(err, "{prompt}");
     let _ = err.flush();
-    let line = {
-        let _quiet =
-            NoEcho::on(&stdin).map_err(|e| format!("cannot turn off the terminal's echo: {e}"))?;
-        read_line(&mut stdin.lock())
-    };
+    let line = read_line(&mut stdin.lock());
+    drop(quiet);
     line.ok_or_else(|| "no password typed".to_owned())
 }
 
@@ -55,7 +56,8 @@ impl<'a> NoEcho<'a> {
         quiet.local_modes.remove(LocalModes::ECHO);
         // The Enter still moves the cursor to the next line.
         quiet.local_modes.insert(LocalModes::ECHONL);
-        tcsetattr(stdin.as_fd(), OptionalActions::Flush, &quiet)?;
+        // `Now`, not `Flush`: what was typed ahead is the password, not noise.
+        tcsetattr(stdin.as_fd(), OptionalActions::Now, &quiet)?;
         Ok(NoEcho { stdin, saved })
     }
 }
