@@ -441,10 +441,14 @@ impl AdminHandler {
             .begin(peer.ip(), now)
             .map_err(|wait| Refused::Throttled(too_many(wait, "from this address")))?;
         let account_key = auth.account_key(user);
-        let per_account = auth
-            .account_throttle
-            .begin(account_key, now)
-            .map_err(|wait| Refused::Throttled(too_many(wait, "for this account")))?;
+        let per_account = match auth.account_throttle.begin(account_key, now) {
+            Ok(a) => a,
+            Err(wait) => {
+                // Not this client's failure: nothing was checked.
+                client.cancel();
+                return Err(Refused::Throttled(too_many(wait, "for this account")));
+            }
+        };
         let account = self.state.view.store.account(user);
         let password_ok = auth
             .verify_account(user, account.as_deref(), password)

@@ -215,25 +215,38 @@ impl Logins {
 pub struct Attempt<'a> {
     throttle: &'a Throttle,
     key: ClientKey,
-    succeeded: bool,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Failed,
+    Succeeded,
+    /// Never checked (another throttle refused it first): counts neither way.
+    Cancelled,
 }
 
 impl Attempt<'_> {
     /// The password was right: this client's failures are cleared.
     pub fn succeeded(mut self) {
-        self.succeeded = true;
+        self.outcome = Outcome::Succeeded;
+    }
+
+    /// No password was checked after all: the attempt is given back.
+    pub(crate) fn cancel(mut self) {
+        self.outcome = Outcome::Cancelled;
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        let ok = self.succeeded;
+        let outcome = self.outcome;
         self.throttle.table.get(self.key, |e| {
             e.in_flight = e.in_flight.saturating_sub(1);
-            if ok {
-                e.failures = 0;
-            } else {
-                e.failures = e.failures.saturating_add(1);
+            match outcome {
+                Outcome::Succeeded => e.failures = 0,
+                Outcome::Failed => e.failures = e.failures.saturating_add(1),
+                Outcome::Cancelled => {}
             }
         });
     }
@@ -279,7 +292,7 @@ impl Throttle {
         started.map(|()| Attempt {
             throttle: self,
             key,
-            succeeded: false,
+            outcome: Outcome::Failed,
         })
     }
 
