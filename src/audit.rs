@@ -4,9 +4,13 @@
 //! Events: `refresh_token.created`, `refresh_token.deleted`,
 //! `token.exchanged`, `token.exchange_refused` (with `reason`),
 //! `auth.throttled` (with `count`), `admin.login`, `admin.login_failed` and
-//! `admin.logout`. Lines carry the time, the actor (`admin`, or `client` for
-//! exchanges), the client IP, and the token id and name where known. Never a
-//! token string or a password.
+//! `admin.logout`, and the account changes `admin.user_created`,
+//! `admin.user_edited`, `admin.user_deleted`. Lines carry the time, the actor
+//! (`admin`, or `client` for exchanges), the client IP, and the token id and
+//! name where known; an administrator's lines also the account (`user`), how
+//! it signed in (`via`), the local socket peer's Unix user id (`uid`), and
+//! for account changes the account acted on (`target_user`). Never a token
+//! string or a password.
 //!
 //! Clients cause most lines, and a client chooses how many and how long
 //! (its User-Agent). So every string field is cut to `MAX_FIELD_CHARS`, and
@@ -53,6 +57,43 @@ pub struct Event<'a> {
     /// How many times it happened (`auth.throttled`: requests refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The admin account that acted (or tried to sign in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+    /// How it signed in: `password`, `oidc` or `socket`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+    /// The local socket's peer: its Unix user id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The account an account change acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_user: Option<&'a str>,
+}
+
+/// Who made an admin change, as every admin audit line names them: the
+/// account, how it signed in, the client address, and for the local socket
+/// the peer's Unix user id.
+#[derive(Debug, Clone)]
+pub(crate) struct Actor {
+    pub(crate) peer: std::net::SocketAddr,
+    pub(crate) who: crate::roles::Who,
+    pub(crate) uid: Option<u32>,
+}
+
+impl Actor {
+    /// An admin event by this actor; the caller fills in the rest.
+    pub(crate) fn event(&self, event: &'static str) -> Event<'_> {
+        Event {
+            event,
+            actor: Some("admin"),
+            client_ip: Some(self.peer.ip().to_canonical()),
+            user: Some(&self.who.user),
+            via: Some(self.who.via.as_str()),
+            uid: self.uid,
+            ..Event::default()
+        }
+    }
 }
 
 impl<'a> Event<'a> {
@@ -63,6 +104,8 @@ impl<'a> Event<'a> {
             token_name: self.token_name.map(clip),
             reason: self.reason.map(clip),
             user_agent: self.user_agent.map(clip),
+            user: self.user.map(clip),
+            target_user: self.target_user.map(clip),
             ..*self
         }
     }

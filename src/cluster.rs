@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use crate::store::{cluster_db, Change, ClusterDb, PgError, RefreshHash, RefreshRecord};
+use crate::store::{
+    cluster_db, AccountRecord, Change, ClusterDb, PgError, RefreshHash, RefreshRecord,
+};
 use crate::tokens::access::AccessTokens;
 
 /// What the change feed changes on this replica: the refresh tokens held
@@ -45,6 +47,12 @@ pub(crate) trait Replica: Send + Sync + 'static {
     fn ids(&self) -> Vec<u64>;
     /// Whether refresh token `id` is held here.
     fn holds(&self, id: u64) -> bool;
+    /// An account changed elsewhere: as it is now (`None`: deleted).
+    fn account(&self, name: &str, rec: Option<AccountRecord>);
+    /// Every account, after a reconnect (the feed may have been missed).
+    fn all_accounts(&self, all: Vec<AccountRecord>);
+    /// A page session ended elsewhere (a logout): its cookie's fingerprint.
+    fn session_ended(&self, fingerprint: [u8; 32]);
 }
 
 /// The safety net under notifications: a round at least this often.
@@ -372,6 +380,8 @@ impl Cluster {
                     Change::Updated(hash, rec) => replica.updated(hash, &rec),
                     Change::Deleted(id) => deleted.push(id),
                     Change::Retired => retired = true,
+                    Change::Account(name, rec) => replica.account(&name, rec.map(|r| *r)),
+                    Change::Logout(fp) => replica.session_ended(fp),
                 }
                 apply_deletes(replica, &mut deleted);
                 self.applied.fetch_add(1, Ordering::Relaxed);
@@ -479,6 +489,7 @@ impl Cluster {
         }
         let deleted = gone.len();
         apply_deletes(replica, &mut gone);
+        replica.all_accounts(cluster_db::all_accounts(client).await?);
         // Never move backwards (the feed may have run ahead meanwhile).
         self.seq.fetch_max(seq, Ordering::AcqRel);
         tracing::info!(

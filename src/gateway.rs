@@ -180,7 +180,11 @@ impl Gateway {
         //    reloads (files changing, SIGHUP) and the periodic sweeps.
         tasks.extend(upstreams.spawn_prober(rx.clone()));
         if let Some(cluster) = state.view.cluster.clone() {
-            cluster.spawn(state.lifecycle.clone(), rx.clone());
+            let follower = Follower {
+                lifecycle: state.lifecycle.clone(),
+                auth: auth.clone(),
+            };
+            cluster.spawn(Arc::new(follower), rx.clone());
         }
         tasks.push(tokio::spawn(reloader.clone().watch_files(rx.clone())));
         if reload_on_sighup {
@@ -341,6 +345,46 @@ async fn start_public(
     )
     .await
     .map_err(|e: WorkerError| StartError::Workers(Box::new(e)))
+}
+
+/// What the change feed changes on this replica: the tokens (the
+/// lifecycle), and the page sessions the admin listener caches (an account
+/// disabled or deleted elsewhere, a logout elsewhere).
+struct Follower {
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    auth: Arc<AdminAuth>,
+}
+
+impl crate::cluster::Replica for Follower {
+    fn created(&self, hash: crate::store::RefreshHash, rec: &crate::store::RefreshRecord) {
+        self.lifecycle.created(hash, rec);
+    }
+    fn updated(&self, hash: crate::store::RefreshHash, rec: &crate::store::RefreshRecord) {
+        self.lifecycle.updated(hash, rec);
+    }
+    fn deleted(&self, ids: &[u64]) {
+        self.lifecycle.deleted(ids);
+    }
+    fn ids(&self) -> Vec<u64> {
+        self.lifecycle.ids()
+    }
+    fn holds(&self, id: u64) -> bool {
+        self.lifecycle.holds(id)
+    }
+    fn account(&self, name: &str, rec: Option<crate::store::AccountRecord>) {
+        let ended = rec.as_ref().is_none_or(|r| r.disabled);
+        self.lifecycle.account(name, rec);
+        if ended {
+            self.auth.sessions.end_user(name);
+            self.auth.forget(name);
+        }
+    }
+    fn all_accounts(&self, all: Vec<crate::store::AccountRecord>) {
+        self.lifecycle.all_accounts(all);
+    }
+    fn session_ended(&self, fingerprint: [u8; 32]) {
+        self.auth.sessions.remove_fingerprint(&fingerprint);
+    }
 }
 
 /// The blocking start-up steps, in order.

@@ -13,15 +13,16 @@
 //! period) also drops the access tokens it issued, here and (through the
 //! feed) on every other replica.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::audit::{Audit, Event};
+use crate::audit::{Actor, Audit};
 use crate::clock::Clock;
 use crate::cluster::Replica;
 use crate::restrict::RestrictionSpec;
-use crate::store::{Edit, RefreshHash, RefreshRecord, RefreshStore, RefreshToken, StoreError};
+use crate::store::{
+    AccountRecord, Edit, RefreshHash, RefreshRecord, RefreshStore, RefreshToken, StoreError,
+};
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::{new_refresh_token, parse_refresh, RefreshFormatError, RefreshHasher};
 
@@ -77,29 +78,56 @@ impl Lifecycle {
         expires: Option<u64>,
         restrictions: &RestrictionSpec,
     ) -> Result<(Arc<RefreshToken>, String), LifecycleError> {
+        self.mint_by(name, created, expires, restrictions, None)
+            .await
+    }
+
+    async fn mint_by(
+        &self,
+        name: &str,
+        created: u64,
+        expires: Option<u64>,
+        restrictions: &RestrictionSpec,
+        created_by: Option<String>,
+    ) -> Result<(Arc<RefreshToken>, String), LifecycleError> {
         let (secret, hash) = self.new_secret()?;
         let store = self.store.clone();
         let name = name.to_owned();
         let spec = restrictions.clone();
         let created = tokio::task::spawn_blocking(move || {
-            store.create_restricted(hash, &name, created, expires, Some(&spec))
+            store.create_by(
+                hash,
+                &name,
+                created,
+                expires,
+                Some(&spec),
+                created_by.as_deref(),
+            )
         })
         .await??;
         Ok((created, secret))
     }
 
-    /// `mint`, for an administrator at `by`: logged and audited
-    /// (`refresh_token.created`).
+    /// `mint`, for an administrator (`by`, recorded as `created_by`):
+    /// logged and audited (`refresh_token.created`).
     pub(crate) async fn create(
         &self,
-        by: SocketAddr,
+        by: &Actor,
         name: &str,
         created: u64,
         expires: Option<u64>,
         restrictions: &RestrictionSpec,
     ) -> Result<(Arc<RefreshToken>, String), LifecycleError> {
-        let (token, secret) = self.mint(name, created, expires, restrictions).await?;
-        tracing::info!(peer = %by, token_id = token.id, token_name = %token.name, "refresh token created");
+        let (token, secret) = self
+            .mint_by(
+                name,
+                created,
+                expires,
+                restrictions,
+                Some(by.who.user.clone()),
+            )
+            .await?;
+        tracing::info!(peer = %by.peer, user = %by.who.user, token_id = token.id, token_name = %token.name, "refresh token created");
         self.audit(by, "refresh_token.created", &token, "");
         Ok((token, secret))
     }
@@ -109,7 +137,7 @@ impl Lifecycle {
     /// from their next request. `None`: no such token.
     pub(crate) async fn edit(
         &self,
-        by: SocketAddr,
+        by: &Actor,
         id: u64,
         edit: Edit,
         changed: &str,
@@ -117,7 +145,7 @@ impl Lifecycle {
         let Some(token) = self.commit_edit(id, edit).await? else {
             return Ok(None);
         };
-        tracing::info!(peer = %by, token_id = token.id, token_name = %token.name, fields = %changed, "refresh token edited");
+        tracing::info!(peer = %by.peer, user = %by.who.user, token_id = token.id, token_name = %token.name, fields = %changed, "refresh token edited");
         self.audit(by, "refresh_token.updated", &token, changed);
         Ok(Some(token))
     }
@@ -127,7 +155,7 @@ impl Lifecycle {
     /// tokens issued under it. Audited as `refresh_token.rotated`.
     pub(crate) async fn rotate(
         &self,
-        by: SocketAddr,
+        by: &Actor,
         id: u64,
         grace: u64,
     ) -> Result<Option<Rotated>, LifecycleError> {
@@ -147,7 +175,7 @@ impl Lifecycle {
             Some(_) => format!("old secret valid for {grace} s more"),
             None => "old secret and its access tokens ended at once".to_owned(),
         };
-        tracing::info!(peer = %by, token_id = token.id, token_name = %token.name, "refresh token rotated: {how}");
+        tracing::info!(peer = %by.peer, user = %by.who.user, token_id = token.id, token_name = %token.name, "refresh token rotated: {how}");
         self.audit(by, "refresh_token.rotated", &token, &how);
         Ok(Some(Rotated {
             token,
@@ -161,7 +189,7 @@ impl Lifecycle {
     /// that were there (unknown ids are left out).
     pub(crate) async fn delete(
         &self,
-        by: SocketAddr,
+        by: &Actor,
         ids: Vec<u64>,
     ) -> Result<Vec<Arc<RefreshToken>>, LifecycleError> {
         let store = self.store.clone();
@@ -169,7 +197,7 @@ impl Lifecycle {
         let ids: Vec<u64> = gone.iter().map(|r| r.id).collect();
         self.access.revoke_refresh(&ids);
         for r in &gone {
-            tracing::info!(peer = %by, token_id = r.id, token_name = %r.name, "refresh token deleted");
+            tracing::info!(peer = %by.peer, user = %by.who.user, token_id = r.id, token_name = %r.name, "refresh token deleted");
             self.audit(by, "refresh_token.deleted", r, "");
         }
         Ok(gone)
@@ -209,15 +237,12 @@ impl Lifecycle {
 
     /// One audit line for an administrator's change to a refresh token,
     /// saying what changed (`what`), if anything.
-    fn audit(&self, by: SocketAddr, event: &'static str, token: &RefreshToken, what: &str) {
-        self.audit.record(&Event {
-            event,
-            actor: Some("admin"),
-            client_ip: Some(by.ip().to_canonical()),
+    fn audit(&self, by: &Actor, event: &'static str, token: &RefreshToken, what: &str) {
+        self.audit.record(&crate::audit::Event {
             token_id: Some(token.id),
             token_name: Some(&token.name),
             reason: (!what.is_empty()).then_some(what),
-            ..Default::default()
+            ..by.event(event)
         });
     }
 }
@@ -257,4 +282,15 @@ impl Replica for Lifecycle {
     fn holds(&self, id: u64) -> bool {
         self.store.get(id).is_some()
     }
+
+    fn account(&self, name: &str, rec: Option<AccountRecord>) {
+        self.store.apply_account(name, rec);
+    }
+
+    fn all_accounts(&self, all: Vec<AccountRecord>) {
+        self.store.apply_all_accounts(all);
+    }
+
+    /// Page sessions are the admin listener's: `gateway` routes this there.
+    fn session_ended(&self, _fingerprint: [u8; 32]) {}
 }

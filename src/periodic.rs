@@ -32,6 +32,12 @@ pub(crate) async fn run(
                     admin.sessions.sweep(now);
                     admin.throttle.sweep(now);
                     st.authority.sweep(now);
+                    // Shared page sessions (PostgreSQL): the expired rows.
+                    if st.view.store.shares_sessions() {
+                        if let Err(e) = st.view.store.sweep_sessions(st.view.clock.unix()) {
+                            tracing::debug!(error = %e, "sweeping stored page sessions failed");
+                        }
+                    }
                     st.lifecycle.sweep(now)
                 })
                 .await;

@@ -132,9 +132,18 @@ impl Reloader {
     /// Reads the configuration again and applies what can change live.
     /// On any error nothing changes.
     pub async fn reload(&self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
+        self.reload_by(trigger, None).await
+    }
+
+    /// `reload`, asked for by an administrator (`by`: named on the audit line).
+    pub(crate) async fn reload_by(
+        &self,
+        trigger: Trigger,
+        by: Option<&crate::audit::Actor>,
+    ) -> Result<Reloaded, ReloadError> {
         let mut applied = self.applied.lock().await;
         let result = self.reload_locked(&mut applied).await;
-        self.report(trigger, &result);
+        self.report(trigger, by, &result);
         result
     }
 
@@ -193,7 +202,7 @@ impl Reloader {
     async fn reload_files(&self) -> Result<Reloaded, ReloadError> {
         let applied = self.applied.lock().await;
         let result = self.swap_files(&applied).await;
-        self.report(Trigger::FileWatch, &result);
+        self.report(Trigger::FileWatch, None, &result);
         result
     }
 
@@ -227,7 +236,12 @@ impl Reloader {
         })
     }
 
-    fn report(&self, trigger: Trigger, result: &Result<Reloaded, ReloadError>) {
+    fn report(
+        &self,
+        trigger: Trigger,
+        actor: Option<&crate::audit::Actor>,
+        result: &Result<Reloaded, ReloadError>,
+    ) {
         let by = trigger.name();
         let kind = match trigger {
             Trigger::FileWatch => ReloadKind::Certificate,
@@ -257,15 +271,17 @@ impl Reloader {
             ),
         }
         let reason = result.as_ref().err().map(|e| e.to_string());
+        let event = if result.is_ok() {
+            "config.reloaded"
+        } else {
+            "config.reload_failed"
+        };
+        let base = actor.map_or_else(crate::audit::Event::default, |a| a.event(event));
         self.state.view.audit.record(&crate::audit::Event {
-            event: if result.is_ok() {
-                "config.reloaded"
-            } else {
-                "config.reload_failed"
-            },
+            event,
             actor: Some(by),
             reason: reason.as_deref(),
-            ..Default::default()
+            ..base
         });
     }
 

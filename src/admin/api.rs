@@ -34,6 +34,9 @@ pub struct CreatedToken {
     pub token: String,
     pub created_at: String,
     pub expires_at: Option<String>,
+    /// The account that created it (`null`: before accounts existed).
+    #[serde(default)]
+    pub created_by: Option<String>,
     /// As stored; empty, false and null = full access.
     #[serde(flatten)]
     pub restrictions: RestrictionSpec,
@@ -96,6 +99,9 @@ pub struct TokenInfo {
     pub id: u64,
     pub name: String,
     pub created_at: String,
+    /// The account that created it (`null`: before accounts existed).
+    #[serde(default)]
+    pub created_by: Option<String>,
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
     pub use_count: u64,
@@ -200,11 +206,63 @@ pub struct Rotated {
     pub retired_boots: u64,
 }
 
-/// Every error answer: `{"error", "error_description"}`.
+/// Every error answer: `{"error", "error_description"}`; a `forbidden`
+/// one also names the least role that may (`required_role`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
     pub error_description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<crate::roles::Role>,
+}
+
+pub use crate::store::{validate_account_name, Source as AccountSource, MAX_ACCOUNT_NAME};
+
+/// Shortest password an account may be given.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// One row of `GET /api/users`, and the answer to a `PATCH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: crate::roles::Role,
+    pub disabled: bool,
+    /// `local` (a password) or `oidc` (single sign-on).
+    pub source: AccountSource,
+    pub created_at: String,
+    pub last_login_at: Option<String>,
+}
+
+/// `POST /api/users`. Without a password, one is generated and shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub name: String,
+    pub role: crate::roles::Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// The answer to `POST /api/users`: the account, and the generated
+/// password (shown this once; `null` when one was given).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedUser {
+    #[serde(flatten)]
+    pub user: UserInfo,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `PATCH /api/users/{name}`: each field present is changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditUser {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::roles::Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// Reads an expiry as a person or a script writes it, at `now` (Unix

@@ -15,18 +15,28 @@
 //! | GET | /api/refresh-tokens | 200 every token (never a token string) |
 //! | DELETE | /api/refresh-tokens/{id} | 204, or 404 for an unknown id |
 //! | POST | /api/refresh-tokens/delete | 200 `{"deleted": [...], "not_found": [...]}` |
+//! | GET, POST | /api/users | 200 the accounts; 201 a new one |
+//! | PATCH, DELETE | /api/users/{name} | 200 the account as changed; 204 |
+//!
+//! Each authenticated route needs a role (`permissions`); a refusal is a
+//! 403 `forbidden` naming the least role that may, and changes nothing.
 
 //!
 //! - `api`: the request and answer types (shared with the CLI and the tests).
 //! - `auth`, `session`: HTTP Basic, page sessions with CSRF tokens, the
 //!   failed-login throttle. `origin`: cross-site requests refused.
 //! - `tokens`: the refresh-token handlers. `ui`: the page's embedded files.
+//! - `accounts`: `/api/users`; `accounts_login`: starting a session (the
+//!   password form, single sign-on); `permissions`: who may call what.
 
+mod accounts;
+mod accounts_login;
 pub mod api;
 mod checked;
 mod origin;
 pub(crate) mod password;
-mod session;
+mod permissions;
+pub(crate) mod session;
 mod tokens;
 mod ui;
 
@@ -44,9 +54,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use crate::audit::Event;
+use crate::audit::Actor;
 use crate::roles::{Role, Via, Who};
-use crate::server::{Handler, Load};
+use crate::server::{Handler, Load, PeerUid};
 use crate::state::State;
 use crate::wire::{
     empty, error, json, media_type, method_not_allowed, no_store, read_body, strip_body_for_head,
@@ -71,9 +81,9 @@ const UI_HEADER: &str = "x-requested-with";
 /// Who made a request, and for a page session its CSRF token, which guards
 /// every state-changing call. HTTP Basic and the local Unix socket (its file
 /// permissions and the peer's user id are the proof) carry none.
-struct Principal {
-    who: Who,
-    csrf: Option<String>,
+pub(crate) struct Principal {
+    pub(crate) who: Who,
+    pub(crate) csrf: Option<String>,
 }
 
 /// The admin listener's handler: the shared state, and the administrator's
@@ -171,6 +181,35 @@ impl AdminHandler {
                 );
             }
         }
+        if let Some(action) = permissions::action_of(&method, &path) {
+            if !action.permits(principal.who.role) {
+                tracing::info!(%peer, user = %principal.who.user, role = %principal.who.role, %method, %path, "admin request refused: role");
+                return permissions::forbidden(&method, &path, &principal.who, action);
+            }
+        }
+        let by = Actor {
+            peer,
+            who: principal.who.clone(),
+            uid: req.extensions().get::<PeerUid>().map(|u| u.0),
+        };
+        if let Some(rest) = path.strip_prefix("/api/users") {
+            return match (rest, rest.strip_prefix('/')) {
+                ("", _) => match method {
+                    Method::GET | Method::HEAD => self.list_users(),
+                    Method::POST => self.create_user(&by, req).await,
+                    _ => method_not_allowed("GET, POST"),
+                },
+                (_, Some(name)) if !name.is_empty() => match method {
+                    Method::PATCH => {
+                        let name = name.to_owned();
+                        self.edit_user(&by, &name, req).await
+                    }
+                    Method::DELETE => self.delete_user(&by, name).await,
+                    _ => method_not_allowed("DELETE, PATCH"),
+                },
+                _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+            };
+        }
         match (path.as_str(), path.strip_prefix("/api/refresh-tokens/")) {
             ("/api/session", _) => match method {
                 Method::GET => self.session_info(&principal),
@@ -187,38 +226,38 @@ impl AdminHandler {
                 _ => method_not_allowed("GET, HEAD"),
             },
             ("/api/cluster/rotate", _) => match method {
-                Method::POST => self.rotate(peer).await,
+                Method::POST => self.rotate(&by).await,
                 _ => method_not_allowed("POST"),
             },
             ("/api/reload", _) => match method {
-                Method::POST => self.reload(peer).await,
+                Method::POST => self.reload(&by).await,
                 _ => method_not_allowed("POST"),
             },
             ("/api/logout", _) => match method {
-                Method::POST => self.logout(peer, &req),
+                Method::POST => self.logout(&by, &req).await,
                 _ => method_not_allowed("POST"),
             },
             ("/api/refresh-tokens", _) => match method {
-                Method::GET => self.list(),
-                Method::POST => self.create(peer, req).await,
+                Method::GET => self.list(&by),
+                Method::POST => self.create(&by, req).await,
                 _ => method_not_allowed("GET, POST"),
             },
             (_, Some("delete")) => match method {
-                Method::POST => self.delete_many(peer, req).await,
+                Method::POST => self.delete_many(&by, req).await,
                 _ => method_not_allowed("POST"),
             },
             (_, Some(rest)) if rest.ends_with("/rotate") => match method {
                 Method::POST => {
                     let id = rest.trim_end_matches("/rotate").to_owned();
-                    self.rotate_secret(peer, &id, req).await
+                    self.rotate_secret(&by, &id, req).await
                 }
                 _ => method_not_allowed("POST"),
             },
             (_, Some(id)) => match method {
-                Method::DELETE => self.delete_one(peer, id).await,
+                Method::DELETE => self.delete_one(&by, id).await,
                 Method::PATCH => {
                     let id = id.to_owned();
-                    self.edit(peer, &id, req).await
+                    self.edit(&by, &id, req).await
                 }
                 _ => method_not_allowed("DELETE, PATCH"),
             },
@@ -255,11 +294,11 @@ fn unauthorized(req: &Request<Incoming>, text: &str) -> Reply {
     r
 }
 
-fn too_many(wait: Duration) -> Reply {
+fn too_many(wait: Duration, whose: &str) -> Reply {
     let secs = wait.as_secs().max(1);
     too_many_requests(
         "too_many_attempts",
-        &format!("too many failed logins from this address; try again in {secs} s"),
+        &format!("too many failed logins {whose}; try again in {secs} s"),
         secs,
     )
 }
@@ -282,21 +321,9 @@ async fn json_body(req: Request<Incoming>, timeout: Duration) -> Result<Value, R
 }
 
 impl AdminHandler {
-    fn audit_login(&self, peer: SocketAddr, ok: bool, how: &str) {
-        self.state.view.audit.record(&Event {
-            event: if ok {
-                "admin.login"
-            } else {
-                "admin.login_failed"
-            },
-            actor: Some("admin"),
-            client_ip: Some(peer.ip().to_canonical()),
-            reason: Some(how),
-            ..Default::default()
-        });
-    }
-
-    /// A live page session, else HTTP Basic (throttled per IP).
+    /// A live page session (its account's current role; a disabled or
+    /// deleted account's session is gone), else HTTP Basic for any account
+    /// (throttled per client and per account).
     async fn authenticate(
         &self,
         peer: SocketAddr,
@@ -312,42 +339,139 @@ impl AdminHandler {
                 csrf: None,
             });
         }
-        let auth = &self.auth;
-        let now = self.state.view.clock.now();
         if let Some(cookie) = session::cookie_value(req.headers()) {
-            if let Some((who, csrf)) = auth.sessions.lookup(&cookie, now) {
-                return Ok(Principal {
-                    who,
-                    csrf: Some(csrf),
-                });
+            if let Some(p) = self.session_principal(&cookie).await {
+                return Ok(p);
             }
         }
         let Some(header) = req.headers().get(AUTHORIZATION) else {
             return Err(unauthorized(
                 req,
-                "log in as user admin with the admin password (HTTP Basic or the page's login)",
+                "log in with an account's name and password (HTTP Basic or the page's login)",
             ));
         };
-        // Counted before the password is hashed (see `session::Throttle`).
-        let attempt = match auth.throttle.begin(peer.ip(), now) {
-            Ok(a) => a,
-            Err(wait) => return Err(too_many(wait)),
+        let Some((user, password)) = password::parse_basic(header.as_bytes()) else {
+            return Err(unauthorized(req, "wrong user name or password"));
         };
-        if auth.check(Some(header.as_bytes())).await {
-            attempt.succeeded();
-            Ok(Principal {
-                who: Who {
-                    user: password::ADMIN_USER.into(),
-                    role: Role::Admin,
+        match self
+            .check_password(peer, &user, password, "http basic")
+            .await
+        {
+            Ok(who) => {
+                self.note_login(&who.user).await;
+                Ok(Principal { who, csrf: None })
+            }
+            Err(Refused::Throttled(r)) => Err(r),
+            Err(Refused::Wrong) => Err(unauthorized(req, "wrong user name or password")),
+        }
+    }
+
+    /// The page session behind `cookie`, with its account's current role:
+    /// from memory, or (shared sessions) from the store on a miss.
+    async fn session_principal(&self, cookie: &str) -> Option<Principal> {
+        let clock = &self.state.view.clock;
+        let now = clock.now();
+        let store = &self.state.view.store;
+        let found = match self.auth.sessions.lookup(cookie, now) {
+            Some(hit) => Some(hit),
+            // A cookie of another length was never ours: no database trip.
+            None if store.shares_sessions() && cookie.len() == session::COOKIE_CHARS => {
+                let fp = session::fingerprint(cookie);
+                let wall = clock.unix();
+                let st = store.clone();
+                match tokio::task::spawn_blocking(move || st.get_session(&fp, wall)).await {
+                    Ok(Ok(Some(row))) => {
+                        let role = accounts::current_role(store.account(&row.user))?;
+                        let who = Who {
+                            user: row.user,
+                            role,
+                            via: row.via,
+                        };
+                        let left = std::time::Duration::from_secs(row.expires.saturating_sub(wall));
+                        self.auth.sessions.insert_shared(
+                            fp,
+                            who.clone(),
+                            row.csrf.clone(),
+                            now,
+                            left,
+                        );
+                        Some((who, row.csrf))
+                    }
+                    Ok(Ok(None)) => None,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "reading a page session failed");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        let (mut who, csrf) = found?;
+        // Read at every request: a role change applies at once, and a
+        // disabled or deleted account's session is over.
+        match accounts::current_role(store.account(&who.user)) {
+            Some(role) => {
+                who.role = role;
+                Some(Principal {
+                    who,
+                    csrf: Some(csrf),
+                })
+            }
+            None => {
+                self.auth.sessions.remove(cookie);
+                None
+            }
+        }
+    }
+
+    /// Checks an account's password, throttled per client and per account
+    /// (each attempt counted before the hash is computed); audits a failure.
+    async fn check_password(
+        &self,
+        peer: SocketAddr,
+        user: &str,
+        password: String,
+        how: &str,
+    ) -> Result<Who, Refused> {
+        let auth = &self.auth;
+        let now = self.state.view.clock.now();
+        let client = auth
+            .throttle
+            .begin(peer.ip(), now)
+            .map_err(|wait| Refused::Throttled(too_many(wait, "from this address")))?;
+        let account_key = auth.account_key(user);
+        let per_account = match auth.account_throttle.begin(account_key, now) {
+            Ok(a) => a,
+            Err(wait) => {
+                // Not this client's failure: nothing was checked.
+                client.cancel();
+                return Err(Refused::Throttled(too_many(wait, "for this account")));
+            }
+        };
+        let account = self.state.view.store.account(user);
+        let password_ok = auth
+            .verify_account(user, account.as_deref(), password)
+            .await;
+        // A disabled account fails like a wrong password: nothing tells
+        // a guesser that the password was right.
+        let role = accounts::current_role(account).filter(|_| password_ok);
+        match role {
+            Some(role) => {
+                client.succeeded();
+                per_account.succeeded();
+                Ok(Who {
+                    user: user.to_owned(),
+                    role,
                     via: Via::Password,
-                },
-                csrf: None,
-            })
-        } else {
-            drop(attempt);
-            tracing::info!(%peer, "admin authentication failed");
-            self.audit_login(peer, false, "http basic");
-            Err(unauthorized(req, "wrong user name or password"))
+                })
+            }
+            None => {
+                drop((client, per_account));
+                tracing::info!(%peer, "admin authentication failed");
+                self.audit_login(peer, user, Via::Password, false, how);
+                Err(Refused::Wrong)
+            }
         }
     }
 
@@ -369,7 +493,8 @@ impl AdminHandler {
     /// Counts read from memory: no lock held beyond the maps' own shard locks.
     /// Retires every access token: with PostgreSQL every replica's boot
     /// (each draws a new one within a round), with redb this gateway's.
-    async fn rotate(&self, peer: SocketAddr) -> Reply {
+    async fn rotate(&self, by: &Actor) -> Reply {
+        let peer = by.peer;
         let state = &self.state;
         let retired = match &state.view.cluster {
             Some(cluster) => match cluster.rotate().await {
@@ -397,11 +522,8 @@ impl AdminHandler {
         };
         tracing::warn!(%peer, retired_boots = retired, "every access token retired (rotate)");
         state.view.audit.record(&crate::audit::Event {
-            event: "admin.rotated",
-            actor: Some("admin"),
-            client_ip: Some(peer.ip().to_canonical()),
             count: Some(retired),
-            ..Default::default()
+            ..by.event("admin.rotated")
         });
         no_store(json(
             StatusCode::OK,
@@ -412,9 +534,13 @@ impl AdminHandler {
     }
 
     /// `POST /api/reload`: what SIGHUP does, with the outcome in the answer.
-    async fn reload(&self, peer: SocketAddr) -> Reply {
-        tracing::info!(%peer, "reload requested through the admin API");
-        match self.reloader.reload(crate::reload::Trigger::Api).await {
+    async fn reload(&self, by: &Actor) -> Reply {
+        tracing::info!(peer = %by.peer, user = %by.who.user, "reload requested through the admin API");
+        match self
+            .reloader
+            .reload_by(crate::reload::Trigger::Api, Some(by))
+            .await
+        {
             Ok(done) => no_store(json(StatusCode::OK, &done)),
             // The request was fine; what it asked to load was not. The old
             // settings stay, and the message names the file or key at fault.
@@ -452,79 +578,79 @@ impl AdminHandler {
     }
 
     async fn login(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
-        let auth = &self.auth;
         let now = self.state.view.clock.now();
-        let ip = peer.ip();
         // Refused early, before the body is read; counted only once the
         // body holds a guess.
-        if let Err(wait) = auth.throttle.check(ip, now) {
-            return too_many(wait);
+        if let Err(wait) = self.auth.throttle.check(peer.ip(), now) {
+            return too_many(wait, "from this address");
         }
         let body = match json_body(req, self.body_read_timeout()).await {
             Ok(v) => v,
             Err(r) => return r,
         };
         let Ok(form) = serde_json::from_value::<Login>(body) else {
-            return bad("send {\"username\": \"admin\", \"password\": \"…\"}");
+            return bad("send {\"username\": \"…\", \"password\": \"…\"}");
         };
-        // Counted before the password is hashed (see `session::Throttle`).
-        let attempt = match auth.throttle.begin(ip, self.state.view.clock.now()) {
-            Ok(a) => a,
-            Err(wait) => return too_many(wait),
-        };
-        if !auth.verify(&form.username, form.password).await {
-            drop(attempt);
-            tracing::info!(%peer, "admin login failed");
-            self.audit_login(peer, false, "page");
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "wrong user name or password",
-            );
-        }
-        attempt.succeeded();
-        let who = Who {
-            user: password::ADMIN_USER.into(),
-            role: Role::Admin,
-            via: Via::Password,
-        };
-        let (cookie, csrf) = match auth.sessions.create(now, who.clone()) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(error = %e, "random generator failed");
+        let who = match self
+            .check_password(peer, &form.username, form.password, "page")
+            .await
+        {
+            Ok(who) => who,
+            Err(Refused::Throttled(r)) => return r,
+            Err(Refused::Wrong) => {
                 return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "try again",
-                );
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "wrong user name or password",
+                )
             }
         };
-        self.audit_login(peer, true, "page");
-        tracing::info!(%peer, "admin logged in");
+        let (cookie, csrf) = match self.start_session(&who).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        self.note_login(&who.user).await;
+        self.audit_login(peer, &who.user, Via::Password, true, "page");
+        tracing::info!(%peer, user = %who.user, "admin logged in");
         let mut r = self.session_info(&Principal {
             who,
             csrf: Some(csrf),
         });
-        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&cookie, auth.sessions.ttl())) {
+        if let Ok(v) =
+            HeaderValue::from_str(&session::set_cookie(&cookie, self.auth.sessions.ttl()))
+        {
             r.headers_mut().insert(SET_COOKIE, v);
         }
         r
     }
 
-    fn logout(&self, peer: SocketAddr, req: &Request<Incoming>) -> Reply {
+    async fn logout(&self, by: &Actor, req: &Request<Incoming>) -> Reply {
         if let Some(cookie) = session::cookie_value(req.headers()) {
             self.auth.sessions.remove(&cookie);
+            let store = self.state.view.store.clone();
+            if store.shares_sessions() {
+                let fp = session::fingerprint(&cookie);
+                let ended = tokio::task::spawn_blocking(move || store.end_session(&fp)).await;
+                if !matches!(ended, Ok(Ok(()))) {
+                    tracing::warn!(
+                        "ending a page session in the store failed; it ends there at its expiry"
+                    );
+                }
+            }
         }
-        self.state.view.audit.record(&Event {
-            event: "admin.logout",
-            actor: Some("admin"),
-            client_ip: Some(peer.ip().to_canonical()),
-            ..Default::default()
-        });
+        self.state.view.audit.record(&by.event("admin.logout"));
         let mut r = empty(StatusCode::NO_CONTENT);
         if let Ok(v) = HeaderValue::from_str(&session::clear_cookie()) {
             r.headers_mut().insert(SET_COOKIE, v);
         }
         r
     }
+}
+
+/// Why a password check let nobody in.
+enum Refused {
+    /// Too many failures from this client or for this account: the 429.
+    Throttled(Reply),
+    /// A wrong name or password, or a disabled account.
+    Wrong,
 }

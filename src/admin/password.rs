@@ -1,10 +1,19 @@
-//! Admin authentication: HTTP Basic, user `admin`.
+//! Admin authentication: any account's name and password (HTTP Basic or
+//! the page's login form). The account `admin` has the configured password;
+//! every other local account its own argon2 hash.
 //!
 //! argon2 is slow on purpose, so it runs on the blocking pool, at most two at a
 //! time (a password-guessing client cannot eat the CPU), and a verified
-//! password is remembered as an HMAC so later requests cost microseconds.
+//! password is remembered, per account, as an HMAC so later requests cost
+//! microseconds. A name with no password (unknown, or a single-sign-on
+//! account) costs the same argon2 work as a wrong password, so timing does
+//! not tell which names exist.
 
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::RwLock;
+
+use dashmap::DashMap;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -14,8 +23,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use crate::secrets::AdminCredential;
+use crate::store::AccountRecord;
 
-pub(crate) const ADMIN_USER: &str = "admin";
+pub(crate) const ADMIN_USER: &str = crate::store::BOOTSTRAP;
 /// Concurrent argon2 verifications.
 const ARGON_SLOTS: usize = 2;
 /// The fingerprint key is HMAC(server secret, this label), never the raw
@@ -30,11 +40,26 @@ pub struct AdminAuth {
     pub sessions: super::session::Sessions,
     /// Failed-login slow-down, per client IP (page logins and HTTP Basic alike).
     pub throttle: super::session::Throttle,
+    /// The same slow-down per account name, whichever client guesses:
+    /// many addresses guessing one account's password are held back too.
+    pub(crate) account_throttle: super::session::Throttle,
+    /// Seeds the account names' keys in `account_throttle` (drawn at start,
+    /// so nobody can choose names that collide).
+    name_keys: std::collections::hash_map::RandomState,
     /// Keyed with a key derived from the server secret (see
     /// [`FINGERPRINT_LABEL`]); fingerprints passwords in memory only.
     mac: Hmac<Sha256>,
-    /// Fingerprint of the last password that passed argon2.
+    /// Fingerprint of the last password that passed argon2 for the
+    /// bootstrap account's configured hash.
     verified: RwLock<Option<[u8; 32]>>,
+    /// Per account: the PHC string that passed and the password's
+    /// fingerprint. A new password (another PHC) misses, so a changed
+    /// password is never served from here; one entry per account at most.
+    accounts_verified: DashMap<String, (String, [u8; 32])>,
+    /// What a name without a password is checked against: the same argon2
+    /// work as a real account's. Made at the first such check (hashing costs
+    /// what a check costs, so that one takes as long too), not at start.
+    decoy: std::sync::OnceLock<Option<String>>,
     argon_slots: Semaphore,
 }
 
@@ -48,10 +73,81 @@ impl AdminAuth {
             credential,
             sessions: super::session::Sessions::new(session_ttl),
             throttle: super::session::Throttle::default(),
+            account_throttle: super::session::Throttle::default(),
+            name_keys: std::collections::hash_map::RandomState::new(),
             mac: Hmac::new_from_slice(&fingerprint_key(secret)).unwrap_or_else(|_| unreachable!()),
             verified: RwLock::new(None),
+            accounts_verified: DashMap::new(),
+            decoy: std::sync::OnceLock::new(),
             argon_slots: Semaphore::new(ARGON_SLOTS),
         }
+    }
+
+    /// The account throttle's key for `name`: an address no client has (a
+    /// keyed hash of the name as the top of an IPv6 /64), in a table of its own.
+    pub(crate) fn account_key(&self, name: &str) -> IpAddr {
+        let h = self.name_keys.hash_one(name);
+        IpAddr::V6(Ipv6Addr::from(u128::from(h) << 64))
+    }
+
+    /// Checks `password` for the account `user` (`account`: as stored, if
+    /// any). The bootstrap account's password is the configured one; a
+    /// local account's its own hash; anything else (no such account, a
+    /// single-sign-on account) is checked against a decoy hash and fails.
+    /// Whether the account is enabled is the caller's to check.
+    pub(crate) async fn verify_account(
+        &self,
+        user: &str,
+        account: Option<&AccountRecord>,
+        password: String,
+    ) -> bool {
+        if user == ADMIN_USER {
+            return self.verify(user, password).await;
+        }
+        let fp = self.fingerprint(password.as_bytes());
+        let Some(phc) = account.and_then(|a| a.password_hash.clone()) else {
+            // The same work as a real check, for the same answer time.
+            match self.decoy.get() {
+                Some(Some(decoy)) => {
+                    let _ = self.argon2(decoy.clone(), password).await;
+                }
+                Some(None) => {}
+                None => {
+                    let made = tokio::task::spawn_blocking(decoy_hash).await.ok().flatten();
+                    let _ = self.decoy.set(made);
+                }
+            }
+            return false;
+        };
+        if let Some(hit) = self.accounts_verified.get(user) {
+            let (cached_phc, cached_fp) = hit.value();
+            if *cached_phc == phc && bool::from(cached_fp.ct_eq(&fp)) {
+                return true;
+            }
+        }
+        let ok = self.argon2(phc.clone(), password).await;
+        if ok {
+            self.accounts_verified.insert(user.to_owned(), (phc, fp));
+        } else {
+            // A stale entry (an old password) goes at the first miss.
+            self.accounts_verified.remove(user);
+        }
+        ok
+    }
+
+    /// Forgets what was verified for `user` (its password changed, or it is gone).
+    pub(crate) fn forget(&self, user: &str) {
+        self.accounts_verified.remove(user);
+    }
+
+    /// One argon2 verification on the blocking pool, at most `ARGON_SLOTS` at once.
+    async fn argon2(&self, phc: String, password: String) -> bool {
+        let Ok(_slot) = self.argon_slots.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || verify_argon2(&phc, &password))
+            .await
+            .unwrap_or(false)
     }
 
     fn fingerprint(&self, password: &[u8]) -> [u8; 32] {
@@ -81,13 +177,7 @@ impl AdminAuth {
                 if cached.is_some_and(|c| bool::from(c.ct_eq(&fp))) {
                     true
                 } else {
-                    let Ok(_slot) = self.argon_slots.acquire().await else {
-                        return false;
-                    };
-                    let phc = phc.clone();
-                    let ok = tokio::task::spawn_blocking(move || verify_argon2(&phc, &password))
-                        .await
-                        .unwrap_or(false);
+                    let ok = self.argon2(phc.clone(), password).await;
                     if ok {
                         *self.verified.write().unwrap_or_else(|p| p.into_inner()) = Some(fp);
                     }
@@ -97,6 +187,14 @@ impl AdminAuth {
         };
         user_ok & password_ok
     }
+}
+
+/// A hash of a random password nobody knows, with the same parameters as
+/// every account's: checking a password against it costs what a real
+/// check costs.
+fn decoy_hash() -> Option<String> {
+    let password = crate::secrets::generate_password().ok()?;
+    crate::secrets::hash_password(&password).ok()
 }
 
 /// HMAC(secret, [`FINGERPRINT_LABEL`]). HMAC takes a key of any length, so

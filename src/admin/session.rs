@@ -24,6 +24,8 @@ use crate::throttle::{ClientKey, Table};
 /// or plain HTTP on this host's name) can set or shadow the session.
 pub(crate) const COOKIE: &str = "__Host-tg_session";
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
+/// A cookie value's length: 32 random bytes in unpadded base64url.
+pub(crate) const COOKIE_CHARS: usize = 43;
 
 /// Failures from one client before logins are slowed down.
 const FREE_FAILURES: u32 = 5;
@@ -54,7 +56,9 @@ pub struct Sessions {
     live: DashMap<[u8; 32], Session>,
 }
 
-fn fingerprint(cookie: &str) -> [u8; 32] {
+/// What identifies a session everywhere it is kept: the SHA-256 of its
+/// cookie, never the cookie.
+pub(crate) fn fingerprint(cookie: &str) -> [u8; 32] {
     Sha256::digest(cookie.as_bytes()).into()
 }
 
@@ -100,6 +104,36 @@ impl Sessions {
 
     pub fn remove(&self, cookie: &str) {
         self.live.remove(&fingerprint(cookie));
+    }
+
+    /// Caches a session read from the shared store (another replica
+    /// started it), ending `left` from `now`.
+    pub(crate) fn insert_shared(
+        &self,
+        fp: [u8; 32],
+        who: Who,
+        csrf: String,
+        now: Instant,
+        left: Duration,
+    ) {
+        self.live.insert(
+            fp,
+            Session {
+                who,
+                csrf,
+                expires: now.checked_add(left.min(self.ttl)),
+            },
+        );
+    }
+
+    /// Forgets a session by its fingerprint (ended on another replica).
+    pub(crate) fn remove_fingerprint(&self, fp: &[u8; 32]) {
+        self.live.remove(fp);
+    }
+
+    /// Ends every session of the account `user` (disabled or deleted).
+    pub(crate) fn end_user(&self, user: &str) {
+        self.live.retain(|_, s| s.who.user != user);
     }
 
     pub fn sweep(&self, now: Instant) {
@@ -181,25 +215,38 @@ impl Logins {
 pub struct Attempt<'a> {
     throttle: &'a Throttle,
     key: ClientKey,
-    succeeded: bool,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Failed,
+    Succeeded,
+    /// Never checked (another throttle refused it first): counts neither way.
+    Cancelled,
 }
 
 impl Attempt<'_> {
     /// The password was right: this client's failures are cleared.
     pub fn succeeded(mut self) {
-        self.succeeded = true;
+        self.outcome = Outcome::Succeeded;
+    }
+
+    /// No password was checked after all: the attempt is given back.
+    pub(crate) fn cancel(mut self) {
+        self.outcome = Outcome::Cancelled;
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        let ok = self.succeeded;
+        let outcome = self.outcome;
         self.throttle.table.get(self.key, |e| {
             e.in_flight = e.in_flight.saturating_sub(1);
-            if ok {
-                e.failures = 0;
-            } else {
-                e.failures = e.failures.saturating_add(1);
+            match outcome {
+                Outcome::Succeeded => e.failures = 0,
+                Outcome::Failed => e.failures = e.failures.saturating_add(1),
+                Outcome::Cancelled => {}
             }
         });
     }
@@ -245,7 +292,7 @@ impl Throttle {
         started.map(|()| Attempt {
             throttle: self,
             key,
-            succeeded: false,
+            outcome: Outcome::Failed,
         })
     }
 

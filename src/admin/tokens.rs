@@ -1,6 +1,5 @@
 //! Refresh-token management: create, list, delete one, delete many.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, LOCATION};
@@ -12,9 +11,12 @@ use super::api::{
     parse_expiry, CreateToken, CreatedToken, DeleteTokens, DeletedToken, DeletedTokens, EditToken,
     RestrictionSpec, RotateToken, RotatedToken, TokenInfo,
 };
+use super::permissions::{forbidden, Action};
 use super::{bad, checked, json_body, AdminHandler};
+use crate::audit::Actor;
 use crate::clock::rfc3339;
 use crate::restrict::whole_number;
+use crate::roles::Role;
 use crate::store::{Edit, RefreshToken};
 use crate::wire::{empty, error, json, no_store, Reply};
 
@@ -26,6 +28,7 @@ fn info(r: &RefreshToken, now: u64) -> TokenInfo {
         id: r.id,
         name: r.name.clone(),
         created_at: rfc3339(r.created),
+        created_by: r.created_by.clone(),
         expires_at: r.expires.map(rfc3339),
         last_used_at: r.last_used().map(rfc3339),
         use_count: r.use_count(),
@@ -48,6 +51,7 @@ fn created(token: &RefreshToken, secret: String) -> CreatedToken {
         token: secret,
         created_at: rfc3339(token.created),
         expires_at: token.expires.map(rfc3339),
+        created_by: token.created_by.clone(),
         restrictions: spec_of(token),
     }
 }
@@ -59,20 +63,49 @@ fn spec_of(r: &RefreshToken) -> RestrictionSpec {
         .unwrap_or_default()
 }
 
+/// Whether `by` may change `token`: every role that may change tokens may
+/// change any, but a creator only its own.
+fn may_change(by: &Actor, token: &RefreshToken) -> bool {
+    by.who.role != Role::Creator || token.created_by.as_deref() == Some(by.who.user.as_str())
+}
+
 impl AdminHandler {
-    pub(super) fn list(&self) -> Reply {
+    /// A creator changing a token it did not create: refused whole.
+    fn refuse_unless_own(
+        &self,
+        by: &Actor,
+        method: &str,
+        path: &str,
+        ids: &[u64],
+    ) -> Option<Reply> {
+        let foreign = ids.iter().any(|id| {
+            self.state
+                .view
+                .store
+                .get(*id)
+                .is_some_and(|t| !may_change(by, &t))
+        });
+        foreign.then(|| {
+            let method = method.parse().unwrap_or(http::Method::POST);
+            forbidden(&method, path, &by.who, Action::ChangeAnyToken)
+        })
+    }
+
+    pub(super) fn list(&self, by: &Actor) -> Reply {
         let now = self.state.view.clock.unix();
         let all: Vec<TokenInfo> = self
             .state
             .lifecycle
             .list()
             .iter()
+            // A creator sees only the tokens it created.
+            .filter(|r| by.who.role != Role::Creator || may_change(by, r))
             .map(|r| info(r, now))
             .collect();
         json(StatusCode::OK, &all)
     }
 
-    pub(super) async fn create(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+    pub(super) async fn create(&self, by: &Actor, req: Request<Incoming>) -> Reply {
         let state = &self.state;
         let body = match json_body(req, self.body_read_timeout()).await {
             Ok(v) => v,
@@ -87,7 +120,7 @@ impl AdminHandler {
         // The store blocks: commit on the blocking pool; answer only after the commit.
         let (token, secret) = match state
             .lifecycle
-            .create(peer, &request.name, now, expires, &request.restrictions)
+            .create(by, &request.name, now, expires, &request.restrictions)
             .await
         {
             Ok(x) => x,
@@ -102,10 +135,14 @@ impl AdminHandler {
 
     /// `PATCH /api/refresh-tokens/{id}`: name, expiry and restrictions,
     /// in force from the next request of the token's live access tokens.
-    pub(super) async fn edit(&self, peer: SocketAddr, id: &str, req: Request<Incoming>) -> Reply {
-        let Some(id) = parse_id(id) else {
+    pub(super) async fn edit(&self, by: &Actor, raw: &str, req: Request<Incoming>) -> Reply {
+        let Some(id) = parse_id(raw) else {
             return not_found();
         };
+        let path = format!("/api/refresh-tokens/{raw}");
+        if let Some(r) = self.refuse_unless_own(by, "PATCH", &path, &[id]) {
+            return r;
+        }
         let body = match json_body(req, self.body_read_timeout()).await {
             Ok(v) => v,
             Err(r) => return r,
@@ -115,7 +152,7 @@ impl AdminHandler {
             Ok(x) => x,
             Err(text) => return bad(text),
         };
-        let token = match self.state.lifecycle.edit(peer, id, edit, &changed).await {
+        let token = match self.state.lifecycle.edit(by, id, edit, &changed).await {
             Ok(Some(t)) => t,
             Ok(None) => return not_found(),
             Err(e) => return internal("editing a refresh token failed", e),
@@ -127,13 +164,17 @@ impl AdminHandler {
     /// token (id, name, restrictions, usage), shown this once.
     pub(super) async fn rotate_secret(
         &self,
-        peer: SocketAddr,
-        id: &str,
+        by: &Actor,
+        raw: &str,
         req: Request<Incoming>,
     ) -> Reply {
-        let Some(id) = parse_id(id) else {
+        let Some(id) = parse_id(raw) else {
             return not_found();
         };
+        let path = format!("/api/refresh-tokens/{raw}/rotate");
+        if let Some(r) = self.refuse_unless_own(by, "POST", &path, &[id]) {
+            return r;
+        }
         let body = match json_body(req, self.body_read_timeout()).await {
             Ok(v) => v,
             Err(r) => return r,
@@ -142,7 +183,7 @@ impl AdminHandler {
             Ok(r) => r.grace_seconds,
             Err(text) => return bad(text),
         };
-        let rotated = match self.state.lifecycle.rotate(peer, id, grace).await {
+        let rotated = match self.state.lifecycle.rotate(by, id, grace).await {
             Ok(Some(x)) => x,
             Ok(None) => return not_found(),
             Err(e) => return internal("rotating a refresh token failed", e),
@@ -157,30 +198,30 @@ impl AdminHandler {
     }
 
     /// Deletes in one transaction, then drops the access tokens they issued.
-    async fn delete_ids(
-        &self,
-        peer: SocketAddr,
-        ids: Vec<u64>,
-    ) -> Result<Vec<Arc<RefreshToken>>, Reply> {
+    async fn delete_ids(&self, by: &Actor, ids: Vec<u64>) -> Result<Vec<Arc<RefreshToken>>, Reply> {
         self.state
             .lifecycle
-            .delete(peer, ids)
+            .delete(by, ids)
             .await
             .map_err(|e| internal("deleting refresh tokens failed", e))
     }
 
-    pub(super) async fn delete_one(&self, peer: SocketAddr, id: &str) -> Reply {
-        let Some(id) = parse_id(id) else {
+    pub(super) async fn delete_one(&self, by: &Actor, raw: &str) -> Reply {
+        let Some(id) = parse_id(raw) else {
             return not_found();
         };
-        match self.delete_ids(peer, vec![id]).await {
+        let path = format!("/api/refresh-tokens/{raw}");
+        if let Some(r) = self.refuse_unless_own(by, "DELETE", &path, &[id]) {
+            return r;
+        }
+        match self.delete_ids(by, vec![id]).await {
             Err(r) => r,
             Ok(gone) if gone.is_empty() => not_found(),
             Ok(_) => empty(StatusCode::NO_CONTENT),
         }
     }
 
-    pub(super) async fn delete_many(&self, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+    pub(super) async fn delete_many(&self, by: &Actor, req: Request<Incoming>) -> Reply {
         let body = match json_body(req, self.body_read_timeout()).await {
             Ok(v) => v,
             Err(r) => return r,
@@ -207,7 +248,10 @@ impl AdminHandler {
                 None => return bad(format!("{v} is not a token id")),
             }
         }
-        let gone = match self.delete_ids(peer, wanted.clone()).await {
+        if let Some(r) = self.refuse_unless_own(by, "POST", "/api/refresh-tokens/delete", &wanted) {
+            return r;
+        }
+        let gone = match self.delete_ids(by, wanted.clone()).await {
             Ok(g) => g,
             Err(r) => return r,
         };

@@ -103,6 +103,7 @@ mod tests {
             name: "a".into(),
             status: "active".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: None,
             expires_at: None,
             last_used_at: None,
             use_count: 0,

@@ -315,7 +315,7 @@ fn refuse(
         token_name: known.map(|t| t.name.as_str()),
         reason: Some(&reason),
         user_agent,
-        count: None,
+        ..Default::default()
     });
     let reply = match r {
         Refusal::Body(e) => no_store(e.reply()),

@@ -57,25 +57,29 @@ pub(crate) async fn serve_local<H: Handler>(
     let stop = shutdown.clone();
     let socket = LocalSocket { listener, path };
     accept_loop("admin socket", socket, stop, grace, move |stream| {
-        let allowed = match (stream.peer_cred(), &owner) {
-            (Ok(cred), Ok(uid)) => cred.uid() == *uid || cred.uid() == 0,
-            _ => false,
+        let peer_uid = match (stream.peer_cred(), &owner) {
+            (Ok(cred), Ok(uid)) if cred.uid() == *uid || cred.uid() == 0 => cred.uid(),
+            _ => {
+                tracing::info!("admin socket: refused a connection from another user");
+                return None;
+            }
         };
-        if !allowed {
-            tracing::info!("admin socket: refused a connection from another user");
-            return None;
-        }
         let slot = slots.clone().try_acquire_owned().ok()?;
         let handler = handler.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         Some(async move {
-            connection(stream, handler, &limits, shutdown).await;
+            connection(stream, handler, &limits, shutdown, PeerUid(peer_uid)).await;
             drop(slot);
         })
     })
     .await;
 }
+
+/// The Unix user id of the socket's peer, in every request's extensions:
+/// the admin handler records it on its audit lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerUid(pub(crate) u32);
 
 /// The address handlers and audit lines see for the socket's clients.
 pub(crate) const LOCAL_PEER: SocketAddr =
@@ -86,6 +90,7 @@ async fn connection<H: Handler>(
     handler: Arc<H>,
     limits: &ListenerLimits,
     shutdown: watch::Receiver<bool>,
+    uid: PeerUid,
 ) {
     let activity = Arc::new(Activity::default());
     let guard = Guard {
@@ -104,7 +109,8 @@ async fn connection<H: Handler>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_header_size(limits.max_header_bytes);
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(uid);
         let handler = handler.clone();
         let in_flight = activity.start();
         async move {

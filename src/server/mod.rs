@@ -56,7 +56,7 @@ pub(crate) use balance::{Balancer, Load};
 pub(crate) use clients::{ClientSlot, ClientSlots};
 pub(crate) use conn::Report;
 use conn::{Activity, Counted, Deadlines, Verdict, Watch};
-pub(crate) use local::{bind_local, serve_local};
+pub(crate) use local::{bind_local, serve_local, PeerUid};
 pub(crate) use plain::{serve_plain, PlainLimits};
 pub(crate) use workers::{bind_reuseport, start_workers, WorkerError, Workers};
 

@@ -12,6 +12,7 @@
 //!   small runtime behind the same blocking interface, versioned migrations,
 //!   and the server secret's fingerprint.
 
+pub(crate) mod accounts;
 mod postgres;
 mod record;
 mod redb;
@@ -26,6 +27,11 @@ use dashmap::DashMap;
 
 use crate::config::{PostgresConfig, StorageBackend, StorageConfig};
 use crate::restrict::RestrictionSpec;
+use crate::roles::Via;
+
+pub(crate) use accounts::BOOTSTRAP;
+pub use accounts::{validate_account_name, Source, MAX_ACCOUNT_NAME};
+pub(crate) use accounts::{AccountChange, AccountRecord, Applied, Refusal};
 
 pub(crate) use record::Edit;
 pub(crate) use record::RefreshHash;
@@ -82,6 +88,8 @@ pub(crate) trait Backend: Send + Sync {
     /// Every stored token.
     fn load(&self) -> Result<Vec<(RefreshHash, RefreshRecord)>, StoreError>;
     /// Persists a new token under an id that was never handed out before.
+    /// `created_by`: the account that made it (`None` for tokens made
+    /// before accounts existed, and `serve --dev`'s sample token).
     fn create(
         &self,
         hash: &RefreshHash,
@@ -89,6 +97,7 @@ pub(crate) trait Backend: Send + Sync {
         created: u64,
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
+        created_by: Option<&str>,
     ) -> Result<RefreshRecord, StoreError>;
     /// Deletes those of `ids` that exist; returns the ids it deleted, with
     /// their names.
@@ -112,6 +121,54 @@ pub(crate) trait Backend: Send + Sync {
     fn cluster(&self) -> Option<ClusterDb> {
         None
     }
+    /// Every stored account.
+    fn load_accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
+    /// Applies a change to the accounts in one transaction, keeping the
+    /// rules of `accounts::apply` against every stored account; with
+    /// shared sessions, a disabled or deleted account's sessions go in the
+    /// same transaction.
+    fn change_account(
+        &self,
+        change: &AccountChange,
+    ) -> Result<Result<Applied, Refusal>, StoreError>;
+    /// Whether page sessions are kept in the backend too, for every
+    /// replica (PostgreSQL); with redb they live in memory only.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+    /// Stores a page session (shared sessions only).
+    fn put_session(&self, _session: &SessionRow) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// A stored page session by its cookie's fingerprint, if live at `now`.
+    fn get_session(
+        &self,
+        _fingerprint: &[u8; 32],
+        _now: u64,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        Ok(None)
+    }
+    /// Ends a page session everywhere (a logout).
+    fn end_session(&self, _fingerprint: &[u8; 32]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Deletes sessions expired at `now`; how many.
+    fn sweep_sessions(&self, _now: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+/// A page session as stored for every replica: only the SHA-256 of its
+/// cookie (never the cookie), the account, how it signed in, the CSRF
+/// token and the expiry (Unix seconds). The role is not stored: every
+/// request reads the account's current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionRow {
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) user: String,
+    pub(crate) via: Via,
+    pub(crate) csrf: String,
+    pub(crate) expires: u64,
 }
 
 pub struct RefreshStore {
@@ -132,6 +189,8 @@ pub struct RefreshStore {
     /// creates commit in id order (under the feed's lock), so a missing id
     /// at or below it was deleted, and one above it may be new.
     seen_up_to: AtomicU64,
+    /// The admin accounts, mirrored like the tokens.
+    accounts: accounts::Registry,
 }
 
 /// A refresh token this close to its expiry is "expiring soon": time to
@@ -204,6 +263,7 @@ impl RefreshStore {
             write_lock: Mutex::new(()),
             tombstones: Mutex::new(HashMap::new()),
             seen_up_to: AtomicU64::new(0),
+            accounts: accounts::Registry::default(),
         };
         for (hash, rec) in store.backend.load()? {
             let token = Arc::new(RefreshToken::from_record(&rec));
@@ -215,7 +275,89 @@ impl RefreshStore {
             store.by_id.insert(rec.id, (hash, token));
             store.seen_up_to.fetch_max(rec.id, Ordering::Relaxed);
         }
+        // The bootstrap account always exists (made once, kept after).
+        let now = crate::clock::Clock::new().unix();
+        match store
+            .backend
+            .change_account(&AccountChange::Create(AccountRecord::bootstrap(now)))?
+        {
+            Ok(_) | Err(Refusal::Exists(_)) => {}
+            Err(other) => return Err(StoreError::Setup(other.to_string())),
+        }
+        for rec in store.backend.load_accounts()? {
+            store.accounts.set(&rec.name.clone(), Some(rec));
+        }
         Ok(store)
+    }
+
+    /// The account `name`, as every replica last committed it.
+    pub(crate) fn account(&self, name: &str) -> Option<Arc<AccountRecord>> {
+        self.accounts.get(name)
+    }
+
+    /// Every account, by name.
+    pub(crate) fn accounts(&self) -> Vec<Arc<AccountRecord>> {
+        self.accounts.list()
+    }
+
+    /// Commits a change to the accounts (blocking), then mirrors it.
+    pub(crate) fn change_account(
+        &self,
+        change: &AccountChange,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        let _w = self.lock();
+        let done = self.backend.change_account(change)?;
+        if let Ok(applied) = &done {
+            self.accounts.set(change.name(), applied.account.clone());
+        }
+        Ok(done)
+    }
+
+    /// Mirrors an account another replica changed (`None`: deleted).
+    pub(crate) fn apply_account(&self, name: &str, rec: Option<AccountRecord>) {
+        self.accounts.set(name, rec);
+    }
+
+    /// Replaces every account with `all` (a reconcile after a reconnect).
+    pub(crate) fn apply_all_accounts(&self, all: Vec<AccountRecord>) {
+        let keep: std::collections::HashSet<String> = all.iter().map(|a| a.name.clone()).collect();
+        for old in self.accounts.list() {
+            if !keep.contains(&old.name) {
+                self.accounts.set(&old.name, None);
+            }
+        }
+        for rec in all {
+            self.accounts.set(&rec.name.clone(), Some(rec));
+        }
+    }
+
+    /// Whether page sessions are shared through the backend (PostgreSQL).
+    pub(crate) fn shares_sessions(&self) -> bool {
+        self.backend.shares_sessions()
+    }
+
+    /// Stores a page session for every replica (blocking; shared only).
+    pub(crate) fn put_session(&self, row: &SessionRow) -> Result<(), StoreError> {
+        self.backend.put_session(row)
+    }
+
+    /// A stored page session live at `now` (blocking; shared only).
+    pub(crate) fn get_session(
+        &self,
+        fingerprint: &[u8; 32],
+        now: u64,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        self.backend.get_session(fingerprint, now)
+    }
+
+    /// Ends a page session on every replica (blocking; shared only).
+    pub(crate) fn end_session(&self, fingerprint: &[u8; 32]) -> Result<(), StoreError> {
+        self.backend.end_session(fingerprint)
+    }
+
+    /// Deletes expired stored sessions (blocking; shared only).
+    pub(crate) fn sweep_sessions(&self, now: u64) -> Result<u64, StoreError> {
+        self.backend.sweep_sessions(now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -427,11 +569,24 @@ impl RefreshStore {
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
     ) -> Result<Arc<RefreshToken>, StoreError> {
+        self.create_by(hash, name, created, expires, restrictions, None)
+    }
+
+    /// As `create_restricted`, recording the account that made it.
+    pub(crate) fn create_by(
+        &self,
+        hash: RefreshHash,
+        name: &str,
+        created: u64,
+        expires: Option<u64>,
+        restrictions: Option<&RestrictionSpec>,
+        created_by: Option<&str>,
+    ) -> Result<Arc<RefreshToken>, StoreError> {
         let restrictions = restrictions.filter(|r| !r.is_empty());
         let _w = self.lock();
         let rec = self
             .backend
-            .create(&hash, name, created, expires, restrictions)?;
+            .create(&hash, name, created, expires, restrictions, created_by)?;
         // The change feed may have mapped it already (our own create,
         // announced at commit): then that token is the one.
         Ok(self.map(hash, &rec))

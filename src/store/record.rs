@@ -44,6 +44,10 @@ pub(crate) struct RefreshRecord {
     /// ever saw it. Absent (records older than generations) = 0.
     #[serde(default)]
     pub(crate) generation: u64,
+    /// The account that created it; absent for tokens made before
+    /// accounts existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) created_by: Option<String>,
 }
 
 /// A rotated-out secret that still exchanges until `until`.
@@ -69,6 +73,7 @@ impl RefreshRecord {
             restrictions: None,
             previous: None,
             generation: 0,
+            created_by: None,
         }
     }
 
@@ -225,6 +230,8 @@ pub struct RefreshToken {
     pub name: String,
     pub created: u64,
     pub expires: Option<u64>,
+    /// The account that created it (`None`: before accounts existed).
+    pub created_by: Option<String>,
     /// Set when the token is deleted or superseded; every access token it
     /// issued checks this (one load on the request path).
     revoked: AtomicBool,
@@ -287,6 +294,7 @@ impl RefreshToken {
             name: r.name.clone(),
             created: r.created,
             expires: r.expires,
+            created_by: r.created_by.clone(),
             revoked: AtomicBool::new(false),
             superseded: AtomicBool::new(false),
             usage,

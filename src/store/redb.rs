@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use redb::backends::FileBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::accounts::{self, AccountChange, AccountRecord, Applied, Refusal};
 use super::record::{Edit, RefreshHash, RefreshRecord, UsageDelta};
 use super::{Backend, StoreError};
 use crate::restrict::RestrictionSpec;
@@ -20,6 +21,8 @@ const IDS: TableDefinition<u64, &[u8]> = TableDefinition::new("refresh_ids");
 /// Counters. `next_id` only grows: an id is never reused, so an access token
 /// bound to a deleted id can never be revived by a new token.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Account name → JSON record (`accounts::AccountRecord`).
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 
 macro_rules! db_from {
     ($($t:ty),*) => {$(
@@ -93,6 +96,7 @@ impl RedbBackend {
             txn.open_table(TOKENS)?;
             txn.open_table(IDS)?;
             txn.open_table(META)?;
+            txn.open_table(ACCOUNTS)?;
         }
         txn.commit()?;
         Ok(backend)
@@ -132,13 +136,15 @@ impl Backend for RedbBackend {
         created: u64,
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
+        created_by: Option<&str>,
     ) -> Result<RefreshRecord, StoreError> {
         let txn = self.db.begin_write()?;
         let rec = {
             let mut meta = txn.open_table(META)?;
             let id = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1);
             meta.insert("next_id", id + 1)?;
-            let rec = RefreshRecord::restricted(id, name, created, expires, restrictions);
+            let mut rec = RefreshRecord::restricted(id, name, created, expires, restrictions);
+            rec.created_by = created_by.map(str::to_owned);
             let bytes = serde_json::to_vec(&rec)?;
             txn.open_table(TOKENS)?.insert(&hash[..], &bytes[..])?;
             txn.open_table(IDS)?.insert(id, &hash[..])?;
@@ -208,6 +214,57 @@ impl Backend for RedbBackend {
         };
         txn.commit()?;
         Ok(Some(done))
+    }
+
+    fn load_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(ACCOUNTS)?;
+        let mut all = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            all.push(serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e.to_string()))?);
+        }
+        Ok(all)
+    }
+
+    fn change_account(
+        &self,
+        change: &AccountChange,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let mut table = txn.open_table(ACCOUNTS)?;
+            let mut all: Vec<AccountRecord> = Vec::new();
+            for row in table.iter()? {
+                let (_, v) = row?;
+                all.push(
+                    serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e.to_string()))?,
+                );
+            }
+            let name = change.name();
+            let current = all.iter().find(|a| a.name == name).cloned();
+            let outcome = accounts::apply(&all, current.as_ref(), change);
+            if let Ok(applied) = &outcome {
+                match &applied.account {
+                    Some(rec) => {
+                        let bytes = serde_json::to_vec(rec)?;
+                        table.insert(name, &bytes[..])?;
+                    }
+                    None => {
+                        table.remove(name)?;
+                    }
+                }
+            }
+            outcome
+        };
+        match outcome {
+            Ok(applied) => {
+                txn.commit()?;
+                Ok(Ok(applied))
+            }
+            // Nothing written: dropping the transaction aborts it.
+            Err(refusal) => Ok(Err(refusal)),
+        }
     }
 
     fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError> {

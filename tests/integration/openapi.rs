@@ -40,6 +40,8 @@ const ADMIN_ROUTES: &[(&str, &[&str])] = &[
     ("/api/refresh-tokens/{id}", &["delete", "patch"]),
     ("/api/refresh-tokens/{id}/rotate", &["post"]),
     ("/api/reload", &["post"]),
+    ("/api/users", &["get", "post"]),
+    ("/api/users/{name}", &["delete", "patch"]),
     ("/metrics", &["get"]),
 ];
 

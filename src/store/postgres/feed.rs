@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls};
 
 use super::schema::FEED_LOCK;
 use super::tls::RustlsMakeTls;
 use super::PgError;
 use crate::restrict::RestrictionSpec;
+use crate::store::accounts::{AccountRecord, Source};
 use crate::store::record::{PreviousSecret, RefreshHash, RefreshRecord};
 
 /// The channel every change is announced on (its payload: the `seq`).
@@ -34,6 +35,10 @@ pub(crate) enum Change {
     Deleted(u64),
     /// A boot was retired, or all of them (`rotate`): the registry says which.
     Retired,
+    /// An account changed: as it is now (`None`: deleted).
+    Account(String, Option<Box<AccountRecord>>),
+    /// A page session ended (a logout): its cookie's fingerprint.
+    Logout([u8; 32]),
 }
 
 /// A handle on the database for the cluster: the pool, the runtime the
@@ -143,9 +148,13 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
         .query(
             "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
                     t.last_used, t.use_count, t.last_ip, t.last_user_agent, \
-                    t.restrictions::text, t.prev_hash, t.prev_until, t.generation \
+                    t.restrictions::text, t.prev_hash, t.prev_until, t.generation, \
+                    t.created_by, c.account, c.session, \
+                    a.name, a.role, a.disabled, a.source, a.password_hash, a.created, \
+                    a.last_login \
              FROM tokengate_changes c LEFT JOIN refresh_tokens t \
                ON c.kind IN ('create', 'update') AND t.id = c.refresh_id \
+             LEFT JOIN tokengate_accounts a ON c.kind = 'account' AND a.name = c.account \
              WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
             &[&seq, &limit],
         )
@@ -175,6 +184,19 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
             },
             ("delete", Some(id)) => Change::Deleted(id),
             ("retire" | "rotate", _) => Change::Retired,
+            ("account", _) => {
+                let Some(name) = row.try_get::<_, Option<String>>(16)? else {
+                    continue;
+                };
+                Change::Account(name, account_at(&row, 18)?.map(Box::new))
+            }
+            ("logout", _) => {
+                let fp: Option<Vec<u8>> = row.try_get(17)?;
+                match fp.and_then(|f| <[u8; 32]>::try_from(f.as_slice()).ok()) {
+                    Some(fp) => Change::Logout(fp),
+                    None => continue,
+                }
+            }
             _ => continue,
         };
         page.changes.push(change);
@@ -202,7 +224,8 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     let rows = client
         .query(
             "SELECT id, hash, name, created, expires, last_used, use_count, last_ip, \
-                    last_user_agent, restrictions::text, prev_hash, prev_until, generation \
+                    last_user_agent, restrictions::text, prev_hash, prev_until, generation, \
+                    created_by \
              FROM refresh_tokens WHERE id = ANY($1)",
             &[&ids],
         )
@@ -220,9 +243,9 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     Ok(out)
 }
 
-/// A token's hash and record from `row`'s columns `at..at + 12` (hash, name,
+/// A token's hash and record from `row`'s columns `at..at + 13` (hash, name,
 /// created, expires, last_used, use_count, last_ip, last_user_agent,
-/// restrictions as text, prev_hash, prev_until, generation);
+/// restrictions as text, prev_hash, prev_until, generation, created_by);
 /// `None` when the hash is absent (a left join found no token) or not 32 bytes.
 pub(super) fn token_at(
     row: &tokio_postgres::Row,
@@ -257,8 +280,60 @@ pub(super) fn token_at(
             let g: i64 = row.try_get(at + 11)?;
             u64::try_from(g).map_err(|_| PgError(format!("token {id}: negative generation")))?
         },
+        created_by: row.try_get(at + 12)?,
     };
     Ok(Some((hash, rec)))
+}
+
+/// Every account.
+pub(crate) async fn all_accounts(
+    client: &impl GenericClient,
+) -> Result<Vec<AccountRecord>, PgError> {
+    let rows = client
+        .query(
+            "SELECT name, role, disabled, source, password_hash, created, last_login \
+             FROM tokengate_accounts",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(a) = account_at(&row, 0)? {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// An account from `row`'s columns `at..at + 7` (name, role, disabled,
+/// source, password_hash, created, last_login); `None` when the name is
+/// absent (a left join found none: deleted).
+pub(crate) fn account_at(
+    row: &tokio_postgres::Row,
+    at: usize,
+) -> Result<Option<AccountRecord>, PgError> {
+    let Some(name) = row.try_get::<_, Option<String>>(at)? else {
+        return Ok(None);
+    };
+    let role: String = row.try_get(at + 1)?;
+    let source: String = row.try_get(at + 3)?;
+    // The table's CHECKs allow only known values; an unknown one stops
+    // here (an error, retried) rather than grant a guessed role.
+    let role = role
+        .parse()
+        .map_err(|e: String| PgError(format!("account {name:?}: {e}")))?;
+    let source = Source::parse(&source)
+        .ok_or_else(|| PgError(format!("account {name:?}: unknown source {source:?}")))?;
+    let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+    Ok(Some(AccountRecord {
+        role,
+        disabled: row.try_get(at + 2)?,
+        source,
+        password_hash: row.try_get(at + 4)?,
+        created: unsigned(row.try_get(at + 5)?).unwrap_or(0),
+        last_login: unsigned(row.try_get(at + 6)?),
+        name,
+    }))
 }
 
 /// The `prev_hash` and `prev_until` columns: a rotated-out secret in its

@@ -40,8 +40,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use subtle::ConstantTimeEq;
 use tokio_postgres::NoTls;
 
+use super::accounts::{self, AccountChange, AccountRecord, Applied, Refusal};
 use super::record::{Edit, RefreshHash, RefreshRecord, UsageDelta, UsageRow};
-use super::{Backend, StoreError};
+use super::{Backend, SessionRow, StoreError};
 use crate::config::{PostgresConfig, SslMode};
 use crate::restrict::RestrictionSpec;
 
@@ -333,6 +334,31 @@ async fn announce(
     Ok(())
 }
 
+/// Records a change to an account (`kind` `account`: read it again) or a
+/// session (`logout`: forget it) and announces it, inside the caller's
+/// transaction (which holds `FEED_LOCK`).
+async fn announce_other(
+    tx: &deadpool_postgres::Transaction<'_>,
+    kind: &str,
+    account: Option<&str>,
+    session: Option<&[u8]>,
+) -> Result<(), PgError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO tokengate_changes (kind, account, session) VALUES ($1, $2, $3) \
+             RETURNING seq",
+            &[&kind, &account, &session],
+        )
+        .await?;
+    let seq: i64 = row.try_get(0)?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&feed::CHANNEL, &seq.to_string()],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Unix seconds as PostgreSQL's bigint; times past year 292 billion are refused.
 fn to_db(v: u64) -> Result<i64, PgError> {
     i64::try_from(v).map_err(|_| PgError(format!("time {v} out of range")))
@@ -358,7 +384,7 @@ impl Backend for PostgresBackend {
                 .prepare_cached(
                     "SELECT id, hash, name, created, expires, last_used, use_count, \
                      last_ip, last_user_agent, restrictions::text, prev_hash, prev_until, \
-                     generation \
+                     generation, created_by \
                      FROM refresh_tokens",
                 )
                 .await?;
@@ -402,6 +428,7 @@ impl Backend for PostgresBackend {
                     row.try_get(12).map_err(|_| bad("generation"))?,
                     "generation",
                 )?,
+                created_by: row.try_get(13).map_err(|_| bad("created_by"))?,
             };
             all.push((hash, rec));
         }
@@ -415,8 +442,10 @@ impl Backend for PostgresBackend {
         created: u64,
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
+        created_by: Option<&str>,
     ) -> Result<RefreshRecord, StoreError> {
         let (h, n) = (hash.to_vec(), name.to_owned());
+        let by = created_by.map(str::to_owned);
         // Sent as text and cast by the server: no JSON feature in the driver.
         let spec = restrictions.map(serde_json::to_string).transpose()?;
         let id: i64 = self.run("creating a refresh token", |pool| async move {
@@ -429,12 +458,13 @@ impl Backend for PostgresBackend {
                 .await?;
             let stmt = tx
                 .prepare_cached(
-                    "INSERT INTO refresh_tokens (hash, name, created, expires, restrictions) \
-                     VALUES ($1, $2, $3, $4, $5::text::jsonb) RETURNING id",
+                    "INSERT INTO refresh_tokens \
+                       (hash, name, created, expires, restrictions, created_by) \
+                     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6) RETURNING id",
                 )
                 .await?;
             let row = tx
-                .query_one(&stmt, &[&h, &n, &created, &expires, &spec])
+                .query_one(&stmt, &[&h, &n, &created, &expires, &spec, &by])
                 .await?;
             let id: i64 = row.try_get(0)?;
             announce(&tx, "create", &[id]).await?;
@@ -442,13 +472,9 @@ impl Backend for PostgresBackend {
             Ok(id)
         })?;
         let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
-        Ok(RefreshRecord::restricted(
-            id,
-            name,
-            created,
-            expires,
-            restrictions,
-        ))
+        let mut rec = RefreshRecord::restricted(id, name, created, expires, restrictions);
+        rec.created_by = created_by.map(str::to_owned);
+        Ok(rec)
     }
 
     fn update(
@@ -472,7 +498,7 @@ impl Backend for PostgresBackend {
                 .query(
                     "SELECT hash, name, created, expires, last_used, use_count, last_ip, \
                             last_user_agent, restrictions::text, prev_hash, prev_until, \
-                            generation \
+                            generation, created_by \
                      FROM refresh_tokens WHERE id = $1",
                     &[&db_id],
                 )
@@ -552,6 +578,176 @@ impl Backend for PostgresBackend {
                 Ok((id, name))
             })
             .collect()
+    }
+
+    fn load_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        self.run("loading accounts", |pool| async move {
+            let client = pool.get().await?;
+            feed::all_accounts(&**client).await
+        })
+    }
+
+    fn change_account(
+        &self,
+        change: &AccountChange,
+    ) -> Result<Result<Applied, Refusal>, StoreError> {
+        let change = change.clone();
+        self.run("changing an account", |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            // Under the feed lock: account writers (on every replica) go one
+            // at a time, so the last-admin rule sees every committed change.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+                .await?;
+            let all = feed::all_accounts(&*tx).await?;
+            let name = change.name().to_owned();
+            let current = all.iter().find(|a| a.name == name).cloned();
+            let applied = match accounts::apply(&all, current.as_ref(), &change) {
+                Ok(a) => a,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            match &applied.account {
+                Some(rec) => {
+                    let created = to_db(rec.created)?;
+                    let last = rec.last_login.map(to_db).transpose()?;
+                    tx.execute(
+                        "INSERT INTO tokengate_accounts \
+                           (name, role, disabled, source, password_hash, created, last_login) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (name) DO UPDATE SET role = $2, disabled = $3, \
+                           source = $4, password_hash = $5, last_login = $7",
+                        &[
+                            &rec.name,
+                            &rec.role.as_str(),
+                            &rec.disabled,
+                            &rec.source.as_str(),
+                            &rec.password_hash,
+                            &created,
+                            &last,
+                        ],
+                    )
+                    .await?;
+                }
+                None => {
+                    tx.execute("DELETE FROM tokengate_accounts WHERE name = $1", &[&name])
+                        .await?;
+                }
+            }
+            if applied.end_sessions {
+                tx.execute(
+                    "DELETE FROM tokengate_sessions WHERE account = $1",
+                    &[&name],
+                )
+                .await?;
+            }
+            announce_other(&tx, "account", Some(&name), None).await?;
+            tx.commit().await?;
+            Ok(Ok(applied))
+        })
+    }
+
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn put_session(&self, session: &SessionRow) -> Result<(), StoreError> {
+        let row = session.clone();
+        self.run("storing a page session", |pool| async move {
+            let client = pool.get().await?;
+            let expires = to_db(row.expires)?;
+            // Only while the account exists and is enabled: a session for
+            // an account disabled a moment ago is never stored.
+            let n = client
+                .execute(
+                    "INSERT INTO tokengate_sessions (fingerprint, account, via, csrf, expires) \
+                     SELECT $1, name, $3, $4, $5 FROM tokengate_accounts \
+                     WHERE name = $2 AND NOT disabled",
+                    &[
+                        &row.fingerprint.as_slice(),
+                        &row.user,
+                        &row.via.as_str(),
+                        &row.csrf,
+                        &expires,
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(PgError(format!(
+                    "the account {:?} is gone or disabled",
+                    row.user
+                )))
+            }
+        })
+    }
+
+    fn get_session(
+        &self,
+        fingerprint: &[u8; 32],
+        now: u64,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        let fp = *fingerprint;
+        self.run("reading a page session", |pool| async move {
+            let client = pool.get().await?;
+            let now = to_db(now)?;
+            let rows = client
+                .query(
+                    "SELECT account, via, csrf, expires FROM tokengate_sessions \
+                     WHERE fingerprint = $1 AND expires > $2",
+                    &[&fp.as_slice(), &now],
+                )
+                .await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            let via: String = row.try_get(1)?;
+            let via = match via.as_str() {
+                "password" => crate::roles::Via::Password,
+                "oidc" => crate::roles::Via::Oidc,
+                "socket" => crate::roles::Via::Socket,
+                _ => return Ok(None),
+            };
+            let expires: i64 = row.try_get(3)?;
+            Ok(Some(SessionRow {
+                fingerprint: fp,
+                user: row.try_get(0)?,
+                via,
+                csrf: row.try_get(2)?,
+                expires: u64::try_from(expires).unwrap_or(0),
+            }))
+        })
+    }
+
+    fn end_session(&self, fingerprint: &[u8; 32]) -> Result<(), StoreError> {
+        let fp = *fingerprint;
+        self.run("ending a page session", |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+                .await?;
+            tx.execute(
+                "DELETE FROM tokengate_sessions WHERE fingerprint = $1",
+                &[&fp.as_slice()],
+            )
+            .await?;
+            announce_other(&tx, "logout", None, Some(fp.as_slice())).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn sweep_sessions(&self, now: u64) -> Result<u64, StoreError> {
+        self.run("sweeping page sessions", |pool| async move {
+            let client = pool.get().await?;
+            let now = to_db(now)?;
+            Ok(client
+                .execute(
+                    "DELETE FROM tokengate_sessions WHERE expires <= $1",
+                    &[&now],
+                )
+                .await?)
+        })
     }
 
     fn read_usage(&self) -> Result<Option<Vec<UsageRow>>, StoreError> {

@@ -110,6 +110,42 @@ const MIGRATIONS: &[Migration] = &[
         sql: "ALTER TABLE refresh_tokens
             ADD COLUMN generation bigint NOT NULL DEFAULT 0 CHECK (generation >= 0);",
     },
+    Migration {
+        version: 6,
+        name: "admin accounts, shared page sessions, who created a token",
+        // Accounts: the bootstrap `admin` row holds no password (it is
+        // configured). Sessions: only the SHA-256 of a cookie is stored,
+        // never the cookie, so a database leak hands out no live session;
+        // they go with their account. The feed's `account` kind names an
+        // account to read again, `logout` a session fingerprint to forget.
+        // `created_by` is NULL for every token made before accounts.
+        sql: "
+        CREATE TABLE tokengate_accounts (
+            name          text PRIMARY KEY CHECK (char_length(name) BETWEEN 1 AND 64),
+            role          text NOT NULL CHECK (role IN ('admin', 'manager', 'creator', 'viewer')),
+            disabled      boolean NOT NULL DEFAULT false,
+            source        text NOT NULL CHECK (source IN ('local', 'oidc')),
+            password_hash text,
+            created       bigint NOT NULL,
+            last_login    bigint
+        );
+        CREATE TABLE tokengate_sessions (
+            fingerprint bytea PRIMARY KEY CHECK (octet_length(fingerprint) = 32),
+            account     text NOT NULL REFERENCES tokengate_accounts (name) ON DELETE CASCADE,
+            via         text NOT NULL CHECK (via IN ('password', 'oidc', 'socket')),
+            csrf        text NOT NULL,
+            expires     bigint NOT NULL
+        );
+        CREATE INDEX tokengate_sessions_account ON tokengate_sessions (account);
+        ALTER TABLE refresh_tokens ADD COLUMN created_by text;
+        ALTER TABLE tokengate_changes
+            ADD COLUMN account text,
+            ADD COLUMN session bytea;
+        ALTER TABLE tokengate_changes DROP CONSTRAINT tokengate_changes_kind_check;
+        ALTER TABLE tokengate_changes ADD CONSTRAINT tokengate_changes_kind_check
+            CHECK (kind IN ('create', 'delete', 'retire', 'rotate', 'update', 'account', 'logout'));
+    ",
+    },
 ];
 
 /// The advisory-lock key that orders change records ("tgfeed" + 1): held
