@@ -35,6 +35,7 @@ pub(super) fn table(rows: &[TokenInfo]) -> String {
         "NAME",
         "STATUS",
         "CREATED",
+        "CREATED BY",
         "EXPIRES",
         "LAST USED",
         "USES",
@@ -54,6 +55,8 @@ pub(super) fn table(rows: &[TokenInfo]) -> String {
                     r.status.clone()
                 },
                 r.created_at.clone(),
+                // Tokens from before accounts existed name nobody.
+                or(&r.created_by, "-"),
                 or(&r.expires_at, "never"),
                 or(&r.last_used_at, "never"),
                 r.use_count.to_string(),
@@ -103,7 +106,7 @@ mod tests {
             name: "a".into(),
             status: "active".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
-            created_by: None,
+            created_by: Some("jo".into()),
             expires_at: None,
             last_used_at: None,
             use_count: 0,
@@ -117,6 +120,10 @@ mod tests {
         assert!(lines[0].starts_with("ID  NAME  STATUS"));
         assert!(lines[1].contains("never"));
         assert!(lines[1].ends_with("full access"), "{t}");
+        assert!(
+            lines[0].contains("CREATED BY") && lines[1].contains(" jo "),
+            "{t}"
+        );
         assert!(table(&[]).contains("No refresh tokens"));
     }
 }

@@ -1,75 +1,17 @@
 //! `tokengate user list|create|edit|delete`: the admin accounts, through
 //! `/api/users` (the admin role only).
 
-use serde::{Deserialize, Serialize};
-
 use super::connect::{answer, call, request_body};
 use super::token_table::columns;
 use super::{prompt, Connection, Failure, UserCommand, EXIT_INVALID};
+use crate::admin::api::{validate_account_name, CreateUser, CreatedUser, EditUser, UserInfo};
 use crate::roles::Role;
 
-/// One row of `GET /api/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct UserInfo {
-    pub name: String,
-    pub role: Role,
-    pub disabled: bool,
-    /// `local` (a password here) or `oidc` (single sign-on).
-    pub source: String,
-    pub created_at: String,
-    pub last_login_at: Option<String>,
-}
-
-/// `POST /api/users`'s answer: the account, and the generated password
-/// when none was sent (shown this once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct CreatedUser {
-    #[serde(flatten)]
-    pub user: UserInfo,
-    #[serde(default)]
-    pub password: Option<String>,
-}
-
-/// `POST /api/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CreateUser {
-    name: String,
-    role: Role,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
-}
-
-/// `PATCH /api/users/{name}`: each field present is changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct EditUser {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    role: Option<Role>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    disabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
-}
-
-/// Longest account name, in characters.
-const MAX_USER_CHARS: usize = 64;
-
-/// An account name as the gateway accepts it: 1 to 64 ASCII letters,
-/// digits and `._-@`. Checked here too because it goes into a URL path
-/// and an HTTP Basic header, where `/`, `?` or `:` would change the
-/// request rather than be refused by it.
+/// An account name as the gateway accepts it, checked here too because it
+/// goes into a URL path and an HTTP Basic header, where `/`, `?` or `:`
+/// would change the request rather than be refused by it.
 pub(super) fn check_name(what: &str, name: &str) -> Result<(), Failure> {
-    let ok = (1..=MAX_USER_CHARS).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure(
-            EXIT_INVALID,
-            format!("{what} {name:?}: an account name is 1 to 64 ASCII letters, digits and ._-@"),
-        ))
-    }
+    validate_account_name(name).map_err(|e| Failure(EXIT_INVALID, format!("{what} {name:?}: {e}")))
 }
 
 pub(super) async fn run(conn: &Connection, cmd: UserCommand) -> Result<(), Failure> {
@@ -222,7 +164,7 @@ fn table(rows: &[UserInfo]) -> String {
             vec![
                 u.name.clone(),
                 u.role.to_string(),
-                u.source.clone(),
+                u.source.as_str().to_owned(),
                 if u.disabled { "disabled" } else { "enabled" }.into(),
                 u.created_at.clone(),
                 u.last_login_at.clone().unwrap_or_else(|| "never".into()),
@@ -256,7 +198,7 @@ mod tests {
             name: "jo@example.org".into(),
             role: Role::Creator,
             disabled: true,
-            source: "oidc".into(),
+            source: crate::admin::api::AccountSource::Oidc,
             created_at: "2026-01-01T00:00:00Z".into(),
             last_login_at: None,
         }];
