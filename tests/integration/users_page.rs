@@ -94,7 +94,8 @@ async fn log_in(browser: &Browser, gw: &TestGateway, user: &str, password: &str)
 async fn shown(browser: &Browser, css: &str) -> bool {
     browser
         .eval(&format!(
-            "const e = document.querySelector(\"{css}\"); return !!e && e.getClientRects().length > 0"
+            "const e = document.querySelector({}); return !!e && e.getClientRects().length > 0",
+            json!(css)
         ))
         .await
         == true
@@ -345,7 +346,7 @@ async fn an_admin_changes_a_role_and_disables_a_user() {
     add_user(&gw, "max", "viewer", pw).await;
     let browser = Browser::start().await;
     log_in(&browser, &gw, "admin", ADMIN_PASSWORD).await;
-    let row_text = "return [...document.querySelectorAll('#user-rows tr')].filter(r => r.dataset.name === 'max').map(r => r.innerText).join('')";
+    let row_text = "return [...document.querySelectorAll('#user-rows tr')].filter(r => r.dataset.name === 'max').map(r => r.textContent).join('')";
 
     // A viewer may not create tokens yet.
     let make = || {
