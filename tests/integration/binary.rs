@@ -268,13 +268,14 @@ fn version_names_the_release_and_the_git_revision() {
 
 /// The subcommands of the man pages and the completions (the generators,
 /// `completions` and `man`, are listed by `--help` but left out of the man pages).
-const SUBCOMMANDS: [&str; 6] = [
+const SUBCOMMANDS: [&str; 7] = [
     "serve",
     "check-config",
     "hash-password",
     "db",
     "cluster",
     "token",
+    "user",
 ];
 
 #[test]
@@ -352,6 +353,7 @@ fn man_pages_cover_the_subcommands() {
         "tokengate-serve.1",
         "tokengate-token-create.1",
         "tokengate-token-delete.1",
+        "tokengate-user-create.1",
         "tokengate-db-migrate.1",
     ] {
         let text = std::fs::read_to_string(dir.path().join(name))
@@ -360,6 +362,8 @@ fn man_pages_cover_the_subcommands() {
     }
     let create = std::fs::read_to_string(dir.path().join("tokengate-token-create.1")).unwrap();
     assert!(create.contains("\\-\\-expires"), "{create}");
+    let user = std::fs::read_to_string(dir.path().join("tokengate-user-create.1")).unwrap();
+    assert!(user.contains("\\-\\-password\\-stdin"), "{user}");
     assert!(!dir.path().join("tokengate-man.1").exists());
     assert!(!dir.path().join("tokengate-completions.1").exists());
 }
