@@ -49,16 +49,10 @@ pub struct Connection {
     /// user (or root) may use it, and no failed login elsewhere locks it.
     #[arg(long, env = "TOKENGATE_ADMIN_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
-    /// The admin account to act as over the admin listener (not over the
-    /// socket, which acts as `admin`).
-    #[arg(
-        long,
-        env = "TOKENGATE_ADMIN_USER",
-        default_value = crate::admin::password::ADMIN_USER,
-        global = true,
-        value_name = "NAME"
-    )]
-    pub user: String,
+    /// The account to act as over the admin listener [default: admin]. The
+    /// socket always acts as `admin`.
+    #[arg(long, env = "TOKENGATE_ADMIN_USER", global = true, value_name = "NAME")]
+    pub user: Option<String>,
     /// The account's password (prefer the environment variable: flags show
     /// up in `ps`). Neither given: asked for on the terminal, without echo.
     #[arg(
@@ -224,6 +218,15 @@ pub enum ClusterCommand {
     Rotate,
 }
 
+impl Connection {
+    /// The account the requests act as over the admin listener.
+    fn user(&self) -> &str {
+        self.user
+            .as_deref()
+            .unwrap_or(crate::admin::password::ADMIN_USER)
+    }
+}
+
 /// `tokengate user …`: the admin accounts (admin role only).
 #[derive(clap::Subcommand, Debug)]
 pub enum UserCommand {
@@ -324,10 +327,22 @@ fn run_cmd(conn: Connection, cmd: Cmd) -> ExitCode {
 /// Checks where the command goes and who it acts as, then runs it.
 async fn execute(mut conn: Connection, cmd: Cmd) -> Result<(), Failure> {
     // Before anything connects: the password would go with the request.
-    if let Target::Url(url) = target(&conn) {
-        check_url(&url)?;
-        users::check_name("--user", &conn.user)?;
-        conn.password = ask_password(&conn)?;
+    match target(&conn) {
+        Target::Url(url) => {
+            check_url(&url)?;
+            users::check_name("--user", conn.user())?;
+            conn.password = ask_password(&conn)?;
+        }
+        // The socket's file permissions are the proof, and they prove the
+        // gateway's own user: it acts as `admin`, whatever was asked.
+        Target::Socket(socket) => {
+            if let Some(user) = &conn.user {
+                eprintln!(
+                    "tokengate: acting as admin over the admin socket {}; --user {user} applies to --url only",
+                    socket.display()
+                );
+            }
+        }
     }
     let conn = &conn;
     match cmd {
@@ -357,7 +372,7 @@ fn ask_password(conn: &Connection) -> Result<Option<String>, Failure> {
         // `call` says what is missing, as before.
         return Ok(None);
     }
-    prompt::password(&format!("Password for {}: ", conn.user))
+    prompt::password(&format!("Password for {}: ", conn.user()))
         .map(Some)
         .map_err(|e| Failure(EXIT_AUTH, e))
 }

@@ -61,7 +61,7 @@ pub(super) async fn call(
         Target::Socket(socket) => call_local(&socket, method, path, body).await?,
         Target::Url(url) => call_tls(conn, &url, method, path, body).await?,
     };
-    answer_bytes(resp, &conn.user).await
+    answer_bytes(resp, conn.user()).await
 }
 
 /// Where the CLI sends its requests.
@@ -183,14 +183,14 @@ async fn call_tls(
                 EXIT_AUTH,
                 format!(
                     "no password for {}: set TOKENGATE_ADMIN_PASSWORD (or pass --password), or run it at a terminal to be asked",
-                    conn.user
+                    conn.user()
                 ),
             )
         })?;
     let client = client(conn)?;
     let url = format!("{}{}", base.trim_end_matches('/'), path);
     let auth =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", conn.user));
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", conn.user()));
     let req = request(method, &url)
         .header("authorization", format!("Basic {auth}"))
         .body(Full::new(Bytes::from(body.unwrap_or_default())))

@@ -343,6 +343,22 @@ async fn the_user_option_with_a_manager_and_a_viewer() {
             o.stderr
         );
     }
+    // The socket acts as admin whoever is named, and says so: its file
+    // permissions prove the gateway's own user, not an account.
+    let sock = gw.data_dir().join("admin.sock").display().to_string();
+    let mut c = tokio::process::Command::new(BIN);
+    c.args(["user", "list", "--socket", &sock, "--user", "vic"])
+        .env_clear()
+        .current_dir(std::env::temp_dir());
+    let o = c.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("acting as admin over the admin socket"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("vic"));
+
     // A name that is not one is refused before anything is sent.
     let o = as_user(&gw, "vic:x", vpw, &["token", "list"], "").await;
     assert_eq!(o.code, EXIT_INVALID, "{}", o.stderr);
