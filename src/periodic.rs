@@ -31,6 +31,7 @@ pub(crate) async fn run(
                     let now = st.view.clock.now();
                     admin.sessions.sweep(now);
                     admin.throttle.sweep(now);
+                    admin.account_throttle.sweep(now);
                     st.authority.sweep(now);
                     // Shared page sessions (PostgreSQL): the expired rows.
                     if st.view.store.shares_sessions() {

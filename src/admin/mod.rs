@@ -303,6 +303,11 @@ fn too_many(wait: Duration, whose: &str) -> Reply {
     )
 }
 
+fn locked_text(wait: Duration) -> String {
+    let secs = wait.as_secs().max(1);
+    format!("too many failed logins for this account; try again in {secs} s")
+}
+
 fn bad(text: impl AsRef<str>) -> Reply {
     error(StatusCode::BAD_REQUEST, "invalid_request", text.as_ref())
 }
@@ -362,6 +367,7 @@ impl AdminHandler {
                 Ok(Principal { who, csrf: None })
             }
             Err(Refused::Throttled(r)) => Err(r),
+            Err(Refused::AccountLocked(wait)) => Err(unauthorized(req, &locked_text(wait))),
             Err(Refused::Wrong) => Err(unauthorized(req, "wrong user name or password")),
         }
     }
@@ -446,7 +452,7 @@ impl AdminHandler {
             Err(wait) => {
                 // Not this client's failure: nothing was checked.
                 client.cancel();
-                return Err(Refused::Throttled(too_many(wait, "for this account")));
+                return Err(Refused::AccountLocked(wait));
             }
         };
         let account = self.state.view.store.account(user);
@@ -597,6 +603,9 @@ impl AdminHandler {
         {
             Ok(who) => who,
             Err(Refused::Throttled(r)) => return r,
+            Err(Refused::AccountLocked(wait)) => {
+                return error(StatusCode::UNAUTHORIZED, "unauthorized", &locked_text(wait))
+            }
             Err(Refused::Wrong) => {
                 return error(
                     StatusCode::UNAUTHORIZED,
@@ -649,8 +658,13 @@ impl AdminHandler {
 
 /// Why a password check let nobody in.
 enum Refused {
-    /// Too many failures from this client or for this account: the 429.
+    /// Too many failures from this client: the 429.
     Throttled(Reply),
+    /// Too many failures for this account name, from any client: a 401
+    /// saying so. Not a 429: the client did nothing wrong itself, and an
+    /// unknown name locks out exactly like an account, so the answer tells
+    /// no one which names exist.
+    AccountLocked(Duration),
     /// A wrong name or password, or a disabled account.
     Wrong,
 }

@@ -842,6 +842,42 @@ mod tests {
     }
 
     #[test]
+    fn accounts_survive_reopen_and_keep_their_rules() {
+        use crate::roles::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let s = RefreshStore::open(&path).unwrap();
+            assert_eq!(s.account(BOOTSTRAP).unwrap().role, Role::Admin);
+            let bob = AccountRecord {
+                name: "bob".into(),
+                role: Role::Creator,
+                disabled: false,
+                source: Source::Local,
+                password_hash: Some("$argon2id$x".into()),
+                created: 5,
+                last_login: None,
+            };
+            let made = s.change_account(&AccountChange::Create(bob.clone()));
+            assert!(made.unwrap().is_ok());
+            let again = s.change_account(&AccountChange::Create(bob)).unwrap();
+            assert_eq!(again.unwrap_err(), Refusal::Exists("bob".into()));
+            let t = s
+                .create_by(hash(1), "t", 1, None, None, Some("bob"))
+                .unwrap();
+            assert_eq!(t.created_by.as_deref(), Some("bob"));
+        }
+        let s = RefreshStore::open(&path).unwrap();
+        let names: Vec<String> = s.accounts().iter().map(|a| a.name.clone()).collect();
+        assert_eq!(names, ["admin", "bob"]);
+        assert_eq!(s.account("bob").unwrap().role, Role::Creator);
+        assert_eq!(s.get(1).unwrap().created_by.as_deref(), Some("bob"));
+        let gone = s.change_account(&AccountChange::Delete("bob".into()));
+        assert!(gone.unwrap().unwrap().end_sessions);
+        assert!(s.account("bob").is_none());
+    }
+
+    #[test]
     fn a_second_open_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");

@@ -851,6 +851,40 @@ on_both_backends!(
     audit_lines_name_the_person,
 );
 
+/// Guesses at one account from many addresses are slowed down for that
+/// account (a 401 saying so), while the addresses themselves and other
+/// accounts are unaffected. The account `admin` here has a plain configured
+/// password (no argon2 per guess), so the guesses take milliseconds and the
+/// one-second wait is still running when the right password comes.
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account_too() {
+    let s = gateway(Kind::Redb).await;
+    add_user(&s.gw.client, "eve", "viewer", PW).await;
+    // Five wrong guesses, each from an address of its own.
+    for i in 0..5 {
+        let c = s.gw.client_from(&format!("127.0.1.{}", i + 1));
+        let r = call_as(&c, "admin", "wrong guess", "GET", "/api/session", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        assert!(r.text().contains("wrong user name or password"));
+    }
+    // A sixth address, with the right password: the account must wait.
+    let fresh = s.gw.client_from("127.0.1.9");
+    let r = call_as(&fresh, "admin", ADMIN_PASSWORD, "GET", "/api/session", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert!(
+        r.text().contains("too many failed logins for this account"),
+        "{}",
+        r.text()
+    );
+    // Another account from the same address is not held back.
+    let r = call_as(&fresh, "eve", PW, "GET", "/api/session", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Once the wait has passed, the right password works again.
+    s.gw.clock.advance(Duration::from_secs(2));
+    let r = call_as(&fresh, "admin", ADMIN_PASSWORD, "GET", "/api/session", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
 async fn status_of(r: &Replica, session: &(String, String)) -> StatusCode {
     with_session(r.client(), session, "GET", "/api/session", None)
         .await
