@@ -235,11 +235,11 @@ async fn answer_bytes(
     };
     match status {
         200..=299 => Ok(bytes),
-        // The same words whether the name or the password was wrong: the
-        // gateway does not say which either.
+        // The gateway's words: the same whether the name or the password
+        // was wrong, or that the account is locked for a while.
         401 => Err(Failure(
             EXIT_AUTH,
-            format!("wrong user name or password (user {user})"),
+            format!("{} (user {user})", describe("wrong user name or password")),
         )),
         // The account's role may not do this; the API names the role needed.
         403 => Err(Failure(

@@ -19,7 +19,14 @@ const may = (what) => MAY[what].has(state.role);
 // ---- talking to the API -------------------------------------------------
 
 class ApiError extends Error {
-  constructor(status, message, code) { super(message); this.status = status; this.code = code; }
+  constructor(status, message, code, description) {
+    super(message); this.status = status; this.code = code; this.description = description;
+  }
+}
+
+// The API's lower-case description as a sentence.
+function sentence(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1) + (text.endsWith(".") ? "" : ".");
 }
 
 function friendly(status, body) {
@@ -49,7 +56,7 @@ async function api(method, path, body) {
   let data = null;
   const text = await res.text();
   if (text) { try { data = JSON.parse(text); } catch (e) { data = null; } }
-  if (!res.ok) throw new ApiError(res.status, friendly(res.status, data), data && data.error);
+  if (!res.ok) throw new ApiError(res.status, friendly(res.status, data), data && data.error, data && data.error_description);
   return data;
 }
 
@@ -289,7 +296,9 @@ async function login(ev) {
     await showTokens();
     (may("write") ? $("create-open") : $("tokens-title")).focus();
   } catch (e) {
-    showAlert(e.status === 401 ? "Wrong user name or password." : e.message);
+    // A refused login says why in the gateway's words: a wrong name or
+    // password (never which), or an account locked for a while.
+    showAlert(e.status === 401 ? sentence(e.description || "wrong user name or password") : e.message);
     $("password").select();
   } finally {
     $("login-button").disabled = false;
