@@ -27,6 +27,8 @@ mod checked;
 mod origin;
 pub(crate) mod password;
 mod session;
+mod sso;
+mod sso_session;
 mod tokens;
 mod ui;
 
@@ -87,6 +89,8 @@ pub(crate) struct AdminHandler {
     pub(crate) public: Load,
     /// `POST /api/reload`.
     pub(crate) reloader: Arc<crate::reload::Reloader>,
+    /// Single sign-on (`[admin.oidc]`), if configured.
+    pub(crate) sso: Option<Arc<crate::sso::Sso>>,
 }
 
 impl Handler for AdminHandler {
@@ -139,6 +143,11 @@ impl AdminHandler {
                 Method::GET | Method::HEAD => r,
                 _ => method_not_allowed("GET, HEAD"),
             };
+        }
+        // Single sign-on's endpoints: before any login, a top-level
+        // navigation from the identity provider.
+        if let Some(r) = self.sso_route(peer, &req).await {
+            return r;
         }
         // Before the login and any credential check: a request another
         // site's page made costs no password hash and no throttle count.
