@@ -154,7 +154,7 @@ fn page(f: &Failure) -> Reply {
          h1{{font-size:1.4rem}}p.why{{background:#fbeaea;border-left:4px solid #b00;padding:.75rem}}</style></head>\
          <body><main><h1 id=\"sso-refused\">{title}</h1><p class=\"why\" id=\"sso-reason\">{}</p>\
          <p><a href=\"/\">Back to the sign-in page</a></p></main></body></html>\n",
-        escape(&f.message())
+        escape(&sentence(&f.message()))
     );
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -171,6 +171,15 @@ fn page(f: &Failure) -> Reply {
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     r
+}
+
+/// A message as a sentence on its own: its first letter capital.
+fn sentence(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 /// Text into HTML: the message may quote what the provider sent.

@@ -19,7 +19,7 @@ pub(crate) enum IdentityError {
     BadUsername { claim: String },
     #[error("the identity provider says the e-mail address is not verified")]
     EmailUnverified,
-    #[error("{user} has no role here: none of their \"{claim}\" values is mapped to a role, and no default role is set")]
+    #[error("there is no role here for {user}: none of their \"{claim}\" values is mapped to a role, and no default role is set")]
     NoRole { user: String, claim: String },
 }
 

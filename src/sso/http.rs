@@ -49,7 +49,9 @@ impl ProviderHttp {
             Some(path) => Trust::CaFile(path),
             None => Trust::System { also: None },
         };
-        let tls = client_config(trust, &[b"http/1.1"])?;
+        // No ALPN here: the connector sets it (`enable_http1`), and panics
+        // when the configuration already has one.
+        let tls = client_config(trust, &[])?;
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.enforce_http(false);
