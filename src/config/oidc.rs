@@ -244,7 +244,7 @@ mod tests {
             "{BASE}roles = {{ \"dba-team\" = \"manager\", ops = \"admin\" }}\ndefault_role = \"viewer\"\n"
         ))
         .unwrap();
-        let o = c.admin.oidc.unwrap();
+        let o = c.admin.oidc.clone().unwrap();
         assert_eq!(o.display_name, "idp.example.com");
         assert_eq!(o.scopes, ["email", "profile"]);
         assert_eq!(o.username_claim, "email");

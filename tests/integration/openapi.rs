@@ -41,6 +41,9 @@ const ADMIN_ROUTES: &[(&str, &[&str])] = &[
     ("/api/refresh-tokens/{id}/rotate", &["post"]),
     ("/api/reload", &["post"]),
     ("/metrics", &["get"]),
+    ("/auth/oidc/info", &["get"]),
+    ("/auth/oidc/login", &["get"]),
+    ("/auth/oidc/callback", &["get"]),
 ];
 
 /// The public listener's own routes (src/public/mod.rs); everything else
