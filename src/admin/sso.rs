@@ -76,16 +76,20 @@ impl AdminHandler {
     fn sso_login(&self, peer: SocketAddr, sso: &Sso, req: &Request<Incoming>) -> Reply {
         match sso.begin(request_host(req).as_deref()) {
             Ok((location, cookie)) => {
+                let (Ok(location), Ok(cookie)) = (
+                    HeaderValue::from_str(&location),
+                    HeaderValue::from_str(&sso::set_cookie(&cookie)),
+                ) else {
+                    // A URL and a base64url value: always valid header text.
+                    return page(&Failure::Unreachable(
+                        "the provider's authorization URL is not a valid address".into(),
+                    ));
+                };
                 let mut r = Response::new(full(""));
                 *r.status_mut() = StatusCode::SEE_OTHER;
                 let h = r.headers_mut();
-                if let (Ok(l), Ok(c)) = (
-                    HeaderValue::from_str(&location),
-                    HeaderValue::from_str(&sso::set_cookie(&cookie)),
-                ) {
-                    h.insert(LOCATION, l);
-                    h.insert(SET_COOKIE, c);
-                }
+                h.insert(LOCATION, location);
+                h.insert(SET_COOKIE, cookie);
                 h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 r
             }
@@ -98,13 +102,25 @@ impl AdminHandler {
 
     async fn sso_callback(&self, peer: SocketAddr, sso: &Sso, req: &Request<Incoming>) -> Reply {
         let cookie = sso::cookie_value(req.headers());
-        let outcome = sso.finish(req.uri().query(), cookie.as_deref()).await;
+        // Callbacks anyone can make up in bulk (no sign-in at the provider
+        // behind them) count with failed password logins, per client: each
+        // writes an audit line and may cost a request to the provider.
+        let ip = peer.ip();
+        let outcome = match self.auth.throttle.check(ip, self.state.view.clock.now()) {
+            Ok(()) => sso.finish(req.uri().query(), cookie.as_deref()).await,
+            Err(wait) => Err(Failure::Throttled(wait.as_secs().max(1))),
+        };
         let mut r = match outcome {
             Ok(who) => {
                 tracing::info!(%peer, user = %who.user, role = %who.role, "signed in with single sign-on");
                 self.sso_signed_in(peer, &who.user, who.role)
             }
+            Err(f @ Failure::Throttled(_)) => page(&f),
             Err(f) => {
+                if f.made_up() {
+                    // Counted as one failed attempt (begun, never succeeded).
+                    drop(self.auth.throttle.begin(ip, self.state.view.clock.now()));
+                }
                 let reason = format!("oidc: {}", f.message());
                 tracing::info!(%peer, reason = %reason, "single sign-on refused");
                 self.state.view.audit.record(&Event {

@@ -93,6 +93,8 @@ pub enum SsoSetupError {
 pub(crate) enum Failure {
     /// Discovery has not succeeded yet (the provider is down or unreachable).
     NotReady,
+    /// Too many failed sign-ins from this client: wait this many seconds.
+    Throttled(u64),
     /// The request's `Host` cannot make a redirect URL.
     BadHost,
     Flow(FlowError),
@@ -122,6 +124,7 @@ impl Failure {
     pub(crate) fn status(&self) -> u16 {
         match self {
             Failure::NotReady => 503,
+            Failure::Throttled(_) => 429,
             Failure::Unreachable(_) | Failure::NoIdToken => 502,
             Failure::BadHost | Failure::Flow(_) | Failure::State | Failure::NoCode => 400,
             Failure::Provider { .. }
@@ -135,6 +138,7 @@ impl Failure {
     pub(crate) fn message(&self) -> String {
         match self {
             Failure::NotReady => "single sign-on is not available yet: the identity provider has not answered the gateway (it keeps trying); sign in with a password meanwhile".into(),
+            Failure::Throttled(secs) => format!("too many failed sign-ins from this address; try again in {secs} s"),
             Failure::BadHost => "the request's Host header cannot form the sign-in's return address; open the page by its usual address".into(),
             Failure::Flow(e) => format!("{e}; start the sign-in again"),
             Failure::State => "the sign-in's state does not match the one this browser started; start the sign-in again".into(),
@@ -151,6 +155,17 @@ impl Failure {
             Failure::IdToken(e) => format!("the ID token was refused: {e}"),
             Failure::Identity(e) => e.to_string(),
         }
+    }
+
+    /// Whether anyone could have sent this callback without signing in at
+    /// the provider (no cookie, a made-up state, code or error): such
+    /// failures are throttled like wrong passwords. An ID token that fails
+    /// a check, or a person without a role, came from a real sign-in.
+    pub(crate) fn made_up(&self) -> bool {
+        !matches!(
+            self,
+            Failure::IdToken(_) | Failure::Identity(_) | Failure::NoIdToken | Failure::NotReady
+        )
     }
 
     /// The account, when the failure came after the person was identified.
@@ -216,7 +231,11 @@ impl Sso {
     pub(crate) async fn discover(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut wait = DISCOVERY_RETRY_MIN;
         loop {
-            match self.discover_once().await {
+            let outcome = tokio::select! {
+                r = self.discover_once() => r,
+                _ = stop.changed() => return,
+            };
+            match outcome {
                 Ok(()) => {
                     tracing::info!(issuer = %self.config.issuer, "single sign-on ready: the identity provider's configuration and keys are loaded");
                     return;
@@ -344,7 +363,14 @@ impl Sso {
                 openidconnect::RequestTokenError::ServerResponse(r) => {
                     Failure::TokenRefused(clip(&r.to_string()))
                 }
-                other => Failure::Unreachable(clip(&describe(&other))),
+                openidconnect::RequestTokenError::Request(e) => {
+                    Failure::Unreachable(clip(&describe(&e)))
+                }
+                // No detail: the answer it could not read may hold tokens.
+                openidconnect::RequestTokenError::Parse(..) => Failure::Unreachable(
+                    "its answer to the token request is not a token response".into(),
+                ),
+                openidconnect::RequestTokenError::Other(e) => Failure::Unreachable(clip(&e)),
             })?;
         let id_token = tokens.id_token().ok_or(Failure::NoIdToken)?;
         let nonce = Nonce::new(flow.nonce);

@@ -363,6 +363,20 @@ async fn the_gateway_starts_and_passwords_work_while_the_provider_is_down() {
         .iter()
         .any(|l| l["event"] == "admin.login_failed"
             && l["reason"].as_str().unwrap_or_default().starts_with("oidc")));
+    // Made-up callbacks count as failed logins: a flood of them is slowed down.
+    let mut throttled = None;
+    for _ in 0..10 {
+        let r = gw
+            .client
+            .admin_get_anonymous("/auth/oidc/callback?code=stolen&state=guessed")
+            .await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            throttled = Some(r.text());
+            break;
+        }
+    }
+    let page = throttled.expect("callbacks without a sign-in are throttled");
+    assert!(page.contains("Too many failed sign-ins"), "{page}");
 }
 
 #[tokio::test]
