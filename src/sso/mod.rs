@@ -108,6 +108,8 @@ pub(crate) enum Failure {
         error: String,
         description: String,
     },
+    /// The callback names another issuer (`iss`, RFC 9207).
+    ForeignIssuer,
     /// The provider could not be reached or its answer not understood.
     Unreachable(String),
     /// The token endpoint refused the code.
@@ -128,6 +130,7 @@ impl Failure {
             Failure::Unreachable(_) | Failure::NoIdToken => 502,
             Failure::BadHost | Failure::Flow(_) | Failure::State | Failure::NoCode => 400,
             Failure::Provider { .. }
+            | Failure::ForeignIssuer
             | Failure::TokenRefused(_)
             | Failure::IdToken(_)
             | Failure::Identity(_) => 403,
@@ -149,6 +152,7 @@ impl Failure {
             Failure::Provider { error, description } => {
                 format!("the identity provider refused the sign-in ({error}: {description})")
             }
+            Failure::ForeignIssuer => "the answer comes from another identity provider (its iss is not the configured issuer)".into(),
             Failure::Unreachable(e) => format!("the identity provider could not be reached: {e}"),
             Failure::TokenRefused(e) => format!("the identity provider did not accept the sign-in's code: {e}"),
             Failure::NoIdToken => "the identity provider's answer holds no ID token".into(),
@@ -347,9 +351,7 @@ impl Sso {
         // RFC 9207: a provider that names itself must be ours (a mix-up
         // between providers otherwise sends one's code to the other).
         if iss.is_some_and(|i| i != self.config.issuer) {
-            return Err(Failure::IdToken(
-                "the answer names another issuer (iss)".into(),
-            ));
+            return Err(Failure::ForeignIssuer);
         }
         let meta = self.provider.load_full().ok_or(Failure::NotReady)?;
         let client = self.client(&meta, &flow.redirect)?;
