@@ -38,6 +38,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error(transparent)]
+    Sso(#[from] crate::sso::SsoSetupError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -111,7 +113,7 @@ impl Gateway {
         let reload_on_sighup = opts.reload_on_sighup;
         // 3. Secret, admin credential, store and audit log: blocking work
         //    (files, redb, maybe an argon2 hash), kept off the async workers.
-        let (state, auth) = tokio::task::spawn_blocking(move || build(config, opts)).await??;
+        let (state, auth, sso) = tokio::task::spawn_blocking(move || build(config, opts)).await??;
         let (state, auth) = (Arc::new(state), Arc::new(auth));
         let reloader = Arc::new(Reloader::new(
             state.clone(),
@@ -142,6 +144,7 @@ impl Gateway {
                 local,
                 public: workers.load.clone(),
                 reloader: reloader.clone(),
+                sso: sso.clone(),
             })
         };
         let admin_limits = &state.startup_config.admin.limits;
@@ -187,6 +190,9 @@ impl Gateway {
             cluster.spawn(Arc::new(follower), rx.clone());
         }
         tasks.push(tokio::spawn(reloader.clone().watch_files(rx.clone())));
+        if let Some(sso) = sso {
+            tasks.push(tokio::spawn(sso.discover(rx.clone())));
+        }
         if reload_on_sighup {
             let on_sighup = crate::reload::on_sighup(reloader.clone(), rx.clone());
             tasks.push(tokio::spawn(on_sighup));
@@ -388,7 +394,9 @@ impl crate::cluster::Replica for Follower {
 }
 
 /// The blocking start-up steps, in order.
-fn build(config: Config, opts: StartOptions) -> Result<(State, AdminAuth), StartError> {
+type Built = (State, AdminAuth, Option<Arc<crate::sso::Sso>>);
+
+fn build(config: Config, opts: StartOptions) -> Result<Built, StartError> {
     let dir = data_dir(&config.storage.path);
     // a. The data directory (admin hash and socket live there, whichever
     //    backend and wherever storage.secret_file points): created 0700 if
@@ -411,7 +419,9 @@ fn build(config: Config, opts: StartOptions) -> Result<(State, AdminAuth), Start
         &secret,
         config.admin.session_ttl,
     );
-    // c. Refresh tokens, the boot nonce, the audit log.
+    // c. Single sign-on's client (its flow cookie keyed from the secret).
+    let sso = crate::sso::Sso::build(config.admin.oidc.as_ref(), &secret, opts.clock.clone())?;
+    // d. Refresh tokens, the boot nonce, the audit log.
     let state = State::build(config, opts.clock, &secret)?;
-    Ok((state, auth))
+    Ok((state, auth, sso))
 }

@@ -20,7 +20,7 @@
 //! | 6 | `state` | what the listeners share, built at start-up |
 //! | 7 | `server` | the connection driver, generic over a listener's handler: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers |
 //! | 8 | `authority`, `lifecycle` | the HTTP-free authentication core (the bearer check and the exchange as typed verdicts: throttling, cluster catch-up, validation, restrictions); the token lifecycle (create, edit, rotate, delete with revoke, other replicas' changes), each with its audit line |
-//! | 9 | `cluster`, `proxy`, `identify` | replicas sharing PostgreSQL; the upstream servers, their health, per-worker pools and header rewriting; who the client is (TCP peer, trusted PROXY header or `X-Forwarded-For`), decided in one place |
+//! | 9 | `cluster`, `proxy`, `identify`, `sso` | replicas sharing PostgreSQL; the upstream servers, their health, per-worker pools and header rewriting; who the client is (TCP peer, trusted PROXY header or `X-Forwarded-For`), decided in one place; single sign-on, an OpenID Connect client of the identity provider |
 //! | 10 | `tokens`, `throttle` | token formats, the live access-token map, the exchange; per-client limits on failed authentication |
 //! | 11 | `store` | refresh tokens, durable in a backend and mirrored in memory |
 //! | 12 | `restrict` | what a refresh token may do (scopes, networks, rate), parsed and compiled |
@@ -55,6 +55,7 @@ pub mod roles;
 mod secrets;
 mod server;
 mod shutdown;
+mod sso;
 mod state;
 mod store;
 mod throttle;

@@ -4,7 +4,8 @@
 # postgres backend's tests, systemd-analyze and shellcheck for the deploy and
 # example-client tests, promtool for the metrics tests, the web servers the
 # path-confusion tests put behind the gateway (nginx, apache2, caddy,
-# tomcat10, lighttpd; node), and the tests' Python packages (the attack
+# tomcat10, lighttpd; node), the test identity provider (tests/oidc, npm ci),
+# and the tests' Python packages (the attack
 # clients, requests, schemathesis) in a virtual environment of their own,
 # target/test-venv; then runs the whole suite. Arguments go to `cargo test`.
 set -euo pipefail
@@ -97,6 +98,26 @@ if [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/apache2 ] || ! command -v caddy 
     done
     if [ "$installed" -ne 0 ]; then
         echo "tests/run.sh: ERROR: could not install ${packages[*]}" >&2
+        exit 1
+    fi
+fi
+
+# tests/integration/oidc.rs signs in against a real OpenID provider: panva's
+# oidc-provider under Node, installed from tests/oidc/package-lock.json (the
+# npm registry) into tests/oidc/node_modules, again whenever the lock file is
+# newer than the install. Debian ships npm apart from nodejs.
+if ! command -v npm >/dev/null 2>&1; then
+    echo "tests/run.sh: installing npm for the test identity provider (tests/oidc)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y npm
+fi
+if [ ! -d tests/oidc/node_modules/oidc-provider ] \
+    || [ tests/oidc/package-lock.json -nt tests/oidc/node_modules/.package-lock.json ]; then
+    echo "tests/run.sh: installing the test identity provider into tests/oidc/node_modules (npm ci)"
+    if ! npm ci --prefix tests/oidc --no-audit --no-fund; then
+        echo "tests/run.sh: ERROR: npm ci in tests/oidc failed" >&2
         exit 1
     fi
 fi

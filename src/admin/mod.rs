@@ -37,6 +37,7 @@ mod origin;
 pub(crate) mod password;
 mod permissions;
 pub(crate) mod session;
+mod sso;
 mod tokens;
 mod ui;
 
@@ -97,6 +98,8 @@ pub(crate) struct AdminHandler {
     pub(crate) public: Load,
     /// `POST /api/reload`.
     pub(crate) reloader: Arc<crate::reload::Reloader>,
+    /// Single sign-on (`[admin.oidc]`), if configured.
+    pub(crate) sso: Option<Arc<crate::sso::Sso>>,
 }
 
 impl Handler for AdminHandler {
@@ -149,6 +152,11 @@ impl AdminHandler {
                 Method::GET | Method::HEAD => r,
                 _ => method_not_allowed("GET, HEAD"),
             };
+        }
+        // Single sign-on's endpoints: before any login, a top-level
+        // navigation from the identity provider.
+        if let Some(r) = self.sso_route(peer, &req).await {
+            return r;
         }
         // Before the login and any credential check: a request another
         // site's page made costs no password hash and no throttle count.

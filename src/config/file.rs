@@ -252,6 +252,80 @@ pub struct AdminSection {
     pub send_timeout: HumanDuration,
     /// `""`: `<data dir>/admin.sock`; `"off"`: none; otherwise a path.
     pub socket: String,
+    /// `[admin.oidc]`: single sign-on for the page (off while `issuer` is empty).
+    pub oidc: OidcSection,
+}
+
+/// `[admin.oidc]`: the page's single sign-on with an OpenID Connect provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcSection {
+    /// The provider's issuer URL (discovery reads
+    /// `<issuer>/.well-known/openid-configuration`); empty: sign-on off.
+    pub issuer: String,
+    pub client_id: String,
+    /// A file holding the client secret (mode 0600 or stricter).
+    pub client_secret_file: Option<PathBuf>,
+    /// The CA certificates (PEM) the issuer's certificate is checked
+    /// against; unset: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Space-separated; must include `openid`.
+    pub scopes: String,
+    /// Empty: `https://<the request's Host>/auth/oidc/callback`.
+    pub redirect_url: String,
+    /// The button's text: "Sign in with {display_name}"; empty: the
+    /// issuer's host name.
+    pub display_name: String,
+    pub username_claim: String,
+    pub role_claim: String,
+    /// A claim value (e.g. a group) → a role.
+    pub roles: BTreeMap<String, String>,
+    /// The role of a person none of whose claim values is mapped; empty:
+    /// such a person is refused.
+    pub default_role: String,
+    /// `TOKENGATE_ADMIN__OIDC__CLIENT_SECRET`, read by `Config::load`
+    /// itself: never from the file, never listed, never serialised.
+    #[serde(skip)]
+    pub client_secret: Option<ClientSecret>,
+}
+
+impl Default for OidcSection {
+    fn default() -> Self {
+        OidcSection {
+            issuer: String::new(),
+            client_id: String::new(),
+            client_secret_file: None,
+            ca_file: None,
+            scopes: "openid email profile".into(),
+            redirect_url: String::new(),
+            display_name: String::new(),
+            username_claim: "email".into(),
+            role_claim: "groups".into(),
+            roles: BTreeMap::new(),
+            default_role: String::new(),
+            client_secret: None,
+        }
+    }
+}
+
+/// The OpenID client secret: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(String);
+
+impl ClientSecret {
+    pub fn new(s: String) -> ClientSecret {
+        ClientSecret(s)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret(hidden)")
+    }
 }
 
 impl Default for AdminSection {
@@ -275,6 +349,7 @@ impl Default for AdminSection {
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             send_timeout: HumanDuration(Duration::from_secs(60)),
             socket: String::new(),
+            oidc: OidcSection::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - `storage`: the `[storage]` section (backend, server secret, PostgreSQL)
 //!   and the data directory.
 //! - `upstream`: the `[upstream]` section (servers, base path, headers, health).
+//! - `oidc`: the `[admin.oidc]` section (single sign-on), its client secret read.
 //! - `summary`: the effective settings for `check-config`, secrets masked.
 //! - `check`: the checks of single values every section shares.
 //! - `mask`: database URLs with their passwords hidden.
@@ -20,7 +21,7 @@
 //! | row | files |
 //! |---|---|
 //! | 1 | `validate` |
-//! | 2 | `storage`, `upstream`, `summary` |
+//! | 2 | `storage`, `upstream`, `summary`, `oidc` |
 //! | 3 | `check` |
 //! | 4 | `file` |
 //! | 5 | `mask`, `error` |
@@ -29,6 +30,7 @@ mod check;
 mod error;
 mod file;
 mod mask;
+mod oidc;
 mod storage;
 mod summary;
 mod upstream;
@@ -37,6 +39,7 @@ mod validate;
 pub use error::ConfigError;
 pub use file::*;
 pub use mask::mask_url;
+pub use oidc::{OidcConfig, CLIENT_SECRET_ENV};
 pub use storage::{data_dir, PostgresConfig, SslMode, StorageBackend, StorageConfig};
 pub use upstream::base_path;
 
@@ -60,6 +63,8 @@ pub const DEFAULT_KEY_PATH: &str = "certs/tokengate.key";
 /// keys. Every other `TOKENGATE_…` variable must name a key, so a typo fails loudly.
 const NON_CONFIG_ENV: &[&str] = &[
     "ADMIN_PASSWORD",
+    // Read by `Config::load` itself (see `OidcSection::client_secret`).
+    "ADMIN__OIDC__CLIENT_SECRET",
     "ADMIN_URL",
     "ADMIN_SOCKET",
     "CONFIG",
@@ -147,6 +152,8 @@ pub struct AdminConfig {
     pub limits: ListenerLimits,
     /// The admin API's Unix socket, if any.
     pub socket: Option<PathBuf>,
+    /// `[admin.oidc]`: single sign-on for the page, if configured.
+    pub oidc: Option<OidcConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -299,7 +306,8 @@ impl Config {
                 .ignore(NON_CONFIG_ENV)
                 .split("__"),
         );
-        let file: FileConfig = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let mut file: FileConfig = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        file.admin.oidc.client_secret = env(CLIENT_SECRET_ENV).map(ClientSecret::new);
         file.validate()
     }
 

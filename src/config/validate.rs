@@ -19,7 +19,11 @@ impl FileConfig {
         let shutdown_grace = self.public.shutdown_grace.0;
         let public = public(self.public, shutdown_grace)?;
         hops(&public)?;
-        let admin = admin(self.admin, &self.storage.path, shutdown_grace)?;
+        let mut admin = admin(self.admin.clone(), &self.storage.path, shutdown_grace)?;
+        // Single sign-on: `display_name` may be filled in (shown by check-config).
+        let mut oidc_section = self.admin.oidc;
+        admin.oidc = super::oidc::validate(&mut oidc_section)?;
+        source.admin.oidc.display_name = oidc_section.display_name;
         let upstream = super::upstream::validate(self.upstream)?;
         let tls = tls(self.tls)?;
         let tokens = tokens(&self.tokens)?;
@@ -135,6 +139,8 @@ fn admin(
             p => Some(std::path::PathBuf::from(p)),
         },
         password_hash: a.password_hash,
+        // Checked by `super::oidc::validate`, which needs the section mutably.
+        oidc: None,
     })
 }
 

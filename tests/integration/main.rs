@@ -44,6 +44,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod oidc;
 mod openapi;
 mod path_confusion;
 mod proxy;

@@ -43,6 +43,9 @@ const ADMIN_ROUTES: &[(&str, &[&str])] = &[
     ("/api/users", &["get", "post"]),
     ("/api/users/{name}", &["delete", "patch"]),
     ("/metrics", &["get"]),
+    ("/auth/oidc/info", &["get"]),
+    ("/auth/oidc/login", &["get"]),
+    ("/auth/oidc/callback", &["get"]),
 ];
 
 /// The public listener's own routes (src/public/mod.rs); everything else

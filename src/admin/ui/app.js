@@ -535,6 +535,21 @@ async function confirmDelete() {
   }
 }
 
+// ---- single sign-on ------------------------------------------------------
+
+// With [admin.oidc] configured, the login form also offers "Sign in with …":
+// a top-level navigation to the gateway, which redirects to the provider.
+// Not configured: /auth/oidc/info answers 404 and the button stays hidden.
+async function offerSso() {
+  let info;
+  try { info = await api("GET", "/auth/oidc/info"); } catch (e) { return; }
+  if (!info || typeof info.login_url !== "string" || !info.login_url.startsWith("/auth/oidc/")) return;
+  const b = $("sso-button");
+  b.textContent = "Sign in with " + info.display_name;
+  b.addEventListener("click", () => window.location.assign(info.login_url));
+  b.hidden = false;
+}
+
 // ---- wiring -------------------------------------------------------------
 
 function sortBy(key) {
@@ -569,6 +584,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     render();
   });
   for (const b of document.querySelectorAll("button.sort")) b.addEventListener("click", () => sortBy(b.dataset.key));
+  offerSso();
 
   wireUsers();
 

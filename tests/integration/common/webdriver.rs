@@ -264,6 +264,24 @@ impl Browser {
             .clone()
     }
 
+    /// Deletes every cookie of the current page's site (HttpOnly ones too).
+    pub async fn delete_cookies(&self) {
+        self.call("DELETE", "/cookie", None).await;
+    }
+
+    /// The names of the current page's cookies (HttpOnly ones too).
+    pub async fn cookie_names(&self) -> Vec<String> {
+        let v = self.call("GET", "/cookie", None).await;
+        v["value"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Saves a PNG screenshot.
     pub async fn screenshot(&self, path: &std::path::Path) {
         use base64::Engine;
