@@ -43,6 +43,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod oauth;
 mod openapi;
 mod path_confusion;
 mod proxy;
