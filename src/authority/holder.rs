@@ -21,13 +21,8 @@ use crate::tokens::format::parse_refresh;
 pub(crate) enum Revoked {
     /// A refresh token: deleted, and every access token it issued with it.
     Refresh(Arc<RefreshToken>),
-    /// One access token, issued by the refresh token `refresh_id`; it is
-    /// remembered as revoked until `expires` (Unix seconds).
-    Access {
-        refresh_id: u64,
-        id: u128,
-        expires: u64,
-    },
+    /// One access token, issued by the refresh token `refresh_id`.
+    Access { refresh_id: u64 },
     /// Nothing this gateway knows (RFC 7009 §2.2: still a success).
     Unknown,
 }
@@ -68,8 +63,6 @@ impl Authority {
             self.access.revoke_one(claims.id, claims.expires);
             return Ok(Revoked::Access {
                 refresh_id: claims.refresh_id,
-                id: claims.id,
-                expires: claims.expires,
             });
         }
         if let Ok(parsed) = parse_refresh(token) {
