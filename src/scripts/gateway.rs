@@ -69,7 +69,8 @@ pub(crate) fn client(cacert: Option<&Path>) -> Result<HttpsClient, String> {
         Some(p) => Trust::CaFile(p),
         None => Trust::System { also: None },
     };
-    let tls = client_config(trust, &[b"http/1.1"]).map_err(|e| match cacert {
+    // hyper-rustls sets the ALPN itself (it panics on one set here).
+    let tls = client_config(trust, &[]).map_err(|e| match cacert {
         Some(_) => format!("--cacert {e}"),
         None => format!("{e}; pass --cacert with the gateway's certificate"),
     })?;
