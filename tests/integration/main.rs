@@ -25,6 +25,7 @@ mod common;
 // One module per topic (formerly one test binary each), in alphabetical order.
 mod access_token;
 mod admin_page;
+mod agent;
 mod backends;
 mod behind_haproxy;
 mod binary;
