@@ -371,6 +371,7 @@ impl Cluster {
                     Change::Created(hash, rec) => replica.created(hash, &rec),
                     Change::Updated(hash, rec) => replica.updated(hash, &rec),
                     Change::Deleted(id) => deleted.push(id),
+                    Change::AccessRevoked(id, expires) => self.access.revoke_one(id, expires),
                     Change::Retired => retired = true,
                 }
                 apply_deletes(replica, &mut deleted);

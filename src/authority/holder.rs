@@ -60,7 +60,18 @@ impl Authority {
     ) -> Result<Revoked, RevokeError> {
         let token = token.trim();
         if let Some(claims) = self.access.claims(token.as_bytes()) {
+            if let Some(cluster) = &self.cluster {
+                if !cluster.connected() {
+                    return Err(RevokeError::Stale);
+                }
+            }
             self.access.revoke_one(claims.id, claims.expires);
+            // Every other replica hears of it through the change feed.
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.revoke_access(claims.id, claims.expires))
+                .await
+                .map_err(|e| RevokeError::Store(e.to_string()))?
+                .map_err(|e| RevokeError::Store(e.to_string()))?;
             return Ok(Revoked::Access {
                 refresh_id: claims.refresh_id,
             });

@@ -112,6 +112,12 @@ pub(crate) trait Backend: Send + Sync {
     fn cluster(&self) -> Option<ClusterDb> {
         None
     }
+    /// Tells every replica that the access token `id` (valid until
+    /// `expires`, Unix seconds) was revoked by its holder; with a single
+    /// process there is no one to tell.
+    fn revoke_access(&self, _id: u128, _expires: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 pub struct RefreshStore {
@@ -465,6 +471,12 @@ impl RefreshStore {
             deleted.push(token);
         }
         Ok(deleted)
+    }
+
+    /// Tells every replica that one access token was revoked by its holder
+    /// (blocking; cluster mode only, a no-op with redb).
+    pub(crate) fn revoke_access(&self, id: u128, expires: u64) -> Result<(), StoreError> {
+        self.backend.revoke_access(id, expires)
     }
 
     /// Writes changed usage in one transaction (blocking). Returns how many tokens.

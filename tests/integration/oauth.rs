@@ -408,3 +408,108 @@ print(json.dumps({"phase": "refresh", "status": r.status_code}), flush=True)
     assert_eq!(ex.json()["error"], "invalid_grant");
     assert_eq!(events(&gw, "refresh_token.revoked_by_holder").len(), 1);
 }
+
+/// Cluster mode: a revocation made on one replica is enforced by the other
+/// within the revocation bound (1 s), for a refresh token (deleted, its
+/// access tokens ended) and for one access token, including one the other
+/// replica has never seen (it would otherwise verify it from its claims).
+#[tokio::test]
+async fn revocations_reach_every_replica_within_the_bound() {
+    use crate::common::pg::TestDb;
+    use crate::common::replica::{Cluster, Replica};
+    use crate::common::{eventually_ok, within_bound};
+
+    const BOUND: Duration = Duration::from_secs(1);
+    async fn revoke_on(r: &Replica, token: &str) {
+        let req = r
+            .client()
+            .public_req("POST", "/token/revoke")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!("token={token}"))))
+            .unwrap();
+        let resp = r.client().send(req).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+    async fn refused(r: &Replica, access: &str) -> Result<(), String> {
+        let c = r.call(access).await;
+        match c.status {
+            StatusCode::UNAUTHORIZED => Ok(()),
+            s => Err(format!("{} answered {s}", r.name)),
+        }
+    }
+
+    let db = TestDb::new();
+    let up = upstream().await;
+    let cluster = Cluster::new(&db.url, up.addr);
+    let (a, b) = (cluster.start("alpha").await, cluster.start("beta").await);
+    let (_, refresh) = a.create_token("replicated").await;
+    // Settled: beta knows alpha's boot and the token.
+    let settle = a.exchange(&refresh).await;
+    eventually_ok(
+        Duration::from_secs(30),
+        "beta accepts alpha's tokens",
+        || async {
+            match b.call(&settle).await.status {
+                StatusCode::OK => Ok(()),
+                s => Err(s.to_string()),
+            }
+        },
+    )
+    .await;
+
+    // One access token, seen by beta before; another beta never saw.
+    let seen = a.exchange(&refresh).await;
+    let unseen = a.exchange(&refresh).await;
+    assert_eq!(b.call(&seen).await.status, StatusCode::OK);
+    revoke_on(&a, &seen).await;
+    revoke_on(&a, &unseen).await;
+    let acked = tokio::time::Instant::now();
+    within_bound(
+        acked,
+        BOUND,
+        "beta refuses a revoked access token it had cached",
+        || refused(&b, &seen),
+    )
+    .await;
+    within_bound(
+        acked,
+        BOUND,
+        "beta refuses a revoked access token it never saw",
+        || refused(&b, &unseen),
+    )
+    .await;
+    assert_eq!(
+        a.call(&settle).await.status,
+        StatusCode::OK,
+        "others live on"
+    );
+    assert_eq!(
+        b.call(&settle).await.status,
+        StatusCode::OK,
+        "others live on"
+    );
+
+    // The refresh token, revoked on beta: alpha's access token and the
+    // exchange end on alpha too.
+    revoke_on(&b, &refresh).await;
+    let acked = tokio::time::Instant::now();
+    within_bound(
+        acked,
+        BOUND,
+        "alpha refuses the access tokens of a revoked refresh token",
+        || refused(&a, &settle),
+    )
+    .await;
+    within_bound(
+        acked,
+        BOUND,
+        "alpha refuses the revoked refresh token",
+        || async {
+            match a.try_exchange(&refresh).await.status {
+                StatusCode::BAD_REQUEST => Ok(()),
+                s => Err(s.to_string()),
+            }
+        },
+    )
+    .await;
+}

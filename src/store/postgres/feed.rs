@@ -32,6 +32,9 @@ pub(crate) enum Change {
     /// Edited (fields or secret): the token as it is now.
     Updated(RefreshHash, Box<RefreshRecord>),
     Deleted(u64),
+    /// An access token its holder revoked: its id, and its expiry (Unix
+    /// seconds) until which it must be refused.
+    AccessRevoked(u128, u64),
     /// A boot was retired, or all of them (`rotate`): the registry says which.
     Retired,
 }
@@ -143,7 +146,8 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
         .query(
             "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
                     t.last_used, t.use_count, t.last_ip, t.last_user_agent, \
-                    t.restrictions::text, t.prev_hash, t.prev_until, t.generation \
+                    t.restrictions::text, t.prev_hash, t.prev_until, t.generation, \
+                    c.access_id, c.access_expires \
              FROM tokengate_changes c LEFT JOIN refresh_tokens t \
                ON c.kind IN ('create', 'update') AND t.id = c.refresh_id \
              WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
@@ -174,6 +178,17 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
                 None => continue,
             },
             ("delete", Some(id)) => Change::Deleted(id),
+            ("revoke_access", _) => {
+                let id: Option<Vec<u8>> = row.try_get(15)?;
+                let expires: Option<i64> = row.try_get(16)?;
+                match (id.and_then(|b| <[u8; 16]>::try_from(b).ok()), expires) {
+                    (Some(id), Some(e)) => Change::AccessRevoked(
+                        u128::from_be_bytes(id),
+                        u64::try_from(e).unwrap_or(0),
+                    ),
+                    _ => continue,
+                }
+            }
             ("retire" | "rotate", _) => Change::Retired,
             _ => continue,
         };
