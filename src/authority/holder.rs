@@ -2,7 +2,7 @@
 //! revoke it (RFC 7009) and read what it is (`/token/info`).
 //!
 //! Holding the token is the proof: there is no client authentication. A
-//! string that is no token of this gateway counts against the client's
+//! well-formed refresh token that is not known counts against the client's
 //! failure budget, as a failed exchange does, so revocation is no cheaper
 //! a way to guess refresh tokens than the token endpoint.
 
@@ -108,9 +108,11 @@ impl Authority {
                     .next()
                     .map_or(Revoked::Unknown, Revoked::Refresh));
             }
+            // Well formed (its checksum holds) and unknown: could be a
+            // guess at someone's token, as at the token endpoint.
+            self.failed(client, now);
         }
-        // Unknown, already gone, or no token of ours: could be a guess.
-        self.failed(client, now);
+        // Anything else cannot be anyone's token: nothing to count.
         Ok(Revoked::Unknown)
     }
 
