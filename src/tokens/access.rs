@@ -1036,6 +1036,34 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_token_is_refused_here_and_by_a_peer_that_never_saw_it() {
+        let (a, b) = pair();
+        b.set_peers(&[a.own_boot()], &[]);
+        let r = refresh(9);
+        let now = Instant::now();
+        let wall = 1_800_000_000;
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let lookup = |_: u64| Ok(r.clone());
+        let claims = a.claims(t.as_bytes()).unwrap();
+        assert_eq!(claims.refresh_id, 9);
+        assert!(a.claims(b"tga_nonsense").is_none());
+        // Revoked where it was minted; the peer hears of it by the feed.
+        a.revoke_one(claims.id, claims.expires);
+        b.revoke_one(claims.id, claims.expires);
+        assert!(a.validate(t.as_bytes(), now, wall, |r| r.id).is_err());
+        assert_eq!(
+            b.validate_with(t.as_bytes(), now, wall, lookup, |r| r.id),
+            Err(AccessError::Unknown),
+            "not verified from its claims"
+        );
+        // Remembered only until it would have expired anyway.
+        b.sweep(now, wall + 61);
+        assert!(b.revoked.is_empty());
+    }
+
+    #[test]
     fn a_peers_token_needs_its_refresh_token_here_and_live() {
         let (a, b) = pair();
         b.set_peers(&[a.own_boot()], &[]);
