@@ -379,6 +379,7 @@ impl Cluster {
                     Change::Created(hash, rec) => replica.created(hash, &rec),
                     Change::Updated(hash, rec) => replica.updated(hash, &rec),
                     Change::Deleted(id) => deleted.push(id),
+                    Change::AccessRevoked(id, expires) => self.access.revoke_one(id, expires),
                     Change::Retired => retired = true,
                     Change::Account(name, rec) => replica.account(&name, rec.map(|r| *r)),
                     Change::Logout(fp) => replica.session_ended(fp),

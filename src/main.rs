@@ -87,6 +87,14 @@ enum Command {
         #[command(subcommand)]
         command: tokengate::cli::UserCommand,
     },
+    /// Print a valid access token (cached; exchanged when under 60 s
+    /// remain), e.g. for curl -H "Authorization: Bearer $(tokengate access-token …)".
+    ///
+    /// Exit codes: 0 printed, 1 refused by the gateway, 2 usage, 3 gateway unreachable.
+    AccessToken(tokengate::scripts::AccessTokenArgs),
+    /// Listen locally and send every request on to the gateway with a valid
+    /// access token: point any HTTP client's base URL at it.
+    Agent(tokengate::scripts::AgentArgs),
     /// Print a shell completion script for this command line, for packagers.
     ///
     /// `tokengate completions bash > /usr/share/bash-completion/completions/tokengate`
@@ -126,6 +134,8 @@ fn main() -> ExitCode {
         Command::User { conn, command } => tokengate::cli::run_user(conn, command),
         Command::Cluster { conn, command } => tokengate::cli::run_cluster(conn, command),
         Command::Reload { conn } => tokengate::cli::run_reload(conn),
+        Command::AccessToken(args) => tokengate::scripts::run_access_token(args),
+        Command::Agent(args) => tokengate::scripts::run_agent(args),
         Command::Serve { config, dev } => serve(config, dev),
         Command::Db {
             command: DbCommand::Migrate { config },

@@ -99,10 +99,6 @@ impl AdminHandler {
     /// it, replaced at each login), refuses a disabled one (403
     /// `account_disabled`), starts a session signed in `via: oidc`, and
     /// sends the browser to the page (303 to `/`).
-    #[allow(
-        dead_code,
-        reason = "the single sign-on callback (`GET /auth/oidc/callback`) calls it"
-    )]
     pub(crate) async fn sso_signed_in(
         &self,
         peer: SocketAddr,

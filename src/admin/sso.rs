@@ -113,7 +113,7 @@ impl AdminHandler {
         let mut r = match outcome {
             Ok(who) => {
                 tracing::info!(%peer, user = %who.user, role = %who.role, "signed in with single sign-on");
-                self.sso_signed_in(peer, &who.user, who.role)
+                self.sso_signed_in(peer, &who.user, who.role).await
             }
             Err(f @ Failure::Throttled(_)) => page(&f),
             Err(f) => {
@@ -125,9 +125,11 @@ impl AdminHandler {
                 tracing::info!(%peer, reason = %reason, "single sign-on refused");
                 self.state.view.audit.record(&Event {
                     event: "admin.login_failed",
-                    actor: f.user(),
+                    actor: Some("admin"),
                     client_ip: Some(peer.ip().to_canonical()),
                     reason: Some(&reason),
+                    user: f.user(),
+                    via: Some(crate::roles::Via::Oidc.as_str()),
                     ..Default::default()
                 });
                 page(&f)

@@ -8,6 +8,8 @@
 //!   refused);
 //! - `exchange`: a refresh grant for an access token (the same budget and
 //!   catch-up);
+//! - `holder`: what a token's holder may do with it, revoke it (RFC 7009)
+//!   and read what it is;
 //! - `restrictions`: a token's networks, scopes and rate, checked on the
 //!   canonical path the upstream will be sent.
 //!
@@ -19,6 +21,7 @@
 //! the rare catch-up with the cluster awaits.
 
 mod grant;
+mod holder;
 pub(crate) mod restrictions;
 mod verify;
 
@@ -40,6 +43,7 @@ use crate::tokens::access::AccessTokens;
 use crate::tokens::format::RefreshHasher;
 
 pub(crate) use grant::ExchangeRefusal;
+pub(crate) use holder::{RevokeError, Revoked};
 pub(crate) use verify::{Presented, Refusal, Verdict};
 
 /// Why the `Authorization` header holds no bearer token to check.

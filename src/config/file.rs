@@ -194,6 +194,8 @@ pub struct PublicSection {
     pub proxy_protocol: bool,
     pub auth_failures_per_minute: u32,
     pub path_parameters: Vec<String>,
+    /// RFC 8414 `issuer`; unset: `https://<the request's Host>`.
+    pub issuer: Option<String>,
 }
 
 impl Default for PublicSection {
@@ -229,6 +231,7 @@ impl Default for PublicSection {
             // Strict: a `;` in a path is read differently by different
             // servers (a scope bypass through nginx, Caddy, Python).
             path_parameters: Vec::new(),
+            issuer: None,
         }
     }
 }

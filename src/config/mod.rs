@@ -140,6 +140,9 @@ pub struct PublicConfig {
     /// Path parameters (`;name=value`, last segment only) let through to
     /// the upstream, by name; empty: a `;` in a path is refused.
     pub path_parameters: Vec<String>,
+    /// The authorization server metadata's `issuer` (`public.issuer`):
+    /// `None` names the gateway by the request's `Host`.
+    pub issuer: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -86,7 +86,27 @@ fn public(p: PublicSection, shutdown_grace: Duration) -> Result<PublicConfig, Co
             n
         },
         path_parameters: path_parameters(p.path_parameters)?,
+        issuer: p.issuer.map(|i| issuer(&i)).transpose()?,
     })
+}
+
+/// `public.issuer`: RFC 8414 §2 asks for an `https` URL with no query or
+/// fragment; clients compare it byte for byte, so a trailing `/` is dropped.
+fn issuer(text: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "public.issuer";
+    let bad = |why: &str| ConfigError::invalid(KEY, format!("{why}, got {text:?}"));
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| bad("must be an https URL such as https://gateway.example.com"))?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(bad(
+            "must be an https URL such as https://gateway.example.com",
+        ));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(bad("must have no query or fragment (RFC 8414)"));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// `public.path_parameters`: a few plain names.
@@ -456,6 +476,9 @@ mod tests {
         assert_eq!(c.admin.limits.max_connections, 256);
         assert_eq!(c.public.auth_failures_per_minute, 100);
         assert!(c.public.path_parameters.is_empty());
+        assert_eq!(c.public.issuer, None);
+        let c = from_toml("[public]\nissuer = \"https://gw.example/\"").unwrap();
+        assert_eq!(c.public.issuer.as_deref(), Some("https://gw.example"));
         assert!(c.tls.generate_if_missing);
     }
 
@@ -504,6 +527,11 @@ mod tests {
             (
                 "[public]\npath_parameters = [\"a;b\"]",
                 "public.path_parameters",
+            ),
+            ("[public]\nissuer = \"http://gw.example\"", "public.issuer"),
+            (
+                "[public]\nissuer = \"https://gw.example/?a=1\"",
+                "public.issuer",
             ),
             (
                 "[public]\npath_parameters = [\"\"]",

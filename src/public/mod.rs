@@ -5,12 +5,15 @@
 //! - `bearer`: the `Authorization: Bearer` header and its RFC 6750 refusals.
 //! - `restricted`: the refusals of a token's networks, scopes and rate.
 //! - `finish`: the request's end: its metrics and access-log line.
+//! - `oauth`: the token endpoint's companions (RFC 8414 metadata, RFC 7009
+//!   revocation, `/token/info`), found after the bearer check.
 //!
 //! Every decision about a credential is the core's (`authority`): this
 //! module parses, asks, and maps the verdict to a response and a metric.
 
 mod bearer;
 mod finish;
+mod oauth;
 mod restricted;
 mod token;
 
@@ -147,9 +150,9 @@ impl PublicHandler {
         }
     }
 
-    /// The answer to a request the core refused, and its metric.
+    /// The answer to a request of `method` on `path` the core refused, and its metric.
     #[cold]
-    fn refuse(&self, refusal: Refusal, peer: SocketAddr) -> Reply {
+    fn refuse(&self, refusal: Refusal, peer: SocketAddr, method: &Method, path: &str) -> Reply {
         match refusal {
             Refusal::Throttled(t) => {
                 self.refused(RefusalLabel::Throttled);
@@ -170,7 +173,7 @@ impl PublicHandler {
             Refusal::Restricted { refused, token_id } => {
                 tracing::debug!(%peer, token_id, reason = ?refused, "request refused by the token's restrictions");
                 self.refused(restricted::metric(refused));
-                restricted::refusal(refused)
+                restricted::refusal(refused, method, path)
             }
         }
     }
@@ -252,7 +255,7 @@ impl PublicHandler {
             }
         };
         // Stage 2: authenticate (the core decides; this maps its verdict).
-        let identity = {
+        let verdict = {
             let core = &self.state.authority;
             let path = req.uri().path();
             let presented = Presented {
@@ -283,11 +286,31 @@ impl PublicHandler {
                 }
             };
             note.token = named;
-            match verdict {
-                Ok(identity) => identity,
-                Err(refusal) => return Either::Right(self.refuse(refusal, peer)),
+            verdict
+        };
+        // The token endpoint's companions are found only now, after the
+        // bearer check, so an ordinary request pays nothing for them first.
+        let identity = match verdict {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                let path = req.uri().path();
+                if let Some(side) = oauth::Side::of(path) {
+                    if let Some(reply) = self.side_after_refusal(side, refusal, peer, &req) {
+                        return Either::Right(reply);
+                    }
+                    note.route = RouteLabel::Token;
+                    return Either::Right(
+                        Box::pin(oauth::serve(side, &self.state, peer, req)).await,
+                    );
+                }
+                let method = req.method();
+                return Either::Right(self.refuse(refusal, peer, method, path));
             }
         };
+        if let Some(side) = oauth::Side::of(req.uri().path()) {
+            note.route = RouteLabel::Token;
+            return Either::Right(Box::pin(oauth::serve(side, &self.state, peer, req)).await);
+        }
         // Stages 3–5: rewrite, forward, filter (in the proxy module), with
         // the canonical path the checks saw, now the request's own.
         // Timed only when someone looks: metrics or the access log.
@@ -327,6 +350,30 @@ impl PublicHandler {
 }
 
 impl PublicHandler {
+    /// A side endpoint's request the bearer check refused: `/token/info`
+    /// keeps the refusal (its token is what it asks about), except one by
+    /// the token's scopes or rate, which do not bind asking about itself;
+    /// the others need no bearer token and are served (they do their own
+    /// throttling).
+    #[cold]
+    fn side_after_refusal(
+        &self,
+        side: oauth::Side,
+        refusal: Refusal,
+        peer: SocketAddr,
+        req: &Request<Incoming>,
+    ) -> Option<Reply> {
+        let keeps = side == oauth::Side::Info
+            && !matches!(
+                refusal,
+                Refusal::Restricted {
+                    refused: crate::restrict::Refused::Scope | crate::restrict::Refused::Rate(_),
+                    ..
+                }
+            );
+        keeps.then(|| self.refuse(refusal, peer, req.method(), req.uri().path()))
+    }
+
     /// A trusted HTTP balancer's request that names no client: its health
     /// checks are answered; anything else is refused, since the client
     /// cannot be told apart from the balancer's others and charging their

@@ -15,7 +15,7 @@
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 
-use super::bearer::challenge;
+use super::bearer::{challenge, challenge_with};
 use crate::restrict::{RateRefusal, Refused};
 use crate::wire::{too_many_requests, Reply};
 
@@ -29,18 +29,21 @@ pub(super) fn metric(refused: Refused) -> crate::metrics::Refusal {
     }
 }
 
-/// The answer to a refused request.
-pub(super) fn refusal(refused: Refused) -> Reply {
+/// The answer to a refused request of `method` on `path` (the canonical
+/// path the scope rules saw: a scope refusal's challenge names it as the
+/// scope the request would have needed, `METHOD:/path`).
+pub(super) fn refusal(refused: Refused, method: &http::Method, path: &str) -> Reply {
     match refused {
         Refused::Network => challenge(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "the access token is not valid from this address",
         ),
-        Refused::Scope => challenge(
+        Refused::Scope => challenge_with(
             StatusCode::FORBIDDEN,
             "insufficient_scope",
             "the access token's scopes do not allow this method on this path",
+            Some(&format!("{method}:{path}")),
         ),
         Refused::Rate(rate) => rate_limited(rate),
     }
@@ -81,18 +84,24 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_challenges_and_fields() {
-        let r = refusal(Refused::Scope);
+        let get = http::Method::GET;
+        let r = refusal(Refused::Scope, &http::Method::DELETE, "/api/x");
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         let www = r.headers()["www-authenticate"].to_str().unwrap();
         assert!(www.contains("error=\"insufficient_scope\""), "{www}");
-        let r = refusal(Refused::Network);
+        assert!(www.ends_with(", scope=\"DELETE:/api/x\""), "{www}");
+        let r = refusal(Refused::Network, &get, "/");
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        let r = refusal(Refused::Rate(RateRefusal {
-            retry_after: std::time::Duration::from_millis(1500),
-            per_second: 5,
-            burst: 10,
-            window_secs: 2,
-        }));
+        let r = refusal(
+            Refused::Rate(RateRefusal {
+                retry_after: std::time::Duration::from_millis(1500),
+                per_second: 5,
+                burst: 10,
+                window_secs: 2,
+            }),
+            &get,
+            "/",
+        );
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()["retry-after"], "2");
         assert_eq!(r.headers()["ratelimit-policy"], "\"token\";q=10;w=2");

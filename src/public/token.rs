@@ -149,7 +149,7 @@ async fn exchange(
 
 /// Reads and parses the body under `public.token_body_limit` and `public.body_read_timeout`.
 async fn decode(state: &State, req: Request<Incoming>) -> Result<TokenRequest, Refusal> {
-    let kind = body_kind(req.headers())?;
+    let kind = body_kind(req.headers()).map_err(Refusal::InvalidRequest)?;
     let limits = &state.startup_config.public;
     let (parts, body) = req.into_parts();
     let body = read_body(
@@ -165,14 +165,14 @@ async fn decode(state: &State, req: Request<Incoming>) -> Result<TokenRequest, R
 
 /// Decides the body format. A missing type is read as a form, as curl's `-d`
 /// and most OAuth clients send one; anything else is refused.
-fn body_kind(headers: &http::HeaderMap) -> Result<BodyKind, Refusal> {
+pub(super) fn body_kind(headers: &http::HeaderMap) -> Result<BodyKind, String> {
     match media_type(headers) {
         None => Ok(BodyKind::Form),
         Some(t) if t.is("application/x-www-form-urlencoded") => Ok(BodyKind::Form),
         Some(t) if t.is("application/json") => Ok(BodyKind::Json),
-        Some(_) => Err(Refusal::InvalidRequest(
-            "Content-Type must be application/x-www-form-urlencoded or application/json".into(),
-        )),
+        Some(_) => {
+            Err("Content-Type must be application/x-www-form-urlencoded or application/json".into())
+        }
     }
 }
 

@@ -90,6 +90,15 @@ impl Bucket {
         }
     }
 
+    /// Requests that would pass at `now`, without taking one (what
+    /// `/token/info` shows a script).
+    pub(crate) fn available(&self, now: Instant) -> u64 {
+        let now = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX);
+        let ahead = self.tat.load(Ordering::Relaxed).saturating_sub(now);
+        self.capacity.saturating_sub(ahead) / self.interval
+    }
+
     /// Whole seconds an empty bucket takes to fill (the `RateLimit-Policy`
     /// window: `burst` requests per that many seconds).
     pub(crate) fn window_secs(&self) -> u64 {
@@ -111,7 +120,9 @@ mod tests {
     fn a_burst_passes_then_the_rate() {
         let t0 = Instant::now();
         let b = Bucket::new(5, 10, t0);
+        assert_eq!(b.available(t0), 10);
         assert_eq!(b.take(t0), Take::Allowed { remaining: 9 });
+        assert_eq!(b.available(t0), 9, "looking takes nothing");
         assert_eq!(allowed(&b, t0, 20), 9, "the burst is exactly 10");
         match b.take(t0) {
             Take::Refused { retry_after } => assert_eq!(retry_after, Duration::from_millis(200)),

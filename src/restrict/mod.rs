@@ -366,6 +366,14 @@ impl Restrictions {
         self.rules.is_empty() || self.rules.iter().any(|r| r.allows(method, path))
     }
 
+    /// The rate and what is left of it at `now` (per second, burst,
+    /// requests that would pass now), taking nothing; `None` without a rate.
+    pub(crate) fn rate_state(&self, now: Instant) -> Option<(u32, u32, u64)> {
+        self.rate
+            .as_ref()
+            .map(|b| (b.per_second(), b.burst(), b.available(now)))
+    }
+
     /// Takes one request from the token's rate at `now`.
     #[inline]
     pub(crate) fn take(&self, now: Instant) -> Result<(), Refused> {

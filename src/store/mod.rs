@@ -156,6 +156,12 @@ pub(crate) trait Backend: Send + Sync {
     fn sweep_sessions(&self, _now: u64) -> Result<u64, StoreError> {
         Ok(0)
     }
+    /// Tells every replica that the access token `id` (valid until
+    /// `expires`, Unix seconds) was revoked by its holder; with a single
+    /// process there is no one to tell.
+    fn revoke_access(&self, _id: u128, _expires: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A page session as stored for every replica: only the SHA-256 of its
@@ -620,6 +626,12 @@ impl RefreshStore {
             deleted.push(token);
         }
         Ok(deleted)
+    }
+
+    /// Tells every replica that one access token was revoked by its holder
+    /// (blocking; cluster mode only, a no-op with redb).
+    pub(crate) fn revoke_access(&self, id: u128, expires: u64) -> Result<(), StoreError> {
+        self.backend.revoke_access(id, expires)
     }
 
     /// Writes changed usage in one transaction (blocking). Returns how many tokens.

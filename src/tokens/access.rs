@@ -239,6 +239,12 @@ pub struct AccessTokens {
     /// exactly its own tokens instead of scanning the whole map under its locks.
     by_refresh: DashMap<u64, Issued>,
     max_per_refresh: usize,
+    /// Tokens their holders revoked (RFC 7009), until their claimed expiry
+    /// (Unix seconds). Our own are simply gone from the map; this is for a
+    /// peer's token, which would otherwise verify from its claims the first
+    /// time it is seen here. Read only on that first sighting, never on the
+    /// hot path.
+    revoked: DashMap<AccessId, u64, IdHasherBuilder>,
     /// Tokens dropped because their refresh token issued a newer one at the cap.
     evicted: AtomicU64,
     /// Checks that failed, whatever the reason. Shows that the throttle
@@ -296,6 +302,7 @@ impl AccessTokens {
             map: DashMap::with_hasher(IdHasherBuilder),
             by_refresh: DashMap::new(),
             max_per_refresh: max_per_refresh.max(1),
+            revoked: DashMap::with_hasher(IdHasherBuilder),
             evicted: AtomicU64::new(0),
             refused: Padded::default(),
         })
@@ -589,9 +596,13 @@ impl AccessTokens {
             // Ours, and not in the map: refused, whatever the reason.
             return Err(self.why_gone(&claims, now, wall_unix, refresh));
         }
-        // A peer's token, first seen here: its claims decide.
+        // A peer's token, first seen here: its claims decide, unless its
+        // holder revoked it.
         if wall_unix >= claims.expires {
             return Err(AccessError::Expired);
+        }
+        if self.revoked.contains_key(&claims.id) {
+            return Err(AccessError::Unknown);
         }
         let token = refresh(claims.refresh_id)?;
         current(&token, &claims, wall_unix)?;
@@ -638,6 +649,24 @@ impl AccessTokens {
         }
     }
 
+    /// The claims of a genuine token (a boot live here, its MAC good),
+    /// whether or not it is still in the map: what a holder's revocation
+    /// and `/token/info` read.
+    pub(crate) fn claims(&self, token: &[u8]) -> Option<AccessClaims> {
+        let raw = RawAccess::decode(token).ok()?;
+        let boot = self.boots.get(&raw.boot())?;
+        boot.key.check(&raw).ok()
+    }
+
+    /// Ends one access token at its holder's request (RFC 7009): gone from
+    /// the map, and remembered until `expires` (Unix seconds) so that no
+    /// replica's copy of it verifies here from its claims again. Also how
+    /// another replica's revocation is applied.
+    pub(crate) fn revoke_one(&self, id: AccessId, expires: u64) {
+        self.map.remove(&id);
+        self.revoked.insert(id, expires);
+    }
+
     /// Token checks that failed since start.
     pub fn refused_checks(&self) -> u64 {
         self.refused.0.load(Ordering::Relaxed)
@@ -662,6 +691,7 @@ impl AccessTokens {
                 .retain(|(id, e)| now < *e && self.map.contains_key(id));
             !issued.live.is_empty() || issued.evicted_until.is_some_and(|until| now < until)
         });
+        self.revoked.retain(|_, expires| *expires > wall_unix);
         before.saturating_sub(self.map.len())
     }
 
@@ -1003,6 +1033,34 @@ mod tests {
             other.validate_with(t.as_bytes(), now, wall, lookup, |r| r.id),
             Err(AccessError::Forged)
         );
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_here_and_by_a_peer_that_never_saw_it() {
+        let (a, b) = pair();
+        b.set_peers(&[a.own_boot()], &[]);
+        let r = refresh(9);
+        let now = Instant::now();
+        let wall = 1_800_000_000;
+        let t = a
+            .issue_at(r.clone(), Duration::from_secs(60), now, wall)
+            .unwrap();
+        let lookup = |_: u64| Ok(r.clone());
+        let claims = a.claims(t.as_bytes()).unwrap();
+        assert_eq!(claims.refresh_id, 9);
+        assert!(a.claims(b"tga_nonsense").is_none());
+        // Revoked where it was minted; the peer hears of it by the feed.
+        a.revoke_one(claims.id, claims.expires);
+        b.revoke_one(claims.id, claims.expires);
+        assert!(a.validate(t.as_bytes(), now, wall, |r| r.id).is_err());
+        assert_eq!(
+            b.validate_with(t.as_bytes(), now, wall, lookup, |r| r.id),
+            Err(AccessError::Unknown),
+            "not verified from its claims"
+        );
+        // Remembered only until it would have expired anyway.
+        b.sweep(now, wall + 61);
+        assert!(b.revoked.is_empty());
     }
 
     #[test]

@@ -23,8 +23,10 @@
 mod common;
 
 // One module per topic (formerly one test binary each), in alphabetical order.
+mod access_token;
 mod accounts;
 mod admin_page;
+mod agent;
 mod backends;
 mod behind_haproxy;
 mod binary;
@@ -44,6 +46,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod oauth;
 mod oidc;
 mod openapi;
 mod path_confusion;

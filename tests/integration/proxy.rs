@@ -20,6 +20,15 @@ fn assert_invalid_token(r: &common::Resp) {
     assert_eq!(r.json()["error"], "invalid_token");
 }
 
+/// RFC 6750 §3.1: a request that sent no bearer token at all gets the
+/// realm alone in its challenge (no error code); the JSON body is the same.
+fn assert_no_token(r: &common::Resp) {
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let challenge = r.header("www-authenticate").expect("WWW-Authenticate");
+    assert_eq!(challenge, r#"Bearer realm="tokengate""#);
+    assert_eq!(r.json()["error"], "invalid_token");
+}
+
 #[tokio::test]
 async fn requests_without_a_valid_bearer_token_are_refused() {
     let up = upstream().await;
@@ -27,13 +36,13 @@ async fn requests_without_a_valid_bearer_token_are_refused() {
     let (_, refresh) = gw.create_token("t").await;
     let access = gw.exchange(&refresh).await;
 
-    assert_invalid_token(&gw.client.get_with("/api/x", None).await);
-    assert_invalid_token(
+    assert_no_token(&gw.client.get_with("/api/x", None).await);
+    assert_no_token(
         &gw.client
             .get_with("/api/x", Some("Basic YWRtaW46eA=="))
             .await,
     );
-    assert_invalid_token(&gw.client.get_with("/api/x", Some("Bearer")).await);
+    assert_no_token(&gw.client.get_with("/api/x", Some("Bearer")).await);
     assert_invalid_token(&gw.client.get_with("/api/x", Some("Bearer tga_nope")).await);
     // A refresh token is not an access token.
     assert_invalid_token(

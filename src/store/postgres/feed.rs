@@ -33,6 +33,9 @@ pub(crate) enum Change {
     /// Edited (fields or secret): the token as it is now.
     Updated(RefreshHash, Box<RefreshRecord>),
     Deleted(u64),
+    /// An access token its holder revoked: its id, and its expiry (Unix
+    /// seconds) until which it must be refused.
+    AccessRevoked(u128, u64),
     /// A boot was retired, or all of them (`rotate`): the registry says which.
     Retired,
     /// An account changed: as it is now (`None`: deleted).
@@ -151,7 +154,7 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
                     t.restrictions::text, t.prev_hash, t.prev_until, t.generation, \
                     t.created_by, c.account, c.session, \
                     a.name, a.role, a.disabled, a.source, a.password_hash, a.created, \
-                    a.last_login \
+                    a.last_login, c.access_id, c.access_expires \
              FROM tokengate_changes c LEFT JOIN refresh_tokens t \
                ON c.kind IN ('create', 'update') AND t.id = c.refresh_id \
              LEFT JOIN tokengate_accounts a ON c.kind = 'account' AND a.name = c.account \
@@ -183,6 +186,17 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
                 None => continue,
             },
             ("delete", Some(id)) => Change::Deleted(id),
+            ("revoke_access", _) => {
+                let id: Option<Vec<u8>> = row.try_get(25)?;
+                let expires: Option<i64> = row.try_get(26)?;
+                match (id.and_then(|b| <[u8; 16]>::try_from(b).ok()), expires) {
+                    (Some(id), Some(e)) => Change::AccessRevoked(
+                        u128::from_be_bytes(id),
+                        u64::try_from(e).unwrap_or(0),
+                    ),
+                    _ => continue,
+                }
+            }
             ("retire" | "rotate", _) => Change::Retired,
             ("account", _) => {
                 let Some(name) = row.try_get::<_, Option<String>>(16)? else {

@@ -750,6 +750,32 @@ impl Backend for PostgresBackend {
         })
     }
 
+    fn revoke_access(&self, id: u128, expires: u64) -> Result<(), StoreError> {
+        let id = id.to_be_bytes().to_vec();
+        let expires = i64::try_from(expires).unwrap_or(i64::MAX);
+        self.run("revoking an access token", |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+                .await?;
+            let row = tx
+                .query_one(
+                    "INSERT INTO tokengate_changes (kind, access_id, access_expires) \
+                     VALUES ('revoke_access', $1, $2) RETURNING seq",
+                    &[&id, &expires],
+                )
+                .await?;
+            let seq: i64 = row.try_get(0)?;
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&feed::CHANNEL, &seq.to_string()],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     fn read_usage(&self) -> Result<Option<Vec<UsageRow>>, StoreError> {
         let rows = self.run("reading token usage", |pool| async move {
             let client = pool.get().await?;

@@ -146,6 +146,23 @@ const MIGRATIONS: &[Migration] = &[
             CHECK (kind IN ('create', 'delete', 'retire', 'rotate', 'update', 'account', 'logout'));
     ",
     },
+    Migration {
+        version: 7,
+        name: "access tokens revoked by their holders",
+        // The feed's `revoke_access` kind: one access token a script revoked
+        // (RFC 7009), by its id (16 bytes) until its expiry (Unix seconds),
+        // so a replica that never saw it refuses it instead of verifying
+        // it from its claims.
+        sql: "
+        ALTER TABLE tokengate_changes
+            ADD COLUMN access_id bytea CHECK (access_id IS NULL OR octet_length(access_id) = 16),
+            ADD COLUMN access_expires bigint;
+        ALTER TABLE tokengate_changes DROP CONSTRAINT tokengate_changes_kind_check;
+        ALTER TABLE tokengate_changes ADD CONSTRAINT tokengate_changes_kind_check
+            CHECK (kind IN ('create', 'delete', 'retire', 'rotate', 'update', 'account', 'logout',
+                           'revoke_access'));
+    ",
+    },
 ];
 
 /// The advisory-lock key that orders change records ("tgfeed" + 1): held
