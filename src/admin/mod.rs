@@ -189,11 +189,13 @@ impl AdminHandler {
                 );
             }
         }
-        if let Some(action) = permissions::action_of(&method, &path) {
-            if !action.permits(principal.who.role) {
-                tracing::info!(%peer, user = %principal.who.user, role = %principal.who.role, %method, %path, "admin request refused: role");
-                return permissions::forbidden(&method, &path, &principal.who, action);
-            }
+        // Fail closed: a route the table does not name (an unknown path, a
+        // method the path lacks, or an endpoint added without a row) is for
+        // admins only, so nothing new is ever open to every role by mistake.
+        let action = permissions::action_of(&method, &path).unwrap_or(permissions::Action::Operate);
+        if !action.permits(principal.who.role) {
+            tracing::info!(%peer, user = %principal.who.user, role = %principal.who.role, %method, %path, "admin request refused: role");
+            return permissions::forbidden(&method, &path, &principal.who, action);
         }
         let by = Actor {
             peer,

@@ -57,7 +57,8 @@ impl Action {
 }
 
 /// The action of an authenticated route and method; `None` for what the
-/// router answers itself (an unknown path, a method the path lacks).
+/// router answers itself (an unknown path, a method the path lacks), which
+/// the dispatcher treats as admin-only (fail closed).
 pub(crate) fn action_of(method: &Method, path: &str) -> Option<Action> {
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
