@@ -113,7 +113,13 @@ impl AdminHandler {
         let mut r = match outcome {
             Ok(who) => {
                 tracing::info!(%peer, user = %who.user, role = %who.role, "signed in with single sign-on");
-                self.sso_signed_in(peer, &who.user, who.role).await
+                let r = self.sso_signed_in(peer, &who.user, who.role).await;
+                if r.status().is_client_error() || r.status().is_server_error() {
+                    // A person in a browser: the refusal as a page, not JSON.
+                    page(&Failure::Account(refusal_text(r).await))
+                } else {
+                    r
+                }
             }
             Err(f @ Failure::Throttled(_)) => page(&f),
             Err(f) => {
@@ -154,6 +160,19 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         return None;
     }
     String::from_utf8(value).ok()
+}
+
+/// The `error_description` of a JSON refusal (the accounts layer's answer).
+async fn refusal_text(r: Reply) -> String {
+    use http_body_util::BodyExt;
+    let bytes = match r.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(never) => match never {},
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error_description"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "the sign-in could not be completed; try again".into())
 }
 
 /// The page a person sees when a sign-in ends without a session.

@@ -119,6 +119,9 @@ pub(crate) enum Failure {
     IdToken(String),
     /// A verified person who may not sign in (no account name, no role).
     Identity(IdentityError),
+    /// A verified person whose account here refuses the sign-in (it is
+    /// disabled, or a password account has that name): why, in words.
+    Account(String),
 }
 
 impl Failure {
@@ -133,7 +136,8 @@ impl Failure {
             | Failure::ForeignIssuer
             | Failure::TokenRefused(_)
             | Failure::IdToken(_)
-            | Failure::Identity(_) => 403,
+            | Failure::Identity(_)
+            | Failure::Account(_) => 403,
         }
     }
 
@@ -158,6 +162,7 @@ impl Failure {
             Failure::NoIdToken => "the identity provider's answer holds no ID token".into(),
             Failure::IdToken(e) => format!("the ID token was refused: {e}"),
             Failure::Identity(e) => e.to_string(),
+            Failure::Account(text) => format!("the account here refused the sign-in: {text}"),
         }
     }
 
@@ -168,7 +173,11 @@ impl Failure {
     pub(crate) fn made_up(&self) -> bool {
         !matches!(
             self,
-            Failure::IdToken(_) | Failure::Identity(_) | Failure::NoIdToken | Failure::NotReady
+            Failure::IdToken(_)
+                | Failure::Identity(_)
+                | Failure::Account(_)
+                | Failure::NoIdToken
+                | Failure::NotReady
         )
     }
 

@@ -258,6 +258,56 @@ async fn people_sign_in_through_a_real_provider_and_forged_tokens_are_refused() 
         "{cookies:?}"
     );
 
+    // The person is an account now: source oidc, the mapped role.
+    let users = gw.client.admin_call("GET", "/api/users").await;
+    assert_eq!(users.status, StatusCode::OK);
+    let alice = users
+        .json()
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == "alice@example.com").cloned())
+        .unwrap_or_else(|| panic!("alice is listed: {}", users.json()));
+    assert_eq!(alice["source"], "oidc", "{alice}");
+    assert_eq!(alice["role"], "manager", "{alice}");
+    let line = audit_names(&gw, "admin.login", "alice@example.com").unwrap();
+    assert_eq!(line["via"], "oidc", "{line}");
+
+    // The role is taken afresh at each sign-in: alice moves to ops.
+    idp.command(json!({"accounts": {
+        "alice": {"email": "alice@example.com", "email_verified": true, "name": "Alice", "groups": ["ops"]},
+        "bob": {"email": "bob@example.com", "email_verified": true, "name": "Bob", "groups": ["staff"]},
+    }}))
+    .await;
+    click_sign_in(&browser, &admin).await;
+    browser.wait_visible("#tokens-view").await;
+    let s = page_session(&browser, &admin).await;
+    assert_eq!(s["body"]["role"], "admin", "{s}");
+
+    // A disabled account is refused at the next sign-in, with a page.
+    let r = gw
+        .client
+        .admin_json(
+            "PATCH",
+            "/api/users/alice@example.com",
+            &json!({"disabled": true}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json());
+    click_sign_in(&browser, &admin).await;
+    let reason = browser.wait_visible("#sso-reason").await;
+    let text = browser.text(&reason).await;
+    assert!(text.contains("disabled"), "{text}");
+    assert_eq!(page_status(&browser).await, 403);
+    assert_eq!(page_session(&browser, &admin).await["status"], 401);
+    let r = gw
+        .client
+        .admin_json(
+            "PATCH",
+            "/api/users/alice@example.com",
+            &json!({"disabled": false}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json());
+
     // Forged or foreign ID tokens: refused, with no session, a page that
     // says why and an audit line. The provider still knows alice, so each
     // sign-in goes straight back to the gateway.
