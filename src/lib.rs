@@ -12,7 +12,7 @@
 //!
 //! | row | modules | what they do |
 //! |---|---|---|
-//! | 1 | `cli`, `dev`, `scripts` | front ends: `tokengate token …`, a client of the admin API; `serve --dev`; `tokengate access-token` and `tokengate agent`, clients of the public listener for scripts |
+//! | 1 | `cli`, `dev`, `scripts` | front ends: `tokengate token …`, `user …`, `cluster …`, `reload`, clients of the admin API; `serve --dev`; `tokengate access-token` and `tokengate agent`, clients of the public listener for scripts |
 //! | 2 | `gateway` | start-up in numbered steps, the listeners, shutdown |
 //! | 3 | `periodic` | sweeps (access tokens, admin sessions) and usage flushes on a timer |
 //! | 4 | `public`, `admin`, `metrics_listener` | the listeners' handlers: health, the token endpoint, the bearer check and the proxy path; login, the token API (`admin::api` is its wire contract) and the page; the unauthenticated scrape |
