@@ -105,7 +105,7 @@ pub(crate) mod tests {
                 "https://b/"
             }
             .into(),
-            event_type: "token.created".into(),
+            event_type: "sample".into(),
             payload: format!("{{\"n\":{n}}}"),
         }
     }
