@@ -178,10 +178,19 @@ pub struct Dropped {
     pub security: u64,
 }
 
+/// Something else that sees every event as it is recorded, whether the
+/// log is on or off: the webhooks' outbox, which turns the lifecycle's
+/// events into deliveries (so every event, wherever it is recorded, is
+/// one webhook). It must not block: it is called on the request path.
+pub(crate) trait Tap: Send + Sync {
+    fn observe(&self, event: &Event<'_>);
+}
+
 pub struct Audit {
     /// `None`: the audit log is off.
     writer: Option<LogWriter<Vec<u8>>>,
     replica: Option<String>,
+    tap: Option<std::sync::Arc<dyn Tap>>,
 }
 
 impl Audit {
@@ -189,6 +198,7 @@ impl Audit {
         Audit {
             writer: None,
             replica: None,
+            tap: None,
         }
     }
 
@@ -206,17 +216,27 @@ impl Audit {
         self
     }
 
+    /// Shows every event recorded from now on to `tap` too.
+    pub(crate) fn with_tap(mut self, tap: std::sync::Arc<dyn Tap>) -> Audit {
+        self.tap = Some(tap);
+        self
+    }
+
     fn with_writer(out: Box<dyn Write + Send>) -> io::Result<Audit> {
         let writer = LogWriter::start("audit log", "tokengate-audit", out, Serialised, budgets())?;
         Ok(Audit {
             writer: Some(writer),
             replica: None,
+            tap: None,
         })
     }
 
     /// Queues one event. Never blocks; if the writer is far behind, the event
     /// is counted as dropped and reported in the log.
     pub fn record(&self, event: &Event<'_>) {
+        if let Some(tap) = &self.tap {
+            tap.observe(event);
+        }
         let Some(writer) = &self.writer else { return };
         let event = event.clipped();
         let time = crate::clock::rfc3339_now();

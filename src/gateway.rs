@@ -180,7 +180,8 @@ impl Gateway {
         }
 
         // 6. Background work: upstream health probes, the cluster feed,
-        //    reloads (files changing, SIGHUP) and the periodic sweeps.
+        //    reloads (files changing, SIGHUP), webhook deliveries and the
+        //    periodic sweeps.
         tasks.extend(upstreams.spawn_prober(rx.clone()));
         if let Some(cluster) = state.view.cluster.clone() {
             let follower = Follower {
@@ -197,6 +198,10 @@ impl Gateway {
             let on_sighup = crate::reload::on_sighup(reloader.clone(), rx.clone());
             tasks.push(tokio::spawn(on_sighup));
         }
+        tasks.push(tokio::spawn(crate::webhooks::run(
+            state.view.webhooks.clone(),
+            rx.clone(),
+        )));
         tasks.push(tokio::spawn(crate::periodic::run(state.clone(), auth, rx)));
         tracing::info!(public = %sockets.public_addr, admin = %sockets.admin_addr, metrics = ?sockets.metrics_addr, workers = workers.done.len(), "tokengate listening");
         Ok(Gateway {
@@ -252,6 +257,9 @@ impl Gateway {
             let _ = t.await;
         }
         crate::periodic::flush_usage(&self.state).await;
+        // Events of requests that finished during the drain: into the
+        // outbox, for the next start to deliver.
+        self.state.view.webhooks.flush().await;
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             state.view.audit.flush(std::time::Duration::from_secs(5));

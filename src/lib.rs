@@ -21,7 +21,7 @@
 //! | 7 | `server` | the connection driver, generic over a listener's handler: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers |
 //! | 8 | `authority`, `lifecycle` | the HTTP-free authentication core (the bearer check and the exchange as typed verdicts: throttling, cluster catch-up, validation, restrictions); the token lifecycle (create, edit, rotate, delete with revoke, other replicas' changes), each with its audit line |
 //! | 9 | `cluster`, `proxy`, `identify`, `sso` | replicas sharing PostgreSQL; the upstream servers, their health, per-worker pools and header rewriting; who the client is (TCP peer, trusted PROXY header or `X-Forwarded-For`), decided in one place; single sign-on, an OpenID Connect client of the identity provider |
-//! | 10 | `tokens`, `throttle` | token formats, the live access-token map, the exchange; per-client limits on failed authentication |
+//! | 10 | `tokens`, `throttle`, `webhooks` | token formats, the live access-token map, the exchange; per-client limits on failed authentication; signed webhooks of the lifecycle's events, delivered from the store's outbox |
 //! | 11 | `store` | refresh tokens, durable in a backend and mirrored in memory |
 //! | 12 | `restrict` | what a refresh token may do (scopes, networks, rate), parsed and compiled |
 //! | 13 | `metrics`, `access_log` | Prometheus counters and the scrape, rendered from a snapshot the layers above fill; the access log writer |
@@ -62,6 +62,7 @@ mod store;
 mod throttle;
 pub mod tls;
 mod tokens;
+mod webhooks;
 mod wire;
 
 pub use admin::api;

@@ -24,11 +24,12 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, LifecycleError};
-use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot};
+use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot, WebhookGauges};
 use crate::store::{RefreshStore, StoreError};
 use crate::throttle::AuthThrottle;
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::RefreshHasher;
+use crate::webhooks::Webhooks;
 
 /// Why the shared state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum StateError {
         dest: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::WebhookSetupError),
 }
 
 pub struct State {
@@ -84,6 +87,9 @@ pub(crate) struct View {
     pub(crate) metrics: Metrics,
     /// `log.access`; `None` when off (nothing is built per request then).
     pub(crate) access_log: Option<AccessLog>,
+    /// `[[webhooks]]`: the outbox's staging and the delivery counters
+    /// (the audit log's tap writes to it; the gateway runs its worker).
+    pub(crate) webhooks: Arc<Webhooks>,
 }
 
 /// Where the refresh tokens are, for the log: the redb file or the masked URL.
@@ -121,9 +127,23 @@ impl State {
             dest: format!("{:?}", config.audit),
             source,
         })?;
-        let audit = Arc::new(match &cluster {
+        let audit = match &cluster {
             Some(c) => audit.with_replica(&c.name),
             None => audit,
+        };
+        // The lifecycle's audit events become webhooks through the tap.
+        let claimant = format!("{}:{}", config.cluster.name, std::process::id());
+        let webhooks = Arc::new(Webhooks::new(
+            &config.webhooks,
+            store.clone(),
+            clock.clone(),
+            claimant,
+            config.tokens.sweep_interval,
+        )?);
+        let audit = Arc::new(if webhooks.enabled() {
+            audit.with_tap(webhooks.clone())
+        } else {
+            audit
         });
         // 5. The authentication core, its failure budget counted from now,
         //    and the token lifecycle.
@@ -173,6 +193,7 @@ impl State {
                 cluster,
                 metrics,
                 access_log,
+                webhooks,
             },
             draining: AtomicBool::new(false),
             startup_config: config,
@@ -188,7 +209,14 @@ impl View {
         self.metrics.snapshot(|| {
             let audit = self.audit.dropped();
             let r = self.store.by_expiry(self.clock.unix());
+            let w = self.webhooks.counts();
             Gauges {
+                webhooks: WebhookGauges {
+                    delivered: w.delivered,
+                    failed_attempts: w.failed_attempts,
+                    dropped: w.dropped,
+                    outbox_depth: w.outbox_depth,
+                },
                 access_tokens: self.access.len(),
                 refresh_tokens: RefreshTokens {
                     active: r.active,

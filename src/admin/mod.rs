@@ -128,7 +128,12 @@ impl Handler for AdminHandler {
         // are rare; a small future keeps each connection task small.
         Box::pin(async move {
             let head = req.method() == Method::HEAD;
+            let changes = !(head || req.method() == Method::GET);
             let mut r = self.dispatch(peer, req).await;
+            if changes {
+                // A change's webhook events are in the outbox before its answer.
+                self.state.view.webhooks.settled().await;
+            }
             if head {
                 strip_body_for_head(&mut r);
             }

@@ -3,7 +3,10 @@
 //! naming the key. A leaf of `config`: the section modules import it and it
 //! imports none of them.
 
+use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use super::file::HumanDuration;
@@ -76,4 +79,38 @@ pub(super) fn between(
         return Err(ConfigError::invalid(key, format!("must be between {says}")));
     }
     Ok(d)
+}
+
+/// A secret is a few dozen characters; a file far larger than this is the
+/// wrong file.
+const MAX_SECRET_BYTES: u64 = 4096;
+
+/// Reads a secret from a file (`key` names the setting in errors), refusing
+/// one group or others may read: a secret anyone on the machine can read is
+/// no secret. Surrounding whitespace (the editor's newline) is not part of it.
+pub(super) fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let err = |m: String| ConfigError::invalid(key, format!("{}: {m}", path.display()));
+    let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| err(e.to_string()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "group or others may read it (mode {:04o}); `chmod 600` it",
+            mode & 0o7777
+        )));
+    }
+    if !meta.is_file() || meta.len() > MAX_SECRET_BYTES {
+        return Err(err(format!(
+            "not a file of at most {MAX_SECRET_BYTES} bytes"
+        )));
+    }
+    let mut text = String::new();
+    f.take(MAX_SECRET_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(err("is empty".into()));
+    }
+    Ok(secret.to_owned())
 }

@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub cluster: ClusterSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    /// `[[webhooks]]`: signed lifecycle events, one entry per endpoint.
+    pub webhooks: Vec<WebhookSection>,
 }
 
 /// `[metrics]`: Prometheus metrics at `/metrics` on the admin listener.
@@ -526,6 +528,39 @@ impl Default for TokensSection {
             // Ample for a fleet of workers sharing one refresh token, or a
             // script exchanging every second; the oldest go beyond it.
             max_access_per_refresh: 1000,
+        }
+    }
+}
+
+/// One `[[webhooks]]` entry: where lifecycle events are POSTed, signed the
+/// Standard Webhooks way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    /// `https://…`; plain `http://` only to a loopback address.
+    pub url: String,
+    /// A file (mode 0600 or stricter) holding the secret, `whsec_<base64>`.
+    pub secret_file: Option<PathBuf>,
+    /// Event types this endpoint receives; `["*"]` (the default): all.
+    pub events: Vec<String>,
+    /// The CA certificates (PEM) the endpoint's certificate is checked
+    /// against; unset: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// One delivery attempt, connection included.
+    pub timeout: HumanDuration,
+    /// The first retry's delay; each next one doubles, up to an hour.
+    pub retry_initial: HumanDuration,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        WebhookSection {
+            url: String::new(),
+            secret_file: None,
+            events: vec!["*".into()],
+            ca_file: None,
+            timeout: HumanDuration(Duration::from_secs(10)),
+            retry_initial: HumanDuration(Duration::from_secs(5)),
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   and the data directory.
 //! - `upstream`: the `[upstream]` section (servers, base path, headers, health).
 //! - `oidc`: the `[admin.oidc]` section (single sign-on), its client secret read.
+//! - `webhooks`: the `[[webhooks]]` entries (their secrets read), and the
+//!   webhook event types.
 //! - `summary`: the effective settings for `check-config`, secrets masked.
 //! - `check`: the checks of single values every section shares.
 //! - `mask`: database URLs with their passwords hidden.
@@ -21,7 +23,7 @@
 //! | row | files |
 //! |---|---|
 //! | 1 | `validate` |
-//! | 2 | `storage`, `upstream`, `summary`, `oidc` |
+//! | 2 | `storage`, `upstream`, `summary`, `oidc`, `webhooks` |
 //! | 3 | `check` |
 //! | 4 | `file` |
 //! | 5 | `mask`, `error` |
@@ -35,6 +37,7 @@ mod storage;
 mod summary;
 mod upstream;
 mod validate;
+mod webhooks;
 
 pub use error::ConfigError;
 pub use file::*;
@@ -42,6 +45,7 @@ pub use mask::mask_url;
 pub use oidc::{OidcConfig, CLIENT_SECRET_ENV};
 pub use storage::{data_dir, PostgresConfig, SslMode, StorageBackend, StorageConfig};
 pub use upstream::base_path;
+pub use webhooks::{EventType, WebhookConfig, WebhookSecret};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,6 +91,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// `[[webhooks]]`: where lifecycle events are sent (restart-only).
+    pub webhooks: Vec<WebhookConfig>,
     /// What it was validated from, for `summary`.
     source: FileConfig,
 }

@@ -5,10 +5,9 @@
 //! from `TOKENGATE_ADMIN__OIDC__CLIENT_SECRET`).
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use super::check::read_secret_file;
 use super::file::{ClientSecret, OidcSection};
 use super::ConfigError;
 use crate::roles::{Role, ROLE_NAMES};
@@ -16,9 +15,6 @@ use crate::roles::{Role, ROLE_NAMES};
 /// The environment variable that holds the client secret (never a file key:
 /// a secret in the configuration file ends up in backups and reviews).
 pub const CLIENT_SECRET_ENV: &str = "TOKENGATE_ADMIN__OIDC__CLIENT_SECRET";
-/// A client secret is a few dozen characters; a file far larger than this
-/// is the wrong file.
-const MAX_SECRET_BYTES: u64 = 4096;
 /// Claim names and values, the button's text: short, printable.
 const MAX_NAME: usize = 128;
 
@@ -143,39 +139,9 @@ fn client_secret(o: &OidcSection) -> Result<Option<ClientSecret>, ConfigError> {
             Err(ConfigError::invalid(CLIENT_SECRET_ENV, "is empty"))
         }
         (None, Some(s)) => Ok(Some(ClientSecret::new(s.expose().trim().to_owned()))),
-        (Some(path), None) => read_secret_file(KEY, path).map(Some),
+        (Some(path), None) => read_secret_file(KEY, path).map(|s| Some(ClientSecret::new(s))),
         (None, None) => Ok(None),
     }
-}
-
-/// Reads the client secret, refusing a file group or others may read: a
-/// secret anyone on the machine can read is no secret.
-fn read_secret_file(key: &str, path: &Path) -> Result<ClientSecret, ConfigError> {
-    let err = |m: String| ConfigError::invalid(key, format!("{}: {m}", path.display()));
-    let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let meta = f.metadata().map_err(|e| err(e.to_string()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(err(format!(
-            "group or others may read it (mode {:04o}); `chmod 600` it",
-            mode & 0o7777
-        )));
-    }
-    if !meta.is_file() || meta.len() > MAX_SECRET_BYTES {
-        return Err(err(format!(
-            "not a file of at most {MAX_SECRET_BYTES} bytes"
-        )));
-    }
-    let mut text = String::new();
-    f.take(MAX_SECRET_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|e| err(e.to_string()))?;
-    // A trailing newline is the editor's, not the secret's.
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(err("is empty".into()));
-    }
-    Ok(ClientSecret::new(secret.to_owned()))
 }
 
 /// `scopes`: space-separated scope tokens (RFC 6749's characters), `openid`

@@ -11,6 +11,9 @@ use super::FileConfig;
 /// Keys whose values are secrets, or whose sub-keys' values are: the password
 /// hash, and extra upstream headers (which usually carry an API credential).
 const MASKED: &[&str] = &["admin.password_hash", "upstream.headers"];
+/// Arrays of tables (`[[webhooks]]`): each entry's keys listed as
+/// `webhooks[0].url`; none, nothing.
+const TABLE_ARRAYS: &[&str] = &["webhooks"];
 /// URLs that may carry a password: listed with it masked.
 const URLS: &[&str] = &["storage.postgres.url"];
 
@@ -78,6 +81,11 @@ fn walk(key: &str, v: &Value, masked: bool, out: &mut Vec<String>) {
             }
         }
         Value::Object(_) => out.push(format!("{key} = (none)")),
+        Value::Array(items) if TABLE_ARRAYS.contains(&key) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(&format!("{key}[{i}]"), item, masked, out);
+            }
+        }
         Value::Null => out.push(format!("{key} = (unset)")),
         _ if masked => out.push(format!("{key} = (set, hidden)")),
         // Shown (where the database is matters), but never its password.

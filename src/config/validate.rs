@@ -55,6 +55,7 @@ impl FileConfig {
             cluster,
             metrics: metrics(&self.metrics)?,
             log: log(&self.log)?,
+            webhooks: super::webhooks::validate(&self.webhooks)?,
             source,
         })
     }

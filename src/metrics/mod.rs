@@ -15,7 +15,9 @@
 mod scrape;
 mod text;
 
-pub(crate) use scrape::{reply as scrape_reply, ClusterGauges, Gauges, RefreshTokens, Snapshot};
+pub(crate) use scrape::{
+    reply as scrape_reply, ClusterGauges, Gauges, RefreshTokens, Snapshot, WebhookGauges,
+};
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

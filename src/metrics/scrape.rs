@@ -30,6 +30,17 @@ pub(crate) struct Gauges {
     pub(crate) audit_dropped_security: u64,
     /// Cluster mode only.
     pub(crate) cluster: Option<ClusterGauges>,
+    pub(crate) webhooks: WebhookGauges,
+}
+
+/// The webhooks' deliveries (all zero without `[[webhooks]]`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WebhookGauges {
+    pub(crate) delivered: u64,
+    pub(crate) failed_attempts: u64,
+    pub(crate) dropped: u64,
+    /// Deliveries in the outbox, as of the worker's last round.
+    pub(crate) outbox_depth: u64,
 }
 
 /// Refresh tokens by state; disjoint.
@@ -75,6 +86,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
     connections(o, t);
     reloads(o, &s.reloads);
     dropped(o, g);
+    webhooks(o, &g.webhooks);
     if let Some(c) = &g.cluster {
         cluster(o, c);
     }
@@ -327,6 +339,38 @@ fn dropped(o: &mut Text, g: &Gauges) {
     );
 }
 
+fn webhooks(o: &mut Text, w: &WebhookGauges) {
+    for (name, kind, help, n) in [
+        (
+            "tokengate_webhook_deliveries_total",
+            "counter",
+            "Webhook deliveries an endpoint accepted (2xx).",
+            w.delivered,
+        ),
+        (
+            "tokengate_webhook_failed_attempts_total",
+            "counter",
+            "Webhook delivery attempts that failed (no 2xx answer, or no answer); each is retried.",
+            w.failed_attempts,
+        ),
+        (
+            "tokengate_webhook_dropped_total",
+            "counter",
+            "Webhook deliveries given up on (still failing 24 h after the event, or no room to queue them).",
+            w.dropped,
+        ),
+        (
+            "tokengate_webhook_outbox_depth",
+            "gauge",
+            "Webhook deliveries waiting in the outbox (due or retrying).",
+            w.outbox_depth,
+        ),
+    ] {
+        o.family(name, kind, help);
+        o.sample(name, &[], n);
+    }
+}
+
 fn cluster(o: &mut Text, c: &ClusterGauges) {
     // Every change committed before the last contact is applied here:
     // the staleness bounds the propagation lag.
@@ -380,6 +424,11 @@ mod tests {
                 expired: 2,
             },
             audit_dropped_security: 4,
+            webhooks: WebhookGauges {
+                delivered: 6,
+                outbox_depth: 2,
+                ..WebhookGauges::default()
+            },
             cluster: Some(ClusterGauges {
                 staleness: Duration::from_millis(1500),
                 connected: true,
@@ -399,6 +448,9 @@ mod tests {
             "tokengate_cluster_staleness_seconds 1.5\n",
             "tokengate_cluster_connected 1\n",
             "tokengate_cluster_peer_boots 2\n",
+            "tokengate_webhook_deliveries_total 6\n",
+            "tokengate_webhook_outbox_depth 2\n",
+            "tokengate_webhook_dropped_total 0\n",
             "# TYPE tokengate_tls_handshake_failures_total counter\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");

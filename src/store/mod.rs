@@ -8,11 +8,14 @@
 //!
 //! - `record`: the persisted record, the in-memory token, a usage delta.
 //! - `redb`: the embedded backend (the default, one node).
+//! - `outbox`: the webhook deliveries waiting for their endpoint, kept by
+//!   each backend beside the tokens.
 //! - `postgres`: a shared PostgreSQL (the ground for cluster mode): its own
 //!   small runtime behind the same blocking interface, versioned migrations,
 //!   and the server secret's fingerprint.
 
 pub(crate) mod accounts;
+pub(crate) mod outbox;
 mod postgres;
 mod record;
 mod redb;
@@ -85,6 +88,10 @@ pub enum StoreError {
 /// What a durable backend does. Implementations block; each call is one
 /// transaction, all or nothing.
 pub(crate) trait Backend: Send + Sync {
+    /// The webhook outbox kept in the same database.
+    fn outbox(&self) -> Option<&dyn outbox::Outbox> {
+        None
+    }
     /// Every stored token.
     fn load(&self) -> Result<Vec<(RefreshHash, RefreshRecord)>, StoreError>;
     /// Persists a new token under an id that was never handed out before.
@@ -369,6 +376,11 @@ impl RefreshStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // A poisoned lock guards no data of its own (it only orders writers).
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The webhook outbox, in the same database as the tokens (blocking calls).
+    pub(crate) fn outbox(&self) -> Option<&dyn outbox::Outbox> {
+        self.backend.outbox()
     }
 
     /// The database as cluster mode uses it (PostgreSQL only).

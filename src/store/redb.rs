@@ -14,6 +14,8 @@ use super::record::{Edit, RefreshHash, RefreshRecord, UsageDelta};
 use super::{Backend, StoreError};
 use crate::restrict::RestrictionSpec;
 
+mod outbox;
+
 /// hash (HMAC-SHA256 of the token) → JSON record.
 const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("refresh_tokens");
 /// id → hash, so deletion by id needs no scan.
@@ -112,6 +114,10 @@ impl RedbBackend {
 }
 
 impl Backend for RedbBackend {
+    fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
+        Some(self)
+    }
+
     fn load(&self) -> Result<Vec<(RefreshHash, RefreshRecord)>, StoreError> {
         let read = self.db.begin_read()?;
         let tokens = read.open_table(TOKENS)?;

@@ -4,7 +4,9 @@
 //!   check-config` lists (the configuration's own key list, derived from its
 //!   serialised form), each with its `TOKENGATE_…` variable;
 //! - the audit-event table of `docs/operations.md` lists exactly the events
-//!   the code emits (the `"namespace.name"` literals of `src/`);
+//!   the code emits (the `"namespace.name"` literals of `src/`), and its
+//!   webhook table exactly the webhook event types (those of
+//!   `src/config/webhooks.rs`, which the audit scan leaves out);
 //! - every Markdown table renders as one (a blank line inside a table turns
 //!   its remaining rows into raw pipes);
 //! - the README's token-lifecycle walkthrough works as written against
@@ -195,10 +197,25 @@ fn is_event_name(s: &str) -> bool {
     })
 }
 
+/// The file that names the webhook event types (`token.created`, …):
+/// they share the audit events' shape, and are checked on their own.
+const WEBHOOK_TYPES_FILE: &str = "src/config/webhooks.rs";
+
+/// The event-shaped literals of one file's code.
+fn event_literals(text: &str) -> BTreeSet<String> {
+    code_lines(text)
+        .into_iter()
+        .flat_map(|(_, line)| line.split('"').skip(1).step_by(2))
+        .filter(|l| is_event_name(l))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Every event the code emits, with where.
 fn emitted_events(config_keys: &BTreeSet<String>) -> BTreeSet<String> {
     let mut files = Vec::new();
     rust_files(&repo("src"), &mut files);
+    files.retain(|f| *f != repo(WEBHOOK_TYPES_FILE));
     let mut events = BTreeSet::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -246,6 +263,30 @@ fn operations_md_lists_every_audit_event_and_no_other() {
         "docs/operations.md's audit-event table and the code disagree.\n\
          events the code emits but the table lacks: {missing:?}\n\
          events the table lists but the code never emits: {extra:?}"
+    );
+}
+
+#[test]
+fn operations_md_lists_every_webhook_event_type_and_no_other() {
+    let code = event_literals(&read(WEBHOOK_TYPES_FILE));
+    assert!(
+        code.contains("token.created") && code.len() >= 9,
+        "the scan of {WEBHOOK_TYPES_FILE} finds the types: {code:?}"
+    );
+    let doc = read("docs/operations.md");
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Webhooks"))
+        .expect("docs/operations.md has a \"## Webhooks\" section");
+    let documented: BTreeSet<String> = section
+        .lines()
+        .filter_map(cells)
+        .filter_map(|row| code_spans(row[0]).next().map(str::to_owned))
+        .filter(|s| is_event_name(s))
+        .collect();
+    assert_eq!(
+        code, documented,
+        "docs/operations.md's webhook table and {WEBHOOK_TYPES_FILE} disagree"
     );
 }
 

@@ -62,4 +62,5 @@ mod upstream_tls;
 mod upstreams;
 mod users_cli;
 mod users_page;
+mod webhooks;
 mod workers;

@@ -29,6 +29,7 @@
 //! with another secret (whose hashes would match no token) refuses to start.
 
 pub(crate) mod feed;
+mod outbox;
 mod schema;
 mod tls;
 
@@ -365,6 +366,10 @@ fn to_db(v: u64) -> Result<i64, PgError> {
 }
 
 impl Backend for PostgresBackend {
+    fn outbox(&self) -> Option<&dyn super::outbox::Outbox> {
+        Some(self)
+    }
+
     fn cluster(&self) -> Option<feed::ClusterDb> {
         let handle = self.runtime.as_ref()?.handle().clone();
         Some(feed::ClusterDb::new(

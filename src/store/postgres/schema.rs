@@ -163,6 +163,35 @@ const MIGRATIONS: &[Migration] = &[
                            'revoke_access'));
     ",
     },
+    Migration {
+        version: 8,
+        name: "the webhook outbox",
+        // One row per event and endpoint until it is delivered (or given
+        // up on after a day); `id` is the `webhook-id` receivers
+        // deduplicate by. A replica claims due rows for a lease
+        // (`claimed_by`, `claimed_until`, in the database's time), so each
+        // is attempted by one replica at a time and a dead replica's claims
+        // are taken over when the lease ends. `tokengate_webhook_expiring`:
+        // the tokens whose `token.expiring` was sent, and for which expiry.
+        sql: "
+        CREATE TABLE tokengate_webhook_outbox (
+            id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            endpoint      text NOT NULL,
+            event_type    text NOT NULL,
+            payload       text NOT NULL,
+            created       timestamptz NOT NULL DEFAULT now(),
+            attempts      integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            next_attempt  timestamptz NOT NULL DEFAULT now(),
+            claimed_by    text,
+            claimed_until timestamptz
+        );
+        CREATE INDEX tokengate_webhook_outbox_due ON tokengate_webhook_outbox (next_attempt);
+        CREATE TABLE tokengate_webhook_expiring (
+            token_id bigint PRIMARY KEY,
+            expires  bigint NOT NULL
+        );
+    ",
+    },
 ];
 
 /// The advisory-lock key that orders change records ("tgfeed" + 1): held

@@ -38,6 +38,9 @@ pub struct Cluster {
     pub secret: PathBuf,
     /// Settings every replica gets on top of the basics (variable, value).
     env: Vec<(String, String)>,
+    /// TOML appended to every replica's configuration file (what the
+    /// environment cannot say, such as `[[webhooks]]` entries).
+    toml: String,
 }
 
 impl Cluster {
@@ -57,7 +60,14 @@ impl Cluster {
             key,
             secret,
             env: Vec::new(),
+            toml: String::new(),
         }
+    }
+
+    /// Appends `toml` to the configuration file of every replica started from now on.
+    pub fn with_toml(mut self, toml: &str) -> Cluster {
+        self.toml.push_str(toml);
+        self
     }
 
     /// Adds `TOKENGATE_…` settings for every replica started from now on.
@@ -114,6 +124,7 @@ impl Cluster {
             config: dir.join("tokengate.toml"),
             dir,
             env,
+            toml: self.toml.clone(),
             upstream: self.upstream,
             cert: self.cert.clone(),
             key: self.key.clone(),
@@ -155,6 +166,7 @@ pub struct Replica {
     dir: PathBuf,
     config: PathBuf,
     env: Vec<(String, String)>,
+    toml: String,
     upstream: SocketAddr,
     cert: PathBuf,
     key: PathBuf,
@@ -211,7 +223,7 @@ destination = "{audit}"
             key = self.key.display(),
             audit = self.audit_path().display(),
         );
-        std::fs::write(&self.config, text).unwrap();
+        std::fs::write(&self.config, text + &self.toml).unwrap();
     }
 
     fn log_path(&self) -> PathBuf {
