@@ -291,7 +291,12 @@ fn continue_chain(path: &std::path::Path) -> io::Result<Head> {
     let (head, found) = audit_chain::recover(path)?;
     let file = path.display();
     match found {
-        Found::Empty | Found::Chained => {}
+        Found::Empty | Found::Chained | Found::NotAFile => {}
+        Found::Unreadable(error) => tracing::warn!(
+            file = %file,
+            error,
+            "cannot read the audit file to continue its chain: a new chain starts at seq 1"
+        ),
         Found::Unchained => tracing::warn!(
             file = %file,
             "the audit file does not end in a chained line (seq, prev): a new chain starts at seq 1 after it"

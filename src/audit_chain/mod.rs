@@ -174,6 +174,11 @@ pub(crate) fn parse_link(line: &[u8]) -> Result<Link, NotLinked> {
 pub(crate) enum Found {
     /// No file, or an empty one: a new chain.
     Empty,
+    /// Not a regular file (a named pipe, a device): a new chain, as for
+    /// stdout.
+    NotAFile,
+    /// The file exists but cannot be read (only written): a new chain.
+    Unreadable(String),
     /// The last line is chained: the chain continues after it.
     Chained,
     /// The last line is not a chained line (a log from before the chain, or
@@ -185,7 +190,7 @@ pub(crate) enum Found {
     TornCut(u64),
     /// As `TornCut`, but the file could not be shortened (append-only, as
     /// `chattr +a` makes it): the part was ended with a newline and stays,
-    /// and `tokengate audit verify` names it as a break.
+    /// and `tokengate audit verify` names it as a break (not a JSON line).
     TornKept(u64),
     /// The file ended in a complete chained line that only lacked its
     /// newline: the newline was added and the chain continues after it.
@@ -195,7 +200,8 @@ pub(crate) enum Found {
 /// Finds where the chain of the audit file at `path` stands, repairing a
 /// torn end first:
 ///
-/// - no file or an empty one: a new chain (seq 1, genesis `prev`);
+/// - no file or an empty one: a new chain (seq 1, genesis `prev`); also a
+///   named pipe or a device, and a file that cannot be read;
 /// - ends in a complete chained line: the chain continues after it;
 /// - ends in a complete line that is not chained: a new chain, after it;
 /// - ends in part of a line (no newline: a crash in the middle of a write):
@@ -204,12 +210,21 @@ pub(crate) enum Found {
 ///   continues after the last complete line. A file that cannot be
 ///   shortened (append-only) keeps the part, ended by a newline.
 ///
-/// Never fails on the file's content; only on I/O (which stops start-up).
+/// Never fails on the file's content; only on an I/O error in the middle
+/// of reading or repairing it (which stops start-up).
 pub(crate) fn recover(path: &Path) -> io::Result<(Head, Found)> {
+    // Only a regular file can be read back: a named pipe (a shipper's) or a
+    // device holds no earlier lines, and opening a pipe to read would wait
+    // for a writer.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok((Head::GENESIS, Found::NotAFile)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Head::GENESIS, Found::Empty)),
+        Err(e) => return Ok((Head::GENESIS, Found::Unreadable(e.to_string()))),
+    }
     let mut file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Head::GENESIS, Found::Empty)),
-        Err(e) => return Err(e),
+        Err(e) => return Ok((Head::GENESIS, Found::Unreadable(e.to_string()))),
     };
     let len = file.metadata()?.len();
     let start = len.saturating_sub(TAIL_WINDOW);

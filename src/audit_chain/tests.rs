@@ -120,6 +120,32 @@ fn recovery_continues_a_chained_file_and_starts_over_otherwise() {
         (Head::GENESIS, Found::Unchained)
     );
 
+    // A named pipe is not read (that would wait for a writer).
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_eq!(recover(&fifo).unwrap(), (Head::GENESIS, Found::NotAFile));
+    // A file that can only be written (root reads it anyway).
+    let unreadable = write(
+        &dir,
+        "unreadable.jsonl",
+        &text(&lines_from(Head::GENESIS, 1).0),
+    );
+    std::fs::set_permissions(
+        &unreadable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o200),
+    )
+    .unwrap();
+    if std::fs::File::open(&unreadable).is_err() {
+        assert!(matches!(
+            recover(&unreadable).unwrap(),
+            (Head::GENESIS, Found::Unreadable(_))
+        ));
+    }
+
     // Far longer than the window read at start: the last line is found.
     let (many, head) = lines_from(Head::GENESIS, 2_000);
     let long = write(&dir, "long.jsonl", &text(&many));
@@ -162,6 +188,49 @@ fn a_torn_end_is_cut_off_and_the_chain_continues_from_the_last_whole_line() {
     std::fs::write(&path, bytes).unwrap();
     let v = verify(&[path], &VerifyOptions::default()).unwrap();
     assert_eq!(v.lines, 6);
+}
+
+#[test]
+fn a_torn_end_of_an_append_only_file_stays_and_verify_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, _) = lines_from(Head::GENESIS, 3);
+    let mut torn = text(&lines[..2]);
+    torn.extend_from_slice(&lines[2][..30]);
+    let path = write(&dir, "append-only.jsonl", &torn);
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Setting the flag needs root (CAP_LINUX_IMMUTABLE) and a file system
+    // that has it.
+    if !chattr("+a") {
+        eprintln!("chattr +a is not available here: skipped");
+        return;
+    }
+    let recovered = recover(&path);
+    let after = std::fs::read(&path);
+    assert!(chattr("-a"));
+    let (head, found) = recovered.unwrap();
+    assert_eq!(found, Found::TornKept(30));
+    assert_eq!((head.seq, head.hash), (2, hash_line(&lines[1])));
+    let mut expected = torn.clone();
+    expected.push(b'\n');
+    assert_eq!(
+        after.unwrap(),
+        expected,
+        "the part stays, ended by a newline"
+    );
+    // The chain goes on after line 2; verify names the part.
+    let (next, _) = lines_from(head, 1);
+    let mut bytes = expected;
+    bytes.extend(text(&next));
+    std::fs::write(&path, bytes).unwrap();
+    let b = broken(std::slice::from_ref(&path), &VerifyOptions::default());
+    assert_eq!((b.line, b.seq), (3, None));
+    assert!(b.what.contains("not a JSON line"), "{b}");
 }
 
 #[test]
