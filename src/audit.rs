@@ -181,9 +181,9 @@ impl Render for Chained {
     fn write(&mut self, body: Vec<u8>, out: &mut impl Write) -> io::Result<()> {
         let next = self.head.link(&body, &mut self.line);
         self.line.push(b'\n');
+        // Only a line handed to the output moves the head: after a failed
+        // write the next line links to the last one written.
         out.write_all(&self.line)?;
-        // A line that could not be written takes no seq: the next links to
-        // the last one written.
         self.head = next;
         Ok(())
     }
