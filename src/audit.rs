@@ -19,6 +19,12 @@
 //! theirs and be dropped, but never take the room of an administrator's or
 //! security event (`admin.*`, `refresh_token.*`). Drops are counted per
 //! class and logged.
+//!
+//! Every line is a link of a hash chain (`audit_chain`): it starts with
+//! `seq` and `prev`, given on the writer thread in the order lines reach
+//! the destination, so a dropped event takes no seq and leaves no gap. A
+//! file continues its chain across restarts; stdout and stderr start a new
+//! one at each start (what they feed keeps no state the gateway can read).
 
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -26,6 +32,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::audit_chain::{self, Found, Head};
 use crate::config::AuditDestination;
 use crate::log_writer::{clip, open_destination, Budget, LogWriter, Render};
 
@@ -159,15 +166,26 @@ fn budgets() -> Vec<Budget> {
     .collect()
 }
 
-/// Audit lines are serialised by the caller (it holds the borrowed event):
-/// the writer writes the bytes.
-struct Serialised;
+/// Audit lines are serialised by the caller (it holds the borrowed event);
+/// the writer links each into the chain, in the order they are written.
+struct Chained {
+    /// The last line written (or found in the file at start).
+    head: Head,
+    /// Reused for every line.
+    line: Vec<u8>,
+}
 
-impl Render for Serialised {
+impl Render for Chained {
     type Item = Vec<u8>;
 
-    fn write(&mut self, line: Vec<u8>, out: &mut impl Write) -> io::Result<()> {
-        out.write_all(&line)
+    fn write(&mut self, body: Vec<u8>, out: &mut impl Write) -> io::Result<()> {
+        let next = self.head.link(&body, &mut self.line);
+        self.line.push(b'\n');
+        // Only a line handed to the output moves the head: after a failed
+        // write the next line links to the last one written.
+        out.write_all(&self.line)?;
+        self.head = next;
+        Ok(())
     }
 }
 
@@ -202,11 +220,16 @@ impl Audit {
         }
     }
 
-    /// Opens the destination (a file is created 0600 and appended to) and starts the writer.
+    /// Opens the destination (a file is created 0600 and appended to, its
+    /// chain continued from its last line) and starts the writer.
     pub fn open(dest: &AuditDestination) -> io::Result<Audit> {
+        let head = match dest {
+            AuditDestination::File(path) => continue_chain(path)?,
+            _ => Head::GENESIS,
+        };
         match open_destination(dest)? {
             None => Ok(Audit::off()),
-            Some(out) => Audit::with_writer(out),
+            Some(out) => Audit::with_writer(out, head),
         }
     }
 
@@ -222,8 +245,12 @@ impl Audit {
         self
     }
 
-    fn with_writer(out: Box<dyn Write + Send>) -> io::Result<Audit> {
-        let writer = LogWriter::start("audit log", "tokengate-audit", out, Serialised, budgets())?;
+    fn with_writer(out: Box<dyn Write + Send>, head: Head) -> io::Result<Audit> {
+        let render = Chained {
+            head,
+            line: Vec::new(),
+        };
+        let writer = LogWriter::start("audit log", "tokengate-audit", out, render, budgets())?;
         Ok(Audit {
             writer: Some(writer),
             replica: None,
@@ -240,16 +267,16 @@ impl Audit {
         let Some(writer) = &self.writer else { return };
         let event = event.clipped();
         let time = crate::clock::rfc3339_now();
-        let mut line = match serde_json::to_vec(&Line {
+        let Ok(body) = serde_json::to_vec(&Line {
             time,
             replica: self.replica.as_deref(),
             event: &event,
-        }) {
-            Ok(l) => l,
-            Err(_) => return,
+        }) else {
+            return;
         };
-        line.push(b'\n');
-        writer.send(Class::of(event.event) as usize, line.len(), line);
+        // The room it takes: the line as written, with its link and newline.
+        let bytes = body.len() + audit_chain::LINK_BYTES + 1;
+        writer.send(Class::of(event.event) as usize, bytes, body);
     }
 
     /// Waits (at most `timeout`) until everything queued so far is written.
@@ -276,6 +303,43 @@ impl Audit {
     pub fn pending_bytes(&self) -> usize {
         self.writer.as_ref().map_or(0, LogWriter::pending_bytes)
     }
+}
+
+/// Where the chain of the audit file at `path` stands, after repairing a
+/// torn end; says so in the log when the file did not end in a chained line.
+fn continue_chain(path: &std::path::Path) -> io::Result<Head> {
+    let (head, found) = audit_chain::recover(path)?;
+    let file = path.display();
+    match found {
+        Found::Empty | Found::Chained | Found::NotAFile => {}
+        Found::Unreadable(error) => tracing::warn!(
+            file = %file,
+            error,
+            "cannot read the audit file to continue its chain: a new chain starts at seq 1"
+        ),
+        Found::Unchained => tracing::warn!(
+            file = %file,
+            "the audit file does not end in a chained line (seq, prev): a new chain starts at seq 1 after it"
+        ),
+        Found::TornCut(bytes) => tracing::warn!(
+            file = %file,
+            bytes,
+            seq = head.seq,
+            "the audit file ended in part of a line (a write cut short by a crash): that part was cut off; the chain continues after the last whole line"
+        ),
+        Found::TornKept(bytes) => tracing::warn!(
+            file = %file,
+            bytes,
+            seq = head.seq,
+            "the audit file ended in part of a line (a write cut short by a crash) and cannot be shortened (append-only?): the part was ended with a newline and stays; `tokengate audit verify` will name it; the chain continues after the last whole line"
+        ),
+        Found::Completed => tracing::warn!(
+            file = %file,
+            seq = head.seq,
+            "the audit file's last line lacked its newline (a write cut short by a crash): added"
+        ),
+    }
+    Ok(head)
 }
 
 #[cfg(test)]
@@ -306,13 +370,15 @@ mod tests {
         assert_eq!(v["token_name"], "ci \"bot\"");
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         assert!(v.get("reason").is_none());
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["prev"], "0".repeat(64));
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
     }
 
     #[test]
     fn a_flood_of_client_events_is_bounded_and_cannot_push_out_admin_events() {
         let out = Stalled::default();
-        let audit = Audit::with_writer(Box::new(out.clone())).unwrap();
+        let audit = Audit::with_writer(Box::new(out.clone()), Head::GENESIS).unwrap();
         let user_agent = "A".repeat(16 * 1024);
         let refused = Event {
             event: "token.exchange_refused",
@@ -361,6 +427,92 @@ mod tests {
             .all(|ua| ua.chars().count() == MAX_FIELD_CHARS));
         // Room is given back once written.
         assert_eq!(audit.pending_bytes(), 0);
+        // Dropped events took no seq: the chain has no gap.
+        let seqs: Vec<u64> = lines.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=u64::try_from(lines.len()).unwrap()).collect::<Vec<_>>()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        std::fs::write(&file, text).unwrap();
+        let v = audit_chain::verify(&[file], &audit_chain::VerifyOptions::default()).unwrap();
+        assert_eq!(v.lines, u64::try_from(lines.len()).unwrap());
+    }
+
+    #[test]
+    fn a_file_continues_its_chain_across_restarts_and_a_torn_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let dest = AuditDestination::File(path.clone());
+        let write = |n: usize| {
+            let audit = Audit::open(&dest).unwrap();
+            for _ in 0..n {
+                audit.record(&Event {
+                    event: "admin.login",
+                    actor: Some("admin"),
+                    ..Event::default()
+                });
+            }
+            audit.flush(Duration::from_secs(5));
+        };
+        let seqs = || -> Vec<u64> {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        write(3);
+        write(2);
+        assert_eq!(seqs(), [1, 2, 3, 4, 5]);
+        let opts = audit_chain::VerifyOptions::default();
+        let files = [path.clone()];
+        assert_eq!(audit_chain::verify(&files, &opts).unwrap().last.seq, 5);
+
+        // A crash in the middle of a line: the part is cut off at start.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(br#"{"seq":6,"prev":"00"#);
+        std::fs::write(&path, &bytes).unwrap();
+        write(1);
+        assert_eq!(seqs(), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(audit_chain::verify(&files, &opts).unwrap().lines, 6);
+
+        // A log from before the chain: a new chain after its last line,
+        // which verify names as the break it is.
+        std::fs::write(&path, "{\"time\":\"t\",\"event\":\"admin.login\"}\n").unwrap();
+        write(2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let second: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(second["seq"], 1);
+        assert_eq!(second["prev"], "0".repeat(64));
+    }
+
+    #[test]
+    fn stdout_starts_a_chain_at_each_start() {
+        let out = Stalled::default();
+        out.open_gate();
+        for _ in 0..2 {
+            let audit = Audit::with_writer(Box::new(out.clone()), Head::GENESIS).unwrap();
+            audit.record(&Event {
+                event: "admin.login",
+                ..Event::default()
+            });
+            audit.flush(Duration::from_secs(5));
+        }
+        let text = String::from_utf8(out.out.lock().unwrap().clone()).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                (v["seq"].as_u64(), v["prev"].as_str()),
+                (Some(1), Some(&*"0".repeat(64)))
+            );
+        }
+        assert_eq!(text.lines().count(), 2);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!
 //! | row | modules | what they do |
 //! |---|---|---|
-//! | 1 | `cli`, `dev`, `scripts` | front ends: `tokengate token …`, `user …`, `cluster …`, `reload`, clients of the admin API; `serve --dev`; `tokengate access-token` and `tokengate agent`, clients of the public listener for scripts |
+//! | 1 | `cli`, `dev`, `scripts`, `audit_verify` | front ends: `tokengate token …`, `user …`, `cluster …`, `reload`, clients of the admin API; `serve --dev`; `tokengate access-token` and `tokengate agent`, clients of the public listener for scripts; `tokengate audit verify` |
 //! | 2 | `gateway` | start-up in numbered steps, the listeners, shutdown |
 //! | 3 | `periodic` | sweeps (access tokens, admin sessions) and usage flushes on a timer |
 //! | 4 | `public`, `admin`, `metrics_listener` | the listeners' handlers: health, the token endpoint, the bearer check and the proxy path; login, the token API (`admin::api` is its wire contract) and the page; the unauthenticated scrape |
@@ -26,13 +26,15 @@
 //! | 12 | `restrict` | what a refresh token may do (scopes, networks, rate), parsed and compiled |
 //! | 13 | `metrics`, `access_log` | Prometheus counters and the scrape, rendered from a snapshot the layers above fill; the access log writer |
 //! | 14 | `audit` | the audit log writer |
-//! | 15 | `tls`, `log_writer` | rustls server and client configurations; the bounded writer thread both logs run on |
+//! | 15 | `tls`, `log_writer`, `audit_chain` | rustls server and client configurations; the bounded writer thread both logs run on; the audit log's hash chain (line format, recovery at start, verification) |
 //! | 16 | `config` | settings: defaults, file, environment, validated |
 //! | 17 | `shutdown`, `wire`, `secrets`, `clock`, `net`, `roles` | leaves: the shutdown signal, the HTTP wire toolkit (answers, the error shape, bounded bodies, `Host` and header names), secrets on disk, the time source, client addresses and networks, the admin accounts' roles |
 
 mod access_log;
 mod admin;
 mod audit;
+mod audit_chain;
+pub mod audit_verify;
 mod authority;
 pub mod cli;
 pub mod clock;

@@ -95,6 +95,11 @@ enum Command {
     /// Listen locally and send every request on to the gateway with a valid
     /// access token: point any HTTP client's base URL at it.
     Agent(tokengate::scripts::AgentArgs),
+    /// The audit log: check its hash chain (`tokengate audit verify FILE…`).
+    Audit {
+        #[command(subcommand)]
+        command: tokengate::audit_verify::AuditCommand,
+    },
     /// Print a shell completion script for this command line, for packagers.
     ///
     /// `tokengate completions bash > /usr/share/bash-completion/completions/tokengate`
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
         Command::Reload { conn } => tokengate::cli::run_reload(conn),
         Command::AccessToken(args) => tokengate::scripts::run_access_token(args),
         Command::Agent(args) => tokengate::scripts::run_agent(args),
+        Command::Audit { command } => tokengate::audit_verify::run_audit(command),
         Command::Serve { config, dev } => serve(config, dev),
         Command::Db {
             command: DbCommand::Migrate { config },

@@ -268,7 +268,7 @@ fn version_names_the_release_and_the_git_revision() {
 
 /// The subcommands of the man pages and the completions (the generators,
 /// `completions` and `man`, are listed by `--help` but left out of the man pages).
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "serve",
     "check-config",
     "hash-password",
@@ -278,6 +278,7 @@ const SUBCOMMANDS: [&str; 9] = [
     "user",
     "access-token",
     "agent",
+    "audit",
 ];
 
 #[test]

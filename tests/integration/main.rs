@@ -27,6 +27,7 @@ mod access_token;
 mod accounts;
 mod admin_page;
 mod agent;
+mod audit_chain;
 mod backends;
 mod behind_haproxy;
 mod binary;
