@@ -221,9 +221,7 @@ pub enum ClusterCommand {
 impl Connection {
     /// The account the requests act as over the admin listener.
     fn user(&self) -> &str {
-        self.user
-            .as_deref()
-            .unwrap_or(crate::admin::password::ADMIN_USER)
+        self.user.as_deref().unwrap_or(crate::passwords::ADMIN_USER)
     }
 }
 

@@ -147,7 +147,7 @@ pub struct Login {
 }
 
 fn admin_user() -> String {
-    super::password::ADMIN_USER.to_owned()
+    crate::passwords::ADMIN_USER.to_owned()
 }
 
 /// `GET /api/session`, and the answer to a login.
