@@ -22,8 +22,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use super::oauth::token_params;
-use super::token::body_kind;
+use super::token::{body_kind, token_params};
 use super::{bearer_token, STALE};
 use crate::audit;
 use crate::authority::{IntrospectStale, Subject};
