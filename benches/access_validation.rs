@@ -115,6 +115,7 @@ fn restricted_spec() -> RestrictionSpec {
         ],
         read_only: false,
         networks: vec!["10.0.0.0/8".into(), "127.0.0.0/8".into()],
+        introspect: false,
         rate_limit: Some(RateLimit {
             per_second: 1_000_000,
             burst: 1_000_000,

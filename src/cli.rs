@@ -97,6 +97,10 @@ pub struct RestrictArgs {
     /// Requests allowed at once above the rate (default: the rate).
     #[arg(long, requires = "rate")]
     pub burst: Option<u32>,
+    /// Let the token's access tokens introspect other tokens
+    /// (`POST /token/introspect`). Not a restriction: a grant.
+    #[arg(long)]
+    pub introspect: bool,
 }
 
 impl RestrictArgs {
@@ -204,6 +208,9 @@ pub struct EditArgs {
     /// Remove the rate limit.
     #[arg(long, conflicts_with = "rate")]
     no_rate_limit: bool,
+    /// Take back the right to introspect (clears --introspect).
+    #[arg(long, conflicts_with = "introspect")]
+    no_introspect: bool,
     /// Remove every restriction.
     #[arg(long, conflicts_with_all = ["scopes", "read_only", "networks", "rate"])]
     full_access: bool,
@@ -221,9 +228,7 @@ pub enum ClusterCommand {
 impl Connection {
     /// The account the requests act as over the admin listener.
     fn user(&self) -> &str {
-        self.user
-            .as_deref()
-            .unwrap_or(crate::admin::password::ADMIN_USER)
+        self.user.as_deref().unwrap_or(crate::passwords::ADMIN_USER)
     }
 }
 
@@ -397,6 +402,7 @@ mod tests {
             scopes: vec![r],
             read_only: true,
             networks: vec!["10.0.0.0/8".into()],
+            introspect: false,
             rate_limit: Some(RateLimit {
                 per_second: 5,
                 burst: 10,

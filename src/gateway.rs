@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::password::AdminAuth;
+use crate::admin::session::AdminAuth;
 use crate::admin::AdminHandler;
 use crate::clock::Clock;
 use crate::config::data_dir;
@@ -186,6 +186,7 @@ impl Gateway {
         if let Some(cluster) = state.view.cluster.clone() {
             let follower = Follower {
                 lifecycle: state.lifecycle.clone(),
+                passwords: state.passwords.clone(),
                 auth: auth.clone(),
             };
             cluster.spawn(Arc::new(follower), rx.clone());
@@ -366,6 +367,7 @@ async fn start_public(
 /// disabled or deleted elsewhere, a logout elsewhere).
 struct Follower {
     lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    passwords: Arc<crate::passwords::Passwords>,
     auth: Arc<AdminAuth>,
 }
 
@@ -390,7 +392,7 @@ impl crate::cluster::Replica for Follower {
         self.lifecycle.account(name, rec);
         if ended {
             self.auth.sessions.end_user(name);
-            self.auth.forget(name);
+            self.passwords.forget(name);
         }
     }
     fn all_accounts(&self, all: Vec<crate::store::AccountRecord>) {
@@ -422,14 +424,12 @@ fn build(config: Config, opts: StartOptions) -> Result<Built, StartError> {
         (None, Some(h)) => AdminPasswordSource::ConfigHash(h.clone()),
         (None, None) => AdminPasswordSource::DataDir,
     };
-    let auth = AdminAuth::new(
-        crate::secrets::resolve_admin(source, &dir)?,
-        &secret,
-        config.admin.session_ttl,
-    );
+    let passwords =
+        crate::passwords::Passwords::new(crate::secrets::resolve_admin(source, &dir)?, &secret);
+    let auth = AdminAuth::new(config.admin.session_ttl);
     // c. Single sign-on's client (its flow cookie keyed from the secret).
     let sso = crate::sso::Sso::build(config.admin.oidc.as_ref(), &secret, opts.clock.clone())?;
     // d. Refresh tokens, the boot nonce, the audit log.
-    let state = State::build(config, opts.clock, &secret)?;
+    let state = State::build(config, opts.clock, &secret, passwords)?;
     Ok((state, auth, sso))
 }

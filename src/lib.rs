@@ -19,7 +19,7 @@
 //! | 5 | `reload` | live reload (SIGHUP, `POST /api/reload`, certificate files changing on disk) |
 //! | 6 | `state` | what the listeners share, built at start-up |
 //! | 7 | `server` | the connection driver, generic over a listener's handler: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, limits, workers |
-//! | 8 | `authority`, `lifecycle` | the HTTP-free authentication core (the bearer check and the exchange as typed verdicts: throttling, cluster catch-up, validation, restrictions); the token lifecycle (create, edit, rotate, delete with revoke, other replicas' changes), each with its audit line |
+//! | 8 | `authority`, `lifecycle`, `passwords` | the HTTP-free authentication core (the bearer check, the exchange and introspection as typed verdicts: throttling, cluster catch-up, validation, restrictions); the token lifecycle (create, edit, rotate, delete with revoke, other replicas' changes), each with its audit line; the admin accounts' password check, throttled per client and per account (the admin listener's logins, the public listener's introspection) |
 //! | 9 | `cluster`, `proxy`, `identify`, `sso` | replicas sharing PostgreSQL; the upstream servers, their health, per-worker pools and header rewriting; who the client is (TCP peer, trusted PROXY header or `X-Forwarded-For`), decided in one place; single sign-on, an OpenID Connect client of the identity provider |
 //! | 10 | `tokens`, `throttle`, `webhooks` | token formats, the live access-token map, the exchange; per-client limits on failed authentication; signed webhooks of the lifecycle's events, delivered from the store's outbox |
 //! | 11 | `store` | refresh tokens, durable in a backend and mirrored in memory |
@@ -48,6 +48,7 @@ mod log_writer;
 mod metrics;
 mod metrics_listener;
 mod net;
+mod passwords;
 mod periodic;
 mod proxy;
 mod public;
@@ -76,8 +77,8 @@ pub use net::Cidr;
 pub use restrict::{RateLimit, RestrictionSpec, Restrictions, ScopeRule};
 pub use state::State;
 
+pub use passwords::Passwords;
 /// Building blocks that the integration tests and benchmarks drive directly.
-pub use admin::password::AdminAuth;
 pub use proxy::headers::rewrite_request;
 pub use public::{bearer_token, parse_body, route, BodyKind, Route, TokenRequest};
 pub use secrets::{hash_password, AdminCredential};

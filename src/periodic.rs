@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::admin::password::AdminAuth;
+use crate::admin::session::AdminAuth;
 use crate::shutdown::stopped;
 use crate::state::State;
 
@@ -30,8 +30,7 @@ pub(crate) async fn run(
                 let swept = tokio::task::spawn_blocking(move || {
                     let now = st.view.clock.now();
                     admin.sessions.sweep(now);
-                    admin.throttle.sweep(now);
-                    admin.account_throttle.sweep(now);
+                    st.passwords.sweep(now);
                     st.authority.sweep(now);
                     // Shared page sessions (PostgreSQL): the expired rows.
                     if st.view.store.shares_sessions() {

@@ -8,6 +8,8 @@
 //!   check and exchange);
 //! - `lifecycle`: the token lifecycle (create, edit, rotate, delete, and
 //!   the changes other replicas make);
+//! - `passwords`: the admin accounts' password check (the admin listener's
+//!   logins, the public listener's introspection);
 //! - `view`: what observers read (the scrape, `GET /api/stats`, readiness)
 //!   and shutdown flushes;
 //! - `startup_config`: the configuration as the gateway started. What a
@@ -25,6 +27,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot, WebhookGauges};
+use crate::passwords::Passwords;
 use crate::store::{RefreshStore, StoreError};
 use crate::throttle::AuthThrottle;
 use crate::tokens::access::AccessTokens;
@@ -65,6 +68,9 @@ pub struct State {
     /// from another replica, goes through it (`Arc`: the cluster's feed
     /// holds it too).
     pub(crate) lifecycle: Arc<Lifecycle>,
+    /// The admin accounts' passwords, checked on both listeners (`Arc`:
+    /// the cluster's feed forgets a disabled account's through it).
+    pub(crate) passwords: Arc<Passwords>,
     /// Read-only handles for observers, and the shutdown's flushes.
     pub(crate) view: View,
     /// Set when shutdown begins: `/readyz` answers 503 "draining" from then on.
@@ -102,8 +108,14 @@ fn storage_name(storage: &crate::config::StorageConfig) -> String {
 
 impl State {
     /// Builds the state (blocking: opens the store and the audit file).
-    /// `secret` is the server secret that keys refresh-token hashes.
-    pub(crate) fn build(config: Config, clock: Clock, secret: &[u8]) -> Result<State, StateError> {
+    /// `secret` is the server secret that keys refresh-token hashes;
+    /// `passwords` checks the admin accounts' passwords.
+    pub(crate) fn build(
+        config: Config,
+        clock: Clock,
+        secret: &[u8],
+        passwords: Passwords,
+    ) -> Result<State, StateError> {
         // 1. Refresh tokens: open the store (redb: refusing a second process;
         //    PostgreSQL: migrating, and refusing another secret) and load them all.
         let store = Arc::new(RefreshStore::open_config(&config.storage, secret)?);
@@ -185,6 +197,7 @@ impl State {
         Ok(State {
             authority,
             lifecycle,
+            passwords: Arc::new(passwords),
             view: View {
                 clock,
                 store,

@@ -182,7 +182,7 @@ impl AdminHandler {
         };
         if applied.end_sessions {
             self.auth.sessions.end_user(&name);
-            self.auth.forget(&name);
+            self.state.passwords.forget(&name);
         }
         Ok(applied)
     }
@@ -310,7 +310,7 @@ impl AdminHandler {
             Err(r) => return r,
         };
         if new_password {
-            self.auth.forget(&name);
+            self.state.passwords.forget(&name);
         }
         let Some(now) = applied.account else {
             return unconfirmed("the account was not returned");
@@ -348,7 +348,7 @@ impl AdminHandler {
 /// The accounts as shared state for the sessions check: the account's
 /// current role if it exists and is enabled.
 pub(super) fn current_role(account: Option<Arc<AccountRecord>>) -> Option<Role> {
-    account.filter(|a| !a.disabled).map(|a| a.role)
+    crate::passwords::current_role(account)
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ pub struct CreateToken {
     /// expires. Otherwise a time (see `parse_expiry`), in the future.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
-    /// Scopes, networks and rate (see `restrict`); all absent = full access.
+    /// Scopes, networks, rate and the introspect grant (see `restrict`);
+    /// all absent = full access, no introspection.
     #[serde(flatten)]
     pub restrictions: RestrictionSpec,
 }
@@ -64,6 +65,9 @@ pub struct EditToken {
     /// `Some(None)` is sent as `null`: remove the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Whether the token's access tokens may introspect (`null`: false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspect: Option<bool>,
 }
 
 /// `POST /api/refresh-tokens/{id}/rotate`.
@@ -147,7 +151,7 @@ pub struct Login {
 }
 
 fn admin_user() -> String {
-    super::password::ADMIN_USER.to_owned()
+    crate::passwords::ADMIN_USER.to_owned()
 }
 
 /// `GET /api/session`, and the answer to a login.

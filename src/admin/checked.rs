@@ -11,7 +11,8 @@ use super::api::{
     parse_expiry, validate_name, CreateToken, EditToken, RotateToken, MAX_GRACE_SECONDS,
 };
 use crate::restrict::{
-    parse_networks, parse_rate_limit, parse_read_only, parse_scopes, whole_number, RestrictionSpec,
+    parse_introspect, parse_networks, parse_rate_limit, parse_read_only, parse_scopes,
+    whole_number, RestrictionSpec,
 };
 
 /// A create or edit body: a JSON object of a token's fields, and no other.
@@ -19,17 +20,18 @@ fn token_fields(body: &Value) -> Result<&Map<String, Value>, String> {
     let Some(obj) = body.as_object() else {
         return Err("body must be a JSON object like {\"name\": \"reporting\"}".into());
     };
-    const FIELDS: [&str; 6] = [
+    const FIELDS: [&str; 7] = [
         "name",
         "expires",
         "scopes",
         "read_only",
         "networks",
         "rate_limit",
+        "introspect",
     ];
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!(
-            "unknown field {k:?}; expected name, expires, scopes, read_only, networks and rate_limit"
+            "unknown field {k:?}; expected name, expires, scopes, read_only, networks, rate_limit and introspect"
         ));
     }
     Ok(obj)
@@ -70,6 +72,7 @@ impl TryFrom<Value> for CreateToken {
             read_only: parse_read_only(field("read_only"))?,
             networks: parse_networks(field("networks"))?,
             rate_limit: parse_rate_limit(field("rate_limit"))?,
+            introspect: parse_introspect(field("introspect"))?,
         };
         Ok(CreateToken {
             name,
@@ -86,7 +89,7 @@ impl TryFrom<Value> for EditToken {
         let obj = token_fields(&body)?;
         if obj.is_empty() {
             return Err(
-                "the body names nothing to change: send one or more of name, expires, scopes, read_only, networks and rate_limit".into(),
+                "the body names nothing to change: send one or more of name, expires, scopes, read_only, networks, rate_limit and introspect".into(),
             );
         }
         let name = match obj.get("name") {
@@ -111,6 +114,7 @@ impl TryFrom<Value> for EditToken {
             read_only: obj.get("read_only").map(parse_read_only).transpose()?,
             networks: obj.get("networks").map(parse_networks).transpose()?,
             rate_limit: obj.get("rate_limit").map(parse_rate_limit).transpose()?,
+            introspect: obj.get("introspect").map(parse_introspect).transpose()?,
         })
     }
 }
@@ -142,9 +146,10 @@ impl EditToken {
     /// The fields this edit changes, sorted, comma-separated (for the log
     /// and the audit line).
     pub(crate) fn changed(&self) -> String {
-        let mut changed = Vec::with_capacity(6);
+        let mut changed = Vec::with_capacity(7);
         for (present, field) in [
             (self.expires.is_some(), "expires"),
+            (self.introspect.is_some(), "introspect"),
             (self.name.is_some(), "name"),
             (self.networks.is_some(), "networks"),
             (self.rate_limit.is_some(), "rate_limit"),

@@ -23,8 +23,9 @@
 
 //!
 //! - `api`: the request and answer types (shared with the CLI and the tests).
-//! - `auth`, `session`: HTTP Basic, page sessions with CSRF tokens, the
-//!   failed-login throttle. `origin`: cross-site requests refused.
+//! - `session`: page sessions with CSRF tokens (passwords are checked by
+//!   `passwords`, shared with the public listener's introspection).
+//!   `origin`: cross-site requests refused.
 //! - `tokens`: the refresh-token handlers. `ui`: the page's embedded files.
 //! - `accounts`: `/api/users`; `accounts_login`: starting a session (the
 //!   password form, single sign-on); `permissions`: who may call what.
@@ -34,7 +35,6 @@ mod accounts_login;
 pub mod api;
 mod checked;
 mod origin;
-pub(crate) mod password;
 mod permissions;
 pub(crate) mod session;
 mod sso;
@@ -56,6 +56,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::audit::Actor;
+use crate::passwords::LoginRefused;
 use crate::roles::{Role, Via, Who};
 use crate::server::{Handler, Load, PeerUid};
 use crate::state::State;
@@ -64,7 +65,7 @@ use crate::wire::{
     too_many_requests, Reply,
 };
 use api::{ClusterStats, Login, Rotated, SessionInfo, Stats};
-use password::AdminAuth;
+use session::AdminAuth;
 
 /// Where the admin listener publishes its API contract, and the contract
 /// itself: the admin API and the public listener's token endpoint, kept in
@@ -352,7 +353,7 @@ impl AdminHandler {
         if self.local {
             return Ok(Principal {
                 who: Who {
-                    user: password::ADMIN_USER.into(),
+                    user: crate::passwords::ADMIN_USER.into(),
                     role: Role::Admin,
                     via: Via::Socket,
                 },
@@ -370,7 +371,7 @@ impl AdminHandler {
                 "log in with an account's name and password (HTTP Basic or the page's login)",
             ));
         };
-        let Some((user, password)) = password::parse_basic(header.as_bytes()) else {
+        let Some((user, password)) = crate::passwords::parse_basic(header.as_bytes()) else {
             return Err(unauthorized(req, "wrong user name or password"));
         };
         match self
@@ -446,8 +447,8 @@ impl AdminHandler {
         }
     }
 
-    /// Checks an account's password, throttled per client and per account
-    /// (each attempt counted before the hash is computed); audits a failure.
+    /// Checks an account's password (`passwords::Passwords::sign_in`:
+    /// throttled per client and per account); audits a failure.
     async fn check_password(
         &self,
         peer: SocketAddr,
@@ -455,40 +456,20 @@ impl AdminHandler {
         password: String,
         how: &str,
     ) -> Result<Who, Refused> {
-        let auth = &self.auth;
         let now = self.state.view.clock.now();
-        let client = auth
-            .throttle
-            .begin(peer.ip(), now)
-            .map_err(|wait| Refused::Throttled(too_many(wait, "from this address")))?;
-        let account_key = auth.account_key(user);
-        let per_account = match auth.account_throttle.begin(account_key, now) {
-            Ok(a) => a,
-            Err(wait) => {
-                // Not this client's failure: nothing was checked.
-                client.cancel();
-                return Err(Refused::AccountLocked(wait));
+        let store = &self.state.view.store;
+        match self
+            .state
+            .passwords
+            .sign_in(store, peer.ip(), user, password, now)
+            .await
+        {
+            Ok(who) => Ok(who),
+            Err(LoginRefused::Throttled(wait)) => {
+                Err(Refused::Throttled(too_many(wait, "from this address")))
             }
-        };
-        let account = self.state.view.store.account(user);
-        let password_ok = auth
-            .verify_account(user, account.as_deref(), password)
-            .await;
-        // A disabled account fails like a wrong password: nothing tells
-        // a guesser that the password was right.
-        let role = accounts::current_role(account).filter(|_| password_ok);
-        match role {
-            Some(role) => {
-                client.succeeded();
-                per_account.succeeded();
-                Ok(Who {
-                    user: user.to_owned(),
-                    role,
-                    via: Via::Password,
-                })
-            }
-            None => {
-                drop((client, per_account));
+            Err(LoginRefused::AccountLocked(wait)) => Err(Refused::AccountLocked(wait)),
+            Err(LoginRefused::Wrong) => {
                 tracing::info!(%peer, "admin authentication failed");
                 self.audit_login(peer, user, Via::Password, false, how);
                 Err(Refused::Wrong)
@@ -602,7 +583,7 @@ impl AdminHandler {
         let now = self.state.view.clock.now();
         // Refused early, before the body is read; counted only once the
         // body holds a guess.
-        if let Err(wait) = self.auth.throttle.check(peer.ip(), now) {
+        if let Err(wait) = self.state.passwords.throttle.check(peer.ip(), now) {
             return too_many(wait, "from this address");
         }
         let body = match json_body(req, self.body_read_timeout()).await {

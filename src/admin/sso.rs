@@ -106,7 +106,12 @@ impl AdminHandler {
         // behind them) count with failed password logins, per client: each
         // writes an audit line and may cost a request to the provider.
         let ip = peer.ip();
-        let outcome = match self.auth.throttle.check(ip, self.state.view.clock.now()) {
+        let outcome = match self
+            .state
+            .passwords
+            .throttle
+            .check(ip, self.state.view.clock.now())
+        {
             Ok(()) => sso.finish(req.uri().query(), cookie.as_deref()).await,
             Err(wait) => Err(Failure::Throttled(wait.as_secs().max(1))),
         };
@@ -125,7 +130,12 @@ impl AdminHandler {
             Err(f) => {
                 if f.made_up() {
                     // Counted as one failed attempt (begun, never succeeded).
-                    drop(self.auth.throttle.begin(ip, self.state.view.clock.now()));
+                    drop(
+                        self.state
+                            .passwords
+                            .throttle
+                            .begin(ip, self.state.view.clock.now()),
+                    );
                 }
                 let reason = format!("oidc: {}", f.message());
                 tracing::info!(%peer, reason = %reason, "single sign-on refused");

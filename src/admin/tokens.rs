@@ -314,6 +314,7 @@ fn edit_request(body: Value, now: u64) -> Result<(Edit, String), String> {
         read_only: request.read_only,
         networks: request.networks,
         rate_limit: request.rate_limit,
+        introspect: request.introspect,
     };
     Ok((edit, changed))
 }
@@ -379,6 +380,10 @@ mod tests {
                 serde_json::json!({"name": "a", "read_only": 1}),
                 "read_only",
             ),
+            (
+                serde_json::json!({"name": "a", "introspect": "yes"}),
+                "introspect",
+            ),
         ] {
             let e = ok(body.clone()).unwrap_err();
             assert!(e.contains(field), "{body} gave {e:?}");
@@ -402,6 +407,7 @@ mod tests {
                     per_second: 5,
                     burst: 10,
                 }),
+                introspect: true,
             },
         };
         let (read, exp) = create_request(serde_json::to_value(&sent).unwrap(), now, 10).unwrap();

@@ -98,6 +98,7 @@ pub(super) async fn create(
             read_only: restrict.read_only,
             networks: restrict.networks.clone(),
             rate_limit: restrict.rate_limit(),
+            introspect: restrict.introspect,
         },
     })?;
     call_and_show(
@@ -185,6 +186,7 @@ fn edit_request(args: EditArgs) -> Result<EditToken, Failure> {
         no_read_only,
         no_networks,
         no_rate_limit,
+        no_introspect,
         full_access,
     } = args;
     let edit = EditToken {
@@ -205,6 +207,11 @@ fn edit_request(args: EditArgs) -> Result<EditToken, Failure> {
         rate_limit: match restrict.rate_limit() {
             Some(r) => Some(Some(r)),
             None => (no_rate_limit || full_access).then_some(None),
+        },
+        introspect: if restrict.introspect {
+            Some(true)
+        } else {
+            no_introspect.then_some(false)
         },
     };
     if edit == EditToken::default() {

@@ -19,10 +19,13 @@ pub(super) fn restrictions_text(r: &RestrictionSpec) -> String {
         parts.push(format!("{}/s burst {}", l.per_second, l.burst));
     }
     if parts.is_empty() {
-        "full access".into()
-    } else {
-        parts.join("; ")
+        parts.push("full access".to_owned());
     }
+    // A grant, not a limit: shown beside whatever the token may do.
+    if r.introspect {
+        parts.push("may introspect".to_owned());
+    }
+    parts.join("; ")
 }
 
 /// A plain-text table of tokens for people.

@@ -6,13 +6,15 @@
 //! - `restricted`: the refusals of a token's networks, scopes and rate.
 //! - `finish`: the request's end: its metrics and access-log line.
 //! - `oauth`: the token endpoint's companions (RFC 8414 metadata, RFC 7009
-//!   revocation, `/token/info`), found after the bearer check.
+//!   revocation, `/token/info`), found after the bearer check;
+//!   `introspect`: RFC 7662 introspection, one of them.
 //!
 //! Every decision about a credential is the core's (`authority`): this
 //! module parses, asks, and maps the verdict to a response and a metric.
 
 mod bearer;
 mod finish;
+mod introspect;
 mod oauth;
 mod restricted;
 mod token;
@@ -353,8 +355,12 @@ impl PublicHandler {
     /// A side endpoint's request the bearer check refused: `/token/info`
     /// keeps the refusal (its token is what it asks about), except one by
     /// the token's scopes or rate, which do not bind asking about itself;
-    /// the others need no bearer token and are served (they do their own
-    /// throttling).
+    /// `/token/introspect` keeps what a password cannot change (the
+    /// client's failure budget, a stale replica, two `Authorization`
+    /// headers) and a bearer token's network or rate refusal, and decides
+    /// the rest itself (it also takes HTTP Basic, and the grant, not the
+    /// scopes, lets a token ask); the others need no bearer token and are
+    /// served (they do their own throttling).
     #[cold]
     fn side_after_refusal(
         &self,
@@ -363,14 +369,27 @@ impl PublicHandler {
         peer: SocketAddr,
         req: &Request<Incoming>,
     ) -> Option<Reply> {
-        let keeps = side == oauth::Side::Info
-            && !matches!(
+        use crate::restrict::Refused;
+        let keeps = match side {
+            oauth::Side::Info => !matches!(
                 refusal,
                 Refusal::Restricted {
-                    refused: crate::restrict::Refused::Scope | crate::restrict::Refused::Rate(_),
+                    refused: Refused::Scope | Refused::Rate(_),
                     ..
                 }
-            );
+            ),
+            oauth::Side::Introspect => matches!(
+                refusal,
+                Refusal::Throttled(_)
+                    | Refusal::Stale
+                    | Refusal::Bearer(crate::authority::BearerError::Repeated)
+                    | Refusal::Restricted {
+                        refused: Refused::Network | Refused::Rate(_),
+                        ..
+                    }
+            ),
+            _ => false,
+        };
         keeps.then(|| self.refuse(refusal, peer, req.method(), req.uri().path()))
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata;
 //! - `POST /token/revoke`: RFC 7009 revocation by the token's holder;
+//! - `POST /token/introspect`: RFC 7662 introspection (`introspect`);
 //! - `GET /token/info`: what the presented access token is and may do;
 //! - `GET /token/docs`: the human-readable page the metadata's
 //!   `service_documentation` names.
@@ -19,7 +20,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use super::token::{body_kind, BodyKind};
+use super::token::{body_kind, token_params};
 use super::{bearer, bearer_token, too_many_failures, STALE, TOKEN_PATHS};
 use crate::audit;
 use crate::authority::{RevokeError, Revoked};
@@ -42,6 +43,7 @@ const DOCS: &str = include_str!("../../docs/tokens.md");
 pub(crate) enum Side {
     Metadata,
     Revoke,
+    Introspect,
     Info,
     Docs,
 }
@@ -53,6 +55,7 @@ impl Side {
         match path {
             METADATA_PATH => Some(Side::Metadata),
             REVOKE_PATH => Some(Side::Revoke),
+            INTROSPECT_PATH => Some(Side::Introspect),
             INFO_PATH => Some(Side::Info),
             DOCS_PATH => Some(Side::Docs),
             _ => None,
@@ -71,6 +74,7 @@ pub(super) async fn serve(
     match side {
         Side::Metadata => metadata(state, &req),
         Side::Revoke => revoke(state, peer, req).await,
+        Side::Introspect => super::introspect::serve(state, peer, req).await,
         Side::Docs => docs(req.method()),
         Side::Info => info(state, &req),
     }
@@ -176,7 +180,7 @@ async fn revoke(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Repl
         Ok(b) => b,
         Err(e) => return no_store(e.reply()),
     };
-    let token = match revoke_params(kind, &body) {
+    let token = match token_params(kind, &body) {
         Ok(t) => t,
         Err(text) => return no_store(error(StatusCode::BAD_REQUEST, "invalid_request", &text)),
     };
@@ -226,52 +230,6 @@ fn record(state: &State, peer: SocketAddr, revoked: &Revoked, user_agent: Option
         user_agent,
         ..Default::default()
     });
-}
-
-/// The `token` parameter of a revocation body (form or JSON object);
-/// `token_type_hint` may be given and is not needed: the token's prefix
-/// says what it is (RFC 7009 §2.1 lets the server search every type).
-fn revoke_params(kind: BodyKind, body: &[u8]) -> Result<String, String> {
-    let mut token: Option<String> = None;
-    let mut hint: Option<String> = None;
-    let mut put = |k: &str, v: String| -> Result<(), String> {
-        let slot = match k {
-            "token" => &mut token,
-            "token_type_hint" => &mut hint,
-            _ => return Ok(()),
-        };
-        if slot.is_some() {
-            return Err(format!("parameter {k} is repeated"));
-        }
-        *slot = Some(v);
-        Ok(())
-    };
-    match kind {
-        BodyKind::Form => {
-            for (k, v) in form_urlencoded::parse(body) {
-                put(&k, v.into_owned())?;
-            }
-        }
-        BodyKind::Json => {
-            const NOT_OBJECT: &str = "body is not a JSON object with a string field token";
-            let v: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(body).map_err(|_| NOT_OBJECT.to_owned())?;
-            for (k, v) in v {
-                match v {
-                    serde_json::Value::String(s) => put(&k, s)?,
-                    _ if k == "token" || k == "token_type_hint" => {
-                        return Err(NOT_OBJECT.to_owned())
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    let token = token.ok_or("token is missing")?;
-    if token.trim().is_empty() {
-        return Err("token is empty".into());
-    }
-    Ok(token)
 }
 
 /// `/token/info`'s answer.
@@ -340,31 +298,9 @@ mod tests {
         assert_eq!(Side::of("/token/revoke"), Some(Side::Revoke));
         assert_eq!(Side::of(METADATA_PATH), Some(Side::Metadata));
         assert_eq!(Side::of("/token/info"), Some(Side::Info));
+        assert_eq!(Side::of("/token/introspect"), Some(Side::Introspect));
         for p in ["/token/revoke/", "/token/Info", "/api/token/info", "/"] {
             assert_eq!(Side::of(p), None, "{p}");
         }
-    }
-
-    #[test]
-    fn revocation_bodies() {
-        let t = revoke_params(BodyKind::Form, b"token=tga_x&token_type_hint=access_token");
-        assert_eq!(t.as_deref(), Ok("tga_x"));
-        assert_eq!(
-            revoke_params(BodyKind::Form, b"token_type_hint=refresh_token").unwrap_err(),
-            "token is missing"
-        );
-        assert_eq!(
-            revoke_params(BodyKind::Form, b"token=a&token=b").unwrap_err(),
-            "parameter token is repeated"
-        );
-        assert!(revoke_params(BodyKind::Form, b"token=%20").is_err());
-        assert_eq!(
-            revoke_params(BodyKind::Json, br#"{"token":"tgr_y","other":1}"#).as_deref(),
-            Ok("tgr_y")
-        );
-        assert!(revoke_params(BodyKind::Json, b"[\"token\"]").is_err());
-        assert!(revoke_params(BodyKind::Json, br#"{"token":5}"#).is_err());
-        // Bytes that are not UTF-8: replaced, never a panic.
-        assert!(revoke_params(BodyKind::Form, b"token=%ff%fe").is_ok());
     }
 }

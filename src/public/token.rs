@@ -324,9 +324,79 @@ fn refuse(
     (reply, Some(counted))
 }
 
+/// The `token` parameter of a revocation or introspection body (form or
+/// JSON object); `token_type_hint` may be given and is not needed: the
+/// token's prefix says what it is (RFC 7009 §2.1 and RFC 7662 §2.1 let the
+/// server search every type).
+pub(super) fn token_params(kind: BodyKind, body: &[u8]) -> Result<String, String> {
+    let mut token: Option<String> = None;
+    let mut hint: Option<String> = None;
+    let mut put = |k: &str, v: String| -> Result<(), String> {
+        let slot = match k {
+            "token" => &mut token,
+            "token_type_hint" => &mut hint,
+            _ => return Ok(()),
+        };
+        if slot.is_some() {
+            return Err(format!("parameter {k} is repeated"));
+        }
+        *slot = Some(v);
+        Ok(())
+    };
+    match kind {
+        BodyKind::Form => {
+            for (k, v) in form_urlencoded::parse(body) {
+                put(&k, v.into_owned())?;
+            }
+        }
+        BodyKind::Json => {
+            const NOT_OBJECT: &str = "body is not a JSON object with a string field token";
+            let v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(body).map_err(|_| NOT_OBJECT.to_owned())?;
+            for (k, v) in v {
+                match v {
+                    serde_json::Value::String(s) => put(&k, s)?,
+                    _ if k == "token" || k == "token_type_hint" => {
+                        return Err(NOT_OBJECT.to_owned())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let token = token.ok_or("token is missing")?;
+    if token.trim().is_empty() {
+        return Err("token is empty".into());
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revocation_bodies() {
+        let t = token_params(BodyKind::Form, b"token=tga_x&token_type_hint=access_token");
+        assert_eq!(t.as_deref(), Ok("tga_x"));
+        assert_eq!(
+            token_params(BodyKind::Form, b"token_type_hint=refresh_token").unwrap_err(),
+            "token is missing"
+        );
+        assert_eq!(
+            token_params(BodyKind::Form, b"token=a&token=b").unwrap_err(),
+            "parameter token is repeated"
+        );
+        assert!(token_params(BodyKind::Form, b"token=%20").is_err());
+        assert_eq!(
+            token_params(BodyKind::Json, br#"{"token":"tgr_y","other":1}"#).as_deref(),
+            Ok("tgr_y")
+        );
+        assert!(token_params(BodyKind::Json, b"[\"token\"]").is_err());
+        assert!(token_params(BodyKind::Json, br#"{"token":5}"#).is_err());
+        // Bytes that are not UTF-8: replaced, never a panic.
+        assert!(token_params(BodyKind::Form, b"token=%ff%fe").is_ok());
+    }
 
     fn with_type(v: &'static [u8]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();

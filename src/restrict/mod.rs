@@ -6,6 +6,9 @@
 //! - `networks`: client networks (CIDRs) a request must come from.
 //! - `rate_limit`: a request rate with a burst, shared by all of the
 //!   token's access tokens (`bucket`).
+//! - `introspect`: not a limit but a grant: the token's access tokens may
+//!   call the public listener's introspection endpoint (RFC 7662). Kept
+//!   with the restrictions because it is stored, edited and shown with them.
 //!
 //! `RestrictionSpec` is the persisted and wire form (the admin API's shape,
 //! the redb record's field, PostgreSQL's `restrictions` jsonb);
@@ -64,15 +67,20 @@ pub struct RestrictionSpec {
     pub networks: Vec<String>,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// The token's access tokens may introspect other tokens.
+    #[serde(default)]
+    pub introspect: bool,
 }
 
 impl RestrictionSpec {
-    /// No restriction at all: the token behaves as an unrestricted one.
+    /// No restriction and no grant at all: the token behaves as an
+    /// unrestricted one, and is stored as one.
     pub fn is_empty(&self) -> bool {
         self.scopes.is_empty()
             && !self.read_only
             && self.networks.is_empty()
             && self.rate_limit.is_none()
+            && !self.introspect
     }
 }
 
@@ -148,6 +156,15 @@ pub(crate) fn parse_read_only(v: &Value) -> Result<bool, String> {
         Value::Null => Ok(false),
         Value::Bool(b) => Ok(*b),
         _ => Err("read_only must be true or false".into()),
+    }
+}
+
+/// `introspect`: a boolean; `null` = false.
+pub(crate) fn parse_introspect(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Null => Ok(false),
+        Value::Bool(b) => Ok(*b),
+        _ => Err("introspect must be true or false".into()),
     }
 }
 
@@ -347,6 +364,12 @@ impl Restrictions {
         &self.spec
     }
 
+    /// Whether the token's access tokens may introspect (never one whose
+    /// stored restrictions could not be read).
+    pub(crate) fn may_introspect(&self) -> bool {
+        self.spec.introspect && !self.denied
+    }
+
     /// Whether the token may be used from `ip` at all (requests and the exchange).
     #[inline]
     pub(crate) fn allows_ip(&self, ip: IpAddr) -> bool {
@@ -481,6 +504,10 @@ mod tests {
         assert!(parse_read_only(&json!("yes"))
             .unwrap_err()
             .contains("read_only"));
+        assert!(parse_introspect(&json!(1))
+            .unwrap_err()
+            .contains("introspect"));
+        assert_eq!(parse_introspect(&json!(null)), Ok(false));
     }
 
     #[test]
@@ -552,5 +579,25 @@ mod tests {
         let none = Restrictions::deny_all(&spec);
         assert!(!none.allows_ip("10.0.0.1".parse().unwrap()));
         assert!(!none.allows_ip("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn introspect_alone_is_kept_and_restricts_nothing() {
+        let spec = RestrictionSpec {
+            introspect: true,
+            ..Default::default()
+        };
+        assert!(!spec.is_empty(), "stored, not dropped as full access");
+        let r = Restrictions::compile(&spec, Instant::now())
+            .unwrap()
+            .unwrap();
+        assert!(r.may_introspect());
+        assert!(r.allows_ip("192.0.2.1".parse().unwrap()));
+        assert!(!r.has_scopes() && r.allows(&Method::DELETE, "/any"));
+        assert!(r.take(Instant::now()).is_ok());
+        assert!(!Restrictions::deny_all(&spec).may_introspect());
+        // Records written before the flag read as without it.
+        let old: RestrictionSpec = serde_json::from_str(r#"{"read_only": true}"#).unwrap();
+        assert!(!old.introspect);
     }
 }

@@ -852,6 +852,7 @@ mod tests {
                 read_only: None,
                 networks: None,
                 rate_limit: None,
+                introspect: None,
             };
             assert_eq!(s.edit(a.id, &renamed).unwrap().unwrap().generation(), 1);
         }

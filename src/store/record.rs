@@ -108,6 +108,7 @@ pub(crate) enum Edit {
         networks: Option<Vec<String>>,
         /// `Some(None)`: no rate limit.
         rate_limit: Option<Option<crate::restrict::RateLimit>>,
+        introspect: Option<bool>,
     },
     /// A new secret (its hash); the old one is kept as `previous` while a
     /// grace period lasts, or dropped at once, and then the generation goes
@@ -130,6 +131,7 @@ impl Edit {
                 read_only,
                 networks,
                 rate_limit,
+                introspect,
             } => {
                 if let Some(n) = name {
                     rec.name.clone_from(n);
@@ -149,6 +151,9 @@ impl Edit {
                 }
                 if let Some(r) = rate_limit {
                     spec.rate_limit = *r;
+                }
+                if let Some(i) = introspect {
+                    spec.introspect = *i;
                 }
                 rec.restrictions = (!spec.is_empty()).then_some(spec);
             }

@@ -7,13 +7,15 @@
 //! - `auth`: the public listener's throttle on failed token checks and
 //!   exchanges (429 with `Retry-After`, one `auth.throttled` audit line per
 //!   address and window).
-//!
-//! The admin listener's login throttle (`admin::session::Throttle`) uses
-//! `key` and `table` too.
+//! - `logins`: the admin accounts' failed-login slow-down, per client and
+//!   per account name (the admin listener's logins and the public
+//!   listener's introspection alike).
 
 mod failures;
+mod logins;
 mod table;
 
 pub(crate) use crate::net::ClientKey;
 pub use failures::{AuthThrottle, Throttled};
+pub(crate) use logins::LoginThrottle;
 pub(crate) use table::Table;

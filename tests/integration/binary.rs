@@ -205,10 +205,9 @@ async fn first_start_generates_what_it_needs_and_sigterm_exits_cleanly() {
     assert_eq!(password.len(), 24);
     let hash = std::fs::read_to_string(dir.path().join("data/admin.hash")).unwrap();
     assert!(!hash.contains(&password), "only a hash is kept");
-    let auth = tokengate::AdminAuth::new(
+    let auth = tokengate::Passwords::new(
         tokengate::AdminCredential::Hash(hash.trim().to_owned()),
         b"k",
-        Duration::from_secs(60),
     );
     use base64::Engine;
     let basic = format!(

@@ -57,6 +57,7 @@ const PUBLIC_ROUTES: &[(&str, &[&str])] = &[
     ("/iwc/api/security/oauth/token", &["post"]),
     ("/.well-known/oauth-authorization-server", &["get"]),
     ("/token/revoke", &["post"]),
+    ("/token/introspect", &["post"]),
     ("/token/info", &["get"]),
     ("/token/docs", &["get"]),
 ];
@@ -68,10 +69,10 @@ const NOT_YET_MERGED: &[&str] = &[];
 
 /// The paths fuzzed against the public listener (`/healthz` is on both).
 const PUBLIC_PATHS: &str =
-    "^/(token|iwc/api/security/oauth/token|healthz|readyz|\\.well-known/oauth-authorization-server|token/(revoke|info|docs))$";
+    "^/(token|iwc/api/security/oauth/token|healthz|readyz|\\.well-known/oauth-authorization-server|token/(revoke|introspect|info|docs))$";
 /// The paths only the public listener serves.
 const PUBLIC_ONLY: &str =
-    "^/(token|iwc/api/security/oauth/token|readyz|\\.well-known/oauth-authorization-server|token/(revoke|info|docs))$";
+    "^/(token|iwc/api/security/oauth/token|readyz|\\.well-known/oauth-authorization-server|token/(revoke|introspect|info|docs))$";
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
 
 fn document() -> Value {

@@ -180,6 +180,13 @@ function accessCell(t) {
     s.textContent = text;
     td.append(s);
   }
+  // A grant, not a limit: shown beside whatever the token may do.
+  if (t.introspect) {
+    const s = document.createElement("span");
+    s.className = "tag introspect";
+    s.textContent = "May introspect";
+    td.append(s);
+  }
   return td;
 }
 
@@ -351,6 +358,7 @@ function openTokenForm(t) {
     $("token-networks").value = (t.networks || []).join(", ");
     $("token-rate").value = t.rate_limit ? t.rate_limit.per_second : "";
     $("token-burst").value = t.rate_limit ? t.rate_limit.burst : "";
+    $("token-introspect").checked = !!t.introspect;
   } else {
     $("expires-date").value = isoDate(preset);
   }
@@ -399,7 +407,7 @@ function restrictionsFromForm() {
   } else if (burst) {
     return "A burst needs a rate: set requests per second too.";
   }
-  return { scopes, read_only: $("access-read").checked, networks, rate_limit };
+  return { scopes, read_only: $("access-read").checked, networks, rate_limit, introspect: $("token-introspect").checked };
 }
 
 async function create(ev) {

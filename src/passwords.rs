@@ -1,6 +1,9 @@
-//! Admin authentication: any account's name and password (HTTP Basic or
-//! the page's login form). The account `admin` has the configured password;
-//! every other local account its own argon2 hash.
+//! The admin accounts' password check, wherever a password is shown: the
+//! admin listener (HTTP Basic, the page's login form) and the public
+//! listener's introspection endpoint (HTTP Basic). The account `admin` has
+//! the configured password; every other local account its own argon2 hash.
+//! Each attempt is throttled per client and per account name before a hash
+//! is computed, and a disabled account is refused like a wrong password.
 //!
 //! argon2 is slow on purpose, so it runs on the blocking pool, at most two at a
 //! time (a password-guessing client cannot eat the CPU), and a verified
@@ -12,6 +15,7 @@
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -22,8 +26,10 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+use crate::roles::{Role, Via, Who};
 use crate::secrets::AdminCredential;
-use crate::store::AccountRecord;
+use crate::store::{AccountRecord, RefreshStore};
+use crate::throttle::LoginThrottle;
 
 pub(crate) const ADMIN_USER: &str = crate::store::BOOTSTRAP;
 /// Concurrent argon2 verifications.
@@ -34,15 +40,28 @@ const ARGON_SLOTS: usize = 2;
 /// compute) a stored token hash. Versioned so the derivation can change.
 const FINGERPRINT_LABEL: &[u8] = b"tokengate/admin-password-fingerprint/v1";
 
-pub struct AdminAuth {
+/// Why a password check let nobody in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoginRefused {
+    /// Too many failures from this client: it must wait this long (a 429).
+    Throttled(Duration),
+    /// Too many failures for this account name, from any client: a 401
+    /// saying so. Not a 429: the client did nothing wrong itself, and an
+    /// unknown name locks out exactly like an account, so the answer tells
+    /// no one which names exist.
+    AccountLocked(Duration),
+    /// A wrong name or password, or a disabled account.
+    Wrong,
+}
+
+pub struct Passwords {
     credential: AdminCredential,
-    /// Web-page login sessions.
-    pub sessions: super::session::Sessions,
-    /// Failed-login slow-down, per client IP (page logins and HTTP Basic alike).
-    pub throttle: super::session::Throttle,
+    /// Failed-login slow-down, per client IP (page logins, HTTP Basic and
+    /// introspection alike).
+    pub(crate) throttle: LoginThrottle,
     /// The same slow-down per account name, whichever client guesses:
     /// many addresses guessing one account's password are held back too.
-    pub(crate) account_throttle: super::session::Throttle,
+    account_throttle: LoginThrottle,
     /// Seeds the account names' keys in `account_throttle` (drawn at start,
     /// so nobody can choose names that collide).
     name_keys: std::collections::hash_map::RandomState,
@@ -63,17 +82,12 @@ pub struct AdminAuth {
     argon_slots: Semaphore,
 }
 
-impl AdminAuth {
-    pub fn new(
-        credential: AdminCredential,
-        secret: &[u8],
-        session_ttl: std::time::Duration,
-    ) -> AdminAuth {
-        AdminAuth {
+impl Passwords {
+    pub fn new(credential: AdminCredential, secret: &[u8]) -> Passwords {
+        Passwords {
             credential,
-            sessions: super::session::Sessions::new(session_ttl),
-            throttle: super::session::Throttle::default(),
-            account_throttle: super::session::Throttle::default(),
+            throttle: LoginThrottle::default(),
+            account_throttle: LoginThrottle::default(),
             name_keys: std::collections::hash_map::RandomState::new(),
             mac: Hmac::new_from_slice(&fingerprint_key(secret)).unwrap_or_else(|_| unreachable!()),
             verified: RwLock::new(None),
@@ -83,9 +97,59 @@ impl AdminAuth {
         }
     }
 
+    /// Checks `user`'s `password` for a client at `ip`: throttled per
+    /// client and per account (each attempt counted before the hash is
+    /// computed, given back if it succeeds); an account that is disabled,
+    /// unknown or without a password is refused as a wrong password is, so
+    /// nothing tells a guesser that the password was right. The account's
+    /// current role on success.
+    pub(crate) async fn sign_in(
+        &self,
+        store: &RefreshStore,
+        ip: IpAddr,
+        user: &str,
+        password: String,
+        now: Instant,
+    ) -> Result<Who, LoginRefused> {
+        let client = self
+            .throttle
+            .begin(ip, now)
+            .map_err(LoginRefused::Throttled)?;
+        let per_account = match self.account_throttle.begin(self.account_key(user), now) {
+            Ok(a) => a,
+            Err(wait) => {
+                // Not this client's failure: nothing was checked.
+                client.cancel();
+                return Err(LoginRefused::AccountLocked(wait));
+            }
+        };
+        let account = store.account(user);
+        let password_ok = self
+            .verify_account(user, account.as_deref(), password)
+            .await;
+        match current_role(account).filter(|_| password_ok) {
+            Some(role) => {
+                client.succeeded();
+                per_account.succeeded();
+                Ok(Who {
+                    user: user.to_owned(),
+                    role,
+                    via: Via::Password,
+                })
+            }
+            None => Err(LoginRefused::Wrong),
+        }
+    }
+
+    /// Forgets clients and account names whose failures are long past.
+    pub(crate) fn sweep(&self, now: Instant) {
+        self.throttle.sweep(now);
+        self.account_throttle.sweep(now);
+    }
+
     /// The account throttle's key for `name`: an address no client has (a
     /// keyed hash of the name as the top of an IPv6 /64), in a table of its own.
-    pub(crate) fn account_key(&self, name: &str) -> IpAddr {
+    fn account_key(&self, name: &str) -> IpAddr {
         let h = self.name_keys.hash_one(name);
         IpAddr::V6(Ipv6Addr::from(u128::from(h) << 64))
     }
@@ -216,6 +280,11 @@ fn verify_argon2(phc: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The role an account may act with now: none for a disabled or deleted one.
+pub(crate) fn current_role(account: Option<std::sync::Arc<AccountRecord>>) -> Option<Role> {
+    account.filter(|a| !a.disabled).map(|a| a.role)
+}
+
 /// `Basic base64(user:password)` → (user, password). Scheme in any case.
 pub(crate) fn parse_basic(value: &[u8]) -> Option<(String, String)> {
     let v = value.trim_ascii();
@@ -256,11 +325,7 @@ mod tests {
     #[test]
     fn the_fingerprint_key_is_derived_not_the_raw_secret() {
         let secret = [7u8; 32];
-        let auth = AdminAuth::new(
-            AdminCredential::Plain("pw".into()),
-            &secret,
-            std::time::Duration::from_secs(60),
-        );
+        let auth = Passwords::new(AdminCredential::Plain("pw".into()), &secret);
         let mac = |key: &[u8], msg: &[u8]| -> [u8; 32] {
             let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
             m.update(msg);
@@ -273,15 +338,14 @@ mod tests {
 
     #[tokio::test]
     async fn plain_and_hashed_credentials() {
-        let ttl = std::time::Duration::from_secs(60);
-        let plain = AdminAuth::new(AdminCredential::Plain("s3cret".into()), b"k", ttl);
+        let plain = Passwords::new(AdminCredential::Plain("s3cret".into()), b"k");
         assert!(plain.check(Some(&basic("admin", "s3cret"))).await);
         assert!(!plain.check(Some(&basic("admin", "wrong"))).await);
         assert!(!plain.check(Some(&basic("root", "s3cret"))).await);
         assert!(!plain.check(None).await);
 
         let phc = crate::secrets::hash_password("hunter2").unwrap();
-        let hashed = AdminAuth::new(AdminCredential::Hash(phc), b"k", ttl);
+        let hashed = Passwords::new(AdminCredential::Hash(phc), b"k");
         assert!(!hashed.check(Some(&basic("admin", "hunter3"))).await);
         assert!(hashed.check(Some(&basic("admin", "hunter2"))).await);
         // Second time through the remembered fingerprint.
