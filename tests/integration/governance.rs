@@ -808,3 +808,124 @@ async fn the_cli_suspends_resumes_limits_and_lists_violations() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("tokens.max_lifetime"), "{stderr}");
 }
+
+// ---- the page ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_suspends_resumes_and_shows_uses_left_and_violations() {
+    use crate::common::webdriver::{Browser, ENTER};
+    let up = upstream().await;
+    let mut gw = TestGateway::start(up.addr).await;
+    let r = post(
+        &gw,
+        "/api/refresh-tokens",
+        json!({"name": "forever", "expires": "never"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    gw.file.tokens.max_lifetime = Some(common::secs(30 * 86_400));
+    gw.file.tokens.refresh_ttl = common::secs(30 * 86_400);
+    let gw = gw.restart().await;
+    let r = post(
+        &gw,
+        "/api/refresh-tokens",
+        json!({"name": "metered", "max_uses": 5}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let refresh = r.json()["token"].as_str().unwrap().to_owned();
+    let access = gw.exchange(&refresh).await;
+
+    let browser = Browser::start().await;
+    let admin = gw.client.admin.replace("localhost", "127.0.0.1");
+    browser.goto(&format!("{admin}/")).await;
+    let password = browser.wait_visible("#password").await;
+    browser.type_into(&password, ADMIN_PASSWORD).await;
+    browser.type_into(&password, ENTER).await;
+    browser.wait_visible("#tokens-view").await;
+    let row = |name: &str| {
+        format!(
+            "return [...document.querySelectorAll('#token-rows tr')].filter(r => r.querySelector('th').textContent === '{name}').map(r => r.innerText).join('')"
+        )
+    };
+    browser
+        .wait_until(
+            "uses left and the violation shown",
+            &format!(
+                "return ({})().includes('4 of 5 left') && ({})().includes('Breaks the maximum lifetime')",
+                wrap(&row("metered")),
+                wrap(&row("forever"))
+            ),
+        )
+        .await;
+    let metered = browser.eval(&row("metered")).await;
+    assert!(
+        !metered.as_str().unwrap().contains("Breaks"),
+        "only the breaking token is marked: {metered}"
+    );
+
+    // Suspend with a reason through the dialog.
+    browser
+        .click(
+            &browser
+                .wait_visible("button[aria-label='Suspend metered']")
+                .await,
+        )
+        .await;
+    let reason = browser.wait_visible("#suspend-reason").await;
+    browser.type_into(&reason, "seen in a pastebin").await;
+    browser
+        .click(&browser.wait_visible("#suspend-confirm").await)
+        .await;
+    browser
+        .wait_until(
+            "the Suspended mark",
+            &format!(
+                "return ({})().includes('Suspended') && ({})().includes('seen in a pastebin')",
+                wrap(&row("metered")),
+                wrap(&row("metered"))
+            ),
+        )
+        .await;
+    refused_with(&gw, &refresh, "refresh token suspended").await;
+    assert_eq!(
+        gw.client.api_get("/x", &access).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    browser
+        .screenshot(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/test-artifacts/admin-suspended.png"),
+        )
+        .await;
+
+    // Resume: the mark goes and exchanges work again.
+    browser
+        .click(
+            &browser
+                .wait_visible("button[aria-label='Resume metered']")
+                .await,
+        )
+        .await;
+    browser
+        .wait_until(
+            "the mark gone",
+            &format!(
+                "return !({})().includes('Suspended')",
+                wrap(&row("metered"))
+            ),
+        )
+        .await;
+    gw.exchange(&refresh).await;
+    assert_eq!(
+        gw.client.api_get("/x", &access).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the access token from before the suspension stays dead"
+    );
+    browser.quit().await;
+}
+
+/// A `return …` script body as an expression: `(() => { … })`.
+fn wrap(script: &str) -> String {
+    format!("() => {{ {script} }}")
+}
