@@ -41,6 +41,7 @@ mod example_clients;
 mod example_cluster;
 mod exchange;
 mod fair_share;
+mod governance;
 mod hostile_h2;
 mod layers;
 mod lifecycle;

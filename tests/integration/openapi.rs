@@ -39,6 +39,8 @@ const ADMIN_ROUTES: &[(&str, &[&str])] = &[
     ("/api/refresh-tokens/delete", &["post"]),
     ("/api/refresh-tokens/{id}", &["delete", "patch"]),
     ("/api/refresh-tokens/{id}/rotate", &["post"]),
+    ("/api/refresh-tokens/{id}/suspend", &["post"]),
+    ("/api/refresh-tokens/{id}/resume", &["post"]),
     ("/api/reload", &["post"]),
     ("/api/users", &["get", "post"]),
     ("/api/users/{name}", &["delete", "patch"]),

@@ -5,7 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { tokens: [], sort: { key: "name", dir: 1 }, csrf: null, defaultDays: 90, selected: new Set(),
-                editing: null, rotating: null, user: null, role: null, via: null, users: [],
+                editing: null, rotating: null, suspending: null, user: null, role: null, via: null, users: [],
                 roleEditing: null, userDeleting: null };
 
 // What each role may do here. The server decides (a refusal is a 403
@@ -231,7 +231,14 @@ function render() {
       title: t.created_by ? "" : "Created before named accounts existed" }));
     tr.append(cell(t.expires_at ? fmtTime(t.expires_at) : "Never", { className: "opt3", title: t.expires_at || "never expires" }));
     tr.append(cell(t.last_used_at ? fmtTime(t.last_used_at) : "Never used", { className: "opt2", title: t.last_used_at || "" }));
-    tr.append(cell(String(t.use_count ?? 0), { className: "opt" }));
+    const uses = cell(String(t.use_count ?? 0), { className: "opt uses" });
+    if (t.uses_left !== null && t.uses_left !== undefined) {
+      const left = document.createElement("span");
+      left.className = "small uses-left";
+      left.textContent = `${t.uses_left} of ${t.max_uses} left`;
+      uses.append(left);
+    }
+    tr.append(uses);
     const client = cell(t.last_client_ip || "—", { className: "opt" });
     if (t.last_user_agent) {
       const ua = document.createElement("span");
@@ -242,12 +249,41 @@ function render() {
     tr.append(client);
     // The status, and under it what can be done with the token (one
     // column, so the table fits a phone).
-    const status = t.status === "expired" ? cell("Expired", { className: "status-expired" })
+    const notYet = t.not_before && Date.parse(t.not_before) > Date.now();
+    const status = t.suspended ? cell("Suspended", { className: "status-suspended", title: t.suspended_reason || "Suspended: resume it to let it exchange again" })
+      : t.status === "expired" ? cell("Expired", { className: "status-expired" })
+      : notYet ? cell("Not yet valid", { className: "status-pending", title: `Exchanges from ${t.not_before}` })
       : t.expiring_soon ? cell("Expires soon", { className: "status-expiring", title: "Expires within 7 days: rotate it or extend its expiry" })
       : cell("Active", { className: "status-active" });
+    if (t.suspended && t.suspended_reason) {
+      const why = document.createElement("span");
+      why.className = "small suspended-reason";
+      why.textContent = t.suspended_reason;
+      status.append(why);
+    }
+    if (notYet) {
+      const from = document.createElement("span");
+      from.className = "small";
+      from.textContent = `from ${fmtTime(t.not_before)}`;
+      status.append(from);
+    }
+    for (const v of t.violations || []) {
+      const tag = document.createElement("span");
+      tag.className = "violation";
+      tag.textContent = v === "max_lifetime" ? "Breaks the maximum lifetime" : `Breaks ${v}`;
+      tag.title = "Its expiry lies beyond tokens.max_lifetime (or it never expires): edit its expiry";
+      status.append(tag);
+    }
+    if (t.revoke_unused_at) {
+      const due = document.createElement("span");
+      due.className = "small revoke-unused";
+      due.textContent = `Deleted if unused by ${fmtTime(t.revoke_unused_at)}`;
+      status.append(due);
+    }
     const actions = document.createElement("div");
     actions.className = "row-actions";
-    for (const [label, action] of write ? [["Edit", openEdit], ["Rotate", openRotate]] : []) {
+    const suspendOrResume = t.suspended ? ["Resume", resumeToken] : ["Suspend", openSuspend];
+    for (const [label, action] of write ? [["Edit", openEdit], ["Rotate", openRotate], suspendOrResume] : []) {
       const b = document.createElement("button");
       b.type = "button";
       b.textContent = label;
@@ -359,6 +395,7 @@ function openTokenForm(t) {
     $("token-rate").value = t.rate_limit ? t.rate_limit.per_second : "";
     $("token-burst").value = t.rate_limit ? t.rate_limit.burst : "";
     $("token-introspect").checked = !!t.introspect;
+    $("token-max-uses").value = t.max_uses ?? "";
   } else {
     $("expires-date").value = isoDate(preset);
   }
@@ -424,6 +461,11 @@ async function create(ev) {
   }
   const restrictions = restrictionsFromForm();
   if (typeof restrictions === "string") return fail(restrictions);
+  const maxUsesText = $("token-max-uses").value.trim();
+  const max_uses = maxUsesText ? Number(maxUsesText) : null;
+  if (maxUsesText && !(Number.isInteger(max_uses) && max_uses >= 1)) {
+    return fail("A usage limit is a whole number of exchanges, at least 1.", $("token-max-uses"));
+  }
   const editing = state.editing;
   $("create-submit").disabled = true;
   try {
@@ -432,13 +474,15 @@ async function create(ev) {
       const expiryTouched = $("expires-date").value !== $("expires-date").dataset.initial
         || String($("expiry-never").checked) !== $("expiry-never").dataset.initial;
       if (expiryTouched) body.expires = expires;
+      // Only a changed limit is sent: a new one counts from now.
+      if (max_uses !== (editing.max_uses ?? null)) body.max_uses = max_uses;
       const t = await api("PATCH", `/api/refresh-tokens/${editing.id}`, body);
       $("create-dialog").close();
       showAlert(`Saved “${t.name}”. Its access tokens follow the change from their next request.`, "info");
       announce(`Token ${t.name} saved.`);
       return;
     }
-    const t = await api("POST", "/api/refresh-tokens", { name, expires, ...restrictions });
+    const t = await api("POST", "/api/refresh-tokens", { name, expires, ...restrictions, max_uses });
     showSecret(t.name, t.token, "Token created");
     announce(`Token ${t.name} created. Copy it now; it cannot be shown again.`);
   } catch (e) {
@@ -495,6 +539,48 @@ async function confirmRotate() {
 }
 
 // Copies a secret shown once (a token, a generated password) and says so.
+// ---- suspend and resume ----------------------------------------------
+
+function openSuspend(t) {
+  showAlert("");
+  state.suspending = t;
+  $("suspend-title").textContent = `Suspend “${t.name}”?`;
+  $("suspend-reason").value = "";
+  $("suspend-error").hidden = true;
+  $("suspend-dialog").showModal();
+  $("suspend-reason").focus();
+}
+
+async function confirmSuspend() {
+  const t = state.suspending;
+  const reason = $("suspend-reason").value.trim();
+  $("suspend-confirm").disabled = true;
+  try {
+    await api("POST", `/api/refresh-tokens/${t.id}/suspend`, reason ? { reason } : {});
+    $("suspend-dialog").close();
+    showAlert(`Suspended “${t.name}”: its exchanges are refused and its access tokens ended.`, "info");
+    announce(`Token ${t.name} suspended.`);
+  } catch (e) {
+    if (e.status === 401) { $("suspend-dialog").close(); return showLogin(e.message); }
+    $("suspend-error").textContent = e.message;
+    $("suspend-error").hidden = false;
+  } finally {
+    $("suspend-confirm").disabled = false;
+  }
+}
+
+async function resumeToken(t) {
+  showAlert("");
+  try {
+    await api("POST", `/api/refresh-tokens/${t.id}/resume`, {});
+    showAlert(`Resumed “${t.name}”: it exchanges again. Access tokens from before the suspension stay ended.`, "info");
+    announce(`Token ${t.name} resumed.`);
+  } catch (e) {
+    handleError(e);
+  }
+  await refresh();
+}
+
 async function copyField(fieldId, statusId) {
   const field = $(fieldId);
   try {
@@ -577,6 +663,9 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("rotate-cancel").addEventListener("click", () => $("rotate-dialog").close());
   $("rotate-confirm").addEventListener("click", confirmRotate);
   $("rotate-dialog").addEventListener("close", () => refresh());
+  $("suspend-cancel").addEventListener("click", () => $("suspend-dialog").close());
+  $("suspend-confirm").addEventListener("click", confirmSuspend);
+  $("suspend-dialog").addEventListener("close", () => refresh());
   $("copy").addEventListener("click", () => copyField("created-token", "copy-status"));
   $("created-close").addEventListener("click", closeCreated);
   $("create-dialog").addEventListener("close", async () => {
