@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot};
 use crate::store::{RefreshStore, StoreError};
-use crate::throttle::AuthThrottle;
+use crate::throttle::{AuthThrottle, HourlyLimit};
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::RefreshHasher;
 
@@ -62,6 +62,9 @@ pub struct State {
     /// from another replica, goes through it (`Arc`: the cluster's feed
     /// holds it too).
     pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Leaked-token reports per client (`POST /token/leaked`): anyone may
+    /// send them, so each client gets a bounded number an hour.
+    pub(crate) leak_reports: HourlyLimit,
     /// Read-only handles for observers, and the shutdown's flushes.
     pub(crate) view: View,
     /// Set when shutdown begins: `/readyz` answers 503 "draining" from then on.
@@ -165,6 +168,7 @@ impl State {
         Ok(State {
             authority,
             lifecycle,
+            leak_reports: HourlyLimit::new(clock.now()),
             view: View {
                 clock,
                 store,

@@ -10,6 +10,8 @@
 //!   catch-up);
 //! - `holder`: what a token's holder may do with it, revoke it (RFC 7009)
 //!   and read what it is;
+//! - `leaks`: which strings of a leaked-token report are live tokens,
+//!   looked up alike whatever they turn out to be;
 //! - `restrictions`: a token's networks, scopes and rate, checked on the
 //!   canonical path the upstream will be sent.
 //!
@@ -22,6 +24,7 @@
 
 mod grant;
 mod holder;
+mod leaks;
 pub(crate) mod restrictions;
 mod verify;
 
@@ -44,6 +47,7 @@ use crate::tokens::format::RefreshHasher;
 
 pub(crate) use grant::ExchangeRefusal;
 pub(crate) use holder::{RevokeError, Revoked};
+pub(crate) use leaks::Leaked;
 pub(crate) use verify::{Presented, Refusal, Verdict};
 
 /// Why the `Authorization` header holds no bearer token to check.

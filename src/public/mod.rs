@@ -7,12 +7,15 @@
 //! - `finish`: the request's end: its metrics and access-log line.
 //! - `oauth`: the token endpoint's companions (RFC 8414 metadata, RFC 7009
 //!   revocation, `/token/info`), found after the bearer check.
+//! - `leaked`: `POST /token/leaked`, reports of leaked tokens (one of
+//!   `oauth`'s side endpoints).
 //!
 //! Every decision about a credential is the core's (`authority`): this
 //! module parses, asks, and maps the verdict to a response and a metric.
 
 mod bearer;
 mod finish;
+mod leaked;
 mod oauth;
 mod restricted;
 mod token;

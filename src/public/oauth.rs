@@ -5,7 +5,8 @@
 //! - `POST /token/revoke`: RFC 7009 revocation by the token's holder;
 //! - `GET /token/info`: what the presented access token is and may do;
 //! - `GET /token/docs`: the human-readable page the metadata's
-//!   `service_documentation` names.
+//!   `service_documentation` names;
+//! - `POST /token/leaked`: reports of leaked tokens (`leaked`).
 //!
 //! They are found after the bearer check (`Side::of` runs on a refused
 //! request, and on an admitted one just before it is forwarded), so an
@@ -44,6 +45,7 @@ pub(crate) enum Side {
     Revoke,
     Info,
     Docs,
+    Leaked,
 }
 
 impl Side {
@@ -55,6 +57,7 @@ impl Side {
             REVOKE_PATH => Some(Side::Revoke),
             INFO_PATH => Some(Side::Info),
             DOCS_PATH => Some(Side::Docs),
+            super::leaked::LEAKED_PATH => Some(Side::Leaked),
             _ => None,
         }
     }
@@ -73,6 +76,7 @@ pub(super) async fn serve(
         Side::Revoke => revoke(state, peer, req).await,
         Side::Docs => docs(req.method()),
         Side::Info => info(state, &req),
+        Side::Leaked => super::leaked::report(state, peer, req).await,
     }
 }
 

@@ -7,13 +7,17 @@
 //! - `auth`: the public listener's throttle on failed token checks and
 //!   exchanges (429 with `Retry-After`, one `auth.throttled` audit line per
 //!   address and window).
+//! - `hourly`: at most 60 requests an hour per client, for an endpoint
+//!   anyone may call without a credential (`POST /token/leaked`).
 //!
 //! The admin listener's login throttle (`admin::session::Throttle`) uses
 //! `key` and `table` too.
 
 mod failures;
+mod hourly;
 mod table;
 
 pub(crate) use crate::net::ClientKey;
 pub use failures::{AuthThrottle, Throttled};
+pub(crate) use hourly::HourlyLimit;
 pub(crate) use table::Table;
