@@ -57,7 +57,9 @@ struct Received {
 /// `error_description` of a 400 `invalid_request`.
 fn parse(body: &[u8]) -> Result<Vec<String>, String> {
     let report: Report = serde_json::from_slice(body).map_err(|_| {
-        format!("body must be a JSON object {{\"tokens\": [...]}} with at most {MAX_STRINGS} strings")
+        format!(
+            "body must be a JSON object {{\"tokens\": [...]}} with at most {MAX_STRINGS} strings"
+        )
     })?;
     if report.tokens.len() > MAX_STRINGS {
         return Err(format!(

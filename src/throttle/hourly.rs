@@ -88,9 +88,11 @@ impl HourlyLimit {
     /// request is not counted.
     pub(crate) fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Throttled> {
         let now = self.secs(now);
-        let (admitted, _) =
-            self.table
-                .upsert(ClientKey::of(ip), Ring::EMPTY, Ring::latest, |r| r.admit(now));
+        let (admitted, _) = self
+            .table
+            .upsert(ClientKey::of(ip), Ring::EMPTY, Ring::latest, |r| {
+                r.admit(now)
+            });
         admitted.map_err(|secs| Throttled {
             retry_after: u64::from(secs.max(1)),
         })
