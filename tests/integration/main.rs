@@ -42,6 +42,7 @@ mod exchange;
 mod fair_share;
 mod hostile_h2;
 mod layers;
+mod leaks;
 mod lifecycle;
 mod limits;
 mod logs;

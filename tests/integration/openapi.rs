@@ -59,6 +59,7 @@ const PUBLIC_ROUTES: &[(&str, &[&str])] = &[
     ("/token/revoke", &["post"]),
     ("/token/info", &["get"]),
     ("/token/docs", &["get"]),
+    ("/token/leaked", &["post"]),
 ];
 
 /// Documented for the merge of another branch that adds them: exempt from
@@ -68,10 +69,10 @@ const NOT_YET_MERGED: &[&str] = &[];
 
 /// The paths fuzzed against the public listener (`/healthz` is on both).
 const PUBLIC_PATHS: &str =
-    "^/(token|iwc/api/security/oauth/token|healthz|readyz|\\.well-known/oauth-authorization-server|token/(revoke|info|docs))$";
+    "^/(token|iwc/api/security/oauth/token|healthz|readyz|\\.well-known/oauth-authorization-server|token/(revoke|info|docs|leaked))$";
 /// The paths only the public listener serves.
 const PUBLIC_ONLY: &str =
-    "^/(token|iwc/api/security/oauth/token|readyz|\\.well-known/oauth-authorization-server|token/(revoke|info|docs))$";
+    "^/(token|iwc/api/security/oauth/token|readyz|\\.well-known/oauth-authorization-server|token/(revoke|info|docs|leaked))$";
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
 
 fn document() -> Value {
