@@ -175,15 +175,16 @@ async fn act(state: &State, peer: SocketAddr, leaked: &Leaked, user_agent: Optio
     }
 }
 
-/// Who a suspension for a report names: the reporter's address, acting
-/// with no account of its own.
+/// Who a suspension for a report names: the reporter's address, signed
+/// in as nobody (`via: report`), with the least role (it is not checked:
+/// the report itself is the authority to suspend).
 fn reporter(peer: SocketAddr) -> Actor {
     Actor {
         peer,
         who: Who {
             user: "leak report".to_owned(),
             role: Role::Viewer,
-            via: Via::Password,
+            via: Via::Report,
         },
         uid: None,
     }
