@@ -149,6 +149,13 @@ pub enum TokenCommand {
         expires: Option<String>,
         #[command(flatten)]
         restrict: RestrictArgs,
+        /// It does not exchange before this: `2h` (from now), `2027-05-01`
+        /// or an RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        not_before: Option<String>,
+        /// It exchanges at most this many times (default: no limit).
+        #[arg(long, value_name = "N")]
+        max_uses: Option<u64>,
     },
     /// List refresh tokens (never their strings).
     List {
@@ -156,6 +163,9 @@ pub enum TokenCommand {
         /// rotate or extend them before a script's credential lapses.
         #[arg(long, value_name = "WITHIN")]
         expiring: Option<String>,
+        /// Only tokens that break the lifetime policy (`tokens.max_lifetime`).
+        #[arg(long)]
+        violations: bool,
     },
     /// Change a token's name, expiry or restrictions; its live access
     /// tokens follow from their next request. Only what is given changes.
@@ -170,6 +180,21 @@ pub enum TokenCommand {
         /// issued under it.
         #[arg(long, default_value = "0")]
         grace: String,
+    },
+    /// Suspend a token: its exchanges are refused and its access tokens
+    /// end now, until `resume`.
+    Suspend {
+        /// The token's id (the ID column of `tokengate token list`).
+        id: u64,
+        /// Why (shown in the list and the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Let a suspended token exchange again (its access tokens from before
+    /// the suspension stay ended).
+    Resume {
+        /// The token's id (the ID column of `tokengate token list`).
+        id: u64,
     },
     /// Delete refresh tokens by id, all in one transaction.
     Delete {
@@ -207,6 +232,18 @@ pub struct EditArgs {
     /// Remove every restriction.
     #[arg(long, conflicts_with_all = ["scopes", "read_only", "networks", "rate"])]
     full_access: bool,
+    /// It does not exchange before this (as for create).
+    #[arg(long, value_name = "TIME")]
+    not_before: Option<String>,
+    /// Remove the not-before.
+    #[arg(long, conflicts_with = "not_before")]
+    no_not_before: bool,
+    /// A new usage limit: this many exchanges from now on.
+    #[arg(long, value_name = "N")]
+    max_uses: Option<u64>,
+    /// Remove the usage limit.
+    #[arg(long, conflicts_with = "max_uses")]
+    no_max_uses: bool,
 }
 
 /// `tokengate cluster …`.
@@ -352,8 +389,23 @@ async fn execute(mut conn: Connection, cmd: Cmd) -> Result<(), Failure> {
             name,
             expires,
             restrict,
-        }) => commands::create(conn, name, expires, &restrict).await,
-        Cmd::Token(TokenCommand::List { expiring }) => commands::list(conn, expiring).await,
+            not_before,
+            max_uses,
+        }) => {
+            let limits = commands::Limits {
+                not_before,
+                max_uses,
+            };
+            commands::create(conn, name, expires, &restrict, limits).await
+        }
+        Cmd::Token(TokenCommand::List {
+            expiring,
+            violations,
+        }) => commands::list(conn, expiring, violations).await,
+        Cmd::Token(TokenCommand::Suspend { id, reason }) => {
+            commands::suspend(conn, id, reason).await
+        }
+        Cmd::Token(TokenCommand::Resume { id }) => commands::resume(conn, id).await,
         Cmd::Token(TokenCommand::Edit(args)) => commands::edit(conn, args).await,
         Cmd::Token(TokenCommand::Rotate { id, grace }) => commands::rotate(conn, id, &grace).await,
         Cmd::Token(TokenCommand::Delete { ids }) => commands::delete(conn, ids).await,

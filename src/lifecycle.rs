@@ -7,7 +7,10 @@
 //! - the changes another replica made (`cluster::Replica`, which the
 //!   change feed calls): applied to the in-memory maps with the same
 //!   revocation as a local change;
-//! - `sweep` and `flush_usage`: the periodic upkeep of what it holds.
+//! - `suspend` and `resume`: a token stops exchanging (and its access
+//!   tokens end) until an administrator lets it work again;
+//! - `sweep`, `revoke_unused` and `flush_usage`: the periodic upkeep of
+//!   what it holds.
 //!
 //! A change that ends a refresh token (a delete, a rotation without a grace
 //! period) also drops the access tokens it issued, here and (through the
@@ -21,7 +24,8 @@ use crate::clock::Clock;
 use crate::cluster::Replica;
 use crate::restrict::RestrictionSpec;
 use crate::store::{
-    AccountRecord, Edit, RefreshHash, RefreshRecord, RefreshStore, RefreshToken, StoreError,
+    AccountRecord, CreateLimits, Edit, RefreshHash, RefreshRecord, RefreshStore, RefreshToken,
+    StoreError,
 };
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::{new_refresh_token, parse_refresh, RefreshFormatError, RefreshHasher};
@@ -78,8 +82,15 @@ impl Lifecycle {
         expires: Option<u64>,
         restrictions: &RestrictionSpec,
     ) -> Result<(Arc<RefreshToken>, String), LifecycleError> {
-        self.mint_by(name, created, expires, restrictions, None)
-            .await
+        self.mint_by(
+            name,
+            created,
+            expires,
+            restrictions,
+            None,
+            CreateLimits::default(),
+        )
+        .await
     }
 
     async fn mint_by(
@@ -89,6 +100,7 @@ impl Lifecycle {
         expires: Option<u64>,
         restrictions: &RestrictionSpec,
         created_by: Option<String>,
+        limits: CreateLimits,
     ) -> Result<(Arc<RefreshToken>, String), LifecycleError> {
         let (secret, hash) = self.new_secret()?;
         let store = self.store.clone();
@@ -102,14 +114,16 @@ impl Lifecycle {
                 expires,
                 Some(&spec),
                 created_by.as_deref(),
+                &limits,
             )
         })
         .await??;
         Ok((created, secret))
     }
 
-    /// `mint`, for an administrator (`by`, recorded as `created_by`):
-    /// logged and audited (`refresh_token.created`).
+    /// `mint`, for an administrator (`by`, recorded as `created_by`), with
+    /// a not-before and a usage limit if given: logged and audited
+    /// (`refresh_token.created`).
     pub(crate) async fn create(
         &self,
         by: &Actor,
@@ -117,6 +131,7 @@ impl Lifecycle {
         created: u64,
         expires: Option<u64>,
         restrictions: &RestrictionSpec,
+        limits: CreateLimits,
     ) -> Result<(Arc<RefreshToken>, String), LifecycleError> {
         let (token, secret) = self
             .mint_by(
@@ -125,6 +140,7 @@ impl Lifecycle {
                 expires,
                 restrictions,
                 Some(by.who.user.clone()),
+                limits,
             )
             .await?;
         tracing::info!(peer = %by.peer, user = %by.who.user, token_id = token.id, token_name = %token.name, "refresh token created");
@@ -199,6 +215,101 @@ impl Lifecycle {
         for r in &gone {
             tracing::info!(peer = %by.peer, user = %by.who.user, token_id = r.id, token_name = %r.name, "refresh token deleted");
             self.audit(by, "refresh_token.deleted", r, "");
+        }
+        Ok(gone)
+    }
+
+    /// Suspends token `id`: its exchanges are refused and the access tokens
+    /// it issued end, here at once and on every other replica as the
+    /// change feed brings the new generation (which also keeps them ended
+    /// after a resume). Audited as `refresh_token.suspended` with the
+    /// reason. Suspending a suspended token again only changes its reason
+    /// (and writes nothing when that is the same). `None`: no such token.
+    pub(crate) async fn suspend(
+        &self,
+        by: &Actor,
+        id: u64,
+        reason: Option<&str>,
+    ) -> Result<Option<Arc<RefreshToken>>, LifecycleError> {
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if let Some(t) = self.store.get(id) {
+            if t.is_suspended() && t.suspended_reason() == reason {
+                return Ok(Some(t));
+            }
+        }
+        let edit = Edit::Suspend {
+            reason: reason.map(str::to_owned),
+        };
+        let Some(token) = self.commit_edit(id, edit).await? else {
+            return Ok(None);
+        };
+        // Refused already through the old version's flag; this frees them.
+        self.access.revoke_refresh(&[id]);
+        tracing::info!(peer = %by.peer, user = %by.who.user, token_id = token.id, token_name = %token.name, reason = reason.unwrap_or(""), "refresh token suspended");
+        self.audit(by, "refresh_token.suspended", &token, reason.unwrap_or(""));
+        Ok(Some(token))
+    }
+
+    /// Lets a suspended token exchange again; the access tokens it had
+    /// before the suspension stay ended. Audited as
+    /// `refresh_token.resumed`; a token that is not suspended is left as
+    /// it is. `None`: no such token.
+    pub(crate) async fn resume(
+        &self,
+        by: &Actor,
+        id: u64,
+    ) -> Result<Option<Arc<RefreshToken>>, LifecycleError> {
+        if let Some(t) = self.store.get(id) {
+            if !t.is_suspended() {
+                return Ok(Some(t));
+            }
+        }
+        let Some(token) = self.commit_edit(id, Edit::Resume).await? else {
+            return Ok(None);
+        };
+        tracing::info!(peer = %by.peer, user = %by.who.user, token_id = token.id, token_name = %token.name, "refresh token resumed");
+        self.audit(by, "refresh_token.resumed", &token, "");
+        Ok(Some(token))
+    }
+
+    /// Deletes the tokens not exchanged for `after` seconds (since their
+    /// last use, or their creation if never used), with their access
+    /// tokens; one `refresh_token.revoked_unused` line each. The usage is
+    /// flushed first and the backend judges each token again in its
+    /// transaction, so a token used a moment ago (here, or on a replica
+    /// that flushed) stays, and of replicas sweeping at once only the one
+    /// whose delete found the token writes the line.
+    pub(crate) async fn revoke_unused(
+        &self,
+        after: u64,
+    ) -> Result<Vec<Arc<RefreshToken>>, LifecycleError> {
+        let cutoff = self.clock.unix().saturating_sub(after);
+        let due: Vec<u64> = self
+            .store
+            .list()
+            .iter()
+            .filter(|t| t.last_used().unwrap_or(t.created) <= cutoff)
+            .map(|t| t.id)
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.flush_usage().await?;
+        let store = self.store.clone();
+        let gone = tokio::task::spawn_blocking(move || store.delete_unused(&due, cutoff)).await??;
+        let ids: Vec<u64> = gone.iter().map(|r| r.id).collect();
+        self.access.revoke_refresh(&ids);
+        let why = format!("not exchanged for {after} s (tokens.revoke_unused_after)");
+        for r in &gone {
+            tracing::info!(token_id = r.id, token_name = %r.name, "refresh token revoked: unused");
+            self.audit.record(&crate::audit::Event {
+                event: "refresh_token.revoked_unused",
+                actor: Some("system"),
+                token_id: Some(r.id),
+                token_name: Some(&r.name),
+                reason: Some(&why),
+                ..Default::default()
+            });
         }
         Ok(gone)
     }

@@ -1,6 +1,7 @@
 //! Work on a timer, off the request path: sweeping dead access tokens,
 //! admin sessions and login-throttle entries, writing the failed-
-//! authentication throttle's `auth.throttled` lines, and flushing
+//! authentication throttle's `auth.throttled` lines, deleting refresh
+//! tokens left unused for `tokens.revoke_unused_after`, and flushing
 //! refresh-token usage to the store.
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub(crate) async fn run(
                 if let Ok(removed @ 1..) = swept {
                     tracing::debug!(removed, live = state.view.access.len(), "swept access tokens");
                 }
+                revoke_unused(&state).await;
             }
             _ = flush.tick() => flush_usage(&state).await,
             _ = stopped(&mut shutdown) => {
@@ -53,6 +55,21 @@ pub(crate) async fn run(
                 let _ = tokio::task::spawn_blocking(move || st.authority.report_all()).await;
                 return;
             }
+        }
+    }
+}
+
+/// Deletes the refresh tokens unused for `tokens.revoke_unused_after`,
+/// if set; a failure is retried at the next tick.
+async fn revoke_unused(state: &Arc<State>) {
+    let Some(after) = state.startup_config.tokens.revoke_unused_after else {
+        return;
+    };
+    match state.lifecycle.revoke_unused(after.as_secs()).await {
+        Ok(gone) if gone.is_empty() => {}
+        Ok(gone) => tracing::debug!(tokens = gone.len(), "deleted unused refresh tokens"),
+        Err(e) => {
+            tracing::warn!(error = %e, "deleting unused refresh tokens failed; will retry")
         }
     }
 }

@@ -24,7 +24,32 @@ pub struct CreateToken {
     /// Scopes, networks and rate (see `restrict`); all absent = full access.
     #[serde(flatten)]
     pub restrictions: RestrictionSpec,
+    /// An RFC 3339 time before which it does not exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// Exchanges allowed (1 to `MAX_USES`); absent = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u64>,
 }
+
+/// The largest usage limit a token may be given.
+pub const MAX_USES: u64 = 1_000_000_000;
+
+/// Longest suspension reason, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// `POST /api/refresh-tokens/{id}/suspend`: `{}` or `{"reason": "…"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct SuspendToken {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/refresh-tokens/{id}/resume`: `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct ResumeToken {}
 
 /// The answer to a create: the token string, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +65,12 @@ pub struct CreatedToken {
     /// As stored; empty, false and null = full access.
     #[serde(flatten)]
     pub restrictions: RestrictionSpec,
+    /// Before this (RFC 3339) it does not exchange; `null`: no such bound.
+    #[serde(default)]
+    pub not_before: Option<String>,
+    /// The usage limit; `null`: unlimited.
+    #[serde(default)]
+    pub max_uses: Option<u64>,
 }
 
 /// `PATCH /api/refresh-tokens/{id}`: each field present is changed, each
@@ -64,6 +95,13 @@ pub struct EditToken {
     /// `Some(None)` is sent as `null`: remove the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// An RFC 3339 time; `Some(None)` is sent as `null`: no not-before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Option<String>>,
+    /// A new usage limit: that many exchanges from now on; `Some(None)` is
+    /// sent as `null`: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<Option<u64>>,
 }
 
 /// `POST /api/refresh-tokens/{id}/rotate`.
@@ -115,6 +153,28 @@ pub struct TokenInfo {
     /// Scopes, networks and rate; empty, false and null = full access.
     #[serde(flatten)]
     pub restrictions: RestrictionSpec,
+    /// Suspended: exchanges are refused until it is resumed.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Why, when someone said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_reason: Option<String>,
+    /// Before this it does not exchange (`null`: no such bound).
+    #[serde(default)]
+    pub not_before: Option<String>,
+    /// The usage limit as last set, and the exchanges left under it
+    /// (`null`, both: unlimited).
+    #[serde(default)]
+    pub max_uses: Option<u64>,
+    #[serde(default)]
+    pub uses_left: Option<u64>,
+    /// The lifetime policies it breaks (`max_lifetime`); empty when none.
+    #[serde(default)]
+    pub violations: Vec<String>,
+    /// When the periodic sweep deletes it unless it is exchanged first
+    /// (`tokens.revoke_unused_after`; `null` when that is unset).
+    #[serde(default)]
+    pub revoke_unused_at: Option<String>,
 }
 
 /// `POST /api/refresh-tokens/delete`. Ids are numbers; numeric strings are
@@ -349,6 +409,14 @@ const INVISIBLE_FORMAT: [(u32, u32); 22] = [
     (0xE0001, 0xE0001), // language tag
     (0xE0020, 0xE007F), // tag characters
 ];
+
+/// Whether text shows as written: no control characters and no invisible
+/// formatting characters (what a name refuses, at any length).
+pub(crate) fn shows_as_written(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+}
 
 fn is_invisible_format(c: char) -> bool {
     let c = u32::from(c);

@@ -8,8 +8,10 @@
 use serde_json::{Map, Value};
 
 use super::api::{
-    parse_expiry, validate_name, CreateToken, EditToken, RotateToken, MAX_GRACE_SECONDS,
+    parse_expiry, shows_as_written, validate_name, CreateToken, EditToken, ResumeToken,
+    RotateToken, SuspendToken, MAX_GRACE_SECONDS, MAX_REASON_CHARS, MAX_USES,
 };
+use crate::clock::parse_rfc3339;
 use crate::restrict::{
     parse_networks, parse_rate_limit, parse_read_only, parse_scopes, whole_number, RestrictionSpec,
 };
@@ -19,17 +21,19 @@ fn token_fields(body: &Value) -> Result<&Map<String, Value>, String> {
     let Some(obj) = body.as_object() else {
         return Err("body must be a JSON object like {\"name\": \"reporting\"}".into());
     };
-    const FIELDS: [&str; 6] = [
+    const FIELDS: [&str; 8] = [
         "name",
         "expires",
         "scopes",
         "read_only",
         "networks",
         "rate_limit",
+        "not_before",
+        "max_uses",
     ];
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!(
-            "unknown field {k:?}; expected name, expires, scopes, read_only, networks and rate_limit"
+            "unknown field {k:?}; expected name, expires, scopes, read_only, networks, rate_limit, not_before and max_uses"
         ));
     }
     Ok(obj)
@@ -41,6 +45,32 @@ fn token_fields(body: &Value) -> Result<&Map<String, Value>, String> {
 fn expiry_text(s: &str) -> Result<String, String> {
     parse_expiry(s, 0)?;
     Ok(s.to_owned())
+}
+
+/// `not_before` as written: an RFC 3339 time (kept as written), or `null`.
+fn not_before(v: &Value) -> Result<Option<String>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if parse_rfc3339(s.trim()).is_some_and(|t| t >= 0) => {
+            Ok(Some(s.trim().to_owned()))
+        }
+        _ => {
+            Err("not_before must be an RFC 3339 time such as 2027-05-01T00:00:00Z, or null".into())
+        }
+    }
+}
+
+/// `max_uses`: a whole number of exchanges from 1 to `MAX_USES`, or `null`.
+fn max_uses(v: &Value) -> Result<Option<u64>, String> {
+    match v {
+        Value::Null => Ok(None),
+        v => match whole_number(v) {
+            Some(n) if (1..=MAX_USES).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "max_uses must be a whole number of exchanges from 1 to {MAX_USES}, or null for no limit"
+            )),
+        },
+    }
 }
 
 impl TryFrom<Value> for CreateToken {
@@ -75,6 +105,8 @@ impl TryFrom<Value> for CreateToken {
             name,
             expires,
             restrictions,
+            not_before: not_before(field("not_before"))?,
+            max_uses: max_uses(field("max_uses"))?,
         })
     }
 }
@@ -86,7 +118,7 @@ impl TryFrom<Value> for EditToken {
         let obj = token_fields(&body)?;
         if obj.is_empty() {
             return Err(
-                "the body names nothing to change: send one or more of name, expires, scopes, read_only, networks and rate_limit".into(),
+                "the body names nothing to change: send one or more of name, expires, scopes, read_only, networks, rate_limit, not_before and max_uses".into(),
             );
         }
         let name = match obj.get("name") {
@@ -111,6 +143,8 @@ impl TryFrom<Value> for EditToken {
             read_only: obj.get("read_only").map(parse_read_only).transpose()?,
             networks: obj.get("networks").map(parse_networks).transpose()?,
             rate_limit: obj.get("rate_limit").map(parse_rate_limit).transpose()?,
+            not_before: obj.get("not_before").map(not_before).transpose()?,
+            max_uses: obj.get("max_uses").map(max_uses).transpose()?,
         })
     }
 }
@@ -138,6 +172,54 @@ impl TryFrom<Value> for RotateToken {
     }
 }
 
+impl TryFrom<Value> for SuspendToken {
+    type Error = String;
+
+    fn try_from(body: Value) -> Result<SuspendToken, String> {
+        let Some(obj) = body.as_object() else {
+            return Err("body must be a JSON object: {} or {\"reason\": \"…\"}".into());
+        };
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "reason") {
+            return Err(format!("unknown field {k:?}; expected reason"));
+        }
+        let reason = match obj.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                let r = s.trim();
+                if r.chars().count() > MAX_REASON_CHARS {
+                    return Err(format!(
+                        "reason must be at most {MAX_REASON_CHARS} characters"
+                    ));
+                }
+                // Shown in the page, the CLI and the audit log, as a name is.
+                if !shows_as_written(r) {
+                    return Err(
+                        "reason must not contain control or invisible formatting characters".into(),
+                    );
+                }
+                (!r.is_empty()).then(|| r.to_owned())
+            }
+            Some(_) => return Err("reason must be a string".into()),
+        };
+        Ok(SuspendToken { reason })
+    }
+}
+
+impl TryFrom<Value> for ResumeToken {
+    type Error = String;
+
+    fn try_from(body: Value) -> Result<ResumeToken, String> {
+        match body.as_object() {
+            Some(obj) if obj.is_empty() => Ok(ResumeToken {}),
+            Some(obj) => Err(format!(
+                "unknown field {:?}; resume takes an empty object {{}}",
+                obj.keys().next().map_or("", String::as_str)
+            )),
+            None => Err("body must be an empty JSON object {}".into()),
+        }
+    }
+}
+
 impl EditToken {
     /// The fields this edit changes, sorted, comma-separated (for the log
     /// and the audit line).
@@ -145,8 +227,10 @@ impl EditToken {
         let mut changed = Vec::with_capacity(6);
         for (present, field) in [
             (self.expires.is_some(), "expires"),
+            (self.max_uses.is_some(), "max_uses"),
             (self.name.is_some(), "name"),
             (self.networks.is_some(), "networks"),
+            (self.not_before.is_some(), "not_before"),
             (self.rate_limit.is_some(), "rate_limit"),
             (self.read_only.is_some(), "read_only"),
             (self.scopes.is_some(), "scopes"),

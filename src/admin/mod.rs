@@ -12,7 +12,8 @@
 //! | GET | /api/stats | 200 live access tokens, refresh tokens, public connections |
 //! | GET | /metrics | 200 Prometheus metrics (404 with `metrics.enabled = false`) |
 //! | POST | /api/refresh-tokens | 201 the new token, its string shown this once |
-//! | GET | /api/refresh-tokens | 200 every token (never a token string) |
+//! | GET | /api/refresh-tokens | 200 every token (never a token string); `?violations=true`: those breaking the lifetime policy |
+//! | POST | /api/refresh-tokens/{id}/suspend, …/resume | 200 the token as now |
 //! | DELETE | /api/refresh-tokens/{id} | 204, or 404 for an unknown id |
 //! | POST | /api/refresh-tokens/delete | 200 `{"deleted": [...], "not_found": [...]}` |
 //! | GET, POST | /api/users | 200 the accounts; 201 a new one |
@@ -246,7 +247,7 @@ impl AdminHandler {
                 _ => method_not_allowed("POST"),
             },
             ("/api/refresh-tokens", _) => match method {
-                Method::GET => self.list(&by),
+                Method::GET => self.list(&by, req.uri().query()),
                 Method::POST => self.create(&by, req).await,
                 _ => method_not_allowed("GET, POST"),
             },
@@ -258,6 +259,20 @@ impl AdminHandler {
                 Method::POST => {
                     let id = rest.trim_end_matches("/rotate").to_owned();
                     self.rotate_secret(&by, &id, req).await
+                }
+                _ => method_not_allowed("POST"),
+            },
+            (_, Some(rest)) if rest.ends_with("/suspend") => match method {
+                Method::POST => {
+                    let id = rest.trim_end_matches("/suspend").to_owned();
+                    self.suspend(&by, &id, req).await
+                }
+                _ => method_not_allowed("POST"),
+            },
+            (_, Some(rest)) if rest.ends_with("/resume") => match method {
+                Method::POST => {
+                    let id = rest.trim_end_matches("/resume").to_owned();
+                    self.resume(&by, &id, req).await
                 }
                 _ => method_not_allowed("POST"),
             },

@@ -23,7 +23,8 @@ pub(crate) enum Action {
     ListTokens,
     /// `POST /api/refresh-tokens`.
     CreateToken,
-    /// Edit, rotate, delete one or many (a creator: its own only).
+    /// Edit, rotate, suspend, resume, delete one or many (a creator: its
+    /// own only).
     ChangeToken,
     /// Any change to a token, whoever created it.
     ChangeAnyToken,
@@ -78,7 +79,7 @@ pub(crate) fn action_of(method: &Method, path: &str) -> Option<Action> {
     let rest = path.strip_prefix("/api/refresh-tokens/")?;
     let change = match rest {
         "delete" => post,
-        r if r.ends_with("/rotate") => post,
+        r if r.ends_with("/rotate") || r.ends_with("/suspend") || r.ends_with("/resume") => post,
         _ => method == Method::PATCH || method == Method::DELETE,
     };
     change.then_some(Action::ChangeToken)
@@ -142,6 +143,16 @@ mod tests {
             (
                 "POST",
                 "/api/refresh-tokens/delete",
+                &[Admin, Manager, Creator],
+            ),
+            (
+                "POST",
+                "/api/refresh-tokens/7/suspend",
+                &[Admin, Manager, Creator],
+            ),
+            (
+                "POST",
+                "/api/refresh-tokens/7/resume",
                 &[Admin, Manager, Creator],
             ),
             ("POST", "/api/reload", &[Admin]),

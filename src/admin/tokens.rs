@@ -1,4 +1,7 @@
-//! Refresh-token management: create, list, delete one, delete many.
+//! Refresh-token management: create, list, edit, rotate, suspend and
+//! resume, delete one, delete many; and the lifetime policy
+//! (`tokens.max_lifetime`, `tokens.revoke_unused_after`) as the API
+//! enforces and shows it.
 
 use std::sync::Arc;
 
@@ -8,19 +11,65 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::api::{
-    parse_expiry, CreateToken, CreatedToken, DeleteTokens, DeletedToken, DeletedTokens, EditToken,
-    RestrictionSpec, RotateToken, RotatedToken, TokenInfo,
+    expiry_text, parse_expiry, CreateToken, CreatedToken, DeleteTokens, DeletedToken,
+    DeletedTokens, EditToken, RestrictionSpec, ResumeToken, RotateToken, RotatedToken,
+    SuspendToken, TokenInfo,
 };
 use super::permissions::{forbidden, Action};
 use super::{bad, checked, json_body, AdminHandler};
 use crate::audit::Actor;
-use crate::clock::rfc3339;
+use crate::clock::{parse_rfc3339, rfc3339};
+use crate::config::TokensConfig;
 use crate::restrict::whole_number;
 use crate::roles::Role;
-use crate::store::{Edit, RefreshToken};
+use crate::store::{CreateLimits, Edit, RefreshToken};
 use crate::wire::{empty, error, json, no_store, Reply};
 
-fn info(r: &RefreshToken, now: u64) -> TokenInfo {
+/// The lifetime policy as the admin API applies it: from the
+/// configuration the gateway started with.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Policy {
+    /// Seconds; `None`: no bound.
+    max_lifetime: Option<u64>,
+    /// Seconds; `None`: unused tokens stay.
+    revoke_unused_after: Option<u64>,
+}
+
+impl Policy {
+    pub(super) fn of(t: &TokensConfig) -> Policy {
+        Policy {
+            max_lifetime: t.max_lifetime.map(|d| d.as_secs()),
+            revoke_unused_after: t.revoke_unused_after.map(|d| d.as_secs()),
+        }
+    }
+
+    /// Why an expiry (`None`: never) set at `now` breaks `tokens.max_lifetime`.
+    fn refuses(&self, expires: Option<u64>, now: u64) -> Option<String> {
+        let max = self.max_lifetime?;
+        let limit = now.saturating_add(max);
+        let words = crate::config::HumanDuration(std::time::Duration::from_secs(max));
+        match expires {
+            Some(e) if e <= limit => None,
+            _ => Some(format!(
+                "expires {} is beyond tokens.max_lifetime ({}): choose an expiry no later than {}",
+                expiry_text(expires),
+                String::from(words),
+                rfc3339(limit),
+            )),
+        }
+    }
+
+    /// The policies `r` breaks at `now`.
+    fn violations(&self, r: &RefreshToken, now: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.refuses(r.expires, now).is_some() {
+            out.push("max_lifetime".to_owned());
+        }
+        out
+    }
+}
+
+fn info(r: &RefreshToken, now: u64, policy: &Policy) -> TokenInfo {
     let client = r.last_client();
     TokenInfo {
         last_client_ip: client.ip,
@@ -40,6 +89,15 @@ fn info(r: &RefreshToken, now: u64) -> TokenInfo {
         .into(),
         expiring_soon: crate::store::expires_soon(r.expires, now),
         restrictions: spec_of(r),
+        suspended: r.is_suspended(),
+        suspended_reason: r.suspended_reason().map(str::to_owned),
+        not_before: r.not_before().map(rfc3339),
+        max_uses: r.max_uses(),
+        uses_left: r.uses_left(),
+        violations: policy.violations(r, now),
+        revoke_unused_at: policy
+            .revoke_unused_after
+            .map(|after| rfc3339(r.last_used().unwrap_or(r.created).saturating_add(after))),
     }
 }
 
@@ -53,6 +111,8 @@ fn created(token: &RefreshToken, secret: String) -> CreatedToken {
         expires_at: token.expires.map(rfc3339),
         created_by: token.created_by.clone(),
         restrictions: spec_of(token),
+        not_before: token.not_before().map(rfc3339),
+        max_uses: token.max_uses(),
     }
 }
 
@@ -91,8 +151,24 @@ impl AdminHandler {
         })
     }
 
-    pub(super) fn list(&self, by: &Actor) -> Reply {
+    fn policy(&self) -> Policy {
+        Policy::of(&self.state.startup_config.tokens)
+    }
+
+    /// `GET /api/refresh-tokens[?violations=true]`.
+    pub(super) fn list(&self, by: &Actor, query: Option<&str>) -> Reply {
+        let mut only_violations = false;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if k == "violations" {
+                only_violations = match v.as_ref() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return bad("violations must be true or false"),
+                };
+            }
+        }
         let now = self.state.view.clock.unix();
+        let policy = self.policy();
         let all: Vec<TokenInfo> = self
             .state
             .lifecycle
@@ -100,7 +176,8 @@ impl AdminHandler {
             .iter()
             // A creator sees only the tokens it created.
             .filter(|r| by.who.role != Role::Creator || may_change(by, r))
-            .map(|r| info(r, now))
+            .map(|r| info(r, now, &policy))
+            .filter(|t| !only_violations || !t.violations.is_empty())
             .collect();
         json(StatusCode::OK, &all)
     }
@@ -117,10 +194,24 @@ impl AdminHandler {
                 Ok(x) => x,
                 Err(text) => return bad(text),
             };
+        if let Some(text) = self.policy().refuses(expires, now) {
+            return bad(text);
+        }
+        let limits = CreateLimits {
+            not_before: request.not_before.as_deref().and_then(unix_time),
+            max_uses: request.max_uses,
+        };
         // The store blocks: commit on the blocking pool; answer only after the commit.
         let (token, secret) = match state
             .lifecycle
-            .create(by, &request.name, now, expires, &request.restrictions)
+            .create(
+                by,
+                &request.name,
+                now,
+                expires,
+                &request.restrictions,
+                limits,
+            )
             .await
         {
             Ok(x) => x,
@@ -152,12 +243,84 @@ impl AdminHandler {
             Ok(x) => x,
             Err(text) => return bad(text),
         };
+        if let Edit::Fields {
+            expires: Some(expires),
+            ..
+        } = &edit
+        {
+            if let Some(text) = self.policy().refuses(*expires, clock.unix()) {
+                return bad(text);
+            }
+        }
         let token = match self.state.lifecycle.edit(by, id, edit, &changed).await {
             Ok(Some(t)) => t,
             Ok(None) => return not_found(),
             Err(e) => return internal("editing a refresh token failed", e),
         };
-        no_store(json(StatusCode::OK, &info(&token, clock.unix())))
+        no_store(json(
+            StatusCode::OK,
+            &info(&token, clock.unix(), &self.policy()),
+        ))
+    }
+
+    /// `POST /api/refresh-tokens/{id}/suspend`: exchanges refused and its
+    /// access tokens ended, until a resume.
+    pub(super) async fn suspend(&self, by: &Actor, raw: &str, req: Request<Incoming>) -> Reply {
+        let Some(id) = parse_id(raw) else {
+            return not_found();
+        };
+        let path = format!("/api/refresh-tokens/{raw}/suspend");
+        if let Some(r) = self.refuse_unless_own(by, "POST", &path, &[id]) {
+            return r;
+        }
+        let body = match json_body(req, self.body_read_timeout()).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let reason = match checked::read::<SuspendToken>(body) {
+            Ok(s) => s.reason,
+            Err(text) => return bad(text),
+        };
+        match self
+            .state
+            .lifecycle
+            .suspend(by, id, reason.as_deref())
+            .await
+        {
+            Ok(Some(t)) => self.answer(&t),
+            Ok(None) => not_found(),
+            Err(e) => internal("suspending a refresh token failed", e),
+        }
+    }
+
+    /// `POST /api/refresh-tokens/{id}/resume`: exchanges work again; the
+    /// access tokens of before the suspension stay ended.
+    pub(super) async fn resume(&self, by: &Actor, raw: &str, req: Request<Incoming>) -> Reply {
+        let Some(id) = parse_id(raw) else {
+            return not_found();
+        };
+        let path = format!("/api/refresh-tokens/{raw}/resume");
+        if let Some(r) = self.refuse_unless_own(by, "POST", &path, &[id]) {
+            return r;
+        }
+        let body = match json_body(req, self.body_read_timeout()).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        if let Err(text) = checked::read::<ResumeToken>(body) {
+            return bad(text);
+        }
+        match self.state.lifecycle.resume(by, id).await {
+            Ok(Some(t)) => self.answer(&t),
+            Ok(None) => not_found(),
+            Err(e) => internal("resuming a refresh token failed", e),
+        }
+    }
+
+    /// A token as the list shows it, `200`.
+    fn answer(&self, token: &RefreshToken) -> Reply {
+        let now = self.state.view.clock.unix();
+        no_store(json(StatusCode::OK, &info(token, now, &self.policy())))
     }
 
     /// `POST /api/refresh-tokens/{id}/rotate`: a new secret for the same
@@ -183,6 +346,16 @@ impl AdminHandler {
             Ok(r) => r.grace_seconds,
             Err(text) => return bad(text),
         };
+        // A new secret for a token that breaks the lifetime policy would
+        // renew what the policy ends: fix its expiry first.
+        if let Some(t) = self.state.view.store.get(id) {
+            if let Some(text) = self
+                .policy()
+                .refuses(t.expires, self.state.view.clock.unix())
+            {
+                return bad(format!("{text} (PATCH the token's expiry, then rotate)"));
+            }
+        }
         let rotated = match self.state.lifecycle.rotate(by, id, grace).await {
             Ok(Some(x)) => x,
             Ok(None) => return not_found(),
@@ -314,8 +487,17 @@ fn edit_request(body: Value, now: u64) -> Result<(Edit, String), String> {
         read_only: request.read_only,
         networks: request.networks,
         rate_limit: request.rate_limit,
+        not_before: request
+            .not_before
+            .map(|nb| nb.as_deref().and_then(unix_time)),
+        max_uses: request.max_uses,
     };
     Ok((edit, changed))
+}
+
+/// An RFC 3339 time (checked already by `checked`) in Unix seconds.
+fn unix_time(text: &str) -> Option<u64> {
+    parse_rfc3339(text).and_then(|t| u64::try_from(t).ok())
 }
 
 fn parse_id(text: &str) -> Option<u64> {
@@ -403,6 +585,8 @@ mod tests {
                     burst: 10,
                 }),
             },
+            not_before: Some("2027-04-01T00:00:00Z".into()),
+            max_uses: Some(3),
         };
         let (read, exp) = create_request(serde_json::to_value(&sent).unwrap(), now, 10).unwrap();
         assert_eq!((read, exp), (sent, Some(1_809_129_600)));
@@ -410,6 +594,8 @@ mod tests {
             name: "n".into(),
             expires: None,
             restrictions: RestrictionSpec::default(),
+            not_before: None,
+            max_uses: None,
         };
         let (_, exp) = create_request(serde_json::to_value(&default).unwrap(), now, 10).unwrap();
         assert_eq!(exp, Some(now + 10));

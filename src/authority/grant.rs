@@ -1,5 +1,6 @@
 //! The exchange (RFC 6749 §6) as the core decides it: cluster contact, the
-//! exchange itself (`tokens::exchange`), one catch-up with the cluster
+//! exchange's checks (`tokens::exchange`), a use taken from a limited
+//! token in the store, one catch-up with the cluster
 //! before a well-formed token unknown here is refused, and the failure
 //! count. The client's budget is asked first, before the request's body
 //! is read (`Authority::admit_client`).
@@ -42,7 +43,7 @@ impl Authority {
             clock: &self.clock,
             access_ttl: self.access_ttl,
         };
-        let mut result = exchanger.exchange(grant, client);
+        let mut result = exchanger.check(grant, client);
         if let (Err(ExchangeError::NotValid), Some(cluster)) = (&result, &self.cluster) {
             // Unknown here, but well formed: it may have been created on
             // another replica a moment ago. Ask the database (coalesced
@@ -52,13 +53,38 @@ impl Authority {
                 if !cluster.catch_up().await {
                     return Err(ExchangeRefusal::Stale);
                 }
-                result = exchanger.exchange(grant, client);
+                result = exchanger.check(grant, client);
             }
         }
         if let (Err(ExchangeError::NotValid), Some(ip)) = (&result, client.ip) {
             // Unknown, deleted or mistyped could be a guess; expired could not.
             self.failed(ip, now);
         }
-        result.map_err(ExchangeRefusal::Refused)
+        let refresh = result.map_err(ExchangeRefusal::Refused)?;
+        if refresh.max_uses().is_some() {
+            // A limited token's use is taken in the backend before the
+            // access token exists (PostgreSQL: one conditional UPDATE, the
+            // same count for every replica; redb: a committed write), so
+            // no more than the limit is ever issued. Unlimited tokens
+            // never get here: their exchange touches no backend.
+            let (store, token) = (self.store.clone(), refresh.clone());
+            match tokio::task::spawn_blocking(move || store.consume_use(&token)).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => {
+                    return Err(ExchangeRefusal::Refused(ExchangeError::UsageLimit(refresh)))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(token_id = refresh.id, error = %e, "taking a use of a limited refresh token failed");
+                    return Err(ExchangeRefusal::Refused(ExchangeError::Unavailable));
+                }
+                Err(e) => {
+                    tracing::warn!(token_id = refresh.id, error = %e, "taking a use of a limited refresh token failed");
+                    return Err(ExchangeRefusal::Refused(ExchangeError::Unavailable));
+                }
+            }
+        }
+        exchanger
+            .issue(refresh, client)
+            .map_err(ExchangeRefusal::Refused)
     }
 }

@@ -11,8 +11,9 @@ use super::token_table::table;
 use super::{EditArgs, Failure, RestrictArgs, EXIT_INVALID, EXIT_NOT_FOUND};
 use crate::admin::api::{
     expiry_text, parse_expiry, CreateToken, CreatedToken, DeleteTokens, DeletedTokens, EditToken,
-    RestrictionSpec, RotateToken, Rotated, RotatedToken, TokenInfo,
+    RestrictionSpec, ResumeToken, RotateToken, Rotated, RotatedToken, SuspendToken, TokenInfo,
 };
+use crate::clock::rfc3339;
 use crate::reload::Reloaded;
 
 use super::Connection;
@@ -83,12 +84,20 @@ pub(super) async fn cluster_rotate(conn: &Connection) -> Result<(), Failure> {
     .map(drop)
 }
 
+/// `token create`'s `--not-before` and `--max-uses`.
+#[derive(Debug, Default)]
+pub(super) struct Limits {
+    pub(super) not_before: Option<String>,
+    pub(super) max_uses: Option<u64>,
+}
+
 /// `tokengate token create`.
 pub(super) async fn create(
     conn: &Connection,
     name: String,
     expires: Option<String>,
     restrict: &RestrictArgs,
+    limits: Limits,
 ) -> Result<(), Failure> {
     let body = request_body(&CreateToken {
         name,
@@ -99,6 +108,8 @@ pub(super) async fn create(
             networks: restrict.networks.clone(),
             rate_limit: restrict.rate_limit(),
         },
+        not_before: not_before_option(limits.not_before)?,
+        max_uses: limits.max_uses,
     })?;
     call_and_show(
         conn,
@@ -122,8 +133,12 @@ pub(super) async fn create(
     .map(drop)
 }
 
-/// `tokengate token list [--expiring WITHIN]`.
-pub(super) async fn list(conn: &Connection, expiring: Option<String>) -> Result<(), Failure> {
+/// `tokengate token list [--expiring WITHIN] [--violations]`.
+pub(super) async fn list(
+    conn: &Connection,
+    expiring: Option<String>,
+    violations: bool,
+) -> Result<(), Failure> {
     let within = expiring
         .as_deref()
         .map(|w| {
@@ -131,7 +146,12 @@ pub(super) async fn list(conn: &Connection, expiring: Option<String>) -> Result<
                 .map_err(|e| Failure(EXIT_INVALID, format!("--expiring: {e}")))
         })
         .transpose()?;
-    let bytes = call(conn, "GET", "/api/refresh-tokens", None).await?;
+    let path = if violations {
+        "/api/refresh-tokens?violations=true"
+    } else {
+        "/api/refresh-tokens"
+    };
+    let bytes = call(conn, "GET", path, None).await?;
     let mut tokens: Vec<TokenInfo> = answer(&bytes)?;
     if let Some(within) = within {
         let now = crate::clock::Clock::new().unix();
@@ -148,6 +168,8 @@ pub(super) async fn list(conn: &Connection, expiring: Option<String>) -> Result<
         let text =
             serde_json::to_string(&tokens).map_err(|e| Failure::unreachable(e.to_string()))?;
         println!("{text}");
+    } else if tokens.is_empty() && violations {
+        println!("No refresh token breaks the lifetime policy.");
     } else if let (true, Some(within)) = (tokens.is_empty(), within) {
         // "No refresh tokens" would be wrong here: there may be many, none
         // of them expiring that soon.
@@ -186,6 +208,10 @@ fn edit_request(args: EditArgs) -> Result<EditToken, Failure> {
         no_networks,
         no_rate_limit,
         full_access,
+        not_before,
+        no_not_before,
+        max_uses,
+        no_max_uses,
     } = args;
     let edit = EditToken {
         name,
@@ -206,11 +232,19 @@ fn edit_request(args: EditArgs) -> Result<EditToken, Failure> {
             Some(r) => Some(Some(r)),
             None => (no_rate_limit || full_access).then_some(None),
         },
+        not_before: match not_before_option(not_before)? {
+            Some(t) => Some(Some(t)),
+            None => no_not_before.then_some(None),
+        },
+        max_uses: match max_uses {
+            Some(n) => Some(Some(n)),
+            None => no_max_uses.then_some(None),
+        },
     };
     if edit == EditToken::default() {
         return Err(Failure(
             EXIT_INVALID,
-            "nothing to change: give --name, --expires or a restriction flag".into(),
+            "nothing to change: give --name, --expires, --not-before, --max-uses or a restriction flag".into(),
         ));
     }
     Ok(edit)
@@ -238,6 +272,48 @@ pub(super) async fn rotate(conn: &Connection, id: u64, grace: &str) -> Result<()
                 rotated.token.id, rotated.token.name
             );
             println!("{}", rotated.token.token);
+        },
+    )
+    .await
+    .map(drop)
+}
+
+/// `tokengate token suspend ID [--reason TEXT]`.
+pub(super) async fn suspend(
+    conn: &Connection,
+    id: u64,
+    reason: Option<String>,
+) -> Result<(), Failure> {
+    let body = request_body(&SuspendToken { reason })?;
+    call_and_show(
+        conn,
+        "POST",
+        &format!("/api/refresh-tokens/{id}/suspend"),
+        Some(body),
+        |token: &TokenInfo| {
+            println!(
+                "suspended {} \"{}\": its exchanges are refused and its access tokens ended; `tokengate token resume {}` lets it work again",
+                token.id, token.name, token.id
+            );
+        },
+    )
+    .await
+    .map(drop)
+}
+
+/// `tokengate token resume ID`.
+pub(super) async fn resume(conn: &Connection, id: u64) -> Result<(), Failure> {
+    let body = request_body(&ResumeToken {})?;
+    call_and_show(
+        conn,
+        "POST",
+        &format!("/api/refresh-tokens/{id}/resume"),
+        Some(body),
+        |token: &TokenInfo| {
+            println!(
+                "resumed {} \"{}\": it exchanges again (access tokens from before the suspension stay ended)",
+                token.id, token.name
+            );
         },
     )
     .await
@@ -277,6 +353,24 @@ fn expires_arg(text: &str, now_unix: u64) -> Result<String, String> {
     parse_expiry(text, now_unix)
         .map(expiry_text)
         .map_err(|e| format!("--expires: {e}"))
+}
+
+/// `--not-before`, if given, as an RFC 3339 time: `2h` (from now), a date
+/// or an RFC 3339 time.
+fn not_before_option(text: Option<String>) -> Result<Option<String>, Failure> {
+    let now = crate::clock::Clock::new().unix();
+    text.map(|t| match parse_expiry(&t, now) {
+        Ok(Some(at)) => Ok(rfc3339(at)),
+        Ok(None) => Err(Failure(
+            EXIT_INVALID,
+            "--not-before: give a time such as 2h, 2027-05-01 or 2027-05-01T09:00:00Z".into(),
+        )),
+        Err(e) => Err(Failure(
+            EXIT_INVALID,
+            format!("--not-before: {}", e.replacen("expires", "time", 1)),
+        )),
+    })
+    .transpose()
 }
 
 /// `--expires`, if given, in the wire's form.

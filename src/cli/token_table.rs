@@ -25,6 +25,45 @@ pub(super) fn restrictions_text(r: &RestrictionSpec) -> String {
     }
 }
 
+/// A token's state in a word or two: suspended (and why), not yet valid,
+/// expiring soon, or its status.
+fn status(r: &TokenInfo) -> String {
+    if r.suspended {
+        return match &r.suspended_reason {
+            Some(why) => format!("suspended ({why})"),
+            None => "suspended".into(),
+        };
+    }
+    let now = crate::clock::Clock::new().unix();
+    let ahead = r
+        .not_before
+        .as_deref()
+        .and_then(crate::clock::parse_rfc3339)
+        .and_then(|t| u64::try_from(t).ok())
+        .is_some_and(|t| t > now);
+    if ahead {
+        format!("not before {}", r.not_before.as_deref().unwrap_or(""))
+    } else if r.expiring_soon {
+        "expiring soon".into()
+    } else {
+        r.status.clone()
+    }
+}
+
+/// The lifetime policy's view of a token: what it breaks, and when it is
+/// deleted unless used.
+fn policy_text(r: &TokenInfo) -> String {
+    let mut parts: Vec<String> = r.violations.iter().map(|v| format!("breaks {v}")).collect();
+    if let Some(at) = &r.revoke_unused_at {
+        parts.push(format!("deleted if unused by {at}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// A plain-text table of tokens for people.
 pub(super) fn table(rows: &[TokenInfo]) -> String {
     if rows.is_empty() {
@@ -39,7 +78,9 @@ pub(super) fn table(rows: &[TokenInfo]) -> String {
         "EXPIRES",
         "LAST USED",
         "USES",
+        "USES LEFT",
         "LAST CLIENT",
+        "POLICY",
         "RESTRICTIONS",
     ];
     let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
@@ -49,18 +90,19 @@ pub(super) fn table(rows: &[TokenInfo]) -> String {
             vec![
                 r.id.to_string(),
                 r.name.clone(),
-                if r.expiring_soon {
-                    "expiring soon".into()
-                } else {
-                    r.status.clone()
-                },
+                status(r),
                 r.created_at.clone(),
                 // Tokens from before accounts existed name nobody.
                 or(&r.created_by, "-"),
                 or(&r.expires_at, "never"),
                 or(&r.last_used_at, "never"),
                 r.use_count.to_string(),
+                match (r.uses_left, r.max_uses) {
+                    (Some(left), Some(max)) => format!("{left} of {max}"),
+                    _ => "-".into(),
+                },
                 or(&r.last_client_ip, "-"),
+                policy_text(r),
                 restrictions_text(&r.restrictions),
             ]
         })
@@ -114,6 +156,13 @@ mod tests {
             last_user_agent: None,
             expiring_soon: false,
             restrictions: Default::default(),
+            suspended: true,
+            suspended_reason: Some("reported leaked".into()),
+            not_before: None,
+            max_uses: Some(5),
+            uses_left: Some(2),
+            violations: vec!["max_lifetime".into()],
+            revoke_unused_at: None,
         }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
@@ -124,6 +173,9 @@ mod tests {
             lines[0].contains("CREATED BY") && lines[1].contains(" jo "),
             "{t}"
         );
+        assert!(lines[1].contains("suspended (reported leaked)"), "{t}");
+        assert!(lines[1].contains("2 of 5"), "{t}");
+        assert!(lines[1].contains("breaks max_lifetime"), "{t}");
         assert!(table(&[]).contains("No refresh tokens"));
     }
 }

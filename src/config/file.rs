@@ -515,6 +515,10 @@ pub struct TokensSection {
     pub refresh_ttl: HumanDuration,
     pub sweep_interval: HumanDuration,
     pub max_access_per_refresh: usize,
+    /// The longest lifetime a token may be given (unset: no bound).
+    pub max_lifetime: Option<HumanDuration>,
+    /// Tokens not exchanged for this long are deleted (unset: never).
+    pub revoke_unused_after: Option<HumanDuration>,
 }
 
 impl Default for TokensSection {
@@ -526,6 +530,8 @@ impl Default for TokensSection {
             // Ample for a fleet of workers sharing one refresh token, or a
             // script exchanging every second; the oldest go beyond it.
             max_access_per_refresh: 1000,
+            max_lifetime: None,
+            revoke_unused_after: None,
         }
     }
 }

@@ -206,6 +206,12 @@ pub struct TokensConfig {
     pub sweep_interval: Duration,
     /// Live access tokens per refresh token; minting one more drops the oldest.
     pub max_access_per_refresh: usize,
+    /// No token may be given an expiry further than this from now, nor
+    /// none (`None`: no such policy).
+    pub max_lifetime: Option<Duration>,
+    /// Tokens not exchanged for this long are deleted by the sweep
+    /// (`None`: never).
+    pub revoke_unused_after: Option<Duration>,
 }
 
 /// `[cluster]`: how replicas sharing PostgreSQL judge each other.

@@ -213,7 +213,30 @@ fn tls(t: TlsSection) -> Result<TlsConfig, ConfigError> {
 /// `[tokens]`.
 fn tokens(t: &TokensSection) -> Result<TokensConfig, ConfigError> {
     const DAY: u64 = 86_400;
+    let century = Duration::from_secs(100 * 365 * DAY);
+    let max_lifetime = t
+        .max_lifetime
+        .map(|d| at_most("tokens.max_lifetime", d, century, "100 years"))
+        .transpose()?;
+    let revoke_unused_after = t
+        .revoke_unused_after
+        .map(|d| at_most("tokens.revoke_unused_after", d, century, "100 years"))
+        .transpose()?;
+    if let Some(max) = max_lifetime {
+        if t.refresh_ttl.0 > max {
+            return Err(ConfigError::invalid(
+                "tokens.refresh_ttl",
+                format!(
+                    "{} is longer than tokens.max_lifetime ({}): a token created without an expiry would break the policy; set tokens.refresh_ttl to at most tokens.max_lifetime",
+                    String::from(t.refresh_ttl),
+                    String::from(super::file::HumanDuration(max)),
+                ),
+            ));
+        }
+    }
     Ok(TokensConfig {
+        max_lifetime,
+        revoke_unused_after,
         access_ttl: at_most(
             "tokens.access_ttl",
             t.access_ttl,

@@ -25,6 +25,9 @@ use crate::wire::{
 const NOT_VALID: &str = "refresh token is not valid";
 const EXPIRED: &str = "refresh token expired; ask an administrator for a new one";
 const OUTSIDE: &str = "refresh token is not valid from this address";
+const SUSPENDED: &str = "refresh token suspended";
+const NOT_YET: &str = "refresh token not yet valid";
+const USED_UP: &str = "usage limit reached";
 
 /// The request's parameters, as decoded; each may be missing.
 #[derive(Debug, Default)]
@@ -272,7 +275,12 @@ fn refuse(
     let counted = match &r {
         Refusal::InvalidRequest(_) | Refusal::Body(_) => Exchange::InvalidRequest,
         Refusal::UnsupportedGrantType => Exchange::UnsupportedGrantType,
-        Refusal::Exchange(ExchangeError::NotValid) => Exchange::InvalidGrant,
+        Refusal::Exchange(
+            ExchangeError::NotValid
+            | ExchangeError::Suspended(_)
+            | ExchangeError::NotYetValid(_)
+            | ExchangeError::UsageLimit(_),
+        ) => Exchange::InvalidGrant,
         Refusal::Exchange(ExchangeError::Expired(_)) => Exchange::Expired,
         Refusal::Exchange(ExchangeError::Network(_)) => Exchange::NetworkRefused,
         Refusal::Exchange(ExchangeError::Unavailable) => Exchange::Unavailable,
@@ -294,6 +302,15 @@ fn refuse(
         Refusal::Exchange(ExchangeError::Network(_)) => {
             (StatusCode::BAD_REQUEST, "invalid_grant", OUTSIDE)
         }
+        Refusal::Exchange(ExchangeError::Suspended(_)) => {
+            (StatusCode::BAD_REQUEST, "invalid_grant", SUSPENDED)
+        }
+        Refusal::Exchange(ExchangeError::NotYetValid(_)) => {
+            (StatusCode::BAD_REQUEST, "invalid_grant", NOT_YET)
+        }
+        Refusal::Exchange(ExchangeError::UsageLimit(_)) => {
+            (StatusCode::BAD_REQUEST, "invalid_grant", USED_UP)
+        }
         Refusal::Exchange(ExchangeError::Unavailable) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
@@ -301,7 +318,13 @@ fn refuse(
         ),
     };
     let known = match &r {
-        Refusal::Exchange(ExchangeError::Expired(t) | ExchangeError::Network(t)) => Some(t),
+        Refusal::Exchange(
+            ExchangeError::Expired(t)
+            | ExchangeError::Network(t)
+            | ExchangeError::Suspended(t)
+            | ExchangeError::NotYetValid(t)
+            | ExchangeError::UsageLimit(t),
+        ) => Some(t),
         _ => None,
     };
     // A refused exchange is the client's doing: info, not an error.

@@ -33,11 +33,11 @@ pub(crate) use accounts::BOOTSTRAP;
 pub use accounts::{validate_account_name, Source, MAX_ACCOUNT_NAME};
 pub(crate) use accounts::{AccountChange, AccountRecord, Applied, Refusal};
 
-pub(crate) use record::Edit;
 pub(crate) use record::RefreshHash;
 pub(crate) use record::RefreshRecord;
 pub use record::RefreshToken;
 use record::UsageDelta;
+pub(crate) use record::{CreateLimits, Edit};
 
 pub(crate) use postgres::feed::{self as cluster_db, Change, ClusterDb};
 pub(crate) use postgres::PgError;
@@ -90,6 +90,7 @@ pub(crate) trait Backend: Send + Sync {
     /// Persists a new token under an id that was never handed out before.
     /// `created_by`: the account that made it (`None` for tokens made
     /// before accounts existed, and `serve --dev`'s sample token).
+    #[allow(clippy::too_many_arguments, reason = "a token's fields, in one commit")]
     fn create(
         &self,
         hash: &RefreshHash,
@@ -98,10 +99,21 @@ pub(crate) trait Backend: Send + Sync {
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
         created_by: Option<&str>,
+        limits: &CreateLimits,
     ) -> Result<RefreshRecord, StoreError>;
     /// Deletes those of `ids` that exist; returns the ids it deleted, with
     /// their names.
     fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError>;
+    /// Deletes those of `ids` that still exist and were last used (or, never
+    /// used, created) at or before `cutoff` (Unix seconds), judged in the
+    /// transaction; returns what it deleted, as `delete` does. Replicas
+    /// sweeping at once delete each token once: the others find it gone.
+    fn delete_unused(&self, ids: &[u64], cutoff: u64) -> Result<Vec<(u64, String)>, StoreError>;
+    /// Takes one exchange from token `id`'s usage limit, atomically against
+    /// every other exchange (of every replica): `Some(left)` after taking
+    /// it, `None` when none was left (or the token has no limit any more,
+    /// or is gone).
+    fn consume_use(&self, id: u64) -> Result<Option<u64>, StoreError>;
     /// Edits token `id` (its fields, or its secret) in one transaction;
     /// returns its hash and record as now stored, or `None` if no such id.
     fn update(
@@ -575,10 +587,20 @@ impl RefreshStore {
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
     ) -> Result<Arc<RefreshToken>, StoreError> {
-        self.create_by(hash, name, created, expires, restrictions, None)
+        self.create_by(
+            hash,
+            name,
+            created,
+            expires,
+            restrictions,
+            None,
+            &CreateLimits::default(),
+        )
     }
 
-    /// As `create_restricted`, recording the account that made it.
+    /// As `create_restricted`, recording the account that made it, and
+    /// its not-before and usage limit.
+    #[allow(clippy::too_many_arguments, reason = "a token's fields, in one commit")]
     pub(crate) fn create_by(
         &self,
         hash: RefreshHash,
@@ -587,12 +609,19 @@ impl RefreshStore {
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
         created_by: Option<&str>,
+        limits: &CreateLimits,
     ) -> Result<Arc<RefreshToken>, StoreError> {
         let restrictions = restrictions.filter(|r| !r.is_empty());
         let _w = self.lock();
-        let rec = self
-            .backend
-            .create(&hash, name, created, expires, restrictions, created_by)?;
+        let rec = self.backend.create(
+            &hash,
+            name,
+            created,
+            expires,
+            restrictions,
+            created_by,
+            limits,
+        )?;
         // The change feed may have mapped it already (our own create,
         // announced at commit): then that token is the one.
         Ok(self.map(hash, &rec))
@@ -606,6 +635,34 @@ impl RefreshStore {
     pub fn delete(&self, ids: &[u64]) -> Result<Vec<Arc<RefreshToken>>, StoreError> {
         let _w = self.lock();
         let gone = self.backend.delete(ids)?;
+        Ok(self.unmap_deleted(gone))
+    }
+
+    /// Deletes those of `ids` not used since `cutoff` (Unix seconds), as
+    /// the backend judges it in its transaction (blocking). Returns the
+    /// tokens this call deleted: none that another replica's sweep (or an
+    /// administrator) deleted first.
+    pub(crate) fn delete_unused(
+        &self,
+        ids: &[u64],
+        cutoff: u64,
+    ) -> Result<Vec<Arc<RefreshToken>>, StoreError> {
+        let _w = self.lock();
+        let gone = self.backend.delete_unused(ids, cutoff)?;
+        Ok(self.unmap_deleted(gone))
+    }
+
+    /// Takes one exchange from token `id`'s usage limit in the backend
+    /// (blocking): `Some(left)` when one was taken, `None` when none was
+    /// left. The count shown in the list follows.
+    pub(crate) fn consume_use(&self, token: &RefreshToken) -> Result<Option<u64>, StoreError> {
+        let left = self.backend.consume_use(token.id)?;
+        token.set_uses_left(left.unwrap_or(0));
+        Ok(left)
+    }
+
+    /// Revokes and unmaps tokens the backend just deleted.
+    fn unmap_deleted(&self, gone: Vec<(u64, String)>) -> Vec<Arc<RefreshToken>> {
         let gone_ids: Vec<u64> = gone.iter().map(|(id, _)| *id).collect();
         self.tombstone(&gone_ids);
         let mut deleted = Vec::with_capacity(gone.len());
@@ -625,7 +682,7 @@ impl RefreshStore {
             };
             deleted.push(token);
         }
-        Ok(deleted)
+        deleted
     }
 
     /// Tells every replica that one access token was revoked by its holder
@@ -840,6 +897,8 @@ mod tests {
                 read_only: None,
                 networks: None,
                 rate_limit: None,
+                not_before: None,
+                max_uses: None,
             };
             assert_eq!(s.edit(a.id, &renamed).unwrap().unwrap().generation(), 1);
         }
@@ -851,6 +910,88 @@ mod tests {
         )
         .unwrap();
         assert_eq!(RefreshToken::from_record(&old).generation(), 0);
+    }
+
+    #[test]
+    fn suspension_limits_and_not_before_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let s = RefreshStore::open(&path).unwrap();
+            let limits = CreateLimits {
+                not_before: Some(50),
+                max_uses: Some(2),
+            };
+            let a = s
+                .create_by(hash(1), "a", 1, None, None, None, &limits)
+                .unwrap();
+            assert!(!a.is_usable(49) && a.is_usable(50), "not before 50");
+            assert_eq!(a.uses_left(), Some(2));
+            assert_eq!(s.consume_use(&a).unwrap(), Some(1));
+            let suspend = Edit::Suspend {
+                reason: Some("reported leaked".into()),
+            };
+            let b = s.edit(a.id, &suspend).unwrap().unwrap();
+            assert_eq!(b.generation(), 1, "a suspension ends the access tokens");
+            assert!(a.is_revoked() && !a.is_superseded());
+            assert!(b.is_suspended() && !b.is_usable(60));
+            assert_eq!(b.suspended_reason(), Some("reported leaked"));
+            assert_eq!(b.uses_left(), Some(1), "the count carries over");
+            let again = s.edit(a.id, &suspend).unwrap().unwrap();
+            assert_eq!(again.generation(), 1, "suspending twice bumps once");
+            let c = s.edit(a.id, &Edit::Resume).unwrap().unwrap();
+            assert!(!c.is_suspended() && c.is_usable(60));
+            assert_eq!(c.generation(), 1, "a resume does not bring them back");
+        }
+        let s = RefreshStore::open(&path).unwrap();
+        let a = s.get(1).unwrap();
+        assert_eq!(a.generation(), 1);
+        assert_eq!(a.not_before(), Some(50));
+        assert_eq!((a.max_uses(), a.uses_left()), (Some(2), Some(1)));
+        assert_eq!(s.consume_use(&a).unwrap(), Some(0));
+        assert_eq!(s.consume_use(&a).unwrap(), None, "none left");
+        assert_eq!(a.uses_left(), Some(0));
+        // Unlimited again: the count is gone with the limit.
+        let lifted = Edit::Fields {
+            name: None,
+            expires: None,
+            scopes: None,
+            read_only: None,
+            networks: None,
+            rate_limit: None,
+            not_before: Some(None),
+            max_uses: Some(None),
+        };
+        let b = s.edit(1, &lifted).unwrap().unwrap();
+        assert_eq!(
+            (b.max_uses(), b.uses_left(), b.not_before()),
+            (None, None, None)
+        );
+        // A record written before these fields loads unsuspended and unlimited.
+        let old: RefreshRecord = serde_json::from_str(
+            r#"{"id":9,"name":"old","created":1,"expires":null,"last_used":null,"use_count":0}"#,
+        )
+        .unwrap();
+        let t = RefreshToken::from_record(&old);
+        assert!(!t.is_suspended() && t.uses_left().is_none() && t.is_usable(1));
+    }
+
+    #[test]
+    fn only_unused_tokens_are_deleted_and_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RefreshStore::open(&dir.path().join("t.redb")).unwrap();
+        let idle = s.create(hash(1), "idle", 100, None).unwrap();
+        let used = s.create(hash(2), "used", 100, None).unwrap();
+        used.touch(500, None, None);
+        s.flush_usage().unwrap();
+        let gone = s.delete_unused(&[idle.id, used.id], 400).unwrap();
+        assert_eq!(gone.iter().map(|t| t.id).collect::<Vec<_>>(), [idle.id]);
+        assert!(idle.is_revoked() && s.get(idle.id).is_none());
+        assert!(s.get(used.id).is_some(), "used at 500, after the cutoff");
+        assert!(
+            s.delete_unused(&[idle.id], 400).unwrap().is_empty(),
+            "a second sweep finds it gone"
+        );
     }
 
     #[test]
@@ -875,7 +1016,15 @@ mod tests {
             let again = s.change_account(&AccountChange::Create(bob)).unwrap();
             assert_eq!(again.unwrap_err(), Refusal::Exists("bob".into()));
             let t = s
-                .create_by(hash(1), "t", 1, None, None, Some("bob"))
+                .create_by(
+                    hash(1),
+                    "t",
+                    1,
+                    None,
+                    None,
+                    Some("bob"),
+                    &CreateLimits::default(),
+                )
                 .unwrap();
             assert_eq!(t.created_by.as_deref(), Some("bob"));
         }

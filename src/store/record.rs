@@ -48,6 +48,41 @@ pub(crate) struct RefreshRecord {
     /// accounts existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) created_by: Option<String>,
+    /// Suspended by an administrator (or a leak report): exchanges are
+    /// refused until it is resumed. Absent (older records) = not suspended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) suspended: bool,
+    /// Why it was suspended, when someone said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) suspended_reason: Option<String>,
+    /// Unix seconds before which it does not exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) not_before: Option<u64>,
+    /// The usage limit as last set (exchanges); `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_uses: Option<u64>,
+    /// Exchanges left under `max_uses`: taken one at a time by the backend
+    /// in its own transaction (never through a usage flush).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) uses_left: Option<u64>,
+}
+
+/// What a create may set besides name, expiry and restrictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CreateLimits {
+    /// Unix seconds before which it does not exchange.
+    pub(crate) not_before: Option<u64>,
+    /// Exchanges allowed; `None` = unlimited.
+    pub(crate) max_uses: Option<u64>,
+}
+
+impl CreateLimits {
+    /// Writes these limits into a new record.
+    pub(crate) fn apply(&self, rec: &mut RefreshRecord) {
+        rec.not_before = self.not_before;
+        rec.max_uses = self.max_uses;
+        rec.uses_left = self.max_uses;
+    }
 }
 
 /// A rotated-out secret that still exchanges until `until`.
@@ -74,6 +109,11 @@ impl RefreshRecord {
             previous: None,
             generation: 0,
             created_by: None,
+            suspended: false,
+            suspended_reason: None,
+            not_before: None,
+            max_uses: None,
+            uses_left: None,
         }
     }
 
@@ -108,7 +148,17 @@ pub(crate) enum Edit {
         networks: Option<Vec<String>>,
         /// `Some(None)`: no rate limit.
         rate_limit: Option<Option<crate::restrict::RateLimit>>,
+        /// `Some(None)`: no not-before.
+        not_before: Option<Option<u64>>,
+        /// `Some(n)`: `n` exchanges from now on; `Some(None)`: unlimited.
+        max_uses: Option<Option<u64>>,
     },
+    /// Suspends the token. The first suspension bumps the generation, so
+    /// the access tokens issued so far end on every replica and stay
+    /// ended after a resume; suspending again only changes the reason.
+    Suspend { reason: Option<String> },
+    /// Lifts a suspension; the generation stays where the suspension put it.
+    Resume,
     /// A new secret (its hash); the old one is kept as `previous` while a
     /// grace period lasts, or dropped at once, and then the generation goes
     /// up: the access tokens issued so far end with the old secret.
@@ -130,7 +180,16 @@ impl Edit {
                 read_only,
                 networks,
                 rate_limit,
+                not_before,
+                max_uses,
             } => {
+                if let Some(n) = not_before {
+                    rec.not_before = *n;
+                }
+                if let Some(m) = max_uses {
+                    rec.max_uses = *m;
+                    rec.uses_left = *m;
+                }
                 if let Some(n) = name {
                     rec.name.clone_from(n);
                 }
@@ -163,6 +222,17 @@ impl Edit {
                     rec.generation = rec.generation.saturating_add(1);
                 }
                 *hash = *new;
+            }
+            Edit::Suspend { reason } => {
+                if !rec.suspended {
+                    rec.generation = rec.generation.saturating_add(1);
+                }
+                rec.suspended = true;
+                rec.suspended_reason.clone_from(reason);
+            }
+            Edit::Resume => {
+                rec.suspended = false;
+                rec.suspended_reason = None;
             }
         }
     }
@@ -204,6 +274,8 @@ pub(crate) struct UsageRow {
     pub(crate) last_used: Option<u64>,
     pub(crate) last_ip: Option<String>,
     pub(crate) last_user_agent: Option<String>,
+    /// Exchanges left under a usage limit, as the database holds them.
+    pub(crate) uses_left: Option<u64>,
 }
 
 /// Who used a refresh token last.
@@ -248,6 +320,13 @@ pub struct RefreshToken {
     /// The secret's generation (see `RefreshRecord::generation`); a
     /// version's never changes, a rotation at once maps a new version.
     generation: u64,
+    /// Suspended: `Some(reason)` (the reason may be empty).
+    suspended: Option<String>,
+    not_before: Option<u64>,
+    max_uses: Option<u64>,
+    /// The first Unix second it is usable: its not-before, or never while
+    /// suspended. One comparison on the request path for both.
+    valid_from: u64,
 }
 
 /// How a token has been used, shared by all its versions.
@@ -260,6 +339,9 @@ struct Usage {
     last_client: Mutex<LastClient>,
     /// Usage changed since the last flush.
     dirty: AtomicBool,
+    /// Exchanges left under a usage limit, as last confirmed by the
+    /// backend (shown in the list; the backend decides each exchange).
+    uses_left: AtomicU64,
     /// How much of `use_count` the backend already holds; only the flusher
     /// (under the store's write lock) moves it.
     flushed_count: AtomicU64,
@@ -278,6 +360,7 @@ impl RefreshToken {
                 }),
                 dirty: AtomicBool::new(false),
                 flushed_count: AtomicU64::new(r.use_count),
+                uses_left: AtomicU64::new(r.uses_left.unwrap_or(0)),
             }),
         )
     }
@@ -285,6 +368,11 @@ impl RefreshToken {
     /// The next version of this token, from its edited record: the usage
     /// stays shared (what is in memory is newer than the record's).
     pub(crate) fn successor(&self, r: &RefreshRecord) -> RefreshToken {
+        // The record's count is the backend's, read in the edit's own
+        // transaction (an edit may also have set a new limit).
+        self.usage
+            .uses_left
+            .store(r.uses_left.unwrap_or(0), Ordering::Relaxed);
         RefreshToken::version(r, self.usage.clone())
     }
 
@@ -313,7 +401,48 @@ impl RefreshToken {
             }),
             previous: r.previous,
             generation: r.generation,
+            suspended: r
+                .suspended
+                .then(|| r.suspended_reason.clone().unwrap_or_default()),
+            not_before: r.not_before,
+            max_uses: r.max_uses,
+            valid_from: if r.suspended {
+                u64::MAX
+            } else {
+                r.not_before.unwrap_or(0)
+            },
         }
+    }
+
+    /// Whether an administrator (or a leak report) suspended it.
+    pub(crate) fn is_suspended(&self) -> bool {
+        self.suspended.is_some()
+    }
+
+    /// Why it is suspended, when it is and someone said.
+    pub(crate) fn suspended_reason(&self) -> Option<&str> {
+        self.suspended.as_deref().filter(|r| !r.is_empty())
+    }
+
+    /// Unix seconds before which it does not exchange.
+    pub(crate) fn not_before(&self) -> Option<u64> {
+        self.not_before
+    }
+
+    /// The usage limit as last set; `None` = unlimited.
+    pub(crate) fn max_uses(&self) -> Option<u64> {
+        self.max_uses
+    }
+
+    /// Exchanges left under its usage limit (`None`: unlimited).
+    pub(crate) fn uses_left(&self) -> Option<u64> {
+        self.max_uses
+            .map(|_| self.usage.uses_left.load(Ordering::Relaxed))
+    }
+
+    /// What the backend said is left, after an exchange took one (or found none).
+    pub(crate) fn set_uses_left(&self, left: u64) {
+        self.usage.uses_left.store(left, Ordering::Relaxed);
     }
 
     /// Whether `hash` is this token's rotated-out secret and its grace
@@ -341,6 +470,10 @@ impl RefreshToken {
             && self.expires == rec.expires
             && self.previous == rec.previous
             && self.generation == rec.generation
+            && self.suspended.is_some() == rec.suspended
+            && self.suspended_reason() == rec.suspended_reason.as_deref().filter(|r| !r.is_empty())
+            && self.not_before == rec.not_before
+            && self.max_uses == rec.max_uses
             && self.restrictions.as_ref().map(|r| r.spec()) == rec.restrictions.as_ref()
     }
 
@@ -371,10 +504,13 @@ impl RefreshToken {
         RefreshToken::from_record(&RefreshRecord::new(id, name, 0, expires))
     }
 
-    /// Usable = not deleted and not past its expiry at `now` (Unix seconds).
+    /// Usable = not deleted, not suspended, not before its not-before and
+    /// not past its expiry at `now` (Unix seconds).
     #[inline]
     pub fn is_usable(&self, now: u64) -> bool {
-        !self.revoked.load(Ordering::Acquire) && self.expires.is_none_or(|e| now < e)
+        !self.revoked.load(Ordering::Acquire)
+            && now >= self.valid_from
+            && self.expires.is_none_or(|e| now < e)
     }
 
     pub(crate) fn is_expired(&self, now: u64) -> bool {
@@ -483,6 +619,9 @@ impl RefreshToken {
             let more = row.use_count - flushed;
             self.usage.flushed_count.fetch_add(more, Ordering::Relaxed);
             self.usage.use_count.fetch_add(more, Ordering::Relaxed);
+        }
+        if let Some(left) = row.uses_left {
+            self.usage.uses_left.store(left, Ordering::Relaxed);
         }
         if let Some(t) = row.last_used {
             if self.usage.last_used.fetch_max(t, Ordering::Relaxed) < t {

@@ -10,7 +10,7 @@ use redb::backends::FileBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::accounts::{self, AccountChange, AccountRecord, Applied, Refusal};
-use super::record::{Edit, RefreshHash, RefreshRecord, UsageDelta};
+use super::record::{CreateLimits, Edit, RefreshHash, RefreshRecord, UsageDelta};
 use super::{Backend, StoreError};
 use crate::restrict::RestrictionSpec;
 
@@ -109,6 +109,40 @@ impl RedbBackend {
             detail: detail.into(),
         }
     }
+
+    /// Deletes those of `ids` whose stored record passes `delete`
+    /// (`None`: unreadable), in one transaction.
+    fn delete_if(
+        &self,
+        ids: &[u64],
+        delete: impl Fn(Option<&RefreshRecord>) -> bool,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut gone = Vec::new();
+        {
+            let mut id_table = txn.open_table(IDS)?;
+            let mut tokens = txn.open_table(TOKENS)?;
+            for &id in ids {
+                let hash = match id_table.get(id)? {
+                    Some(h) => h.value().to_vec(),
+                    None => continue,
+                };
+                let rec = tokens
+                    .get(&hash[..])?
+                    .and_then(|v| serde_json::from_slice::<RefreshRecord>(v.value()).ok());
+                if !delete(rec.as_ref()) {
+                    continue;
+                }
+                id_table.remove(id)?;
+                tokens.remove(&hash[..])?;
+                // The name, for the answer and the audit line; an unreadable
+                // record is still deleted (under its id).
+                gone.push((id, rec.map(|r| r.name).unwrap_or_default()));
+            }
+        }
+        txn.commit()?;
+        Ok(gone)
+    }
 }
 
 impl Backend for RedbBackend {
@@ -137,6 +171,7 @@ impl Backend for RedbBackend {
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
         created_by: Option<&str>,
+        limits: &CreateLimits,
     ) -> Result<RefreshRecord, StoreError> {
         let txn = self.db.begin_write()?;
         let rec = {
@@ -145,6 +180,7 @@ impl Backend for RedbBackend {
             meta.insert("next_id", id + 1)?;
             let mut rec = RefreshRecord::restricted(id, name, created, expires, restrictions);
             rec.created_by = created_by.map(str::to_owned);
+            limits.apply(&mut rec);
             let bytes = serde_json::to_vec(&rec)?;
             txn.open_table(TOKENS)?.insert(&hash[..], &bytes[..])?;
             txn.open_table(IDS)?.insert(id, &hash[..])?;
@@ -155,28 +191,46 @@ impl Backend for RedbBackend {
     }
 
     fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError> {
+        self.delete_if(ids, |_| true)
+    }
+
+    fn delete_unused(&self, ids: &[u64], cutoff: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        self.delete_if(ids, |rec| {
+            rec.is_some_and(|r| r.last_used.unwrap_or(r.created) <= cutoff)
+        })
+    }
+
+    fn consume_use(&self, id: u64) -> Result<Option<u64>, StoreError> {
+        // One write transaction per exchange of a limited token: redb
+        // serialises writers, so two exchanges never take the same use, and
+        // the count is on disk before the access token is answered.
         let txn = self.db.begin_write()?;
-        let mut gone = Vec::new();
-        {
-            let mut id_table = txn.open_table(IDS)?;
+        let left = {
+            let id_table = txn.open_table(IDS)?;
             let mut tokens = txn.open_table(TOKENS)?;
-            for &id in ids {
-                let hash = match id_table.remove(id)? {
-                    Some(h) => h.value().to_vec(),
-                    None => continue,
-                };
-                // The name, for the answer and the audit line; an unreadable
-                // record is still deleted (under its id).
-                let name = tokens
-                    .remove(&hash[..])?
-                    .and_then(|v| serde_json::from_slice::<RefreshRecord>(v.value()).ok())
-                    .map(|r| r.name)
-                    .unwrap_or_default();
-                gone.push((id, name));
+            let Some(hash) = id_table.get(id)?.map(|h| h.value().to_vec()) else {
+                return Ok(None);
+            };
+            let mut rec: RefreshRecord = match tokens.get(&hash[..])? {
+                Some(v) => {
+                    serde_json::from_slice(v.value()).map_err(|e| self.corrupt(e.to_string()))?
+                }
+                None => return Ok(None),
+            };
+            match rec.uses_left {
+                Some(n) if n > 0 => {
+                    rec.uses_left = Some(n - 1);
+                    let bytes = serde_json::to_vec(&rec)?;
+                    tokens.insert(&hash[..], &bytes[..])?;
+                    n - 1
+                }
+                // None left, or no limit any more (lifted a moment ago):
+                // nothing to write.
+                _ => return Ok(None),
             }
-        }
+        };
         txn.commit()?;
-        Ok(gone)
+        Ok(Some(left))
     }
 
     fn update(

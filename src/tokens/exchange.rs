@@ -35,6 +35,12 @@ pub enum ExchangeError {
     Expired(Arc<RefreshToken>),
     /// Known, but bound to networks the client is not in.
     Network(Arc<RefreshToken>),
+    /// Known, but suspended by an administrator (or a leak report).
+    Suspended(Arc<RefreshToken>),
+    /// Known, but its not-before is still ahead.
+    NotYetValid(Arc<RefreshToken>),
+    /// Known, but its usage limit is used up.
+    UsageLimit(Arc<RefreshToken>),
     /// Only when the OS random generator fails.
     Unavailable,
 }
@@ -59,12 +65,35 @@ pub struct Exchanger<'a> {
 }
 
 impl Exchanger<'_> {
-    /// Trades a refresh token for an access token.
+    /// Trades a refresh token for an access token: `check`, then (for a
+    /// token with a usage limit) one use taken in the store, which blocks
+    /// on its backend, then `issue`. The async core takes the use on the
+    /// blocking pool instead.
     pub fn exchange(
         &self,
         grant: RefreshGrant<'_>,
         client: Client<'_>,
     ) -> Result<Issued, ExchangeError> {
+        let refresh = self.check(grant, client)?;
+        if refresh.max_uses().is_some() {
+            match self.store.consume_use(&refresh) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(ExchangeError::UsageLimit(refresh)),
+                Err(_) => return Err(ExchangeError::Unavailable),
+            }
+        }
+        self.issue(refresh, client)
+    }
+
+    /// Everything an exchange checks that needs no write: the token is
+    /// known and its secret current, and it is not expired, suspended,
+    /// before its not-before, out of its networks, or (as far as this
+    /// replica last heard) used up. Returns the token to issue under.
+    pub fn check(
+        &self,
+        grant: RefreshGrant<'_>,
+        client: Client<'_>,
+    ) -> Result<Arc<RefreshToken>, ExchangeError> {
         // A token that fails the checksum gets the same answer as an unknown one.
         let parsed = parse_refresh(grant.refresh_token).map_err(|_| ExchangeError::NotValid)?;
         let hash = self.hasher.hash(&parsed);
@@ -74,17 +103,41 @@ impl Exchanger<'_> {
         if refresh.retired_secret(&hash, wall) {
             return Err(ExchangeError::NotValid);
         }
-        let remaining = match refresh.expires {
-            None => u64::MAX,
-            Some(e) if e > wall => e - wall,
-            Some(_) => return Err(ExchangeError::Expired(refresh)),
-        };
+        if refresh.is_expired(wall) {
+            return Err(ExchangeError::Expired(refresh));
+        }
+        if refresh.is_suspended() {
+            return Err(ExchangeError::Suspended(refresh));
+        }
+        if refresh.not_before().is_some_and(|nb| wall < nb) {
+            return Err(ExchangeError::NotYetValid(refresh));
+        }
         if let Some(r) = refresh.restrictions() {
             // No address (never on the listener) is outside every network.
             if !client.ip.is_some_and(|ip| r.allows_ip(ip)) {
                 return Err(ExchangeError::Network(refresh));
             }
         }
+        // Known to be used up here: no trip to the backend to hear it again.
+        if refresh.uses_left() == Some(0) {
+            return Err(ExchangeError::UsageLimit(refresh));
+        }
+        Ok(refresh)
+    }
+
+    /// Mints an access token under a checked refresh token and records the
+    /// use.
+    pub fn issue(
+        &self,
+        refresh: Arc<RefreshToken>,
+        client: Client<'_>,
+    ) -> Result<Issued, ExchangeError> {
+        let wall = self.clock.unix();
+        let remaining = match refresh.expires {
+            None => u64::MAX,
+            Some(e) if e > wall => e - wall,
+            Some(_) => return Err(ExchangeError::Expired(refresh)),
+        };
         // An access token never outlives the refresh token that issued it.
         let ttl = self.access_ttl.min(Duration::from_secs(remaining));
         let access_token = self

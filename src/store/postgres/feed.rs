@@ -149,16 +149,18 @@ pub(crate) struct Page {
 pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Result<Page, PgError> {
     let rows = client
         .query(
-            "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
+            &format!(
+                "SELECT c.seq, c.kind, c.refresh_id, t.hash, t.name, t.created, t.expires, \
                     t.last_used, t.use_count, t.last_ip, t.last_user_agent, \
                     t.restrictions::text, t.prev_hash, t.prev_until, t.generation, \
                     t.created_by, c.account, c.session, \
                     a.name, a.role, a.disabled, a.source, a.password_hash, a.created, \
-                    a.last_login, c.access_id, c.access_expires \
+                    a.last_login, c.access_id, c.access_expires, {GOVERNANCE} \
              FROM tokengate_changes c LEFT JOIN refresh_tokens t \
                ON c.kind IN ('create', 'update') AND t.id = c.refresh_id \
              LEFT JOIN tokengate_accounts a ON c.kind = 'account' AND a.name = c.account \
-             WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+             WHERE c.seq > $1 ORDER BY c.seq LIMIT $2"
+            ),
             &[&seq, &limit],
         )
         .await?;
@@ -237,10 +239,12 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
     let rows = client
         .query(
-            "SELECT id, hash, name, created, expires, last_used, use_count, last_ip, \
-                    last_user_agent, restrictions::text, prev_hash, prev_until, generation, \
-                    created_by \
-             FROM refresh_tokens WHERE id = ANY($1)",
+            &format!(
+                "SELECT id, hash, name, created, expires, last_used, use_count, last_ip, \
+                        last_user_agent, restrictions::text, prev_hash, prev_until, generation, \
+                        created_by, {GOVERNANCE} \
+                 FROM refresh_tokens t WHERE id = ANY($1)"
+            ),
             &[&ids],
         )
         .await?;
@@ -257,6 +261,29 @@ pub(crate) async fn records(client: &Client, ids: &[u64]) -> Result<Vec<Change>,
     Ok(out)
 }
 
+/// The columns of suspension, not-before and usage limit, read by name
+/// (`governance`) wherever a token's row is (the table is `t`).
+pub(super) const GOVERNANCE: &str = "t.suspended AS gov_suspended, \
+     t.suspended_reason AS gov_suspended_reason, t.not_before AS gov_not_before, \
+     t.max_uses AS gov_max_uses, t.uses_left AS gov_uses_left";
+
+/// Fills in a record's suspension, not-before and usage limit from the
+/// `GOVERNANCE` columns of `row`.
+pub(super) fn governance(
+    row: &tokio_postgres::Row,
+    rec: &mut RefreshRecord,
+) -> Result<(), PgError> {
+    let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+    rec.suspended = row
+        .try_get::<_, Option<bool>>("gov_suspended")?
+        .unwrap_or(false);
+    rec.suspended_reason = row.try_get("gov_suspended_reason")?;
+    rec.not_before = unsigned(row.try_get("gov_not_before")?);
+    rec.max_uses = unsigned(row.try_get("gov_max_uses")?);
+    rec.uses_left = unsigned(row.try_get("gov_uses_left")?);
+    Ok(())
+}
+
 /// A token's hash and record from `row`'s columns `at..at + 13` (hash, name,
 /// created, expires, last_used, use_count, last_ip, last_user_agent,
 /// restrictions as text, prev_hash, prev_until, generation, created_by);
@@ -271,7 +298,7 @@ pub(super) fn token_at(
         return Ok(None);
     };
     let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
-    let rec = RefreshRecord {
+    let mut rec = RefreshRecord {
         id,
         name: row.try_get(at + 1)?,
         created: unsigned(row.try_get(at + 2)?).unwrap_or(0),
@@ -295,7 +322,9 @@ pub(super) fn token_at(
             u64::try_from(g).map_err(|_| PgError(format!("token {id}: negative generation")))?
         },
         created_by: row.try_get(at + 12)?,
+        ..RefreshRecord::new(id, "", 0, None)
     };
+    governance(row, &mut rec)?;
     Ok(Some((hash, rec)))
 }
 

@@ -41,7 +41,7 @@ use subtle::ConstantTimeEq;
 use tokio_postgres::NoTls;
 
 use super::accounts::{self, AccountChange, AccountRecord, Applied, Refusal};
-use super::record::{Edit, RefreshHash, RefreshRecord, UsageDelta, UsageRow};
+use super::record::{CreateLimits, Edit, RefreshHash, RefreshRecord, UsageDelta, UsageRow};
 use super::{Backend, SessionRow, StoreError};
 use crate::config::{PostgresConfig, SslMode};
 use crate::restrict::RestrictionSpec;
@@ -381,12 +381,13 @@ impl Backend for PostgresBackend {
         let rows = self.run("loading refresh tokens", |pool| async move {
             let client = pool.get().await?;
             let stmt = client
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT id, hash, name, created, expires, last_used, use_count, \
                      last_ip, last_user_agent, restrictions::text, prev_hash, prev_until, \
-                     generation, created_by \
-                     FROM refresh_tokens",
-                )
+                     generation, created_by, {} \
+                     FROM refresh_tokens t",
+                    feed::GOVERNANCE
+                ))
                 .await?;
             Ok(client.query(&stmt, &[]).await?)
         })?;
@@ -406,7 +407,7 @@ impl Backend for PostgresBackend {
                 let v: Option<i64> = row.try_get(i).map_err(|_| bad(what))?;
                 v.map(|v| unsigned(v, what)).transpose()
             };
-            let rec = RefreshRecord {
+            let mut rec = RefreshRecord {
                 id: unsigned(id, "negative id")?,
                 name: row.try_get(2).map_err(|_| bad("name"))?,
                 created: unsigned(row.try_get(3).map_err(|_| bad("created"))?, "created")?,
@@ -429,7 +430,9 @@ impl Backend for PostgresBackend {
                     "generation",
                 )?,
                 created_by: row.try_get(13).map_err(|_| bad("created_by"))?,
+                ..RefreshRecord::new(0, "", 0, None)
             };
+            feed::governance(&row, &mut rec).map_err(|e| bad(&e.0))?;
             all.push((hash, rec));
         }
         Ok(all)
@@ -443,13 +446,17 @@ impl Backend for PostgresBackend {
         expires: Option<u64>,
         restrictions: Option<&RestrictionSpec>,
         created_by: Option<&str>,
+        limits: &CreateLimits,
     ) -> Result<RefreshRecord, StoreError> {
         let (h, n) = (hash.to_vec(), name.to_owned());
+        let lim = *limits;
         let by = created_by.map(str::to_owned);
         // Sent as text and cast by the server: no JSON feature in the driver.
         let spec = restrictions.map(serde_json::to_string).transpose()?;
         let id: i64 = self.run("creating a refresh token", |pool| async move {
             let (created, expires) = (to_db(created)?, expires.map(to_db).transpose()?);
+            let not_before = lim.not_before.map(to_db).transpose()?;
+            let max_uses = lim.max_uses.map(to_db).transpose()?;
             let mut client = pool.get().await?;
             // The token, its change record and the announcement commit
             // together: a replica that hears of it can read it.
@@ -459,12 +466,25 @@ impl Backend for PostgresBackend {
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO refresh_tokens \
-                       (hash, name, created, expires, restrictions, created_by) \
-                     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6) RETURNING id",
+                       (hash, name, created, expires, restrictions, created_by, \
+                        not_before, max_uses, uses_left) \
+                     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8, $8) RETURNING id",
                 )
                 .await?;
             let row = tx
-                .query_one(&stmt, &[&h, &n, &created, &expires, &spec, &by])
+                .query_one(
+                    &stmt,
+                    &[
+                        &h,
+                        &n,
+                        &created,
+                        &expires,
+                        &spec,
+                        &by,
+                        &not_before,
+                        &max_uses,
+                    ],
+                )
                 .await?;
             let id: i64 = row.try_get(0)?;
             announce(&tx, "create", &[id]).await?;
@@ -474,6 +494,7 @@ impl Backend for PostgresBackend {
         let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
         let mut rec = RefreshRecord::restricted(id, name, created, expires, restrictions);
         rec.created_by = created_by.map(str::to_owned);
+        limits.apply(&mut rec);
         Ok(rec)
     }
 
@@ -494,12 +515,17 @@ impl Backend for PostgresBackend {
             // Read, edit in Rust (the one place the rules live, as with
             // redb), write back: under the feed lock, so no other writer
             // interleaves.
+            // FOR UPDATE: an exchange taking a use waits for this edit,
+            // so the count written back below loses none.
             let rows = tx
                 .query(
-                    "SELECT hash, name, created, expires, last_used, use_count, last_ip, \
-                            last_user_agent, restrictions::text, prev_hash, prev_until, \
-                            generation, created_by \
-                     FROM refresh_tokens WHERE id = $1",
+                    &format!(
+                        "SELECT hash, name, created, expires, last_used, use_count, last_ip, \
+                                last_user_agent, restrictions::text, prev_hash, prev_until, \
+                                generation, created_by, {} \
+                         FROM refresh_tokens t WHERE id = $1 FOR UPDATE",
+                        feed::GOVERNANCE
+                    ),
                     &[&db_id],
                 )
                 .await?;
@@ -520,10 +546,14 @@ impl Backend for PostgresBackend {
             let prev_hash = rec.previous.map(|p| p.hash.to_vec());
             let prev_until = rec.previous.map(|p| to_db(p.until)).transpose()?;
             let generation = to_db(rec.generation)?;
+            let not_before = rec.not_before.map(to_db).transpose()?;
+            let max_uses = rec.max_uses.map(to_db).transpose()?;
+            let uses_left = rec.uses_left.map(to_db).transpose()?;
             tx.execute(
                 "UPDATE refresh_tokens SET hash = $2, name = $3, expires = $4, \
                         restrictions = $5::text::jsonb, prev_hash = $6, prev_until = $7, \
-                        generation = $8 \
+                        generation = $8, suspended = $9, suspended_reason = $10, \
+                        not_before = $11, max_uses = $12, uses_left = $13 \
                  WHERE id = $1",
                 &[
                     &db_id,
@@ -534,6 +564,11 @@ impl Backend for PostgresBackend {
                     &prev_hash,
                     &prev_until,
                     &generation,
+                    &rec.suspended,
+                    &rec.suspended_reason,
+                    &not_before,
+                    &max_uses,
+                    &uses_left,
                 ],
             )
             .await?;
@@ -545,39 +580,35 @@ impl Backend for PostgresBackend {
     }
 
     fn delete(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError> {
-        // An id beyond bigint was never handed out: nothing to delete.
-        let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
-        let rows = self.run("deleting refresh tokens", |pool| async move {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+        self.delete_where(ids, None)
+    }
+
+    fn delete_unused(&self, ids: &[u64], cutoff: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        self.delete_where(ids, Some(cutoff))
+    }
+
+    fn consume_use(&self, id: u64) -> Result<Option<u64>, StoreError> {
+        let Ok(db_id) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let left = self.run("counting a limited exchange", |pool| async move {
+            let client = pool.get().await?;
+            // One statement: the row lock makes concurrent exchanges of
+            // every replica take their uses one after another, and none
+            // takes a use that is not there.
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE refresh_tokens SET uses_left = uses_left - 1 \
+                     WHERE id = $1 AND uses_left > 0 RETURNING uses_left",
+                )
                 .await?;
-            let stmt = tx
-                .prepare_cached("DELETE FROM refresh_tokens WHERE id = ANY($1) RETURNING id, name")
-                .await?;
-            let rows = tx.query(&stmt, &[&ids]).await?;
-            let gone: Vec<i64> = rows
-                .iter()
-                .map(|r| r.try_get::<_, i64>(0))
-                .collect::<Result<_, _>>()?;
-            if !gone.is_empty() {
-                announce(&tx, "delete", &gone).await?;
+            let rows = client.query(&stmt, &[&db_id]).await?;
+            match rows.first() {
+                Some(row) => Ok(Some(row.try_get::<_, i64>(0)?)),
+                None => Ok(None),
             }
-            tx.commit().await?;
-            Ok(rows)
         })?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r
-                    .try_get(0)
-                    .map_err(|e| self.error("deleting refresh tokens", e.into()))?;
-                let name: String = r
-                    .try_get(1)
-                    .map_err(|e| self.error("deleting refresh tokens", e.into()))?;
-                let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
-                Ok((id, name))
-            })
-            .collect()
+        Ok(left.map(|n| u64::try_from(n).unwrap_or(0)))
     }
 
     fn load_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
@@ -781,7 +812,7 @@ impl Backend for PostgresBackend {
             let client = pool.get().await?;
             let stmt = client
                 .prepare_cached(
-                    "SELECT id, use_count, last_used, last_ip, last_user_agent \
+                    "SELECT id, use_count, last_used, last_ip, last_user_agent, uses_left \
                      FROM refresh_tokens",
                 )
                 .await?;
@@ -800,6 +831,7 @@ impl Backend for PostgresBackend {
                     last_used: unsigned(row.try_get(2)?),
                     last_ip: row.try_get(3)?,
                     last_user_agent: row.try_get(4)?,
+                    uses_left: unsigned(row.try_get(5)?),
                 }))
             };
             match read() {
@@ -852,5 +884,55 @@ impl Backend for PostgresBackend {
                 .await?)
         })?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+impl PostgresBackend {
+    /// Deletes those of `ids` that exist and, with `unused_since`, were
+    /// last used (or, never used, created) at or before it.
+    fn delete_where(
+        &self,
+        ids: &[u64],
+        unused_since: Option<u64>,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        // An id beyond bigint was never handed out: nothing to delete.
+        let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
+        let cutoff = unused_since.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        let rows = self.run("deleting refresh tokens", |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::FEED_LOCK])
+                .await?;
+            // A NULL cutoff deletes whatever is listed.
+            let stmt = tx
+                .prepare_cached(
+                    "DELETE FROM refresh_tokens WHERE id = ANY($1) \
+                       AND ($2::bigint IS NULL OR coalesce(last_used, created) <= $2) \
+                     RETURNING id, name",
+                )
+                .await?;
+            let rows = tx.query(&stmt, &[&ids, &cutoff]).await?;
+            let gone: Vec<i64> = rows
+                .iter()
+                .map(|r| r.try_get::<_, i64>(0))
+                .collect::<Result<_, _>>()?;
+            if !gone.is_empty() {
+                announce(&tx, "delete", &gone).await?;
+            }
+            tx.commit().await?;
+            Ok(rows)
+        })?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r
+                    .try_get(0)
+                    .map_err(|e| self.error("deleting refresh tokens", e.into()))?;
+                let name: String = r
+                    .try_get(1)
+                    .map_err(|e| self.error("deleting refresh tokens", e.into()))?;
+                let id = u64::try_from(id).map_err(|_| self.corrupt(id, "negative id"))?;
+                Ok((id, name))
+            })
+            .collect()
     }
 }

@@ -163,6 +163,21 @@ const MIGRATIONS: &[Migration] = &[
                            'revoke_access'));
     ",
     },
+    Migration {
+        version: 8,
+        name: "suspension, not-before and usage limits",
+        // Existing tokens: not suspended, no not-before, unlimited. A
+        // limited token's `uses_left` is taken one exchange at a time by a
+        // conditional UPDATE, so every replica draws from the one count.
+        sql: "
+        ALTER TABLE refresh_tokens
+            ADD COLUMN suspended boolean NOT NULL DEFAULT false,
+            ADD COLUMN suspended_reason text,
+            ADD COLUMN not_before bigint,
+            ADD COLUMN max_uses bigint CHECK (max_uses IS NULL OR max_uses >= 0),
+            ADD COLUMN uses_left bigint CHECK (uses_left IS NULL OR uses_left >= 0);
+    ",
+    },
 ];
 
 /// The advisory-lock key that orders change records ("tgfeed" + 1): held
