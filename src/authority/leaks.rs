@@ -27,8 +27,8 @@ enum Candidate<'a> {
 /// The live tokens among a report's strings.
 #[derive(Default)]
 pub(crate) struct Leaked {
-    /// Refresh tokens that can still be exchanged (known, not deleted, not
-    /// expired, not a rotated-out secret past its grace).
+    /// Refresh tokens not deleted, expired or suspended (nor a rotated-out
+    /// secret past its grace).
     pub(crate) refresh: Vec<Arc<RefreshToken>>,
     /// Access tokens that still verify, each with the refresh token that
     /// issued it.
@@ -69,10 +69,14 @@ impl Authority {
         for c in candidates {
             match c {
                 Candidate::Refresh(hash) => {
-                    let live = self
-                        .store
-                        .lookup(&hash)
-                        .filter(|r| !r.retired_secret(&hash, wall) && r.is_usable(wall));
+                    // Live: not deleted, expired or suspended already. A
+                    // token not valid yet (`not_before`) is live: it will be.
+                    let live = self.store.lookup(&hash).filter(|r| {
+                        !r.retired_secret(&hash, wall)
+                            && !r.is_revoked()
+                            && !r.is_expired(wall)
+                            && !r.is_suspended()
+                    });
                     if let Some(r) = live {
                         // The same token under its current and its
                         // rotated-out secret is one token.

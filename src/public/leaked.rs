@@ -190,28 +190,6 @@ fn reporter(peer: SocketAddr) -> Actor {
     }
 }
 
-/// Stand-in for the lifecycle's suspension until that lands on this
-/// branch (removed at the merge: the inherent method takes precedence).
-trait SuspendStandIn {
-    async fn suspend(
-        &self,
-        by: &Actor,
-        id: u64,
-        reason: Option<&str>,
-    ) -> Result<(), crate::lifecycle::LifecycleError>;
-}
-
-impl SuspendStandIn for crate::lifecycle::Lifecycle {
-    async fn suspend(
-        &self,
-        _by: &Actor,
-        _id: u64,
-        _reason: Option<&str>,
-    ) -> Result<(), crate::lifecycle::LifecycleError> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,8 @@ async fn live_dead_and_malformed_strings_get_the_same_answer() {
             Some((w, f)) => assert_eq!(&a, f, "{what} is answered unlike {w}"),
         }
     }
+    // Never forwarded.
+    assert_eq!(up.hits(), 0);
 
     // The live refresh token is suspended: no exchange, its access token dead.
     let ex = gw
@@ -183,6 +185,14 @@ async fn live_dead_and_malformed_strings_get_the_same_answer() {
     assert_eq!(refresh.len(), 1, "{refresh:?}");
     assert_eq!(refresh[0]["token_id"], live_id);
     assert_eq!(refresh[0]["client_ip"], "127.0.0.7");
+    // The suspension's own line is the reporter's, not an administrator's.
+    let suspended = events(&lines, "refresh_token.suspended");
+    assert_eq!(suspended.len(), 1, "{suspended:?}");
+    assert_eq!(suspended[0]["token_id"], live_id);
+    assert_eq!(suspended[0]["actor"], "client");
+    assert_eq!(suspended[0]["via"], "report");
+    assert_eq!(suspended[0]["client_ip"], "127.0.0.7");
+    assert_eq!(suspended[0]["reason"], "reported leaked");
     let access = events(&lines, "access_token.reported_leaked");
     assert_eq!(access.len(), 1, "{access:?}");
     assert_eq!(access[0]["token_id"], other_id);
@@ -194,8 +204,6 @@ async fn live_dead_and_malformed_strings_get_the_same_answer() {
             "{what} in the audit"
         );
     }
-    // Never forwarded.
-    assert_eq!(up.hits(), 0);
 }
 
 #[tokio::test]
