@@ -93,7 +93,13 @@ impl Actor {
     pub(crate) fn event(&self, event: &'static str) -> Event<'_> {
         Event {
             event,
-            actor: Some("admin"),
+            // A leaked-token report acts on a client's word, not an
+            // administrator's.
+            actor: Some(if self.who.via == crate::roles::Via::Report {
+                "client"
+            } else {
+                "admin"
+            }),
             client_ip: Some(self.peer.ip().to_canonical()),
             user: Some(&self.who.user),
             via: Some(self.who.via.as_str()),

@@ -74,6 +74,10 @@ pub enum Via {
     Oidc,
     /// The local Unix socket: its file permissions are the proof.
     Socket,
+    /// No sign-in at all: someone on the public listener reported a leaked
+    /// token (`POST /token/leaked`), and the gateway suspends it on their
+    /// word. Never an account's session.
+    Report,
 }
 
 impl Via {
@@ -82,6 +86,7 @@ impl Via {
             Via::Password => "password",
             Via::Oidc => "oidc",
             Via::Socket => "socket",
+            Via::Report => "report",
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::{ClusterGauges, Gauges, Metrics, RefreshTokens, Snapshot, WebhookGauges};
 use crate::passwords::Passwords;
 use crate::store::{RefreshStore, StoreError};
-use crate::throttle::AuthThrottle;
+use crate::throttle::{AuthThrottle, HourlyLimit};
 use crate::tokens::access::AccessTokens;
 use crate::tokens::format::RefreshHasher;
 use crate::webhooks::Webhooks;
@@ -71,6 +71,9 @@ pub struct State {
     /// The admin accounts' passwords, checked on both listeners (`Arc`:
     /// the cluster's feed forgets a disabled account's through it).
     pub(crate) passwords: Arc<Passwords>,
+    /// Leaked-token reports per client (`POST /token/leaked`): anyone may
+    /// send them, so each client gets a bounded number an hour.
+    pub(crate) leak_reports: HourlyLimit,
     /// Read-only handles for observers, and the shutdown's flushes.
     pub(crate) view: View,
     /// Set when shutdown begins: `/readyz` answers 503 "draining" from then on.
@@ -198,6 +201,7 @@ impl State {
             authority,
             lifecycle,
             passwords: Arc::new(passwords),
+            leak_reports: HourlyLimit::new(clock.now()),
             view: View {
                 clock,
                 store,

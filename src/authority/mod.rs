@@ -12,6 +12,8 @@
 //!   and read what it is;
 //! - `introspect`: RFC 7662, what any token is, for a caller allowed to
 //!   ask (and whether an access token is allowed to);
+//! - `leaks`: which strings of a leaked-token report are live tokens,
+//!   looked up alike whatever they turn out to be;
 //! - `restrictions`: a token's networks, scopes and rate, checked on the
 //!   canonical path the upstream will be sent.
 //!
@@ -25,6 +27,7 @@
 mod grant;
 mod holder;
 mod introspect;
+mod leaks;
 pub(crate) mod restrictions;
 mod verify;
 
@@ -48,6 +51,7 @@ use crate::tokens::format::RefreshHasher;
 pub(crate) use grant::ExchangeRefusal;
 pub(crate) use holder::{RevokeError, Revoked};
 pub(crate) use introspect::{Stale as IntrospectStale, Subject};
+pub(crate) use leaks::Leaked;
 pub(crate) use verify::{Presented, Refusal, Verdict};
 
 /// Why the `Authorization` header holds no bearer token to check.

@@ -8,6 +8,8 @@
 //! - `oauth`: the token endpoint's companions (RFC 8414 metadata, RFC 7009
 //!   revocation, `/token/info`), found after the bearer check;
 //!   `introspect`: RFC 7662 introspection, one of them.
+//! - `leaked`: `POST /token/leaked`, reports of leaked tokens (one of
+//!   `oauth`'s side endpoints).
 //!
 //! Every decision about a credential is the core's (`authority`): this
 //! module parses, asks, and maps the verdict to a response and a metric.
@@ -15,6 +17,7 @@
 mod bearer;
 mod finish;
 mod introspect;
+mod leaked;
 mod oauth;
 mod restricted;
 mod token;

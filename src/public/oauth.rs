@@ -6,7 +6,8 @@
 //! - `POST /token/introspect`: RFC 7662 introspection (`introspect`);
 //! - `GET /token/info`: what the presented access token is and may do;
 //! - `GET /token/docs`: the human-readable page the metadata's
-//!   `service_documentation` names.
+//!   `service_documentation` names;
+//! - `POST /token/leaked`: reports of leaked tokens (`leaked`).
 //!
 //! They are found after the bearer check (`Side::of` runs on a refused
 //! request, and on an admitted one just before it is forwarded), so an
@@ -46,6 +47,7 @@ pub(crate) enum Side {
     Introspect,
     Info,
     Docs,
+    Leaked,
 }
 
 impl Side {
@@ -58,6 +60,7 @@ impl Side {
             INTROSPECT_PATH => Some(Side::Introspect),
             INFO_PATH => Some(Side::Info),
             DOCS_PATH => Some(Side::Docs),
+            super::leaked::LEAKED_PATH => Some(Side::Leaked),
             _ => None,
         }
     }
@@ -77,6 +80,7 @@ pub(super) async fn serve(
         Side::Introspect => super::introspect::serve(state, peer, req).await,
         Side::Docs => docs(req.method()),
         Side::Info => info(state, &req),
+        Side::Leaked => super::leaked::report(state, peer, req).await,
     }
 }
 

@@ -10,12 +10,16 @@
 //! - `logins`: the admin accounts' failed-login slow-down, per client and
 //!   per account name (the admin listener's logins and the public
 //!   listener's introspection alike).
+//! - `hourly`: at most 60 requests an hour per client, for an endpoint
+//!   anyone may call without a credential (`POST /token/leaked`).
 
 mod failures;
+mod hourly;
 mod logins;
 mod table;
 
 pub(crate) use crate::net::ClientKey;
 pub use failures::{AuthThrottle, Throttled};
+pub(crate) use hourly::HourlyLimit;
 pub(crate) use logins::LoginThrottle;
 pub(crate) use table::Table;

@@ -44,6 +44,7 @@ mod fair_share;
 mod governance;
 mod hostile_h2;
 mod layers;
+mod leaks;
 mod lifecycle;
 mod limits;
 mod logs;

@@ -62,6 +62,7 @@ const PUBLIC_ROUTES: &[(&str, &[&str])] = &[
     ("/token/introspect", &["post"]),
     ("/token/info", &["get"]),
     ("/token/docs", &["get"]),
+    ("/token/leaked", &["post"]),
 ];
 
 /// Documented for the merge of another branch that adds them: exempt from
@@ -71,10 +72,10 @@ const NOT_YET_MERGED: &[&str] = &[];
 
 /// The paths fuzzed against the public listener (`/healthz` is on both).
 const PUBLIC_PATHS: &str =
-    "^/(token|iwc/api/security/oauth/token|healthz|readyz|\\.well-known/oauth-authorization-server|token/(revoke|introspect|info|docs))$";
+    "^/(token|iwc/api/security/oauth/token|healthz|readyz|\\.well-known/oauth-authorization-server|token/(revoke|introspect|info|docs|leaked))$";
 /// The paths only the public listener serves.
 const PUBLIC_ONLY: &str =
-    "^/(token|iwc/api/security/oauth/token|readyz|\\.well-known/oauth-authorization-server|token/(revoke|introspect|info|docs))$";
+    "^/(token|iwc/api/security/oauth/token|readyz|\\.well-known/oauth-authorization-server|token/(revoke|introspect|info|docs|leaked))$";
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
 
 fn document() -> Value {
