@@ -62,6 +62,10 @@ pub struct Passwords {
     /// The same slow-down per account name, whichever client guesses:
     /// many addresses guessing one account's password are held back too.
     account_throttle: LoginThrottle,
+    /// The same per account for the public listener's introspection, kept
+    /// apart: anyone on the internet can send it guesses, and those must
+    /// never lock an account out of the admin listener.
+    public_account_throttle: LoginThrottle,
     /// Seeds the account names' keys in `account_throttle` (drawn at start,
     /// so nobody can choose names that collide).
     name_keys: std::collections::hash_map::RandomState,
@@ -88,6 +92,7 @@ impl Passwords {
             credential,
             throttle: LoginThrottle::default(),
             account_throttle: LoginThrottle::default(),
+            public_account_throttle: LoginThrottle::default(),
             name_keys: std::collections::hash_map::RandomState::new(),
             mac: Hmac::new_from_slice(&fingerprint_key(secret)).unwrap_or_else(|_| unreachable!()),
             verified: RwLock::new(None),
@@ -110,12 +115,17 @@ impl Passwords {
         user: &str,
         password: String,
         now: Instant,
+        from: Listener,
     ) -> Result<Who, LoginRefused> {
         let client = self
             .throttle
             .begin(ip, now)
             .map_err(LoginRefused::Throttled)?;
-        let per_account = match self.account_throttle.begin(self.account_key(user), now) {
+        let accounts = match from {
+            Listener::Admin => &self.account_throttle,
+            Listener::Public => &self.public_account_throttle,
+        };
+        let per_account = match accounts.begin(self.account_key(user), now) {
             Ok(a) => a,
             Err(wait) => {
                 // Not this client's failure: nothing was checked.
@@ -145,6 +155,7 @@ impl Passwords {
     pub(crate) fn sweep(&self, now: Instant) {
         self.throttle.sweep(now);
         self.account_throttle.sweep(now);
+        self.public_account_throttle.sweep(now);
     }
 
     /// The account throttle's key for `name`: an address no client has (a
@@ -297,6 +308,16 @@ pub(crate) fn parse_basic(value: &[u8]) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
+}
+
+/// Which listener a password arrived on: each keeps its own per-account
+/// count of failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// The admin listener: the page's login and HTTP Basic.
+    Admin,
+    /// The public listener: HTTP Basic at `POST /token/introspect`.
+    Public,
 }
 
 #[cfg(test)]

@@ -476,7 +476,14 @@ impl AdminHandler {
         match self
             .state
             .passwords
-            .sign_in(store, peer.ip(), user, password, now)
+            .sign_in(
+                store,
+                peer.ip(),
+                user,
+                password,
+                now,
+                crate::passwords::Listener::Admin,
+            )
             .await
         {
             Ok(who) => Ok(who),

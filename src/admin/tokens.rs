@@ -138,6 +138,14 @@ impl AdminHandler {
         path: &str,
         ids: &[u64],
     ) -> Option<Reply> {
+        // Fail closed for a creator: a token this replica has not seen yet
+        // (created on another replica a moment ago, its change still on the
+        // way) may be someone else's, and the backend changes tokens by id
+        // alone. It is not found for the creator until it is known here.
+        let store = &self.state.view.store;
+        if by.who.role == Role::Creator && ids.iter().any(|id| store.get(*id).is_none()) {
+            return Some(not_found());
+        }
         let foreign = ids.iter().any(|id| {
             self.state
                 .view

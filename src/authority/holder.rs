@@ -60,6 +60,12 @@ impl Authority {
     ) -> Result<Revoked, RevokeError> {
         let token = token.trim();
         if let Some(claims) = self.access.claims(token.as_bytes()) {
+            // Expired, or revoked already: nothing to do, and nothing to
+            // write. Revoking costs the cluster a feed row under its write
+            // lock, so the same token sent again and again must not.
+            if claims.expires <= self.clock.unix() || self.access.is_revoked(claims.id) {
+                return Ok(Revoked::Unknown);
+            }
             if let Some(cluster) = &self.cluster {
                 if !cluster.connected() {
                     return Err(RevokeError::Stale);

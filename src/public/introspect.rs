@@ -147,11 +147,25 @@ async fn sign_in(
     let ip = peer.ip();
     let clock = &state.view.clock;
     let mut outcome = passwords
-        .sign_in(store, ip, &user, password.clone(), clock.now())
+        .sign_in(
+            store,
+            ip,
+            &user,
+            password.clone(),
+            clock.now(),
+            crate::passwords::Listener::Public,
+        )
         .await;
     if outcome == Err(LoginRefused::Wrong) && (decoded.0 != user || decoded.1 != password) {
         outcome = passwords
-            .sign_in(store, ip, &decoded.0, decoded.1.clone(), clock.now())
+            .sign_in(
+                store,
+                ip,
+                &decoded.0,
+                decoded.1.clone(),
+                clock.now(),
+                crate::passwords::Listener::Public,
+            )
             .await;
     }
     match outcome {

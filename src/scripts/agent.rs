@@ -105,6 +105,9 @@ struct Agent {
     /// Set when the gateway refused the refresh token: why, for every
     /// later answer; and the signal to stop.
     fatal: watch::Sender<Option<String>>,
+    /// A loopback TCP listener (not `--allow-remote`, not a socket): the
+    /// `Host` a request names must be the loopback too.
+    loopback_only: bool,
 }
 
 /// Why a request could not be sent on.
@@ -178,6 +181,10 @@ impl Agent {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<OutBody> {
+        if let Some(why) = refusal(req.headers(), self.loopback_only) {
+            tracing::info!(reason = why, "request refused: not from a local program");
+            return answer(StatusCode::FORBIDDEN, "forbidden", why);
+        }
         match self.forward(req).await {
             Ok(resp) => resp,
             Err(Trouble::Refused(why)) => {
@@ -356,6 +363,43 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap) {
 }
 
 /// The agent's own answer: the gateway's error shape.
+/// Why a request must not get the token: the agent serves programs on this
+/// machine, never a web page. A browser marks its requests (`Origin`,
+/// `Sec-Fetch-*`), so a page cannot make the agent act for it (cross-site
+/// request forgery); and a page on a name that resolves to 127.0.0.1 (DNS
+/// rebinding) sends that name as `Host`, not the loopback.
+fn refusal(headers: &http::HeaderMap, loopback_only: bool) -> Option<&'static str> {
+    if headers.contains_key(http::header::ORIGIN)
+        || headers.contains_key("sec-fetch-site")
+        || headers.contains_key("sec-fetch-mode")
+    {
+        return Some("the agent does not serve web browsers (the request carries Origin or Sec-Fetch headers)");
+    }
+    if loopback_only {
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !is_loopback_host(host) {
+            return Some("the Host header must name the loopback (127.0.0.1, [::1] or localhost) the agent listens on");
+        }
+    }
+    None
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or("", |(ip, _)| ip)
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn answer(status: StatusCode, code: &str, text: &str) -> Response<OutBody> {
     let body = serde_json::json!({ "error": code, "error_description": text }).to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(Into::into).boxed());
@@ -382,6 +426,7 @@ pub(super) async fn run(args: &AgentArgs) -> Result<(), Failure> {
         current: Mutex::new(None),
         exchanging: tokio::sync::Mutex::new(()),
         fatal,
+        loopback_only: matches!(listen, Listen::Tcp(_)) && !args.allow_remote,
     });
     let listener = Listener::bind(&listen).map_err(usage)?;
     tracing::info!(listen = %args.listen, gateway = %agent.base, "agent listening");
@@ -540,6 +585,35 @@ impl Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn browsers_and_foreign_hosts_are_refused() {
+        let mut h = http::HeaderMap::new();
+        h.insert(HOST, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(refusal(&h, true), None);
+        for host in ["localhost:1", "[::1]:9", "127.0.0.2", "LOCALHOST"] {
+            h.insert(HOST, host.parse().unwrap());
+            assert_eq!(refusal(&h, true), None, "{host}");
+        }
+        for host in ["evil.example:8080", "10.0.0.1", "[2001:db8::1]:80", ""] {
+            h.insert(HOST, host.parse().unwrap());
+            assert!(refusal(&h, true).is_some(), "{host}");
+            assert_eq!(
+                refusal(&h, false),
+                None,
+                "{host} with --allow-remote or a socket"
+            );
+        }
+        h.insert(HOST, "127.0.0.1".parse().unwrap());
+        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(refusal(&h, false).is_some());
+        h.remove("sec-fetch-site");
+        h.insert(
+            http::header::ORIGIN,
+            "https://evil.example".parse().unwrap(),
+        );
+        assert!(refusal(&h, true).is_some());
+    }
 
     #[test]
     fn only_loopback_or_a_socket_without_allow_remote() {

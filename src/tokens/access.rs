@@ -658,6 +658,12 @@ impl AccessTokens {
         boot.key.check(&raw).ok()
     }
 
+    /// Whether the access token `id` was revoked already (and has not
+    /// expired since).
+    pub(crate) fn is_revoked(&self, id: AccessId) -> bool {
+        self.revoked.contains_key(&id)
+    }
+
     /// Ends one access token at its holder's request (RFC 7009): gone from
     /// the map, and remembered until `expires` (Unix seconds) so that no
     /// replica's copy of it verifies here from its claims again. Also how
