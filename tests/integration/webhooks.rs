@@ -5,6 +5,10 @@
 //! - every event type the lifecycle produces today arrives, verified, with
 //!   the token's id and name and never a token string; `token.expiring`
 //!   once, again after an extension out of the window and back;
+//! - suspend and resume, a leak report naming a live refresh token and a
+//!   live access token, and the sweep revoking an unused token each arrive
+//!   once, verified, naming the token and never holding a token string;
+//!   with two replicas sweeping one database, still once;
 //! - a receiver down at first gets the events once it is up (retries);
 //! - events pending at a restart are delivered after it (redb and
 //!   PostgreSQL), and an expiry warning sent is not sent again;
@@ -23,7 +27,7 @@ use tokio::process::{Child, Command};
 
 use crate::common::pg::TestDb;
 use crate::common::replica::Cluster;
-use crate::common::{eventually, eventually_ok, python3, upstream, TestGateway};
+use crate::common::{eventually, eventually_ok, python3, secs, upstream, TestGateway};
 
 /// Generous bounds for a busy 2-core machine; no test asserts a duration.
 const WAIT: Duration = Duration::from_secs(60);
@@ -110,6 +114,15 @@ impl Receiver {
             retry_initial: HumanDuration(Duration::from_millis(200)),
             ..WebhookSection::default()
         }
+    }
+
+    /// The same endpoint as a replica's `[[webhooks]]` entry.
+    fn toml(&self) -> String {
+        format!(
+            "\n[[webhooks]]\nurl = \"{}\"\nsecret_file = \"{}\"\nevents = [\"*\"]\nretry_initial = \"200ms\"\n",
+            self.url(),
+            self.secret_file().display()
+        )
     }
 
     fn configure(&self, f: &mut FileConfig) {
@@ -313,6 +326,183 @@ async fn every_lifecycle_event_arrives_signed_and_never_holds_a_token_string() {
     .await;
 }
 
+/// `POST path` on the admin API with a JSON body; must answer 200.
+async fn post(gw: &crate::common::TestClient, path: &str, body: Value) -> Value {
+    let r = gw.admin_json("POST", path, &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+    r.json()
+}
+
+/// Every delivery so far verified (`events` checks), each under its own
+/// webhook-id, and no body holding one of `secrets` or a token prefix.
+fn assert_no_token_text(rx: &Receiver, secrets: &[String]) {
+    rx.events();
+    let all = rx.received();
+    let ids: BTreeSet<&str> = all.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), all.len(), "one delivery per event here: {all:?}");
+    for r in &all {
+        let raw = r["raw"].as_str().unwrap();
+        for s in secrets {
+            assert!(!raw.contains(s.as_str()), "a token string in {raw}");
+        }
+        assert!(!raw.contains("tgr_") && !raw.contains("tga_"), "{raw}");
+    }
+}
+
+/// Waits until everything staged so far has been delivered: a marker
+/// created now (its answer waits for every staged event to reach the
+/// outbox) has arrived, the outbox is empty and the scrape counts as many
+/// deliveries as the receiver got.
+async fn settle(rx: &Receiver, c: &crate::common::TestClient) {
+    let (marker, _) = create(c, "marker", "90d").await;
+    rx.wait_for("token.created", marker, 1).await;
+    eventually(WAIT, "every staged event delivered", || async {
+        let depth = metric(c, "tokengate_webhook_outbox_depth").await;
+        let delivered = metric(c, "tokengate_webhook_deliveries_total").await;
+        (depth == 0 && delivered == rx.received().len() as u64).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspend_resume_and_leak_reports_arrive_signed_once_each() {
+    let up = upstream().await;
+    let mut rx = Receiver::new();
+    rx.start().await;
+    let gw = TestGateway::start_with(up.addr, |f| rx.configure(f)).await;
+    let c = &gw.client;
+    let mut secrets = Vec::new();
+
+    // Suspended by an administrator with a reason, then resumed.
+    let (a, s) = create(c, "ci-deploy", "90d").await;
+    secrets.push(gw.exchange(&s).await);
+    secrets.push(s);
+    post(
+        c,
+        &format!("/api/refresh-tokens/{a}/suspend"),
+        json!({"reason": "found in a CI log"}),
+    )
+    .await;
+    let suspended = rx.wait_for("token.suspended", a, 1).await;
+    let d = &suspended[0]["data"];
+    assert_eq!(d["name"], "ci-deploy", "{d}");
+    assert_eq!(d["reason"], "found in a CI log", "{d}");
+    assert_eq!(d["user"], "admin", "{d}");
+    assert_eq!(d["audit_event"], "refresh_token.suspended", "{d}");
+    assert!(d["expires_at"].as_str().unwrap().ends_with('Z'), "{d}");
+    assert!(suspended[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+    post(c, &format!("/api/refresh-tokens/{a}/resume"), json!({})).await;
+    let resumed = rx.wait_for("token.resumed", a, 1).await;
+    let d = &resumed[0]["data"];
+    assert_eq!(d["name"], "ci-deploy", "{d}");
+    assert_eq!(d["user"], "admin", "{d}");
+    assert!(d.get("reason").is_none(), "a resume has no reason: {d}");
+
+    // A report naming a live refresh token, a live access token (of
+    // another refresh token) and a string that is no token.
+    let (r, refresh) = create(c, "leaked-refresh", "90d").await;
+    let (x, issuer) = create(c, "leaked-access", "90d").await;
+    let access = gw.exchange(&issuer).await;
+    secrets.extend([refresh.clone(), issuer, access.clone()]);
+    let reporter = gw.client_from("127.0.0.7");
+    let body = json!({"tokens": [refresh, access, "tgr_notatoken"]}).to_string();
+    let req = reporter
+        .public_req("POST", "/token/leaked")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let answer = reporter.send(req).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text());
+
+    let leaked = rx.wait_for("token.reported_leaked", r, 1).await;
+    let d = &leaked[0]["data"];
+    assert_eq!(d["name"], "leaked-refresh", "{d}");
+    assert_eq!(d["token_type"], "refresh_token", "{d}");
+    assert_eq!(d["client_ip"], "127.0.0.7", "{d}");
+    assert_eq!(d["actor"], "client", "{d}");
+    assert_eq!(d["reason"], "reported leaked", "{d}");
+    // The report suspends the refresh token: that is a suspension too,
+    // by the reporter.
+    let by_report = rx.wait_for("token.suspended", r, 1).await;
+    let d = &by_report[0]["data"];
+    assert_eq!(d["name"], "leaked-refresh", "{d}");
+    assert_eq!(d["reason"], "reported leaked", "{d}");
+    assert_eq!(d["via"], "report", "{d}");
+    assert_eq!(d["client_ip"], "127.0.0.7", "{d}");
+    // A leaked access token is news about the refresh token that issued it.
+    let leaked = rx.wait_for("token.reported_leaked", x, 1).await;
+    let d = &leaked[0]["data"];
+    assert_eq!(d["name"], "leaked-access", "{d}");
+    assert_eq!(d["token_type"], "access_token", "{d}");
+    assert_eq!(d["client_ip"], "127.0.0.7", "{d}");
+
+    settle(&rx, c).await;
+    for (kind, id, n) in [
+        ("token.suspended", a, 1),
+        ("token.resumed", a, 1),
+        ("token.reported_leaked", r, 1),
+        ("token.suspended", r, 1),
+        ("token.reported_leaked", x, 1),
+        // Only the access token was revoked; its refresh token stays live.
+        ("token.suspended", x, 0),
+        ("token.resumed", r, 0),
+    ] {
+        assert_eq!(rx.count(kind, id), n, "{kind} for {id}: {:?}", rx.events());
+    }
+    assert_no_token_text(&rx, &secrets);
+    assert_eq!(
+        metric(c, "tokengate_webhook_failed_attempts_total").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_unused_token_revoked_by_the_sweep_arrives_once() {
+    let up = upstream().await;
+    let mut rx = Receiver::new();
+    rx.start().await;
+    let gw = TestGateway::start_with(up.addr, |f| {
+        rx.configure(f);
+        // Room for the exchange below to come first on a busy machine.
+        f.tokens.revoke_unused_after = Some(secs(5));
+        f.tokens.sweep_interval = secs(1);
+    })
+    .await;
+    let c = &gw.client;
+    let (idle, s) = create(c, "idle", "90d").await;
+    let secrets = vec![gw.exchange(&s).await, s];
+    let revoked = rx.wait_for("token.revoked_unused", idle, 1).await;
+    let d = &revoked[0]["data"];
+    assert_eq!(d["name"], "idle", "{d}");
+    assert_eq!(d["actor"], "system", "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("tokens.revoke_unused_after")),
+        "{d}"
+    );
+    assert_eq!(d["audit_event"], "refresh_token.revoked_unused", "{d}");
+    // A token created after that revocation is revoked by a later sweep:
+    // once its event is here, sweeps after the first have run, and none
+    // revoked the idle token again.
+    let (later, _) = create(c, "later", "90d").await;
+    rx.wait_for("token.revoked_unused", later, 1).await;
+    eventually(WAIT, "every staged event delivered", || async {
+        let depth = metric(c, "tokengate_webhook_outbox_depth").await;
+        let delivered = metric(c, "tokengate_webhook_deliveries_total").await;
+        (depth == 0 && delivered == rx.received().len() as u64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rx.count("token.revoked_unused", idle),
+        1,
+        "{:?}",
+        rx.events()
+    );
+    assert_eq!(rx.count("token.created", idle), 1);
+    assert_no_token_text(&rx, &secrets);
+}
+
 #[tokio::test]
 async fn a_receiver_down_at_first_gets_the_events_after_retries() {
     let up = upstream().await;
@@ -396,12 +586,7 @@ async fn two_replicas_deliver_each_event_once() {
     let up = upstream().await;
     let mut rx = Receiver::new();
     rx.start().await;
-    let toml = format!(
-        "\n[[webhooks]]\nurl = \"{}\"\nsecret_file = \"{}\"\nevents = [\"*\"]\nretry_initial = \"200ms\"\n",
-        rx.url(),
-        rx.secret_file().display()
-    );
-    let cluster = Cluster::new(&db.url, up.addr).with_toml(&toml);
+    let cluster = Cluster::new(&db.url, up.addr).with_toml(&rx.toml());
     let one = cluster.start("one").await;
     let two = cluster.start("two").await;
     let mut ids = Vec::new();
@@ -436,6 +621,61 @@ async fn two_replicas_deliver_each_event_once() {
     let delivered = metric(one.client(), "tokengate_webhook_deliveries_total").await
         + metric(two.client(), "tokengate_webhook_deliveries_total").await;
     assert_eq!(delivered, 12);
+}
+
+#[tokio::test]
+async fn two_replicas_deliver_a_suspension_and_an_unused_revocation_once() {
+    let db = TestDb::new();
+    let up = upstream().await;
+    let mut rx = Receiver::new();
+    rx.start().await;
+    let cluster = Cluster::new(&db.url, up.addr)
+        .with_toml(&rx.toml())
+        .with_env("TOKENGATE_TOKENS__REVOKE_UNUSED_AFTER", "5s")
+        .with_env("TOKENGATE_TOKENS__SWEEP_INTERVAL", "1s");
+    let one = cluster.start("one").await;
+    let two = cluster.start("two").await;
+    let (idle, s) = create(one.client(), "idle", "90d").await;
+    // Suspended on the other replica, once the change feed has brought it.
+    let path = format!("/api/refresh-tokens/{idle}/suspend");
+    eventually(WAIT, "a suspension on the second replica", || async {
+        let r = two
+            .client()
+            .admin_json("POST", &path, &json!({"reason": "rotating keys"}))
+            .await;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let suspended = rx.wait_for("token.suspended", idle, 1).await;
+    assert_eq!(suspended[0]["data"]["reason"], "rotating keys");
+    assert_eq!(suspended[0]["data"]["name"], "idle");
+    // Both replicas sweep; the one whose delete found the token tells.
+    let revoked = rx.wait_for("token.revoked_unused", idle, 1).await;
+    assert_eq!(revoked[0]["data"]["name"], "idle");
+    let (later, _) = create(two.client(), "later", "90d").await;
+    rx.wait_for("token.revoked_unused", later, 1).await;
+    for r in [&one, &two] {
+        eventually_ok(WAIT, "an empty outbox", || async {
+            match metric(r.client(), "tokengate_webhook_outbox_depth").await {
+                0 => Ok(()),
+                n => Err(n),
+            }
+        })
+        .await;
+    }
+    for (kind, id) in [
+        ("token.created", idle),
+        ("token.suspended", idle),
+        ("token.revoked_unused", idle),
+        ("token.created", later),
+        ("token.revoked_unused", later),
+    ] {
+        assert_eq!(rx.count(kind, id), 1, "{kind} for {id}: {:?}", rx.events());
+    }
+    assert_no_token_text(&rx, &[s]);
+    let delivered = metric(one.client(), "tokengate_webhook_deliveries_total").await
+        + metric(two.client(), "tokengate_webhook_deliveries_total").await;
+    assert_eq!(delivered, rx.received().len() as u64);
 }
 
 #[test]
