@@ -259,14 +259,30 @@ async fn a_refused_refresh_token_stops_the_agent_with_a_502_naming_why() {
     let mut agent = Agent::start(&gw, &token_file, &listen, work.path()).await;
     agent.ready().await;
 
-    let get = |listen: String| async move {
+    let send = |listen: String, head: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(&listen).await.unwrap();
-        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
         common::read_raw_response(&mut s).await
     };
+    let get = |listen: String| {
+        send(
+            listen,
+            "GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+    };
     assert_eq!(get(listen.clone()).await.status, 200);
+    // A web page cannot use the agent: a browser's request (Origin), or a
+    // page on a name that resolves to the loopback (DNS rebinding: its
+    // Host is that name), is refused before anything is sent on.
+    let hits = up.hits();
+    for head in [
+        "GET /api/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ] {
+        let r = send(listen.clone(), head).await;
+        assert_eq!(r.status, 403, "{head}");
+    }
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
     let r = gw
         .client
         .admin_call("DELETE", &format!("/api/refresh-tokens/{id}"))
