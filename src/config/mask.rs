@@ -2,6 +2,26 @@
 //! shown (the log, `check-config`, `Debug`). A leaf of `config`, so the file
 //! format's own `Debug` can use it.
 
+/// A webhook URL as the log and `check-config` show it: its scheme, host
+/// and port only, `/…` standing for a path or query. Chat services' webhook
+/// URLs carry their credential in the path, and logs travel further than the
+/// configuration file.
+pub fn url_origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(set, not a URL)".to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // A user part may hold a password: never shown.
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let more = if rest[end..].trim_start_matches('/').is_empty() {
+        ""
+    } else {
+        "/…"
+    };
+    format!("{scheme}://{host}{more}")
+}
+
 /// `url` with the password (of the user part, and a `password=` parameter)
 /// replaced by `(hidden)`. Everything past the last `@` before the query is
 /// taken as the host part, so an unencoded `@` in a password hides more, never less.
@@ -38,4 +58,26 @@ pub fn mask_url(url: &str) -> String {
         out.push_str(&params.join("&"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_origin;
+
+    #[test]
+    fn webhook_urls_show_their_origin_only() {
+        assert_eq!(
+            url_origin("https://hooks.example.com/services/T0/B0/secret?x=1"),
+            "https://hooks.example.com/…"
+        );
+        assert_eq!(
+            url_origin("http://127.0.0.1:9000/"),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            url_origin("https://user:pw@example.com:8443/p"),
+            "https://example.com:8443/…"
+        );
+        assert_eq!(url_origin("nonsense"), "(set, not a URL)");
+    }
 }

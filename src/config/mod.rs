@@ -41,7 +41,7 @@ mod webhooks;
 
 pub use error::ConfigError;
 pub use file::*;
-pub use mask::mask_url;
+pub use mask::{mask_url, url_origin};
 pub use oidc::{OidcConfig, CLIENT_SECRET_ENV};
 pub use storage::{data_dir, PostgresConfig, SslMode, StorageBackend, StorageConfig};
 pub use upstream::base_path;

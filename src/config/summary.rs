@@ -92,6 +92,10 @@ fn walk(key: &str, v: &Value, masked: bool, out: &mut Vec<String>) {
         Value::String(s) if URLS.contains(&key) => {
             out.push(format!("{key} = {}", super::mask::mask_url(s)))
         }
+        // `webhooks[N].url`: the path may be the credential.
+        Value::String(s) if key.starts_with("webhooks[") && key.ends_with("].url") => {
+            out.push(format!("{key} = {}", super::mask::url_origin(s)))
+        }
         Value::String(s) => out.push(format!("{key} = {s}")),
         other => out.push(format!("{key} = {other}")),
     }

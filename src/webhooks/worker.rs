@@ -229,7 +229,7 @@ impl Webhooks {
         match e.attempt(id, &d.payload).await {
             Ok(()) => {
                 self.counters.delivered.fetch_add(1, Relaxed);
-                tracing::debug!(webhook_id = id, event = %d.event_type, endpoint = %e.url, "webhook delivered");
+                tracing::debug!(webhook_id = id, event = %d.event_type, endpoint = %crate::config::url_origin(&e.url), "webhook delivered");
                 self.blocking("removing a delivered row", move |o, _| o.finish(id))
                     .await;
             }
@@ -238,7 +238,7 @@ impl Webhooks {
                 let attempts = d.attempts.saturating_add(1);
                 if d.age >= GIVE_UP_AFTER {
                     self.counters.dropped.fetch_add(1, Relaxed);
-                    tracing::warn!(webhook_id = id, event = %d.event_type, endpoint = %e.url, attempts, error = %why, "webhook dropped: still failing a day after the event");
+                    tracing::warn!(webhook_id = id, event = %d.event_type, endpoint = %crate::config::url_origin(&e.url), attempts, error = %why, "webhook dropped: still failing a day after the event");
                     self.blocking("removing a dropped row", move |o, _| o.finish(id))
                         .await;
                     return;
@@ -246,7 +246,7 @@ impl Webhooks {
                 // The last attempt lands at the give-up age, not beyond it.
                 let delay = backoff(e.config.retry_initial, attempts, jitter())
                     .min(GIVE_UP_AFTER.saturating_sub(d.age));
-                tracing::info!(webhook_id = id, event = %d.event_type, endpoint = %e.url, attempts, error = %why, retry_in = ?delay, "webhook delivery failed; will retry");
+                tracing::info!(webhook_id = id, event = %d.event_type, endpoint = %crate::config::url_origin(&e.url), attempts, error = %why, retry_in = ?delay, "webhook delivery failed; will retry");
                 self.blocking("rescheduling a delivery", move |o, now| {
                     o.retry_after(id, attempts, delay, now)
                 })
