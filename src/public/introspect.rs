@@ -22,7 +22,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use super::token::{body_kind, token_params};
+use super::token::token_form;
 use super::{bearer_token, STALE};
 use crate::audit;
 use crate::authority::{IntrospectStale, Subject};
@@ -30,7 +30,7 @@ use crate::passwords::{parse_basic, LoginRefused};
 use crate::restrict::{RateLimit, RestrictionSpec};
 use crate::roles::Who;
 use crate::state::State;
-use crate::wire::{error, json, method_not_allowed, no_store, read_body, unavailable, Reply};
+use crate::wire::{error, json, method_not_allowed, no_store, unavailable, Reply};
 
 /// The challenges of a request that proved nothing: either credential
 /// would do (RFC 9110 §11.6.1 allows several).
@@ -52,26 +52,9 @@ pub(super) async fn serve(state: &State, peer: SocketAddr, req: Request<Incoming
         Ok(c) => c,
         Err(r) => return no_store(r),
     };
-    let kind = match body_kind(req.headers()) {
-        Ok(k) => k,
-        Err(text) => return no_store(error(StatusCode::BAD_REQUEST, "invalid_request", &text)),
-    };
-    let limits = &state.startup_config.public;
-    let (parts, body) = req.into_parts();
-    let body = match read_body(
-        &parts,
-        body,
-        limits.token_body_limit,
-        limits.limits.body_read_timeout,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return no_store(e.reply()),
-    };
-    let token = match token_params(kind, &body) {
+    let token = match token_form(state, req).await {
         Ok(t) => t,
-        Err(text) => return no_store(error(StatusCode::BAD_REQUEST, "invalid_request", &text)),
+        Err(r) => return r,
     };
     let core = &state.authority;
     let subject = match core.introspect(&token, core.now()).await {

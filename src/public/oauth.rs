@@ -21,13 +21,13 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use super::token::{body_kind, token_params};
+use super::token::token_form;
 use super::{bearer, bearer_token, too_many_failures, STALE, TOKEN_PATHS};
 use crate::audit;
 use crate::authority::{RevokeError, Revoked};
 use crate::restrict::{RateLimit, RestrictionSpec};
 use crate::state::State;
-use crate::wire::{error, json, method_not_allowed, no_store, read_body, unavailable, Reply};
+use crate::wire::{error, json, method_not_allowed, no_store, unavailable, Reply};
 
 /// The metadata document's path (RFC 8414 §3).
 pub(crate) const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
@@ -167,26 +167,9 @@ async fn revoke(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Repl
         .get(USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let kind = match body_kind(req.headers()) {
-        Ok(k) => k,
-        Err(text) => return no_store(error(StatusCode::BAD_REQUEST, "invalid_request", &text)),
-    };
-    let limits = &state.startup_config.public;
-    let (parts, body) = req.into_parts();
-    let body = match read_body(
-        &parts,
-        body,
-        limits.token_body_limit,
-        limits.limits.body_read_timeout,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return no_store(e.reply()),
-    };
-    let token = match token_params(kind, &body) {
+    let token = match token_form(state, req).await {
         Ok(t) => t,
-        Err(text) => return no_store(error(StatusCode::BAD_REQUEST, "invalid_request", &text)),
+        Err(r) => return r,
     };
     match core.revoke(&token, ip, now).await {
         Ok(revoked) => {

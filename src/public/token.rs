@@ -347,6 +347,25 @@ fn refuse(
     (reply, Some(counted))
 }
 
+/// The `token` parameter of a side endpoint's form (revocation,
+/// introspection): content type checked, body read within the token
+/// endpoint's limits, parsed; every failure already an answer.
+pub(super) async fn token_form(state: &State, req: Request<Incoming>) -> Result<String, Reply> {
+    let bad = |text: &str| no_store(error(StatusCode::BAD_REQUEST, "invalid_request", text));
+    let kind = body_kind(req.headers()).map_err(|text| bad(&text))?;
+    let limits = &state.startup_config.public;
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        &parts,
+        body,
+        limits.token_body_limit,
+        limits.limits.body_read_timeout,
+    )
+    .await
+    .map_err(|e| no_store(e.reply()))?;
+    token_params(kind, &body).map_err(|text| bad(&text))
+}
+
 /// The `token` parameter of a revocation or introspection body (form or
 /// JSON object); `token_type_hint` may be given and is not needed: the
 /// token's prefix says what it is (RFC 7009 §2.1 and RFC 7662 §2.1 let the
