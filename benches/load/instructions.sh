@@ -9,6 +9,7 @@
 #   NREQ=50000 bash benches/load/instructions.sh
 #   METRICS_OFF=1 bash benches/load/instructions.sh  # also tokengate with metrics.enabled = false
 #   PROXIES=tokengate bash benches/load/instructions.sh  # only these proxies (any of nginx haproxy tokengate)
+#   BENCH_PORT_BASE=19100 bash benches/load/instructions.sh  # ports 19100-19102 instead of the defaults
 #
 # benches/load/guard.sh runs it for tokengate alone and compares the counts
 # with the committed baseline (benches/load/baseline.tsv): the CI regression guard.
@@ -36,7 +37,9 @@ NREQ=${NREQ:-20000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 OUT="$HERE/out/instructions"
-UPSTREAM_PORT=18090 PROXY_PORT=18453 ADMIN_PORT=18454
+# BENCH_PORT_BASE=N moves the three ports to N, N+1, N+2 (two runs side by side).
+BASE=${BENCH_PORT_BASE:-}
+UPSTREAM_PORT=${BASE:-18090} PROXY_PORT=$((${BASE:-18452} + 1)) ADMIN_PORT=$((${BASE:-18452} + 2))
 
 # shellcheck source=benches/load/common.sh
 . "$HERE/common.sh"
