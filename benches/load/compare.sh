@@ -6,6 +6,9 @@
 #
 #   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (~1.25 min; a fresh release build adds ~1.5)
 #   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 8 min, < 10 with a fresh build)
+#   SCENARIOS="resume" bash benches/load/compare.sh quick
+#                                         # only these scenarios (default: h1 h2 newconn resume exchange)
+#   BENCH_PORT_BASE=19400 bash benches/load/compare.sh quick   # ports 19400-19406 instead of 18080/18443-18448
 #   METRICS_OFF=1 bash benches/load/compare.sh quick
 #                                         # adds a second tokengate with metrics.enabled = false
 #                                         # ("tokengate-nometrics"), interleaved in the same rounds,
@@ -15,6 +18,9 @@
 #   h1      HTTP/1.1 over TLS, 50 keep-alive connections            (wrk)
 #   h2      HTTP/2 over TLS, 10 connections x 10 streams            (h2load)
 #   newconn one request per new TLS connection, 50 concurrent      (2 x ab -c 25, no keep-alive)
+#   resume  the same, but every connection resumes a TLS session    (2 x curl --parallel-max 25,
+#           `Connection: close`; each curl keeps its session ticket, so after its first 25
+#           connections every one resumes; checked before and after the rounds, see below)
 # plus tokengate's token exchange over TLS keep-alive (wrk, 50 connections),
 # and its memory: RSS idle, and per live access token after the exchanges.
 #
@@ -34,6 +40,12 @@ ROOT=$(cd "$HERE/../.." && pwd)
 OUT="$HERE/out"
 UPSTREAM_PORT=18080 NGINX_PORT=18443 HAPROXY_PORT=18444 TG_PORT=18445 TG_ADMIN_PORT=18446
 TG_OFF_PORT=18447 TG_OFF_ADMIN_PORT=18448
+# BENCH_PORT_BASE=N moves the seven ports to N .. N+6 (a run beside another).
+if [ -n "${BENCH_PORT_BASE:-}" ]; then
+    B=$BENCH_PORT_BASE
+    UPSTREAM_PORT=$B NGINX_PORT=$((B + 1)) HAPROXY_PORT=$((B + 2)) TG_PORT=$((B + 3)) TG_ADMIN_PORT=$((B + 4))
+    TG_OFF_PORT=$((B + 5)) TG_OFF_ADMIN_PORT=$((B + 6))
+fi
 METRICS_OFF=${METRICS_OFF:-0}
 export UPSTREAM_PORT NGINX_PORT HAPROXY_PORT
 
@@ -41,7 +53,7 @@ export UPSTREAM_PORT NGINX_PORT HAPROXY_PORT
 . "$HERE/common.sh"
 
 need_tools nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client ab:apache2-utils \
-    curl:curl openssl:openssl python3:python3
+    curl:curl openssl:openssl python3:python3 timeout:coreutils
 build_tokengate
 
 # ---- set-up -----------------------------------------------------------------
@@ -139,13 +151,63 @@ run_newconn() {
     wait "$b" || true
     python3 "$HERE/report.py" parse-ab newconn "$1" "$3" "$OUT/newconn-$1-$3-a.txt" "$OUT/newconn-$1-$3-b.txt" >> "$RESULTS"
 }
+# One request per new TLS connection that resumes a session. curl (OpenSSL)
+# keeps the session ticket of its last connection and offers it on the next,
+# even when transfers run in parallel; `Connection: close` makes every request
+# a connection of its own. Two curl processes (25 connections each), like
+# newconn, so one single-threaded client is not the limit; each is stopped by
+# `timeout` and its URL range bounds it as well. Every answer is written as
+# it completes ("status seconds" on stderr, unbuffered), so the count of 200s
+# survives the stop. The clients' CPU time goes to clientcpu.tsv: the report
+# shows how much of the machine they took.
+RESUME_URLS=1-2000000
+resume_client() {  # out-prefix auth port
+    ( timeout "$DUR" curl -sS --no-progress-meter --http1.1 --parallel --parallel-max 25 \
+        --cacert "$OUT/cert.pem" -H 'Connection: close' -H "$2" -o /dev/null \
+        -w '%{stderr}%{http_code} %{time_total}\n' \
+        "https://127.0.0.1:$3/iwc/api/databases?n=[$RESUME_URLS]" > /dev/null 2> "$1.txt" || true
+      times > "$1.cpu" )
+}
+run_resume() {
+    local a b
+    resume_client "$OUT/resume-$1-$3-a" "${AUTH_OF[$1]:-$AUTH}" "$2" & a=$!
+    resume_client "$OUT/resume-$1-$3-b" "${AUTH_OF[$1]:-$AUTH}" "$2" & b=$!
+    wait "$a" || true
+    wait "$b" || true
+    python3 "$HERE/report.py" parse-curl resume "$1" "$3" "$DUR" "$OUT/resume-$1-$3-a" "$OUT/resume-$1-$3-b" \
+        >> "$RESULTS" 2>> "$OUT/clientcpu.tsv"
+}
+# Do the proxies really resume? 40 connections from one curl, one after
+# another: a connection that got a certificate was a full handshake. Only the
+# first may be (no ticket yet); the run fails otherwise. Run before and after
+# the rounds; the report shows both. (In the load, a curl process makes full
+# handshakes only until its first ticket arrives: at most its first 25
+# connections; from then on it offers its latest session on every one.)
+check_resumed() {  # when
+    local proxy name port full
+    for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT "${TOKENGATES[@]%:*}"; do
+        name=${proxy%%:*} port=${proxy##*:}
+        curl -sS -v --no-progress-meter --http1.1 --max-time 30 --cacert "$OUT/cert.pem" \
+            -H 'Connection: close' -H "${AUTH_OF[$name]:-$AUTH}" -o /dev/null -w '%{stderr}status %{http_code}\n' \
+            "https://127.0.0.1:$port/iwc/api/databases?n=[1-40]" > /dev/null 2> "$OUT/resumed-$name-$1.txt" || true
+        full=$(grep -c 'TLS handshake, Certificate (11)' "$OUT/resumed-$name-$1.txt" || true)
+        [ "$(grep -c '^status 200$' "$OUT/resumed-$name-$1.txt" || true)" = 40 ] \
+            || { log "$name: not every request of the resumption check answered 200"; exit 1; }
+        printf '%s\t%s\t%s\t%s\n' "$name" "$1" $((40 - full)) 40 >> "$OUT/resumed.tsv"
+        [ "$full" = 1 ] || { log "$name resumed only $((40 - full)) of 40 connections"; exit 1; }
+    done
+}
 run_exchange() {
     REFRESH_TOKEN=$REFRESH wrk -t2 -c50 -d"${DUR}s" --latency -s "$HERE/exchange.lua" "https://127.0.0.1:$TG_PORT" > "$OUT/exchange-$1.txt"
     python3 "$HERE/report.py" parse-wrk exchange tokengate "$1" < "$OUT/exchange-$1.txt" >> "$RESULTS"
 }
 
+SCENARIOS=${SCENARIOS:-h1 h2 newconn resume exchange}
+: > "$OUT/clientcpu.tsv"
+: > "$OUT/resumed.tsv"
+case " $SCENARIOS " in *" resume "*) check_resumed before ;; esac
 for round in $(seq 1 "$ROUNDS"); do
-    for scenario in h1 h2 newconn; do
+    for scenario in ${SCENARIOS//exchange/}; do
         for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT "${TOKENGATES[@]%:*}"; do
             name=${proxy%%:*}
             log "round $round/$ROUNDS: $scenario $name"
@@ -156,12 +218,15 @@ for round in $(seq 1 "$ROUNDS"); do
         done
     done
 done
+case " $SCENARIOS " in *" resume "*) check_resumed after ;; esac
 # Exchanges last: they fill the access-token map that the memory figure reads.
 for round in $(seq 1 "$ROUNDS"); do
+    case " $SCENARIOS " in *" exchange "*) ;; *) break ;; esac
     log "round $round/$ROUNDS: token exchange"
     run_exchange "$round"
 done
 RSS_LOADED=$(rss_kb "$TG_PID")
 EXCHANGES=$(awk -F'\t' '$1 == "exchange" {n += $7} END {print n + 0}' "$RESULTS")
 
-python3 "$HERE/report.py" table "$RESULTS" "$OUT/cpu.tsv" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" | tee "$OUT/report.md"
+python3 "$HERE/report.py" table "$RESULTS" "$OUT/cpu.tsv" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" \
+    "$OUT/clientcpu.tsv" "$OUT/resumed.tsv" | tee "$OUT/report.md"

@@ -10,6 +10,7 @@
 #   METRICS_OFF=1 bash benches/load/instructions.sh  # also tokengate with metrics.enabled = false
 #   PROXIES=tokengate bash benches/load/instructions.sh  # only these proxies (any of nginx haproxy tokengate)
 #   BENCH_PORT_BASE=19100 bash benches/load/instructions.sh  # ports 19100-19102 instead of the defaults
+#   CASES=resume bash benches/load/instructions.sh  # only these cases (any of h1 h2 newconn resume)
 #
 # benches/load/guard.sh runs it for tokengate alone and compares the counts
 # with the committed baseline (benches/load/baseline.tsv): the CI regression guard.
@@ -22,7 +23,11 @@
 # by N: the handshakes (over a million instructions each, and not the same for
 # every proxy) cancel out. newconn counts whole connections, one request each
 # (ab without keep-alive). The keep-alive load generator is h2load (`--h1` for
-# HTTP/1.1).
+# HTTP/1.1). resume counts a new TLS connection that resumes a session (curl,
+# which keeps the session ticket between its connections, one request each
+# with `Connection: close`), measured like the keep-alive cases: one curl run of
+# N + 1 connections and one of 2N + 1, each starting with one full handshake,
+# (C(2N + 1) - C(N + 1)) / N per resumed connection.
 # Kernel work (the loopback TCP path, about half of every proxy's CPU) is not
 # counted: it is much the same per request for all three.
 #
@@ -46,7 +51,9 @@ UPSTREAM_PORT=${BASE:-18090} PROXY_PORT=$((${BASE:-18452} + 1)) ADMIN_PORT=$((${
 
 PROXIES=${PROXIES:-nginx haproxy tokengate}
 NCONN=${NCONN:-$((NREQ / 40))}
+CASES=${CASES:-h1 h2 newconn resume}
 wants() { case " $PROXIES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+wants_case() { case " $CASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 tools=(h2load:nghttp2-client ab:apache2-utils valgrind:valgrind curl:curl openssl:openssl python3:python3 nginx:nginx-light)
 wants haproxy && tools+=(haproxy:haproxy)
 need_tools "${tools[@]}"
@@ -100,6 +107,20 @@ fresh_conns() {  # out-file connections auth url
     grep -Eq "^Complete requests: +$2\$" "$1" && grep -Eq '^Failed requests: +0$' "$1" && ! grep -q '^Non-2xx' "$1" \
         || { log "$1: not every request succeeded"; cat "$1" >&2; exit 1; }
 }
+# n connections from one curl process, one request each (`Connection: close`),
+# one after another: the first is a full handshake, every later one offers
+# the session ticket the previous connection received. Checks that every
+# request got a 200 and that only the first connection saw a certificate
+# (the others resumed).
+resumed_conns() {  # out-file connections auth url
+    curl -sS -v --no-progress-meter --http1.1 --max-time 60 --cacert "$OUT/cert.pem" -H 'Connection: close' -H "$3" \
+        -o /dev/null -w '%{stderr}status %{http_code}\n' "$4?n=[1-$2]" > /dev/null 2> "$1" || true
+    local ok full
+    ok=$(grep -c '^status 200$' "$1" || true)
+    full=$(grep -c 'TLS handshake, Certificate (11)' "$1" || true)
+    [ "$ok" = "$2" ] || { log "$1: $ok of $2 requests answered 200"; exit 1; }
+    [ "$full" = 1 ] || { log "$1: $full full handshakes in $2 connections (expected 1: the others resume)"; exit 1; }
+}
 # Runs one proxy (already started under callgrind as $PID) through every case.
 # Keep-alive cases are measured as a difference: a run of NREQ requests and a
 # run of 2 x NREQ over the same number of new connections; (C(2N) - C(N)) / N
@@ -109,6 +130,7 @@ measure() {  # name auth-header
     local name=$1 auth=$2 url="https://127.0.0.1:$PROXY_PORT/iwc/api/databases"
     local sc args a b
     for sc in h1 h2; do
+        wants_case "$sc" || continue
         if [ "$sc" = h1 ]; then args=(--h1 -c 50 -H "$auth" "$url"); else args=(-c 10 -m 10 -H "$auth" "$url"); fi
         keepalive "$OUT/$name-$sc-warm.txt" 2000 "${args[@]}"
         read -r -a a <<< "$(counted "$name" "$sc-n" keepalive "$OUT/$name-$sc-n.txt" "$NREQ" "${args[@]}")"
@@ -119,10 +141,23 @@ measure() {  # name auth-header
     done
     # One request per new TLS connection (ab without keep-alive): the
     # handshake, the first request and the close, per connection.
-    fresh_conns "$OUT/$name-newconn-warm.txt" 50 "$auth" "$url"
-    read -r -a a <<< "$(counted "$name" newconn fresh_conns "$OUT/$name-newconn.txt" "$NCONN" "$auth" "$url")"
-    [ -n "${a[1]:-}" ] || { log "$name newconn: the measurement failed"; exit 1; }
-    printf '%s\t%s\t%s\t%s\n' "$name" newconn $(( a[0] / NCONN )) $(( (a[0] - a[1]) / NCONN )) >> "$RESULTS"
+    if wants_case newconn; then
+        fresh_conns "$OUT/$name-newconn-warm.txt" 50 "$auth" "$url"
+        read -r -a a <<< "$(counted "$name" newconn fresh_conns "$OUT/$name-newconn.txt" "$NCONN" "$auth" "$url")"
+        [ -n "${a[1]:-}" ] || { log "$name newconn: the measurement failed"; exit 1; }
+        printf '%s\t%s\t%s\t%s\n' "$name" newconn $(( a[0] / NCONN )) $(( (a[0] - a[1]) / NCONN )) >> "$RESULTS"
+    fi
+    # A new TLS connection that resumes a session: the abbreviated handshake,
+    # the first request and the close. Both runs start with one full
+    # handshake, which the difference cancels.
+    if wants_case resume; then
+        resumed_conns "$OUT/$name-resume-warm.txt" 20 "$auth" "$url"
+        read -r -a a <<< "$(counted "$name" resume-n resumed_conns "$OUT/$name-resume-n.txt" $((NCONN + 1)) "$auth" "$url")"
+        read -r -a b <<< "$(counted "$name" resume-2n resumed_conns "$OUT/$name-resume-2n.txt" $((2 * NCONN + 1)) "$auth" "$url")"
+        [ -n "${a[1]:-}" ] && [ -n "${b[1]:-}" ] || { log "$name resume: the measurement failed"; exit 1; }
+        printf '%s\t%s\t%s\t%s\n' "$name" resume $(( (b[0] - a[0]) / NCONN )) \
+            $(( (b[0] - b[1] - a[0] + a[1]) / NCONN )) >> "$RESULTS"
+    fi
     kill "$PID"; wait "$PID" 2>/dev/null || true
 }
 
@@ -171,14 +206,18 @@ import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 nreq, nconn = int(sys.argv[2]), int(sys.argv[3])
 names = {"h1": "HTTP/1.1, 50 keep-alive connections", "h2": "HTTP/2, 10 connections x 10 streams",
-         "newconn": "one request per new TLS connection (per connection)"}
+         "newconn": "one request per new TLS connection (per connection)",
+         "resume": "one request per new TLS connection that resumes a session (per connection)"}
 print(f"User-space instructions per request (callgrind, one worker each; keep-alive cases: "
-      f"(C(2N) - C(N)) / N with N = {nreq:,}, handshakes cancelled out; newconn: {nconn:,} connections)\n")
+      f"(C(2N) - C(N)) / N with N = {nreq:,}, handshakes cancelled out; newconn: {nconn:,} connections; "
+      f"resume: (C(2M + 1) - C(M + 1)) / M with M = {nconn:,} connections)\n")
 print("| scenario | nginx | HAProxy | tokengate | tokengate without portable SHA-256 |")
 print("|---|---:|---:|---:|---:|")
 by = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in rows}
 cell = lambda k: f"{by[k][0]:,}" if k in by else "-"
-for sc in ("h1", "h2", "newconn"):
+for sc in ("h1", "h2", "newconn", "resume"):
+    if not any(k[1] == sc for k in by):
+        continue
     t = by.get(("tokengate", sc))
     print(f"| {names[sc]} | {cell(('nginx', sc))} | {cell(('haproxy', sc))} | "
           + (f"{t[0]:,} | {t[1]:,} |" if t else "- | - |"))
@@ -187,6 +226,8 @@ if ("tokengate-nometrics", "h1") in by:
     print("| scenario | metrics on | metrics off | on - off | on / off |")
     print("|---|---:|---:|---:|---:|")
     for sc in ("h1", "h2"):
+        if (("tokengate", sc) not in by) or (("tokengate-nometrics", sc) not in by):
+            continue
         on, off = by[("tokengate", sc)][0], by[("tokengate-nometrics", sc)][0]
         print(f"| {names[sc]} | {on:,} | {off:,} | {on - off:+,} | {on / off:.3f} |")
 EOF

@@ -73,15 +73,49 @@ def parse_ab(scenario, proxy, rnd, *files):
     row(scenario, proxy, rnd, rps, sum(p50s) / len(p50s), max(p99s), requests, errors)
 
 
+def parse_curl(scenario, proxy, rnd, dur, *prefixes):
+    """Sums concurrent curl runs (`-w '%{http_code} %{time_total}'`, one line per
+    transfer, in PREFIX.txt; bash `times` of the client in PREFIX.cpu).
+
+    req/s is the 200s over the run's duration; any other status or a curl error
+    line counts as an error. The clients' CPU time (user + system, µs) goes to
+    stderr as "scenario proxy round µs" (compare.sh appends it to clientcpu.tsv).
+    """
+    ok = errors = 0
+    times = []
+    client_us = 0
+    for prefix in prefixes:
+        for line in open(prefix + ".txt"):
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit():
+                if parts[0] == "200":
+                    ok += 1
+                    times.append(float(parts[1]) * 1000.0)
+                else:
+                    errors += 1
+            elif line.strip() and "Terminated" not in line:
+                errors += 1
+        try:
+            # `times` prints the shell's own user/system time, then its children's.
+            lines = open(prefix + ".cpu").read().split("\n")
+            for v in re.findall(r"(\d+)m([\d.]+)s", lines[1]):
+                client_us += int((int(v[0]) * 60 + float(v[1])) * 1e6)
+        except (OSError, IndexError):
+            pass
+    row(scenario, proxy, rnd, ok / float(dur), percentile(times, 50), percentile(times, 99), ok, errors)
+    print(f"{scenario}\t{proxy}\t{rnd}\t{client_us}", file=sys.stderr)
+
+
 NAMES = {
     "h1": "HTTP/1.1 over TLS, 50 keep-alive connections (wrk)",
     "h2": "HTTP/2 over TLS, 10 connections x 10 streams (h2load)",
     "newconn": "one request per new TLS connection, 50 concurrent (2 x ab)",
+    "resume": "one request per new TLS connection resuming a session, 50 concurrent (2 x curl)",
     "exchange": "token exchange over TLS keep-alive, 50 connections (wrk)",
 }
 
 
-def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges):
+def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges, client_cpu_path=None, resumed_path=None):
     rows = {}
     for line in open(path):
         s, p, _r, rps, p50, p99, n, err = line.rstrip("\n").split("\t")
@@ -110,7 +144,8 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
     out.append("| scenario | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |")
     out.append("|---|---|---:|---:|---:|---:|---:|")
     verdicts = []
-    for s in ("h1", "h2", "newconn"):
+    scenarios = [s for s in ("h1", "h2", "newconn", "resume") if any(k[0] == s for k in rows)]
+    for s in scenarios:
         for p in ("nginx", "haproxy", "tokengate", "tokengate-nometrics"):
             if (s, p) in rows:
                 errs = sum(x[4] for x in rows[(s, p)])
@@ -128,13 +163,34 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
             f"- {NAMES[s]}: tokengate / best ({best}) = **{ratio:.2f}x** req/s{cpu_ratio}, "
             f"p99 {med(s, 'tokengate', 2):.2f} ms vs {med(s, best, 2):.2f} ms"
         )
-    for s in ("h1", "h2", "newconn"):
+    for s in scenarios:
         if (s, "tokengate-nometrics") in rows:
             on, off = med(s, "tokengate", 0), med(s, "tokengate-nometrics", 0)
             verdicts.append(
                 f"- {NAMES[s]}: metrics on / off = **{on / off:.3f}x** req/s "
                 f"({on:,.0f} vs {off:,.0f}), CPU µs/req {cpu_med(s, 'tokengate')} vs {cpu_med(s, 'tokengate-nometrics')}"
             )
+    # How much of the machine the resume clients took (CPU seconds per second
+    # of run, median over rounds; 2 would be both cores), and the resumption
+    # checks before and after the rounds.
+    if client_cpu_path:
+        try:
+            client = {}
+            for line in open(client_cpu_path):
+                sc, p, _r, us = line.rstrip("\n").split("\t")
+                client.setdefault((sc, p), []).append(int(us) / 1e6 / float(dur))
+            for (sc, p), v in sorted(client.items()):
+                verdicts.append(f"- {NAMES.get(sc, sc)}: the two curl clients took {statistics.median(v):.2f} CPUs against {p}")
+        except OSError:
+            pass
+    if resumed_path:
+        try:
+            checks = [line.rstrip("\n").split("\t") for line in open(resumed_path)]
+            if checks:
+                verdicts.append("- resumption check (40 connections one after another; the first has no ticket yet): "
+                                + ", ".join(f"{p} {n}/{t} resumed ({w})" for p, w, n, t in checks))
+        except OSError:
+            pass
     if ("exchange", "tokengate") in rows:
         rps = med("exchange", "tokengate", 0)
         errs = sum(x[4] for x in rows[("exchange", "tokengate")])
@@ -159,4 +215,4 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"parse-wrk": parse_wrk, "parse-h2load": parse_h2load, "parse-ab": parse_ab, "table": table}[cmd](*args)
+    {"parse-wrk": parse_wrk, "parse-h2load": parse_h2load, "parse-ab": parse_ab, "parse-curl": parse_curl, "table": table}[cmd](*args)
