@@ -57,6 +57,7 @@ mod proxy;
 mod readiness;
 mod reload;
 mod restrictions;
+mod resumption;
 mod stats;
 mod throttle;
 mod tls_scan;
