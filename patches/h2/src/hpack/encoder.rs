@@ -594,6 +594,64 @@ mod test {
         assert_eq!(2, encoder.table.len());
     }
 
+    // PATCH (tokengate): a value that changes over time (like `date`) is
+    // looked up among the newest entries first; every block must still
+    // decode to what was encoded, the current value must be one indexed byte,
+    // and an old value deep in the name's chain must still be found.
+    #[test]
+    fn test_changing_value_is_indexed_newest_and_oldest() {
+        use std::io::Cursor;
+        use std::ops::ControlFlow;
+
+        let mut encoder = Encoder::default();
+        let mut decoder = crate::hpack::Decoder::new(4096);
+        let dates: Vec<String> = (0..40)
+            .map(|i| format!("Sun, 06 Dec 2026 22:{:02}:{:02} GMT", i / 60, i % 60))
+            .collect();
+        let block = |d: &str| {
+            vec![
+                header("server", "nginx"),
+                header("date", d),
+                header("content-type", "application/json"),
+            ]
+        };
+        let decode = |decoder: &mut crate::hpack::Decoder, mut buf: BytesMut| {
+            let mut got = vec![];
+            decoder
+                .decode(&mut Cursor::new(&mut buf), |h| {
+                    if let Header::Field { name, value } = h {
+                        got.push((name.as_str().to_owned(), value.to_str().unwrap().to_owned()));
+                    }
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            got
+        };
+        for d in &dates {
+            for round in 0..2 {
+                let res = encode(&mut encoder, block(d));
+                if round == 1 {
+                    assert_eq!(3, res.len(), "all three headers indexed");
+                }
+                let got = decode(&mut decoder, res);
+                let want: Vec<(String, String)> = vec![
+                    ("server".into(), "nginx".into()),
+                    ("date".into(), d.clone()),
+                    ("content-type".into(), "application/json".into()),
+                ];
+                assert_eq!(want, got);
+            }
+        }
+        // The oldest date is 35 entries deep in the chain, past the newest
+        // few, and still in the table.
+        let res = encode(&mut encoder, vec![header("date", &dates[0])]);
+        assert_eq!(1, res.len());
+        assert_eq!(
+            vec![("date".to_owned(), dates[0].clone())],
+            decode(&mut decoder, res)
+        );
+    }
+
     #[test]
     fn test_max_size_zero() {
         // Static table only

@@ -56,6 +56,9 @@ struct HashValue(usize);
 
 const MAX_SIZE: usize = 1 << 16;
 const DYN_OFFSET: usize = 62;
+/// PATCH (tokengate): how many of the newest entries `index_occupied` checks
+/// before walking a name's chain.
+const RECENT_SLOTS: usize = 4;
 
 macro_rules! probe_loop {
     ($probe_var: ident < $len: expr, $body: expr) => {
@@ -210,6 +213,22 @@ impl Table {
         statik: Option<usize>,
     ) -> Index {
         debug_assert!(self.assert_valid_state("top"));
+
+        // PATCH (tokengate): look at the newest few entries first. A name's
+        // chain runs from its oldest entry to its newest, so a value that
+        // changes over time (`date`, once a second) leaves a chain of stale
+        // values that every later header walks before reaching the current
+        // one (tens of comparisons per response on a long-lived connection).
+        // The table never holds two entries with the same name and value, so
+        // a match here is the entry the walk below would find.
+        for (real_idx, slot) in self.slots.iter().take(RECENT_SLOTS).enumerate() {
+            if slot.hash == hash
+                && slot.header.name() == header.name()
+                && slot.header.value_eq(&header)
+            {
+                return Index::Indexed(real_idx + DYN_OFFSET, header);
+            }
+        }
 
         // There already is a match for the given header name. Check if a value
         // matches. The header will also only be inserted if the table is not at
