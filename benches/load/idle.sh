@@ -17,13 +17,18 @@
 #
 # What the bench's own configs change so that 10,000 connections from
 # 127.0.0.1 are taken and stay open (compare.sh's configs are not touched):
-#   nginx:     worker_connections 8192 -> 16384, worker_rlimit_nofile 20000
+#   nginx:     worker_connections 8192 -> 16384, worker_rlimit_nofile 20000,
+#              keepalive_timeout 120s -> 600s (opening 10,000 takes about a minute)
 #   HAProxy:   maxconn 8000 -> 12000, ulimit-n 20000 and no strict-limits
 #              (its own sum for 12000 is 24017 descriptors, above the hard
 #              limit of 20000 here; idle connections need only one each), timeout client and
 #              http-keep-alive 600s (an idle HTTP/2 client is timed by these)
 #   tokengate: public.max_connections 25000, max_connections_per_client
-#              25000, max_streams_per_client 25000, idle_timeout 10m
+#              25000, max_streams_per_client 25000, idle_timeout 10m and
+#              header_read_timeout 10m (hyper times an idle HTTP/1.1
+#              connection's wait for its next request head with it: at the
+#              default 30 s, connections opened early close while the last
+#              ones open)
 #   and the shell's open-file limit raised to its hard limit (>= 20,000 needed).
 #
 # Everything listens on 127.0.0.1; every step is bounded in time; the script
@@ -58,6 +63,7 @@ sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" "$HERE/nginx-ups
     | sed -e 's#worker_connections 4096;#worker_connections 16384;#' > "$OUT/upstream.conf"
 sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
     -e 's#^events { worker_connections 8192; }#worker_rlimit_nofile 20000;\nevents { worker_connections 16384; }#' \
+    -e 's#keepalive_timeout 120s;#keepalive_timeout 600s;#' \
     "$HERE/nginx-proxy.conf" > "$OUT/nginx.conf"
 sed -e "s#@OUT@#$OUT#g" -e "s#@UPSTREAM_PORT@#$UPSTREAM_PORT#g" -e "s#@HAPROXY_PORT@#$HAPROXY_PORT#g" \
     -e 's#maxconn 8000#maxconn 12000\n    ulimit-n 20000\n    no strict-limits#' \
@@ -110,6 +116,7 @@ for proto in $PROTOCOLS; do
         TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
         TOKENGATE_PUBLIC__MAX_CONNECTIONS=25000 TOKENGATE_PUBLIC__MAX_CONNECTIONS_PER_CLIENT=25000 \
         TOKENGATE_PUBLIC__MAX_STREAMS_PER_CLIENT=25000 TOKENGATE_PUBLIC__IDLE_TIMEOUT=10m \
+    TOKENGATE_PUBLIC__HEADER_READ_TIMEOUT=10m \
         TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
         TOKENGATE_ADMIN_PASSWORD=bench \
             "$TG_BIN" serve > "$OUT/tokengate-$proto.log" 2>&1 & pid=$!; PIDS+=("$pid")
