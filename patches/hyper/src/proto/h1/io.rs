@@ -31,6 +31,9 @@ const MAX_BUF_LIST_BUFFERS: usize = 16;
 
 pub(crate) struct Buffered<T, B> {
     flush_pipeline: bool,
+    // PATCH (tokengate): give the read buffer back when a read finds nothing
+    // waiting and the buffer holds no unparsed bytes (see poll_read_from_io).
+    release_idle_read_buf: bool,
     io: T,
     partial_len: Option<usize>,
     read_blocked: bool,
@@ -65,6 +68,7 @@ where
         let write_buf = WriteBuf::new(strategy);
         Buffered {
             flush_pipeline: false,
+            release_idle_read_buf: false,
             io,
             partial_len: None,
             read_blocked: false,
@@ -81,6 +85,14 @@ where
         if enabled {
             self.set_write_strategy_flatten();
         }
+    }
+
+    /// PATCH (tokengate): an idle keep-alive connection (a server's, waiting
+    /// for its client's next request) then holds no read buffer: without it,
+    /// each holds the 8 KiB reserved for its last read.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_release_idle_read_buf(&mut self) {
+        self.release_idle_read_buf = true;
     }
 
     pub(crate) fn set_max_buf_size(&mut self, max: usize) {
@@ -261,6 +273,12 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                // PATCH (tokengate): nothing buffered and nothing to read: drop
+                // the allocation (BytesMut::new() allocates nothing); the next
+                // read reserves again.
+                if self.release_idle_read_buf && self.read_buf.is_empty() {
+                    self.read_buf = BytesMut::new();
+                }
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -535,7 +553,10 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
+            // PATCH (tokengate): grown on first use to what a message head
+            // needs (a few hundred bytes) instead of 8 KiB up front, which
+            // every idle keep-alive connection kept.
+            headers: Cursor::new(Vec::new()),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
@@ -902,7 +923,8 @@ mod tests {
 
         assert_eq!(write_buf.chunk(), b", ");
         assert_eq!(write_buf.headers.pos, 11);
-        assert_eq!(write_buf.headers.bytes.capacity(), INIT_BUFFER_SIZE);
+        // PATCH (tokengate): the headers buffer starts empty and grows.
+        assert!(write_buf.headers.bytes.capacity() >= 13);
 
         // there's still room in the headers buffer, so just push on the end
         write_buf.buffer(b("it's hyper!"));
