@@ -305,6 +305,13 @@ impl Watch {
         }
     }
 
+    /// Whether nothing has happened on the connection (no request started or
+    /// in flight) since the look before the last one: it is idle, not between
+    /// two requests.
+    pub(crate) fn quiet(&self, now: Instant) -> bool {
+        self.last.in_flight == 0 && self.quiet_since < now
+    }
+
     pub(crate) fn look(&mut self, activity: &Activity, now: Instant, d: &Deadlines) -> Verdict {
         self.judge(activity.snapshot(), now, d)
     }

@@ -94,6 +94,12 @@ where
         self.state.timer = timer;
     }
 
+    /// PATCH (tokengate): see `Buffered::set_release_idle_read_buf`.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_release_idle_read_buf(&mut self) {
+        self.io.set_release_idle_read_buf();
+    }
+
     #[cfg(feature = "server")]
     pub(crate) fn set_flush_pipeline(&mut self, enabled: bool) {
         self.io.set_flush_pipeline(enabled);

@@ -31,6 +31,11 @@ const MAX_BUF_LIST_BUFFERS: usize = 16;
 
 pub(crate) struct Buffered<T, B> {
     flush_pipeline: bool,
+    // PATCH (tokengate): give the read buffer back when a connection is
+    // idle: two reads in a row found nothing waiting and the buffer holds no
+    // unparsed bytes (see poll_read_from_io).
+    release_idle_read_buf: bool,
+    empty_reads: u8,
     io: T,
     partial_len: Option<usize>,
     read_blocked: bool,
@@ -65,6 +70,8 @@ where
         let write_buf = WriteBuf::new(strategy);
         Buffered {
             flush_pipeline: false,
+            release_idle_read_buf: false,
+            empty_reads: 0,
             io,
             partial_len: None,
             read_blocked: false,
@@ -81,6 +88,14 @@ where
         if enabled {
             self.set_write_strategy_flatten();
         }
+    }
+
+    /// PATCH (tokengate): an idle keep-alive connection (a server's, waiting
+    /// for its client's next request) then holds no read buffer: without it,
+    /// each holds the 8 KiB reserved for its last read.
+    #[cfg(feature = "server")]
+    pub(crate) fn set_release_idle_read_buf(&mut self) {
+        self.release_idle_read_buf = true;
     }
 
     pub(crate) fn set_max_buf_size(&mut self, max: usize) {
@@ -265,10 +280,25 @@ where
                     self.read_buf.advance_mut(n);
                 }
                 self.read_buf_strategy.record(n);
+                self.empty_reads = 0;
                 Poll::Ready(Ok(n))
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                // PATCH (tokengate): nothing buffered and nothing to read,
+                // for the second time in a row: the connection is idle, not
+                // between a response and the next request (a busy keep-alive
+                // connection finds nothing once per request, and dropping
+                // the buffer then would allocate 8 KiB per request). The
+                // server wakes an idle connection once (its watcher, after a
+                // quiet period) to get here. BytesMut::new() allocates
+                // nothing; the next read reserves again.
+                if self.release_idle_read_buf && self.read_buf.is_empty() {
+                    self.empty_reads = self.empty_reads.saturating_add(1);
+                    if self.empty_reads >= 2 {
+                        self.read_buf = BytesMut::new();
+                    }
+                }
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -543,7 +573,10 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
+            // PATCH (tokengate): grown on first use to what a message head
+            // needs (a few hundred bytes) instead of 8 KiB up front, which
+            // every idle keep-alive connection kept.
+            headers: Cursor::new(Vec::new()),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
@@ -910,7 +943,8 @@ mod tests {
 
         assert_eq!(write_buf.chunk(), b", ");
         assert_eq!(write_buf.headers.pos, 11);
-        assert_eq!(write_buf.headers.bytes.capacity(), INIT_BUFFER_SIZE);
+        // PATCH (tokengate): the headers buffer starts empty and grows.
+        assert!(write_buf.headers.bytes.capacity() >= 13);
 
         // there's still room in the headers buffer, so just push on the end
         write_buf.buffer(b("it's hyper!"));

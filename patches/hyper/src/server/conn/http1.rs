@@ -510,6 +510,8 @@ impl Builder {
             }
         }
         conn.set_flush_pipeline(self.pipeline_flush);
+        // PATCH (tokengate): idle server connections hold no read buffer.
+        conn.set_release_idle_read_buf();
         if let Some(max) = self.max_buf_size {
             conn.set_max_buf_size(max);
         }
