@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The request path's regression guard: tokengate's user-space instructions per
 # request (callgrind, through instructions.sh: HTTP/1.1 keep-alive, HTTP/2,
-# and one request per new TLS connection) against the figures committed in
+# one request per new TLS connection, and one per resumed TLS connection)
+# against the figures committed in
 # benches/load/baseline.tsv. Instruction counts repeat from run to run within
 # about 1 %, whatever else the machine is doing, so unlike req/s they can gate
 # CI on a shared machine.
@@ -61,10 +62,10 @@ if mode == "--update":
         f.write("# cost, run `REASON=... bash benches/load/guard.sh --update` and say why in the commit.\n")
         f.write(f"#nreq\t{nreq}\n#nconn\t{nconn}\n")
         f.write("# scenario\tinstructions/request\twhy this figure\n")
-        for sc in ("h1", "h2", "newconn"):
+        for sc in ("h1", "h2", "newconn", "resume"):
             w = f"{today}: {reason}" if measured[sc] != base.get(sc) else why.get(sc, "")
             f.write(f"{sc}\t{measured[sc]}\t{w}\n")
-    for sc in ("h1", "h2", "newconn"):
+    for sc in ("h1", "h2", "newconn", "resume"):
         print(f"{sc}: {base.get(sc, '-')} -> {measured[sc]}")
     print(f"baseline written: {baseline}")
     sys.exit(0)
