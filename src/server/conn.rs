@@ -372,6 +372,23 @@ mod tests {
     }
 
     #[test]
+    fn quiet_means_nothing_happened_since_the_previous_look() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = Watch::new(t0);
+        // A request arrived since the last look: not quiet.
+        w.judge(c(1, 0, false, 3), t0 + s(1), &D);
+        assert!(!w.quiet(t0 + s(1)));
+        // Nothing new for a whole period: quiet.
+        w.judge(c(1, 0, false, 3), t0 + s(2), &D);
+        assert!(w.quiet(t0 + s(2)));
+        // A request in progress is never quiet, however long it runs.
+        w.judge(c(2, 1, false, 3), t0 + s(3), &D);
+        w.judge(c(2, 1, false, 3), t0 + s(4), &D);
+        assert!(!w.quiet(t0 + s(4)));
+    }
+
+    #[test]
     fn idle_is_counted_from_the_last_request() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
