@@ -1,7 +1,9 @@
 //! Live access tokens: a dashmap checked on every proxied request, never written
 //! to disk. Validation = parse → boot live → MAC → map lookup → expiry →
 //! issuing refresh token still live. A sweeper drops dead entries so memory
-//! follows the live set.
+//! follows the live set. Each entry keeps its token's claims and tag as they
+//! passed the MAC check, so a live token presented again is recognised by a
+//! constant-time comparison instead of a second HMAC (`check`).
 //!
 //! Tokens of this process's own boot are authoritative in the map: a miss
 //! means expired and swept, ended with its refresh token (deleted, expired,
@@ -30,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::format::{AccessClaims, AccessFormatError, AccessId, BootKey, BootKeys, RawAccess};
+use super::format::{
+    AccessClaims, AccessFormatError, AccessId, BootKey, BootKeys, RawAccess, Seal,
+};
 use crate::secrets::random_bytes;
 use crate::store::RefreshToken;
 
@@ -43,6 +47,9 @@ struct AccessEntry {
     expires: Instant,
     /// The boot that minted it: when that boot is retired, the sweeper drops it.
     boot: u64,
+    /// Its claims and tag, as they passed the MAC check: the same bytes
+    /// presented again need no HMAC (see `check`).
+    seal: Seal,
 }
 
 /// A boot whose tokens verify here.
@@ -250,6 +257,9 @@ pub struct AccessTokens {
     /// Checks that failed, whatever the reason. Shows that the throttle
     /// refuses before any check (tests), and what a flood cost.
     refused: Padded,
+    /// MAC checks made: what tests read to see the hot path skip them.
+    #[cfg(test)]
+    macs: AtomicU64,
 }
 
 /// A boot id and nonce: what the replica registry holds of a boot.
@@ -305,6 +315,8 @@ impl AccessTokens {
             revoked: DashMap::with_hasher(IdHasherBuilder),
             evicted: AtomicU64::new(0),
             refused: Padded::default(),
+            #[cfg(test)]
+            macs: AtomicU64::new(0),
         })
     }
 
@@ -429,12 +441,12 @@ impl AccessTokens {
         wall_unix: u64,
     ) -> Result<String, getrandom::Error> {
         let boot = self.own();
-        let (id, token) = boot.key.mint(
+        let (id, seal, token) = boot.key.mint(
             refresh.id,
             refresh.generation(),
             wall_unix.saturating_add(ttl.as_secs()),
         )?;
-        self.insert(id, refresh, now, now + ttl, boot.key.boot);
+        self.insert(id, seal, refresh, now, now + ttl, boot.key.boot);
         Ok(token)
     }
 
@@ -443,6 +455,7 @@ impl AccessTokens {
     fn insert(
         &self,
         id: AccessId,
+        seal: Seal,
         refresh: Arc<RefreshToken>,
         now: Instant,
         expires: Instant,
@@ -455,6 +468,7 @@ impl AccessTokens {
                 refresh,
                 expires,
                 boot,
+                seal,
             },
         );
         // The index's lock is held only for its own update, never around a
@@ -543,6 +557,30 @@ impl AccessTokens {
             AccessFormatError::Malformed | AccessFormatError::BadMac => AccessError::Malformed,
         })?;
         // A boot that is not live costs one lookup and no MAC.
+        if self.boots.get(&raw.boot()).is_none() {
+            return Err(if self.has_ended(raw.boot()) {
+                AccessError::EarlierBoot
+            } else {
+                AccessError::UnknownBoot
+            });
+        }
+        // The hot path: a live token presented byte for byte as it passed
+        // its MAC check (when minted here, or first seen from a peer) is
+        // that token, so the HMAC would say yes again. Its entry alone then
+        // decides, as below. Anything else (another tag or claim under a
+        // live id, an id not in the map, an entry that is expired or whose
+        // refresh token changed) takes the full path, MAC first, and gets
+        // exactly its verdict. Looking the id up before the MAC tells a
+        // prober no more than a miss would: ids are 128 random bits, and the
+        // comparison that matters, the tag's, is constant-time.
+        if let Some(entry) = self.map.get(&raw.id()) {
+            if raw.is_sealed_by(&entry.seal)
+                && now < entry.expires
+                && entry.refresh.is_usable(wall_unix)
+            {
+                return Ok(f(&entry.refresh));
+            }
+        }
         let (claims, own) = {
             let Some(boot) = self.boots.get(&raw.boot()) else {
                 return Err(if self.has_ended(raw.boot()) {
@@ -551,6 +589,8 @@ impl AccessTokens {
                     AccessError::UnknownBoot
                 });
             };
+            #[cfg(test)]
+            self.macs.fetch_add(1, Ordering::Relaxed);
             let claims = boot.key.check(&raw).map_err(|e| match e {
                 AccessFormatError::Malformed => AccessError::Malformed,
                 AccessFormatError::Previous => AccessError::EarlierBoot,
@@ -608,7 +648,7 @@ impl AccessTokens {
         current(&token, &claims, wall_unix)?;
         let left = Duration::from_secs(claims.expires - wall_unix);
         let out = f(&token);
-        self.insert(claims.id, token, now, now + left, claims.boot);
+        self.insert(claims.id, raw.seal(), token, now, now + left, claims.boot);
         Ok(out)
     }
 
@@ -1072,6 +1112,56 @@ mod tests {
         )
     }
 
+    /// `token` with the raw byte at `at` changed (0..32 claims, 32..48 id,
+    /// 48..64 tag), re-encoded.
+    fn altered(token: &str, at: usize) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let mut raw = URL_SAFE_NO_PAD.decode(&token[4..]).unwrap();
+        raw[at] ^= 1;
+        format!("tga_{}", URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    #[test]
+    fn a_live_token_presented_again_is_recognised_without_a_mac() {
+        let tokens = AccessTokens::new().unwrap();
+        let r = refresh(3);
+        let now = Instant::now();
+        let t = tokens
+            .issue(r.clone(), Duration::from_secs(60), now)
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(tokens.validate(t.as_bytes(), now, 0, |r| r.id), Ok(3));
+        }
+        assert_eq!(
+            tokens.macs.load(Ordering::Relaxed),
+            0,
+            "minted here: sealed"
+        );
+        // Its id with another claim (the refresh token, the generation,
+        // the expiry) or another tag is not the sealed token: the full
+        // check runs, and the MAC refuses it.
+        for at in [9, 17, 25, 48, 63] {
+            let forged = altered(&t, at);
+            assert_eq!(
+                tokens.validate(forged.as_bytes(), now, 0, |r| r.id),
+                Err(AccessError::Forged),
+                "byte {at}"
+            );
+        }
+        assert_eq!(tokens.macs.load(Ordering::Relaxed), 5);
+        // A sealed token whose entry says no gets the full path's verdict.
+        assert_eq!(
+            tokens.validate(t.as_bytes(), now + Duration::from_secs(60), 0, |r| r.id),
+            Err(AccessError::Expired)
+        );
+        r.revoke();
+        assert_eq!(
+            tokens.validate(t.as_bytes(), now, 0, |r| r.id),
+            Err(AccessError::RefreshGone)
+        );
+    }
+
     #[test]
     fn a_peers_token_verifies_from_its_claims_and_is_then_cached() {
         let (a, b) = pair();
@@ -1093,12 +1183,14 @@ mod tests {
         assert_eq!(b.peers(), 1);
         assert_eq!(check(now, wall), Ok(9));
         assert_eq!(b.len(), 1, "cached after the first check");
-        // The cache answers even without the lookup now.
+        assert_eq!(b.macs.load(Ordering::Relaxed), 1);
+        // The cache answers even without the lookup now, and without a MAC.
         assert_eq!(
             b.validate(t.as_bytes(), now, wall, |r| r.id),
             Ok(9),
             "second check is a map hit"
         );
+        assert_eq!(b.macs.load(Ordering::Relaxed), 1);
         // Its expiry came with it (60 s from minting).
         assert_eq!(
             check(now + Duration::from_secs(60), wall + 60),
