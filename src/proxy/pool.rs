@@ -147,9 +147,12 @@ impl Pool {
         // sent its FIN yet (lighttpd closes an expired connection when
         // the next event wakes it: our request), so `is_ready` cannot
         // tell. Hence an idle timeout below the upstream's (the default).
-        let now = Instant::now();
-        let expired =
-            idle.partition_point(|(_, since)| now.duration_since(*since) >= self.idle_timeout);
+        // One subtraction, then plain comparisons in the search (a
+        // `duration_since` per probe showed in the per-request profile).
+        let expired = match Instant::now().checked_sub(self.idle_timeout) {
+            Some(cutoff) => idle.partition_point(|(_, since)| *since <= cutoff),
+            None => 0,
+        };
         idle.drain(..expired);
         let mut i = idle.len();
         while i > 0 {

