@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use futures_core::ready;
 use h2::SendStream;
-use http::header::{HeaderName, CONNECTION, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderMap;
 use pin_project_lite::pin_project;
 
@@ -47,7 +47,21 @@ enum MessageKind {
     Response,
 }
 
+/// PATCH (tokengate): whether `name` is one of the headers
+/// `strip_connection_headers` may remove (`TE` included, whatever its value).
+fn is_connection_specific(name: &HeaderName) -> bool {
+    *name == CONNECTION || *name == TE || CONNECTION_HEADERS.iter().any(|h| h == name)
+}
+
 fn strip_connection_headers(headers: &mut HeaderMap, kind: MessageKind) {
+    // PATCH (tokengate): almost no message carries any of these headers. One
+    // pass over the map's few distinct names settles that, instead of seven
+    // hashed lookups (`remove`, `get`) for names that are not there; a message
+    // that has one takes the unchanged path below.
+    if !headers.keys().any(is_connection_specific) {
+        return;
+    }
+
     for header in &CONNECTION_HEADERS {
         if headers.remove(header).is_some() {
             warn!("Connection header illegal in HTTP/2: {}", header.as_str());

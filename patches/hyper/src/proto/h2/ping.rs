@@ -23,7 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{self, Poll};
+use std::task::{self, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use h2::{Ping, PingPong};
@@ -67,6 +67,7 @@ pub(super) fn channel(ping_pong: PingPong, config: Config, timer: Time) -> (Reco
         sleep: timer.sleep(interval),
         state: KeepAliveState::Init,
         timer: timer.clone(),
+        sleep_waker: None,
     });
 
     let last_read_at = keep_alive.as_ref().map(|_| now);
@@ -163,6 +164,9 @@ struct KeepAlive {
     state: KeepAliveState,
     sleep: Pin<Box<dyn Sleep>>,
     timer: Time,
+    /// PATCH (tokengate): the waker `sleep` holds, if it has been polled
+    /// since it was last reset (`None` after each reset).
+    sleep_waker: Option<Waker>,
 }
 
 enum KeepAliveState {
@@ -270,7 +274,7 @@ impl Ponger {
 
         if let Some(ka) = &mut self.keep_alive {
             ka.maybe_schedule(is_idle, &locked);
-            ka.maybe_ping(cx, is_idle, &mut locked);
+            ka.maybe_ping(cx, is_idle, &mut locked, now);
         }
 
         if !locked.is_ping_sent() {
@@ -290,7 +294,7 @@ impl Ponger {
                 if let Some(ka) = &mut self.keep_alive {
                     locked.update_last_read_at();
                     ka.maybe_schedule(is_idle, &locked);
-                    ka.maybe_ping(cx, is_idle, &mut locked);
+                    ka.maybe_ping(cx, is_idle, &mut locked, now);
                 }
 
                 if let Some(bdp) = &mut self.bdp {
@@ -455,12 +459,36 @@ impl KeepAlive {
         let interval = shared.last_read_at() + self.interval;
         self.state = KeepAliveState::Scheduled(interval);
         self.timer.reset(&mut self.sleep, interval);
+        self.sleep_waker = None;
     }
 
-    fn maybe_ping(&mut self, cx: &mut task::Context<'_>, is_idle: bool, shared: &mut Shared) {
+    fn maybe_ping(
+        &mut self,
+        cx: &mut task::Context<'_>,
+        is_idle: bool,
+        shared: &mut Shared,
+        now: Instant,
+    ) {
         match self.state {
             KeepAliveState::Scheduled(at) => {
+                // PATCH (tokengate): a busy connection comes here on every
+                // wake-up, and polling the timer each time costs more than
+                // the rest of this function. Before its deadline the timer
+                // cannot be ready, and if it already holds this task's waker
+                // it will wake the task when it is: polling it again changes
+                // nothing. (This relies on the timer's `now` being the clock
+                // its sleeps run on, as the schedule above already does.)
+                let registered = self
+                    .sleep_waker
+                    .as_ref()
+                    .map_or(false, |w| w.will_wake(cx.waker()));
+                if registered && now < at {
+                    return;
+                }
                 if Pin::new(&mut self.sleep).poll(cx).is_pending() {
+                    if !registered {
+                        self.sleep_waker = Some(cx.waker().clone());
+                    }
                     return;
                 }
                 // check if we've received a frame while we were scheduled
@@ -478,6 +506,7 @@ impl KeepAlive {
                 self.state = KeepAliveState::PingSent;
                 let timeout = self.timer.now() + self.timeout;
                 self.timer.reset(&mut self.sleep, timeout);
+                self.sleep_waker = None;
             }
             KeepAliveState::Init | KeepAliveState::PingSent => (),
         }

@@ -257,10 +257,30 @@ where
         E: Http2ServerConnExec<S::Future, B>,
     {
         if self.closing.is_none() {
+            // PATCH (tokengate): the keep-alive state is polled when this
+            // task wakes and, if streams were accepted, once more after the
+            // last of them (a connection that is no longer idle schedules
+            // its keep-alive), instead of after every accepted stream: each
+            // poll locks the shared state, reads the clock and polls the
+            // timer, and the timer and the pong wake this task by themselves.
+            let _ = self.poll_ping(cx);
+            let mut accepted = false;
             loop {
-                self.poll_ping(cx);
-
-                match ready!(self.conn.poll_accept(cx)) {
+                let next = match self.conn.poll_accept(cx) {
+                    Poll::Ready(next) => next,
+                    Poll::Pending => {
+                        if accepted {
+                            accepted = false;
+                            // What the ping did (a shutdown, a new window
+                            // size) is the connection's to act on now.
+                            if self.poll_ping(cx) {
+                                continue;
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                };
+                match next {
                     Some(Ok((req, mut respond))) => {
                         trace!("incoming request");
                         let content_length = headers::content_length_parse_all(req.headers());
@@ -314,6 +334,7 @@ where
                         );
 
                         exec.execute_h2stream(fut);
+                        accepted = true;
                     }
                     Some(Err(e)) => {
                         return Poll::Ready(Err(crate::Error::new_h2(e)));
@@ -341,20 +362,24 @@ where
         Poll::Ready(Err(self.closing.take().expect("polled after error")))
     }
 
-    fn poll_ping(&mut self, cx: &mut Context<'_>) {
+    /// Whether the ping asked something of the connection.
+    fn poll_ping(&mut self, cx: &mut Context<'_>) -> bool {
         if let Some((_, estimator)) = &mut self.ping {
             match estimator.poll(cx) {
                 Poll::Ready(ping::Ponged::SizeUpdate(wnd)) => {
                     self.conn.set_target_window_size(wnd);
                     let _ = self.conn.set_initial_window_size(wnd);
+                    return true;
                 }
                 Poll::Ready(ping::Ponged::KeepAliveTimedOut) => {
                     debug!("keep-alive timed out, closing connection");
                     self.conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    return true;
                 }
                 Poll::Pending => {}
             }
         }
+        false
     }
 }
 
