@@ -1,12 +1,13 @@
-//! An open-loop HTTP/1.1-over-TLS load generator for tail latency.
+//! An HTTP/1.1-over-TLS load generator, two modes.
 //!
-//! Requests are scheduled at exact intervals (`--rate` per second over all
-//! connections, round-robin), and each one's latency counts from its
-//! SCHEDULED time to the end of its response body, so a stall delays every
-//! request scheduled during it and they all count (no coordinated omission,
-//! as in wrk2). A connection carries one request at a time (keep-alive, no
-//! pipelining): a request whose connection is still busy goes out as soon as
-//! it is free, and its wait is part of its latency.
+//! **Open loop** (the default, `--mode open`), for tail latency: requests are
+//! scheduled at exact intervals (`--rate` per second over all connections,
+//! round-robin), and each one's latency counts from its SCHEDULED time to the
+//! end of its response body, so a stall delays every request scheduled
+//! during it and they all count (no coordinated omission, as in wrk2). A
+//! connection carries one request at a time (keep-alive, no pipelining): a
+//! request whose connection is still busy goes out as soon as it is free, and
+//! its wait is part of its latency.
 //!
 //! Besides the percentiles it prints the latency over time, per window
 //! (`--window-ms`, 100 by default): requests, how many took over
@@ -18,6 +19,20 @@
 //! ("send lag": tokio's timer fires on millisecond ticks), so the tool's own
 //! share of a latency is visible.
 //!
+//! **Closed loop, one request per new connection** (`--mode resume`, or
+//! `--mode full` without resumption), for the cost of connection set-up:
+//! `--connections` workers, each in a loop: connect, TLS handshake (resuming
+//! the session of its previous connection: every worker keeps its own
+//! tickets, so only its first handshake is a full one), one GET with
+//! `Connection: close`, read the response to the server's close, close. It
+//! prints requests per second, errors, latency percentiles (connect to
+//! close), how many handshakes resumed (rustls' `handshake_kind()`), and the
+//! tool's own CPU time per request, so a run shows both that the server
+//! resumed and that the client was not the limit. The request is written by
+//! hand (no HTTP library), and each thread runs a single-threaded runtime
+//! with its share of the workers, so a connection costs the client little
+//! beyond its TLS handshake.
+//!
 //! Bounded: loopback addresses only, at most 600 s, 20 million requests and
 //! 10,000 connections, and every request has a timeout.
 //!
@@ -25,11 +40,14 @@
 //! cargo build --release --example loadgen
 //! loadgen --url https://127.0.0.1:8443/api -H 'Authorization: Bearer …' \
 //!     --rate 20000 --duration 10 --connections 50 --cacert cert.pem
+//! loadgen --mode resume --url https://127.0.0.1:8443/api -H 'Authorization: Bearer …' \
+//!     --duration 5 --warmup 0 --connections 50 --threads 2 --cacert cert.pem
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,31 +59,53 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+/// How the load is made.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Open loop at `--rate` over keep-alive connections; latency from each request's scheduled time
+    Open,
+    /// Closed loop, one request per new TLS connection, each resuming its worker's previous session
+    Resume,
+    /// Closed loop, one request per new TLS connection, every handshake a full one
+    Full,
+}
+
 #[derive(Parser, Debug)]
 #[command(
-    about = "Open-loop HTTP/1.1-over-TLS load at a fixed rate; latency from each request's scheduled time"
+    about = "HTTP/1.1-over-TLS load: open loop at a fixed rate (latency from each request's scheduled time), \
+             or closed loop with one request per new connection, resumed or full (--mode)"
 )]
 struct Args {
+    /// open: fixed rate over keep-alive connections; resume / full: each of
+    /// --connections workers connects, makes one request with
+    /// `Connection: close`, and connects again, resuming its previous TLS
+    /// session (resume) or not (full), until --duration or --requests
+    #[arg(long, value_enum, default_value_t = Mode::Open)]
+    mode: Mode,
     /// https://127.0.0.1:PORT/path (loopback only)
     #[arg(long)]
     url: String,
     /// A request header, "Name: value" (repeatable)
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
-    /// Requests per second, over all connections
+    /// Requests per second, over all connections (open mode; required there)
     #[arg(long)]
-    rate: u32,
+    rate: Option<u32>,
+    /// At most this many requests, warm-up included (resume / full modes)
+    #[arg(long, default_value_t = 20_000_000)]
+    requests: u64,
     /// Seconds of measured load (after the warm-up)
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Seconds of load before the measurement, not counted
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Keep-alive connections
+    /// Keep-alive connections (open), or concurrent workers (resume / full)
     #[arg(long, default_value_t = 50)]
     connections: u32,
     /// Threads, each with its own share of the connections and the rate
@@ -122,6 +162,12 @@ struct Target {
     host: HeaderValue,
     headers: Vec<(HeaderName, HeaderValue)>,
     tls: TlsConnector,
+    /// The client configuration `tls` was made from (closed-loop workers
+    /// each take a copy with a session store of their own).
+    config: Arc<rustls::ClientConfig>,
+    /// The closed-loop modes' request, whole: `GET path HTTP/1.1`, Host,
+    /// the `-H` headers and `Connection: close`.
+    request: Vec<u8>,
 }
 
 fn main() {
@@ -136,14 +182,21 @@ fn run(args: Args) -> Result<(), Fail> {
     if !(0.1..=600.0).contains(&args.duration) || !(0.0..=60.0).contains(&args.warmup) {
         return Err("duration must be 0.1-600 s and warm-up 0-60 s".into());
     }
-    if args.rate == 0 || f64::from(args.rate) * (args.duration + args.warmup) > 20e6 {
-        return Err("rate must be > 0 and rate x (duration + warm-up) at most 20 million".into());
-    }
     if !(1..=10_000).contains(&args.connections) || !(1..=64).contains(&args.threads) {
         return Err("connections must be 1-10000 and threads 1-64".into());
     }
     if args.window_ms == 0 || !(0.1..=60.0).contains(&args.timeout) {
         return Err("window-ms must be > 0 and timeout 0.1-60 s".into());
+    }
+    if args.mode != Mode::Open {
+        if !(1..=20_000_000).contains(&args.requests) {
+            return Err("requests must be 1-20 million".into());
+        }
+        return closed_loop(&args, target(&args)?);
+    }
+    let rate = args.rate.ok_or("--rate is required in open mode")?;
+    if rate == 0 || f64::from(rate) * (args.duration + args.warmup) > 20e6 {
+        return Err("rate must be > 0 and rate x (duration + warm-up) at most 20 million".into());
     }
     let target = Arc::new(target(&args)?);
     let threads = args.threads.min(args.connections);
@@ -152,7 +205,7 @@ fn run(args: Args) -> Result<(), Fail> {
     for t in 0..threads {
         let target = target.clone();
         let plan = Plan {
-            rate: f64::from(args.rate),
+            rate: f64::from(rate),
             total_conns: args.connections,
             first_conn: t,
             stride: threads,
@@ -178,7 +231,7 @@ fn run(args: Args) -> Result<(), Fail> {
         all.reconnects += t.reconnects;
         all.first_error = all.first_error.or(t.first_error);
     }
-    report(&args, all)
+    report(&args, rate, all)
 }
 
 fn target(args: &Args) -> Result<Target, Fail> {
@@ -229,13 +282,25 @@ fn target(args: &Args) -> Result<Target, Fail> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let authority = uri.authority().ok_or("the URL has no authority")?.as_str();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
+    for (k, v) in &headers {
+        request.extend_from_slice(k.as_str().as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(v.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    let config = Arc::new(config);
     Ok(Target {
         addr: SocketAddr::new(ip, port),
         name,
         host: HeaderValue::try_from(authority)?,
-        uri: uri.path_and_query().map_or("/", |p| p.as_str()).parse()?,
+        uri: path.parse()?,
         headers,
-        tls: TlsConnector::from(Arc::new(config)),
+        tls: TlsConnector::from(config.clone()),
+        config,
+        request,
     })
 }
 
@@ -465,7 +530,7 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-fn report(args: &Args, mut all: Tally) -> Result<(), Fail> {
+fn report(args: &Args, rate: u32, mut all: Tally) -> Result<(), Fail> {
     all.samples.sort_by_key(|s| s.at_us);
     if let Some(path) = &args.log {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -491,7 +556,7 @@ fn report(args: &Args, mut all: Tally) -> Result<(), Fail> {
     println!(
         "requests {count} ({:.0}/s scheduled {}/s) errors {} reconnects {}",
         count as f64 / args.duration,
-        args.rate,
+        rate,
         all.errors,
         all.reconnects
     );
@@ -561,4 +626,291 @@ fn report(args: &Args, mut all: Tally) -> Result<(), Fail> {
         spiky.len()
     );
     Ok(())
+}
+
+// ---- closed loop: one request per new connection ------------------------
+
+/// What closed-loop workers measured (requests that started after the
+/// warm-up).
+#[derive(Default)]
+struct ConnTally {
+    /// Connect to close, µs, of each request that succeeded.
+    latency_us: Vec<u64>,
+    errors: u64,
+    /// Successful requests whose TLS handshake resumed a session.
+    resumed: u64,
+    first_error: Option<String>,
+}
+
+impl ConnTally {
+    fn absorb(&mut self, other: ConnTally) {
+        self.latency_us.extend(other.latency_us);
+        self.errors += other.errors;
+        self.resumed += other.resumed;
+        self.first_error = self.first_error.take().or(other.first_error);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ClosedPlan {
+    /// Requests started before this are not counted.
+    warm_end: std::time::Instant,
+    /// No request starts after this.
+    end: std::time::Instant,
+    /// At most this many requests start, over all workers.
+    limit: u64,
+    timeout: Duration,
+}
+
+fn closed_loop(args: &Args, target: Target) -> Result<(), Fail> {
+    let resume = args.mode == Mode::Resume;
+    let target = Arc::new(target);
+    let threads = args.threads.min(args.connections);
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = std::time::Instant::now();
+    let warm_end = start + Duration::from_secs_f64(args.warmup);
+    let plan = ClosedPlan {
+        warm_end,
+        end: warm_end + Duration::from_secs_f64(args.duration),
+        limit: args.requests,
+        timeout: Duration::from_secs_f64(args.timeout),
+    };
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let target = target.clone();
+        let issued = issued.clone();
+        // Workers t, t + threads, ...
+        let workers = (args.connections - t).div_ceil(threads);
+        handles.push(std::thread::spawn(move || -> Result<ConnTally, String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..workers {
+                    // A session store per worker: like a browser tab or
+                    // curl, each worker offers the ticket its own previous
+                    // connection received, and no store is shared between
+                    // threads.
+                    let mut config = (*target.config).clone();
+                    config.resumption = if resume {
+                        rustls::client::Resumption::in_memory_sessions(8)
+                    } else {
+                        rustls::client::Resumption::disabled()
+                    };
+                    let connector = TlsConnector::from(Arc::new(config));
+                    tasks.spawn(closed_worker(
+                        target.clone(),
+                        connector,
+                        plan,
+                        issued.clone(),
+                    ));
+                }
+                let mut tally = ConnTally::default();
+                while let Some(t) = tasks.join_next().await {
+                    tally.absorb(t.map_err(|e| e.to_string())?);
+                }
+                Ok(tally)
+            })
+        }));
+    }
+    // The tool's own CPU time over the measured part (the threads add
+    // theirs to the process when they end).
+    if let Some(wait) = warm_end.checked_duration_since(std::time::Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    let cpu0 = process_cpu_us();
+    let mut all = ConnTally::default();
+    for h in handles {
+        all.absorb(h.join().map_err(|_| "a load thread panicked")??);
+    }
+    let elapsed = std::time::Instant::now()
+        .saturating_duration_since(warm_end)
+        .as_secs_f64();
+    let cpu_us = process_cpu_us().saturating_sub(cpu0);
+    closed_report(args, threads, elapsed, cpu_us, all);
+    Ok(())
+}
+
+async fn closed_worker(
+    target: Arc<Target>,
+    connector: TlsConnector,
+    plan: ClosedPlan,
+    issued: Arc<AtomicU64>,
+) -> ConnTally {
+    let mut tally = ConnTally::default();
+    // One response buffer per worker, reused by every connection.
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let started = std::time::Instant::now();
+        if started >= plan.end || issued.fetch_add(1, Ordering::Relaxed) >= plan.limit {
+            break;
+        }
+        let outcome =
+            match tokio::time::timeout(plan.timeout, one_connection(&target, &connector, &mut buf))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err("timed out".into()),
+            };
+        if started < plan.warm_end {
+            continue;
+        }
+        match outcome {
+            Ok(resumed) => {
+                tally.latency_us.push(micros(started.elapsed()));
+                tally.resumed += u64::from(resumed);
+            }
+            Err(e) => {
+                tally.errors += 1;
+                if tally.first_error.is_none() {
+                    tally.first_error = Some(e.to_string());
+                }
+                // Not a busy loop against a server that refuses.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    tally
+}
+
+/// One request on a new connection: connect, handshake, the request, the
+/// response up to the server's close. True when the handshake resumed.
+async fn one_connection(
+    target: &Target,
+    connector: &TlsConnector,
+    buf: &mut Vec<u8>,
+) -> Result<bool, Fail> {
+    let tcp = TcpStream::connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector.connect(target.name.clone(), tcp).await?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    tls.write_all(&target.request).await?;
+    tls.flush().await?;
+    buf.clear();
+    loop {
+        match tls.read_buf(buf).await {
+            Ok(0) => break,
+            Ok(_) if buf.len() > 1 << 20 => return Err("a response over 1 MiB".into()),
+            Ok(_) => {}
+            // A close without close_notify is fine once the response is
+            // whole (its Content-Length says so).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(buf).is_ok() => {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    complete(buf)?;
+    Ok(resumed)
+}
+
+/// A whole `200` response: its head, and as many body bytes as its
+/// Content-Length (when it has one).
+fn complete(buf: &[u8]) -> Result<(), String> {
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no complete response head")?
+        + 4;
+    let head = &buf[..head_end];
+    if !(head.starts_with(b"HTTP/1.1 200 ") || head.starts_with(b"HTTP/1.0 200 ")) {
+        let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+        return Err(format!("status line {:?}", String::from_utf8_lossy(line)));
+    }
+    const CL: &[u8] = b"content-length:";
+    for line in head.split(|&b| b == b'\n') {
+        if line.len() > CL.len() && line[..CL.len()].eq_ignore_ascii_case(CL) {
+            let n: usize = std::str::from_utf8(&line[CL.len()..])
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or("a bad Content-Length")?;
+            let body = buf.len() - head_end;
+            if body != n {
+                return Err(format!("a body of {body} bytes, Content-Length {n}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// User + system CPU time of this process (all its threads, ended ones
+/// included), µs, from /proc/self/stat (Linux; 0 elsewhere).
+fn process_cpu_us() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let stime: u64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    (utime + stime) * 10_000
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn closed_report(args: &Args, threads: u32, elapsed: f64, cpu_us: u64, mut all: ConnTally) {
+    all.latency_us.sort_unstable();
+    let lat = &all.latency_us;
+    let ok = lat.len() as u64;
+    let mode = if args.mode == Mode::Resume {
+        "resume"
+    } else {
+        "full"
+    };
+    let rps = if elapsed > 0.0 {
+        ok as f64 / elapsed
+    } else {
+        0.0
+    };
+    let per_req = if ok > 0 {
+        cpu_us as f64 / ok as f64
+    } else {
+        0.0
+    };
+    println!(
+        "mode {mode}: {ok} requests, one per new connection, in {elapsed:.2} s ({rps:.0}/s), errors {}; {} workers on {threads} threads",
+        all.errors, args.connections
+    );
+    if let Some(e) = &all.first_error {
+        println!("first error: {e}");
+    }
+    println!(
+        "handshakes resumed: {} of {ok} ({:.1} %)",
+        all.resumed,
+        if ok > 0 {
+            100.0 * all.resumed as f64 / ok as f64
+        } else {
+            0.0
+        }
+    );
+    println!(
+        "latency ms (connect to close): p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+        pct(lat, 50.0),
+        pct(lat, 90.0),
+        pct(lat, 99.0),
+        pct(lat, 99.9),
+        lat.last().map_or(0.0, |&m| ms(m))
+    );
+    println!(
+        "client CPU: {:.2} s ({:.2} CPUs), {per_req:.1} µs per request",
+        cpu_us as f64 / 1e6,
+        if elapsed > 0.0 {
+            cpu_us as f64 / 1e6 / elapsed
+        } else {
+            0.0
+        }
+    );
+    println!(
+        "RESULT mode={mode} count={ok} errors={} resumed={} elapsed={elapsed:.3} rps={rps:.1} p50={:.3} p90={:.3} p99={:.3} p999={:.3} max={:.3} client_cpu_us={cpu_us} client_cpu_us_per_req={per_req:.1}",
+        all.errors,
+        all.resumed,
+        pct(lat, 50.0),
+        pct(lat, 90.0),
+        pct(lat, 99.0),
+        pct(lat, 99.9),
+        lat.last().map_or(0.0, |&m| ms(m)),
+    );
 }

@@ -8,6 +8,9 @@
 #   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 8 min, < 10 with a fresh build)
 #   SCENARIOS="resume" bash benches/load/compare.sh quick
 #                                         # only these scenarios (default: h1 h2 newconn resume exchange)
+#   RESUME_CLIENT=curl SCENARIOS=resume bash benches/load/compare.sh quick
+#                                         # the resume scenario with two curl clients instead of loadgen
+#   LOADGEN_BIN=path                      # that loadgen instead of building the example
 #   BENCH_PORT_BASE=19400 bash benches/load/compare.sh quick   # ports 19400-19406 instead of 18080/18443-18448
 #   METRICS_OFF=1 bash benches/load/compare.sh quick
 #                                         # adds a second tokengate with metrics.enabled = false
@@ -18,9 +21,11 @@
 #   h1      HTTP/1.1 over TLS, 50 keep-alive connections            (wrk)
 #   h2      HTTP/2 over TLS, 10 connections x 10 streams            (h2load)
 #   newconn one request per new TLS connection, 50 concurrent      (2 x ab -c 25, no keep-alive)
-#   resume  the same, but every connection resumes a TLS session    (2 x curl --parallel-max 25,
-#           `Connection: close`; each curl keeps its session ticket, so after its first 25
-#           connections every one resumes; checked before and after the rounds, see below)
+#   resume  the same, but every connection resumes a TLS session    (loadgen --mode resume: 50
+#           workers on 2 threads, `Connection: close`; each worker offers the ticket its
+#           previous connection got, so only its first handshake is a full one; the run
+#           fails unless every other handshake resumed. RESUME_CLIENT=curl: 2 x curl
+#           --parallel-max 25 as before, checked by 40 serial connections, see below)
 # plus tokengate's token exchange over TLS keep-alive (wrk, 50 connections),
 # and its memory: RSS idle, and per live access token after the exchanges.
 #
@@ -55,6 +60,21 @@ export UPSTREAM_PORT NGINX_PORT HAPROXY_PORT
 need_tools nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client ab:apache2-utils \
     curl:curl openssl:openssl python3:python3 timeout:coreutils
 build_tokengate
+SCENARIOS=${SCENARIOS:-h1 h2 newconn resume exchange}
+# The resume scenario's client: loadgen (this crate's example, cheap enough
+# that the proxies set the pace), or curl (OpenSSL; two of them took 1.3-1.4
+# of the machine's two CPUs at 1.6k connections/s).
+RESUME_CLIENT=${RESUME_CLIENT:-loadgen}
+case "$RESUME_CLIENT" in loadgen|curl) ;; *) log "RESUME_CLIENT is loadgen or curl"; exit 2 ;; esac
+export RESUME_CLIENT
+if [ "$RESUME_CLIENT" = loadgen ] && [ -z "${LOADGEN_BIN:-}" ]; then
+    case " $SCENARIOS " in
+        *" resume "*)
+            log "building the load tool (release example)"
+            (cd "$ROOT" && cargo build --release -q --example loadgen)
+            LOADGEN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/loadgen ;;
+    esac
+fi
 
 # ---- set-up -----------------------------------------------------------------
 fresh_out_dir "$OUT"
@@ -173,7 +193,27 @@ resume_client() {  # out-prefix auth port
         "https://127.0.0.1:$3/iwc/api/databases?n=[$RESUME_URLS]" > /dev/null 2> "$1.txt" || true
       times > "$1.cpu" )
 }
+# With loadgen (the default): one process, 50 workers on 2 threads, each
+# connecting, making one request with `Connection: close`, reading the answer
+# to the proxy's close, and connecting again with the ticket its previous
+# connection received. It counts the handshakes that resumed (rustls'
+# handshake kind): only each worker's first may be a full one, or the run
+# fails. Its CPU time goes to clientcpu.tsv as curl's did.
+RESUME_WORKERS=50
+run_resume_loadgen() {  # proxy port round
+    local out="$OUT/resume-$1-$3" full
+    ( timeout $((DUR + 20)) "$LOADGEN_BIN" --mode resume --connections "$RESUME_WORKERS" --threads 2 \
+        --duration "$DUR" --warmup 0 --requests 2000000 --timeout 5 --cacert "$OUT/cert.pem" \
+        -H "${AUTH_OF[$1]:-$AUTH}" --url "https://127.0.0.1:$2/iwc/api/databases" > "$out.txt" 2>&1 || true
+      times > "$out.cpu" )
+    python3 "$HERE/report.py" parse-loadgen resume "$1" "$3" "$out" "$OUT/resumed.tsv" \
+        >> "$RESULTS" 2>> "$OUT/clientcpu.tsv"
+    full=$(awk -F'\t' -v p="$1" -v r="round $3" '$1 == p && $2 == r {print $4 - $3}' "$OUT/resumed.tsv")
+    [ "${full:-999999}" -le "$RESUME_WORKERS" ] \
+        || { log "$1 round $3: $full full handshakes, more than one per worker ($RESUME_WORKERS)"; exit 1; }
+}
 run_resume() {
+    if [ "$RESUME_CLIENT" = loadgen ]; then run_resume_loadgen "$@"; return; fi
     local a b
     resume_client "$OUT/resume-$1-$3-a" "${AUTH_OF[$1]:-$AUTH}" "$2" & a=$!
     resume_client "$OUT/resume-$1-$3-b" "${AUTH_OF[$1]:-$AUTH}" "$2" & b=$!
@@ -182,7 +222,7 @@ run_resume() {
     python3 "$HERE/report.py" parse-curl resume "$1" "$3" "$DUR" "$OUT/resume-$1-$3-a" "$OUT/resume-$1-$3-b" \
         >> "$RESULTS" 2>> "$OUT/clientcpu.tsv"
 }
-# Do the proxies really resume? 40 connections from one curl, one after
+# With RESUME_CLIENT=curl: do the proxies really resume? 40 connections from one curl, one after
 # another: a connection that got a certificate was a full handshake. Only the
 # first may be (no ticket yet); the run fails otherwise. Run before and after
 # the rounds; the report shows both. (In the load, a curl process makes full
@@ -207,10 +247,11 @@ run_exchange() {
     python3 "$HERE/report.py" parse-wrk exchange tokengate "$1" < "$OUT/exchange-$1.txt" >> "$RESULTS"
 }
 
-SCENARIOS=${SCENARIOS:-h1 h2 newconn resume exchange}
 : > "$OUT/clientcpu.tsv"
 : > "$OUT/resumed.tsv"
-case " $SCENARIOS " in *" resume "*) check_resumed before ;; esac
+if [ "$RESUME_CLIENT" = curl ]; then
+    case " $SCENARIOS " in *" resume "*) check_resumed before ;; esac
+fi
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in ${SCENARIOS//exchange/}; do
         for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT "${TOKENGATES[@]%:*}"; do
@@ -223,7 +264,9 @@ for round in $(seq 1 "$ROUNDS"); do
         done
     done
 done
-case " $SCENARIOS " in *" resume "*) check_resumed after ;; esac
+if [ "$RESUME_CLIENT" = curl ]; then
+    case " $SCENARIOS " in *" resume "*) check_resumed after ;; esac
+fi
 # Exchanges last: they fill the access-token map that the memory figure reads.
 for round in $(seq 1 "$ROUNDS"); do
     case " $SCENARIOS " in *" exchange "*) ;; *) break ;; esac

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Parses wrk / h2load / ab output into TSV rows and prints the comparison table.
+"""Parses wrk / h2load / ab / curl / loadgen output into TSV rows and prints the comparison table.
 
 Row: scenario, proxy, round, req/s, p50 ms, p99 ms, requests, errors.
 """
+import os
 import re
 import statistics
 import sys
@@ -106,11 +107,42 @@ def parse_curl(scenario, proxy, rnd, dur, *prefixes):
     print(f"{scenario}\t{proxy}\t{rnd}\t{client_us}", file=sys.stderr)
 
 
+def parse_loadgen(scenario, proxy, rnd, prefix, resumed_path):
+    """One `loadgen --mode resume` run: its RESULT line in PREFIX.txt, bash
+    `times` of it in PREFIX.cpu.
+
+    Prints the row; the client's CPU time (user + system, µs) goes to stderr
+    as for parse_curl; "proxy round-N resumed count" is appended to
+    RESUMED_PATH (every handshake but each worker's first must resume: the
+    caller checks it).
+    """
+    text = open(prefix + ".txt").read()
+    m = re.search(r"^RESULT (.*)$", text, re.M)
+    if not m:
+        sys.exit(f"no RESULT line in {prefix}.txt")
+    f = dict(kv.split("=", 1) for kv in m.group(1).split())
+    row(scenario, proxy, rnd, float(f["rps"]), float(f["p50"]), float(f["p99"]), int(f["count"]), int(f["errors"]))
+    client_us = 0
+    try:
+        lines = open(prefix + ".cpu").read().split("\n")
+        for v in re.findall(r"(\d+)m([\d.]+)s", lines[1]):
+            client_us += int((int(v[0]) * 60 + float(v[1])) * 1e6)
+    except (OSError, IndexError):
+        pass
+    print(f"{scenario}\t{proxy}\t{rnd}\t{client_us}", file=sys.stderr)
+    with open(resumed_path, "a") as out:
+        out.write(f"{proxy}\tround {rnd}\t{f['resumed']}\t{f['count']}\n")
+
+
+# compare.sh's resume client: loadgen (default) or curl.
+RESUME_CLIENT = os.environ.get("RESUME_CLIENT", "loadgen")
+
 NAMES = {
     "h1": "HTTP/1.1 over TLS, 50 keep-alive connections (wrk)",
     "h2": "HTTP/2 over TLS, 10 connections x 10 streams (h2load)",
     "newconn": "one request per new TLS connection, 50 concurrent (2 x ab)",
-    "resume": "one request per new TLS connection resuming a session, 50 concurrent (2 x curl)",
+    "resume": "one request per new TLS connection resuming a session, 50 concurrent ("
+    + ("2 x curl" if RESUME_CLIENT == "curl" else "loadgen --mode resume") + ")",
     "exchange": "token exchange over TLS keep-alive, 50 connections (wrk)",
 }
 
@@ -176,18 +208,26 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
     if client_cpu_path:
         try:
             client = {}
+            client_per_req = {}
             for line in open(client_cpu_path):
-                sc, p, _r, us = line.rstrip("\n").split("\t")
+                sc, p, r, us = line.rstrip("\n").split("\t")
                 client.setdefault((sc, p), []).append(int(us) / 1e6 / float(dur))
+                if requests.get((sc, p, r), 0) > 0:
+                    client_per_req.setdefault((sc, p), []).append(int(us) / requests[(sc, p, r)])
             for (sc, p), v in sorted(client.items()):
-                verdicts.append(f"- {NAMES.get(sc, sc)}: the two curl clients took {statistics.median(v):.2f} CPUs against {p}")
+                who = "the two curl clients" if RESUME_CLIENT == "curl" else "the load client (loadgen)"
+                per = client_per_req.get((sc, p))
+                per = f" ({statistics.median(per):.0f} µs per request)" if per else ""
+                verdicts.append(f"- {NAMES.get(sc, sc)}: {who} took {statistics.median(v):.2f} CPUs{per} against {p}")
         except OSError:
             pass
     if resumed_path:
         try:
             checks = [line.rstrip("\n").split("\t") for line in open(resumed_path)]
             if checks:
-                verdicts.append("- resumption check (40 connections one after another; the first has no ticket yet): "
+                how = ("40 connections one after another; the first has no ticket yet" if RESUME_CLIENT == "curl"
+                       else "handshakes that resumed, of all in the run; each of the 50 workers' first has no ticket yet")
+                verdicts.append(f"- resumption check ({how}): "
                                 + ", ".join(f"{p} {n}/{t} resumed ({w})" for p, w, n, t in checks))
         except OSError:
             pass
@@ -215,4 +255,4 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"parse-wrk": parse_wrk, "parse-h2load": parse_h2load, "parse-ab": parse_ab, "parse-curl": parse_curl, "table": table}[cmd](*args)
+    {"parse-wrk": parse_wrk, "parse-h2load": parse_h2load, "parse-ab": parse_ab, "parse-curl": parse_curl, "parse-loadgen": parse_loadgen, "table": table}[cmd](*args)
