@@ -25,6 +25,11 @@ pub struct Server {
     /// Connections open right now.
     open: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// While killed: a socket bound to the address but not listening, so
+    /// connecting is still refused and the port is not handed to another
+    /// test's listener meanwhile (a server of another test answering there
+    /// made a dead server look alive but failing, so it was never taken out).
+    hold: Option<tokio::net::TcpSocket>,
 }
 
 impl Server {
@@ -36,6 +41,7 @@ impl Server {
             seen: Arc::default(),
             open: Arc::default(),
             task: None,
+            hold: None,
         };
         s.serve(listener);
         s
@@ -63,10 +69,17 @@ impl Server {
             async move { (n == 0).then_some(()) }
         })
         .await;
+        // Best effort: without SO_REUSEADDR (so the kernel never shares
+        // the port), which fails while closed connections of this server
+        // linger in TIME_WAIT; then the port is merely free, as before.
+        self.hold = tokio::net::TcpSocket::new_v4()
+            .and_then(|s| s.bind(self.addr).map(|()| s))
+            .ok();
     }
 
     /// Listens again on the same address.
     pub async fn restart(&mut self) {
+        self.hold = None;
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.serve(listener);
     }
