@@ -558,11 +558,7 @@ impl AccessTokens {
         })?;
         // A boot that is not live costs one lookup and no MAC.
         if self.boots.get(&raw.boot()).is_none() {
-            return Err(if self.has_ended(raw.boot()) {
-                AccessError::EarlierBoot
-            } else {
-                AccessError::UnknownBoot
-            });
+            return Err(self.not_live(raw.boot()));
         }
         // The hot path: a live token presented byte for byte as it passed
         // its MAC check (when minted here, or first seen from a peer) is
@@ -583,11 +579,7 @@ impl AccessTokens {
         }
         let (claims, own) = {
             let Some(boot) = self.boots.get(&raw.boot()) else {
-                return Err(if self.has_ended(raw.boot()) {
-                    AccessError::EarlierBoot
-                } else {
-                    AccessError::UnknownBoot
-                });
+                return Err(self.not_live(raw.boot()));
             };
             #[cfg(test)]
             self.macs.fetch_add(1, Ordering::Relaxed);
@@ -650,6 +642,17 @@ impl AccessTokens {
         let out = f(&token);
         self.insert(claims.id, raw.seal(), token, now, now + left, claims.boot);
         Ok(out)
+    }
+
+    /// Why a token of a boot that is not live here is refused: an ended
+    /// boot (no guess), or one never heard of.
+    #[cold]
+    fn not_live(&self, boot: u64) -> AccessError {
+        if self.has_ended(boot) {
+            AccessError::EarlierBoot
+        } else {
+            AccessError::UnknownBoot
+        }
     }
 
     /// Why a genuine token of our own boot is not in the map (off the hot
