@@ -38,8 +38,10 @@ impl Doomed {
         }
     }
 
-    fn remove_from(self, headers: &mut HeaderMap) {
-        for name in self.few.into_iter().flatten().chain(self.more) {
+    /// By reference: moving the array into an iterator copied all six
+    /// slots and dropped each one, on every request and response.
+    fn remove_from(&self, headers: &mut HeaderMap) {
+        for name in self.few.iter().flatten().chain(&self.more) {
             headers.remove(name);
         }
     }
@@ -53,13 +55,18 @@ impl Doomed {
 /// something unusual is present.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
     let mut gone = Doomed::default();
+    let mut connection = false;
     for name in headers.keys() {
+        // A standard name: compared by its tag, not its bytes.
+        connection |= *name == header::CONNECTION;
         if doomed(name.as_str()) {
             gone.push(name.clone());
         }
     }
-    // Names listed in Connection must go too (RFC 9110 §7.6.1).
-    for v in headers.get_all(header::CONNECTION) {
+    // Names listed in Connection must go too (RFC 9110 §7.6.1). Looked up
+    // only when the pass above saw one (most requests carry none).
+    let listed = connection.then(|| headers.get_all(header::CONNECTION));
+    for v in listed.iter().flatten() {
         for token in v.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
             // The usual options name no header (`close`) or one already gone.
