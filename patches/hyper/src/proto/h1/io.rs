@@ -17,6 +17,11 @@ pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
 
+/// PATCH (tokengate): the read size after an idle connection gave its
+/// buffer back: at most 1,032 bytes is what glibc's per-thread cache
+/// serves, and a request head usually fits.
+const SMALL_READ_BUF_SIZE: usize = 1024;
+
 /// The default maximum read buffer size. If the buffer gets this big and
 /// a message is still not complete, a `TooLarge` error is triggered.
 // Note: if this changes, update server::conn::Http::max_buf_size docs.
@@ -36,6 +41,9 @@ pub(crate) struct Buffered<T, B> {
     // unparsed bytes (see poll_read_from_io).
     release_idle_read_buf: bool,
     empty_reads: u8,
+    // PATCH (tokengate): the read buffer was given back and the messages
+    // since fit in a small one (see poll_read_from_io).
+    small_reads: bool,
     io: T,
     partial_len: Option<usize>,
     read_blocked: bool,
@@ -72,6 +80,7 @@ where
             flush_pipeline: false,
             release_idle_read_buf: false,
             empty_reads: 0,
+            small_reads: false,
             io,
             partial_len: None,
             read_blocked: false,
@@ -243,7 +252,49 @@ where
         }
     }
 
+    /// PATCH (tokengate): `poll_read_from_io` for a connection holding no
+    /// read buffer: the same read, into the stack; what arrives is copied
+    /// into a new (small) buffer.
+    fn poll_read_released(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read_blocked = false;
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); SMALL_READ_BUF_SIZE];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
+            Poll::Ready(Ok(())) => {
+                let got = buf.filled();
+                let n = got.len();
+                trace!("received {} bytes", n);
+                if n > 0 {
+                    self.read_buf.reserve(SMALL_READ_BUF_SIZE);
+                    self.read_buf.extend_from_slice(got);
+                }
+                self.small_reads = n < SMALL_READ_BUF_SIZE;
+                self.read_buf_strategy.record(n);
+                self.empty_reads = 0;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                self.read_blocked = true;
+                self.empty_reads = self.empty_reads.saturating_add(1);
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // PATCH (tokengate): a connection that gave its buffer back (section
+        // 4 of PATCH.md) and has found nothing since reads into the stack,
+        // and takes a buffer only when something arrives. A read that was
+        // to find nothing (most of them, as the connection checks for EOF
+        // while a request is handled) otherwise reserved a buffer only to
+        // give it back at once.
+        if self.release_idle_read_buf
+            && self.empty_reads >= 2
+            && self.read_buf.capacity() == 0
+        {
+            return self.poll_read_released(cx);
+        }
         self.read_blocked = false;
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
@@ -260,19 +311,41 @@ where
         // connection reads again (`mid_message_detect_eof`,
         // `maybe_notify`), so a reserve here could not reclaim the buffer
         // and allocated a new one on every message. See patches/hyper/PATCH.md.
+        //
+        // PATCH (tokengate): after the buffer was given back (section 4 of
+        // PATCH.md), a read with nothing buffered reserves a small buffer,
+        // one glibc serves from its per-thread cache. A busy keep-alive
+        // connection gives its buffer back in the middle of every request
+        // (two reads find nothing while the request is handled), so it
+        // reserves again for every request: 8 KiB cost an allocation and a
+        // free outside that cache each time. A message that does not fit
+        // (a read fills the small buffer, or a head spans reads) returns
+        // to full-size reads.
+        if !self.read_buf.is_empty() {
+            self.small_reads = false;
+        }
+        let want = if self.small_reads {
+            cmp::min(next, SMALL_READ_BUF_SIZE)
+        } else {
+            next
+        };
         let spare = self.read_buf_remaining_mut();
-        if spare < next && (spare < next / 2 || !self.read_buf.is_empty()) {
-            self.read_buf.reserve(next);
+        if spare < want && (spare < want / 2 || !self.read_buf.is_empty()) {
+            self.read_buf.reserve(want);
         }
 
         // SAFETY: ReadBuf and poll_read promise not to set any uninitialized
         // bytes onto `dst`.
         let dst = unsafe { self.read_buf.chunk_mut().as_uninit_slice_mut() };
+        let room = dst.len();
         let mut buf = ReadBuf::uninit(dst);
         match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len();
                 trace!("received {} bytes", n);
+                if n == room {
+                    self.small_reads = false;
+                }
                 // Safety: we just read that many bytes into the
                 // uninitialized part of the buffer, so this is okay.
                 // @tokio pls give me back `poll_read_buf` thanks
@@ -297,6 +370,7 @@ where
                     self.empty_reads = self.empty_reads.saturating_add(1);
                     if self.empty_reads >= 2 {
                         self.read_buf = BytesMut::new();
+                        self.small_reads = true;
                     }
                 }
                 Poll::Pending
