@@ -243,15 +243,61 @@ impl Forwarder {
             settings.response_timeout
         };
         let req = Request::from_parts(parts, body);
-        // Boxed: `timeout` takes its future by value, and the send future
-        // (its largest state holds a pool checkout and an upstream call) was
-        // copied whole on the way in, twice, which cost more per request
-        // than the allocation does.
-        let mut resp = tokio::time::timeout(response_timeout, Box::pin(self.send(req, server)))
+        let mut resp = tokio::time::timeout(response_timeout, self.send_first(req, server))
             .await
             .map_err(|_| ProxyError::Timeout(response_timeout))??;
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
+    }
+
+    /// The first attempt of `send`, when `server`'s pool has an idle
+    /// connection ready now (the usual case under keep-alive load): the
+    /// request is handed to it at once, and only the wait for the response
+    /// head is left in the future. Otherwise, or when that connection turns
+    /// out to have been closed by the upstream before the request went out
+    /// (`send_to` then tries the next connection), the whole of `send`,
+    /// boxed: its future (a checkout that may connect, the retry on another
+    /// server) is ~1.7 KiB, and copying it into the box and allocating it
+    /// outside glibc's thread cache cost more than the rest of the wait.
+    fn send_first(
+        &self,
+        req: Request<Incoming>,
+        server: usize,
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + Send + '_
+    {
+        let started = match self.pools.get(server) {
+            Some(pool) => match pool.take_ready() {
+                Some(mut conn) => {
+                    let busy = pool.busy();
+                    Ok((conn.try_send(req), conn, busy))
+                }
+                None => Err(Box::new(req)),
+            },
+            None => Err(Box::new(req)),
+        };
+        async move {
+            let (sent, conn, busy) = match started {
+                Ok(started) => started,
+                Err(req) => return Box::pin(self.send(*req, server)).await,
+            };
+            match sent.await {
+                Ok(resp) => {
+                    self.shared.answered(server);
+                    Ok(resp.map(|body| UpstreamBody::new(body, conn, busy)))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => {
+                        let e = e.into_error();
+                        tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on another");
+                        // As `send_to`'s next turn: this attempt's count
+                        // and connection go first.
+                        drop((busy, conn));
+                        Box::pin(self.send(back, server)).await
+                    }
+                    None => Err(ProxyError::Failed(e.into_error())),
+                },
+            }
+        }
     }
 
     /// Sends to `server`; when no connection to it can be had, the server is

@@ -100,6 +100,19 @@ impl Conn {
                 None => SendError::Failed(e.into_error()),
             })
     }
+
+    /// Hands `req` to the connection now (no `.await` needed for that);
+    /// the future resolves with the response head, or hands the request
+    /// back if the connection closed before it went out. hyper's own
+    /// future, not wrapped: an async wrapper would hold it twice.
+    pub(super) fn try_send(
+        &mut self,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<
+        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>,
+    > + Send {
+        self.sender.try_send_request(req)
+    }
 }
 
 impl Pool {
@@ -137,7 +150,7 @@ impl Pool {
     /// run to mark it ready again. Waiting on such a one would queue the
     /// request behind every other runnable task on the worker; a new
     /// connection instead lets the pool grow to the concurrency it sees.
-    fn take_ready(&self) -> Option<Conn> {
+    pub(super) fn take_ready(&self) -> Option<Conn> {
         let mut idle = self.lock();
         // Pushed in time order, so the aged-out ones are at the bottom.
         // They are never reused, even if still open: an upstream whose

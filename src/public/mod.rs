@@ -25,7 +25,9 @@ mod token;
 pub use bearer::bearer_token;
 pub use token::{parse_body, BodyKind, TokenRequest};
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -111,11 +113,19 @@ impl Handler for PublicHandler {
         self.metrics.as_deref().map(|m| &m.conns)
     }
 
-    async fn handle(
+    /// Everything up to the first wait runs here, at the call (in the
+    /// connection's first poll of the request, as before): the returned
+    /// future holds only what the response's end needs and, for a route
+    /// that waits, one box. The connection moves its request future
+    /// several times (hyper copies it into place, and it is polled from
+    /// inside the connection's own future), so every byte of it is copied
+    /// again per request: with the request and the route's state in it,
+    /// it was ~1.1 KiB.
+    fn handle(
         &self,
         peer: Peer,
         req: Request<Incoming>,
-    ) -> (Response<PublicBody>, finish::Done) {
+    ) -> impl std::future::Future<Output = (Response<PublicBody>, finish::Done)> + Send {
         let observed = self.metrics.is_some() || self.access_log.is_some();
         let start = observed.then(Instant::now);
         let access = self.access_log.as_ref().map(|l| {
@@ -126,27 +136,44 @@ impl Handler for PublicHandler {
             )
         });
         let head = req.method() == Method::HEAD;
-        let mut note = finish::Note::new();
-        let resp = match self.route(peer, req, &mut note).await {
-            // Upstream answers to HEAD are already empty.
-            Either::Left(upstream) => upstream.map(Either::Right),
-            Either::Right(mut reply) => {
-                if head {
-                    strip_body_for_head(&mut reply);
+        let routed = self.route(peer, req, finish::Note::new());
+        async move {
+            let (resp, note) = match routed {
+                Routed::Now(reply, note) => (Either::Right(reply), note),
+                Routed::Later(answer) => answer.await,
+            };
+            let resp = match resp {
+                // Upstream answers to HEAD are already empty.
+                Either::Left(upstream) => upstream.map(Either::Right),
+                Either::Right(mut reply) => {
+                    if head {
+                        strip_body_for_head(&mut reply);
+                    }
+                    reply.map(Either::Left)
                 }
-                reply.map(Either::Left)
-            }
-        };
-        let pending = start.map(|start| finish::Pending {
-            start,
-            status: resp.status().as_u16(),
-            note,
-            metrics: self.metrics.clone(),
-            access,
-        });
-        (resp, finish::Done::new(pending))
+            };
+            let pending = start.map(|start| finish::Pending {
+                start,
+                status: resp.status().as_u16(),
+                note,
+                metrics: self.metrics.clone(),
+                access,
+            });
+            (resp, finish::Done::new(pending))
+        }
     }
 }
+
+/// Where a request's answer comes from: built already, or a future that
+/// produces it, boxed (the token endpoint's state, or the proxy path's
+/// upstream call, ~1.5 KiB) and handing back the request's `Note`.
+enum Routed<'a> {
+    Now(Reply, finish::Note),
+    Later(Pin<Box<dyn Future<Output = (Answer, finish::Note)> + Send + 'a>>),
+}
+
+/// An upstream's response, or a reply of our own.
+type Answer = Either<Response<UpstreamBody>, Reply>;
 
 impl PublicHandler {
     fn refused(&self, r: RefusalLabel) {
@@ -183,41 +210,42 @@ impl PublicHandler {
         }
     }
 
-    async fn route(
-        &self,
-        peer: Peer,
-        req: Request<Incoming>,
-        note: &mut finish::Note,
-    ) -> Either<Response<UpstreamBody>, Reply> {
+    /// Routes a request, synchronously: an answer now, or the future that
+    /// will give it.
+    fn route(&self, peer: Peer, req: Request<Incoming>, mut note: finish::Note) -> Routed<'_> {
         // From here on `peer` is the client, also behind a trusted balancer
         // (decided in `identify`, the one place that does).
         let peer = match self.hops.client(peer, req.headers()) {
             Ok(client) => client,
-            Err(unknown) => return Either::Right(self.unknown_client(peer, unknown, &req)),
+            Err(unknown) => return Routed::Now(self.unknown_client(peer, unknown, &req), note),
         };
         note.client = Some(peer.ip());
         if !host_ok(&req) {
-            return Either::Right(error(
+            let reply = error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "the request needs exactly one valid Host header (host or host:port)",
-            ));
+            );
+            return Routed::Now(reply, note);
         }
         match route(req.uri().path()) {
             Route::Health => {
                 note.route = RouteLabel::Health;
-                Either::Right(self.health(req.method(), req.uri().path()))
+                Routed::Now(self.health(req.method(), req.uri().path()), note)
             }
             Route::Token => {
                 note.route = RouteLabel::Token;
                 let m = self.metrics.as_deref();
-                // Boxed so proxied requests do not carry the token endpoint's state.
-                Either::Right(Box::pin(token::endpoint(&self.state, m, peer, req)).await)
+                Routed::Later(Box::pin(async move {
+                    let reply = token::endpoint(&self.state, m, peer, req).await;
+                    (Either::Right(reply), note)
+                }))
             }
-            // Boxed: the proxy path's state (the upstream call, ~4 KiB) lives
-            // in one allocation instead of in the connection's future, which
-            // hyper moves several times per request (a memcpy of the whole).
-            Route::Proxy => Box::pin(self.proxied(peer, req, note)).await,
+            Route::Proxy => Routed::Later(Box::pin(async move {
+                let mut note = note;
+                let answer = self.proxied(peer, req, &mut note).await;
+                (answer, note)
+            })),
         }
     }
 
