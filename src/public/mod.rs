@@ -166,7 +166,8 @@ impl Handler for PublicHandler {
 
 /// Where a request's answer comes from: built already, or a future that
 /// produces it, boxed (the token endpoint's state, or the proxy path's
-/// upstream call, ~1.5 KiB) and handing back the request's `Note`.
+/// upstream call: kilobytes either way) and handing back the request's
+/// `Note`.
 enum Routed<'a> {
     Now(Reply, finish::Note),
     Later(Pin<Box<dyn Future<Output = (Answer, finish::Note)> + Send + 'a>>),
