@@ -124,6 +124,24 @@ impl<T, B> Codec<T, B> {
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }
+
+    /// PATCH (tokengate): gives back the buffers an idle connection does not
+    /// need (the write buffer, the read buffer and the HPACK decoder's
+    /// scratch buffer), each only when it holds nothing; each is reserved
+    /// again at its usual size when next needed. Returns whether anything
+    /// was given back.
+    pub(crate) fn release_idle_buffers(&mut self) -> bool {
+        let wrote = self.framed_write().release_idle_buffer();
+        let read = self.inner.release_idle_buffers();
+        wrote || read
+    }
+
+    /// PATCH (tokengate): whether none of the buffers `release_idle_buffers`
+    /// gives back is held.
+    #[cfg(test)]
+    pub(crate) fn buffers_released(&self) -> bool {
+        self.inner.get_ref().write_buffer_capacity() == 0 && self.inner.buffers_released()
+    }
 }
 
 impl<T, B> Codec<T, B>
