@@ -137,6 +137,16 @@ where
         self.encoder.buffer(item)
     }
 
+    /// PATCH (tokengate): a zero-length write, which a server connection
+    /// makes once when it goes idle (after giving back its own buffers), so
+    /// that a transport that knows the convention can give back what it
+    /// holds for reading (tokengate's gives back its write-coalescing
+    /// buffer and rustls's read buffer). For any other transport it is a
+    /// no-op: its result is ignored.
+    pub(crate) fn hint_idle(&mut self, cx: &mut Context) {
+        let _ = Pin::new(&mut self.inner).poll_write(cx, &[]);
+    }
+
     /// Flush buffered data to the wire
     pub fn flush(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         let span = tracing::trace_span!("FramedWrite::flush");

@@ -165,6 +165,12 @@ where
     /// `poll_ready` must be called first to ensure that a frame may be
     /// accepted.
     ///
+    /// PATCH (tokengate): tells the transport that the connection has gone
+    /// idle (see `FramedWrite::hint_idle`).
+    pub(crate) fn hint_idle(&mut self, cx: &mut Context) {
+        self.framed_write().hint_idle(cx);
+    }
+
     /// TODO: Rename this to avoid conflicts with Sink::buffer
     pub fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         self.framed_write().buffer(item)

@@ -346,7 +346,7 @@ where
                             }
 
                             if P::r#dyn().is_server() {
-                                self.note_idle_poll();
+                                self.note_idle_poll(cx);
                             }
                             return Poll::Pending;
                         }
@@ -372,18 +372,26 @@ where
     /// PATCH (tokengate): called when a poll of a server connection ends
     /// with everything written and flushed and nothing more to read. With no
     /// stream open the connection is idle: it gives back its codec's buffers
-    /// (16 KiB to write, 8 KiB to read, the HPACK decoder's 4 KiB), which it
-    /// would otherwise keep for its whole life, each reserved again when next
-    /// needed. Doing it at once, not after a while, matters: a buffer freed
-    /// now is taken by the next connection's (or request's) allocation of
-    /// the same size, while one freed later, after other connections have
-    /// allocated past it, leaves a hole in the heap that the allocator keeps
-    /// resident. A connection with streams in flight (a busy one) never gets
-    /// here with none open; one serving a single request at a time does,
-    /// once per request.
-    fn note_idle_poll(&mut self) {
-        if !self.inner.streams.has_streams() && self.codec.release_idle_buffers() {
+    /// (16 KiB to write, 8 KiB to read, the HPACK decoder's 4 KiB) and the
+    /// memory of its stream store and frame buffers, which it would
+    /// otherwise keep for its whole life, each reserved again when next
+    /// needed; then it tells the transport, by a zero-length write, that the
+    /// connection has gone idle (tokengate's transport gives back its own
+    /// buffers then; any other takes it as the no-op it is). Doing it at
+    /// once, not after a while, matters: memory freed now is taken by the
+    /// next connection's (or request's) allocations of the same size, while
+    /// memory freed later, after other connections have allocated past it,
+    /// leaves holes in the heap that the allocator keeps resident. A
+    /// connection with streams in flight (a busy one) never gets here with
+    /// none open; one serving a single request at a time does, once per
+    /// request.
+    fn note_idle_poll(&mut self, cx: &mut Context) {
+        let Some(streams) = self.inner.streams.release_if_idle() else {
+            return;
+        };
+        if self.codec.release_idle_buffers() | streams {
             IDLE_RELEASES.fetch_add(1, Ordering::Relaxed);
+            self.codec.hint_idle(cx);
         }
     }
 
