@@ -9,12 +9,43 @@
 //! worker's other ready tasks (typically more responses for this connection)
 //! run first and join the batch, then the next flush writes it all.
 //! The added delay is one pass of the worker's run queue.
+//!
+//! An idle connection holds no buffer here and none in rustls for reading:
+//! h2 (patched, patches/h2) tells the transport that a connection has gone
+//! idle (no stream open, everything written, nothing more to read) by a
+//! zero-length write, once, right after giving back its own buffers. This
+//! wrapper then gives back its buffer and asks the transport below
+//! (`ReleaseIdle`: rustls, patched) to give back its read buffer. Doing it
+//! at that moment, not later, lets the next connection's allocations reuse
+//! the memory instead of leaving holes in the heap. A connection with
+//! streams in flight never sends the hint.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::conn::Counted;
+
+/// A transport that can give back memory it holds only for reading, when
+/// the connection has gone idle.
+pub(crate) trait ReleaseIdle {
+    fn release_idle(&mut self);
+}
+
+impl<T: ReleaseIdle> ReleaseIdle for Counted<T> {
+    fn release_idle(&mut self) {
+        self.get_mut().release_idle();
+    }
+}
+
+impl<IO> ReleaseIdle for tokio_rustls::server::TlsStream<IO> {
+    fn release_idle(&mut self) {
+        // rustls (patched): its deframer buffer, when it holds no bytes.
+        self.get_mut().1.release_idle_buffers();
+    }
+}
 
 /// Beyond this many buffered bytes a write goes out at once (large bodies
 /// stream instead of piling up).
@@ -48,6 +79,18 @@ impl<T> Coalesce<T> {
     }
 }
 
+impl<T> Coalesce<T> {
+    /// A buffer with nothing reserved (new, given back while idle, or after
+    /// a large batch) reserves `KEEP_CAPACITY` in one step, not by doubling
+    /// from a few bytes (each step a copy).
+    #[inline]
+    fn reserve_first(&mut self, len: usize) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(len.max(KEEP_CAPACITY));
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> Coalesce<T> {
     /// Hands everything buffered to the inner writer.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -77,16 +120,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
+impl<T: AsyncWrite + ReleaseIdle + Unpin> AsyncWrite for Coalesce<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if data.is_empty() {
+            // The idle hint (see the module's comment); with nothing
+            // waiting to be written (h2 flushed before it), give back.
+            if this.buf.is_empty() {
+                this.buf = Vec::new();
+                this.inner.release_idle();
+            }
+            return Poll::Ready(Ok(0));
+        }
         if this.buf.len() >= HIGH_WATER {
             ready!(this.poll_drain(cx))?;
         }
+        this.reserve_first(data.len());
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
     }
@@ -100,6 +153,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         if this.buf.len() >= HIGH_WATER {
             ready!(this.poll_drain(cx))?;
         }
+        this.reserve_first(bufs.iter().map(|b| b.len()).sum());
         let mut n = 0;
         for b in bufs {
             this.buf.extend_from_slice(b);
@@ -144,6 +198,22 @@ mod tests {
     struct Recorder {
         writes: Vec<Vec<u8>>,
         flushes: usize,
+        releases: usize,
+    }
+
+    impl ReleaseIdle for Recorder {
+        fn release_idle(&mut self) {
+            self.releases += 1;
+        }
+    }
+
+    /// The idle hint, as h2 gives it: a zero-length write.
+    fn hint(c: &mut Coalesce<Recorder>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(c).poll_write(&mut cx, &[]) {
+            Poll::Ready(Ok(0)) => {}
+            other => panic!("the hint answered {other:?}"),
+        }
     }
 
     impl AsyncWrite for Recorder {
@@ -181,6 +251,31 @@ mod tests {
         c.flush().await.unwrap();
         assert_eq!(c.get_ref().writes.len(), 1);
         assert_eq!(c.get_ref().flushes, 2);
+    }
+
+    #[tokio::test]
+    async fn the_idle_hint_gives_the_buffers_back_and_writing_goes_on() {
+        let mut c = Coalesce::new(Recorder::default());
+        c.write_all(b"a response").await.unwrap();
+        // Bytes wait to be written: the hint changes nothing.
+        hint(&mut c);
+        assert_eq!(c.get_ref().releases, 0);
+        c.flush().await.unwrap();
+        assert!(
+            c.buf.capacity() > 0,
+            "kept after a flush, for the next batch"
+        );
+        // Idle: this buffer and the transport's are given back.
+        hint(&mut c);
+        assert_eq!(c.buf.capacity(), 0);
+        assert_eq!(c.get_ref().releases, 1);
+        // It writes as before afterwards.
+        c.write_all(b"later").await.unwrap();
+        c.flush().await.unwrap();
+        assert_eq!(
+            c.get_ref().writes,
+            vec![b"a response".to_vec(), b"later".to_vec()]
+        );
     }
 
     #[tokio::test]

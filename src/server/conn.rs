@@ -178,6 +178,10 @@ impl<T> Counted<T> {
         Counted { inner, activity }
     }
 
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     fn note<R>(&self, r: &Poll<io::Result<R>>) {
         let blocked = &self.activity.write_blocked;
         match r {

@@ -1786,3 +1786,121 @@ where
         }
     }
 }
+
+/// PATCH (tokengate): an idle server connection gives its buffers back and
+/// serves the next requests as before.
+#[cfg(test)]
+mod idle_release_tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const LARGE: usize = 200 * 1024;
+
+    fn body(n: usize) -> Bytes {
+        (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+    }
+
+    async fn respond(req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+        let n = if req.uri().path() == "/large" {
+            LARGE
+        } else {
+            2
+        };
+        let resp = Response::builder()
+            .header("x-authority", req.uri().authority().unwrap().as_str())
+            .header("x-echo", req.headers()["x-test"].clone())
+            .body(())
+            .unwrap();
+        let mut send = respond.send_response(resp, false).unwrap();
+        let mut data = body(n);
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let cap = poll_fn(|cx| send.poll_capacity(cx)).await.unwrap().unwrap();
+            let chunk = data.split_to(cap.min(data.len()));
+            send.send_data(chunk, data.is_empty()).unwrap();
+        }
+    }
+
+    async fn get(
+        client: crate::client::SendRequest<Bytes>,
+        path: &str,
+    ) -> (crate::client::SendRequest<Bytes>, http::HeaderMap, Vec<u8>) {
+        let mut client = client.ready().await.unwrap();
+        let req = Request::get(format!("https://example.test{path}"))
+            .header("x-test", "idle-release")
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let (parts, mut body) = resp.await.unwrap().into_parts();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        (client, parts.headers, got)
+    }
+
+    async fn wait_for(flag: &AtomicBool, want: bool) -> bool {
+        for _ in 0..10_000 {
+            if flag.load(Ordering::SeqCst) == want {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_gives_its_buffers_back_and_serves_again() {
+        let (client_io, server_io) = tokio::io::duplex(16 * 1024);
+        // Whether the server connection held none of its buffers after its
+        // last poll.
+        let released = Arc::new(AtomicBool::new(false));
+        let flag = released.clone();
+        tokio::spawn(async move {
+            let mut conn = handshake(server_io).await.unwrap();
+            loop {
+                let next = poll_fn(|cx| {
+                    let next = conn.poll_accept(cx);
+                    flag.store(conn.connection.buffers_released(), Ordering::SeqCst);
+                    next
+                })
+                .await;
+                let Some(next) = next else { break };
+                let (req, send) = next.unwrap();
+                tokio::spawn(respond(req, send));
+            }
+        });
+        let (client, conn) = crate::client::handshake(client_io).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+
+        let before = crate::proto::idle_releases();
+        let (client, headers, got) = get(client, "/small").await;
+        assert_eq!(got, body(2));
+        assert_eq!(headers["x-echo"], "idle-release");
+        assert!(
+            wait_for(&released, true).await,
+            "the connection, idle, gives its buffers back"
+        );
+        assert!(crate::proto::idle_releases() > before);
+
+        // Then a large response (many frames, flow control), and the request
+        // headers decoded from the HPACK table filled before the release.
+        let (client, headers, got) = get(client, "/large").await;
+        assert_eq!(got.len(), LARGE);
+        assert!(got == body(LARGE), "the large body arrives intact");
+        assert_eq!(headers["x-authority"], "example.test");
+        assert_eq!(headers["x-echo"], "idle-release");
+        assert!(wait_for(&released, true).await);
+
+        let (_client, headers, got) = get(client, "/small").await;
+        assert_eq!(got, body(2));
+        assert_eq!(headers["x-authority"], "example.test");
+        assert_eq!(headers["x-echo"], "idle-release");
+    }
+}

@@ -26,7 +26,17 @@ pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
 
     decoder: FrameDecoder,
+
+    /// PATCH (tokengate): the read buffer was given back while the
+    /// connection was idle (`release_idle_buffers`); the next read reserves
+    /// it again.
+    released: bool,
 }
+
+/// PATCH (tokengate): tokio-util's `FramedRead` starts with this much read
+/// buffer; a released buffer is reserved again at the same size, so reads
+/// after an idle spell go exactly as on a new connection.
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
 
 #[derive(Debug)]
 struct FrameDecoder {
@@ -61,7 +71,37 @@ enum Continuable {
 impl<T> FramedRead<T> {
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
-        FramedRead { inner, decoder }
+        FramedRead {
+            inner,
+            decoder,
+            released: false,
+        }
+    }
+
+    /// PATCH (tokengate): gives back the read buffer (when it holds no
+    /// unread bytes) and the HPACK decoder's scratch buffer, for a connection
+    /// that is idle. Both are reserved again, at their usual size, when next
+    /// needed.
+    pub(crate) fn release_idle_buffers(&mut self) -> bool {
+        let mut released = false;
+        if !self.released && self.inner.read_buffer().is_empty() {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+            self.released = true;
+            released = true;
+        }
+        if self.decoder.partial.is_none() {
+            released |= self.decoder.hpack.release_buffer();
+        }
+        released
+    }
+
+    /// PATCH (tokengate): whether the read buffer and the HPACK scratch
+    /// buffer are both given back.
+    #[cfg(test)]
+    pub(crate) fn buffers_released(&self) -> bool {
+        self.released
+            && self.inner.read_buffer().capacity() == 0
+            && self.decoder.hpack.buffer_released()
     }
 
     pub fn get_ref(&self) -> &T {
@@ -419,6 +459,13 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
+        if self.released {
+            // PATCH (tokengate): as tokio-util's `FramedRead::new` does;
+            // `BytesMut::new()` would regrow from a few bytes and remember
+            // no original capacity.
+            *self.inner.read_buffer_mut() = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
+            self.released = false;
+        }
         loop {
             tracing::trace!("poll");
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {

@@ -108,6 +108,7 @@ where
     /// Calling this function may result in the current contents of the buffer
     /// to be flushed to `T`.
     pub fn poll_ready(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
+        self.encoder.regrow();
         if !self.encoder.has_capacity() {
             // Try flushing
             ready!(self.flush(cx))?;
@@ -122,7 +123,8 @@ where
 
     /// Returns whether a frame can be buffered without first flushing the
     /// underlying I/O object.
-    pub(crate) fn has_capacity(&self) -> bool {
+    pub(crate) fn has_capacity(&mut self) -> bool {
+        self.encoder.regrow();
         self.encoder.has_capacity()
     }
 
@@ -131,7 +133,18 @@ where
     /// `poll_ready` must be called first to ensure that a frame may be
     /// accepted.
     pub fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
+        self.encoder.regrow();
         self.encoder.buffer(item)
+    }
+
+    /// PATCH (tokengate): a zero-length write, which a server connection
+    /// makes once when it goes idle (after giving back its own buffers), so
+    /// that a transport that knows the convention can give back what it
+    /// holds for reading (tokengate's gives back its write-coalescing
+    /// buffer and rustls's read buffer). For any other transport it is a
+    /// no-op: its result is ignored.
+    pub(crate) fn hint_idle(&mut self, cx: &mut Context) {
+        let _ = Pin::new(&mut self.inner).poll_write(cx, &[]);
     }
 
     /// Flush buffered data to the wire
@@ -306,6 +319,17 @@ where
         Ok(())
     }
 
+    /// PATCH (tokengate): a buffer given back while idle
+    /// (`FramedWrite::release_idle_buffer`) is reserved again at its usual
+    /// size. Nothing else leaves it without capacity: it is cleared, never
+    /// split.
+    #[inline]
+    fn regrow(&mut self) {
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf = Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY));
+        }
+    }
+
     fn has_capacity(&self) -> bool {
         self.next.is_none()
             && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
@@ -327,6 +351,24 @@ impl<B> Encoder<B> {
 }
 
 impl<T, B> FramedWrite<T, B> {
+    /// PATCH (tokengate): gives back the write buffer of an idle connection
+    /// when nothing is waiting in it to be written; `poll_ready`,
+    /// `has_capacity` and `buffer` reserve it again before the next frame.
+    pub(crate) fn release_idle_buffer(&mut self) -> bool {
+        let buf = self.encoder.buf.get_ref();
+        if self.encoder.next.is_none() && buf.is_empty() && buf.capacity() != 0 {
+            self.encoder.buf = Cursor::new(BytesMut::new());
+            return true;
+        }
+        false
+    }
+
+    /// PATCH (tokengate): the write buffer's capacity (0 once given back).
+    #[cfg(test)]
+    pub(crate) fn write_buffer_capacity(&self) -> usize {
+        self.encoder.buf.get_ref().capacity()
+    }
+
     /// Returns the max frame size that can be sent
     pub fn max_frame_size(&self) -> usize {
         self.encoder.max_frame_size()

@@ -124,6 +124,24 @@ impl<T, B> Codec<T, B> {
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }
+
+    /// PATCH (tokengate): gives back the buffers an idle connection does not
+    /// need (the write buffer, the read buffer and the HPACK decoder's
+    /// scratch buffer), each only when it holds nothing; each is reserved
+    /// again at its usual size when next needed. Returns whether anything
+    /// was given back.
+    pub(crate) fn release_idle_buffers(&mut self) -> bool {
+        let wrote = self.framed_write().release_idle_buffer();
+        let read = self.inner.release_idle_buffers();
+        wrote || read
+    }
+
+    /// PATCH (tokengate): whether none of the buffers `release_idle_buffers`
+    /// gives back is held.
+    #[cfg(test)]
+    pub(crate) fn buffers_released(&self) -> bool {
+        self.inner.get_ref().write_buffer_capacity() == 0 && self.inner.buffers_released()
+    }
 }
 
 impl<T, B> Codec<T, B>
@@ -147,6 +165,12 @@ where
     /// `poll_ready` must be called first to ensure that a frame may be
     /// accepted.
     ///
+    /// PATCH (tokengate): tells the transport that the connection has gone
+    /// idle (see `FramedWrite::hint_idle`).
+    pub(crate) fn hint_idle(&mut self, cx: &mut Context) {
+        self.framed_write().hint_idle(cx);
+    }
+
     /// TODO: Rename this to avoid conflicts with Sink::buffer
     pub fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         self.framed_write().buffer(item)

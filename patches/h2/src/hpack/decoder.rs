@@ -20,7 +20,15 @@ pub struct Decoder {
     last_max_update: usize,
     table: Table,
     buffer: BytesMut,
+    /// PATCH (tokengate): `buffer` is not reserved (not yet, or given back
+    /// while the connection was idle: `release_buffer`); the next
+    /// Huffman-coded string reserves it.
+    released: bool,
 }
+
+/// The scratch buffer Huffman-coded strings are decoded into (and split off
+/// from).
+const BUFFER_CAPACITY: usize = 4096;
 
 /// Represents all errors that can be encountered while performing the decoding
 /// of an HPACK header set.
@@ -158,8 +166,30 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // PATCH (tokengate): reserved at the first Huffman-coded
+            // string (see `released`), not up front.
+            buffer: BytesMut::new(),
+            released: true,
         }
+    }
+
+    /// PATCH (tokengate): gives back the scratch buffer of an idle
+    /// connection. Decoded strings split off it keep its allocation alive
+    /// until they are dropped (the dynamic table keeps copies of its own:
+    /// `Header::detached`); this drops the decoder's own hold.
+    pub(crate) fn release_buffer(&mut self) -> bool {
+        if self.released {
+            return false;
+        }
+        self.buffer = BytesMut::new();
+        self.released = true;
+        true
+    }
+
+    /// PATCH (tokengate): whether the scratch buffer is not reserved.
+    #[cfg(test)]
+    pub(crate) fn buffer_released(&self) -> bool {
+        self.released && self.buffer.capacity() == 0
     }
 
     /// Queues a potential size update
@@ -214,8 +244,10 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table. PATCH (tokengate):
+                    // a copy that does not share the buffer it was decoded
+                    // from (`Header::detached`).
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -333,6 +365,13 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            if self.released {
+                // PATCH (tokengate): as `Decoder::new` does, so that strings
+                // are split off one 4 KiB allocation again, not allocated
+                // one by one.
+                self.buffer = BytesMut::with_capacity(BUFFER_CAPACITY);
+                self.released = false;
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
@@ -894,6 +933,49 @@ mod test {
             }
             _ => panic!(),
         }
+    }
+
+    /// PATCH (tokengate): the dynamic table keeps pseudo-header values in
+    /// allocations of their own, not in the buffer they were decoded from
+    /// (the connection's read buffer, or the Huffman scratch buffer).
+    #[test]
+    fn test_indexed_values_do_not_share_the_decoded_buffer() {
+        let mut de = Decoder::new(4096);
+        let mut buf = BytesMut::new();
+        // :authority (static name 1), literal with indexing, plain value.
+        buf.extend([0b0100_0000 | 1, 12]);
+        buf.extend(b"example.test");
+        // :path (static name 4), literal with indexing, Huffman value.
+        let path = huff_encode(b"/some/path");
+        buf.extend([0b0100_0000 | 4, 0x80 | path.len() as u8]);
+        buf.extend(&path);
+
+        let mut res = vec![];
+        de.decode(&mut Cursor::new(&mut buf), |h| {
+            res.push(h);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+
+        fn value(h: &Header) -> &str {
+            match h {
+                Header::Authority(v) | Header::Path(v) => v.as_str(),
+                _ => panic!("unexpected {h:?}"),
+            }
+        }
+        // The newest entry is 62.
+        let path_entry = de.table.get(62).unwrap();
+        let authority_entry = de.table.get(63).unwrap();
+        for (decoded, kept) in [(&res[0], &authority_entry), (&res[1], &path_entry)] {
+            assert_eq!(value(decoded), value(kept));
+            assert_ne!(
+                value(decoded).as_ptr(),
+                value(kept).as_ptr(),
+                "the table keeps a copy"
+            );
+        }
+        assert_eq!(value(&authority_entry), "example.test");
+        assert_eq!(value(&path_entry), "/some/path");
     }
 
     fn huff_encode(src: &[u8]) -> BytesMut {

@@ -102,6 +102,26 @@ impl Header {
         }
     }
 
+    /// PATCH (tokengate): the copy of a decoded header that the decoder's
+    /// dynamic table keeps. Decoded pseudo-header values (`:authority`,
+    /// `:path`, ...) share the allocation they were decoded from: the
+    /// connection's read buffer, or the Huffman scratch buffer. Kept in the
+    /// table, one short value would hold that whole buffer (8 or 4 KiB) for
+    /// the connection's life, even after the connection gives its buffers
+    /// back while idle; so they are copied into allocations of their own.
+    /// Header fields are copied already (`HeaderValue::from_bytes`), and the
+    /// other pseudo headers hold no bytes. A literal is inserted into the
+    /// table once; later requests refer to it by index and copy nothing.
+    pub(crate) fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {

@@ -10,6 +10,7 @@ use futures_core::Stream;
 use std::io;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncRead;
@@ -24,6 +25,18 @@ where
     codec: Codec<T, Prioritized<B>>,
 
     inner: ConnectionInner<P, B>,
+}
+
+/// PATCH (tokengate): how many times a server connection gave its codec's
+/// buffers back on going idle (see `note_idle_poll`), over the process. Read
+/// by tests and by a debugger when measuring how often a busy server does it.
+static IDLE_RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+/// PATCH (tokengate): how many times, over the process, a server connection
+/// gave its buffers back on going idle.
+#[cfg(test)]
+pub(crate) fn idle_releases() -> usize {
+    IDLE_RELEASES.load(Ordering::Relaxed)
 }
 
 // Extracted part of `Connection` which does not depend on `T`. Reduces the amount of duplicated
@@ -332,6 +345,9 @@ where
                                 continue;
                             }
 
+                            if P::r#dyn().is_server() {
+                                self.note_idle_poll(cx);
+                            }
                             return Poll::Pending;
                         }
                     };
@@ -351,6 +367,39 @@ where
                 }
             }
         }
+    }
+
+    /// PATCH (tokengate): called when a poll of a server connection ends
+    /// with everything written and flushed and nothing more to read. With no
+    /// stream open the connection is idle: it gives back its codec's buffers
+    /// (16 KiB to write, 8 KiB to read, the HPACK decoder's 4 KiB) and the
+    /// memory of its stream store and frame buffers, which it would
+    /// otherwise keep for its whole life, each reserved again when next
+    /// needed; then it tells the transport, by a zero-length write, that the
+    /// connection has gone idle (tokengate's transport gives back its own
+    /// buffers then; any other takes it as the no-op it is). Doing it at
+    /// once, not after a while, matters: memory freed now is taken by the
+    /// next connection's (or request's) allocations of the same size, while
+    /// memory freed later, after other connections have allocated past it,
+    /// leaves holes in the heap that the allocator keeps resident. A
+    /// connection with streams in flight (a busy one) never gets here with
+    /// none open; one serving a single request at a time does, once per
+    /// request.
+    fn note_idle_poll(&mut self, cx: &mut Context) {
+        let Some(streams) = self.inner.streams.release_if_idle() else {
+            return;
+        };
+        if self.codec.release_idle_buffers() | streams {
+            IDLE_RELEASES.fetch_add(1, Ordering::Relaxed);
+            self.codec.hint_idle(cx);
+        }
+    }
+
+    /// PATCH (tokengate): whether the codec holds none of the buffers an
+    /// idle connection gives back.
+    #[cfg(test)]
+    pub(crate) fn buffers_released(&self) -> bool {
+        self.codec.buffers_released()
     }
 
     fn poll2(&mut self, cx: &mut Context) -> Poll<Result<(), Error>> {

@@ -7,6 +7,8 @@ mod settings;
 mod streams;
 
 pub(crate) use self::connection::{Config, Connection, DataFrameBudget};
+#[cfg(test)]
+pub(crate) use self::connection::idle_releases;
 pub use self::error::{Error, Initiator};
 pub(crate) use self::peer::{Dyn as DynPeer, Peer};
 pub(crate) use self::ping_pong::UserPings;

@@ -4,6 +4,9 @@ use slab::Slab;
 #[derive(Debug)]
 pub struct Buffer<T> {
     slab: Slab<Slot<T>>,
+    /// PATCH (tokengate): the capacity given back by `release_if_empty`,
+    /// reserved again in one step at the next frame (`regrow`).
+    released_capacity: usize,
 }
 
 /// A sequence of frames in a `Buffer`
@@ -27,11 +30,36 @@ struct Slot<T> {
 
 impl<T> Buffer<T> {
     pub fn new() -> Self {
-        Buffer { slab: Slab::new() }
+        Buffer {
+            slab: Slab::new(),
+            released_capacity: 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
+    }
+
+    /// PATCH (tokengate): gives back the slab's memory when it holds no
+    /// frame (see `Streams::release_if_idle`).
+    pub(crate) fn release_if_empty(&mut self) -> bool {
+        if self.slab.is_empty() && self.slab.capacity() != 0 {
+            self.released_capacity = self.slab.capacity();
+            self.slab = Slab::new();
+            return true;
+        }
+        false
+    }
+
+    /// PATCH (tokengate): see `released_capacity`.
+    #[inline]
+    fn regrow(&mut self) {
+        if self.released_capacity != 0 {
+            let n = std::mem::take(&mut self.released_capacity);
+            if self.slab.capacity() == 0 {
+                self.slab.reserve_exact(n);
+            }
+        }
     }
 }
 
@@ -45,6 +73,7 @@ impl Deque {
     }
 
     pub fn push_back<T>(&mut self, buf: &mut Buffer<T>, value: T) {
+        buf.regrow();
         let key = buf.slab.insert(Slot { value, next: None });
 
         match self.indices {
@@ -62,6 +91,7 @@ impl Deque {
     }
 
     pub fn push_front<T>(&mut self, buf: &mut Buffer<T>, value: T) {
+        buf.regrow();
         let key = buf.slab.insert(Slot { value, next: None });
 
         match self.indices {

@@ -85,6 +85,12 @@ pub(crate) enum Open {
 }
 
 impl Recv {
+    /// PATCH (tokengate): gives back the received-frame buffer's memory when
+    /// it holds nothing (see `Streams::release_if_idle`).
+    pub(crate) fn release_idle_buffer(&mut self) -> bool {
+        self.buffer.release_if_empty()
+    }
+
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {
         let next_stream_id = if peer.is_server() { 1 } else { 2 };
 

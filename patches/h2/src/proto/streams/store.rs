@@ -12,6 +12,10 @@ use std::ops;
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
     ids: IndexMap<StreamId, SlabIndex>,
+    /// PATCH (tokengate): the capacity given back by `release_if_empty`,
+    /// reserved again in one step at the next stream (`regrow`) rather than
+    /// regrown entry by entry (each step a copy of the streams).
+    released_capacity: usize,
 }
 
 /// "Pointer" to an entry in the store
@@ -83,7 +87,24 @@ impl Store {
         Store {
             slab: slab::Slab::new(),
             ids: IndexMap::new(),
+            released_capacity: 0,
         }
+    }
+
+    /// PATCH (tokengate): gives back the memory of a store that holds no
+    /// stream (see `Streams::release_if_idle`).
+    pub(crate) fn release_if_empty(&mut self) -> bool {
+        let mut released = false;
+        if self.slab.is_empty() && self.slab.capacity() != 0 {
+            self.released_capacity = self.slab.capacity();
+            self.slab = slab::Slab::new();
+            released = true;
+        }
+        if self.ids.is_empty() && self.ids.capacity() != 0 {
+            self.ids = IndexMap::new();
+            released = true;
+        }
+        released
     }
 
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
@@ -101,7 +122,22 @@ impl Store {
         })
     }
 
+    /// PATCH (tokengate): see `released_capacity`.
+    #[inline]
+    fn regrow(&mut self) {
+        if self.released_capacity != 0 {
+            let n = std::mem::take(&mut self.released_capacity);
+            if self.slab.capacity() == 0 {
+                self.slab.reserve_exact(n);
+            }
+            if self.ids.capacity() == 0 {
+                self.ids.reserve(n);
+            }
+        }
+    }
+
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
+        self.regrow();
         let index = SlabIndex(self.slab.insert(val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
@@ -117,6 +153,7 @@ impl Store {
     pub fn find_entry(&mut self, id: StreamId) -> Entry<'_> {
         use self::indexmap::map::Entry::*;
 
+        self.regrow();
         match self.ids.entry(id) {
             Occupied(e) => Entry::Occupied(OccupiedEntry { ids: e }),
             Vacant(e) => Entry::Vacant(VacantEntry {
