@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -149,7 +150,14 @@ async fn a_session_minted_by_one_worker_resumes_on_another() {
 #[tokio::test]
 async fn a_session_resumes_across_a_certificate_reload() {
     let up = common::upstream().await;
-    let gw = TestGateway::start(up.addr).await;
+    // Only the POST below reloads: with the file watcher on, a tick between
+    // the two copies and the POST could swap the certificate first, and the
+    // test's admin client (which trusts the first certificate only) would
+    // then refuse the admin listener's new one.
+    let gw = TestGateway::start_with(up.addr, |f| {
+        f.tls.watch_interval = tokengate::config::HumanDuration(Duration::ZERO)
+    })
+    .await;
     let cert = gw.file.tls.cert.clone().unwrap();
     let key = gw.file.tls.key.clone().unwrap();
     let spare = tempfile::tempdir().unwrap();
