@@ -465,7 +465,7 @@ impl AccessTokens {
         self.map.insert(
             id,
             AccessEntry {
-                refresh,
+                refresh: refresh.clone(),
                 expires,
                 boot,
                 seal,
@@ -474,13 +474,15 @@ impl AccessTokens {
         // The index's lock is held only for its own update, never around a
         // map operation: every exchange of one refresh token takes this
         // entry, and a busy script exchanges from many connections at once.
-        // A delete racing with this exchange may miss the new token in the
-        // index; the refresh token's revoked flag already refuses it, and
-        // the sweeper drops it from the map.
+        let mut expired = Vec::new();
         let oldest = {
             let mut issued = self.by_refresh.entry(refresh_id).or_default();
-            while issued.live.front().is_some_and(|&(_, e)| now >= e) {
+            while let Some(&(old, e)) = issued.live.front() {
+                if now < e {
+                    break;
+                }
                 issued.live.pop_front();
+                expired.push(old);
             }
             issued.live.push_back((id, expires));
             if issued.live.len() > self.max_per_refresh {
@@ -493,10 +495,35 @@ impl AccessTokens {
                 None
             }
         };
+        // What leaves the index leaves the map, so that every entry in the
+        // map stays reachable from its refresh token's index and a delete
+        // frees them all at once, not at the next sweep.
+        for old in expired {
+            self.map.remove_if(&old, |_, e| now >= e.expires);
+        }
         if let Some((old, _)) = oldest {
             if self.map.remove(&old).is_some() {
                 self.evicted.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        // A delete racing with this exchange: the delete sets the refresh
+        // token's revoked flag, then takes its index entry and removes the
+        // ids in it from the map. Either it took the entry after the push
+        // above (the shard lock orders the two), and removed this id; or
+        // before, and then its flag was set before the push, so it is seen
+        // here, and the id is removed by this side. (The token was refused
+        // through the flag either way; this frees the memory at once, so
+        // nothing of a deleted refresh token outlives its delete.) An edit
+        // sets the flag too, on a superseded version whose access tokens
+        // follow the id to the new one: those stay.
+        if refresh.is_revoked() && !refresh.is_superseded() {
+            self.map.remove(&id);
+            if let Some(mut issued) = self.by_refresh.get_mut(&refresh_id) {
+                issued.live.retain(|&(live, _)| live != id);
+            }
+            self.by_refresh.remove_if(&refresh_id, |_, issued| {
+                issued.live.is_empty() && issued.evicted_until.is_none()
+            });
         }
     }
 
@@ -1035,6 +1062,81 @@ mod tests {
             assert_eq!(tokens.validate(t.as_bytes(), now, 0, |_| ()).err(), None);
         }
         assert_eq!(tokens.revoke_refresh(&[1]), 0, "twice is harmless");
+    }
+
+    /// The interleaving a soak run caught: an exchange checked its refresh
+    /// token, the token was deleted (flag set, index emptied), and only
+    /// then did the exchange insert its access token. The entry must not
+    /// stay in the map until the next sweep.
+    #[test]
+    fn an_exchange_that_loses_a_race_with_a_delete_leaves_nothing() {
+        let tokens = AccessTokens::new().unwrap();
+        let a = refresh(1);
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        tokens.issue(a.clone(), ttl, now).unwrap();
+        a.revoke();
+        assert_eq!(tokens.revoke_refresh(&[1]), 1);
+        let late = tokens.issue(a.clone(), ttl, now).unwrap();
+        assert_eq!((tokens.len(), tokens.issued_by(1)), (0, 0));
+        assert_ne!(tokens.validate(late.as_bytes(), now, 0, |_| ()).err(), None);
+        // An edited (superseded) version's tokens follow the id: kept.
+        let b = refresh(2);
+        b.supersede();
+        tokens.issue(b, ttl, now).unwrap();
+        assert_eq!((tokens.len(), tokens.issued_by(2)), (1, 1));
+    }
+
+    /// The same race run for real: exchanges on four threads while the
+    /// refresh token is deleted. Whichever side wins each interleaving,
+    /// nothing of it is left once everyone is done.
+    #[test]
+    fn exchanges_during_a_delete_leave_nothing_behind() {
+        let tokens = AccessTokens::new().unwrap();
+        let a = refresh(1);
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let started = std::sync::Barrier::new(5);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    started.wait();
+                    for _ in 0..2_000 {
+                        tokens.issue(a.clone(), ttl, now).unwrap();
+                    }
+                });
+            }
+            started.wait();
+            while tokens.len() < 100 {
+                std::thread::yield_now();
+            }
+            a.revoke();
+            tokens.revoke_refresh(&[1]);
+        });
+        assert_eq!((tokens.len(), tokens.issued_by(1)), (0, 0));
+    }
+
+    /// An expired token leaves the map when it leaves its refresh token's
+    /// index, so a delete afterwards finds everything the map holds.
+    #[test]
+    fn expired_tokens_leave_the_map_with_the_index() {
+        let tokens = AccessTokens::new().unwrap();
+        let a = refresh(1);
+        let now = Instant::now();
+        tokens
+            .issue(a.clone(), Duration::from_secs(1), now)
+            .unwrap();
+        tokens
+            .issue(a.clone(), Duration::from_secs(60), now)
+            .unwrap();
+        let later = now + Duration::from_secs(2);
+        tokens
+            .issue(a.clone(), Duration::from_secs(60), later)
+            .unwrap();
+        assert_eq!((tokens.len(), tokens.issued_by(1)), (2, 2));
+        a.revoke();
+        assert_eq!(tokens.revoke_refresh(&[1]), 2);
+        assert!(tokens.is_empty());
     }
 
     #[test]
