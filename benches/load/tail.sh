@@ -26,6 +26,10 @@
 #   BENCH_TOKENGATE_BIN, LOADGEN_BIN
 #                     binaries to use instead of building this checkout's
 #   TG_ENV            extra "NAME=value ..." for tokengate (e.g. workers)
+#   TAIL_DURING       a command run 2 s into each run, beside the load, with
+#                     the proxy, the round and the output directory as $1-$3
+#                     (e.g. 'perf sched record -a -o "$3/$1-$2.sched" -- sleep 3');
+#                     its output goes to out/tail/<proxy>-<round>.during.txt
 #
 # Output: per run, loadgen's report in benches/load/out/tail/<proxy>-<round>.txt
 # (with the per-request log beside it) and a table of p50/p99/p99.9/max per
@@ -52,6 +56,7 @@ PROXIES=${PROXIES:-nginx haproxy tokengate}
 UPSTREAM_KEEPALIVE_REQUESTS=${UPSTREAM_KEEPALIVE_REQUESTS:-1000}
 RATE=${RATE:-}
 TG_ENV=${TG_ENV:-}
+TAIL_DURING=${TAIL_DURING:-}
 
 # shellcheck source=benches/load/common.sh
 . "$HERE/common.sh"
@@ -125,7 +130,14 @@ for round in $(seq 1 "$ROUNDS"); do
         log "round $round/$ROUNDS: $p at $RATE req/s for $DUR s"
         "$LOADGEN_BIN" --url "https://127.0.0.1:${PROXY_PORT[$p]}/iwc/api/databases" -H "$AUTH" \
             --rate "$RATE" --duration "$DUR" --connections "$CONNS" --cacert "$OUT/cert.pem" \
-            --log "$OUT/$p-$round.log" > "$OUT/$p-$round.txt"
+            --log "$OUT/$p-$round.log" > "$OUT/$p-$round.txt" &
+        load=$!
+        if [ -n "$TAIL_DURING" ]; then
+            # shellcheck disable=SC2086 # a command line, split as given
+            (sleep 2; timeout $((DUR + 10)) bash -c "$TAIL_DURING" _ "$p" "$round" "$OUT") \
+                > "$OUT/$p-$round.during.txt" 2>&1 || true
+        fi
+        wait "$load"
         line=$(grep '^RESULT ' "$OUT/$p-$round.txt")
         printf '%s\t%s\t%s\n' "$p" "$round" "$line" >> "$RESULTS"
         sed -n '1,3p' "$OUT/$p-$round.txt" >&2
