@@ -37,7 +37,7 @@ build_tokengate() {
     fi
     log "building tokengate (release)"
     (cd "$ROOT" && cargo build --release -q)
-    TG_BIN=$ROOT/target/release/tokengate
+    TG_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/tokengate
 }
 
 # A fresh $1 holding a self-signed ECDSA P-256 pair for 127.0.0.1
