@@ -4,6 +4,7 @@
 //! streamed bodies both ways.
 
 mod canonical;
+mod deadline;
 pub(crate) mod headers;
 mod health;
 mod pool;
@@ -16,15 +17,19 @@ pub(crate) use target::set_path;
 pub use target::{join_target, TargetError};
 pub(crate) use upstreams::Upstreams;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use deadline::Timers;
 use pool::{Pool, SendError};
 
 use crate::config::Balance;
@@ -115,6 +120,8 @@ pub(crate) struct Forwarder {
     pools: Box<[Arc<Pool>]>,
     /// Round robin position (this worker's only, so never contended).
     turn: AtomicUsize,
+    /// The response timeout's timers, reused from request to request.
+    timers: Timers,
 }
 
 /// How one attempt on one server went, when it produced no response.
@@ -133,6 +140,7 @@ impl Forwarder {
             .collect();
         Forwarder {
             turn: AtomicUsize::new(shared.next_worker()),
+            timers: Timers::default(),
             pools,
             shared,
         }
@@ -243,9 +251,18 @@ impl Forwarder {
             settings.response_timeout
         };
         let req = Request::from_parts(parts, body);
-        let mut resp = tokio::time::timeout(response_timeout, self.send_first(req, server))
-            .await
-            .map_err(|_| ProxyError::Timeout(response_timeout))??;
+        // As `tokio::time::timeout`: the response first, then the timer.
+        let mut deadline = self.timers.start(response_timeout);
+        let mut sent = std::pin::pin!(self.send_first(req, server));
+        let mut resp = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            Pin::new(&mut deadline)
+                .poll(cx)
+                .map(|()| Err(ProxyError::Timeout(response_timeout)))
+        })
+        .await?;
         headers::strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
