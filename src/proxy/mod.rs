@@ -4,6 +4,7 @@
 //! streamed bodies both ways.
 
 mod canonical;
+mod deadline;
 pub(crate) mod headers;
 mod health;
 mod pool;
@@ -16,15 +17,19 @@ pub(crate) use target::set_path;
 pub use target::{join_target, TargetError};
 pub(crate) use upstreams::Upstreams;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use deadline::{Deadline, Timers};
 use pool::{Pool, SendError};
 
 use crate::config::Balance;
@@ -115,6 +120,8 @@ pub(crate) struct Forwarder {
     pools: Box<[Arc<Pool>]>,
     /// Round robin position (this worker's only, so never contended).
     turn: AtomicUsize,
+    /// The response timeout's timers, reused from request to request.
+    timers: Timers,
 }
 
 /// How one attempt on one server went, when it produced no response.
@@ -125,6 +132,117 @@ enum Attempt {
     Failed(ProxyError),
 }
 
+/// The wait for an upstream's response (`Forwarder::forward`).
+pub(crate) struct Forwarding<'a> {
+    fwd: &'a Forwarder,
+    server: usize,
+    state: Waiting<'a>,
+    /// The response timeout's timer, and the timeout (`None`: nothing was sent).
+    deadline: Option<(Deadline<'a>, Duration)>,
+}
+
+/// Boxed: `send`'s future, for the rare requests that need it.
+type Sending<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, ProxyError>> + Send + 'a>>;
+
+enum Waiting<'a> {
+    /// Handed to a pooled connection: the response head is awaited.
+    Head {
+        waiting: pool::Waiting,
+        conn: pool::Conn,
+        /// Counted from the hand-over, as `send_to` counts its attempts.
+        busy: pool::Busy,
+    },
+    /// The whole of `send`.
+    Send(Sending<'a>),
+    /// Decided before anything was sent.
+    Failed(Option<ProxyError>),
+}
+
+impl Forwarding<'_> {
+    fn failed(fwd: &Forwarder, e: ProxyError) -> Forwarding<'_> {
+        Forwarding {
+            fwd,
+            server: 0,
+            state: Waiting::Failed(Some(e)),
+            deadline: None,
+        }
+    }
+
+    /// The response, or `Pending`, without looking at the timer.
+    fn poll_response(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<UpstreamBody>, ProxyError>> {
+        loop {
+            match std::mem::replace(&mut self.state, Waiting::Failed(None)) {
+                Waiting::Head {
+                    mut waiting,
+                    conn,
+                    busy,
+                } => match Pin::new(&mut waiting).poll(cx) {
+                    Poll::Pending => {
+                        self.state = Waiting::Head {
+                            waiting,
+                            conn,
+                            busy,
+                        };
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(resp)) => {
+                        self.fwd.shared.answered(self.server);
+                        return Poll::Ready(Ok(
+                            resp.map(|body| UpstreamBody::new(body, conn, busy))
+                        ));
+                    }
+                    Poll::Ready(Err(mut e)) => match e.take_message() {
+                        Some(back) => {
+                            let e = e.into_error();
+                            tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on another");
+                            // As `send_to`'s next turn: this attempt's
+                            // count and connection go first.
+                            drop((busy, conn));
+                            self.state = Waiting::Send(Box::pin(self.fwd.send(back, self.server)));
+                        }
+                        None => return Poll::Ready(Err(ProxyError::Failed(e.into_error()))),
+                    },
+                },
+                Waiting::Send(mut sending) => {
+                    let polled = sending.as_mut().poll(cx);
+                    if polled.is_pending() {
+                        self.state = Waiting::Send(sending);
+                    }
+                    return polled;
+                }
+                // Answered already (or polled after it was): nothing more.
+                Waiting::Failed(e) => return e.map_or(Poll::Pending, |e| Poll::Ready(Err(e))),
+            }
+        }
+    }
+}
+
+impl Future for Forwarding<'_> {
+    type Output = Result<Response<UpstreamBody>, ProxyError>;
+
+    /// As `tokio::time::timeout` did: the response first, then the timer.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(r) = this.poll_response(cx) {
+            return Poll::Ready(r.map(|mut resp| {
+                headers::strip_hop_by_hop(resp.headers_mut());
+                resp
+            }));
+        }
+        match &mut this.deadline {
+            Some((deadline, timeout)) => {
+                ready!(Pin::new(deadline).poll(cx));
+                Poll::Ready(Err(ProxyError::Timeout(*timeout)))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
 impl Forwarder {
     /// This worker's pools for the shared servers (call on the worker's runtime).
     pub(crate) fn new(shared: Arc<Upstreams>) -> Forwarder {
@@ -133,6 +251,7 @@ impl Forwarder {
             .collect();
         Forwarder {
             turn: AtomicUsize::new(shared.next_worker()),
+            timers: Timers::default(),
             pools,
             shared,
         }
@@ -199,16 +318,28 @@ impl Forwarder {
         best.or_else(|| order.into_iter().next())
     }
 
-    /// Rewrites and forwards an authenticated request; returns the upstream's
-    /// response with hop-by-hop headers removed. Bodies stream both ways.
-    /// The request's path is already canonical (the handler made it so,
-    /// `set_path`): the path the checks saw is the path the upstream gets.
-    pub(crate) async fn forward(
+    /// Rewrites and forwards an authenticated request; the returned future
+    /// gives the upstream's response with hop-by-hop headers removed.
+    /// Bodies stream both ways. The request's path is already canonical
+    /// (the handler made it so, `set_path`): the path the checks saw is the
+    /// path the upstream gets.
+    ///
+    /// Everything up to the wait for the response head runs here, in the
+    /// call: when a pooled connection is ready now (the usual case under
+    /// keep-alive load) the request is handed to it at once, and the
+    /// returned future is small and holds no nested `async` state (no
+    /// copy of the request, no future kept beside its argument): the
+    /// response channel, the connection and the timer. Otherwise, or when
+    /// that connection turns out to have been closed by the upstream
+    /// before the request went out, the whole of `send`, boxed: its
+    /// future (a checkout that may connect, the retry on another server)
+    /// is ~1.7 KiB, which a keep-alive request should not carry.
+    pub(crate) fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         identity: Option<Identity>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Forwarding<'_> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
             parts
@@ -216,21 +347,26 @@ impl Forwarder {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = target::upstream_target(&self.shared.base_path, &parts.uri)
-            .map_err(ProxyError::Target)?;
+        parts.uri = match target::upstream_target(&self.shared.base_path, &parts.uri) {
+            Ok(uri) => uri,
+            Err(e) => return Forwarding::failed(self, ProxyError::Target(e)),
+        };
         // The upstream leg is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
         let server = self.pick(None).unwrap_or(0);
         let host = match self.shared.servers.get(server) {
             Some(s) => &s.host_header,
             None => {
-                return Err(ProxyError::Connect(ConnectError::Io(
-                    std::io::Error::other("no upstream server"),
-                )))
+                return Forwarding::failed(
+                    self,
+                    ProxyError::Connect(ConnectError::Io(std::io::Error::other(
+                        "no upstream server",
+                    ))),
+                )
             }
         };
         let response_timeout = {
-            // Read once and let go before any `.await`.
+            // Read once and let go before any wait.
             let settings = self.shared.settings();
             headers::rewrite_request(
                 &mut parts.headers,
@@ -243,60 +379,35 @@ impl Forwarder {
             settings.response_timeout
         };
         let req = Request::from_parts(parts, body);
-        let mut resp = tokio::time::timeout(response_timeout, self.send_first(req, server))
-            .await
-            .map_err(|_| ProxyError::Timeout(response_timeout))??;
-        headers::strip_hop_by_hop(resp.headers_mut());
-        Ok(resp)
-    }
-
-    /// The first attempt of `send`, when `server`'s pool has an idle
-    /// connection ready now (the usual case under keep-alive load): the
-    /// request is handed to it at once, and only the wait for the response
-    /// head is left in the future. Otherwise, or when that connection turns
-    /// out to have been closed by the upstream before the request went out
-    /// (`send_to` then tries the next connection), the whole of `send`,
-    /// boxed: its future (a checkout that may connect, the retry on another
-    /// server) is ~1.7 KiB, and copying it into the box and allocating it
-    /// outside glibc's thread cache cost more than the rest of the wait.
-    fn send_first(
-        &self,
-        req: Request<Incoming>,
-        server: usize,
-    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + Send + '_
-    {
-        let started = match self.pools.get(server) {
+        // The timer starts as the request goes out, as the timeout around
+        // the whole send did.
+        let deadline = self.timers.start(response_timeout);
+        let state = match self.pools.get(server) {
             Some(pool) => match pool.take_ready() {
-                Some(mut conn) => {
-                    let busy = pool.busy();
-                    Ok((conn.try_send(req), conn, busy))
-                }
-                None => Err(Box::new(req)),
-            },
-            None => Err(Box::new(req)),
-        };
-        async move {
-            let (sent, conn, busy) = match started {
-                Ok(started) => started,
-                Err(req) => return Box::pin(self.send(*req, server)).await,
-            };
-            match sent.await {
-                Ok(resp) => {
-                    self.shared.answered(server);
-                    Ok(resp.map(|body| UpstreamBody::new(body, conn, busy)))
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(back) => {
-                        let e = e.into_error();
-                        tracing::debug!(error = %e, "pooled upstream connection was closed; retrying on another");
-                        // As `send_to`'s next turn: this attempt's count
-                        // and connection go first.
-                        drop((busy, conn));
-                        Box::pin(self.send(back, server)).await
+                Some(mut conn) => match conn.try_send(req) {
+                    Ok(waiting) => Waiting::Head {
+                        waiting,
+                        conn,
+                        busy: pool.busy(),
+                    },
+                    Err(req) => {
+                        tracing::debug!(
+                            error = "connection was not ready",
+                            "pooled upstream connection was closed; retrying on another"
+                        );
+                        drop(conn);
+                        Waiting::Send(Box::pin(self.send(req, server)))
                     }
-                    None => Err(ProxyError::Failed(e.into_error())),
                 },
-            }
+                None => Waiting::Send(Box::pin(self.send(req, server))),
+            },
+            None => Waiting::Send(Box::pin(self.send(req, server))),
+        };
+        Forwarding {
+            fwd: self,
+            server,
+            state,
+            deadline: Some((deadline, response_timeout)),
         }
     }
 

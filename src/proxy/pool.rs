@@ -101,19 +101,20 @@ impl Conn {
             })
     }
 
-    /// Hands `req` to the connection now (no `.await` needed for that);
-    /// the future resolves with the response head, or hands the request
-    /// back if the connection closed before it went out. hyper's own
-    /// future, not wrapped: an async wrapper would hold it twice.
+    /// Hands `req` to the connection now; the returned future (hyper's
+    /// response channel, nothing more) resolves with the response head, or
+    /// hands the request back if the connection closed before it went out.
+    /// A connection that cannot take it now hands it back at once.
     pub(super) fn try_send(
         &mut self,
         req: Request<Incoming>,
-    ) -> impl std::future::Future<
-        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>,
-    > + Send {
-        self.sender.try_send_request(req)
+    ) -> Result<Waiting, Request<Incoming>> {
+        self.sender.try_send_request_now(req)
     }
 }
+
+/// The wait for a response head on a pooled connection (`Conn::try_send`).
+pub(super) type Waiting = http1::TryResponseFuture<Incoming>;
 
 impl Pool {
     pub(super) fn new(shared: Arc<Upstreams>, server: usize) -> Pool {

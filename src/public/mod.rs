@@ -45,7 +45,8 @@ use crate::metrics::{
     ConnStats, Refusal as RefusalLabel, RouteLabel, UpstreamError, WorkerMetrics,
 };
 use crate::proxy::{
-    canonicalise, Forwarder, Identity, InvalidPath, PathPolicy, ProxyError, UpstreamBody,
+    canonicalise, Forwarder, Forwarding, Identity, InvalidPath, PathPolicy, ProxyError,
+    UpstreamBody,
 };
 use crate::server::Handler;
 use crate::state::State;
@@ -140,6 +141,10 @@ impl Handler for PublicHandler {
         async move {
             let (resp, note) = match routed {
                 Routed::Now(reply, note) => (Either::Right(reply), note),
+                Routed::Upstream(up, mut note) => {
+                    let forwarded = up.forwarding.await;
+                    (self.forwarded(up.peer, up.sent, forwarded, &mut note), note)
+                }
                 Routed::Later(answer) => answer.await,
             };
             let resp = match resp {
@@ -170,7 +175,18 @@ impl Handler for PublicHandler {
 /// `Note`.
 enum Routed<'a> {
     Now(Reply, finish::Note),
+    /// The proxy path's usual case: the request is with the upstream, and
+    /// only the wait for its response is left (small, and not boxed).
+    Upstream(Upstream<'a>, finish::Note),
     Later(Pin<Box<dyn Future<Output = (Answer, finish::Note)> + Send + 'a>>),
+}
+
+/// A request handed to the upstream: the wait, and what its end needs.
+struct Upstream<'a> {
+    forwarding: Forwarding<'a>,
+    /// When it was sent (`None`: nobody looks, metrics and access log off).
+    sent: Option<Instant>,
+    peer: SocketAddr,
 }
 
 /// An upstream's response, or a reply of our own.
@@ -242,63 +258,30 @@ impl PublicHandler {
                     (Either::Right(reply), note)
                 }))
             }
-            Route::Proxy => Routed::Later(Box::pin(async move {
-                let mut note = note;
-                let answer = self.proxied(peer, req, &mut note).await;
-                (answer, note)
-            })),
+            Route::Proxy => self.proxy(peer, req, note),
         }
     }
 
     /// Authenticates, then forwards (the proxy module rewrites, forwards and
-    /// filters the response).
-    async fn proxied(
+    /// filters the response). Synchronous up to the wait for the upstream's
+    /// response, so the future left holds no request and nests no `async`
+    /// layers (every byte of it is copied as the connection moves its
+    /// request future); the rare paths that wait earlier are boxed.
+    fn proxy(
         &self,
         peer: SocketAddr,
         req: Request<Incoming>,
-        note: &mut finish::Note,
-    ) -> Either<Response<UpstreamBody>, Reply> {
-        // Stage 1: the canonical target. The path is read once, here: the
-        // scope check matches it and the upstream is sent it, so no spelling
-        // can mean one path to the check and another to the upstream. What
-        // could be read two ways is refused, whoever asks.
-        // A path that needed rewriting is written into the request now, so
-        // from here on `req.uri()` is what the upstream gets (under the base
-        // path); only the length of the part the rules see is kept (an
-        // allowed `;parameter` is not part of it). Nothing more is carried
-        // across the awaits below: the request path's futures stay small.
+        mut note: finish::Note,
+    ) -> Routed<'_> {
         let mut req = req;
-        let checked_len = match canonicalise(req.uri().path(), &self.paths) {
-            Ok(c) => {
-                let len = c.path().len();
-                if let Some(path) = c.into_rewrite() {
-                    if let Err(e) = crate::proxy::set_path(req.uri_mut(), &path) {
-                        tracing::debug!(%peer, error = %e, "canonical path not forwardable");
-                        return Either::Right(error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_path",
-                            "the request path cannot be forwarded",
-                        ));
-                    }
-                }
-                len
-            }
-            Err(e) => {
-                tracing::debug!(%peer, reason = %e, "request path refused");
-                return Either::Right(invalid_path(e));
-            }
+        let checked_len = match self.canonical(peer, &mut req) {
+            Ok(len) => len,
+            Err(reply) => return Routed::Now(reply, note),
         };
         // Stage 2: authenticate (the core decides; this maps its verdict).
         let verdict = {
             let core = &self.state.authority;
-            let path = req.uri().path();
-            let presented = Presented {
-                bearer: bearer_token(req.headers()),
-                client: peer.ip(),
-                method: req.method(),
-                path: path.get(..checked_len).unwrap_or(path),
-                now: core.now(),
-            };
+            let presented = presented(core, peer, &req, checked_len);
             let want_identity = self.upstream.identity_headers();
             let want_name = self.access_log.is_some();
             let mut named = None;
@@ -311,17 +294,109 @@ impl PublicHandler {
                 want_identity.then(|| Identity::of(r))
             };
             let verdict = match core.verify(&presented, &mut on_token) {
+                Verdict::Admitted(identity) => Some(Ok(identity)),
+                Verdict::Refused(refusal) => Some(Err(refusal)),
+                // Rare (cluster mode, a token not known here yet): decided
+                // below, boxed, after the catch-up.
+                Verdict::CatchUp(_) => None,
+            };
+            if verdict.is_some() {
+                note.token = named;
+            }
+            verdict
+        };
+        match verdict {
+            Some(verdict) => self.after_verdict(peer, req, verdict, note),
+            // The check is side-effect free up to a catch-up (nothing was
+            // counted or charged), so it runs again there, in full.
+            None => Routed::Later(Box::pin(self.proxied_caught_up(
+                peer,
+                req,
+                checked_len,
+                note,
+            ))),
+        }
+    }
+
+    /// Stage 1: the canonical target; the length of the path the rules see.
+    /// The path is read once, here: the scope check matches it and the
+    /// upstream is sent it, so no spelling can mean one path to the check
+    /// and another to the upstream. What could be read two ways is refused,
+    /// whoever asks. A path that needed rewriting is written into the
+    /// request now, so from here on `req.uri()` is what the upstream gets
+    /// (under the base path); only the length of the part the rules see is
+    /// kept (an allowed `;parameter` is not part of it).
+    fn canonical(&self, peer: SocketAddr, req: &mut Request<Incoming>) -> Result<usize, Reply> {
+        match canonicalise(req.uri().path(), &self.paths) {
+            Ok(c) => {
+                let len = c.path().len();
+                if let Some(path) = c.into_rewrite() {
+                    if let Err(e) = crate::proxy::set_path(req.uri_mut(), &path) {
+                        tracing::debug!(%peer, error = %e, "canonical path not forwardable");
+                        return Err(error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_path",
+                            "the request path cannot be forwarded",
+                        ));
+                    }
+                }
+                Ok(len)
+            }
+            Err(e) => {
+                tracing::debug!(%peer, reason = %e, "request path refused");
+                Err(invalid_path(e))
+            }
+        }
+    }
+
+    /// The proxy path for a token this replica had to catch up on: the
+    /// check again, with the catch-up, then as `proxy`.
+    async fn proxied_caught_up(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        checked_len: usize,
+        mut note: finish::Note,
+    ) -> (Answer, finish::Note) {
+        let verdict = {
+            let core = &self.state.authority;
+            let presented = presented(core, peer, &req, checked_len);
+            let want_identity = self.upstream.identity_headers();
+            let want_name = self.access_log.is_some();
+            let mut named = None;
+            let mut on_token = |r: &RefreshToken| {
+                if want_name {
+                    named = Some((r.id, r.name.clone()));
+                }
+                want_identity.then(|| Identity::of(r))
+            };
+            let verdict = match core.verify(&presented, &mut on_token) {
                 Verdict::Admitted(identity) => Ok(identity),
                 Verdict::Refused(refusal) => Err(refusal),
-                // Rare (cluster mode, a token not known here yet): boxed,
-                // so the proxy path's future does not carry the catch-up.
-                Verdict::CatchUp(c) => {
-                    Box::pin(core.verify_caught_up(c, &presented, &mut on_token)).await
-                }
+                Verdict::CatchUp(c) => core.verify_caught_up(c, &presented, &mut on_token).await,
             };
             note.token = named;
             verdict
         };
+        match self.after_verdict(peer, req, verdict, note) {
+            Routed::Now(reply, note) => (Either::Right(reply), note),
+            Routed::Upstream(up, mut note) => {
+                let forwarded = up.forwarding.await;
+                (self.forwarded(up.peer, up.sent, forwarded, &mut note), note)
+            }
+            Routed::Later(answer) => answer.await,
+        }
+    }
+
+    /// After the bearer check: a refusal, a side endpoint, or the request
+    /// handed to the upstream.
+    fn after_verdict(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        verdict: Result<Option<Identity>, Refusal>,
+        note: finish::Note,
+    ) -> Routed<'_> {
         // The token endpoint's companions are found only now, after the
         // bearer check, so an ordinary request pays nothing for them first.
         let identity = match verdict {
@@ -330,26 +405,55 @@ impl PublicHandler {
                 let path = req.uri().path();
                 if let Some(side) = oauth::Side::of(path) {
                     if let Some(reply) = self.side_after_refusal(side, refusal, peer, &req) {
-                        return Either::Right(reply);
+                        return Routed::Now(reply, note);
                     }
-                    note.route = RouteLabel::Token;
-                    return Either::Right(
-                        Box::pin(oauth::serve(side, &self.state, peer, req)).await,
-                    );
+                    return self.side(side, peer, req, note);
                 }
-                let method = req.method();
-                return Either::Right(self.refuse(refusal, peer, method, path));
+                let reply = self.refuse(refusal, peer, req.method(), path);
+                return Routed::Now(reply, note);
             }
         };
         if let Some(side) = oauth::Side::of(req.uri().path()) {
-            note.route = RouteLabel::Token;
-            return Either::Right(Box::pin(oauth::serve(side, &self.state, peer, req)).await);
+            return self.side(side, peer, req, note);
         }
         // Stages 3–5: rewrite, forward, filter (in the proxy module), with
         // the canonical path the checks saw, now the request's own.
         // Timed only when someone looks: metrics or the access log.
         let sent = (self.metrics.is_some() || self.access_log.is_some()).then(Instant::now);
-        let forwarded = self.upstream.forward(req, peer, identity).await;
+        let forwarding = self.upstream.forward(req, peer, identity);
+        Routed::Upstream(
+            Upstream {
+                forwarding,
+                sent,
+                peer,
+            },
+            note,
+        )
+    }
+
+    /// One of the token endpoint's companions, served (boxed).
+    fn side(
+        &self,
+        side: oauth::Side,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+        mut note: finish::Note,
+    ) -> Routed<'_> {
+        note.route = RouteLabel::Token;
+        let serving = oauth::serve(side, &self.state, peer, req);
+        Routed::Later(Box::pin(
+            async move { (Either::Right(serving.await), note) },
+        ))
+    }
+
+    /// The upstream's answer, its metrics and log line, or the error reply.
+    fn forwarded(
+        &self,
+        peer: SocketAddr,
+        sent: Option<Instant>,
+        forwarded: Result<Response<UpstreamBody>, ProxyError>,
+        note: &mut finish::Note,
+    ) -> Answer {
         // A target refused before sending never reached the upstream.
         if let (Some(sent), false) = (sent, matches!(forwarded, Err(ProxyError::Target(_)))) {
             let took = sent.elapsed();
@@ -380,6 +484,24 @@ impl PublicHandler {
                 Either::Right(error(status, code, e.client_text()))
             }
         }
+    }
+}
+
+/// What the core checks of a request: its bearer token, client, method and
+/// the part of its (canonical) path the rules see.
+fn presented<'r>(
+    core: &crate::authority::Authority,
+    peer: SocketAddr,
+    req: &'r Request<Incoming>,
+    checked_len: usize,
+) -> Presented<'r> {
+    let path = req.uri().path();
+    Presented {
+        bearer: bearer_token(req.headers()),
+        client: peer.ip(),
+        method: req.method(),
+        path: path.get(..checked_len).unwrap_or(path),
+        now: core.now(),
     }
 }
 

@@ -282,6 +282,51 @@ where
             }
         }
     }
+
+    /// PATCH (tokengate): as `try_send_request`, but the request is handed
+    /// to the connection now and the future is a named, `Unpin` type that
+    /// holds only the response's channel. `try_send_request`'s `async`
+    /// block keeps the `Result` of the hand-over (with room for the whole
+    /// request) beside its wait, and a caller cannot store it in a struct
+    /// without pinning or boxing it; a proxy that polls the response by
+    /// hand copies and keeps a few hundred bytes less per request.
+    ///
+    /// A connection that is not ready hands the request back at once.
+    pub fn try_send_request_now(&mut self, req: Request<B>) -> Result<TryResponseFuture<B>, Request<B>> {
+        self.dispatch
+            .try_send(req)
+            .map(|rx| TryResponseFuture { rx })
+    }
+}
+
+/// PATCH (tokengate): the response to a request handed over by
+/// `SendRequest::try_send_request_now`: the response head, or the error
+/// with the request when it was never written.
+#[must_use = "futures do nothing unless polled"]
+pub struct TryResponseFuture<B> {
+    rx: dispatch::RetryPromise<Request<B>, Response<IncomingBody>>,
+}
+
+impl<B> Future for TryResponseFuture<B> {
+    type Output = Result<Response<IncomingBody>, TrySendError<Request<B>>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match ready!(Pin::new(&mut self.rx).poll(cx)) {
+            Ok(result) => Poll::Ready(result),
+            // As `try_send_request` (where this is unreachable): the
+            // dispatcher always answers before it drops the callback.
+            Err(_) => Poll::Ready(Err(TrySendError {
+                error: crate::Error::new_canceled().with("dispatch dropped without returning error"),
+                message: None,
+            })),
+        }
+    }
+}
+
+impl<B> fmt::Debug for TryResponseFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryResponseFuture").finish()
+    }
 }
 
 impl<B> fmt::Debug for SendRequest<B> {
