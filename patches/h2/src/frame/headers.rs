@@ -1110,6 +1110,32 @@ mod test {
     use crate::frame;
     use crate::hpack::{huffman, Encoder};
 
+    /// PATCH (tokengate): section 5 of PATCH.md.
+    #[test]
+    fn emptied_header_blocks_are_kept_and_reused() {
+        let spares = || SPARE.with(|s| s.borrow().len());
+        let before = spares();
+        let mut fields = HeaderMap::new();
+        fields.insert("x-one", HeaderValue::from_static("1"));
+        let frame = Headers::new(1.into(), Pseudo::response(StatusCode::OK), fields);
+        let (pseudo, fields) = frame.into_parts();
+        assert_eq!(pseudo.status, Some(StatusCode::OK));
+        assert_eq!(fields["x-one"], "1");
+        assert_eq!(spares(), before + 1, "the emptied box is kept");
+
+        let frame = Headers::new(
+            3.into(),
+            Pseudo::response(StatusCode::NOT_FOUND),
+            HeaderMap::new(),
+        );
+        assert_eq!(spares(), before, "and taken by the next frame");
+        assert_eq!(frame.pseudo().status, Some(StatusCode::NOT_FOUND));
+        assert!(
+            frame.fields().is_empty(),
+            "nothing left from the first frame"
+        );
+    }
+
     #[test]
     fn test_nameless_header_at_resume() {
         let mut encoder = Encoder::default();
