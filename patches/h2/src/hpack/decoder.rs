@@ -528,7 +528,14 @@ fn consume(buf: &mut Cursor<&mut BytesMut>) {
     // remove bytes from the internal BytesMut when they have been successfully
     // decoded. This is a more permanent cursor position, which will be
     // used to resume if decoding was only partial.
-    take(buf, 0);
+    //
+    // PATCH (tokengate): advances the buffer instead of splitting the
+    // decoded bytes off into a handle that is dropped at once (`take(buf,
+    // 0)`: a reference count taken and released per header field, and the
+    // buffer made shared the first time). Same bytes left in the buffer.
+    let pos = buf.position() as usize;
+    buf.get_mut().advance(pos);
+    buf.set_position(0);
 }
 
 // ===== impl Table =====

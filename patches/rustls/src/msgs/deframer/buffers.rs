@@ -189,7 +189,11 @@ impl DeframerVecBuffer {
     /// reserves it again (`prepare_read`).
     pub(crate) fn release_if_empty(&mut self) -> bool {
         if self.used == 0 && self.buf.capacity() != 0 {
-            self.buf = Vec::new();
+            let buf = mem::take(&mut self.buf);
+            #[cfg(feature = "std")]
+            spare::put(buf);
+            #[cfg(not(feature = "std"))]
+            drop(buf);
             return true;
         }
         false
@@ -251,6 +255,15 @@ impl DeframerVecBuffer {
         // make sure to reduce the buffer size again (large messages should be rare).
         // Also, reduce the buffer size if there are neither full nor partial messages in it,
         // which usually means that the other side suspended sending data.
+        // PATCH (tokengate): a buffer given back by `release_if_empty` (or
+        // never reserved) is taken from this thread's spares when there is
+        // one: already initialised, so not zero-filled again below.
+        if self.buf.capacity() == 0 {
+            if let Some(buf) = spare::take() {
+                self.buf = buf;
+            }
+        }
+
         let need_capacity = Ord::min(allow_max, self.used + READ_SIZE);
         if need_capacity > self.buf.len() {
             self.buf.resize(need_capacity, 0);
@@ -275,6 +288,59 @@ impl DeframerVecBuffer {
         self.buf[start..end].copy_from_slice(bytes);
         self.used += len;
         Range { start, end }
+    }
+}
+
+/// PATCH (tokengate): read buffers given back by idle connections
+/// (`DeframerVecBuffer::release_if_empty`), kept per thread for the next
+/// connection that reads, so that taking a buffer again costs neither an
+/// allocation of 4 KiB nor its zero-filling (`Vec::resize`). At most
+/// `SPARES` are kept (64 KiB per thread); the rest are freed. A spare's
+/// bytes are those of its last connection: they lie beyond `used`, where
+/// rustls only writes (a reader passed to `read_tls` sees them, as it would
+/// see any initialised buffer).
+#[cfg(feature = "std")]
+mod spare {
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+
+    /// The size `prepare_read` gives an empty buffer (its `READ_SIZE`).
+    const LEN: usize = 4096;
+    const SPARES: usize = 16;
+
+    std::thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Keeps `buf` for `take` if it has the usual size and there is room;
+    /// frees it otherwise.
+    pub(super) fn put(buf: Vec<u8>) {
+        if buf.len() != LEN || buf.capacity() != LEN {
+            return;
+        }
+        // A thread being torn down frees the buffer.
+        let _ = SPARE.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut() {
+                if spare.len() < SPARES {
+                    if spare.capacity() == 0 {
+                        spare.reserve_exact(SPARES);
+                    }
+                    spare.push(buf);
+                }
+            }
+        });
+    }
+
+    pub(super) fn take() -> Option<Vec<u8>> {
+        SPARE
+            .try_with(|spare| {
+                spare
+                    .try_borrow_mut()
+                    .ok()
+                    .and_then(|mut spare| spare.pop())
+            })
+            .ok()
+            .flatten()
     }
 }
 
@@ -303,5 +369,41 @@ impl<'a> DeframerSliceBuffer<'a> {
 
     pub(crate) fn filled_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.discard..]
+    }
+}
+
+/// PATCH (tokengate): the spare read buffers.
+#[cfg(all(test, feature = "std"))]
+mod spare_tests {
+    use super::DeframerVecBuffer;
+
+    #[test]
+    fn a_released_buffer_is_taken_again_without_zero_filling() {
+        // One connection reads a record and gives its buffer back while idle.
+        let mut first = DeframerVecBuffer::default();
+        let mut rd: &[u8] = &[0xab; 100];
+        assert_eq!(first.read(&mut rd, false).unwrap(), 100);
+        first.discard(100);
+        assert!(first.release_if_empty());
+        assert_eq!(first.buf.capacity(), 0);
+
+        // The next reader on this thread takes that buffer: the bytes
+        // beyond what it read are the first connection's, not zeroes
+        // (`Vec::resize` would have zero-filled a new one).
+        let mut second = DeframerVecBuffer::default();
+        let mut rd: &[u8] = &[0xcd; 10];
+        assert_eq!(second.read(&mut rd, false).unwrap(), 10);
+        assert_eq!(second.filled(), &[0xcd; 10]);
+        assert_eq!(second.buf.len(), 4096);
+        assert_eq!(&second.buf[10..100], &[0xab; 90][..]);
+    }
+
+    #[test]
+    fn a_buffer_holding_bytes_is_not_released() {
+        let mut buf = DeframerVecBuffer::default();
+        let mut rd: &[u8] = &[1; 10];
+        buf.read(&mut rd, false).unwrap();
+        assert!(!buf.release_if_empty());
+        assert_eq!(buf.filled(), &[1; 10]);
     }
 }
