@@ -396,7 +396,7 @@ impl Forwarder {
                             "pooled upstream connection was closed; retrying on another"
                         );
                         drop(conn);
-                        Waiting::Send(Box::pin(self.send(req, server)))
+                        Waiting::Send(Box::pin(self.send(*req, server)))
                     }
                 },
                 None => Waiting::Send(Box::pin(self.send(req, server))),

@@ -104,12 +104,13 @@ impl Conn {
     /// Hands `req` to the connection now; the returned future (hyper's
     /// response channel, nothing more) resolves with the response head, or
     /// hands the request back if the connection closed before it went out.
-    /// A connection that cannot take it now hands it back at once.
+    /// A connection that cannot take it now hands it back at once (boxed:
+    /// it is the rare case, and keeps the result small).
     pub(super) fn try_send(
         &mut self,
         req: Request<Incoming>,
-    ) -> Result<Waiting, Request<Incoming>> {
-        self.sender.try_send_request_now(req)
+    ) -> Result<Waiting, Box<Request<Incoming>>> {
+        self.sender.try_send_request_now(req).map_err(Box::new)
     }
 }
 

@@ -276,7 +276,7 @@ impl PublicHandler {
         let mut req = req;
         let checked_len = match self.canonical(peer, &mut req) {
             Ok(len) => len,
-            Err(reply) => return Routed::Now(reply, note),
+            Err(reply) => return Routed::Now(*reply, note),
         };
         // Stage 2: authenticate (the core decides; this maps its verdict).
         let verdict = {
@@ -326,25 +326,31 @@ impl PublicHandler {
     /// request now, so from here on `req.uri()` is what the upstream gets
     /// (under the base path); only the length of the part the rules see is
     /// kept (an allowed `;parameter` is not part of it).
-    fn canonical(&self, peer: SocketAddr, req: &mut Request<Incoming>) -> Result<usize, Reply> {
+    /// (A refusal comes back boxed: it is the rare case, and keeps the
+    /// result small.)
+    fn canonical(
+        &self,
+        peer: SocketAddr,
+        req: &mut Request<Incoming>,
+    ) -> Result<usize, Box<Reply>> {
         match canonicalise(req.uri().path(), &self.paths) {
             Ok(c) => {
                 let len = c.path().len();
                 if let Some(path) = c.into_rewrite() {
                     if let Err(e) = crate::proxy::set_path(req.uri_mut(), &path) {
                         tracing::debug!(%peer, error = %e, "canonical path not forwardable");
-                        return Err(error(
+                        return Err(Box::new(error(
                             StatusCode::BAD_REQUEST,
                             "invalid_path",
                             "the request path cannot be forwarded",
-                        ));
+                        )));
                     }
                 }
                 Ok(len)
             }
             Err(e) => {
                 tracing::debug!(%peer, reason = %e, "request path refused");
-                Err(invalid_path(e))
+                Err(Box::new(invalid_path(e)))
             }
         }
     }
