@@ -65,7 +65,32 @@ pub(crate) struct CatchUp<'a> {
     unknown_boot: bool,
 }
 
+impl CatchUp<'_> {
+    /// What a caller that must let this value go (it borrows the request,
+    /// which moves on) keeps to take the catch-up up again with
+    /// `Authority::resume_catch_up`.
+    pub(crate) fn unknown_boot(&self) -> bool {
+        self.unknown_boot
+    }
+}
+
 impl Authority {
+    /// The catch-up a `Verdict::CatchUp` deferred, rebuilt from the same
+    /// request's token and what `CatchUp::unknown_boot` said: the first
+    /// check is not run (nor counted) again. `None` outside cluster mode
+    /// (which never defers) or without a bearer token.
+    pub(crate) fn resume_catch_up<'a>(
+        &'a self,
+        p: &Presented<'a>,
+        unknown_boot: bool,
+    ) -> Option<CatchUp<'a>> {
+        Some(CatchUp {
+            cluster: &**self.cluster.as_ref()?,
+            token: p.bearer.as_ref().ok()?,
+            unknown_boot,
+        })
+    }
+
     /// Checks a request's bearer token. `on_token` runs on the token's
     /// refresh token (under the access map's read guard: no reference
     /// count is touched) before its restrictions are checked; what it

@@ -294,25 +294,26 @@ impl PublicHandler {
                 want_identity.then(|| Identity::of(r))
             };
             let verdict = match core.verify(&presented, &mut on_token) {
-                Verdict::Admitted(identity) => Some(Ok(identity)),
-                Verdict::Refused(refusal) => Some(Err(refusal)),
+                Verdict::Admitted(identity) => Ok(Ok(identity)),
+                Verdict::Refused(refusal) => Ok(Err(refusal)),
                 // Rare (cluster mode, a token not known here yet): decided
-                // below, boxed, after the catch-up.
-                Verdict::CatchUp(_) => None,
+                // below, boxed, after the catch-up. The deferred verdict
+                // borrows the request, which moves into the box, so only
+                // what it needs to be taken up again is kept.
+                Verdict::CatchUp(c) => Err(c.unknown_boot()),
             };
-            if verdict.is_some() {
+            if verdict.is_ok() {
                 note.token = named;
             }
             verdict
         };
         match verdict {
-            Some(verdict) => self.after_verdict(peer, req, verdict, note),
-            // The check is side-effect free up to a catch-up (nothing was
-            // counted or charged), so it runs again there, in full.
-            None => Routed::Later(Box::pin(self.proxied_caught_up(
+            Ok(verdict) => self.after_verdict(peer, req, verdict, note),
+            Err(unknown_boot) => Routed::Later(Box::pin(self.proxied_caught_up(
                 peer,
                 req,
                 checked_len,
+                unknown_boot,
                 note,
             ))),
         }
@@ -362,6 +363,7 @@ impl PublicHandler {
         peer: SocketAddr,
         req: Request<Incoming>,
         checked_len: usize,
+        unknown_boot: bool,
         mut note: finish::Note,
     ) -> (Answer, finish::Note) {
         let verdict = {
@@ -376,10 +378,13 @@ impl PublicHandler {
                 }
                 want_identity.then(|| Identity::of(r))
             };
-            let verdict = match core.verify(&presented, &mut on_token) {
-                Verdict::Admitted(identity) => Ok(identity),
-                Verdict::Refused(refusal) => Err(refusal),
-                Verdict::CatchUp(c) => core.verify_caught_up(c, &presented, &mut on_token).await,
+            // The first check (in `proxy`) asked for this catch-up; it is
+            // not run, nor counted, again.
+            let verdict = match core.resume_catch_up(&presented, unknown_boot) {
+                Some(c) => core.verify_caught_up(c, &presented, &mut on_token).await,
+                // Unreachable: only cluster mode defers, and only with a
+                // bearer token; refused as the check would have.
+                None => Err(Refusal::Stale),
             };
             note.token = named;
             verdict
