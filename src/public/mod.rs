@@ -282,17 +282,10 @@ impl PublicHandler {
         let verdict = {
             let core = &self.state.authority;
             let presented = presented(core, peer, &req, checked_len);
-            let want_identity = self.upstream.identity_headers();
-            let want_name = self.access_log.is_some();
-            let mut named = None;
+            let mut kept = self.kept();
             // Runs under the access map's read guard, on the token it
             // already holds: no reference count is touched.
-            let mut on_token = |r: &RefreshToken| {
-                if want_name {
-                    named = Some((r.id, r.name.clone()));
-                }
-                want_identity.then(|| Identity::of(r))
-            };
+            let mut on_token = |r: &RefreshToken| kept.of(r);
             let verdict = match core.verify(&presented, &mut on_token) {
                 Verdict::Admitted(identity) => Ok(Ok(identity)),
                 Verdict::Refused(refusal) => Ok(Err(refusal)),
@@ -303,7 +296,7 @@ impl PublicHandler {
                 Verdict::CatchUp(c) => Err(c.unknown_boot()),
             };
             if verdict.is_ok() {
-                note.token = named;
+                note.token = kept.named;
             }
             verdict
         };
@@ -369,15 +362,8 @@ impl PublicHandler {
         let verdict = {
             let core = &self.state.authority;
             let presented = presented(core, peer, &req, checked_len);
-            let want_identity = self.upstream.identity_headers();
-            let want_name = self.access_log.is_some();
-            let mut named = None;
-            let mut on_token = |r: &RefreshToken| {
-                if want_name {
-                    named = Some((r.id, r.name.clone()));
-                }
-                want_identity.then(|| Identity::of(r))
-            };
+            let mut kept = self.kept();
+            let mut on_token = |r: &RefreshToken| kept.of(r);
             // The first check (in `proxy`) asked for this catch-up; it is
             // not run, nor counted, again.
             let verdict = match core.resume_catch_up(&presented, unknown_boot) {
@@ -386,7 +372,7 @@ impl PublicHandler {
                 // bearer token; refused as the check would have.
                 None => Err(Refusal::Stale),
             };
-            note.token = named;
+            note.token = kept.named;
             verdict
         };
         match self.after_verdict(peer, req, verdict, note) {
@@ -500,6 +486,34 @@ impl PublicHandler {
 
 /// What the core checks of a request: its bearer token, client, method and
 /// the part of its (canonical) path the rules see.
+/// What the bearer check keeps of the presented token's refresh token:
+/// its id and name for the access log, its identity for the upstream's
+/// headers, each only when configured.
+struct Kept {
+    identity: bool,
+    name: bool,
+    named: Option<(u64, String)>,
+}
+
+impl Kept {
+    fn of(&mut self, r: &RefreshToken) -> Option<Identity> {
+        if self.name {
+            self.named = Some((r.id, r.name.clone()));
+        }
+        self.identity.then(|| Identity::of(r))
+    }
+}
+
+impl PublicHandler {
+    fn kept(&self) -> Kept {
+        Kept {
+            identity: self.upstream.identity_headers(),
+            name: self.access_log.is_some(),
+            named: None,
+        }
+    }
+}
+
 fn presented<'r>(
     core: &crate::authority::Authority,
     peer: SocketAddr,
