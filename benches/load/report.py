@@ -147,7 +147,8 @@ NAMES = {
 }
 
 
-def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges, client_cpu_path=None, resumed_path=None):
+def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges, client_cpu_path=None, resumed_path=None,
+          live="0"):
     rows = {}
     for line in open(path):
         s, p, _r, rps, p50, p99, n, err = line.rstrip("\n").split("\t")
@@ -241,11 +242,12 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
         verdicts.append(f"- token exchanges: **{rps:,.0f}/s**")
     idle_mb = int(rss_idle_kb) / 1024.0
     verdicts.append(f"- RSS idle: **{idle_mb:.1f} MB**")
-    n = int(exchanges)
-    if n > 0:
-        per = (int(rss_loaded_kb) - int(rss_idle_kb)) * 1024.0 / n
+    n, live = int(exchanges), int(live)
+    if n > 0 and live > 0:
+        per = (int(rss_loaded_kb) - int(rss_idle_kb)) * 1024.0 / live
         verdicts.append(
-            f"- RSS after {n:,} exchanges (as many live access tokens): {int(rss_loaded_kb) / 1024.0:.1f} MB, "
+            f"- RSS after {n:,} exchanges ({live:,} access tokens live, from the admin API's stats): "
+            f"{int(rss_loaded_kb) / 1024.0:.1f} MB, "
             f"**{per:.0f} bytes per live token** over idle (includes connection buffers and allocator slack)"
         )
     out.append("")
