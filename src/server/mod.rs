@@ -19,6 +19,7 @@ mod balance;
 mod clients;
 mod coalesce;
 mod conn;
+mod drained;
 mod local;
 mod plain;
 mod proxy_header;
@@ -344,7 +345,11 @@ async fn connection<H: Handler>(
                 Ok::<_, Infallible>(resp.map(|b| in_flight.track(b, report)))
             }
         });
-        drive(b.serve_connection(TokioIo::new(io), svc), guard).await;
+        drive(
+            b.serve_connection(TokioIo::new(drained::Drained::new(io)), svc),
+            guard,
+        )
+        .await;
     }
 }
 
