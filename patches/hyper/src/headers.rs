@@ -72,6 +72,25 @@ pub(super) fn content_length_parse_all(headers: &HeaderMap) -> Option<u64> {
     content_length_parse_all_values(headers.get_all(CONTENT_LENGTH).into_iter())
 }
 
+/// PATCH (tokengate): `content_length_parse_all_values` one header value at
+/// a time, for a parser that meets the values in order: `so_far` is what
+/// the values before this one gave (`None`: there were none), and `None`
+/// comes back when the values so far are invalid or disagree.
+#[cfg(all(feature = "client", feature = "http1"))]
+pub(super) fn content_length_fold(so_far: Option<u64>, value: &HeaderValue) -> Option<u64> {
+    let line = value.to_str().ok()?;
+    let mut content_length = so_far;
+    for v in line.split(',') {
+        let n = from_digits(v.trim().as_bytes())?;
+        if content_length.is_none() {
+            content_length = Some(n);
+        } else if content_length != Some(n) {
+            return None;
+        }
+    }
+    content_length
+}
+
 #[cfg(any(feature = "client", all(feature = "server", feature = "http2")))]
 pub(super) fn content_length_parse_all_values(values: ValueIter<'_, HeaderValue>) -> Option<u64> {
     // If multiple Content-Length headers were sent, everything can still
