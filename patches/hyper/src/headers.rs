@@ -32,6 +32,15 @@ pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
 
 #[cfg(feature = "http1")]
 fn connection_has(value: &HeaderValue, needle: &str) -> bool {
+    // PATCH (tokengate): a value without a comma is one token, the usual
+    // case (`keep-alive`, `close`): compared as bytes, which gives what the
+    // split below gives (a value `to_str` refuses holds a byte no needle
+    // has, and the whitespace `trim` removes from a header value is the
+    // space and tab `trim_ascii` removes).
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b',') {
+        return bytes.trim_ascii().eq_ignore_ascii_case(needle.as_bytes());
+    }
     if let Ok(s) = value.to_str() {
         for val in s.split(',') {
             if val.trim().eq_ignore_ascii_case(needle) {
@@ -78,6 +87,13 @@ pub(super) fn content_length_parse_all(headers: &HeaderMap) -> Option<u64> {
 /// comes back when the values so far are invalid or disagree.
 #[cfg(all(feature = "client", feature = "http1"))]
 pub(super) fn content_length_fold(so_far: Option<u64>, value: &HeaderValue) -> Option<u64> {
+    // The usual value, digits only: one number, as the loop below finds it.
+    if let Some(n) = from_digits(value.as_bytes()) {
+        return match so_far {
+            Some(m) if m != n => None,
+            _ => Some(n),
+        };
+    }
     let line = value.to_str().ok()?;
     let mut content_length = so_far;
     for v in line.split(',') {
