@@ -228,6 +228,73 @@ mod tests {
     use http::header::{HeaderValue, TE};
     use http::HeaderMap;
 
+    // PATCH (tokengate): the one-token shortcut gives what the split gives.
+    #[test]
+    fn connection_tokens_with_and_without_commas() {
+        use super::{connection_close, connection_keep_alive};
+        for (v, close, keep) in [
+            ("close", true, false),
+            ("Close", true, false),
+            (" close\t", true, false),
+            ("keep-alive", false, true),
+            ("Keep-Alive", false, true),
+            ("closed", false, false),
+            ("", false, false),
+            ("upgrade, close", true, false),
+            ("keep-alive,  Close ", true, true),
+        ] {
+            let value = HeaderValue::from_str(v).unwrap();
+            assert_eq!(connection_close(&value), close, "{v:?}");
+            assert_eq!(connection_keep_alive(&value), keep, "{v:?}");
+        }
+        // A value `to_str` refuses matches nothing.
+        let value = HeaderValue::from_bytes(b"close\xff").unwrap();
+        assert!(!connection_close(&value));
+    }
+
+    // PATCH (tokengate): folding the values one at a time, as the client's
+    // parser does, decides as `content_length_parse_all_values` does.
+    #[cfg(feature = "client")]
+    #[test]
+    fn content_length_fold_agrees_with_parse_all() {
+        use super::{content_length_fold, content_length_parse_all_values};
+        use http::header::CONTENT_LENGTH;
+        let cases: &[&[&[u8]]] = &[
+            &[b"0"],
+            &[b"42"],
+            &[b"42", b"42"],
+            &[b"42", b"43"],
+            &[b"42, 42"],
+            &[b"42,43"],
+            &[b" 42 "],
+            &[b""],
+            &[b"-1"],
+            &[b"+1"],
+            &[b"1a"],
+            &[b"18446744073709551615"],
+            &[b"18446744073709551616"],
+            &[b"42", b"x"],
+            &[b"x", b"42"],
+            &[b"\xff"],
+            &[b"7", b"7, 7", b" 7"],
+            &[b"7", b"7, 8"],
+        ];
+        for values in cases {
+            let mut headers = HeaderMap::new();
+            let mut folded: Option<Option<u64>> = None;
+            for v in *values {
+                let value = HeaderValue::from_bytes(v).unwrap();
+                folded = Some(match folded {
+                    Some(None) => None,
+                    so_far => content_length_fold(so_far.flatten(), &value),
+                });
+                headers.append(CONTENT_LENGTH, value);
+            }
+            let all = content_length_parse_all_values(headers.get_all(CONTENT_LENGTH).into_iter());
+            assert_eq!(folded.flatten(), all, "{values:?}");
+        }
+    }
+
     #[test]
     fn te_is_trailers_accepts_comma_separated_values() {
         let mut headers = HeaderMap::new();
