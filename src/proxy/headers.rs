@@ -98,6 +98,34 @@ pub fn rewrite_request(
     extra: &[(HeaderName, HeaderValue)],
     identity: Option<(HeaderValue, HeaderValue)>,
 ) {
+    // Only a valid `host[:port]`: the upstream may build links or choose a
+    // tenant from it.
+    let forwarded_host = original_host.filter(|h| is_valid_host(h.as_bytes()));
+    rewrite_request_checked(
+        headers,
+        forwarded_host,
+        peer,
+        upstream_host,
+        extra,
+        identity,
+    );
+}
+
+/// `rewrite_request` for a caller that has already checked the original
+/// host (the public listener refuses a request whose `Host` or authority
+/// is not a valid `host[:port]`, `public::host_ok`), so it is not checked
+/// a second time on every request.
+pub(crate) fn rewrite_request_checked(
+    headers: &mut HeaderMap,
+    forwarded_host: Option<HeaderValue>,
+    peer: SocketAddr,
+    upstream_host: &HeaderValue,
+    extra: &[(HeaderName, HeaderValue)],
+    identity: Option<(HeaderValue, HeaderValue)>,
+) {
+    debug_assert!(forwarded_host
+        .as_ref()
+        .is_none_or(|h| is_valid_host(h.as_bytes())));
     remove_where(headers, |n| is_hop_by_hop(n) || is_client_claim(n));
 
     headers.insert(header::HOST, upstream_host.clone());
@@ -105,10 +133,7 @@ pub fn rewrite_request(
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    // Only a valid `host[:port]`: the upstream may build links or choose a
-    // tenant from it. (The public listener already refuses a request whose
-    // Host is invalid; this holds whoever calls.)
-    if let Some(h) = original_host.filter(|h| is_valid_host(h.as_bytes())) {
+    if let Some(h) = forwarded_host {
         headers.insert(X_FORWARDED_HOST, h);
     }
     for (n, v) in extra {

@@ -334,6 +334,11 @@ impl Forwarder {
     /// before the request went out, the whole of `send`, boxed: its
     /// future (a checkout that may connect, the retry on another server)
     /// is ~1.7 KiB, which a keep-alive request should not carry.
+    ///
+    /// The request's `Host` and authority must already be valid
+    /// `host[:port]` values (the public listener refuses others,
+    /// `public::host_ok`): the one present travels on as
+    /// `X-Forwarded-Host` unchecked.
     pub(crate) fn forward(
         &self,
         req: Request<Incoming>,
@@ -368,7 +373,8 @@ impl Forwarder {
         let response_timeout = {
             // Read once and let go before any wait.
             let settings = self.shared.settings();
-            headers::rewrite_request(
+            // The caller checked the host (`public::host_ok`).
+            headers::rewrite_request_checked(
                 &mut parts.headers,
                 original_host,
                 peer,

@@ -32,6 +32,15 @@ pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
 
 #[cfg(feature = "http1")]
 fn connection_has(value: &HeaderValue, needle: &str) -> bool {
+    // PATCH (tokengate): a value without a comma is one token, the usual
+    // case (`keep-alive`, `close`): compared as bytes, which gives what the
+    // split below gives (a value `to_str` refuses holds a byte no needle
+    // has, and the whitespace `trim` removes from a header value is the
+    // space and tab `trim_ascii` removes).
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b',') {
+        return bytes.trim_ascii().eq_ignore_ascii_case(needle.as_bytes());
+    }
     if let Ok(s) = value.to_str() {
         for val in s.split(',') {
             if val.trim().eq_ignore_ascii_case(needle) {
@@ -70,6 +79,32 @@ pub(super) fn content_length_parse(value: &HeaderValue) -> Option<u64> {
 #[cfg(any(feature = "client", all(feature = "server", feature = "http2")))]
 pub(super) fn content_length_parse_all(headers: &HeaderMap) -> Option<u64> {
     content_length_parse_all_values(headers.get_all(CONTENT_LENGTH).into_iter())
+}
+
+/// PATCH (tokengate): `content_length_parse_all_values` one header value at
+/// a time, for a parser that meets the values in order: `so_far` is what
+/// the values before this one gave (`None`: there were none), and `None`
+/// comes back when the values so far are invalid or disagree.
+#[cfg(all(feature = "client", feature = "http1"))]
+pub(super) fn content_length_fold(so_far: Option<u64>, value: &HeaderValue) -> Option<u64> {
+    // The usual value, digits only: one number, as the loop below finds it.
+    if let Some(n) = from_digits(value.as_bytes()) {
+        return match so_far {
+            Some(m) if m != n => None,
+            _ => Some(n),
+        };
+    }
+    let line = value.to_str().ok()?;
+    let mut content_length = so_far;
+    for v in line.split(',') {
+        let n = from_digits(v.trim().as_bytes())?;
+        if content_length.is_none() {
+            content_length = Some(n);
+        } else if content_length != Some(n) {
+            return None;
+        }
+    }
+    content_length
 }
 
 #[cfg(any(feature = "client", all(feature = "server", feature = "http2")))]
@@ -192,6 +227,73 @@ mod tests {
     use super::te_is_trailers;
     use http::header::{HeaderValue, TE};
     use http::HeaderMap;
+
+    // PATCH (tokengate): the one-token shortcut gives what the split gives.
+    #[test]
+    fn connection_tokens_with_and_without_commas() {
+        use super::{connection_close, connection_keep_alive};
+        for (v, close, keep) in [
+            ("close", true, false),
+            ("Close", true, false),
+            (" close\t", true, false),
+            ("keep-alive", false, true),
+            ("Keep-Alive", false, true),
+            ("closed", false, false),
+            ("", false, false),
+            ("upgrade, close", true, false),
+            ("keep-alive,  Close ", true, true),
+        ] {
+            let value = HeaderValue::from_str(v).unwrap();
+            assert_eq!(connection_close(&value), close, "{v:?}");
+            assert_eq!(connection_keep_alive(&value), keep, "{v:?}");
+        }
+        // A value `to_str` refuses matches nothing.
+        let value = HeaderValue::from_bytes(b"close\xff").unwrap();
+        assert!(!connection_close(&value));
+    }
+
+    // PATCH (tokengate): folding the values one at a time, as the client's
+    // parser does, decides as `content_length_parse_all_values` does.
+    #[cfg(feature = "client")]
+    #[test]
+    fn content_length_fold_agrees_with_parse_all() {
+        use super::{content_length_fold, content_length_parse_all_values};
+        use http::header::CONTENT_LENGTH;
+        let cases: &[&[&[u8]]] = &[
+            &[b"0"],
+            &[b"42"],
+            &[b"42", b"42"],
+            &[b"42", b"43"],
+            &[b"42, 42"],
+            &[b"42,43"],
+            &[b" 42 "],
+            &[b""],
+            &[b"-1"],
+            &[b"+1"],
+            &[b"1a"],
+            &[b"18446744073709551615"],
+            &[b"18446744073709551616"],
+            &[b"42", b"x"],
+            &[b"x", b"42"],
+            &[b"\xff"],
+            &[b"7", b"7, 7", b" 7"],
+            &[b"7", b"7, 8"],
+        ];
+        for values in cases {
+            let mut headers = HeaderMap::new();
+            let mut folded: Option<Option<u64>> = None;
+            for v in *values {
+                let value = HeaderValue::from_bytes(v).unwrap();
+                folded = Some(match folded {
+                    Some(None) => None,
+                    so_far => content_length_fold(so_far.flatten(), &value),
+                });
+                headers.append(CONTENT_LENGTH, value);
+            }
+            let all = content_length_parse_all_values(headers.get_all(CONTENT_LENGTH).into_iter());
+            assert_eq!(folded.flatten(), all, "{values:?}");
+        }
+    }
 
     #[test]
     fn te_is_trailers_accepts_comma_separated_values() {

@@ -172,8 +172,16 @@ impl Receiver {
             false
         };
         if let Some(item) = state.item.take() {
+            // PATCH (tokengate): only a sender still open can be waiting for
+            // room. An HTTP/1 connection sends a body's last chunk and drops
+            // its sender in the same poll, and the waker it registered
+            // before the chunk would otherwise wake its task once more, for
+            // nothing, on every such response.
+            let sender_open = state.sender_open;
             drop(state);
-            self.shared.sender_waker.wake();
+            if sender_open {
+                self.shared.sender_waker.wake();
+            }
             return Poll::Ready(Some(item));
         }
         if let Some(err) = state.pending_error.take() {
@@ -312,5 +320,42 @@ mod tests {
         assert!(rx.poll_next(&mut cx).is_pending());
         drop(tx);
         assert_eq!(wakes(), 2);
+    }
+
+    #[test]
+    fn taking_the_last_item_wakes_no_dropped_sender() {
+        struct Count(AtomicUsize);
+
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let noop = Waker::noop();
+        let mut rx_cx = Context::from_waker(noop);
+        let wakes = || count.0.load(Ordering::Relaxed);
+
+        // The sender registers, sends its last chunk and goes away: taking
+        // the chunk wakes nobody.
+        let (mut tx, mut rx) = channel(false);
+        assert!(tx.poll_ready(&mut cx).is_ready());
+        tx.try_send_data(Bytes::from_static(b"last")).unwrap();
+        drop(tx);
+        assert!(matches!(rx.poll_next(&mut rx_cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(wakes(), 0);
+        assert!(matches!(rx.poll_next(&mut rx_cx), Poll::Ready(None)));
+
+        // A sender still open is woken: there is room again.
+        let (mut tx, mut rx) = channel(false);
+        assert!(tx.poll_ready(&mut cx).is_ready());
+        tx.try_send_data(Bytes::from_static(b"one")).unwrap();
+        assert!(tx.poll_ready(&mut cx).is_pending());
+        assert!(matches!(rx.poll_next(&mut rx_cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(wakes(), 1);
+        assert!(tx.poll_ready(&mut cx).is_ready());
     }
 }

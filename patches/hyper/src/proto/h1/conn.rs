@@ -447,6 +447,16 @@ where
         ret
     }
 
+    /// PATCH (tokengate): see `Buffered::begin_poll`.
+    pub(crate) fn begin_poll(&mut self) {
+        self.io.begin_poll();
+    }
+
+    /// PATCH (tokengate): see `Buffered::begin_poll`.
+    pub(crate) fn end_poll(&mut self) {
+        self.io.end_poll();
+    }
+
     pub(crate) fn poll_read_keep_alive(&mut self, cx: &mut Context<'_>) -> Poll<crate::Result<()>> {
         debug_assert!(!self.can_read_head() && !self.can_read_body());
 

@@ -147,7 +147,12 @@ where
     ) -> Poll<crate::Result<Dispatched>> {
         T::update_date();
 
-        ready!(self.poll_loop(cx))?;
+        // PATCH (tokengate): the loop's reads after one that found nothing
+        // return `Pending` without going to the socket (`Buffered::begin_poll`).
+        self.conn.begin_poll();
+        let looped = self.poll_loop(cx);
+        self.conn.end_poll();
+        ready!(looped)?;
 
         if self.is_done() {
             if let Some(pending) = self.conn.pending_upgrade() {

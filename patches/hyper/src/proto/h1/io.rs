@@ -47,9 +47,23 @@ pub(crate) struct Buffered<T, B> {
     io: T,
     partial_len: Option<usize>,
     read_blocked: bool,
+    // PATCH (tokengate): where this connection is in its task's poll, for
+    // reads that cannot find anything (see `begin_poll`).
+    poll_state: PollState,
     read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
+}
+
+/// PATCH (tokengate): see `Buffered::begin_poll`.
+#[derive(Clone, Copy)]
+enum PollState {
+    /// Not in the dispatcher's loop: every read goes to the socket.
+    Outside,
+    /// In the loop, and no read has found nothing yet.
+    Looping,
+    /// In the loop, and a read found nothing (the socket has the waker).
+    Blocked,
 }
 
 impl<T, B> fmt::Debug for Buffered<T, B>
@@ -84,6 +98,7 @@ where
             io,
             partial_len: None,
             read_blocked: false,
+            poll_state: PollState::Outside,
             read_buf: BytesMut::with_capacity(0),
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
@@ -282,7 +297,41 @@ where
         }
     }
 
+    /// PATCH (tokengate): the dispatcher's loop over read, write and flush
+    /// starts (`begin_poll`) and ends (`end_poll`), all with one `Context`.
+    /// The loop turns again after every write, and each turn checks for
+    /// the peer's EOF (or, for a client, that an idle connection stays
+    /// empty): a read through TLS and the reactor's readiness for a socket
+    /// that already said, earlier in the same loop, that it has nothing.
+    /// Once a read has returned `Pending` in the loop the socket holds this
+    /// task's waker, and what arrives later wakes the task and runs the
+    /// loop again, so the loop's further reads return `Pending` at once.
+    /// Outside the loop every read goes to the socket, as before.
+    pub(crate) fn begin_poll(&mut self) {
+        self.poll_state = PollState::Looping;
+    }
+
+    /// PATCH (tokengate): see `begin_poll`.
+    pub(crate) fn end_poll(&mut self) {
+        self.poll_state = PollState::Outside;
+    }
+
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // PATCH (tokengate): nothing can have arrived since this loop's
+        // last read found nothing (`begin_poll`).
+        if let PollState::Blocked = self.poll_state {
+            return Poll::Pending;
+        }
+        let polled = self.poll_read_from_io_now(cx);
+        if polled.is_pending() {
+            if let PollState::Looping = self.poll_state {
+                self.poll_state = PollState::Blocked;
+            }
+        }
+        polled
+    }
+
+    fn poll_read_from_io_now(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // PATCH (tokengate): a connection that gave its buffer back (section
         // 4 of PATCH.md) and has found nothing since reads into the stack,
         // and takes a buffer only when something arrives. A read that was
