@@ -36,6 +36,16 @@ if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v shellcheck >/dev
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y systemd shellcheck
 fi
 
+# jemalloc (the gateway's allocator, built from source by tikv-jemalloc-sys)
+# needs make and a C compiler besides the linker Rust needs.
+if ! command -v make >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then
+    echo "tests/run.sh: installing make and gcc to build jemalloc"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y make gcc
+fi
+
 # promtool (Debian's prometheus package) checks every metrics scrape in
 # tests/integration/metrics.rs; only the tool is used, so the packaged server is stopped.
 if ! command -v promtool >/dev/null 2>&1; then
