@@ -43,6 +43,10 @@ pub struct Decoder {
 struct NeverIndexedMemo {
     encoded: Box<[u8]>,
     decoded: Bytes,
+    /// The field last made of `decoded` and a name from the tables, kept so
+    /// that the same name and value again are not checked and copied into a
+    /// new `HeaderValue` again (`Name::into_entry` would make an equal one).
+    header: Option<Header>,
 }
 
 /// The scratch buffer Huffman-coded strings are decoded into (and split off
@@ -174,6 +178,9 @@ struct StringMarker {
     offset: usize,
     len: usize,
     string: Option<Bytes>,
+    /// PATCH (tokengate): the string is the one `Decoder::never_indexed`
+    /// remembers (taken from it, or just put there).
+    remembered: bool,
 }
 
 // ===== impl Decoder =====
@@ -358,9 +365,30 @@ impl Decoder {
             Header::new(name, value)
         } else {
             let e = self.table.get(table_idx)?;
-            let value = self.decode_string(buf, never_indexed)?;
-
-            e.name().into_entry(value)
+            if !never_indexed {
+                let value = self.decode_string(buf, false)?;
+                return e.name().into_entry(value);
+            }
+            // PATCH (tokengate): the field made last time of the same name
+            // and the same encoded value (`NeverIndexedMemo::header`).
+            let old_pos = buf.position();
+            let marker = self.try_decode_string(buf, true)?;
+            buf.set_position(old_pos);
+            let remembered = marker.remembered;
+            if remembered {
+                if let Some(header) = self.never_indexed.as_ref().and_then(|m| m.header.as_ref()) {
+                    if header.name() == e.name() {
+                        let header = header.clone();
+                        marker.consume(buf);
+                        return Ok(header);
+                    }
+                }
+            }
+            let header = e.name().into_entry(marker.consume(buf))?;
+            if let (true, Some(memo)) = (remembered, self.never_indexed.as_mut()) {
+                memo.header = Some(header.clone());
+            }
+            Ok(header)
         }
     }
 
@@ -399,6 +427,7 @@ impl Decoder {
                             offset,
                             len,
                             string,
+                            remembered: true,
                         });
                     }
                 }
@@ -412,19 +441,28 @@ impl Decoder {
             }
             let ret = {
                 let raw = &buf.chunk()[..len];
-                let decoded = huffman::decode(raw, &mut self.buffer);
-                if let (true, Ok(decoded)) = (never_indexed, &decoded) {
-                    // Copies of their own: the decoded string shares the
-                    // scratch buffer, which the memo must not keep alive.
-                    self.never_indexed = Some(NeverIndexedMemo {
-                        encoded: raw.into(),
-                        decoded: Bytes::copy_from_slice(decoded),
-                    });
-                }
-                decoded.map(|buf| StringMarker {
-                    offset,
-                    len,
-                    string: Some(BytesMut::freeze(buf)),
+                huffman::decode(raw, &mut self.buffer).map(|decoded| {
+                    let string = if never_indexed {
+                        // Copies of their own, and the string handed on is
+                        // the memo's: the decoded string shares the scratch
+                        // buffer, which the memo (and the field it keeps)
+                        // must not keep alive.
+                        let string = Bytes::copy_from_slice(&decoded);
+                        self.never_indexed = Some(NeverIndexedMemo {
+                            encoded: raw.into(),
+                            decoded: string.clone(),
+                            header: None,
+                        });
+                        string
+                    } else {
+                        BytesMut::freeze(decoded)
+                    };
+                    StringMarker {
+                        offset,
+                        len,
+                        string: Some(string),
+                        remembered: never_indexed,
+                    }
                 })
             };
 
@@ -436,6 +474,7 @@ impl Decoder {
                 offset,
                 len,
                 string: None,
+                remembered: false,
             })
         }
     }
@@ -949,7 +988,9 @@ mod test {
     fn test_decode_string_empty() {
         let mut de = Decoder::new(0);
         let mut buf = BytesMut::new();
-        let err = de.decode_string(&mut Cursor::new(&mut buf), false).unwrap_err();
+        let err = de
+            .decode_string(&mut Cursor::new(&mut buf), false)
+            .unwrap_err();
         assert_eq!(err, DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
     }
 
@@ -1074,6 +1115,7 @@ mod test {
         assert_eq!(path(&first[0]), "/a/secret/value");
         let remembered = de.never_indexed.as_ref().map(|m| m.decoded.as_ptr());
         assert!(remembered.is_some(), "the value is remembered");
+        assert_eq!(Some(ptr(&first[0])), remembered, "not the scratch buffer");
 
         let again = decode_all(&mut de, &block(b"/a/secret/value")).unwrap();
         assert_eq!(path(&again[0]), "/a/secret/value");
@@ -1082,6 +1124,34 @@ mod test {
         let other = decode_all(&mut de, &block(b"/another/value")).unwrap();
         assert_eq!(path(&other[0]), "/another/value");
         assert_ne!(Some(ptr(&other[0])), remembered);
+
+        // A field: the same value under the same name is the field made
+        // last time (its value not checked and copied again); under another
+        // name it is made anew.
+        let field = |name: u8, value: &[u8]| {
+            let coded = huff_encode(value);
+            let mut block = vec![0b0001_1111, name - 15, 0x80 | coded.len() as u8];
+            block.extend_from_slice(&coded);
+            block
+        };
+        let value = |h: &Header| match h {
+            Header::Field { name, value } => (name.as_str().to_owned(), value.as_bytes().as_ptr()),
+            _ => panic!("not a field: {:?}", h),
+        };
+        let auth = decode_all(&mut de, &field(23, b"Bearer tg_secret")).unwrap();
+        let auth_again = decode_all(&mut de, &field(23, b"Bearer tg_secret")).unwrap();
+        assert_eq!(auth, auth_again);
+        assert_eq!(value(&auth[0]).0, "authorization");
+        assert_eq!(value(&auth[0]).1, value(&auth_again[0]).1, "the same field");
+        let cookie = decode_all(&mut de, &field(32, b"Bearer tg_secret")).unwrap();
+        assert_eq!(value(&cookie[0]).0, "cookie");
+        assert_eq!(
+            cookie[0],
+            Header::Field {
+                name: header::COOKIE,
+                value: http::HeaderValue::from_static("Bearer tg_secret"),
+            }
+        );
 
         assert!(de.release_buffer());
         assert!(de.never_indexed.is_none(), "given back when idle");
@@ -1127,8 +1197,11 @@ mod test {
             if coded.len() > 126 {
                 continue;
             }
-            // authorization (static name 23), never indexed.
-            let mut block = vec![0b0001_0000 | 15, 23 - 15, 0x80 | coded.len() as u8];
+            // authorization, cookie or proxy-authorization (static names
+            // 23, 32, 49), never indexed: the same value under another name
+            // is another field.
+            let name = [23, 32, 49][rng.gen_range(0..3)];
+            let mut block = vec![0b0001_0000 | 15, name - 15, 0x80 | coded.len() as u8];
             block.extend_from_slice(&coded);
             let got = decode_all(&mut de, &block);
             let want = decode_all(&mut Decoder::new(4096), &block);
