@@ -24,6 +24,29 @@ pub struct Decoder {
     /// while the connection was idle: `release_buffer`); the next
     /// Huffman-coded string reserves it.
     released: bool,
+    /// PATCH (tokengate): the last Huffman-coded never-indexed value and
+    /// what it decoded to (see `NeverIndexedMemo`).
+    never_indexed: Option<NeverIndexedMemo>,
+}
+
+/// PATCH (tokengate): a value sent "never indexed" cannot be referred to by
+/// index later, so a client sends it again, byte for byte, with every
+/// request: a bearer token above all (nghttp2, and so curl and h2load, send
+/// `authorization` this way), which is most of a request's Huffman-coded
+/// bytes. The decoder remembers the last such value's encoded bytes and the
+/// string they decoded to; the same bytes again give the same string
+/// without decoding them again (Huffman decoding is a function of the bytes
+/// alone, so the result is the one decoding would give). Per connection:
+/// the comparison is only ever with what the same peer sent before. Given
+/// back with the scratch buffer when the connection goes idle.
+#[derive(Debug)]
+struct NeverIndexedMemo {
+    encoded: Box<[u8]>,
+    decoded: Bytes,
+    /// The field last made of `decoded` and a name from the tables, kept so
+    /// that the same name and value again are not checked and copied into a
+    /// new `HeaderValue` again (`Name::into_entry` would make an equal one).
+    header: Option<Header>,
 }
 
 /// The scratch buffer Huffman-coded strings are decoded into (and split off
@@ -155,6 +178,9 @@ struct StringMarker {
     offset: usize,
     len: usize,
     string: Option<Bytes>,
+    /// PATCH (tokengate): the string is the one `Decoder::never_indexed`
+    /// remembers (taken from it, or just put there).
+    remembered: bool,
 }
 
 // ===== impl Decoder =====
@@ -170,6 +196,7 @@ impl Decoder {
             // string (see `released`), not up front.
             buffer: BytesMut::new(),
             released: true,
+            never_indexed: None,
         }
     }
 
@@ -178,8 +205,9 @@ impl Decoder {
     /// until they are dropped (the dynamic table keeps copies of its own:
     /// `Header::detached`); this drops the decoder's own hold.
     pub(crate) fn release_buffer(&mut self) -> bool {
+        let memo = self.never_indexed.take().is_some();
         if self.released {
-            return false;
+            return memo;
         }
         self.buffer = BytesMut::new();
         self.released = true;
@@ -242,7 +270,7 @@ impl Decoder {
                 LiteralWithIndexing => {
                     tracing::trace!(rem = src.remaining(), kind = %"LiteralWithIndexing");
                     can_resize = false;
-                    let entry = self.decode_literal(src, true)?;
+                    let entry = self.decode_literal(src, true, false)?;
 
                     // Insert the header into the table. PATCH (tokengate):
                     // a copy that does not share the buffer it was decoded
@@ -257,7 +285,7 @@ impl Decoder {
                 LiteralWithoutIndexing => {
                     tracing::trace!(rem = src.remaining(), kind = %"LiteralWithoutIndexing");
                     can_resize = false;
-                    let entry = self.decode_literal(src, false)?;
+                    let entry = self.decode_literal(src, false, false)?;
                     consume(src);
                     if f(entry).is_break() {
                         break;
@@ -266,7 +294,7 @@ impl Decoder {
                 LiteralNeverIndexed => {
                     tracing::trace!(rem = src.remaining(), kind = %"LiteralNeverIndexed");
                     can_resize = false;
-                    let entry = self.decode_literal(src, false)?;
+                    let entry = self.decode_literal(src, false, true)?;
                     consume(src);
 
                     // TODO: Track that this should never be indexed
@@ -318,6 +346,7 @@ impl Decoder {
         &mut self,
         buf: &mut Cursor<&mut BytesMut>,
         index: bool,
+        never_indexed: bool,
     ) -> Result<Header, DecoderError> {
         let prefix = if index { 6 } else { 4 };
 
@@ -327,8 +356,8 @@ impl Decoder {
         // First, read the header name
         if table_idx == 0 {
             let old_pos = buf.position();
-            let name_marker = self.try_decode_string(buf)?;
-            let value_marker = self.try_decode_string(buf)?;
+            let name_marker = self.try_decode_string(buf, false)?;
+            let value_marker = self.try_decode_string(buf, never_indexed)?;
             buf.set_position(old_pos);
             // Read the name as a literal
             let name = name_marker.consume(buf);
@@ -336,15 +365,39 @@ impl Decoder {
             Header::new(name, value)
         } else {
             let e = self.table.get(table_idx)?;
-            let value = self.decode_string(buf)?;
-
-            e.name().into_entry(value)
+            if !never_indexed {
+                let value = self.decode_string(buf, false)?;
+                return e.name().into_entry(value);
+            }
+            // PATCH (tokengate): the field made last time of the same name
+            // and the same encoded value (`NeverIndexedMemo::header`).
+            let old_pos = buf.position();
+            let marker = self.try_decode_string(buf, true)?;
+            buf.set_position(old_pos);
+            let remembered = marker.remembered;
+            if remembered {
+                if let Some(header) = self.never_indexed.as_ref().and_then(|m| m.header.as_ref()) {
+                    if header.name() == e.name() {
+                        let header = header.clone();
+                        marker.consume(buf);
+                        return Ok(header);
+                    }
+                }
+            }
+            let header = e.name().into_entry(marker.consume(buf))?;
+            if let (true, Some(memo)) = (remembered, self.never_indexed.as_mut()) {
+                memo.header = Some(header.clone());
+            }
+            Ok(header)
         }
     }
 
+    /// PATCH (tokengate): `never_indexed`: the string is the value of a
+    /// never-indexed field (`NeverIndexedMemo`).
     fn try_decode_string(
         &mut self,
         buf: &mut Cursor<&mut BytesMut>,
+        never_indexed: bool,
     ) -> Result<StringMarker, DecoderError> {
         let old_pos = buf.position();
         const HUFF_FLAG: u8 = 0b1000_0000;
@@ -365,6 +418,20 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            if never_indexed {
+                if let Some(memo) = &self.never_indexed {
+                    if *memo.encoded == buf.chunk()[..len] {
+                        let string = Some(memo.decoded.clone());
+                        buf.advance(len);
+                        return Ok(StringMarker {
+                            offset,
+                            len,
+                            string,
+                            remembered: true,
+                        });
+                    }
+                }
+            }
             if self.released {
                 // PATCH (tokengate): as `Decoder::new` does, so that strings
                 // are split off one 4 KiB allocation again, not allocated
@@ -374,10 +441,28 @@ impl Decoder {
             }
             let ret = {
                 let raw = &buf.chunk()[..len];
-                huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
-                    offset,
-                    len,
-                    string: Some(BytesMut::freeze(buf)),
+                huffman::decode(raw, &mut self.buffer).map(|decoded| {
+                    let string = if never_indexed {
+                        // Copies of their own, and the string handed on is
+                        // the memo's: the decoded string shares the scratch
+                        // buffer, which the memo (and the field it keeps)
+                        // must not keep alive.
+                        let string = Bytes::copy_from_slice(&decoded);
+                        self.never_indexed = Some(NeverIndexedMemo {
+                            encoded: raw.into(),
+                            decoded: string.clone(),
+                            header: None,
+                        });
+                        string
+                    } else {
+                        BytesMut::freeze(decoded)
+                    };
+                    StringMarker {
+                        offset,
+                        len,
+                        string: Some(string),
+                        remembered: never_indexed,
+                    }
                 })
             };
 
@@ -389,13 +474,18 @@ impl Decoder {
                 offset,
                 len,
                 string: None,
+                remembered: false,
             })
         }
     }
 
-    fn decode_string(&mut self, buf: &mut Cursor<&mut BytesMut>) -> Result<Bytes, DecoderError> {
+    fn decode_string(
+        &mut self,
+        buf: &mut Cursor<&mut BytesMut>,
+        never_indexed: bool,
+    ) -> Result<Bytes, DecoderError> {
         let old_pos = buf.position();
-        let marker = self.try_decode_string(buf)?;
+        let marker = self.try_decode_string(buf, never_indexed)?;
         buf.set_position(old_pos);
         Ok(marker.consume(buf))
     }
@@ -898,7 +988,9 @@ mod test {
     fn test_decode_string_empty() {
         let mut de = Decoder::new(0);
         let mut buf = BytesMut::new();
-        let err = de.decode_string(&mut Cursor::new(&mut buf)).unwrap_err();
+        let err = de
+            .decode_string(&mut Cursor::new(&mut buf), false)
+            .unwrap_err();
         assert_eq!(err, DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
     }
 
@@ -983,6 +1075,148 @@ mod test {
         }
         assert_eq!(value(&authority_entry), "example.test");
         assert_eq!(value(&path_entry), "/some/path");
+    }
+
+    /// PATCH (tokengate): decodes one header block into its headers.
+    fn decode_all(de: &mut Decoder, block: &[u8]) -> Result<Vec<Header>, DecoderError> {
+        let mut buf = BytesMut::from(block);
+        let mut res = vec![];
+        de.decode(&mut Cursor::new(&mut buf), |h| {
+            res.push(h);
+            ControlFlow::Continue(())
+        })?;
+        Ok(res)
+    }
+
+    /// PATCH (tokengate): a never-indexed Huffman-coded value sent again
+    /// byte for byte is given the string remembered from the last time (a
+    /// pseudo-header value shares it), a different one is decoded, and an
+    /// idle connection gives the memo back.
+    #[test]
+    fn test_never_indexed_value_is_remembered() {
+        let mut de = Decoder::new(4096);
+        let block = |path: &[u8]| {
+            // :path (static name 4), literal never indexed, Huffman value.
+            let coded = huff_encode(path);
+            let mut block = vec![0b0001_0000 | 4, 0x80 | coded.len() as u8];
+            block.extend_from_slice(&coded);
+            block
+        };
+        let path = |h: &Header| match h {
+            Header::Path(v) => v.as_str().to_owned(),
+            _ => panic!("not a path: {:?}", h),
+        };
+        let ptr = |h: &Header| match h {
+            Header::Path(v) => v.as_str().as_ptr(),
+            _ => panic!("not a path: {:?}", h),
+        };
+
+        let first = decode_all(&mut de, &block(b"/a/secret/value")).unwrap();
+        assert_eq!(path(&first[0]), "/a/secret/value");
+        let remembered = de.never_indexed.as_ref().map(|m| m.decoded.as_ptr());
+        assert!(remembered.is_some(), "the value is remembered");
+        assert_eq!(Some(ptr(&first[0])), remembered, "not the scratch buffer");
+
+        let again = decode_all(&mut de, &block(b"/a/secret/value")).unwrap();
+        assert_eq!(path(&again[0]), "/a/secret/value");
+        assert_eq!(Some(ptr(&again[0])), remembered, "not decoded again");
+
+        let other = decode_all(&mut de, &block(b"/another/value")).unwrap();
+        assert_eq!(path(&other[0]), "/another/value");
+        assert_ne!(Some(ptr(&other[0])), remembered);
+
+        // A field: the same value under the same name is the field made
+        // last time (its value not checked and copied again); under another
+        // name it is made anew.
+        let field = |name: u8, value: &[u8]| {
+            let coded = huff_encode(value);
+            let mut block = vec![0b0001_1111, name - 15, 0x80 | coded.len() as u8];
+            block.extend_from_slice(&coded);
+            block
+        };
+        let value = |h: &Header| match h {
+            Header::Field { name, value } => (name.as_str().to_owned(), value.as_bytes().as_ptr()),
+            _ => panic!("not a field: {:?}", h),
+        };
+        let auth = decode_all(&mut de, &field(23, b"Bearer tg_secret")).unwrap();
+        let auth_again = decode_all(&mut de, &field(23, b"Bearer tg_secret")).unwrap();
+        assert_eq!(auth, auth_again);
+        assert_eq!(value(&auth[0]).0, "authorization");
+        assert_eq!(value(&auth[0]).1, value(&auth_again[0]).1, "the same field");
+        let cookie = decode_all(&mut de, &field(32, b"Bearer tg_secret")).unwrap();
+        assert_eq!(value(&cookie[0]).0, "cookie");
+        assert_eq!(
+            cookie[0],
+            Header::Field {
+                name: header::COOKIE,
+                value: http::HeaderValue::from_static("Bearer tg_secret"),
+            }
+        );
+
+        assert!(de.release_buffer());
+        assert!(de.never_indexed.is_none(), "given back when idle");
+        let after = decode_all(&mut de, &block(b"/another/value")).unwrap();
+        assert_eq!(path(&after[0]), "/another/value");
+    }
+
+    /// PATCH (tokengate): with the memo, never-indexed values decode to what
+    /// a decoder without it (a fresh one each time) gives, the same errors
+    /// included, over random values sent again, changed, or invalid, and
+    /// the memo is used for the values sent again.
+    #[test]
+    fn test_never_indexed_memo_matches_fresh_decoding() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        let mut rng = StdRng::seed_from_u64(0x5eed_0f_7e57);
+        let mut de = Decoder::new(4096);
+        let mut last: Vec<u8> = b"Bearer abc".to_vec();
+        for round in 0..5_000 {
+            let coded: Vec<u8> = match rng.gen_range(0..4) {
+                0 => last.clone(),
+                1 => {
+                    let len = rng.gen_range(1..60);
+                    let value: Vec<u8> = (0..len).map(|_| rng.gen_range(0x20..0x7f)).collect();
+                    huff_encode(&value).to_vec()
+                }
+                2 => {
+                    // Random bytes: mostly invalid codes or padding.
+                    let len = rng.gen_range(1..20);
+                    (0..len).map(|_| rng.gen()).collect()
+                }
+                _ => {
+                    // The last value with one byte changed.
+                    let mut c = last.clone();
+                    if !c.is_empty() {
+                        let i = rng.gen_range(0..c.len());
+                        c[i] ^= 1 << rng.gen_range(0..8);
+                    }
+                    c
+                }
+            };
+            if coded.len() > 126 {
+                continue;
+            }
+            // authorization, cookie or proxy-authorization (static names
+            // 23, 32, 49), never indexed: the same value under another name
+            // is another field.
+            let name = [23, 32, 49][rng.gen_range(0..3)];
+            let mut block = vec![0b0001_0000 | 15, name - 15, 0x80 | coded.len() as u8];
+            block.extend_from_slice(&coded);
+            let got = decode_all(&mut de, &block);
+            let want = decode_all(&mut Decoder::new(4096), &block);
+            assert_eq!(got, want, "round {} coded {:?}", round, coded);
+            if got.is_ok() {
+                let memo = de.never_indexed.as_ref().map(|m| &*m.encoded);
+                assert_eq!(memo, Some(&coded[..]), "round {}", round);
+            } else {
+                // A decoding error ends the connection, and its decoder
+                // with it (after a Huffman error the scratch buffer holds
+                // the failed attempt's bytes).
+                de = Decoder::new(4096);
+            }
+            last = coded;
+        }
     }
 
     fn huff_encode(src: &[u8]) -> BytesMut {
