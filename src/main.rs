@@ -362,8 +362,8 @@ async fn wait_for_signal() {
 /// header maps, task and buffers), more than glibc's per-thread cache keeps
 /// (7 per size): most `malloc`s took its slow path (~300 instructions,
 /// `_int_malloc` sorting its bins). jemalloc's thread caches hold far more
-/// per size class. Measured in benches/load/README.md ("The allocator").
-/// mimalloc was tried before and dropped: it took more memory per idle
-/// connection.
+/// per size class. Measured in benches/load/README.md ("jemalloc, and
+/// HTTP/1.1's TLS read buffer given back between reads"). mimalloc was
+/// tried before and dropped: it took more memory per idle connection.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

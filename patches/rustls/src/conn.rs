@@ -444,8 +444,10 @@ impl<Data> ConnectionCommon<Data> {
     /// it did. For an application that knows the connection has gone idle
     /// (no request in progress, nothing more to read for now): otherwise the
     /// buffer keeps the 4 KiB sized (and zero-filled) for the last read for
-    /// the connection's life. The next `read_tls` reserves it again; calling
-    /// this after every read would make each read zero-fill a new buffer.
+    /// the connection's life. The next `read_tls` reserves it again, from
+    /// the thread's spares when there is one (see `release_if_empty`), so it
+    /// can also be called after every read that finds nothing (tokengate
+    /// does, for HTTP/1.1 connections).
     pub fn release_idle_buffers(&mut self) -> bool {
         self.deframer_buffer.release_if_empty()
     }

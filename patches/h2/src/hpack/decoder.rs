@@ -49,6 +49,21 @@ struct NeverIndexedMemo {
     header: Option<Header>,
 }
 
+/// PATCH (tokengate): the shortest encoded value the memo keeps. nghttp2
+/// (curl, h2load) also sends cookies shorter than 20 bytes never-indexed;
+/// with a short cookie and a token in every request, one memo would swap
+/// between them and miss every time, paying its copies for nothing. Bearer
+/// tokens are far longer.
+const MEMO_MIN_LEN: usize = 20;
+
+/// PATCH (tokengate): equal bytes, compared without stopping at the first
+/// difference. A trusted balancer may carry many users' requests on one
+/// connection, so the memo can hold another user's token.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && core::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
+}
+
 /// The scratch buffer Huffman-coded strings are decoded into (and split off
 /// from).
 const BUFFER_CAPACITY: usize = 4096;
@@ -418,9 +433,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            let never_indexed = never_indexed && len >= MEMO_MIN_LEN;
             if never_indexed {
                 if let Some(memo) = &self.never_indexed {
-                    if *memo.encoded == buf.chunk()[..len] {
+                    if same_bytes(&memo.encoded, &buf.chunk()[..len]) {
                         let string = Some(memo.decoded.clone());
                         buf.advance(len);
                         return Ok(StringMarker {
@@ -1111,18 +1127,18 @@ mod test {
             _ => panic!("not a path: {:?}", h),
         };
 
-        let first = decode_all(&mut de, &block(b"/a/secret/value")).unwrap();
-        assert_eq!(path(&first[0]), "/a/secret/value");
+        let first = decode_all(&mut de, &block(b"/a/secret/value/long/enough/to/be/remembered")).unwrap();
+        assert_eq!(path(&first[0]), "/a/secret/value/long/enough/to/be/remembered");
         let remembered = de.never_indexed.as_ref().map(|m| m.decoded.as_ptr());
         assert!(remembered.is_some(), "the value is remembered");
         assert_eq!(Some(ptr(&first[0])), remembered, "not the scratch buffer");
 
-        let again = decode_all(&mut de, &block(b"/a/secret/value")).unwrap();
-        assert_eq!(path(&again[0]), "/a/secret/value");
+        let again = decode_all(&mut de, &block(b"/a/secret/value/long/enough/to/be/remembered")).unwrap();
+        assert_eq!(path(&again[0]), "/a/secret/value/long/enough/to/be/remembered");
         assert_eq!(Some(ptr(&again[0])), remembered, "not decoded again");
 
-        let other = decode_all(&mut de, &block(b"/another/value")).unwrap();
-        assert_eq!(path(&other[0]), "/another/value");
+        let other = decode_all(&mut de, &block(b"/another/value/long/enough/to/be/remembered")).unwrap();
+        assert_eq!(path(&other[0]), "/another/value/long/enough/to/be/remembered");
         assert_ne!(Some(ptr(&other[0])), remembered);
 
         // A field: the same value under the same name is the field made
@@ -1138,25 +1154,32 @@ mod test {
             Header::Field { name, value } => (name.as_str().to_owned(), value.as_bytes().as_ptr()),
             _ => panic!("not a field: {:?}", h),
         };
-        let auth = decode_all(&mut de, &field(23, b"Bearer tg_secret")).unwrap();
-        let auth_again = decode_all(&mut de, &field(23, b"Bearer tg_secret")).unwrap();
+        let auth = decode_all(&mut de, &field(23, b"Bearer tg_secret_long_enough_to_be_remembered")).unwrap();
+        let auth_again = decode_all(&mut de, &field(23, b"Bearer tg_secret_long_enough_to_be_remembered")).unwrap();
         assert_eq!(auth, auth_again);
         assert_eq!(value(&auth[0]).0, "authorization");
         assert_eq!(value(&auth[0]).1, value(&auth_again[0]).1, "the same field");
-        let cookie = decode_all(&mut de, &field(32, b"Bearer tg_secret")).unwrap();
+        let cookie = decode_all(&mut de, &field(32, b"Bearer tg_secret_long_enough_to_be_remembered")).unwrap();
         assert_eq!(value(&cookie[0]).0, "cookie");
         assert_eq!(
             cookie[0],
             Header::Field {
                 name: header::COOKIE,
-                value: http::HeaderValue::from_static("Bearer tg_secret"),
+                value: http::HeaderValue::from_static("Bearer tg_secret_long_enough_to_be_remembered"),
             }
         );
 
+        // A short value (a cookie under 20 encoded bytes) is decoded and
+        // handed on, and leaves the memo as it was.
+        let before = de.never_indexed.as_ref().map(|m| m.decoded.as_ptr());
+        let short = decode_all(&mut de, &field(32, b"id=42")).unwrap();
+        assert_eq!(value(&short[0]).0, "cookie");
+        assert_eq!(de.never_indexed.as_ref().map(|m| m.decoded.as_ptr()), before);
+
         assert!(de.release_buffer());
         assert!(de.never_indexed.is_none(), "given back when idle");
-        let after = decode_all(&mut de, &block(b"/another/value")).unwrap();
-        assert_eq!(path(&after[0]), "/another/value");
+        let after = decode_all(&mut de, &block(b"/another/value/long/enough/to/be/remembered")).unwrap();
+        assert_eq!(path(&after[0]), "/another/value/long/enough/to/be/remembered");
     }
 
     /// PATCH (tokengate): with the memo, never-indexed values decode to what
@@ -1170,12 +1193,12 @@ mod test {
 
         let mut rng = StdRng::seed_from_u64(0x5eed_0f_7e57);
         let mut de = Decoder::new(4096);
-        let mut last: Vec<u8> = b"Bearer abc".to_vec();
+        let mut last: Vec<u8> = huff_encode(b"Bearer abcdefghijklmnopqrstuvwxyz").to_vec();
         for round in 0..5_000 {
             let coded: Vec<u8> = match rng.gen_range(0..4) {
                 0 => last.clone(),
                 1 => {
-                    let len = rng.gen_range(1..60);
+                    let len = rng.gen_range(1..80);
                     let value: Vec<u8> = (0..len).map(|_| rng.gen_range(0x20..0x7f)).collect();
                     huff_encode(&value).to_vec()
                 }
@@ -1207,8 +1230,14 @@ mod test {
             let want = decode_all(&mut Decoder::new(4096), &block);
             assert_eq!(got, want, "round {} coded {:?}", round, coded);
             if got.is_ok() {
+                // Remembered when long enough; a short one leaves the memo
+                // as it was.
                 let memo = de.never_indexed.as_ref().map(|m| &*m.encoded);
-                assert_eq!(memo, Some(&coded[..]), "round {}", round);
+                if coded.len() >= MEMO_MIN_LEN {
+                    assert_eq!(memo, Some(&coded[..]), "round {}", round);
+                } else {
+                    assert_ne!(memo, Some(&coded[..]), "round {}", round);
+                }
             } else {
                 // A decoding error ends the connection, and its decoder
                 // with it (after a Huffman error the scratch buffer holds
