@@ -110,8 +110,14 @@ where
     pub fn poll_ready(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         self.encoder.regrow();
         if !self.encoder.has_capacity() {
-            // Try flushing
-            ready!(self.flush(cx))?;
+            // PATCH (tokengate): make room by writing the buffer out, without
+            // flushing the transport. A transport that batches writes until
+            // a flush (tokengate's write coalescing) would otherwise send a
+            // record per chained DATA frame (every payload over
+            // `chain_threshold`), not one per pass of the connection. The
+            // connection flushes when it has written what is pending
+            // (`Streams::poll_complete`, `Connection::poll`).
+            ready!(self.write_buffered(cx))?;
 
             if !self.encoder.has_capacity() {
                 return Poll::Pending;
@@ -152,6 +158,19 @@ where
         let span = tracing::trace_span!("FramedWrite::flush");
         let _e = span.enter();
 
+        ready!(self.write_buffered(cx))?;
+
+        tracing::trace!("flushing buffer");
+        // Flush the upstream
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+
+        Poll::Ready(Ok(()))
+    }
+
+    /// PATCH (tokengate): writes everything buffered (and a chained DATA
+    /// payload) to the transport, without flushing it; split out of
+    /// `flush` for `poll_ready`.
+    fn write_buffered(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         loop {
             while !self.encoder.is_empty() {
                 let n = match self.encoder.next {
@@ -181,10 +200,6 @@ where
                 ControlFlow::Break => break,
             }
         }
-
-        tracing::trace!("flushing buffer");
-        // Flush the upstream
-        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
 
         Poll::Ready(Ok(()))
     }
@@ -416,5 +431,64 @@ mod unstable {
         pub fn get_ref(&self) -> &T {
             &self.inner
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::StreamId;
+    use bytes::Bytes;
+
+    /// Counts what a transport is asked to do.
+    #[derive(Default)]
+    struct Recorder {
+        written: usize,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().written += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// PATCH (tokengate): DATA payloads over the chain threshold each make
+    /// `poll_ready` write the buffer out before the next frame; none of
+    /// that flushes the transport, only the connection's own flush does.
+    #[test]
+    fn making_room_writes_but_does_not_flush() {
+        let mut fw: FramedWrite<Recorder, Bytes> = FramedWrite::new(Recorder::default());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for id in [1u32, 3, 5] {
+            assert!(fw.poll_ready(&mut cx).is_ready());
+            let mut data = frame::Data::new(StreamId::from(id), Bytes::from(vec![b'x'; 300]));
+            data.set_end_stream(true);
+            fw.buffer(data.into()).expect("buffered");
+        }
+        // The first two frames went out to make room for the next.
+        assert_eq!(fw.get_mut().written, 2 * (frame::HEADER_LEN + 300));
+        assert_eq!(fw.get_mut().flushes, 0, "making room flushed the transport");
+        assert!(fw.flush(&mut cx).is_ready());
+        assert_eq!(fw.get_mut().written, 3 * (frame::HEADER_LEN + 300));
+        assert_eq!(fw.get_mut().flushes, 1);
     }
 }
