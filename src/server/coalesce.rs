@@ -10,6 +10,12 @@
 //! run first and join the batch, then the next flush writes it all.
 //! The added delay is one pass of the worker's run queue.
 //!
+//! This relies on h2 flushing only when it has written what is pending. h2
+//! also flushed to make room behind every DATA frame over 256 bytes (whose
+//! payload it chains rather than copies), which sent batches out two
+//! responses at a time; the patched h2 (patches/h2, section 9) writes there
+//! without flushing.
+//!
 //! An idle connection holds no buffer here and none in rustls for reading:
 //! h2 (patched, patches/h2) tells the transport that a connection has gone
 //! idle (no stream open, everything written, nothing more to read) by a
