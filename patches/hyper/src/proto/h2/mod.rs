@@ -155,17 +155,32 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut me = self.project();
+        // PATCH (tokengate): set when a chunk has just been taken from the
+        // body and stashed, right after this poll checked for a reset.
+        let mut reset_just_checked = false;
         loop {
             // Register for RST_STREAM notification while we wait for the next
             // body chunk or for send capacity, so the task wakes up if the
             // peer resets the stream.
-            if let Poll::Ready(reason) = me
-                .body_tx
-                .poll_reset(cx)
-                .map_err(crate::Error::new_body_write)?
-            {
-                debug!("stream received RST_STREAM: {:?}", reason);
-                return Poll::Ready(Err(crate::Error::new_body_write(::h2::Error::from(reason))));
+            //
+            // PATCH (tokengate): not again on the turn after a chunk was
+            // stashed: the check made at the top of that turn registered
+            // this task already (`poll_capacity` registers it as well, and
+            // a reset wakes it), and a reset the connection handles in
+            // between is the race every check has with the `send_data`
+            // after it (which then fails, as it would a moment later). One
+            // check fewer per chunk, each a lock and a store lookup.
+            if !std::mem::take(&mut reset_just_checked) {
+                if let Poll::Ready(reason) = me
+                    .body_tx
+                    .poll_reset(cx)
+                    .map_err(crate::Error::new_body_write)?
+                {
+                    debug!("stream received RST_STREAM: {:?}", reason);
+                    return Poll::Ready(Err(crate::Error::new_body_write(::h2::Error::from(
+                        reason,
+                    ))));
+                }
             }
 
             // If a previously-polled chunk is still waiting for stream-level
@@ -249,6 +264,7 @@ where
                             data: chunk,
                             is_eos,
                         });
+                        reset_just_checked = true;
                     } else if frame.is_trailers() {
                         // no more DATA, so give any capacity back
                         me.body_tx.reserve_capacity(0);
