@@ -13,7 +13,7 @@
 //! This relies on h2 flushing only when it has written what is pending. h2
 //! also flushed to make room behind every DATA frame over 256 bytes (whose
 //! payload it chains rather than copies), which sent batches out two
-//! responses at a time; the patched h2 (patches/h2, section 9) writes there
+//! responses at a time; the patched h2 (patches/h2, section 12) writes there
 //! without flushing.
 //!
 //! An idle connection holds no buffer here and none in rustls for reading:

@@ -1660,9 +1660,13 @@ impl proto::Peer for Peer {
         fields: HeaderMap,
         stream_id: StreamId,
     ) -> Result<Self::Poll, Error> {
-        use http::{uri, Version};
+        use http::{uri, Uri, Version};
 
-        let mut b = Request::builder();
+        // PATCH (tokengate): the request is built in place (`Request::new`
+        // and its setters) instead of through `Request::builder()`, whose
+        // `Builder` (a `Result<Parts, Error>` of some 230 bytes) is moved
+        // into and out of every setter: the same request, the same checks
+        // (only the URI's conversion can fail), the same error.
 
         macro_rules! malformed {
             ($($arg:tt)*) => {{
@@ -1671,24 +1675,18 @@ impl proto::Peer for Peer {
             }}
         }
 
-        b = b.version(Version::HTTP_2);
-
         let is_connect;
-        if let Some(method) = pseudo.method {
+        let method = if let Some(method) = pseudo.method {
             is_connect = method == Method::CONNECT;
-            b = b.method(method);
+            method
         } else {
             malformed!("malformed headers: missing method");
-        }
+        };
 
-        let has_protocol = pseudo.protocol.is_some();
-        if has_protocol {
-            if is_connect {
-                // Assert that we have the right type.
-                b = b.extension::<crate::ext::Protocol>(pseudo.protocol.unwrap());
-            } else {
-                malformed!("malformed headers: :protocol on non-CONNECT request");
-            }
+        let protocol = pseudo.protocol;
+        let has_protocol = protocol.is_some();
+        if has_protocol && !is_connect {
+            malformed!("malformed headers: :protocol on non-CONNECT request");
         }
 
         if pseudo.status.is_some() {
@@ -1753,10 +1751,8 @@ impl proto::Peer for Peer {
             malformed!("malformed headers: missing path in extended CONNECT");
         }
 
-        b = b.uri(parts);
-
-        let mut request = match b.body(()) {
-            Ok(request) => request,
+        let uri = match Uri::from_parts(parts) {
+            Ok(uri) => uri,
             Err(e) => {
                 // TODO: Should there be more specialized handling for different
                 // kinds of errors
@@ -1765,7 +1761,17 @@ impl proto::Peer for Peer {
             }
         };
 
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = fields;
+        if let Some(protocol) = protocol {
+            // Assert that we have the right type.
+            request
+                .extensions_mut()
+                .insert::<crate::ext::Protocol>(protocol);
+        }
 
         Ok(request)
     }
@@ -1902,5 +1908,158 @@ mod idle_release_tests {
         assert_eq!(got, body(2));
         assert_eq!(headers["x-authority"], "example.test");
         assert_eq!(headers["x-echo"], "idle-release");
+    }
+}
+
+/// PATCH (tokengate): `convert_poll_message` builds the request in place; it
+/// gives what `Request::builder()` gave, for every combination of pseudo
+/// headers, the malformed ones included.
+#[cfg(test)]
+mod convert_tests {
+    use super::*;
+    use crate::ext::Protocol;
+    use crate::hpack::BytesStr;
+    use crate::proto::Peer as _;
+    use http::{uri, HeaderValue, StatusCode, Version};
+
+    /// The conversion as h2 0.4.20 wrote it, with `Request::builder()`.
+    fn with_builder(pseudo: Pseudo, fields: HeaderMap) -> Option<Request<()>> {
+        let mut b = Request::builder().version(Version::HTTP_2);
+        let is_connect = pseudo.method.as_ref()? == Method::CONNECT;
+        b = b.method(pseudo.method?);
+        let has_protocol = pseudo.protocol.is_some();
+        if has_protocol {
+            if !is_connect {
+                return None;
+            }
+            b = b.extension::<Protocol>(pseudo.protocol?);
+        }
+        if pseudo.status.is_some() {
+            return None;
+        }
+        let mut parts = uri::Parts::default();
+        if let Some(authority) = pseudo.authority {
+            parts.authority = Some(uri::Authority::from_maybe_shared(authority.into_inner()).ok()?);
+        }
+        if let Some(scheme) = pseudo.scheme {
+            if is_connect && !has_protocol {
+                return None;
+            }
+            let scheme = scheme.parse().ok()?;
+            if parts.authority.is_some() {
+                parts.scheme = Some(scheme);
+            }
+        } else if !is_connect || has_protocol {
+            return None;
+        }
+        if let Some(path) = pseudo.path {
+            if (is_connect && !has_protocol) || path.is_empty() {
+                return None;
+            }
+            parts.path_and_query =
+                Some(uri::PathAndQuery::from_maybe_shared(path.into_inner()).ok()?);
+        } else if is_connect && has_protocol {
+            return None;
+        }
+        let mut request = b.uri(parts).body(()).ok()?;
+        *request.headers_mut() = fields;
+        Some(request)
+    }
+
+    fn same(a: &Request<()>, b: &Request<()>) -> bool {
+        a.method() == b.method()
+            && a.uri() == b.uri()
+            && a.uri().to_string() == b.uri().to_string()
+            && a.version() == b.version()
+            && a.headers() == b.headers()
+            && a.extensions()
+                .get::<Protocol>()
+                .map(|p| p.as_str().to_owned())
+                == b.extensions()
+                    .get::<Protocol>()
+                    .map(|p| p.as_str().to_owned())
+            && a.extensions().len() == b.extensions().len()
+    }
+
+    #[test]
+    fn built_in_place_as_the_builder_built_it() {
+        let methods = [
+            None,
+            Some(Method::GET),
+            Some(Method::CONNECT),
+            Some(Method::POST),
+        ];
+        let schemes = [None, Some("https"), Some("http"), Some("not a scheme")];
+        let authorities = [
+            None,
+            Some("example.com"),
+            Some("example.com:8443"),
+            Some("bad authority"),
+        ];
+        let paths = [
+            None,
+            Some(""),
+            Some("/a/b?c=d"),
+            Some("*"),
+            Some("/bad path"),
+        ];
+        let protocols = [None, Some("websocket")];
+        let statuses = [None, Some(StatusCode::OK)];
+        let mut fields = HeaderMap::new();
+        fields.insert("x-one", HeaderValue::from_static("1"));
+        let (mut ok, mut refused) = (0, 0);
+        for m in &methods {
+            for s in &schemes {
+                for a in &authorities {
+                    for p in &paths {
+                        for pr in &protocols {
+                            for st in &statuses {
+                                let pseudo = || Pseudo {
+                                    method: m.clone(),
+                                    scheme: s.map(BytesStr::from),
+                                    authority: a.map(BytesStr::from),
+                                    path: p.map(BytesStr::from),
+                                    protocol: pr.map(Protocol::from),
+                                    status: *st,
+                                };
+                                let id = StreamId::from(1);
+                                let got = Peer::convert_poll_message(pseudo(), fields.clone(), id);
+                                let want = with_builder(pseudo(), fields.clone());
+                                match (got, want) {
+                                    (Ok(got), Some(want)) => {
+                                        assert!(same(&got, &want), "{:?} != {:?}", got, want);
+                                        ok += 1;
+                                    }
+                                    (Err(e), None) => {
+                                        assert_eq!(
+                                            format!("{:?}", e),
+                                            format!(
+                                                "{:?}",
+                                                Error::library_reset(id, Reason::PROTOCOL_ERROR)
+                                            )
+                                        );
+                                        refused += 1;
+                                    }
+                                    (got, want) => panic!(
+                                        "{:?} {:?} {:?} {:?} {:?}: got {:?}, the builder {:?}",
+                                        m, s, a, p, pr, got, want
+                                    ),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Both outcomes, and an error from the URI's conversion (an
+        // authority and a scheme without a path), are among the cases.
+        assert!(ok > 20 && refused > 100, "{ok} {refused}");
+        let pseudo = Pseudo {
+            method: Some(Method::GET),
+            scheme: Some(BytesStr::from("https")),
+            authority: Some(BytesStr::from("example.com")),
+            ..Default::default()
+        };
+        assert!(Peer::convert_poll_message(pseudo, HeaderMap::new(), StreamId::from(1)).is_err());
     }
 }

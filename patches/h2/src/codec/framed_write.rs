@@ -370,12 +370,15 @@ impl<T, B> FramedWrite<T, B> {
     /// when nothing is waiting in it to be written; `poll_ready`,
     /// `has_capacity` and `buffer` reserve it again before the next frame.
     pub(crate) fn release_idle_buffer(&mut self) -> bool {
+        // PATCH (tokengate): and the HPACK encoder's memo of found fields
+        // (it is filled again by the next responses).
+        let memo = self.encoder.hpack.release_idle_memo();
         let buf = self.encoder.buf.get_ref();
         if self.encoder.next.is_none() && buf.is_empty() && buf.capacity() != 0 {
             self.encoder.buf = Cursor::new(BytesMut::new());
             return true;
         }
-        false
+        memo
     }
 
     /// PATCH (tokengate): the write buffer's capacity (0 once given back).

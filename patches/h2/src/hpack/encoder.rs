@@ -62,6 +62,13 @@ impl Encoder {
         self.scratch = scratch;
     }
 
+    /// PATCH (tokengate): gives back the table's memo of found fields
+    /// (`Table::release_memo`) when the connection goes idle; whether it
+    /// held memory.
+    pub(crate) fn release_idle_memo(&mut self) -> bool {
+        self.table.release_memo()
+    }
+
     /// Queues a max size update.
     ///
     /// The next call to `encode` will include a dynamic size update frame.
@@ -807,6 +814,107 @@ mod test {
     #[ignore]
     fn test_evicted_overflow() {
         // Not sure what the best way to do this is.
+    }
+
+    /// PATCH (tokengate): fields found in the table since it last changed
+    /// are answered from `FoundMemo`: repeated responses hit it, and every
+    /// block, over random responses, is byte for byte what the table's
+    /// lookup alone gives, decodes to what was sent, and leaves the two
+    /// tables alike (through size updates, evictions and sensitive values).
+    #[test]
+    fn test_found_memo_gives_the_lookups_bytes() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        use std::io::Cursor;
+        use std::ops::ControlFlow;
+
+        // Repeated response: the second encode answers from the memo.
+        let mut encoder = Encoder::default();
+        let block = || {
+            vec![
+                header("server", "nginx"),
+                header("date", "Mon, 07 Dec 2026 13:00:00 GMT"),
+                header("content-type", "application/json"),
+                header("content-length", "300"),
+            ]
+        };
+        let first = encode(&mut encoder, block());
+        assert_eq!(0, encoder.table.found_memo_len(), "inserted: nothing found");
+        let second = encode(&mut encoder, block());
+        assert_eq!(3, encoder.table.found_memo_len());
+        let third = encode(&mut encoder, block());
+        assert_eq!(second, third);
+        assert_ne!(first, second);
+        // A new date is inserted: every index moves, the memo starts again.
+        let _ = encode(
+            &mut encoder,
+            vec![header("date", "Mon, 07 Dec 2026 13:00:01 GMT")],
+        );
+        assert_eq!(0, encoder.table.found_memo_len());
+        assert!(encoder.release_idle_memo());
+        assert!(!encoder.release_idle_memo());
+
+        let names = [
+            "server",
+            "date",
+            "content-type",
+            "x-custom",
+            "x-other",
+            "content-length",
+            "etag",
+            "cache-control",
+            "vary",
+        ];
+        let values = ["a", "bb", "application/json", "nginx", "", "0123456789"];
+        let mut rng = StdRng::seed_from_u64(7);
+        for max in [4096, 256, 100] {
+            let mut memo = Encoder::new(max, 0);
+            let mut plain = Encoder::new(max, 0);
+            plain.table.turn_found_memo_off();
+            let mut decoder = crate::hpack::Decoder::new(max);
+            for round in 0..3_000 {
+                if round % 500 == 499 {
+                    let size = rng.gen_range(0..=max);
+                    memo.update_max_size(size);
+                    plain.update_max_size(size);
+                }
+                let mut sent = vec![];
+                for _ in 0..rng.gen_range(1..6) {
+                    let name = names[rng.gen_range(0..names.len())];
+                    let value = if rng.gen_bool(0.1) {
+                        "v".repeat(rng.gen_range(100..200))
+                    } else {
+                        values[rng.gen_range(0..values.len())].to_owned()
+                    };
+                    let mut value = HeaderValue::from_str(&value).unwrap();
+                    value.set_sensitive(rng.gen_bool(0.1));
+                    sent.push((HeaderName::from_static(name), value));
+                }
+                let block = || {
+                    sent.iter()
+                        .map(|(n, v)| Header::Field {
+                            name: Some(n.clone()),
+                            value: v.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let got = encode(&mut memo, block());
+                assert_eq!(encode(&mut plain, block()), got, "round {round}");
+                let mut buf = got;
+                let mut decoded = vec![];
+                decoder
+                    .decode(&mut Cursor::new(&mut buf), |h| {
+                        if let Header::Field { name, value } = h {
+                            decoded.push((name, value));
+                        }
+                        ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                let want: Vec<_> = sent.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+                assert_eq!(want, decoded, "round {round}");
+                assert_eq!(plain.table.len(), memo.table.len());
+                assert_eq!(plain.table.size(), memo.table.size());
+            }
+        }
     }
 
     fn encode(e: &mut Encoder, hdrs: Vec<Header<Option<HeaderName>>>) -> BytesMut {

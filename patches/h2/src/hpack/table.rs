@@ -18,6 +18,94 @@ pub struct Table {
     // Size is in bytes
     size: usize,
     max_size: usize,
+    /// PATCH (tokengate): header fields this table has answered `Indexed`
+    /// (a dynamic entry) since it last changed; see `FoundMemo`.
+    found: FoundMemo,
+}
+
+/// PATCH (tokengate): the header fields `Table::index` found among the
+/// dynamic entries, with the index it answered, since the table last changed
+/// (an entry inserted or evicted, or a resize: each empties the memo).
+///
+/// A server's responses repeat most of their fields byte for byte (`server`,
+/// `content-type`, `date` within its second), and each of those was found in
+/// the table by hashing its name, probing and comparing the newest entries.
+/// While the table does not change, the same field finds the same entry at
+/// the same index, whatever the field's sensitivity (a value found is
+/// indexed either way), and the checks `index` makes before the lookup
+/// depend on the field and `max_size` alone (a resize empties the memo): so
+/// a field equal in name and value to one in the memo is answered with the
+/// memo's index, comparing a name and a value instead. Same index, same
+/// bytes on the wire, the table untouched as before.
+///
+/// At most `FOUND_MEMO_LEN` fields, values of up to `FOUND_MEMO_MAX_VALUE`
+/// bytes, copied (a response's values are slices of the upstream's read
+/// buffer, which the memo must not keep alive); given back with the other
+/// buffers of an idle connection (`release`).
+#[derive(Debug, Default)]
+struct FoundMemo {
+    fields: Vec<Found>,
+    values: Vec<u8>,
+    /// Tests turn the memo off to compare with the lookup it stands in for.
+    #[cfg(test)]
+    off: bool,
+}
+
+#[derive(Debug)]
+struct Found {
+    name: header::HeaderName,
+    value: std::ops::Range<usize>,
+    index: usize,
+}
+
+/// PATCH (tokengate): `FoundMemo`'s bounds (a response has a handful of
+/// fields; `date` is 29 bytes).
+const FOUND_MEMO_LEN: usize = 8;
+const FOUND_MEMO_MAX_VALUE: usize = 128;
+
+impl FoundMemo {
+    fn get(&self, header: &Header) -> Option<usize> {
+        #[cfg(test)]
+        if self.off {
+            return None;
+        }
+        if let Header::Field { name, value } = header {
+            let value = value.as_bytes();
+            for f in &self.fields {
+                if f.name == *name && self.values.get(f.value.clone()) == Some(value) {
+                    return Some(f.index);
+                }
+            }
+        }
+        None
+    }
+
+    fn note(&mut self, header: &Header, index: usize) {
+        if let Header::Field { name, value } = header {
+            let value = value.as_bytes();
+            if self.fields.len() < FOUND_MEMO_LEN && value.len() <= FOUND_MEMO_MAX_VALUE {
+                let start = self.values.len();
+                self.values.extend_from_slice(value);
+                self.fields.push(Found {
+                    name: name.clone(),
+                    value: start..self.values.len(),
+                    index,
+                });
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.fields.clear();
+        self.values.clear();
+    }
+
+    fn release(&mut self) -> bool {
+        let held = self.fields.capacity() != 0 || self.values.capacity() != 0;
+        self.fields = Vec::new();
+        self.values = Vec::new();
+        held
+    }
 }
 
 #[derive(Debug)]
@@ -84,6 +172,7 @@ impl Table {
                 inserted: 0,
                 size: 0,
                 max_size,
+                found: FoundMemo::default(),
             }
         } else {
             let capacity = cmp::max(to_raw_capacity(capacity).next_power_of_two(), 8);
@@ -95,6 +184,7 @@ impl Table {
                 inserted: 0,
                 size: 0,
                 max_size,
+                found: FoundMemo::default(),
             }
         }
     }
@@ -133,8 +223,32 @@ impl Table {
         }
     }
 
+    /// PATCH (tokengate): gives back the memo of found fields (an idle
+    /// connection); whether it held memory.
+    pub(crate) fn release_memo(&mut self) -> bool {
+        self.found.release()
+    }
+
+    /// PATCH (tokengate): turns `FoundMemo` off (tests compare against the
+    /// lookup it stands in for).
+    #[cfg(test)]
+    pub(crate) fn turn_found_memo_off(&mut self) {
+        self.found.off = true;
+    }
+
+    /// PATCH (tokengate): how many fields `FoundMemo` holds (tests).
+    #[cfg(test)]
+    pub(crate) fn found_memo_len(&self) -> usize {
+        self.found.fields.len()
+    }
+
     /// Index the header in the HPACK table.
     pub fn index(&mut self, header: Header) -> Index {
+        // PATCH (tokengate): a field found since the table last changed.
+        if let Some(idx) = self.found.get(&header) {
+            return Index::Indexed(idx, header);
+        }
+
         // Check the static table
         let statik = index_static(&header);
 
@@ -157,7 +271,13 @@ impl Table {
             return Index::new(statik, header);
         }
 
-        self.index_dynamic(header, statik)
+        let index = self.index_dynamic(header, statik);
+        // PATCH (tokengate): `Indexed` from the dynamic table (the static
+        // table's full matches return above) means the table did not change.
+        if let Index::Indexed(idx, ref header) = index {
+            self.found.note(header, idx);
+        }
+        index
     }
 
     fn index_dynamic(&mut self, header: Header, statik: Option<(usize, bool)>) -> Index {
@@ -354,6 +474,8 @@ impl Table {
     }
 
     fn insert(&mut self, header: Header, hash: HashValue) {
+        // PATCH (tokengate): every index moves.
+        self.found.clear();
         self.inserted = self.inserted.wrapping_add(1);
 
         self.slots.push_front(Slot {
@@ -364,6 +486,8 @@ impl Table {
     }
 
     pub fn resize(&mut self, size: usize) {
+        // PATCH (tokengate): `index`'s size checks change.
+        self.found.clear();
         self.max_size = size;
 
         if size == 0 {
@@ -399,6 +523,9 @@ impl Table {
 
         debug_assert!(!self.slots.is_empty());
         debug_assert!(self.assert_valid_state("one"));
+
+        // PATCH (tokengate): an entry goes.
+        self.found.clear();
 
         // Remove the header
         let slot = self.slots.pop_back().unwrap();

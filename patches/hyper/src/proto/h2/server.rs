@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_core::ready;
 use h2::server::{Connection, Handshake, SendResponse};
 use h2::{Reason, RecvStream};
-use http::{Method, Request};
+use http::{HeaderMap, HeaderValue, Method, Request};
 use pin_project_lite::pin_project;
 
 use super::{ping, PipeToSendStream, SendBuf};
@@ -383,6 +383,65 @@ where
     }
 }
 
+/// PATCH (tokengate): what one pass over a response's header names found
+/// (`prepare_response_headers`).
+#[derive(Clone, Copy, Debug)]
+struct ResponseNames {
+    /// Whether the response has a Content-Length; `None` when stripping
+    /// connection headers may have removed it (a name listed in
+    /// `Connection`), so that it is looked up as before.
+    content_length: Option<bool>,
+}
+
+/// PATCH (tokengate): strips connection-specific headers and adds a Date
+/// header when asked to and there is none, as `H2Stream` did with
+/// `strip_connection_headers` and `entry(DATE).or_insert_with(..)`, but from
+/// one pass over the response's few distinct names: the pass
+/// `strip_connection_headers` begins with found none of its names almost
+/// always, and the two hashed lookups for Date and (later,
+/// `set_content_length_if_missing`) Content-Length found what the pass can
+/// tell. A response with a connection-specific header takes the old path.
+/// Same headers, in the same order.
+fn prepare_response_headers(headers: &mut HeaderMap, date_header: bool) -> ResponseNames {
+    let (mut special, mut has_date, mut has_len) = (false, false, false);
+    for name in headers.keys() {
+        special |= super::is_connection_specific(name);
+        has_date |= *name == ::http::header::DATE;
+        has_len |= *name == ::http::header::CONTENT_LENGTH;
+    }
+    if special {
+        super::strip_connection_headers(headers, super::MessageKind::Response);
+        if date_header {
+            headers
+                .entry(::http::header::DATE)
+                .or_insert_with(date::update_and_header_value);
+        }
+        return ResponseNames {
+            content_length: None,
+        };
+    }
+    // set Date header if it isn't already set if instructed
+    if date_header && !has_date {
+        // What `entry(..).or_insert_with(..)` does to a map without the name.
+        headers.insert(::http::header::DATE, date::update_and_header_value());
+    }
+    ResponseNames {
+        content_length: Some(has_len),
+    }
+}
+
+/// PATCH (tokengate): `headers::set_content_length_if_missing`, without the
+/// lookup when `prepare_response_headers` knows the answer.
+fn set_content_length_if_missing(headers: &mut HeaderMap, names: ResponseNames, len: u64) {
+    match names.content_length {
+        Some(true) => {}
+        Some(false) => {
+            headers.insert(::http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        None => headers::set_content_length_if_missing(headers, len),
+    }
+}
+
 pin_project! {
     #[allow(missing_debug_implementations)]
     pub struct H2Stream<F, B, E>
@@ -494,17 +553,10 @@ where
 
                     let (head, body) = res.into_parts();
                     let mut res = ::http::Response::from_parts(head, ());
-                    super::strip_connection_headers(
-                        res.headers_mut(),
-                        super::MessageKind::Response,
-                    );
-
-                    // set Date header if it isn't already set if instructed
-                    if *me.date_header {
-                        res.headers_mut()
-                            .entry(::http::header::DATE)
-                            .or_insert_with(date::update_and_header_value);
-                    }
+                    // PATCH (tokengate): stripping and the Date header in
+                    // `prepare_response_headers`, which also tells whether
+                    // a Content-Length is there (one pass over the names).
+                    let names = prepare_response_headers(res.headers_mut(), *me.date_header);
 
                     if let Some(connect_parts) = connect_parts.take() {
                         if res.status().is_success() {
@@ -539,7 +591,7 @@ where
                     if !body.is_end_stream() {
                         // automatically set Content-Length from body...
                         if let Some(len) = body.size_hint().exact() {
-                            headers::set_content_length_if_missing(res.headers_mut(), len);
+                            set_content_length_if_missing(res.headers_mut(), names, len);
                         }
 
                         let body_tx = reply!(me, res, false);
@@ -577,5 +629,117 @@ where
                 debug!("stream error: {}", _e);
             }
         })
+    }
+}
+
+/// PATCH (tokengate): `prepare_response_headers` and
+/// `set_content_length_if_missing` leave every response as the lookups they
+/// replace did.
+#[cfg(test)]
+mod response_headers_tests {
+    use super::*;
+    use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, TE};
+
+    fn the_old_way(headers: &mut HeaderMap, date_header: bool, len: Option<u64>) {
+        super::super::strip_connection_headers(headers, super::super::MessageKind::Response);
+        if date_header {
+            headers
+                .entry(DATE)
+                .or_insert_with(date::update_and_header_value);
+        }
+        if let Some(len) = len {
+            headers::set_content_length_if_missing(headers, len);
+        }
+    }
+
+    fn pairs(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+        headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn connection_specific_names_are_the_stripped_ones() {
+        let stripped: Vec<HeaderName> = super::super::CONNECTION_HEADERS
+            .iter()
+            .cloned()
+            .chain([CONNECTION, TE])
+            .collect();
+        for name in &stripped {
+            assert!(super::super::is_connection_specific(name), "{name}");
+        }
+        for name in [
+            "date",
+            "server",
+            "content-type",
+            "content-length",
+            "connectio",
+            "tee",
+            "keep-alive2",
+            "x-upgrade",
+            "proxy-connections",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(!super::super::is_connection_specific(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn prepared_as_the_lookups_did() {
+        let date = HeaderValue::from_static("Mon, 07 Dec 2026 13:00:00 GMT");
+        let fields: Vec<(HeaderName, HeaderValue)> = vec![
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (DATE, date.clone()),
+            (CONTENT_LENGTH, HeaderValue::from_static("300")),
+            (
+                HeaderName::from_static("server"),
+                HeaderValue::from_static("nginx"),
+            ),
+            (CONNECTION, HeaderValue::from_static("date, x-gone")),
+            (CONNECTION, HeaderValue::from_static("content-length")),
+            (TE, HeaderValue::from_static("trailers")),
+            (
+                HeaderName::from_static("keep-alive"),
+                HeaderValue::from_static("timeout=5"),
+            ),
+            (
+                HeaderName::from_static("x-gone"),
+                HeaderValue::from_static("1"),
+            ),
+        ];
+        let mut tried = 0;
+        // Every subset of the fields, in order, with and without the Date
+        // header asked for and a known length.
+        for mask in 0u32..(1 << fields.len()) {
+            let mut headers = HeaderMap::new();
+            for (i, (n, v)) in fields.iter().enumerate() {
+                if mask & (1 << i) != 0 {
+                    headers.append(n.clone(), v.clone());
+                }
+            }
+            for date_header in [false, true] {
+                for len in [None, Some(0), Some(42)] {
+                    let mut want = headers.clone();
+                    the_old_way(&mut want, date_header, len);
+                    let mut got = headers.clone();
+                    let names = prepare_response_headers(&mut got, date_header);
+                    if let Some(len) = len {
+                        set_content_length_if_missing(&mut got, names, len);
+                    }
+                    // The date value is the cached one of this second: the
+                    // same in both unless the second turned in between.
+                    let (mut want, mut got) = (pairs(&want), pairs(&got));
+                    for (n, v) in want.iter_mut().chain(got.iter_mut()) {
+                        if *n == DATE && !headers.get_all(DATE).iter().any(|d| d == *v) {
+                            *v = HeaderValue::from_static("now");
+                        }
+                    }
+                    assert_eq!(want, got, "mask {mask:#b} date {date_header} len {len:?}");
+                    tried += 1;
+                }
+            }
+        }
+        assert_eq!(tried, (1 << fields.len()) * 6);
     }
 }
