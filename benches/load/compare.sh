@@ -16,6 +16,10 @@
 #                                         # adds a second tokengate with metrics.enabled = false
 #                                         # ("tokengate-nometrics"), interleaved in the same rounds,
 #                                         # and reports the on/off req/s ratio per scenario
+#   SYSCALLS=1 bash benches/load/compare.sh quick
+#                                         # adds each proxy's system calls per request, by kind,
+#                                         # for h1 and h2 (perf stat over 40,000 requests;
+#                                         # SYSCALLS_NREQ=N changes the count)
 #
 # Scenarios (each round runs every proxy once per scenario, interleaved):
 #   h1      HTTP/1.1 over TLS, 50 keep-alive connections            (wrk)
@@ -268,6 +272,45 @@ done
 if [ "$RESUME_CLIENT" = curl ]; then
     case " $SCENARIOS " in *" resume "*) check_resumed after ;; esac
 fi
+# SYSCALLS=1: each proxy's system calls per request, by kind, for HTTP/1.1
+# and HTTP/2 (perf's syscall tracepoints on the proxy's processes over a
+# fixed count of requests, h2load for both: --h1 -c50, and -c10 -m10). What
+# the instruction counts cannot show: how many reads and writes (each a TLS
+# record, a loopback send and a wake-up for the client) a request costs.
+syscalls_per_request() {
+    local n=${SYSCALLS_NREQ:-40000} kinds="read write readv writev recvfrom sendto recvmsg sendmsg epoll_wait futex"
+    local ev="-e raw_syscalls:sys_enter" k proxy c pids args
+    for k in $kinds; do ev="$ev -e syscalls:sys_enter_$k"; done
+    for c in h1 h2; do
+        case " $SCENARIOS " in *" $c "*) ;; *) continue ;; esac
+        for proxy in nginx:$NGINX_PORT haproxy:$HAPROXY_PORT "${TOKENGATES[@]%:*}"; do
+            name=${proxy%%:*}
+            if [ "$c" = h1 ]; then args=(--h1 -c50); else args=(-c10 -m10); fi
+            pids=$(echo "${PROXY_PID[$name]}" $(pgrep -P "${PROXY_PID[$name]}" || true) | tr ' ' ,)
+            log "system calls: $c $name"
+            # shellcheck disable=SC2086  # $ev is a list of perf arguments
+            timeout 60 perf stat -x, $ev -p "$pids" -o "$OUT/syscalls-$c-$name.csv" -- \
+                timeout 50 h2load -n "$n" -t2 "${args[@]}" -H "${AUTH_OF[$name]:-$AUTH}" \
+                "https://127.0.0.1:${proxy##*:}/iwc/api/databases" > "$OUT/syscalls-$c-$name.txt" 2>&1 || true
+            python3 - "$OUT/syscalls-$c-$name.csv" "$n" "$c" "$name" <<'PY' >> "$OUT/syscalls.md"
+import sys
+path, n, case, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+counts = {}
+for line in open(path):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0].replace(".", "").isdigit() and float(f[0]) > 0:
+        counts[f[2].split(":")[-1].replace("sys_enter_", "").replace("sys_enter", "all")] = float(f[0]) / n
+parts = " ".join(f"{k} {v:.2f}" for k, v in counts.items() if k != "all")
+print(f"| {case} | {name} | {counts.get('all', 0):.2f} | {parts} |")
+PY
+        done
+    done
+}
+if [ "${SYSCALLS:-0}" = 1 ]; then
+    need_tools perf:linux-perf
+    printf '\n| case | proxy | system calls per request | by kind, per request |\n|---|---|---:|---|\n' > "$OUT/syscalls.md"
+    syscalls_per_request
+fi
 # Exchanges last: they fill the access-token map that the memory figure reads.
 for round in $(seq 1 "$ROUNDS"); do
     case " $SCENARIOS " in *" exchange "*) ;; *) break ;; esac
@@ -284,3 +327,4 @@ LIVE=$("${CURL[@]}" -u admin:bench "https://127.0.0.1:$TG_ADMIN_PORT/api/stats" 
 
 python3 "$HERE/report.py" table "$RESULTS" "$OUT/cpu.tsv" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" \
     "$OUT/clientcpu.tsv" "$OUT/resumed.tsv" "$LIVE" | tee "$OUT/report.md"
+if [ "${SYSCALLS:-0}" = 1 ]; then tee -a "$OUT/report.md" < "$OUT/syscalls.md"; fi
