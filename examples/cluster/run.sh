@@ -322,12 +322,13 @@ run_block 1
 # B learns of the new token from the change feed (PostgreSQL's NOTIFY), not
 # from A: on a busy machine that can take longer than the next command.
 lists() {  # admin-port id -> whether its list shows the id within 5 s
-    local i
-    for i in $(seq 1 50); do
-        list_ids "$1" | grep -qx "$2" && return 0
+    local deadline=$((SECONDS + 5))
+    until list_ids "$1" | grep -qx "$2"; do
+        # One list call can itself take up to curl's 5 s: the whole wait is
+        # bounded by the deadline plus one call.
+        [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.1
     done
-    return 1
 }
 [ -n "$ID" ] && lists "$B_ADMIN" "$ID" && ok "B lists it" || bad "B does not list id $ID within 5 s"
 
