@@ -26,6 +26,12 @@
 #   BENCH_TOKENGATE_BIN, LOADGEN_BIN
 #                     binaries to use instead of building this checkout's
 #   TG_ENV            extra "NAME=value ..." for tokengate (e.g. workers)
+#   TG_B_ENV, BENCH_TOKENGATE_BIN_B
+#                     either one adds a second gateway, "tokengate-b", run
+#                     after tokengate in every round (an A/B of two builds or
+#                     two settings at the same rate, on ports base + 5 and
+#                     base + 6): TG_B_ENV is its extra "NAME=value ...",
+#                     BENCH_TOKENGATE_BIN_B its binary (default: tokengate's)
 #   TAIL_DURING       a command run 2 s into each run, beside the load, with
 #                     the proxy, the round and the output directory as $1-$3
 #                     (e.g. 'perf sched record -a -o "$3/$1-$2.sched" -- sleep 3');
@@ -56,6 +62,10 @@ PROXIES=${PROXIES:-nginx haproxy tokengate}
 UPSTREAM_KEEPALIVE_REQUESTS=${UPSTREAM_KEEPALIVE_REQUESTS:-1000}
 RATE=${RATE:-}
 TG_ENV=${TG_ENV:-}
+TG_B_ENV=${TG_B_ENV:-}
+BENCH_TOKENGATE_BIN_B=${BENCH_TOKENGATE_BIN_B:-}
+TG_B_PORT=${TG_B_PORT:-$((BASE + 5))}
+TG_B_ADMIN_PORT=${TG_B_ADMIN_PORT:-$((BASE + 6))}
 TAIL_DURING=${TAIL_DURING:-}
 
 # shellcheck source=benches/load/common.sh
@@ -79,38 +89,56 @@ done
 # default nginx does: every proxy then reconnects now and then.
 sed -i "s#keepalive_requests 1000000;#keepalive_requests $UPSTREAM_KEEPALIVE_REQUESTS;#" "$OUT/nginx-upstream.conf"
 
-declare -A PROXY_PORT=([nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [tokengate]=$TG_PORT)
+declare -A PROXY_PORT=([nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [tokengate]=$TG_PORT [tokengate-b]=$TG_B_PORT)
 nginx -c "$OUT/nginx-upstream.conf" -g 'daemon off;' & PIDS+=($!)
 nginx -c "$OUT/nginx-proxy.conf" -g 'daemon off;' & PIDS+=($!)
 haproxy -db -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & PIDS+=($!)
-mkdir -p "$OUT/data"
-# shellcheck disable=SC2086 # TG_ENV is a list of NAME=value words
-env TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$TG_PORT \
-    TOKENGATE_ADMIN__LISTEN=127.0.0.1:$TG_ADMIN_PORT \
-    TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
-    TOKENGATE_STORAGE__PATH="$OUT/data/tokengate.redb" \
-    TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
-    TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
-    TOKENGATE_ADMIN_PASSWORD=bench $TG_ENV \
-    "$TG_BIN" serve >"$OUT/tokengate.log" 2>&1 & PIDS+=($!)
+start_tokengate() {  # name binary port admin-port "extra NAME=value ..."
+    mkdir -p "$OUT/data-$1"
+    # shellcheck disable=SC2086 # $5 is a list of NAME=value words
+    env TOKENGATE_PUBLIC__LISTEN=127.0.0.1:$3 \
+        TOKENGATE_ADMIN__LISTEN=127.0.0.1:$4 \
+        TOKENGATE_UPSTREAM__URL=http://127.0.0.1:$UPSTREAM_PORT \
+        TOKENGATE_STORAGE__PATH="$OUT/data-$1/tokengate.redb" \
+        TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
+        TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
+        TOKENGATE_ADMIN_PASSWORD=bench $5 \
+        "$2" serve >"$OUT/$1.log" 2>&1 & PIDS+=($!)
+}
+start_tokengate tokengate "$TG_BIN" "$TG_PORT" "$TG_ADMIN_PORT" "$TG_ENV"
 TG_PID=$!
+declare -A ADMIN_PORT=([tokengate]=$TG_ADMIN_PORT)
+GATEWAYS=(tokengate)
+if [ -n "$TG_B_ENV" ] || [ -n "$BENCH_TOKENGATE_BIN_B" ]; then
+    start_tokengate tokengate-b "${BENCH_TOKENGATE_BIN_B:-$TG_BIN}" "$TG_B_PORT" "$TG_B_ADMIN_PORT" "$TG_B_ENV"
+    TG_B_PID=$!
+    ADMIN_PORT[tokengate-b]=$TG_B_ADMIN_PORT
+    GATEWAYS+=(tokengate-b)
+    case " $PROXIES " in *" tokengate-b "*) ;; *) PROXIES="$PROXIES tokengate-b" ;; esac
+fi
 
 CURL=(curl -sS --max-time 5 --cacert "$OUT/cert.pem")
 for i in $(seq 1 100); do
     if "${CURL[@]}" -o /dev/null "https://127.0.0.1:$TG_PORT/healthz" 2>/dev/null \
+        && { [ -z "${TG_B_PID:-}" ] || "${CURL[@]}" -o /dev/null "https://127.0.0.1:$TG_B_PORT/healthz" 2>/dev/null; } \
         && "${CURL[@]}" -o /dev/null "https://127.0.0.1:$NGINX_PORT/" 2>/dev/null \
         && "${CURL[@]}" -o /dev/null "https://127.0.0.1:$HAPROXY_PORT/" 2>/dev/null; then break; fi
     [ "$i" -eq 100 ] && { log "servers did not come up"; exit 1; }
     sleep 0.1
 done
 kill -0 "$TG_PID" || { log "tokengate stopped"; exit 1; }
-refresh=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"bench"}' \
-    "https://127.0.0.1:$TG_ADMIN_PORT/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-access=$("${CURL[@]}" "https://127.0.0.1:$TG_PORT/token" -d grant_type=refresh_token -d "refresh_token=$refresh" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-AUTH="Authorization: Bearer $access"
+# Each gateway mints its own token; the peers ignore the header.
+declare -A AUTH_OF
+for g in "${GATEWAYS[@]}"; do
+    refresh=$("${CURL[@]}" -u admin:bench -H 'Content-Type: application/json' -d '{"name":"bench"}' \
+        "https://127.0.0.1:${ADMIN_PORT[$g]}/api/refresh-tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    access=$("${CURL[@]}" "https://127.0.0.1:${PROXY_PORT[$g]}/token" -d grant_type=refresh_token -d "refresh_token=$refresh" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    AUTH_OF[$g]="Authorization: Bearer $access"
+done
+AUTH=${AUTH_OF[tokengate]}
 for p in $PROXIES; do
-    "${CURL[@]}" -H "$AUTH" "https://127.0.0.1:${PROXY_PORT[$p]}/iwc/api/databases" | grep -q PRODSQL01 \
+    "${CURL[@]}" -H "${AUTH_OF[$p]:-$AUTH}" "https://127.0.0.1:${PROXY_PORT[$p]}/iwc/api/databases" | grep -q PRODSQL01 \
         || { log "$p does not answer"; exit 1; }
 done
 
@@ -128,7 +156,7 @@ RESULTS="$OUT/results.tsv"
 for round in $(seq 1 "$ROUNDS"); do
     for p in $PROXIES; do
         log "round $round/$ROUNDS: $p at $RATE req/s for $DUR s"
-        "$LOADGEN_BIN" --url "https://127.0.0.1:${PROXY_PORT[$p]}/iwc/api/databases" -H "$AUTH" \
+        "$LOADGEN_BIN" --url "https://127.0.0.1:${PROXY_PORT[$p]}/iwc/api/databases" -H "${AUTH_OF[$p]:-$AUTH}" \
             --rate "$RATE" --duration "$DUR" --connections "$CONNS" --cacert "$OUT/cert.pem" \
             --log "$OUT/$p-$round.log" > "$OUT/$p-$round.txt" &
         load=$!
@@ -161,10 +189,12 @@ print("|---|---:|---:|---:|---:|---:|---:|")
 for p, rs in runs.items():
     cells = [f"{med[p][c]:.2f} ({', '.join(f'{r[c]:.1f}' for r in rs)})" for c in cols]
     print(f"| {p} | " + " | ".join(cells) + f" | {med[p]['errors']:.0f} | {med[p]['spiky_windows']:.0f} |")
-peers = [p for p in runs if p != "tokengate"]
-if "tokengate" in runs and peers:
+peers = [p for p in runs if not p.startswith("tokengate")]
+for g in (p for p in runs if p.startswith("tokengate")):
+    if not peers:
+        break
     print()
     for c in cols:
         best = min(med[p][c] for p in peers)
-        print(f"- tokengate {c}: {med['tokengate'][c] / best:.2f}x the best peer's ({best:.2f} ms)")
+        print(f"- {g} {c}: {med[g][c] / best:.2f}x the best peer's ({best:.2f} ms)")
 EOF
