@@ -65,16 +65,23 @@ const FOUND_MEMO_MAX_VALUE: usize = 128;
 
 impl FoundMemo {
     fn get(&self, header: &Header) -> Option<usize> {
+        if let Header::Field { name, value } = header {
+            return self.get_field(name, value);
+        }
+        None
+    }
+
+    /// `get` for a field given by its name and value
+    /// (`Encoder::encode_block`).
+    fn get_field(&self, name: &header::HeaderName, value: &header::HeaderValue) -> Option<usize> {
         #[cfg(test)]
         if self.off {
             return None;
         }
-        if let Header::Field { name, value } = header {
-            let value = value.as_bytes();
-            for f in &self.fields {
-                if f.name == *name && self.values.get(f.value.clone()) == Some(value) {
-                    return Some(f.index);
-                }
+        let value = value.as_bytes();
+        for f in &self.fields {
+            if f.name == *name && self.values.get(f.value.clone()) == Some(value) {
+                return Some(f.index);
             }
         }
         None
@@ -240,6 +247,18 @@ impl Table {
     #[cfg(test)]
     pub(crate) fn found_memo_len(&self) -> usize {
         self.found.fields.len()
+    }
+
+    /// PATCH (tokengate): the index `index` would answer `Indexed` with for
+    /// this field from the memo of found fields, if the memo holds it (see
+    /// `FoundMemo`); `index` itself checks the memo first the same way.
+    #[inline]
+    pub(crate) fn found_field(
+        &self,
+        name: &header::HeaderName,
+        value: &header::HeaderValue,
+    ) -> Option<usize> {
+        self.found.get_field(name, value)
     }
 
     /// Index the header in the HPACK table.
