@@ -1481,8 +1481,16 @@ mod test {
                         })
                     } else {
                         let mut p = Pseudo::request(
-                            Method::GET,
-                            Uri::from_static("https://example.com/a/b?c"),
+                            if rng.gen_bool(0.8) {
+                                Method::GET
+                            } else {
+                                Method::PATCH
+                            },
+                            if rng.gen_bool(0.5) {
+                                Uri::from_static("https://example.com/a/b?c")
+                            } else {
+                                Uri::from_static("http://example.com/")
+                            },
                             None,
                         );
                         if rng.gen_bool(0.2) {

@@ -215,7 +215,8 @@ impl Encoder {
                         encode_int(idx, 7, 0x80, dst);
                         last = Some(LastIndex::Indexed(idx));
                     } else {
-                        let index = self.table.index(Header::Field { name, value });
+                        // Not in the memo: the rest of what `index` does.
+                        let index = self.table.index_past_memo(Header::Field { name, value });
                         self.encode_header(&index, dst);
                         last = Some(LastIndex::Index(index));
                     }
@@ -239,9 +240,10 @@ impl Encoder {
         }
     }
 
-    /// PATCH (tokengate): one named header, as `encode` encodes it.
+    /// PATCH (tokengate): one pseudo header, as `encode` encodes it (the
+    /// memo holds fields only, so `index` would find nothing there).
     fn encode_indexed(&mut self, header: Header, dst: &mut BytesMut) {
-        let index = self.table.index(header);
+        let index = self.table.index_past_memo(header);
         self.encode_header(&index, dst);
     }
 

@@ -267,7 +267,17 @@ impl Table {
         if let Some(idx) = self.found.get(&header) {
             return Index::Indexed(idx, header);
         }
+        self.index_past_memo(header)
+    }
 
+    /// PATCH (tokengate): `index` after its memo check, for a caller that
+    /// has made that check already (`Encoder::encode_block`: a field it did
+    /// not find in the memo; a pseudo header, which the memo never holds).
+    /// Inlined, so that the static table's answers (`:status: 200`, a
+    /// never-indexed `content-length`) cost no call and no move of the
+    /// header in and out of one.
+    #[inline]
+    pub(crate) fn index_past_memo(&mut self, header: Header) -> Index {
         // Check the static table
         let statik = index_static(&header);
 
