@@ -65,16 +65,23 @@ const FOUND_MEMO_MAX_VALUE: usize = 128;
 
 impl FoundMemo {
     fn get(&self, header: &Header) -> Option<usize> {
+        if let Header::Field { name, value } = header {
+            return self.get_field(name, value);
+        }
+        None
+    }
+
+    /// `get` for a field given by its name and value
+    /// (`Encoder::encode_block`).
+    fn get_field(&self, name: &header::HeaderName, value: &header::HeaderValue) -> Option<usize> {
         #[cfg(test)]
         if self.off {
             return None;
         }
-        if let Header::Field { name, value } = header {
-            let value = value.as_bytes();
-            for f in &self.fields {
-                if f.name == *name && self.values.get(f.value.clone()) == Some(value) {
-                    return Some(f.index);
-                }
+        let value = value.as_bytes();
+        for f in &self.fields {
+            if f.name == *name && self.values.get(f.value.clone()) == Some(value) {
+                return Some(f.index);
             }
         }
         None
@@ -242,13 +249,35 @@ impl Table {
         self.found.fields.len()
     }
 
+    /// PATCH (tokengate): the index `index` would answer `Indexed` with for
+    /// this field from the memo of found fields, if the memo holds it (see
+    /// `FoundMemo`); `index` itself checks the memo first the same way.
+    #[inline]
+    pub(crate) fn found_field(
+        &self,
+        name: &header::HeaderName,
+        value: &header::HeaderValue,
+    ) -> Option<usize> {
+        self.found.get_field(name, value)
+    }
+
     /// Index the header in the HPACK table.
     pub fn index(&mut self, header: Header) -> Index {
         // PATCH (tokengate): a field found since the table last changed.
         if let Some(idx) = self.found.get(&header) {
             return Index::Indexed(idx, header);
         }
+        self.index_past_memo(header)
+    }
 
+    /// PATCH (tokengate): `index` after its memo check, for a caller that
+    /// has made that check already (`Encoder::encode_block`: a field it did
+    /// not find in the memo; a pseudo header, which the memo never holds).
+    /// Inlined, so that the static table's answers (`:status: 200`, a
+    /// never-indexed `content-length`) cost no call and no move of the
+    /// header in and out of one.
+    #[inline]
+    pub(crate) fn index_past_memo(&mut self, header: Header) -> Index {
         // Check the static table
         let statik = index_static(&header);
 
