@@ -1528,3 +1528,8 @@ mod test {
         assert!(hits > 100, "rounds with fields in the memo: {hits}");
     }
 }
+
+// PATCH (tokengate): `encode_block` against h2's unpatched encoder.
+#[cfg(test)]
+#[path = "../hpack/test/differential.rs"]
+mod differential;

@@ -23,8 +23,8 @@ pub struct Encoder {
 }
 
 /// PATCH (tokengate): the index `encode_block` remembers for a name's
-/// further values: a memo hit's, or the `Index` of a field `Table::index`
-/// answered.
+/// further values: a memo hit's, or the `Index` of a field
+/// `Table::index_past_memo` answered.
 enum LastIndex {
     Indexed(usize),
     Index(Index),
@@ -170,8 +170,10 @@ impl Encoder {
     /// A field the table's memo holds (`Table::found_field`: found since the
     /// table last changed) is encoded as `index` would have answered it,
     /// `Indexed` with the memo's index, which has no effect on the table;
-    /// every other field goes through `Table::index` as before. Same bytes,
-    /// same table: test `test_encode_block_is_encode_of_the_iter`.
+    /// every other field goes through `Table::index_past_memo` (`index`
+    /// without a second look at the memo). Same bytes, same table: tests
+    /// `test_encode_block_is_encode_of_the_iter` and, against h2's unpatched
+    /// encoder, `frame::headers::differential`.
     pub(crate) fn encode_block(&mut self, pseudo: Pseudo, fields: HeaderMap, dst: &mut BytesMut) {
         let span = tracing::trace_span!("hpack::encode");
         let _e = span.enter();
