@@ -28,6 +28,14 @@ impl Clock {
         Instant::now() + self.offset()
     }
 
+    /// This clock's time at `raw`, an `Instant::now()` the caller already
+    /// read: the request path reads the system clock once for several
+    /// uses (each read is ~40 ns on a VM's TSC clock source).
+    #[inline]
+    pub fn at(&self, raw: Instant) -> Instant {
+        raw + self.offset()
+    }
+
     /// Wall-clock time: persisted refresh-token expiry and timestamps.
     pub fn wall(&self) -> SystemTime {
         SystemTime::now() + self.offset()

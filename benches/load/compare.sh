@@ -4,10 +4,10 @@
 # run. Every request carries `Authorization: Bearer <access token>`; only
 # tokengate checks it.
 #
-#   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (~1.25 min; a fresh release build adds ~1.5)
-#   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 8 min, < 10 with a fresh build)
+#   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (~2 min; a fresh release build adds 5-10)
+#   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 12 min, more with a fresh build)
 #   SCENARIOS="resume" bash benches/load/compare.sh quick
-#                                         # only these scenarios (default: h1 h2 newconn resume exchange)
+#                                         # only these scenarios (default: h1 h2 newconn resume h1rate h2rate exchange)
 #   RESUME_CLIENT=curl SCENARIOS=resume bash benches/load/compare.sh quick
 #                                         # the resume scenario with two curl clients instead of loadgen
 #   LOADGEN_BIN=path                      # that loadgen instead of building the example
@@ -16,6 +16,8 @@
 #                                         # adds a second tokengate with metrics.enabled = false
 #                                         # ("tokengate-nometrics"), interleaved in the same rounds,
 #                                         # and reports the on/off req/s ratio per scenario
+#   RATE=30000 bash benches/load/compare.sh quick
+#                                         # h1rate and h2rate at 30,000 req/s instead of 20,000
 #   SYSCALLS=1 bash benches/load/compare.sh quick
 #                                         # adds each proxy's system calls per request, by kind,
 #                                         # for h1 and h2 (perf stat over 40,000 requests;
@@ -30,6 +32,14 @@
 #           previous connection got, so only its first handshake is a full one; the run
 #           fails unless every other handshake resumed. RESUME_CLIENT=curl: 2 x curl
 #           --parallel-max 25 as before, checked by 40 serial connections, see below)
+#   h1rate  the h1 load at a fixed rate, RATE req/s (default 20000, a multiple of 50)
+#                                                                   (h2load --h1 -c50 --rps)
+#   h2rate  the h2 load at a fixed rate, RATE req/s                  (h2load -c10 -m10 --rps)
+#           Every proxy serves the same requests at the same pace, so their CPU per
+#           request compares like for like. At full load it does not quite: a proxy
+#           that falls behind gathers more requests per wake-up and per system call,
+#           and spends less per request for it. RATE should be well under every
+#           proxy's maximum (about half of it here).
 # plus tokengate's token exchange over TLS keep-alive (wrk, 50 connections),
 # and its memory: RSS idle, and per live access token after the exchanges.
 #
@@ -65,7 +75,15 @@ need_tools nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client ab:ap
     curl:curl openssl:openssl python3:python3 timeout:coreutils
 build_tokengate
 if [ "${SYSCALLS:-0}" = 1 ]; then need_tools perf:linux-perf; fi
-SCENARIOS=${SCENARIOS:-h1 h2 newconn resume exchange}
+SCENARIOS=${SCENARIOS:-h1 h2 newconn resume h1rate h2rate exchange}
+RATE=${RATE:-20000}
+case "$RATE" in ''|*[!0-9]*) log "RATE is requests per second, a whole number"; exit 2 ;; esac
+RATE=$((10#$RATE))
+# h2load's --rps is per connection: 50 of them for h1rate, 10 for h2rate.
+if [ "$RATE" -lt 50 ] || [ $((RATE % 50)) -ne 0 ]; then
+    log "RATE must be a multiple of 50 (h1rate spreads it over 50 connections), at least 50"
+    exit 2
+fi
 # The resume scenario's client: loadgen (this crate's example, cheap enough
 # that the proxies set the pace), or curl (OpenSSL; two of them took 1.3-1.4
 # of the machine's two CPUs at 1.6k connections/s).
@@ -171,6 +189,19 @@ run_h2() {
     h2load -c10 -m10 -t2 -D "$DUR" --warm-up-time=1 -H "${AUTH_OF[$1]:-$AUTH}" --log-file="$OUT/h2-$1-$3.log" \
         "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h2-$1-$3.txt"
     python3 "$HERE/report.py" parse-h2load h2 "$1" "$3" "$OUT/h2-$1-$3.log" < "$OUT/h2-$1-$3.txt" >> "$RESULTS"
+}
+# The fixed-rate runs: h2load's --rps is per connection. No warm-up, so
+# the CPU counted is that of the counted requests and of the run's 10 or
+# 50 handshakes (about 1-2 % of it in quick mode, alike for every proxy).
+run_h1rate() {
+    h2load --h1 -c50 -t2 --rps=$((RATE / 50)) -D "$DUR" -H "${AUTH_OF[$1]:-$AUTH}" --log-file="$OUT/h1rate-$1-$3.log" \
+        "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h1rate-$1-$3.txt"
+    python3 "$HERE/report.py" parse-h2load h1rate "$1" "$3" "$OUT/h1rate-$1-$3.log" < "$OUT/h1rate-$1-$3.txt" >> "$RESULTS"
+}
+run_h2rate() {
+    h2load -c10 -m10 -t2 --rps=$((RATE / 10)) -D "$DUR" -H "${AUTH_OF[$1]:-$AUTH}" --log-file="$OUT/h2rate-$1-$3.log" \
+        "https://127.0.0.1:$2/iwc/api/databases" > "$OUT/h2rate-$1-$3.txt"
+    python3 "$HERE/report.py" parse-h2load h2rate "$1" "$3" "$OUT/h2rate-$1-$3.log" < "$OUT/h2rate-$1-$3.txt" >> "$RESULTS"
 }
 run_newconn() {
     # ab is single-threaded: two of them (25 connections each) keep the load
@@ -337,6 +368,6 @@ EXCHANGES=$(awk -F'\t' '$1 == "exchange" {n += $7} END {print n + 0}' "$RESULTS"
 LIVE=$("${CURL[@]}" -u admin:bench "https://127.0.0.1:$TG_ADMIN_PORT/api/stats" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["live_access_tokens"])') || LIVE=0
 
-python3 "$HERE/report.py" table "$RESULTS" "$OUT/cpu.tsv" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" \
+RATE=$RATE python3 "$HERE/report.py" table "$RESULTS" "$OUT/cpu.tsv" "$MODE" "$ROUNDS" "$DUR" "$RSS_IDLE" "$RSS_LOADED" "$EXCHANGES" \
     "$OUT/clientcpu.tsv" "$OUT/resumed.tsv" "$LIVE" | tee "$OUT/report.md"
 if [ "${SYSCALLS:-0}" = 1 ]; then tee -a "$OUT/report.md" < "$OUT/syscalls.md"; fi

@@ -137,6 +137,17 @@ def parse_loadgen(scenario, proxy, rnd, prefix, resumed_path):
 # compare.sh's resume client: loadgen (default) or curl.
 RESUME_CLIENT = os.environ.get("RESUME_CLIENT", "loadgen")
 
+
+def fixed_rate():
+    """compare.sh's fixed rate (h1rate, h2rate), requests per second; it checks RATE first."""
+    try:
+        return int(os.environ.get("RATE", "20000"), 10)
+    except ValueError:
+        return 20000
+
+
+RATE = fixed_rate()
+
 NAMES = {
     "h1": "HTTP/1.1 over TLS, 50 keep-alive connections (wrk)",
     "h2": "HTTP/2 over TLS, 10 connections x 10 streams (h2load)",
@@ -144,7 +155,13 @@ NAMES = {
     "resume": "one request per new TLS connection resuming a session, 50 concurrent ("
     + ("2 x curl" if RESUME_CLIENT == "curl" else "loadgen --mode resume") + ")",
     "exchange": "token exchange over TLS keep-alive, 50 connections (wrk)",
+    "h1rate": f"HTTP/1.1 over TLS at a fixed {RATE:,} req/s, 50 keep-alive connections (h2load --rps)",
+    "h2rate": f"HTTP/2 over TLS at a fixed {RATE:,} req/s, 10 connections x 10 streams (h2load --rps)",
 }
+
+# The fixed-rate scenarios: every proxy serves the same load, so they are
+# compared on CPU per request (the best peer is the one that spent least).
+FIXED_RATE = ("h1rate", "h2rate")
 
 
 def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchanges, client_cpu_path=None, resumed_path=None,
@@ -177,7 +194,7 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
     out.append("| scenario | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |")
     out.append("|---|---|---:|---:|---:|---:|---:|")
     verdicts = []
-    scenarios = [s for s in ("h1", "h2", "newconn", "resume") if any(k[0] == s for k in rows)]
+    scenarios = [s for s in ("h1", "h2", "newconn", "resume", "h1rate", "h2rate") if any(k[0] == s for k in rows)]
     for s in scenarios:
         for p in ("nginx", "haproxy", "tokengate", "tokengate-nometrics"):
             if (s, p) in rows:
@@ -185,6 +202,25 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
                 out.append(
                     f"| {NAMES[s]} | {p} | {med(s, p, 0):,.0f} | {med(s, p, 1):.2f} | {med(s, p, 2):.2f} | {cpu_med(s, p)} | {errs} |"
                 )
+        if s in FIXED_RATE:
+            # A peer that fell behind the rate or answered with errors spent
+            # less for it: it is not the one to compare with.
+            def kept_pace(p):
+                return (cpu.get((s, p)) and sum(x[4] for x in rows[(s, p)]) == 0
+                        and med(s, p, 0) >= 0.95 * RATE)
+            peers = [p for p in ("nginx", "haproxy") if (s, p) in rows and kept_pace(p)]
+            if (s, "tokengate") not in rows or not cpu.get((s, "tokengate")) or not peers:
+                verdicts.append(f"- {NAMES[s]}: no CPU comparison (tokengate or every peer has no CPU figures, "
+                                f"errors, or served under 95 % of {RATE:,} req/s)")
+                continue
+            best = min(peers, key=lambda p: statistics.median(cpu[(s, p)]))
+            t, b = statistics.median(cpu[(s, "tokengate")]), statistics.median(cpu[(s, best)])
+            verdicts.append(
+                f"- {NAMES[s]}: CPU per request tokengate / best ({best}) = **{t / b:.2f}x** "
+                f"({t:.1f} vs {b:.1f} µs; served {med(s, 'tokengate', 0):,.0f} vs {med(s, best, 0):,.0f} req/s), "
+                f"p99 {med(s, 'tokengate', 2):.2f} ms vs {med(s, best, 2):.2f} ms"
+            )
+            continue
         best = max(("nginx", "haproxy"), key=lambda p: med(s, p, 0))
         ratio = med(s, "tokengate", 0) / med(s, best, 0)
         cpu_ratio = ""
@@ -197,7 +233,14 @@ def table(path, cpu_path, mode, rounds, dur, rss_idle_kb, rss_loaded_kb, exchang
             f"p99 {med(s, 'tokengate', 2):.2f} ms vs {med(s, best, 2):.2f} ms"
         )
     for s in scenarios:
-        if (s, "tokengate-nometrics") in rows:
+        if (s, "tokengate-nometrics") in rows and s in FIXED_RATE:
+            on, off = cpu_med(s, "tokengate"), cpu_med(s, "tokengate-nometrics")
+            try:
+                verdicts.append(f"- {NAMES[s]}: metrics on / off = **{float(on) / float(off):.3f}x** CPU per request "
+                                f"({on} vs {off} µs)")
+            except (ValueError, ZeroDivisionError):
+                pass
+        elif (s, "tokengate-nometrics") in rows:
             on, off = med(s, "tokengate", 0), med(s, "tokengate-nometrics", 0)
             verdicts.append(
                 f"- {NAMES[s]}: metrics on / off = **{on / off:.3f}x** req/s "

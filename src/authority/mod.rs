@@ -121,6 +121,13 @@ impl Authority {
         self.clock.now()
     }
 
+    /// The verdict time for a request that arrived at `raw` (an
+    /// `Instant::now()` read as it came in, used for its metrics too).
+    #[inline]
+    pub(crate) fn at(&self, raw: Instant) -> Instant {
+        self.clock.at(raw)
+    }
+
     /// Whether `client` may still try a credential at `now`: over its
     /// failure budget it is refused before anything else is done (the
     /// token endpoint asks before it reads the body).

@@ -34,9 +34,12 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    /// A timer that fires `after` from now, until the returned guard is dropped.
-    pub(super) fn start(&self, after: Duration) -> Deadline<'_> {
-        let at = Instant::now() + after;
+    /// A timer that fires `after` from `now` (`Instant::now()`, read by the
+    /// caller), until the returned guard is dropped.
+    pub(super) fn start(&self, now: std::time::Instant, after: Duration) -> Deadline<'_> {
+        // From the system clock, as the caller's read is: a paused tokio
+        // test clock (`tokio::time::pause`, used by no test) would not move it.
+        let at = Instant::from_std(now) + after;
         let reused = self
             .free
             .lock()
@@ -101,13 +104,17 @@ impl Drop for Deadline<'_> {
 mod tests {
     use super::*;
 
+    fn now() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
     #[tokio::test]
     async fn a_timer_fires_at_its_deadline_and_is_reused_after() {
         let timers = Timers::default();
-        timers.start(Duration::from_millis(5)).await;
+        timers.start(now(), Duration::from_millis(5)).await;
         assert_eq!(timers.free(), 1, "the timer went back to the free list");
         // The reused one has fired: it is filed again, and fires again.
-        let again = timers.start(Duration::from_millis(5));
+        let again = timers.start(now(), Duration::from_millis(5));
         assert_eq!(timers.free(), 0);
         again.await;
         assert_eq!(timers.free(), 1);
@@ -117,17 +124,17 @@ mod tests {
     async fn a_reused_timer_takes_the_new_deadline_not_the_old_one() {
         let timers = Timers::default();
         // A long timer put back before it fired...
-        drop(timers.start(Duration::from_secs(3600)));
+        drop(timers.start(now(), Duration::from_secs(3600)));
         assert_eq!(timers.free(), 1);
         // ...then moved to a short deadline (earlier than its old one).
-        let short = timers.start(Duration::from_millis(10));
+        let short = timers.start(now(), Duration::from_millis(10));
         assert_eq!(timers.free(), 0);
         tokio::time::timeout(Duration::from_secs(5), short)
             .await
             .unwrap_or_else(|_| panic!("the reused timer kept its old deadline"));
         // And one moved later does not fire at its old deadline.
-        drop(timers.start(Duration::from_millis(1)));
-        let later = timers.start(Duration::from_secs(3600));
+        drop(timers.start(now(), Duration::from_millis(1)));
+        let later = timers.start(now(), Duration::from_secs(3600));
         let early = tokio::time::timeout(Duration::from_millis(50), later).await;
         assert!(early.is_err(), "fired at the old deadline");
     }
@@ -136,7 +143,7 @@ mod tests {
     async fn the_free_list_is_bounded() {
         let timers = Timers::default();
         let held: Vec<_> = (0..KEEP + 10)
-            .map(|_| timers.start(Duration::from_secs(60)))
+            .map(|_| timers.start(now(), Duration::from_secs(60)))
             .collect();
         drop(held);
         assert_eq!(timers.free(), KEEP);

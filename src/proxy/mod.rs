@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
@@ -339,11 +339,16 @@ impl Forwarder {
     /// `host[:port]` values (the public listener refuses others,
     /// `public::host_ok`): the one present travels on as
     /// `X-Forwarded-Host` unchecked.
+    ///
+    /// `now`: the time the request is sent (`Instant::now()`, read by the
+    /// caller, which times the upstream from it too): the response
+    /// timeout runs from it, and the pool ages its idle connections by it.
     pub(crate) fn forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         identity: Option<Identity>,
+        now: Instant,
     ) -> Forwarding<'_> {
         let (mut parts, body) = req.into_parts();
         let original_host = parts.headers.get(http::header::HOST).cloned().or_else(|| {
@@ -387,9 +392,9 @@ impl Forwarder {
         let req = Request::from_parts(parts, body);
         // The timer starts as the request goes out, as the timeout around
         // the whole send did.
-        let deadline = self.timers.start(response_timeout);
+        let deadline = self.timers.start(now, response_timeout);
         let state = match self.pools.get(server) {
-            Some(pool) => match pool.take_ready() {
+            Some(pool) => match pool.take_ready(now) {
                 Some(mut conn) => match conn.try_send(req) {
                     Ok(waiting) => Waiting::Head {
                         waiting,

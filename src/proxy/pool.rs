@@ -145,14 +145,15 @@ impl Pool {
     }
 
     /// The most recently used idle connection that can take a request right
-    /// now. Closed ones met on the way are dropped.
+    /// `now` (`Instant::now()`, read by the caller). Closed ones met on the
+    /// way are dropped.
     ///
     /// Why only "right now": a connection goes back to the pool as soon as
     /// its response body has been read, possibly before its driver task has
     /// run to mark it ready again. Waiting on such a one would queue the
     /// request behind every other runnable task on the worker; a new
     /// connection instead lets the pool grow to the concurrency it sees.
-    pub(super) fn take_ready(&self) -> Option<Conn> {
+    pub(super) fn take_ready(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.lock();
         // Pushed in time order, so the aged-out ones are at the bottom.
         // They are never reused, even if still open: an upstream whose
@@ -164,7 +165,7 @@ impl Pool {
         // tell. Hence an idle timeout below the upstream's (the default).
         // One subtraction, then plain comparisons in the search (a
         // `duration_since` per probe showed in the per-request profile).
-        let expired = match Instant::now().checked_sub(self.idle_timeout) {
+        let expired = match now.checked_sub(self.idle_timeout) {
             Some(cutoff) => idle.partition_point(|(_, since)| *since <= cutoff),
             None => 0,
         };
@@ -187,7 +188,7 @@ impl Pool {
     /// a new one. The flag says whether it was reused (and so may have been
     /// closed by the upstream after it was checked).
     pub(super) async fn checkout(&self) -> Result<(Conn, bool), ConnectError> {
-        if let Some(conn) = self.take_ready() {
+        if let Some(conn) = self.take_ready(Instant::now()) {
             return Ok((conn, true));
         }
         // Boxed: connecting (TCP, TLS, HTTP handshake) is a large future that

@@ -263,6 +263,55 @@ async fn health_needs_no_token_and_host_is_required() {
     assert_eq!(gw.client.send(req).await.status, StatusCode::BAD_REQUEST);
 }
 
+/// The gateway's answers carry a current `Date`, also on a kept-alive
+/// HTTP/1.1 connection (hyper's cached date is checked only when a `Date`
+/// is written, patches/hyper/PATCH.md section 16: left unchecked, a
+/// connection's second answer would repeat the first one's date).
+#[tokio::test]
+async fn answers_carry_a_current_date() {
+    let up = upstream().await;
+    let gw = TestGateway::start(up.addr).await;
+    let date = |r: &common::Resp| {
+        let v = r.header("date").expect("a Date header");
+        httpdate::parse_http_date(&v).unwrap_or_else(|e| panic!("Date {v:?}: {e}"))
+    };
+    let first = date(&gw.client.get_with("/healthz", None).await);
+    // More than a second later (the header's resolution), on the same
+    // pooled connection.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = gw.client.get_with("/healthz", None).await;
+    assert_eq!(second.status, StatusCode::OK);
+    let second = date(&second);
+    assert!(
+        second > first,
+        "the Date did not move on: {first:?} then {second:?}"
+    );
+    let now = std::time::SystemTime::now();
+    let off = now
+        .duration_since(second)
+        .or_else(|_| second.duration_since(now))
+        .unwrap_or_default();
+    assert!(
+        off < Duration::from_secs(60),
+        "the Date is {off:?} off the clock"
+    );
+    // And on the gateway's refusals, over HTTP/2 as well.
+    let refused = gw.client.get_with("/iwc/api/x", None).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    date(&refused);
+    let h2 = gw
+        .client
+        .send_h2(
+            gw.client
+                .public_req("GET", "/healthz")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(h2.status, StatusCode::OK);
+    assert!(date(&h2) >= second);
+}
+
 #[tokio::test]
 async fn head_answers_have_no_body_on_http2() {
     let up = upstream().await;

@@ -145,7 +145,12 @@ where
         cx: &mut Context<'_>,
         should_shutdown: bool,
     ) -> Poll<crate::Result<Dispatched>> {
-        T::update_date();
+        // PATCH (tokengate): no `T::update_date()` here. It read the
+        // system clock on every poll of the connection (twice per
+        // request) to keep the cached `Date` current, whether or not a
+        // response would need it; a proxy's responses usually carry the
+        // upstream's. The server's encoder checks the cache when it
+        // writes a `Date` (`role.rs`).
 
         // PATCH (tokengate): the loop's reads after one that found nothing
         // return `Pending` without going to the socket (`Buffered::begin_poll`).

@@ -513,10 +513,6 @@ impl Http1Transaction for Server {
     fn is_server() -> bool {
         true
     }
-
-    fn update_date() {
-        date::update();
-    }
 }
 
 #[cfg(feature = "server")]
@@ -983,6 +979,9 @@ impl Server {
         // cached date is much faster than formatting every request
         // don't force the write if disabled
         if !wrote_date && msg.date_header {
+            // PATCH (tokengate): the cache is brought up to date here, when
+            // a `Date` is written, not on every poll of the dispatcher.
+            date::update();
             dst.reserve(date::DATE_VALUE_LENGTH + 8);
             header_name_writer.write_header_name_with_colon(dst, "date: ", header::DATE);
             date::extend(dst);
