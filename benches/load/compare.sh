@@ -4,8 +4,8 @@
 # run. Every request carries `Authorization: Bearer <access token>`; only
 # tokengate checks it.
 #
-#   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (~2 min; a fresh release build adds 5-10)
-#   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 12 min, more with a fresh build)
+#   bash benches/load/compare.sh          # quick: 3 rounds x 2 s per run (~2.5 min; a fresh release build adds 5-10)
+#   bash benches/load/compare.sh full     # full:  5 rounds x 8 s per run (about 13 min, more with a fresh build)
 #   SCENARIOS="resume" bash benches/load/compare.sh quick
 #                                         # only these scenarios (default: h1 h2 newconn resume h1rate h2rate exchange)
 #   RESUME_CLIENT=curl SCENARIOS=resume bash benches/load/compare.sh quick
