@@ -36,11 +36,11 @@ const WAIT: Duration = Duration::from_secs(60);
 /// for a bad signature, which the gateway then retries), appends one JSON
 /// line per request.
 const RECEIVER: &str = r#"
-import json, sys
+import json, socket, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks.webhooks import Webhook
 
-port, secret, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, secret, out, fd = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 hook = Webhook(secret)
 
 class Handler(BaseHTTPRequestHandler):
@@ -62,7 +62,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+# The test's socket, already bound to the port (inherited as `fd`).
+sock = socket.socket(fileno=fd)
+sock.listen(64)
+server = ThreadingHTTPServer(("127.0.0.1", port), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = sock
+server.server_name, server.server_port = "127.0.0.1", port
 print("ready", flush=True)
 server.serve_forever()
 "#;
@@ -72,6 +78,12 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 struct Receiver {
     dir: tempfile::TempDir,
+    /// The receiver's socket, bound from the start and listening only once
+    /// the receiver runs: while it is down, connections to the port are
+    /// refused, and no other test's listener can take the port meanwhile
+    /// (a port bound, read and freed again could be, one run in a
+    /// thousand or so).
+    socket: tokio::net::TcpSocket,
     port: u16,
     child: Option<Child>,
 }
@@ -81,13 +93,12 @@ impl Receiver {
     fn new() -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("receiver.py"), RECEIVER).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
         Receiver {
             dir,
+            socket,
             port,
             child: None,
         }
@@ -130,15 +141,22 @@ impl Receiver {
     }
 
     async fn start(&mut self) {
-        let mut child = Command::new(python3())
+        use rustix::io::{fcntl_setfd, FdFlags};
+        use std::os::fd::AsRawFd;
+        // The child inherits the bound socket under its own number: only
+        // while close-on-exec is off, so just for this spawn.
+        fcntl_setfd(&self.socket, FdFlags::empty()).unwrap();
+        let spawned = Command::new(python3())
             .arg(self.dir.path().join("receiver.py"))
             .arg(self.port.to_string())
             .arg(SECRET)
             .arg(self.dir.path().join("received.jsonl"))
+            .arg(self.socket.as_raw_fd().to_string())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the receiver");
+            .spawn();
+        fcntl_setfd(&self.socket, FdFlags::CLOEXEC).unwrap();
+        let mut child = spawned.expect("python3 runs the receiver");
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = tokio::time::timeout(WAIT, lines.next_line()).await;
         assert!(
