@@ -27,7 +27,9 @@ use tokio::process::{Child, Command};
 
 use crate::common::pg::TestDb;
 use crate::common::replica::Cluster;
-use crate::common::{eventually, eventually_ok, python3, secs, upstream, TestGateway};
+use crate::common::{
+    bound_port, eventually, eventually_ok, python3, secs, upstream, with_inherited, TestGateway,
+};
 
 /// Generous bounds for a busy 2-core machine; no test asserts a duration.
 const WAIT: Duration = Duration::from_secs(60);
@@ -78,11 +80,9 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 struct Receiver {
     dir: tempfile::TempDir,
-    /// The receiver's socket, bound from the start and listening only once
-    /// the receiver runs: while it is down, connections to the port are
-    /// refused, and no other test's listener can take the port meanwhile
-    /// (a port bound, read and freed again could be, one run in a
-    /// thousand or so).
+    /// The receiver's socket (`bound_port`), bound from the start and
+    /// listening only once the receiver runs: while it is down,
+    /// connections to the port are refused.
     socket: tokio::net::TcpSocket,
     port: u16,
     child: Option<Child>,
@@ -93,9 +93,7 @@ impl Receiver {
     fn new() -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("receiver.py"), RECEIVER).unwrap();
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let port = socket.local_addr().unwrap().port();
+        let (socket, port) = bound_port();
         Receiver {
             dir,
             socket,
@@ -141,22 +139,18 @@ impl Receiver {
     }
 
     async fn start(&mut self) {
-        use rustix::io::{fcntl_setfd, FdFlags};
-        use std::os::fd::AsRawFd;
-        // The child inherits the bound socket under its own number: only
-        // while close-on-exec is off, so just for this spawn.
-        fcntl_setfd(&self.socket, FdFlags::empty()).unwrap();
-        let spawned = Command::new(python3())
-            .arg(self.dir.path().join("receiver.py"))
-            .arg(self.port.to_string())
-            .arg(SECRET)
-            .arg(self.dir.path().join("received.jsonl"))
-            .arg(self.socket.as_raw_fd().to_string())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        fcntl_setfd(&self.socket, FdFlags::CLOEXEC).unwrap();
-        let mut child = spawned.expect("python3 runs the receiver");
+        let mut child = with_inherited(&self.socket, |fd| {
+            Command::new(python3())
+                .arg(self.dir.path().join("receiver.py"))
+                .arg(self.port.to_string())
+                .arg(SECRET)
+                .arg(self.dir.path().join("received.jsonl"))
+                .arg(fd.to_string())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+        })
+        .expect("python3 runs the receiver");
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = tokio::time::timeout(WAIT, lines.next_line()).await;
         assert!(

@@ -51,12 +51,10 @@ pub enum Mode {
 /// Starts HAProxy in `mode` in front of `backends` (round robin).
 pub async fn haproxy_in(backends: &[SocketAddr], mode: Mode) -> Haproxy {
     let dir = tempfile::tempdir().unwrap();
-    // A free port for the frontend: HAProxy cannot report one it picked.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // HAProxy cannot report a port it picked: the frontend listens on a
+    // socket bound here, handed over as `fd@N` (no other test can take the
+    // port in between).
+    let (socket, port) = super::bound_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (mode_name, bind, frontend, server) = match &mode {
         Mode::Tcp => ("tcp", String::new(), "", ""),
@@ -82,26 +80,30 @@ pub async fn haproxy_in(backends: &[SocketAddr], mode: Mode) -> Haproxy {
     let cfg = format!(
         "global\n  maxconn 4000\n\
          defaults\n  mode {mode_name}\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
-         frontend fe\n  bind {addr}{bind}\n{frontend}  default_backend gw\n\
+         frontend fe\n  bind fd@@FD@{bind}\n{frontend}  default_backend gw\n\
          backend gw\n  balance roundrobin\n{servers}"
     );
     let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
     // /usr/sbin is not on every user's PATH.
     let bin = if std::path::Path::new("/usr/sbin/haproxy").exists() {
         "/usr/sbin/haproxy"
     } else {
         "haproxy"
     };
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
+    let child = super::with_inherited(&socket, |fd| {
+        std::fs::write(&path, cfg.replace("@FD@", &fd.to_string())).unwrap();
+        Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+    })
+    .expect("haproxy (Debian package haproxy; tests/run.sh installs it)");
+    // HAProxy holds the socket now; the port is freed when it exits.
+    drop(socket);
     eventually(
         Duration::from_secs(10),
         "HAProxy listening",

@@ -27,6 +27,29 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
+/// A loopback port of the test's own, for a child process to listen on: a
+/// socket bound to it and not listening (connections are refused until the
+/// child listens). Unlike a port bound, read and freed again, no other
+/// test's listener can take it before the child has it.
+pub fn bound_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
+/// Runs `spawn` with `socket` inheritable by the process it starts, under
+/// the descriptor number `spawn` is given; close-on-exec again after, so
+/// other tests' children do not inherit it.
+pub fn with_inherited<T>(socket: &tokio::net::TcpSocket, spawn: impl FnOnce(i32) -> T) -> T {
+    use rustix::io::{fcntl_setfd, FdFlags};
+    use std::os::fd::AsRawFd;
+    fcntl_setfd(socket, FdFlags::empty()).unwrap();
+    let spawned = spawn(socket.as_raw_fd());
+    fcntl_setfd(socket, FdFlags::CLOEXEC).unwrap();
+    spawned
+}
+
 /// The Python interpreter of the tests that run Python (the attack and scan
 /// clients, the example clients, schemathesis, `http.server`): the tests'
 /// own virtual environment, `target/test-venv`, when it exists (tests/run.sh
