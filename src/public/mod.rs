@@ -127,7 +127,7 @@ impl Handler for PublicHandler {
         peer: Peer,
         req: Request<Incoming>,
     ) -> impl std::future::Future<Output = (Response<PublicBody>, finish::Done)> + Send {
-        let observed = self.metrics.is_some() || self.access_log.is_some();
+        let observed = self.observed();
         // One clock read for the request's arrival: its metrics' start and
         // the time the bearer check decides at (a read is ~40 ns on a VM's
         // TSC clock, and a request made a dozen).
@@ -197,6 +197,11 @@ struct Upstream<'a> {
 type Answer = Either<Response<UpstreamBody>, Reply>;
 
 impl PublicHandler {
+    /// Whether anyone times requests: the metrics or the access log.
+    fn observed(&self) -> bool {
+        self.metrics.is_some() || self.access_log.is_some()
+    }
+
     fn refused(&self, r: RefusalLabel) {
         if let Some(m) = &self.metrics {
             m.refusal(r);
@@ -433,7 +438,7 @@ impl PublicHandler {
         // the access log time the upstream from it.
         let sent = Instant::now();
         let forwarding = self.upstream.forward(req, peer, identity, sent);
-        let observed = self.metrics.is_some() || self.access_log.is_some();
+        let observed = self.observed();
         Routed::Upstream(
             Upstream {
                 forwarding,
