@@ -39,8 +39,10 @@ use crate::tokens::access::AccessTokens;
 pub(crate) trait Replica: Send + Sync + 'static {
     /// Created on another replica (or missing here after a reconnect).
     fn created(&self, hash: RefreshHash, rec: &RefreshRecord);
-    /// Edited or rotated elsewhere: the token as it is now.
-    fn updated(&self, hash: RefreshHash, rec: &RefreshRecord);
+    /// Edited or rotated elsewhere: the token as read at feed position
+    /// `at` or later (an older read than this replica's own edit is
+    /// skipped).
+    fn updated(&self, hash: RefreshHash, rec: &RefreshRecord, at: i64);
     /// Deleted elsewhere: gone here too, with the access tokens they issued.
     fn deleted(&self, ids: &[u64]);
     /// Every refresh-token id held here.
@@ -48,9 +50,12 @@ pub(crate) trait Replica: Send + Sync + 'static {
     /// Whether refresh token `id` is held here.
     fn holds(&self, id: u64) -> bool;
     /// An account changed elsewhere: as it is now (`None`: deleted).
-    fn account(&self, name: &str, rec: Option<AccountRecord>);
-    /// Every account, after a reconnect (the feed may have been missed).
-    fn all_accounts(&self, all: Vec<AccountRecord>);
+    /// Read at feed position `at` or later; false when skipped (older than
+    /// this replica's own later change of it).
+    fn account(&self, name: &str, rec: Option<AccountRecord>, at: i64) -> bool;
+    /// Every account, after a reconnect (the feed may have been missed),
+    /// read at feed position `at` or later.
+    fn all_accounts(&self, all: Vec<AccountRecord>, at: i64);
     /// A page session ended elsewhere (a logout): its cookie's fingerprint.
     fn session_ended(&self, fingerprint: [u8; 32]);
 }
@@ -377,11 +382,13 @@ impl Cluster {
             for change in page.changes {
                 match change {
                     Change::Created(hash, rec) => replica.created(hash, &rec),
-                    Change::Updated(hash, rec) => replica.updated(hash, &rec),
+                    Change::Updated(hash, rec, at) => replica.updated(hash, &rec, at),
                     Change::Deleted(id) => deleted.push(id),
                     Change::AccessRevoked(id, expires) => self.access.revoke_one(id, expires),
                     Change::Retired => retired = true,
-                    Change::Account(name, rec) => replica.account(&name, rec.map(|r| *r)),
+                    Change::Account(name, rec, at) => {
+                        replica.account(&name, rec.map(|r| *r), at);
+                    }
                     Change::Logout(fp) => replica.session_ended(fp),
                 }
                 apply_deletes(replica, &mut deleted);
@@ -481,7 +488,8 @@ impl Cluster {
             for change in cluster_db::records(client, &stored).await? {
                 if let Change::Created(hash, rec) = change {
                     if replica.holds(rec.id) {
-                        replica.updated(hash, &rec);
+                        // Read after `seq`: at least as new as it.
+                        replica.updated(hash, &rec, seq);
                     } else {
                         replica.created(hash, &rec);
                     }
@@ -490,7 +498,7 @@ impl Cluster {
         }
         let deleted = gone.len();
         apply_deletes(replica, &mut gone);
-        replica.all_accounts(cluster_db::all_accounts(client).await?);
+        replica.all_accounts(cluster_db::all_accounts(client).await?, seq);
         // Never move backwards (the feed may have run ahead meanwhile).
         self.seq.fetch_max(seq, Ordering::AcqRel);
         tracing::info!(

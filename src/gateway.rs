@@ -375,8 +375,8 @@ impl crate::cluster::Replica for Follower {
     fn created(&self, hash: crate::store::RefreshHash, rec: &crate::store::RefreshRecord) {
         self.lifecycle.created(hash, rec);
     }
-    fn updated(&self, hash: crate::store::RefreshHash, rec: &crate::store::RefreshRecord) {
-        self.lifecycle.updated(hash, rec);
+    fn updated(&self, hash: crate::store::RefreshHash, rec: &crate::store::RefreshRecord, at: i64) {
+        self.lifecycle.updated(hash, rec, at);
     }
     fn deleted(&self, ids: &[u64]) {
         self.lifecycle.deleted(ids);
@@ -387,16 +387,19 @@ impl crate::cluster::Replica for Follower {
     fn holds(&self, id: u64) -> bool {
         self.lifecycle.holds(id)
     }
-    fn account(&self, name: &str, rec: Option<crate::store::AccountRecord>) {
+    fn account(&self, name: &str, rec: Option<crate::store::AccountRecord>, at: i64) -> bool {
         let ended = rec.as_ref().is_none_or(|r| r.disabled);
-        self.lifecycle.account(name, rec);
-        if ended {
+        // Skipped (older than our own later change): that change ended
+        // whatever it had to here.
+        let applied = self.lifecycle.account(name, rec, at);
+        if applied && ended {
             self.auth.sessions.end_user(name);
             self.passwords.forget(name);
         }
+        applied
     }
-    fn all_accounts(&self, all: Vec<crate::store::AccountRecord>) {
-        self.lifecycle.all_accounts(all);
+    fn all_accounts(&self, all: Vec<crate::store::AccountRecord>, at: i64) {
+        self.lifecycle.all_accounts(all, at);
     }
     fn session_ended(&self, fingerprint: [u8; 32]) {
         self.auth.sessions.remove_fingerprint(&fingerprint);

@@ -370,8 +370,8 @@ impl Replica for Lifecycle {
         }
     }
 
-    fn updated(&self, hash: RefreshHash, rec: &RefreshRecord) {
-        if self.store.apply_updated(hash, rec) {
+    fn updated(&self, hash: RefreshHash, rec: &RefreshRecord, at: i64) {
+        if self.store.apply_updated(hash, rec, at) {
             // Rotated at once elsewhere: the old generation's tokens are
             // refused already; this frees them.
             self.access.revoke_refresh(&[rec.id]);
@@ -394,12 +394,12 @@ impl Replica for Lifecycle {
         self.store.get(id).is_some()
     }
 
-    fn account(&self, name: &str, rec: Option<AccountRecord>) {
-        self.store.apply_account(name, rec);
+    fn account(&self, name: &str, rec: Option<AccountRecord>, at: i64) -> bool {
+        self.store.apply_account(name, rec, at)
     }
 
-    fn all_accounts(&self, all: Vec<AccountRecord>) {
-        self.store.apply_all_accounts(all);
+    fn all_accounts(&self, all: Vec<AccountRecord>, at: i64) {
+        self.store.apply_all_accounts(all, at);
     }
 
     /// Page sessions are the admin listener's: `gateway` routes this there.

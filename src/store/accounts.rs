@@ -155,6 +155,9 @@ pub(crate) enum Refusal {
 pub(crate) struct Applied {
     pub(crate) account: Option<AccountRecord>,
     pub(crate) end_sessions: bool,
+    /// The change row's feed position, where there is a feed (PostgreSQL
+    /// sets it after writing; `None` here).
+    pub(crate) at: Option<i64>,
 }
 
 /// Applies `change` to `current` (the account it names, if stored) given
@@ -175,6 +178,7 @@ pub(crate) fn apply(
         AccountChange::Create(rec) => match current {
             Some(_) => Err(Refusal::Exists(name)),
             None => Ok(Applied {
+                at: None,
                 account: Some(rec.clone()),
                 end_sessions: false,
             }),
@@ -208,6 +212,7 @@ pub(crate) fn apply(
                 return Err(Refusal::LastAdmin(name));
             }
             Ok(Applied {
+                at: None,
                 end_sessions: next.disabled && !cur.disabled,
                 account: Some(next),
             })
@@ -223,12 +228,14 @@ pub(crate) fn apply(
                 return Err(Refusal::LastAdmin(name));
             }
             Ok(Applied {
+                at: None,
                 account: None,
                 end_sessions: true,
             })
         }
         AccountChange::SignOn { role, now, .. } => match current {
             None => Ok(Applied {
+                at: None,
                 account: Some(AccountRecord {
                     name: name.clone(),
                     role: *role,
@@ -249,6 +256,7 @@ pub(crate) fn apply(
                 // The provider's word is final, even for the last admin:
                 // refusing the sign-in would not give the role back.
                 Ok(Applied {
+                    at: None,
                     account: Some(next),
                     end_sessions: false,
                 })
@@ -261,6 +269,7 @@ pub(crate) fn apply(
             let mut next = cur.clone();
             next.last_login = Some(next.last_login.map_or(*at, |l| l.max(*at)));
             Ok(Applied {
+                at: None,
                 account: Some(next),
                 end_sessions: false,
             })

@@ -15,6 +15,7 @@
 //!   and the server secret's fingerprint.
 
 pub(crate) mod accounts;
+mod ours;
 pub(crate) mod outbox;
 mod postgres;
 mod record;
@@ -123,11 +124,7 @@ pub(crate) trait Backend: Send + Sync {
     fn consume_use(&self, id: u64) -> Result<Option<u64>, StoreError>;
     /// Edits token `id` (its fields, or its secret) in one transaction;
     /// returns its hash and record as now stored, or `None` if no such id.
-    fn update(
-        &self,
-        id: u64,
-        edit: &Edit,
-    ) -> Result<Option<(RefreshHash, RefreshRecord)>, StoreError>;
+    fn update(&self, id: u64, edit: &Edit) -> Result<Option<Edited>, StoreError>;
     /// Adds the usage of tokens that still exist (counts add up, the later
     /// use wins); returns how many tokens it wrote.
     fn write_usage(&self, rows: &[UsageDelta]) -> Result<usize, StoreError>;
@@ -196,6 +193,15 @@ pub(crate) struct SessionRow {
     pub(crate) expires: u64,
 }
 
+/// A token as an edit left it: its hash and record as stored, and (with a
+/// change feed) the feed position of the edit's own change row.
+pub(crate) struct Edited {
+    pub(crate) hash: RefreshHash,
+    pub(crate) rec: RefreshRecord,
+    /// `None` where there is no feed (redb: this process is the only writer).
+    pub(crate) at: Option<i64>,
+}
+
 pub struct RefreshStore {
     backend: Box<dyn Backend>,
     /// Exchange lookups: hash → token. DashMap: many concurrent readers, rare writers.
@@ -210,6 +216,11 @@ pub struct RefreshStore {
     /// delete any more. Ids are never reused, so a minute of memory is
     /// ample for that window, and the set stays small.
     tombstones: Mutex<HashMap<u64, Instant>>,
+    /// This replica's token edits the feed has not shown back yet: a feed
+    /// read older than one of them is skipped (`ours`).
+    edited: ours::Ours<u64>,
+    /// The same for the accounts.
+    accounts_edited: ours::Ours<String>,
     /// The highest id the change feed (or the load at start) has shown:
     /// creates commit in id order (under the feed's lock), so a missing id
     /// at or below it was deleted, and one above it may be new.
@@ -287,6 +298,8 @@ impl RefreshStore {
             by_id: DashMap::new(),
             write_lock: Mutex::new(()),
             tombstones: Mutex::new(HashMap::new()),
+            edited: ours::Ours::default(),
+            accounts_edited: ours::Ours::default(),
             seen_up_to: AtomicU64::new(0),
             accounts: accounts::Registry::default(),
         };
@@ -333,26 +346,35 @@ impl RefreshStore {
         let _w = self.lock();
         let done = self.backend.change_account(change)?;
         if let Ok(applied) = &done {
-            self.accounts.set(change.name(), applied.account.clone());
+            let name = change.name();
+            self.accounts_edited
+                .edited(name.to_owned(), applied.at, || {
+                    self.accounts.set(name, applied.account.clone());
+                });
         }
         Ok(done)
     }
 
-    /// Mirrors an account another replica changed (`None`: deleted).
-    pub(crate) fn apply_account(&self, name: &str, rec: Option<AccountRecord>) {
-        self.accounts.set(name, rec);
+    /// Mirrors an account another replica changed (`None`: deleted), as
+    /// read at feed position `at` or later. False when skipped: older than
+    /// this replica's own later change of it (`ours`).
+    pub(crate) fn apply_account(&self, name: &str, rec: Option<AccountRecord>, at: i64) -> bool {
+        self.accounts_edited
+            .read(&name.to_owned(), at, || self.accounts.set(name, rec))
+            .is_some()
     }
 
-    /// Replaces every account with `all` (a reconcile after a reconnect).
-    pub(crate) fn apply_all_accounts(&self, all: Vec<AccountRecord>) {
+    /// Replaces every account with `all`, read at feed position `at` or
+    /// later (a reconcile after a reconnect).
+    pub(crate) fn apply_all_accounts(&self, all: Vec<AccountRecord>, at: i64) {
         let keep: std::collections::HashSet<String> = all.iter().map(|a| a.name.clone()).collect();
         for old in self.accounts.list() {
             if !keep.contains(&old.name) {
-                self.accounts.set(&old.name, None);
+                self.apply_account(&old.name, None, at);
             }
         }
         for rec in all {
-            self.accounts.set(&rec.name.clone(), Some(rec));
+            self.apply_account(&rec.name.clone(), Some(rec), at);
         }
     }
 
@@ -475,30 +497,40 @@ impl RefreshStore {
         edit: &Edit,
     ) -> Result<Option<Arc<RefreshToken>>, StoreError> {
         let _w = self.lock();
-        Ok(self
-            .backend
-            .update(id, edit)?
-            .map(|(hash, rec)| self.replace(hash, &rec).0))
+        let Some(done) = self.backend.update(id, edit)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.edited.edited(id, done.at, || {
+            self.replace(done.hash, &done.rec).0
+        })))
     }
 
     /// Applies an edit another replica committed (from the change feed, or
-    /// a reconcile that found a record changed): nothing is written. A
-    /// deleted id stays deleted. True when the secret's generation changed
-    /// here (a rotation at once): the caller frees the access tokens of the
-    /// earlier generation (already refused: this is for memory).
-    pub(crate) fn apply_updated(&self, hash: RefreshHash, rec: &RefreshRecord) -> bool {
+    /// a reconcile that found a record changed): nothing is written. `at`
+    /// is the feed position the record was read at or after (a feed row's
+    /// own position; a reconcile's position read before its records). A
+    /// deleted id stays deleted, and a record older than this replica's
+    /// own later edit is skipped (`ours`). True when the secret's
+    /// generation changed here (a rotation at once): the caller frees the
+    /// access tokens of the earlier generation (already refused: this is
+    /// for memory).
+    pub(crate) fn apply_updated(&self, hash: RefreshHash, rec: &RefreshRecord, at: i64) -> bool {
         self.seen_up_to.fetch_max(rec.id, Ordering::AcqRel);
         if self.is_tombstoned(rec.id) {
             return false;
         }
-        if let Some(current) = self.by_id.get(&rec.id) {
-            let (h, t) = current.value();
-            if *h == hash && t.matches(rec) {
-                // Our own edit, already mapped (the feed carries ours too).
-                return false;
-            }
-        }
-        self.replace(hash, rec).1
+        self.edited
+            .read(&rec.id, at, || {
+                if let Some(current) = self.by_id.get(&rec.id) {
+                    let (h, t) = current.value();
+                    if *h == hash && t.matches(rec) {
+                        // Our own edit, already mapped (the feed carries ours too).
+                        return false;
+                    }
+                }
+                self.replace(hash, rec).1
+            })
+            .unwrap_or(false)
     }
 
     /// Forgets rotated-out secrets whose grace period is over (they are
@@ -548,6 +580,7 @@ impl RefreshStore {
     /// remembered against a late mapping. Returns those that were still here.
     pub(crate) fn apply_deleted(&self, ids: &[u64]) -> Vec<Arc<RefreshToken>> {
         self.tombstone(ids);
+        self.edited.forget(ids);
         if let Some(&max) = ids.iter().max() {
             self.seen_up_to.fetch_max(max, Ordering::AcqRel);
         }
@@ -902,18 +935,7 @@ mod tests {
                 b.is_revoked() && !b.is_superseded(),
                 "its access tokens end"
             );
-            let renamed = Edit::Fields {
-                name: Some("c".into()),
-                expires: None,
-                scopes: None,
-                read_only: None,
-                networks: None,
-                rate_limit: None,
-                introspect: None,
-                not_before: None,
-                max_uses: None,
-            };
-            assert_eq!(s.edit(a.id, &renamed).unwrap().unwrap().generation(), 1);
+            assert_eq!(s.edit(a.id, &rename("c")).unwrap().unwrap().generation(), 1);
         }
         let s = RefreshStore::open(&path).unwrap();
         assert_eq!(s.lookup(&hash(3)).unwrap().generation(), 1, "persisted");
@@ -1129,5 +1151,80 @@ mod tests {
         assert!(first.is_revoked());
         assert!(s.get(7).is_none() && s.lookup(&hash(7)).is_none());
         assert!(s.apply_deleted(&[7]).is_empty(), "twice is harmless");
+    }
+
+    fn rename(name: &str) -> Edit {
+        Edit::Fields {
+            name: Some(name.into()),
+            expires: None,
+            scopes: None,
+            read_only: None,
+            networks: None,
+            rate_limit: None,
+            introspect: None,
+            not_before: None,
+            max_uses: None,
+        }
+    }
+
+    /// The CI failure of session 34: a feed round read a token before this
+    /// replica's edit committed and mapped it after, undoing the edit.
+    #[test]
+    fn a_feed_record_older_than_our_own_edit_never_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RefreshStore::open(&dir.path().join("t.redb")).unwrap();
+        let t = s.create(hash(1), "first", 1, None).unwrap();
+        let old = RefreshRecord::new(t.id, "first", 1, None);
+        s.edit(t.id, &rename("second")).unwrap().unwrap();
+        // redb has no feed; PostgreSQL's edit would have recorded its
+        // change row's position, here 10.
+        s.edited.edited(t.id, Some(10), || ());
+
+        assert!(!s.apply_updated(hash(1), &old, 9));
+        assert_eq!(
+            s.get(t.id).unwrap().name,
+            "second",
+            "a stale read is skipped"
+        );
+        assert_eq!(s.edited.waiting(), 1, "still waiting for ours");
+
+        // Our own change row: the record as edited (a no-op), and the wait is over.
+        let ours = RefreshRecord::new(t.id, "second", 1, None);
+        s.apply_updated(hash(1), &ours, 10);
+        assert_eq!(s.get(t.id).unwrap().name, "second");
+        assert_eq!(s.edited.waiting(), 0);
+
+        // Anything read after that applies, older or newer in content.
+        s.apply_updated(hash(1), &RefreshRecord::new(t.id, "third", 1, None), 11);
+        assert_eq!(s.get(t.id).unwrap().name, "third");
+
+        // A delete forgets the position along with the token.
+        s.edited.edited(t.id, Some(20), || ());
+        s.apply_deleted(&[t.id]);
+        assert_eq!(s.edited.waiting(), 0);
+    }
+
+    /// The same for accounts: a disabled account is never enabled again
+    /// by a read from before the change.
+    #[test]
+    fn a_feed_account_older_than_our_own_change_never_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RefreshStore::open(&dir.path().join("t.redb")).unwrap();
+        let mut rec = accounts::AccountRecord::bootstrap(1);
+        rec.name = "ops".into();
+        let enabled = rec.clone();
+        rec.disabled = true;
+        s.change_account(&accounts::AccountChange::Create(rec))
+            .unwrap()
+            .unwrap();
+        s.accounts_edited.edited("ops".into(), Some(10), || ());
+
+        assert!(!s.apply_account("ops", Some(enabled.clone()), 9));
+        assert!(s.account("ops").unwrap().disabled);
+        assert!(!s.apply_account("ops", None, 9), "nor deleted");
+        s.apply_all_accounts(vec![], 9);
+        assert!(s.account("ops").is_some(), "nor by a reconcile");
+        s.apply_all_accounts(vec![enabled], 10);
+        assert!(!s.account("ops").unwrap().disabled, "read after ours");
     }
 }

@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::accounts::{self, AccountChange, AccountRecord, Applied, Refusal};
 use super::record::{CreateLimits, Edit, RefreshHash, RefreshRecord, UsageDelta};
-use super::{Backend, StoreError};
+use super::{Backend, Edited, StoreError};
 use crate::restrict::RestrictionSpec;
 
 mod outbox;
@@ -239,11 +239,7 @@ impl Backend for RedbBackend {
         Ok(Some(left))
     }
 
-    fn update(
-        &self,
-        id: u64,
-        edit: &Edit,
-    ) -> Result<Option<(RefreshHash, RefreshRecord)>, StoreError> {
+    fn update(&self, id: u64, edit: &Edit) -> Result<Option<Edited>, StoreError> {
         let txn = self.db.begin_write()?;
         let done = {
             let mut id_table = txn.open_table(IDS)?;
@@ -270,7 +266,11 @@ impl Backend for RedbBackend {
                 id_table.insert(id, &hash[..])?;
             }
             tokens.insert(&hash[..], &bytes[..])?;
-            (hash, rec)
+            Edited {
+                hash,
+                rec,
+                at: None,
+            }
         };
         txn.commit()?;
         Ok(Some(done))

@@ -831,6 +831,44 @@ async fn audit_lines_name_the_person(kind: Kind) {
     );
 }
 
+/// An account change the API acknowledged holds from that answer on: a
+/// change-feed read from before it (PostgreSQL) never puts the old account
+/// back, so a disabled account is never enabled again, not even for a
+/// moment. Changes follow each other as fast as the API answers, so a
+/// feed round woken by one change often reads before the next commits.
+async fn an_acknowledged_account_change_holds_from_its_answer_on(kind: Kind) {
+    let s = gateway(kind).await;
+    let client = &s.gw.client;
+    add_user(client, "ops", "viewer", PW).await;
+    let disabled = |users: &Value| {
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "ops")
+            .map(|u| u["disabled"].clone())
+    };
+    let mut wrong = Vec::new();
+    for round in 0..40 {
+        for want in [true, false] {
+            let body = json!({ "disabled": want });
+            let r = as_admin(client, "PATCH", "/api/users/ops", Some(&body)).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let users = as_admin(client, "GET", "/api/users", None).await.json();
+            if disabled(&users) != Some(json!(want)) {
+                wrong.push(format!("round {round}, disabled {want}: {users}"));
+            }
+        }
+    }
+    // And after the feed's later rounds (they poll at least every 250 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let users = as_admin(client, "GET", "/api/users", None).await.json();
+    if disabled(&users) != Some(json!(false)) {
+        wrong.push(format!("at the end: {users}"));
+    }
+    assert!(wrong.is_empty(), "changes undone: {wrong:?}");
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod redb {
@@ -849,6 +887,7 @@ on_both_backends!(
     the_generated_password_is_shown_once_and_works,
     sessions_follow_the_account,
     audit_lines_name_the_person,
+    an_acknowledged_account_change_holds_from_its_answer_on,
 );
 
 /// Guesses at one account from many addresses are slowed down for that

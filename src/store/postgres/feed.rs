@@ -30,16 +30,18 @@ pub(crate) const LISTENER_NAME: &str = "tokengate-listener";
 pub(crate) enum Change {
     /// Boxed: a record (with its restrictions) dwarfs the other variants.
     Created(RefreshHash, Box<RefreshRecord>),
-    /// Edited (fields or secret): the token as it is now.
-    Updated(RefreshHash, Box<RefreshRecord>),
+    /// Edited (fields or secret): the token as it was when the page was
+    /// read, and the change row's position (see `RefreshStore::edited_at`).
+    Updated(RefreshHash, Box<RefreshRecord>, i64),
     Deleted(u64),
     /// An access token its holder revoked: its id, and its expiry (Unix
     /// seconds) until which it must be refused.
     AccessRevoked(u128, u64),
     /// A boot was retired, or all of them (`rotate`): the registry says which.
     Retired,
-    /// An account changed: as it is now (`None`: deleted).
-    Account(String, Option<Box<AccountRecord>>),
+    /// An account changed: as it was when the page was read (`None`:
+    /// deleted), and the change row's position.
+    Account(String, Option<Box<AccountRecord>>, i64),
     /// A page session ended (a logout): its cookie's fingerprint.
     Logout([u8; 32]),
 }
@@ -184,7 +186,7 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
             ("update", Some(id)) => match token_at(&row, 3, id)? {
                 // The token as it is now (later edits included: applying
                 // it again is a no-op).
-                Some((hash, rec)) => Change::Updated(hash, Box::new(rec)),
+                Some((hash, rec)) => Change::Updated(hash, Box::new(rec), seq),
                 None => continue,
             },
             ("delete", Some(id)) => Change::Deleted(id),
@@ -204,7 +206,7 @@ pub(crate) async fn changes_since(client: &Client, seq: i64, limit: i64) -> Resu
                 let Some(name) = row.try_get::<_, Option<String>>(16)? else {
                     continue;
                 };
-                Change::Account(name, account_at(&row, 18)?.map(Box::new))
+                Change::Account(name, account_at(&row, 18)?.map(Box::new), seq)
             }
             ("logout", _) => {
                 let fp: Option<Vec<u8>> = row.try_get(17)?;

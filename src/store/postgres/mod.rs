@@ -43,7 +43,7 @@ use tokio_postgres::NoTls;
 
 use super::accounts::{self, AccountChange, AccountRecord, Applied, Refusal};
 use super::record::{CreateLimits, Edit, RefreshHash, RefreshRecord, UsageDelta, UsageRow};
-use super::{Backend, SessionRow, StoreError};
+use super::{Backend, Edited, SessionRow, StoreError};
 use crate::config::{PostgresConfig, SslMode};
 use crate::restrict::RestrictionSpec;
 
@@ -310,11 +310,12 @@ pub fn migrate(pg: &PostgresConfig) -> Result<Migrated, StoreError> {
 /// Records a change per token and announces the last one, inside the
 /// caller's transaction (which holds `FEED_LOCK`, so `seq` order is commit
 /// order): a replica that hears the notification reads a committed change.
+/// Returns the last change's position.
 async fn announce(
     tx: &deadpool_postgres::Transaction<'_>,
     kind: &str,
     ids: &[i64],
-) -> Result<(), PgError> {
+) -> Result<i64, PgError> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO tokengate_changes (kind, refresh_id) \
@@ -332,18 +333,18 @@ async fn announce(
         &[&feed::CHANNEL, &last.to_string()],
     )
     .await?;
-    Ok(())
+    Ok(last)
 }
 
 /// Records a change to an account (`kind` `account`: read it again) or a
 /// session (`logout`: forget it) and announces it, inside the caller's
-/// transaction (which holds `FEED_LOCK`).
+/// transaction (which holds `FEED_LOCK`); returns the change's position.
 async fn announce_other(
     tx: &deadpool_postgres::Transaction<'_>,
     kind: &str,
     account: Option<&str>,
     session: Option<&[u8]>,
-) -> Result<(), PgError> {
+) -> Result<i64, PgError> {
     let row = tx
         .query_one(
             "INSERT INTO tokengate_changes (kind, account, session) VALUES ($1, $2, $3) \
@@ -357,7 +358,7 @@ async fn announce_other(
         &[&feed::CHANNEL, &seq.to_string()],
     )
     .await?;
-    Ok(())
+    Ok(seq)
 }
 
 /// Unix seconds as PostgreSQL's bigint; times past year 292 billion are refused.
@@ -503,11 +504,7 @@ impl Backend for PostgresBackend {
         Ok(rec)
     }
 
-    fn update(
-        &self,
-        id: u64,
-        edit: &Edit,
-    ) -> Result<Option<(RefreshHash, RefreshRecord)>, StoreError> {
+    fn update(&self, id: u64, edit: &Edit) -> Result<Option<Edited>, StoreError> {
         let Ok(db_id) = i64::try_from(id) else {
             return Ok(None);
         };
@@ -577,9 +574,13 @@ impl Backend for PostgresBackend {
                 ],
             )
             .await?;
-            announce(&tx, "update", &[db_id]).await?;
+            let at = announce(&tx, "update", &[db_id]).await?;
             tx.commit().await?;
-            Ok(Some((hash, rec)))
+            Ok(Some(Edited {
+                hash,
+                rec,
+                at: Some(at),
+            }))
         })?;
         Ok(done)
     }
@@ -676,9 +677,12 @@ impl Backend for PostgresBackend {
                 )
                 .await?;
             }
-            announce_other(&tx, "account", Some(&name), None).await?;
+            let at = announce_other(&tx, "account", Some(&name), None).await?;
             tx.commit().await?;
-            Ok(Ok(applied))
+            Ok(Ok(Applied {
+                at: Some(at),
+                ..applied
+            }))
         })
     }
 
