@@ -893,8 +893,9 @@ on_both_backends!(
 /// Guesses at one account from many addresses are slowed down for that
 /// account (a 401 saying so), while the addresses themselves and other
 /// accounts are unaffected. The account `admin` here has a plain configured
-/// password (no argon2 per guess), so the guesses take milliseconds and the
-/// one-second wait is still running when the right password comes.
+/// password (no argon2 per guess). Eight guesses, the last three each after
+/// its wait, make the account's wait 8 s, still running when the right
+/// password comes however loaded the machine.
 #[tokio::test]
 async fn failed_logins_are_throttled_per_account_too() {
     let s = gateway(Kind::Redb).await;
@@ -906,7 +907,14 @@ async fn failed_logins_are_throttled_per_account_too() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
         assert!(r.text().contains("wrong user name or password"));
     }
-    // A sixth address, with the right password: the account must wait.
+    for (i, wait) in [1, 2, 4].into_iter().enumerate() {
+        s.gw.clock.advance(Duration::from_secs(wait));
+        let c = s.gw.client_from(&format!("127.0.1.{}", i + 6));
+        let r = call_as(&c, "admin", "wrong guess", "GET", "/api/session", None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        assert!(r.text().contains("wrong user name or password"));
+    }
+    // A ninth address, with the right password: the account must wait.
     let fresh = s.gw.client_from("127.0.1.9");
     let r = call_as(&fresh, "admin", ADMIN_PASSWORD, "GET", "/api/session", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
@@ -919,7 +927,7 @@ async fn failed_logins_are_throttled_per_account_too() {
     let r = call_as(&fresh, "eve", PW, "GET", "/api/session", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     // Once the wait has passed, the right password works again.
-    s.gw.clock.advance(Duration::from_secs(2));
+    s.gw.clock.advance(Duration::from_secs(9));
     let r = call_as(&fresh, "admin", ADMIN_PASSWORD, "GET", "/api/session", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }

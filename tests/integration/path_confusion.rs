@@ -76,6 +76,13 @@ impl Gate {
             f.public.workers = 1;
             // Off: a throttled answer would hide the verdict on a payload.
             f.public.auth_failures_per_minute = 0;
+            // Generous: a 504 or 502 counts as a wrong answer here, and a
+            // real server on a loaded machine (Tomcat starting its JIT, a
+            // small listen backlog resending a SYN after 1 s) may be slow.
+            f.upstream.response_timeout =
+                tokengate::config::HumanDuration(std::time::Duration::from_secs(30));
+            f.upstream.connect_timeout =
+                tokengate::config::HumanDuration(std::time::Duration::from_secs(10));
         })
         .await;
         let mut body = json!({ "name": name });

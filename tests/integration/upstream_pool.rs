@@ -319,7 +319,9 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     .await;
     let r = gw.client.api_get("/x", &access).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(up.open.load(Ordering::SeqCst), 1);
+    // One connection made (not "one open": a stall of a second on a
+    // loaded machine and the sweeper may have closed it already).
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
     // The sweeper runs every second here.
     upstream_closed_all(&up, "the gateway to close the idle upstream connection").await;
     // And the gateway simply connects again.

@@ -67,7 +67,9 @@ async fn requests_spread_over_three_servers_and_a_killed_one_is_probed_back() {
     );
     let gw = gateway(&[&a, &b, &c], |f| {
         f.upstream.health_check = Some("/health".into());
-        f.upstream.health_interval = HumanDuration(Duration::from_millis(200));
+        // A probe's timeout is the interval: at 200 ms, one stall of a
+        // loaded machine marked the live servers out together.
+        f.upstream.health_interval = HumanDuration(Duration::from_secs(1));
     })
     .await;
     let (_, refresh) = gw.create_token("spread").await;
