@@ -14,6 +14,7 @@
 //!
 //! Plain std: no helpers from `tests/common`, no extra dependencies.
 
+use crate::common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -371,15 +372,6 @@ fn every_table_renders_as_a_table() {
     );
 }
 
-/// A loopback port nothing listens on, for the dev gateway's listeners.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The dev gateway, stopped with SIGINT (so it removes its temporary data)
 /// however the test ends.
 struct DevGateway(Child);
@@ -423,7 +415,7 @@ fn the_readme_walkthrough_works_as_written_after_serve_dev() {
         .and_then(|b| b.split("```").next())
         .expect("its walkthrough in a ```sh block");
 
-    let (public, admin) = (free_port(), free_port());
+    let (public, admin) = (common::spare_port(), common::spare_port());
     let mut child = Command::new(BIN)
         .args(["serve", "--dev"])
         .current_dir(std::env::temp_dir())

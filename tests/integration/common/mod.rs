@@ -668,12 +668,45 @@ async fn echo(
     Ok(resp)
 }
 
-/// An address where nothing listens (bound, then released).
+/// An address where nothing listens: a [`spare_port`] on loopback.
 pub async fn dead_address() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+    SocketAddr::from(([127, 0, 0, 1], spare_port()))
+}
+
+/// A loopback port nothing listens on, for a server a test starts later
+/// (or starts again on the same port), and for "nothing listens here".
+///
+/// Not a port the kernel hands out (bind to port 0, then release): that
+/// one comes from the ephemeral range, where every other test's `bind(0)`
+/// and outgoing connection draw theirs, so one may take it before our
+/// server binds it (session 34 saw this with HAProxy and a webhook
+/// receiver). This one comes from below that range (10000 up to its
+/// start), which only this function draws from: each port is handed out
+/// once per test binary, from a start that differs between processes, and
+/// checked free by binding it. Where the range leaves too little room
+/// below it, the kernel's choice is the fallback.
+pub fn spare_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    const FROM: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = below.saturating_sub(FROM);
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    if span >= 1_000 {
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = u16::try_from(FROM + (start + n) % span).unwrap();
+            if free(port) {
+                return port;
+            }
+        }
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 impl TestGateway {

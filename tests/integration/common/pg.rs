@@ -23,7 +23,6 @@
 //! binaries, whatever `TOKENGATE_TEST_POSTGRES_URL` says: a given server is
 //! not the test's to stop).
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -343,12 +342,9 @@ impl Throwaway {
             guardian,
         };
         let mut last = String::new();
-        // A free port can be taken between our probe and the server's bind: retry a little.
+        // A spare port (no other test draws it), and a retry all the same.
         for _ in 0..3 {
-            server.port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| format!("free port: {e}"))?
-                .port();
+            server.port = super::spare_port();
             server.options = format!(
                 "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
                  -c synchronous_commit={synchronous_commit} -c full_page_writes=off \

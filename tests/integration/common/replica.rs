@@ -3,9 +3,9 @@
 //! file, ports and audit file, all sharing one PostgreSQL database, one
 //! server secret and one TLS certificate (so one client trusts them all).
 //!
-//! A replica listens on port 0 at its first start and its ports are read
-//! from its "tokengate listening" log line; a restart binds the same ports
-//! again, so a load balancer in front keeps finding it. Each boot's stdout
+//! A replica listens on spare ports (`common::spare_port`) and its ports
+//! are read from its "tokengate listening" log line; a restart binds the
+//! same ports again, so a load balancer in front keeps finding it. Each boot's stdout
 //! and stderr go to a file of their own (`boot-<n>.log`) for assertions and
 //! failure messages. Replicas are killed (SIGKILL) when dropped.
 
@@ -179,12 +179,17 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// The configuration file: listeners (port 0 until the ports are
+    /// The configuration file: listeners (spare ports until the ports are
     /// known), TLS, upstream, this replica's data dir and audit file.
     fn write_config(&self) {
         let (public, admin) = match self.addrs {
             Some((p, a)) => (p.to_string(), a.to_string()),
-            None => ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+            // Spare ports rather than 0: a restart binds them again, and
+            // no other test's `bind(0)` can take them in between.
+            None => (
+                format!("127.0.0.1:{}", super::spare_port()),
+                format!("127.0.0.1:{}", super::spare_port()),
+            ),
         };
         let text = format!(
             r#"[public]
