@@ -239,29 +239,44 @@ impl Gateway {
     }
 
     /// Stops accepting, drains in-flight requests (bounded by
-    /// `public.shutdown_grace`), and flushes usage data to disk.
+    /// `public.shutdown_grace`), flushes usage data to disk, and returns
+    /// once the refresh-token store is closed (a new gateway may open the
+    /// same redb file at once; see `STORE_RELEASE`).
     pub async fn shutdown(self) {
+        let Gateway {
+            state,
+            reloader,
+            shutdown,
+            tasks,
+            workers,
+            load,
+            upstreams,
+            public_addr: _,
+            admin_addr: _,
+            metrics_addr: _,
+        } = self;
         // Before the listeners are told: from now on /readyz says "draining"
         // on every connection still open.
-        self.state.draining.store(true, Ordering::Relaxed);
-        let _ = self.shutdown.send(true);
-        if let Some(cluster) = &self.state.view.cluster {
+        state.draining.store(true, Ordering::Relaxed);
+        let _ = shutdown.send(true);
+        if let Some(cluster) = &state.view.cluster {
             // First, not after the drain: a clean shutdown ends this boot's
             // access tokens everywhere now (DPA's restart rule), not after
             // cluster.node_timeout. Requests in flight were checked already.
-            cluster.retire(self.state.view.access.own_boot().0).await;
+            cluster.retire(state.view.access.own_boot().0).await;
         }
-        for w in self.workers {
+        for w in workers {
             let _ = w.await;
         }
-        for t in self.tasks {
+        for t in tasks {
             let _ = t.await;
         }
-        crate::periodic::flush_usage(&self.state).await;
+        drop((reloader, load, upstreams));
+        crate::periodic::flush_usage(&state).await;
         // Events of requests that finished during the drain: into the
         // outbox, for the next start to deliver.
-        self.state.view.webhooks.flush().await;
-        let state = self.state.clone();
+        state.view.webhooks.flush().await;
+        let store = state.view.store.clone();
         let _ = tokio::task::spawn_blocking(move || {
             state.view.audit.flush(std::time::Duration::from_secs(5));
             if let Some(log) = &state.view.access_log {
@@ -269,9 +284,35 @@ impl Gateway {
             }
         })
         .await;
+        // Work the drain cut short may still hold the store: a blocking
+        // store or outbox call keeps running after the task awaiting it
+        // ends, and a worker thread drops its connections after it says it
+        // has drained. redb refuses a second open while its file is open,
+        // so a restart in the same process failed now and then on a busy
+        // machine (CI, session 35). Our other handles are gone by now (the
+        // state went into the flush above, the reloader was dropped after
+        // the tasks): wait until ours is the last, then close it here, off
+        // the async threads (redb syncs its file as it closes). Not a weak
+        // handle: its count reaches zero before the close has finished.
+        let deadline = tokio::time::Instant::now() + STORE_RELEASE;
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!(
+                bound = ?STORE_RELEASE,
+                "the refresh-token store is still in use after shutdown; it closes when that work ends"
+            );
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         tracing::info!("tokengate stopped");
     }
 }
+
+/// How long `shutdown` waits for work the drain cut short to let go of
+/// the store: a store call takes milliseconds, and PostgreSQL's are
+/// bounded by its statement timeout.
+const STORE_RELEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The listening sockets, bound in step 1, before any data is touched.
 struct Sockets {

@@ -581,6 +581,33 @@ async fn pending_events_survive_a_restart(db: Option<&TestDb>) {
     assert_eq!(rx.count("token.expiring", b), 1, "{:?}", rx.events());
 }
 
+/// `Gateway::shutdown` returns with the redb file closed, so the same
+/// process may open it again at once (a restart, a backup, a migration).
+/// Session 35's stressed run: a restart failed with "already open" because
+/// an outbox write, cut short by the drain, still held the store on the
+/// blocking pool, or had the last handle and was still closing the file
+/// (3 failures in 10 runs on a loaded machine, each free 10 ms later).
+/// Here deliveries to a receiver that is down keep the outbox busy while
+/// each gateway stops.
+#[tokio::test]
+async fn shutdown_returns_with_the_data_file_closed() {
+    let up = upstream().await;
+    let rx = Receiver::new();
+    let mut gw = TestGateway::start_with(up.addr, |f| rx.configure(f)).await;
+    let path = gw.file.storage.path.clone();
+    for round in 0..10 {
+        for i in 0..3 {
+            create(&gw.client, &format!("r{round}-{i}"), "2d").await;
+        }
+        gw.stop().await;
+        match tokengate::RefreshStore::open(&path) {
+            Ok(store) => assert_eq!(store.len(), 3 * (round + 1)),
+            Err(e) => panic!("round {round}: the data file is still held: {e}"),
+        }
+        gw = gw.restart().await;
+    }
+}
+
 #[tokio::test]
 async fn pending_events_survive_a_restart_redb() {
     Box::pin(pending_events_survive_a_restart(None)).await;
