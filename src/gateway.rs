@@ -430,8 +430,10 @@ impl crate::cluster::Replica for Follower {
     }
     fn account(&self, name: &str, rec: Option<crate::store::AccountRecord>, at: i64) -> bool {
         let ended = rec.as_ref().is_none_or(|r| r.disabled);
-        // Skipped (older than our own later change): that change ended
-        // whatever it had to here.
+        // Skipped: a later version is mapped already. If the account is
+        // disabled or gone in it, requests are refused from the registry,
+        // and the change row of that version ends the sessions when the
+        // feed reads it (or ended them here when it was our own change).
         let applied = self.lifecycle.account(name, rec, at);
         if applied && ended {
             self.auth.sessions.end_user(name);

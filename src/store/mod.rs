@@ -15,8 +15,8 @@
 //!   and the server secret's fingerprint.
 
 pub(crate) mod accounts;
-mod ours;
 pub(crate) mod outbox;
+mod positions;
 mod postgres;
 mod record;
 mod redb;
@@ -216,11 +216,12 @@ pub struct RefreshStore {
     /// delete any more. Ids are never reused, so a minute of memory is
     /// ample for that window, and the set stays small.
     tombstones: Mutex<HashMap<u64, Instant>>,
-    /// This replica's token edits the feed has not shown back yet: a feed
-    /// read older than one of them is skipped (`ours`).
-    edited: ours::Ours<u64>,
+    /// The feed position each token was last mapped at: a feed read older
+    /// than this replica's own edit is skipped, and so is our edit when a
+    /// newer read is mapped already (`positions`).
+    positions: positions::Positions<u64>,
     /// The same for the accounts.
-    accounts_edited: ours::Ours<String>,
+    account_positions: positions::Positions<String>,
     /// The highest id the change feed (or the load at start) has shown:
     /// creates commit in id order (under the feed's lock), so a missing id
     /// at or below it was deleted, and one above it may be new.
@@ -298,8 +299,8 @@ impl RefreshStore {
             by_id: DashMap::new(),
             write_lock: Mutex::new(()),
             tombstones: Mutex::new(HashMap::new()),
-            edited: ours::Ours::default(),
-            accounts_edited: ours::Ours::default(),
+            positions: positions::Positions::default(),
+            account_positions: positions::Positions::default(),
             seen_up_to: AtomicU64::new(0),
             accounts: accounts::Registry::default(),
         };
@@ -347,7 +348,7 @@ impl RefreshStore {
         let done = self.backend.change_account(change)?;
         if let Ok(applied) = &done {
             let name = change.name();
-            self.accounts_edited
+            self.account_positions
                 .edited(name.to_owned(), applied.at, || {
                     self.accounts.set(name, applied.account.clone());
                 });
@@ -356,10 +357,10 @@ impl RefreshStore {
     }
 
     /// Mirrors an account another replica changed (`None`: deleted), as
-    /// read at feed position `at` or later. False when skipped: older than
-    /// this replica's own later change of it (`ours`).
+    /// read at feed position `at` or later. False when skipped: something
+    /// later is mapped already (`positions`).
     pub(crate) fn apply_account(&self, name: &str, rec: Option<AccountRecord>, at: i64) -> bool {
-        self.accounts_edited
+        self.account_positions
             .read(&name.to_owned(), at, || self.accounts.set(name, rec))
             .is_some()
     }
@@ -500,17 +501,23 @@ impl RefreshStore {
         let Some(done) = self.backend.update(id, edit)? else {
             return Ok(None);
         };
-        Ok(Some(self.edited.edited(id, done.at, || {
-            self.replace(done.hash, &done.rec).0
-        })))
+        let mapped = self
+            .positions
+            .edited(id, done.at, || self.replace(done.hash, &done.rec).0);
+        if self.is_tombstoned(id) {
+            // Deleted elsewhere since it committed: nothing of it stays.
+            self.positions.forget(&[id]);
+        }
+        // Skipped: a newer version (holding this edit) is mapped already.
+        Ok(mapped.or_else(|| self.get(id)))
     }
 
     /// Applies an edit another replica committed (from the change feed, or
     /// a reconcile that found a record changed): nothing is written. `at`
     /// is the feed position the record was read at or after (a feed row's
     /// own position; a reconcile's position read before its records). A
-    /// deleted id stays deleted, and a record older than this replica's
-    /// own later edit is skipped (`ours`). True when the secret's
+    /// deleted id stays deleted, and a record older than what is mapped
+    /// (this replica's own later edit) is skipped (`positions`). True when the secret's
     /// generation changed here (a rotation at once): the caller frees the
     /// access tokens of the earlier generation (already refused: this is
     /// for memory).
@@ -519,7 +526,7 @@ impl RefreshStore {
         if self.is_tombstoned(rec.id) {
             return false;
         }
-        self.edited
+        self.positions
             .read(&rec.id, at, || {
                 if let Some(current) = self.by_id.get(&rec.id) {
                     let (h, t) = current.value();
@@ -580,7 +587,7 @@ impl RefreshStore {
     /// remembered against a late mapping. Returns those that were still here.
     pub(crate) fn apply_deleted(&self, ids: &[u64]) -> Vec<Arc<RefreshToken>> {
         self.tombstone(ids);
-        self.edited.forget(ids);
+        self.positions.forget(ids);
         if let Some(&max) = ids.iter().max() {
             self.seen_up_to.fetch_max(max, Ordering::AcqRel);
         }
@@ -1178,7 +1185,7 @@ mod tests {
         s.edit(t.id, &rename("second")).unwrap().unwrap();
         // redb has no feed; PostgreSQL's edit would have recorded its
         // change row's position, here 10.
-        s.edited.edited(t.id, Some(10), || ());
+        s.positions.edited(t.id, Some(10), || ());
 
         assert!(!s.apply_updated(hash(1), &old, 9));
         assert_eq!(
@@ -1186,22 +1193,21 @@ mod tests {
             "second",
             "a stale read is skipped"
         );
-        assert_eq!(s.edited.waiting(), 1, "still waiting for ours");
 
-        // Our own change row: the record as edited (a no-op), and the wait is over.
+        // Our own change row: the record as edited (a no-op).
         let ours = RefreshRecord::new(t.id, "second", 1, None);
         s.apply_updated(hash(1), &ours, 10);
         assert_eq!(s.get(t.id).unwrap().name, "second");
-        assert_eq!(s.edited.waiting(), 0);
 
-        // Anything read after that applies, older or newer in content.
+        // A later change applies; an older read after it does not.
         s.apply_updated(hash(1), &RefreshRecord::new(t.id, "third", 1, None), 11);
+        assert_eq!(s.get(t.id).unwrap().name, "third");
+        s.apply_updated(hash(1), &old, 10);
         assert_eq!(s.get(t.id).unwrap().name, "third");
 
         // A delete forgets the position along with the token.
-        s.edited.edited(t.id, Some(20), || ());
         s.apply_deleted(&[t.id]);
-        assert_eq!(s.edited.waiting(), 0);
+        assert_eq!(s.positions.len(), 0);
     }
 
     /// The same for accounts: a disabled account is never enabled again
@@ -1217,7 +1223,7 @@ mod tests {
         s.change_account(&accounts::AccountChange::Create(rec))
             .unwrap()
             .unwrap();
-        s.accounts_edited.edited("ops".into(), Some(10), || ());
+        s.account_positions.edited("ops".into(), Some(10), || ());
 
         assert!(!s.apply_account("ops", Some(enabled.clone()), 9));
         assert!(s.account("ops").unwrap().disabled);

@@ -564,12 +564,15 @@ pub(crate) async fn retire(pool: &Pool, boot: Option<u64>) -> Result<u64, PgErro
 }
 
 /// Forgets what nobody needs any more: changes older than a day (a replica
-/// away longer reconciles from the tokens themselves) and boots retired or
-/// silent for as long.
+/// away longer reconciles from the tokens themselves), all but the newest
+/// (`feed_position` reads it: a reconcile after a quiet day must read the
+/// position its records are at, not 0, or `store::positions` would skip
+/// them), and boots retired or silent for as long.
 pub(crate) async fn prune(client: &Client) -> Result<(), PgError> {
     client
         .batch_execute(
-            "DELETE FROM tokengate_changes WHERE at < now() - interval '1 day'; \
+            "DELETE FROM tokengate_changes WHERE at < now() - interval '1 day' \
+               AND seq < (SELECT max(seq) FROM tokengate_changes); \
              DELETE FROM tokengate_replicas \
                WHERE coalesce(retired, heartbeat) < now() - interval '1 day'",
         )
