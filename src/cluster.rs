@@ -40,8 +40,8 @@ pub(crate) trait Replica: Send + Sync + 'static {
     /// Created on another replica (or missing here after a reconnect).
     fn created(&self, hash: RefreshHash, rec: &RefreshRecord);
     /// Edited or rotated elsewhere: the token as read at feed position
-    /// `at` or later (an older read than this replica's own edit is
-    /// skipped).
+    /// `at` or later (skipped when a later version is mapped already:
+    /// `store::positions`).
     fn updated(&self, hash: RefreshHash, rec: &RefreshRecord, at: i64);
     /// Deleted elsewhere: gone here too, with the access tokens they issued.
     fn deleted(&self, ids: &[u64]);
@@ -49,9 +49,9 @@ pub(crate) trait Replica: Send + Sync + 'static {
     fn ids(&self) -> Vec<u64>;
     /// Whether refresh token `id` is held here.
     fn holds(&self, id: u64) -> bool;
-    /// An account changed elsewhere: as it is now (`None`: deleted).
-    /// Read at feed position `at` or later; false when skipped (older than
-    /// this replica's own later change of it).
+    /// An account changed elsewhere (`None`: deleted), read at feed
+    /// position `at` or later; false when skipped (a later version is
+    /// mapped already).
     fn account(&self, name: &str, rec: Option<AccountRecord>, at: i64) -> bool;
     /// Every account, after a reconnect (the feed may have been missed),
     /// read at feed position `at` or later.
