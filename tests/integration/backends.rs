@@ -1101,11 +1101,7 @@ async fn a_hung_database_is_an_error_within_the_statement_timeout() {
 
 #[test]
 fn errors_never_show_the_password() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::spare_port();
     let mut pg = pg_config(&format!("postgres://tg:s3cret-pw@127.0.0.1:{port}/nothing"));
     pg.connect_timeout = Duration::from_secs(2);
     let err = open(&pg, &[1; 32]).err().expect("nothing listens there");

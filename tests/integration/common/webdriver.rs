@@ -46,10 +46,8 @@ impl Browser {
         );
         let chromium = find_program(&["chromium", "chromium-browser"])
             .expect("chromium not found (apt-get install -y chromium)");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        // A spare port: no other test's bind(0) takes it before chromedriver binds it.
+        let port = super::spare_port();
         let driver = tokio::process::Command::new(driver_bin)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -67,10 +67,10 @@ fn open_up(dir: &Path) {
     assert!(status.success(), "chmod -R a+rX {}", dir.display());
 }
 
-/// A port free right now on 127.0.0.1 (the servers bind it themselves).
+/// A port free on 127.0.0.1 that no other test will take before the
+/// server binds it itself (`common::spare_port`).
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    crate::common::spare_port()
 }
 
 impl Server {
