@@ -68,10 +68,12 @@ type Wider = Arc<[(Arc<AtomicUsize>, usize); 2]>;
 
 /// One HTTP/2 request in progress, counted against its client until dropped
 /// (with the response body, so a stalled body keeps counting).
-pub(crate) struct StreamSlot {
-    count: Arc<AtomicUsize>,
-    wider: Option<Wider>,
-}
+///
+/// It holds its connection's `Streams` (one `Arc` per connection), not
+/// clones of the client's counters: the counters' reference counts sit on
+/// the lines that every worker serving this client writes, and cloning
+/// them per request made each request wait on the other core twice more.
+pub(crate) struct StreamSlot(Arc<Streams>);
 
 /// A stream refused: the cap that was reached, and whose it is (`None`:
 /// the client's own; `Some(56)`: its IPv6 /56's).
@@ -191,16 +193,17 @@ impl ClientSlots {
 }
 
 impl ClientSlot {
-    /// The client's stream count, for the connection's HTTP/2 streams.
-    pub(crate) fn streams(&self) -> Streams {
-        self.streams.clone()
+    /// The client's stream counters, for one connection's HTTP/2 streams:
+    /// their slots share the returned `Arc` (see `StreamSlot`).
+    pub(crate) fn streams(&self) -> Arc<Streams> {
+        Arc::new(self.streams.clone())
     }
 }
 
 impl Streams {
     /// Counts one more request in progress, or says which cap it is over.
     #[inline]
-    pub(crate) fn take(&self) -> Result<StreamSlot, Over> {
+    pub(crate) fn take(self: &Arc<Self>) -> Result<StreamSlot, Over> {
         // Add first, then check: one atomic on the common path. A client at
         // its cap sees a brief overshoot that is taken back at once.
         if self.count.fetch_add(1, Relaxed) >= self.max {
@@ -225,17 +228,14 @@ impl Streams {
                 }
             }
         }
-        Ok(StreamSlot {
-            count: self.count.clone(),
-            wider: self.wider.clone(),
-        })
+        Ok(StreamSlot(self.clone()))
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Relaxed);
-        if let Some(w) = &self.wider {
+        self.0.count.fetch_sub(1, Relaxed);
+        if let Some(w) = &self.0.wider {
             for (c, _) in w.iter() {
                 c.fetch_sub(1, Relaxed);
             }
