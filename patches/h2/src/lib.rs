@@ -95,6 +95,33 @@
 //#![cfg_attr(test, feature(test))]
 #![cfg_attr(test, deny(warnings))]
 
+// PATCH (tokengate): h2's trace-level events are compiled out of release
+// builds, unless the `trace-events` feature is on. A disabled `trace!`
+// still costs its level checks, and h2 has one on every frame, stream state
+// change and flow-control step: about 1,200 instructions per request for a
+// server with no subscriber at trace level (PATCH.md, section 14). Debug
+// builds keep them. The arguments are still type-checked, so nothing they
+// use becomes unused.
+macro_rules! trace {
+    ($($t:tt)*) => {
+        if cfg!(any(debug_assertions, feature = "trace-events")) {
+            tracing::trace!($($t)*)
+        }
+    };
+}
+
+// PATCH (tokengate): the same for trace-level spans; compiled out, a span
+// is `Span::none()`, which is what a disabled span is anyway.
+macro_rules! trace_span {
+    ($($t:tt)*) => {
+        if cfg!(any(debug_assertions, feature = "trace-events")) {
+            tracing::trace_span!($($t)*)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+
 macro_rules! proto_err {
     (conn: $($msg:tt)+) => {
         tracing::debug!("connection error PROTOCOL_ERROR -- {};", format_args!($($msg)+))

@@ -189,10 +189,10 @@ impl FrameDecoder {
 ///
 /// This function is intentionally de-generified and outlined because it is very large.
 fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Option<Frame>, Error> {
-    let span = tracing::trace_span!("FramedRead::decode_frame", offset = bytes.len());
+    let span = trace_span!("FramedRead::decode_frame", offset = bytes.len());
     let _e = span.enter();
 
-    tracing::trace!("decoding frame from {}B", bytes.len());
+    trace!("decoding frame from {}B", bytes.len());
 
     // Parse the head
     let head = frame::Head::parse(&bytes);
@@ -204,7 +204,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
     let kind = head.kind();
 
-    tracing::trace!(frame.kind = ?kind);
+    trace!(frame.kind = ?kind);
 
     macro_rules! header_block {
         ($frame:ident, $head:ident, $bytes:ident) => ({
@@ -254,7 +254,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             if is_end_headers {
                 frame.into()
             } else {
-                tracing::trace!("loaded partial header block");
+                trace!("loaded partial header block");
                 // Defer returning the frame
                 decoder.partial = Some(Partial {
                     frame: Continuable::$frame(frame),
@@ -457,7 +457,7 @@ where
     type Item = Result<Frame, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let span = tracing::trace_span!("FramedRead::poll_next");
+        let span = trace_span!("FramedRead::poll_next");
         let _e = span.enter();
         if self.released {
             // PATCH (tokengate): as tokio-util's `FramedRead::new` does;
@@ -467,14 +467,14 @@ where
             self.released = false;
         }
         loop {
-            tracing::trace!("poll");
+            trace!("poll");
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),
             };
 
-            tracing::trace!(read.bytes = bytes.len());
+            trace!(read.bytes = bytes.len());
             if let Some(frame) = self.decoder.decode(bytes)? {
                 tracing::debug!(?frame, "received");
                 return Poll::Ready(Some(Ok(frame)));

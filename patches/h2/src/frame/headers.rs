@@ -169,7 +169,7 @@ impl Headers {
         let flags = HeadersFlag(head.flag());
         let mut pad = 0;
 
-        tracing::trace!("loading headers; flags={:?}", flags);
+        trace!("loading headers; flags={:?}", flags);
 
         if head.stream_id().is_zero() {
             return Err(Error::InvalidStreamId);
@@ -943,12 +943,12 @@ impl HeaderBlock {
         macro_rules! check_size {
             () => {{
                 if headers_size > max_header_list_abuse_size {
-                    tracing::trace!("load_hpack; header list size over abuse max");
+                    trace!("load_hpack; header list size over abuse max");
                     header_list_way_too_large = true;
                     ControlFlow::Break(())
                 } else {
                     if headers_size >= max_header_list_size && !self.is_over_size {
-                        tracing::trace!("load_hpack; header list size over max");
+                        trace!("load_hpack; header list size over max");
                         self.is_over_size = true;
                     }
                     ControlFlow::Continue(())
@@ -959,10 +959,10 @@ impl HeaderBlock {
         macro_rules! set_pseudo {
             ($field:ident, $val:expr) => {{
                 if reg {
-                    tracing::trace!("load_hpack; header malformed -- pseudo not at head of block");
+                    trace!("load_hpack; header malformed -- pseudo not at head of block");
                     malformed = true;
                 } else if self.pseudo.$field.is_some() {
-                    tracing::trace!("load_hpack; header malformed -- repeated pseudo");
+                    trace!("load_hpack; header malformed -- repeated pseudo");
                     malformed = true;
                 } else {
                     let __val = $val;
@@ -998,10 +998,10 @@ impl HeaderBlock {
                         || name == "keep-alive"
                         || name == "proxy-connection"
                     {
-                        tracing::trace!("load_hpack; connection level header");
+                        trace!("load_hpack; connection level header");
                         malformed = true;
                     } else if name == header::TE && value != "trailers" {
-                        tracing::trace!(
+                        trace!(
                             "load_hpack; TE header not set to trailers; val={:?}",
                             value
                         );
@@ -1039,18 +1039,18 @@ impl HeaderBlock {
         match res {
             Ok(()) => {}
             Err(e) => {
-                tracing::trace!("hpack decoding error; err={:?}", e);
+                trace!("hpack decoding error; err={:?}", e);
                 return Err(e.into());
             }
         }
 
         if header_list_way_too_large {
-            tracing::trace!("header list way too large; aborting connection");
+            trace!("header list way too large; aborting connection");
             return Err(Error::HeaderListWayTooLarge);
         }
 
         if malformed {
-            tracing::trace!("malformed message");
+            trace!("malformed message");
             return Err(Error::MalformedMessage);
         }
 

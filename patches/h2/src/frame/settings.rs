@@ -215,13 +215,13 @@ impl Settings {
         let head = Head::new(Kind::Settings, self.flags.into(), StreamId::zero());
         let payload_len = self.payload_len();
 
-        tracing::trace!("encoding SETTINGS; len={}", payload_len);
+        trace!("encoding SETTINGS; len={}", payload_len);
 
         head.encode(payload_len, dst);
 
         // Encode the settings
         self.for_each(|setting| {
-            tracing::trace!("encoding setting; val={:?}", setting);
+            trace!("encoding setting; val={:?}", setting);
             setting.encode(dst)
         });
     }

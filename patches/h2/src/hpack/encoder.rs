@@ -128,7 +128,7 @@ impl Encoder {
     where
         I: IntoIterator<Item = Header<Option<HeaderName>>>,
     {
-        let span = tracing::trace_span!("hpack::encode");
+        let span = trace_span!("hpack::encode");
         let _e = span.enter();
 
         self.encode_size_updates(dst);
@@ -175,7 +175,7 @@ impl Encoder {
     /// `test_encode_block_is_encode_of_the_iter` and, against h2's unpatched
     /// encoder, `frame::headers::differential`.
     pub(crate) fn encode_block(&mut self, pseudo: Pseudo, fields: HeaderMap, dst: &mut BytesMut) {
-        let span = tracing::trace_span!("hpack::encode");
+        let span = trace_span!("hpack::encode");
         let _e = span.enter();
 
         self.encode_size_updates(dst);

@@ -230,7 +230,7 @@ where
     /// processing of received frames.
     fn poll_ready(&mut self, cx: &mut Context) -> Poll<Result<(), Error>> {
         let _e = self.inner.span.enter();
-        let span = tracing::trace_span!("poll_ready");
+        let span = trace_span!("poll_ready");
         let _e = span.enter();
         // The order of these calls don't really matter too much
         ready!(self.inner.ping_pong.send_pending_pong(cx, &mut self.codec))?;
@@ -319,11 +319,11 @@ where
         // The clone is just an atomic ref bump.
         let span = self.inner.span.clone();
         let _e = span.enter();
-        let span = tracing::trace_span!("poll");
+        let span = trace_span!("poll");
         let _e = span.enter();
 
         loop {
-            tracing::trace!(connection.state = ?self.inner.state);
+            trace!(connection.state = ?self.inner.state);
             // TODO: probably clean up this glob of code
             match self.inner.state {
                 // When open, continue to poll a frame
@@ -355,7 +355,7 @@ where
                     self.inner.as_dyn().handle_poll2_result(result)?
                 }
                 State::Closing(reason, initiator) => {
-                    tracing::trace!("connection closing after flush");
+                    trace!("connection closing after flush");
                     // Flush/shutdown the codec
                     ready!(self.codec.shutdown(cx))?;
 
@@ -538,12 +538,12 @@ where
             // by the streams state machine and must not be echoed back.
             Err(Error::Reset(id, reason, initiator)) => {
                 if initiator == Initiator::Remote {
-                    tracing::trace!(?id, ?reason, ?initiator, "stream reset");
+                    trace!(?id, ?reason, ?initiator, "stream reset");
                     return Ok(());
                 }
 
                 debug_assert_eq!(initiator, Initiator::Library);
-                tracing::trace!(?id, ?reason, ?initiator, "stream error");
+                trace!(?id, ?reason, ?initiator, "stream error");
                 match self.streams.send_reset(id, reason) {
                     Ok(()) => (),
                     Err(crate::proto::error::GoAway { debug_data, reason }) => {
@@ -596,7 +596,7 @@ where
             .going_away()
             .map_or(false, |frame| frame.reason() == reason)
         {
-            tracing::trace!("    -> already going away");
+            trace!("    -> already going away");
             *self.state = State::Closing(reason, initiator);
             return;
         }
@@ -610,33 +610,33 @@ where
         use crate::frame::Frame::*;
         match frame {
             Some(Headers(frame)) => {
-                tracing::trace!(?frame, "recv HEADERS");
+                trace!(?frame, "recv HEADERS");
                 match self.streams.recv_headers(frame)? {
                     streams::RecvOutcome::Processed => (),
                     streams::RecvOutcome::Refused(id) => return Ok(ReceivedFrame::Refused(id)),
                 }
             }
             Some(Data(frame)) => {
-                tracing::trace!(?frame, "recv DATA");
+                trace!(?frame, "recv DATA");
                 self.streams.recv_data(frame)?;
             }
             Some(Reset(frame)) => {
-                tracing::trace!(?frame, "recv RST_STREAM");
+                trace!(?frame, "recv RST_STREAM");
                 self.streams.recv_reset(frame)?;
             }
             Some(PushPromise(frame)) => {
-                tracing::trace!(?frame, "recv PUSH_PROMISE");
+                trace!(?frame, "recv PUSH_PROMISE");
                 match self.streams.recv_push_promise(frame)? {
                     streams::RecvOutcome::Processed => (),
                     streams::RecvOutcome::Refused(id) => return Ok(ReceivedFrame::Refused(id)),
                 }
             }
             Some(Settings(frame)) => {
-                tracing::trace!(?frame, "recv SETTINGS");
+                trace!(?frame, "recv SETTINGS");
                 return Ok(ReceivedFrame::Settings(frame));
             }
             Some(GoAway(frame)) => {
-                tracing::trace!(?frame, "recv GOAWAY");
+                trace!(?frame, "recv GOAWAY");
                 // This should prevent starting new streams,
                 // but should allow continuing to process current streams
                 // until they are all EOS. Once they are, State should
@@ -645,7 +645,7 @@ where
                 *self.error = Some(frame);
             }
             Some(Ping(frame)) => {
-                tracing::trace!(?frame, "recv PING");
+                trace!(?frame, "recv PING");
                 let status = self.ping_pong.recv_ping(frame);
                 if status.is_shutdown() {
                     assert!(
@@ -658,15 +658,15 @@ where
                 }
             }
             Some(WindowUpdate(frame)) => {
-                tracing::trace!(?frame, "recv WINDOW_UPDATE");
+                trace!(?frame, "recv WINDOW_UPDATE");
                 self.streams.recv_window_update(frame)?;
             }
             Some(Priority(frame)) => {
-                tracing::trace!(?frame, "recv PRIORITY");
+                trace!(?frame, "recv PRIORITY");
                 // TODO: handle
             }
             None => {
-                tracing::trace!("codec closed");
+                trace!("codec closed");
                 self.streams.recv_eof(false).expect("mutex poisoned");
                 return Ok(ReceivedFrame::Done);
             }

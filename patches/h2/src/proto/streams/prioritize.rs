@@ -91,7 +91,7 @@ impl Prioritize {
         let _res = flow.assign_capacity(config.remote_init_window_sz);
         debug_assert!(_res.is_ok());
 
-        tracing::trace!("Prioritize::new; flow={:?}", flow);
+        trace!("Prioritize::new; flow={:?}", flow);
 
         Prioritize {
             pending_send: store::Queue::new(),
@@ -116,7 +116,7 @@ impl Prioritize {
         stream: &mut store::Ptr,
         task: &mut Option<Waker>,
     ) {
-        let span = tracing::trace_span!("Prioritize::queue_frame", ?stream.id);
+        let span = trace_span!("Prioritize::queue_frame", ?stream.id);
         let _e = span.enter();
         // Queue the frame in the buffer
         stream.pending_send.push_back(buffer, frame);
@@ -126,7 +126,7 @@ impl Prioritize {
     pub fn schedule_send(&mut self, stream: &mut store::Ptr, task: &mut Option<Waker>) {
         // If the stream is waiting to be opened, nothing more to do.
         if stream.is_send_ready() {
-            tracing::trace!(?stream.id, "schedule_send");
+            trace!(?stream.id, "schedule_send");
             // Queue the stream
             self.pending_send.push(stream);
 
@@ -173,9 +173,9 @@ impl Prioritize {
         stream.buffered_send_data += sz as usize;
 
         let span =
-            tracing::trace_span!("send_data", sz, requested = stream.requested_send_capacity);
+            trace_span!("send_data", sz, requested = stream.requested_send_capacity);
         let _e = span.enter();
-        tracing::trace!(buffered = stream.buffered_send_data);
+        trace!(buffered = stream.buffered_send_data);
 
         // Implicitly request more send capacity if not enough has been
         // requested yet.
@@ -194,7 +194,7 @@ impl Prioritize {
             self.reserve_capacity(0, stream, counts);
         }
 
-        tracing::trace!(
+        trace!(
             available = %stream.send_flow.available(),
             buffered = stream.buffered_send_data,
         );
@@ -228,7 +228,7 @@ impl Prioritize {
         stream: &mut store::Ptr,
         counts: &mut Counts,
     ) {
-        let span = tracing::trace_span!(
+        let span = trace_span!(
             "reserve_capacity",
             ?stream.id,
             requested = capacity,
@@ -288,7 +288,7 @@ impl Prioritize {
         inc: WindowSize,
         stream: &mut store::Ptr,
     ) -> Result<(), Reason> {
-        let span = tracing::trace_span!(
+        let span = trace_span!(
             "recv_stream_window_update",
             ?stream.id,
             ?stream.state,
@@ -358,11 +358,11 @@ impl Prioritize {
     }
 
     pub fn clear_pending_capacity(&mut self, store: &mut Store, counts: &mut Counts) {
-        let span = tracing::trace_span!("clear_pending_capacity");
+        let span = trace_span!("clear_pending_capacity");
         let _e = span.enter();
         while let Some(stream) = self.pending_capacity.pop(store) {
             counts.transition(stream, |_, stream| {
-                tracing::trace!(?stream.id, "clear_pending_capacity");
+                trace!(?stream.id, "clear_pending_capacity");
             })
         }
     }
@@ -375,7 +375,7 @@ impl Prioritize {
     ) where
         R: Resolve,
     {
-        let span = tracing::trace_span!("assign_connection_capacity", inc);
+        let span = trace_span!("assign_connection_capacity", inc);
         let _e = span.enter();
 
         // TODO: proper error handling
@@ -427,9 +427,9 @@ impl Prioritize {
             // Can't assign more than what is available
             stream.send_flow.window_size() - stream.send_flow.available().as_size(),
         );
-        let span = tracing::trace_span!("try_assign_capacity", ?stream.id);
+        let span = trace_span!("try_assign_capacity", ?stream.id);
         let _e = span.enter();
-        tracing::trace!(
+        trace!(
             requested = total_requested,
             additional,
             buffered = stream.buffered_send_data,
@@ -456,7 +456,7 @@ impl Prioritize {
             // TODO: Should prioritization factor into this?
             let assign = cmp::min(conn_available, additional);
 
-            tracing::trace!(capacity = assign, "assigning");
+            trace!(capacity = assign, "assigning");
 
             // Assign the capacity to the stream
             stream.assign_capacity(assign, self.max_buffer_size);
@@ -467,7 +467,7 @@ impl Prioritize {
             debug_assert!(_res.is_ok());
         }
 
-        tracing::trace!(
+        trace!(
             available = %stream.send_flow.available(),
             requested = stream.requested_send_capacity,
             buffered = stream.buffered_send_data,
@@ -522,7 +522,7 @@ impl Prioritize {
         // The max frame length
         let max_frame_len = dst.max_send_frame_size();
 
-        tracing::trace!("buffer_pending");
+        trace!("buffer_pending");
 
         loop {
             if !dst.has_send_capacity() {
@@ -536,7 +536,7 @@ impl Prioritize {
 
             match self.pop_frame(buffer, store, max_frame_len, counts) {
                 Some(frame) => {
-                    tracing::trace!(?frame, "writing");
+                    trace!(?frame, "writing");
 
                     debug_assert_eq!(self.in_flight_data_frame, InFlightData::Nothing);
                     if let Frame::Data(ref frame) = frame {
@@ -585,7 +585,7 @@ impl Prioritize {
     where
         B: Buf,
     {
-        let span = tracing::trace_span!("try_reclaim_frame");
+        let span = trace_span!("try_reclaim_frame");
         let _e = span.enter();
 
         // First check if there are any data chunks to take back
@@ -605,7 +605,7 @@ impl Prioritize {
     where
         B: Buf,
     {
-        tracing::trace!(
+        trace!(
             ?frame,
             sz = frame.payload().inner.get_ref().remaining(),
             "reclaimed"
@@ -617,7 +617,7 @@ impl Prioritize {
         match mem::replace(&mut self.in_flight_data_frame, InFlightData::Nothing) {
             InFlightData::Nothing => panic!("wasn't expecting a frame to reclaim"),
             InFlightData::Drop => {
-                tracing::trace!("not reclaiming frame for cancelled stream");
+                trace!("not reclaiming frame for cancelled stream");
                 return false;
             }
             InFlightData::DataFrame(k) => {
@@ -665,12 +665,12 @@ impl Prioritize {
     }
 
     pub fn clear_queue<B>(&mut self, buffer: &mut Buffer<Frame<B>>, stream: &mut store::Ptr) {
-        let span = tracing::trace_span!("clear_queue", ?stream.id);
+        let span = trace_span!("clear_queue", ?stream.id);
         let _e = span.enter();
 
         // TODO: make this more efficient?
         while let Some(frame) = stream.pending_send.pop_front(buffer) {
-            tracing::trace!(?frame, "dropping");
+            trace!(?frame, "dropping");
         }
 
         stream.buffered_send_data = 0;
@@ -710,12 +710,12 @@ impl Prioritize {
     where
         B: Buf,
     {
-        let span = tracing::trace_span!("pop_frame");
+        let span = trace_span!("pop_frame");
         let _e = span.enter();
 
         loop {
             let mut stream = self.pending_send.pop(store)?;
-            let span = tracing::trace_span!("popped", ?stream.id, ?stream.state);
+            let span = trace_span!("popped", ?stream.id, ?stream.state);
             let _e = span.enter();
 
             // It's possible that this stream, besides having data to send,
@@ -725,7 +725,7 @@ impl Prioritize {
             // To be safe, we just always ask the stream.
             let is_pending_reset = stream.is_pending_reset_expiration();
 
-            tracing::trace!(is_pending_reset);
+            trace!(is_pending_reset);
 
             let frame = match stream.pending_send.pop_front(buffer) {
                 Some(Frame::Data(mut frame)) => {
@@ -751,7 +751,7 @@ impl Prioritize {
                     let stream_capacity = stream.send_flow.available();
                     let sz = frame.payload().remaining();
 
-                    tracing::trace!(
+                    trace!(
                         sz,
                         eos = frame.is_end_stream(),
                         window = %stream_capacity,
@@ -764,7 +764,7 @@ impl Prioritize {
                     // Zero length data frames always have capacity to
                     // be sent.
                     if sz > 0 && stream_capacity == 0 {
-                        tracing::trace!("stream capacity is 0");
+                        trace!("stream capacity is 0");
 
                         // Ensure that the stream is waiting for
                         // connection level capacity
@@ -799,10 +799,10 @@ impl Prioritize {
                         continue;
                     }
 
-                    tracing::trace!(len, "sending data frame");
+                    trace!(len, "sending data frame");
 
                     // Update the flow control
-                    tracing::trace_span!("updating stream flow").in_scope(|| {
+                    trace_span!("updating stream flow").in_scope(|| {
                         stream.send_data(len, self.max_buffer_size);
 
                         // Assign the capacity back to the connection that
@@ -814,7 +814,7 @@ impl Prioritize {
                     });
 
                     let (eos, len) =
-                        tracing::trace_span!("updating connection flow").in_scope(|| {
+                        trace_span!("updating connection flow").in_scope(|| {
                             // TODO: proper error handling
                             let _res = self.flow.send_data(len);
                             debug_assert!(_res.is_ok());
@@ -869,7 +869,7 @@ impl Prioritize {
                         // had data buffered to be sent, but all the frames are cleared
                         // in clear_queue(). Instead of doing O(N) traversal through queue
                         // to remove, lets just ignore the stream here.
-                        tracing::trace!("removing dangling stream from pending_send");
+                        trace!("removing dangling stream from pending_send");
                         // Since this should only happen as a consequence of `clear_queue`,
                         // we must be in a closed state of some kind.
                         debug_assert!(stream.state.is_closed());
@@ -879,7 +879,7 @@ impl Prioritize {
                 }
             };
 
-            tracing::trace!("pop_frame; frame={:?}", frame);
+            trace!("pop_frame; frame={:?}", frame);
 
             if cfg!(debug_assertions) && stream.state.is_idle() {
                 debug_assert!(stream.id > self.last_opened_id);
@@ -905,11 +905,11 @@ impl Prioritize {
         store: &'s mut Store,
         counts: &mut Counts,
     ) -> Option<store::Ptr<'s>> {
-        tracing::trace!("schedule_pending_open");
+        trace!("schedule_pending_open");
         // check for any pending open streams
         if counts.can_inc_num_send_streams() {
             if let Some(mut stream) = self.pending_open.pop(store) {
-                tracing::trace!("schedule_pending_open; stream={:?}", stream.id);
+                trace!("schedule_pending_open; stream={:?}", stream.id);
 
                 counts.inc_num_send_streams(&mut stream);
                 stream.notify_send();

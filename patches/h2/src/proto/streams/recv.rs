@@ -164,7 +164,7 @@ impl Recv {
         stream: &mut store::Ptr,
         counts: &mut Counts,
     ) -> Result<(), RecvHeaderBlockError> {
-        tracing::trace!("opening stream; init_window={}", self.init_window_sz);
+        trace!("opening stream; init_window={}", self.init_window_sz);
         let is_initial = stream.state.recv_open(&frame)?;
 
         // Informational responses do not transition a remotely reserved stream
@@ -285,7 +285,7 @@ impl Recv {
                 .peer()
                 .convert_poll_message(pseudo, fields, stream_id)?;
 
-            tracing::trace!("Received informational response: stream_id={:?}", stream_id);
+            trace!("Received informational response: stream_id={:?}", stream_id);
 
             // Push the informational response onto the stream's recv buffer
             // with a special event type so it can be polled separately
@@ -358,7 +358,7 @@ impl Recv {
             match stream.pending_recv.pop_front(&mut self.buffer) {
                 Some(Event::Headers(Client(response))) => return Poll::Ready(Ok(response)),
                 Some(Event::InformationalHeaders(_)) => {
-                    tracing::trace!("Skipping informational response in poll_response - should be consumed via poll_informational; stream_id={:?}", stream.id);
+                    trace!("Skipping informational response in poll_response - should be consumed via poll_informational; stream_id={:?}", stream.id);
                     continue;
                 }
                 Some(_) => panic!("poll_response called after response returned"),
@@ -446,7 +446,7 @@ impl Recv {
 
     /// Releases capacity of the connection
     pub fn release_connection_capacity(&mut self, capacity: WindowSize, task: &mut Option<Waker>) {
-        tracing::trace!(
+        trace!(
             "release_connection_capacity; size={}, connection in_flight_data={}",
             capacity,
             self.in_flight_data,
@@ -474,7 +474,7 @@ impl Recv {
         stream: &mut store::Ptr,
         task: &mut Option<Waker>,
     ) -> Result<(), UserError> {
-        tracing::trace!("release_capacity; size={}", capacity);
+        trace!("release_capacity; size={}", capacity);
 
         if capacity > stream.in_flight_recv_data {
             return Err(UserError::ReleaseCapacityTooBig);
@@ -512,7 +512,7 @@ impl Recv {
         debug_assert_eq!(stream.ref_count, 0);
 
         if stream.in_flight_recv_data != 0 {
-            tracing::trace!(
+            trace!(
                 "auto-release closed stream ({:?}) capacity: {:?}",
                 stream.id,
                 stream.in_flight_recv_data,
@@ -542,7 +542,7 @@ impl Recv {
         target: WindowSize,
         task: &mut Option<Waker>,
     ) -> Result<(), Reason> {
-        tracing::trace!(
+        trace!(
             "set_target_connection_window; target={}; available={}, reserved={}",
             target,
             self.flow.available(),
@@ -589,7 +589,7 @@ impl Recv {
             let old_sz = self.init_window_sz;
             self.init_window_sz = target;
 
-            tracing::trace!("update_initial_window_size; new={}; old={}", target, old_sz,);
+            trace!("update_initial_window_size; new={}; old={}", target, old_sz,);
 
             // Per RFC 7540 §6.9.2:
             //
@@ -611,7 +611,7 @@ impl Recv {
                 Ordering::Less => {
                     // We must decrease the (local) window on every open stream.
                     let dec = old_sz - target;
-                    tracing::trace!("decrementing all windows; dec={}", dec);
+                    trace!("decrementing all windows; dec={}", dec);
 
                     store.try_for_each(|mut stream| {
                         stream
@@ -624,7 +624,7 @@ impl Recv {
                 Ordering::Greater => {
                     // We must increase the (local) window on every open stream.
                     let inc = target - old_sz;
-                    tracing::trace!("incrementing all windows; inc={}", inc);
+                    trace!("incrementing all windows; inc={}", inc);
                     store.try_for_each(|mut stream| {
                         // XXX: Shouldn't the peer have already noticed our
                         // overflow and sent us a GOAWAY?
@@ -676,7 +676,7 @@ impl Recv {
             return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
         }
 
-        tracing::trace!(
+        trace!(
             "recv_data; size={}; connection={}; stream={}",
             sz,
             self.flow.window_size(),
@@ -684,7 +684,7 @@ impl Recv {
         );
 
         if is_ignoring_frame {
-            tracing::trace!(
+            trace!(
                 "recv_data; frame ignored on locally reset {:?} for some time",
                 stream.id,
             );
@@ -735,7 +735,7 @@ impl Recv {
 
         // Received a frame, but no one cared about it. fix issue#648
         if !stream.is_recv {
-            tracing::trace!(
+            trace!(
                 "recv_data; frame ignored on stream release {:?} for some time",
                 stream.id,
             );
@@ -756,7 +756,7 @@ impl Recv {
         // since the user only sees the data payload via `payload()`.
         let padding = (frame.flow_controlled_len() - frame.payload().len()) as WindowSize;
         if padding > 0 {
-            tracing::trace!(
+            trace!(
                 "recv_data; auto-releasing padding of {:?} for {:?}",
                 padding,
                 stream.id,
@@ -1040,10 +1040,10 @@ impl Recv {
 
         if counts.can_inc_num_reset_streams() {
             counts.inc_num_reset_streams();
-            tracing::trace!("enqueue_reset_expiration; added {:?}", stream.id);
+            trace!("enqueue_reset_expiration; added {:?}", stream.id);
             self.pending_reset_expired.push(stream);
         } else {
-            tracing::trace!(
+            trace!(
                 "enqueue_reset_expiration; dropped {:?}, over max_concurrent_reset_streams",
                 stream.id
             );
@@ -1083,7 +1083,7 @@ impl Recv {
     fn clear_stream_window_update_queue(&mut self, store: &mut Store, counts: &mut Counts) {
         while let Some(stream) = self.pending_window_updates.pop(store) {
             counts.transition(stream, |_, stream| {
-                tracing::trace!("clear_stream_window_update_queue; stream={:?}", stream.id);
+                trace!("clear_stream_window_update_queue; stream={:?}", stream.id);
             })
         }
     }
@@ -1178,7 +1178,7 @@ impl Recv {
             };
 
             counts.transition(stream, |_, stream| {
-                tracing::trace!("pending_window_updates -- pop; stream={:?}", stream.id);
+                trace!("pending_window_updates -- pop; stream={:?}", stream.id);
                 debug_assert!(!stream.is_pending_window_update);
 
                 if !stream.state.is_recv_streaming() {

@@ -148,7 +148,7 @@ impl State {
                     Open {
                         local: AwaitingHeaders,
                         remote: if frame.is_informational() {
-                            tracing::trace!("skipping 1xx response headers");
+                            trace!("skipping 1xx response headers");
                             AwaitingHeaders
                         } else {
                             Streaming
@@ -162,7 +162,7 @@ impl State {
                 if eos {
                     Closed(Cause::EndStream)
                 } else if frame.is_informational() {
-                    tracing::trace!("skipping 1xx response headers");
+                    trace!("skipping 1xx response headers");
                     ReservedRemote
                 } else {
                     HalfClosedLocal(Streaming)
@@ -178,7 +178,7 @@ impl State {
                     Open {
                         local,
                         remote: if frame.is_informational() {
-                            tracing::trace!("skipping 1xx response headers");
+                            trace!("skipping 1xx response headers");
                             AwaitingHeaders
                         } else {
                             Streaming
@@ -190,7 +190,7 @@ impl State {
                 if eos {
                     Closed(Cause::EndStream)
                 } else if frame.is_informational() {
-                    tracing::trace!("skipping 1xx response headers");
+                    trace!("skipping 1xx response headers");
                     HalfClosedLocal(AwaitingHeaders)
                 } else {
                     HalfClosedLocal(Streaming)
@@ -236,12 +236,12 @@ impl State {
         match self.inner {
             Open { local, .. } => {
                 // The remote side will continue to receive data.
-                tracing::trace!("recv_close: Open => HalfClosedRemote({:?})", local);
+                trace!("recv_close: Open => HalfClosedRemote({:?})", local);
                 self.inner = HalfClosedRemote(local);
                 Ok(())
             }
             HalfClosedLocal(..) => {
-                tracing::trace!("recv_close: HalfClosedLocal => Closed");
+                trace!("recv_close: HalfClosedLocal => Closed");
                 self.inner = Closed(Cause::EndStream);
                 Ok(())
             }
@@ -278,7 +278,7 @@ impl State {
             // previous state with the received RST_STREAM, so that the queue
             // will be cleared by `Prioritize::pop_frame`.
             ref state => {
-                tracing::trace!(
+                trace!(
                     "recv_reset; frame={:?}; state={:?}; queued={:?}",
                     frame,
                     state,
@@ -300,7 +300,7 @@ impl State {
         match self.inner {
             Closed(..) => {}
             _ => {
-                tracing::trace!("handle_error; err={:?}", err);
+                trace!("handle_error; err={:?}", err);
                 self.inner = Closed(Cause::Error(err.clone()));
             }
         }
@@ -310,7 +310,7 @@ impl State {
         match self.inner {
             Closed(..) => {}
             ref state => {
-                tracing::trace!("recv_eof; state={:?}", state);
+                trace!("recv_eof; state={:?}", state);
                 self.inner = Closed(Cause::Error(
                     io::Error::new(
                         io::ErrorKind::BrokenPipe,
@@ -327,11 +327,11 @@ impl State {
         match self.inner {
             Open { remote, .. } => {
                 // The remote side will continue to receive data.
-                tracing::trace!("send_close: Open => HalfClosedLocal({:?})", remote);
+                trace!("send_close: Open => HalfClosedLocal({:?})", remote);
                 self.inner = HalfClosedLocal(remote);
             }
             HalfClosedRemote(..) => {
-                tracing::trace!("send_close: HalfClosedRemote => Closed");
+                trace!("send_close: HalfClosedRemote => Closed");
                 self.inner = Closed(Cause::EndStream);
             }
             ref state => panic!("send_close: unexpected state {:?}", state),

@@ -144,7 +144,7 @@ where
         let me = &mut *me;
         me.actions.recv.next_incoming(&mut me.store).map(|key| {
             let stream = &mut me.store.resolve(key);
-            tracing::trace!(
+            trace!(
                 "next_incoming; id={:?}, state={:?}",
                 stream.id,
                 stream.state
@@ -478,7 +478,7 @@ impl Inner {
         // The GOAWAY process has begun. All streams with a greater ID than
         // specified as part of GOAWAY should be ignored.
         if id > self.actions.recv.max_stream_id() {
-            tracing::trace!(
+            trace!(
                 "id ({:?}) > max_stream_id ({:?}), ignoring HEADERS",
                 id,
                 self.actions.recv.max_stream_id()
@@ -536,14 +536,14 @@ impl Inner {
             // Locally reset streams must ignore frames "for some time".
             // This is because the remote may have sent trailers before
             // receiving the RST_STREAM frame.
-            tracing::trace!("recv_headers; ignoring trailers on {:?}", stream.id);
+            trace!("recv_headers; ignoring trailers on {:?}", stream.id);
             return Ok(RecvOutcome::Processed);
         }
 
         let actions = &mut self.actions;
 
         self.counts.transition(stream, |counts, stream| {
-            tracing::trace!(
+            trace!(
                 "recv_headers; stream={:?}; state={:?}",
                 stream.id,
                 stream.state
@@ -613,7 +613,7 @@ impl Inner {
                 // The GOAWAY process has begun. All streams with a greater ID
                 // than specified as part of GOAWAY should be ignored.
                 if id > self.actions.recv.max_stream_id() {
-                    tracing::trace!(
+                    trace!(
                         "id ({:?}) > max_stream_id ({:?}), ignoring DATA",
                         id,
                         self.actions.recv.max_stream_id()
@@ -689,7 +689,7 @@ impl Inner {
         // The GOAWAY process has begun. All streams with a greater ID than
         // specified as part of GOAWAY should be ignored.
         if id > self.actions.recv.max_stream_id() {
-            tracing::trace!(
+            trace!(
                 "id ({:?}) > max_stream_id ({:?}), ignoring RST_STREAM",
                 id,
                 self.actions.recv.max_stream_id()
@@ -844,7 +844,7 @@ impl Inner {
                 // The GOAWAY process has begun. All streams with a greater ID
                 // than specified as part of GOAWAY should be ignored.
                 if id > self.actions.recv.max_stream_id() {
-                    tracing::trace!(
+                    trace!(
                         "id ({:?}) > max_stream_id ({:?}), ignoring PUSH_PROMISE",
                         id,
                         self.actions.recv.max_stream_id()
@@ -954,7 +954,7 @@ impl Inner {
             );
         }
 
-        tracing::trace!("Streams::recv_eof");
+        trace!("Streams::recv_eof");
 
         self.store.for_each(|stream| {
             counts.transition(stream, |counts, stream| {
@@ -1091,7 +1091,7 @@ where
 
         if let Some(pending) = pending {
             let mut stream = me.store.resolve(pending.key);
-            tracing::trace!("poll_pending_open; stream = {:?}", stream.is_pending_open);
+            trace!("poll_pending_open; stream = {:?}", stream.is_pending_open);
             if stream.is_pending_open {
                 stream.wait_send(cx);
                 return Poll::Pending;
@@ -1665,7 +1665,7 @@ fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
         Ok(inner) => inner,
         Err(_) => {
             if ::std::thread::panicking() {
-                tracing::trace!("StreamRef::drop; mutex poisoned");
+                trace!("StreamRef::drop; mutex poisoned");
                 return;
             } else {
                 panic!("StreamRef::drop; mutex poisoned");
@@ -1677,7 +1677,7 @@ fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
     me.refs -= 1;
     let mut stream = me.store.resolve(key);
 
-    tracing::trace!("drop_stream_ref; stream={:?}", stream);
+    trace!("drop_stream_ref; stream={:?}", stream);
 
     // decrement the stream's ref count by 1.
     stream.ref_dec();
