@@ -11,6 +11,7 @@
 #   PROXIES=tokengate bash benches/load/instructions.sh  # only these proxies (any of nginx haproxy tokengate)
 #   BENCH_PORT_BASE=19100 bash benches/load/instructions.sh  # ports 19100-19102 instead of the defaults
 #   CASES=resume bash benches/load/instructions.sh  # only these cases (any of h1 h2 newconn resume)
+#   LOCKED=1 bash benches/load/instructions.sh  # also locked instructions per keep-alive request (locked.py)
 #
 # benches/load/guard.sh runs it for tokengate alone and compares the counts
 # with the committed baseline (benches/load/baseline.tsv): the CI regression guard.
@@ -80,9 +81,15 @@ wait_up() {  # url
 
 RESULTS="$OUT/results.tsv"
 : > "$RESULTS"
+# LOCKED=1: callgrind also counts each instruction (`--dump-instr=yes`), and
+# locked.py counts the locked ones (atomic read-modify-writes) per request.
+LOCKED_RESULTS="$OUT/locked.tsv"
+: > "$LOCKED_RESULTS"
+VALGRIND=(valgrind --tool=callgrind --instr-atstart=no)
+if [ "${LOCKED:-0}" = 1 ]; then VALGRIND+=(--dump-instr=yes); fi
 # One instrumented load run: zero the counters, run "$@", dump as $1's case
-# $2; prints "total soft" (all instructions, and those in the portable SHA-256
-# code) of that dump.
+# $2; prints "total soft dump" (all instructions, those in the portable SHA-256
+# code, and the dump's file).
 counted() {  # name dump-label command...
     local name=$1 label=$2; shift 2
     callgrind_control -z "$PID" > /dev/null 2>&1
@@ -95,7 +102,7 @@ counted() {  # name dump-label command...
     dump=$(ls -v "$OUT/$name".cg.*.[0-9]* | tail -1)
     total=$(awk '/^totals:/ {print $2}' "$dump")
     soft=$(callgrind_annotate "$dump" 2>/dev/null | awk '/sha2::sha256::soft::compress/ && !n++ {gsub(",", "", $1); print $1}')
-    echo "$total ${soft:-0}"
+    echo "$total ${soft:-0} $dump"
 }
 keepalive() {  # out-file requests h2load-args...
     local out=$1 n=$2; shift 2
@@ -138,6 +145,9 @@ measure() {  # name auth-header
         [ -n "${a[1]:-}" ] && [ -n "${b[1]:-}" ] || { log "$name $sc: the measurement failed"; exit 1; }
         printf '%s\t%s\t%s\t%s\n' "$name" "$sc" $(( (b[0] - a[0]) / NREQ )) \
             $(( (b[0] - b[1] - a[0] + a[1]) / NREQ )) >> "$RESULTS"
+        if [ "${LOCKED:-0}" = 1 ]; then
+            printf '%s\t%s\t%s\n' "$name" "$sc" "$(python3 "$HERE/locked.py" "${a[2]}" "${b[2]}" "$NREQ")" >> "$LOCKED_RESULTS"
+        fi
     done
     # One request per new TLS connection (ab without keep-alive): the
     # handshake, the first request and the close, per connection.
@@ -163,7 +173,7 @@ measure() {  # name auth-header
 
 if wants nginx; then
 log "nginx under callgrind"
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/nginx.cg.%p" \
+"${VALGRIND[@]}" --callgrind-out-file="$OUT/nginx.cg.%p" \
     nginx -c "$OUT/nginx.conf" -g 'daemon off; master_process off;' > "$OUT/nginx.log" 2>&1 & PID=$!; PIDS+=("$PID")
 wait_up "https://127.0.0.1:$PROXY_PORT/"
 measure nginx "Authorization: Bearer not-checked-by-nginx"
@@ -171,7 +181,7 @@ fi
 
 if wants haproxy; then
 log "HAProxy under callgrind"
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/haproxy.cg.%p" \
+"${VALGRIND[@]}" --callgrind-out-file="$OUT/haproxy.cg.%p" \
     haproxy -db -f "$OUT/haproxy.cfg" > "$OUT/haproxy.log" 2>&1 & PID=$!; PIDS+=("$PID")
 wait_up "https://127.0.0.1:$PROXY_PORT/"
 measure haproxy "Authorization: Bearer not-checked-by-haproxy"
@@ -191,7 +201,7 @@ measure_tokengate() {  # name metrics-enabled
     TOKENGATE_TLS__CERT="$OUT/cert.pem" TOKENGATE_TLS__KEY="$OUT/key.pem" \
     TOKENGATE_TOKENS__ACCESS_TTL=6h TOKENGATE_AUDIT__DESTINATION=off TOKENGATE_LOG=warn \
     TOKENGATE_METRICS__ENABLED=$2 TOKENGATE_ADMIN_PASSWORD=bench \
-        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.cg.%p" \
+        "${VALGRIND[@]}" --callgrind-out-file="$OUT/$1.cg.%p" \
         "$TG_BIN" serve > "$OUT/$1.log" 2>&1 & PID=$!; PIDS+=("$PID")
     wait_up "https://127.0.0.1:$PROXY_PORT/healthz"
     local refresh access
@@ -206,9 +216,10 @@ if [ "${METRICS_OFF:-0}" = 1 ]; then
     measure_tokengate tokengate-nometrics false
 fi
 
-python3 - "$RESULTS" "$NREQ" "$NCONN" <<'EOF' | tee "$OUT/report.md"
+python3 - "$RESULTS" "$NREQ" "$NCONN" "$LOCKED_RESULTS" <<'EOF' | tee "$OUT/report.md"
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+locked = {(r[0], r[1]): float(r[2]) for r in (l.rstrip("\n").split("\t") for l in open(sys.argv[4])) if len(r) == 3}
 nreq, nconn = int(sys.argv[2]), int(sys.argv[3])
 names = {"h1": "HTTP/1.1, 50 keep-alive connections", "h2": "HTTP/2, 10 connections x 10 streams",
          "newconn": "one request per new TLS connection (per connection)",
@@ -235,4 +246,12 @@ if ("tokengate-nometrics", "h1") in by:
             continue
         on, off = by[("tokengate", sc)][0], by[("tokengate-nometrics", sc)][0]
         print(f"| {names[sc]} | {on:,} | {off:,} | {on - off:+,} | {on / off:.3f} |")
+if locked:
+    print("\nLocked instructions (atomic read-modify-writes) per request, the same runs (LOCKED=1, locked.py)\n")
+    print("| scenario | nginx | HAProxy | tokengate |")
+    print("|---|---:|---:|---:|")
+    lcell = lambda k: f"{locked[k]:,.1f}" if k in locked else "-"
+    for sc in ("h1", "h2"):
+        if any(k[1] == sc for k in locked):
+            print(f"| {names[sc]} | {lcell(('nginx', sc))} | {lcell(('haproxy', sc))} | {lcell(('tokengate', sc))} |")
 EOF

@@ -12,8 +12,13 @@
 //!   window at zero (dropped, which also frees the upstream connection the
 //!   response was streaming from).
 //!
-//! The counters cost a handful of uncontended atomic operations per request;
-//! the watcher wakes a few times per timeout, not per request.
+//! The counters are written only by the connection's own tasks. On a public
+//! worker (a current-thread runtime) those all run on one thread, so a count
+//! is a plain load and store of an atomic, not a locked read-modify-write
+//! (each of which drains the core's store buffer: about nine per request
+//! otherwise); where tasks may run on several threads (the admin listener's
+//! runtime) they are read-modify-writes. The watcher wakes a few times per
+//! timeout, not per request.
 
 use std::io;
 use std::pin::Pin;
@@ -43,14 +48,51 @@ pub(crate) struct Activity {
     progress: AtomicU64,
     /// The last socket write found the send buffer full.
     write_blocked: AtomicBool,
+    /// Every writer runs on one thread (see the module's note).
+    one_thread: bool,
+}
+
+/// Counts one up (`+1`) or down (`-1`) on a counter of an [`Activity`]: a
+/// load and a store when its writers share one thread, else a
+/// read-modify-write. The watcher on another thread reads it either way
+/// (relaxed: it only looks for change).
+macro_rules! count {
+    ($activity:expr, $counter:ident, +1) => {
+        count!(@ $activity, $counter, wrapping_add, fetch_add)
+    };
+    ($activity:expr, $counter:ident, -1) => {
+        count!(@ $activity, $counter, wrapping_sub, fetch_sub)
+    };
+    (@ $activity:expr, $counter:ident, $wrapping:ident, $fetch:ident) => {{
+        let a = &$activity;
+        if a.one_thread {
+            a.$counter
+                .store(a.$counter.load(Relaxed).$wrapping(1), Relaxed);
+        } else {
+            a.$counter.$fetch(1, Relaxed);
+        }
+    }};
 }
 
 impl Activity {
+    /// The activity of a connection served by the calling task: its counts
+    /// are plain stores when the task's runtime is a current-thread one,
+    /// whose tasks (this connection's streams and bodies among them) all run
+    /// on the thread that drives it.
+    pub(crate) fn for_this_runtime() -> Activity {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        Activity {
+            one_thread: Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread),
+            ..Activity::default()
+        }
+    }
+
     /// Marks a request as started; the guard ends it when dropped (with its
     /// response body, or with the handler if the client went away first).
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
-        self.requests.fetch_add(1, Relaxed);
-        self.in_flight.fetch_add(1, Relaxed);
+        count!(self, requests, +1);
+        count!(self, in_flight, +1);
         InFlight(self.clone(), None)
     }
 
@@ -91,7 +133,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        count!(self.0, in_flight, -1);
     }
 }
 
@@ -126,7 +168,7 @@ impl<B, F> Tracked<B, F> {
     fn release(&mut self) {
         if self.holding {
             self.holding = false;
-            self.guard.0.waiting_on_client.fetch_sub(1, Relaxed);
+            count!(self.guard.0, waiting_on_client, -1);
         }
     }
 }
@@ -148,12 +190,12 @@ impl<B: Body<Data = Bytes> + Unpin, F: Report> Body for Tracked<B, F> {
         let this = self.get_mut();
         // Polled again: the connection took the last frame further.
         this.release();
-        this.guard.0.progress.fetch_add(1, Relaxed);
+        count!(this.guard.0, progress, +1);
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &r {
             this.report.sent(frame);
             this.holding = true;
-            this.guard.0.waiting_on_client.fetch_add(1, Relaxed);
+            count!(this.guard.0, waiting_on_client, +1);
         }
         r
     }
@@ -193,7 +235,7 @@ impl<T> Counted<T> {
             Poll::Ready(_) => {
                 if blocked.load(Relaxed) {
                     blocked.store(false, Relaxed);
-                    self.activity.progress.fetch_add(1, Relaxed);
+                    count!(self.activity, progress, +1);
                 }
             }
         }
@@ -446,6 +488,66 @@ mod tests {
         let body = a.start().track(Full::new(Bytes::from_static(b"y")), ());
         let _ = futures_block_on(body.collect());
         assert_eq!(a.snapshot(), c(2, 0, false, a.snapshot().progress));
+    }
+
+    #[test]
+    fn counts_are_plain_stores_only_where_one_thread_writes_them() {
+        use http_body_util::Full;
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(
+            current
+                .block_on(async { Activity::for_this_runtime() })
+                .one_thread
+        );
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        assert!(
+            !multi
+                .block_on(async { Activity::for_this_runtime() })
+                .one_thread
+        );
+        assert!(!Activity::for_this_runtime().one_thread);
+        // Either way the watcher sees the same counts.
+        for one_thread in [true, false] {
+            let a = Arc::new(Activity {
+                one_thread,
+                ..Activity::default()
+            });
+            let first = a.start();
+            let second = a.start();
+            assert_eq!(a.snapshot(), c(2, 2, false, 0));
+            drop(first);
+            let mut body = second.track(Full::new(Bytes::from_static(b"x")), ());
+            let waker = futures_noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert!(Pin::new(&mut body).poll_frame(&mut cx).is_ready());
+            assert_eq!(a.snapshot(), c(2, 1, true, 1));
+            drop(body);
+            assert_eq!(a.snapshot(), c(2, 0, false, 1));
+        }
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up_on_a_shared_runtime() {
+        let a = Arc::new(Activity::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        drop(a.start());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(a.snapshot(), c(40_000, 0, false, 0));
     }
 
     /// Counts the data bytes sent, and notes in-flight requests when dropped.

@@ -92,7 +92,7 @@ async fn connection<H: Handler>(
     shutdown: watch::Receiver<bool>,
     uid: PeerUid,
 ) {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::for_this_runtime());
     let guard = Guard {
         activity: activity.clone(),
         deadlines: Deadlines {

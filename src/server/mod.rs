@@ -262,7 +262,7 @@ async fn connection<H: Handler>(
     count(Handshake::Done);
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let _open = stats.map(|s| s.open(h2));
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::for_this_runtime());
     let deadlines = Deadlines {
         first_request: limits.header_read_timeout,
         idle: limits.idle_timeout,

@@ -7,7 +7,7 @@ use bytes::Buf;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 
 /// Acknowledges ping requests from the remote.
@@ -16,6 +16,9 @@ pub(crate) struct PingPong {
     pending_ping: Option<PendingPing>,
     pending_pong: Option<PingPayload>,
     user_pings: Option<UserPingsRx>,
+    /// PATCH (tokengate): the waker last registered as `ping_task`, while it
+    /// is still there (PATCH.md, section 15).
+    ping_task_registered: Option<Waker>,
 }
 
 #[derive(Debug)]
@@ -66,6 +69,7 @@ impl PingPong {
             pending_ping: None,
             pending_pong: None,
             user_pings: None,
+            ping_task_registered: None,
         }
     }
 
@@ -179,6 +183,8 @@ impl PingPong {
             }
         } else if let Some(ref users) = self.user_pings {
             if users.0.state.load(Ordering::Acquire) == USER_STATE_PENDING_PING {
+                // `send_ping` took the registered waker to wake this task.
+                self.ping_task_registered = None;
                 if !dst.poll_ready(cx)?.is_ready() {
                     return Poll::Pending;
                 }
@@ -190,7 +196,19 @@ impl PingPong {
                     .state
                     .store(USER_STATE_PENDING_PONG, Ordering::Release);
             } else {
-                users.0.ping_task.register(cx.waker());
+                // PATCH (tokengate): the connection polls this on every poll
+                // and registers the same waker almost every time, two locked
+                // instructions in `AtomicWaker::register`. Only `send_ping`
+                // takes it out, after moving the state to PENDING_PING, which
+                // this task then sees (the branch above forgets it); until
+                // then the registered waker is still there.
+                match &self.ping_task_registered {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => {
+                        users.0.ping_task.register(cx.waker());
+                        self.ping_task_registered = Some(cx.waker().clone());
+                    }
+                }
             }
         }
 

@@ -1,12 +1,13 @@
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::common::lock::LockResultExt;
+// PATCH (tokengate): a lock released with a plain store (PATCH.md, section 18).
+use crate::common::lock::{LockResultExt, Mutex};
 
 pub(crate) fn channel(wanter: bool) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {

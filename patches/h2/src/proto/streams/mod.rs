@@ -1,6 +1,8 @@
 mod buffer;
 mod counts;
 mod flow_control;
+// PATCH (tokengate): see lock.rs and PATCH.md, section 15.
+mod lock;
 mod prioritize;
 mod recv;
 mod send;
@@ -29,7 +31,20 @@ use crate::frame::{StreamId, StreamIdOverflow};
 use crate::proto::*;
 
 use bytes::Bytes;
+use std::task::{Context, Waker};
 use std::time::Duration;
+
+// PATCH (tokengate): a task registers itself each time it polls, usually with
+// the waker it registered last time. Cloning and dropping a tokio waker is a
+// locked increment and decrement of its task's reference count; keeping the
+// stored one when it would wake the same task skips both (PATCH.md, section
+// 15).
+pub(crate) fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(old) if old.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
 
 #[derive(Debug, Eq, PartialEq)]
 pub(super) enum BufferStatus {

@@ -337,7 +337,7 @@ impl Recv {
             let is_open = stream.state.ensure_recv_open()?;
 
             if is_open {
-                stream.push_task = Some(cx.waker().clone());
+                super::store_waker(&mut stream.push_task, cx);
                 Poll::Pending
             } else {
                 Poll::Ready(None)
@@ -371,7 +371,7 @@ impl Recv {
                         )));
                     }
 
-                    stream.recv_task = Some(cx.waker().clone());
+                    super::store_waker(&mut stream.recv_task, cx);
                     return Poll::Pending;
                 }
             }
@@ -411,7 +411,7 @@ impl Recv {
         // No informational response available at the front
         if stream.state.ensure_recv_open()? {
             // Request to get notified once more frames arrive
-            stream.recv_task = Some(cx.waker().clone());
+            super::store_waker(&mut stream.recv_task, cx);
             Poll::Pending
         } else {
             // No more frames will be received
@@ -1252,7 +1252,7 @@ impl Recv {
             Some(event) => {
                 // Frame is not trailers.. not ready to poll trailers yet.
                 stream.pending_recv.push_front(&mut self.buffer, event);
-                stream.recv_task = Some(cx.waker().clone());
+                super::store_waker(&mut stream.recv_task, cx);
                 Poll::Pending
             }
             None => self.schedule_recv(cx, stream),
@@ -1266,7 +1266,7 @@ impl Recv {
     ) -> Poll<Option<Result<T, proto::Error>>> {
         if stream.state.ensure_recv_open()? {
             // Request to get notified once more frames arrive
-            stream.recv_task = Some(cx.waker().clone());
+            super::store_waker(&mut stream.recv_task, cx);
             Poll::Pending
         } else {
             // No more frames will be received

@@ -365,7 +365,7 @@ impl Stream {
     }
 
     pub fn wait_send(&mut self, cx: &Context) {
-        self.send_task = Some(cx.waker().clone());
+        super::store_waker(&mut self.send_task, cx);
     }
 
     pub fn notify_recv(&mut self) {

@@ -22,13 +22,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{self, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use h2::{Ping, PingPong};
 
-use crate::common::lock::LockResultExt;
+// PATCH (tokengate): a lock released with a plain store (PATCH.md, section 18).
+use crate::common::lock::{LockResultExt, Mutex};
 use crate::common::time::Time;
 use crate::rt::Sleep;
 
