@@ -50,12 +50,18 @@ pub(crate) struct Activity {
     write_blocked: AtomicBool,
     /// Every writer runs on one thread (see the module's note).
     one_thread: bool,
+    /// That thread, checked at each count in debug builds: a change that
+    /// moved a connection's body or guard to another thread would otherwise
+    /// lose counts silently.
+    #[cfg(debug_assertions)]
+    owner: Option<std::thread::ThreadId>,
 }
 
 /// Counts one up (`+1`) or down (`-1`) on a counter of an [`Activity`]: a
 /// load and a store when its writers share one thread, else a
-/// read-modify-write. The watcher on another thread reads it either way
-/// (relaxed: it only looks for change).
+/// read-modify-write. The watcher (on the same thread on a public worker,
+/// possibly another on the admin listener) reads it either way (relaxed:
+/// it only looks for change).
 macro_rules! count {
     ($activity:expr, $counter:ident, +1) => {
         count!(@ $activity, $counter, wrapping_add, fetch_add)
@@ -66,6 +72,11 @@ macro_rules! count {
     (@ $activity:expr, $counter:ident, $wrapping:ident, $fetch:ident) => {{
         let a = &$activity;
         if a.one_thread {
+            #[cfg(debug_assertions)]
+            debug_assert!(
+                a.owner.is_none_or(|t| t == std::thread::current().id()),
+                "an activity count written from another thread"
+            );
             a.$counter
                 .store(a.$counter.load(Relaxed).$wrapping(1), Relaxed);
         } else {
@@ -81,9 +92,12 @@ impl Activity {
     /// on the thread that drives it.
     pub(crate) fn for_this_runtime() -> Activity {
         use tokio::runtime::{Handle, RuntimeFlavor};
+        let one_thread =
+            Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread);
         Activity {
-            one_thread: Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread),
+            one_thread,
+            #[cfg(debug_assertions)]
+            owner: one_thread.then(|| std::thread::current().id()),
             ..Activity::default()
         }
     }
@@ -533,7 +547,12 @@ mod tests {
 
     #[test]
     fn counts_from_many_threads_add_up_on_a_shared_runtime() {
-        let a = Arc::new(Activity::default());
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        // What a connection on the admin listener's runtime gets.
+        let a = Arc::new(multi.block_on(async { Activity::for_this_runtime() }));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let a = a.clone();
@@ -548,6 +567,18 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(a.snapshot(), c(40_000, 0, false, 0));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    fn a_count_from_another_thread_is_caught_in_debug_builds() {
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let a = Arc::new(current.block_on(async { Activity::for_this_runtime() }));
+        drop(a.start());
+        let moved = std::thread::spawn(move || drop(a.start())).join();
+        assert!(moved.is_err());
     }
 
     /// Counts the data bytes sent, and notes in-flight requests when dropped.

@@ -307,3 +307,115 @@ impl Drop for UserPingsRx {
 fn broken_pipe() -> io::Error {
     io::ErrorKind::BrokenPipe.into()
 }
+
+// PATCH (tokengate): the user-ping waker is registered once (section 15).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::task::Wake;
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    /// A socket that takes every write and never has anything to read.
+    struct Sink;
+
+    impl AsyncRead for Sink {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts its wakes; its `Arc`'s count says how many clones exist.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_ping_waker_is_registered_once_and_woken_by_send_ping() {
+        let mut pp = PingPong::new();
+        let users = pp.take_user_pings().unwrap();
+        let mut codec: Codec<Sink, bytes::Bytes> = Codec::new(Sink);
+        let task = Arc::new(Counting::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        assert!(pp.send_pending_ping(&mut cx, &mut codec).is_ready());
+        // Registered: one clone in the AtomicWaker, one remembered.
+        let registered = Arc::strong_count(&task);
+        assert_eq!(registered, 4);
+        for _ in 0..3 {
+            assert!(pp.send_pending_ping(&mut cx, &mut codec).is_ready());
+        }
+        assert_eq!(Arc::strong_count(&task), registered, "no clone per poll");
+
+        // A ping sent from another thread wakes the registered task.
+        std::thread::scope(|s| {
+            s.spawn(|| users.send_ping().unwrap());
+        });
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            users.0.state.load(Ordering::SeqCst),
+            USER_STATE_PENDING_PING
+        );
+
+        // The connection writes it, forgets the taken waker, and on its
+        // next poll registers again, so the next ping wakes it too.
+        assert!(pp.send_pending_ping(&mut cx, &mut codec).is_ready());
+        assert_eq!(
+            users.0.state.load(Ordering::SeqCst),
+            USER_STATE_PENDING_PONG
+        );
+        assert!(pp.send_pending_ping(&mut cx, &mut codec).is_ready());
+        assert_eq!(Arc::strong_count(&task), registered);
+        users.0.state.store(USER_STATE_EMPTY, Ordering::SeqCst);
+        users.send_ping().unwrap();
+        assert_eq!(task.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn another_tasks_waker_is_registered_in_its_place() {
+        let mut pp = PingPong::new();
+        let users = pp.take_user_pings().unwrap();
+        let mut codec: Codec<Sink, bytes::Bytes> = Codec::new(Sink);
+        let first = Arc::new(Counting::default());
+        let second = Arc::new(Counting::default());
+        let w1 = Waker::from(first.clone());
+        let w2 = Waker::from(second.clone());
+        assert!(pp
+            .send_pending_ping(&mut Context::from_waker(&w1), &mut codec)
+            .is_ready());
+        assert!(pp
+            .send_pending_ping(&mut Context::from_waker(&w2), &mut codec)
+            .is_ready());
+        users.send_ping().unwrap();
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+    }
+}

@@ -54,6 +54,10 @@ pub(crate) struct Mutex<T> {
 unsafe impl<T: Send> Send for Mutex<T> {}
 // SAFETY: see above.
 unsafe impl<T: Send> Sync for Mutex<T> {}
+// As std's: a panic under the lock poisons it, so callers see a possibly
+// broken invariant as an `Err`, not silently.
+impl<T> std::panic::UnwindSafe for Mutex<T> {}
+impl<T> std::panic::RefUnwindSafe for Mutex<T> {}
 
 impl<T> Mutex<T> {
     pub(crate) fn new(value: T) -> Mutex<T> {
@@ -76,7 +80,7 @@ impl<T> Mutex<T> {
         let guard = MutexGuard {
             lock: self,
             panicking: std::thread::panicking(),
-            _not_sync: PhantomData,
+            _not_send: PhantomData,
         };
         if self.poisoned.load(Relaxed) {
             Err(PoisonError::new(guard))
@@ -121,10 +125,15 @@ pub(crate) struct MutexGuard<'a, T> {
     /// The thread was already panicking when it took the lock: dropping the
     /// guard in that unwinding does not poison it (as with std's).
     panicking: bool,
-    /// Shared guards give `&T` to every thread that holds a reference, so
-    /// the guard is `Sync` only when `T` is (`&mut T` is `Sync` iff `T` is).
-    _not_sync: PhantomData<&'a mut T>,
+    /// Not `Send`, as std's guard: a guard held across an `.await` in a
+    /// spawned future is then a compile error, not a lock that another
+    /// thread spins on until that future runs again. (`Sync` below.)
+    _not_send: PhantomData<(&'a mut T, *const ())>,
 }
+
+// SAFETY: a shared guard gives `&T` to the threads that hold a reference to
+// it, which needs `T: Sync`, as for std's guard.
+unsafe impl<T: Sync> Sync for MutexGuard<'_, T> {}
 
 impl<T> Deref for MutexGuard<'_, T> {
     type Target = T;
