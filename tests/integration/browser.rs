@@ -350,12 +350,10 @@ async fn restricted_tokens_are_made_edited_and_rotated_in_the_page() {
     assert_eq!(write().await.status, StatusCode::OK);
 
     // Rotate it in the page, at once: a new string, the old one refused.
+    // The list is redrawn after the save: the button may be replaced
+    // between finding and clicking it.
     browser
-        .click(
-            &browser
-                .wait_visible("button[aria-label='Rotate reader']")
-                .await,
-        )
+        .click_visible("button[aria-label='Rotate reader']")
         .await;
     browser
         .screenshot(&artifact("admin-rotate-dialog.png"))

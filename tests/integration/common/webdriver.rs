@@ -211,6 +211,25 @@ impl Browser {
             .await;
     }
 
+    /// Waits (bounded) for `css` to be displayed and clicks it; if the page
+    /// re-renders it between the two (a list redrawn after a save), finds
+    /// it again and clicks the new one.
+    pub async fn click_visible(&self, css: &str) {
+        let clicked = super::poll_until(Duration::from_secs(15), move || async move {
+            let e = self.wait_visible(css).await;
+            match self
+                .try_call("POST", &format!("/element/{}/click", e.0), Some(json!({})))
+                .await
+            {
+                Ok(_) => Some(()),
+                Err(err) if err.contains("stale element reference") => None,
+                Err(err) => panic!("webdriver: {err}"),
+            }
+        })
+        .await;
+        assert!(clicked.is_some(), "{css}: replaced before every click");
+    }
+
     /// Types into an element (focusing it first), as a keyboard user would.
     pub async fn type_into(&self, e: &Element, text: &str) {
         self.call(
